@@ -1,0 +1,301 @@
+"""The broker: XSUB in, XPUB out; stamps every event with the global version and its topic sequence.
+
+Hot path (DESIGN.md §4.2): compiled ``Socket.recv``/``send`` with int flags, a fixed frame count,
+one precompiled ``struct.Struct``, one poll per drained batch. The payload is never decoded. A
+message with the wrong frame count, an invalid topic or a body that is not an envelope is counted
+and skipped without desynchronising the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import msgpack
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from schemas.endpoints import Endpoints
+from schemas.envelope import BODY_MARK, DEFAULT_MAX_EVENT_SIZE, STAMP, SYNC_PREFIX
+from schemas.topics import MAX_TYPE_LENGTH, is_valid_type
+
+log = logging.getLogger("pryxbus.broker")
+
+# Int constants: pyzmq's enum members cost an attribute lookup and enum arithmetic per use.
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+_POLLIN = int(zmq.POLLIN)
+
+BATCH = 4096
+"""Events drained per poll before the broker looks at its other sockets."""
+
+SUBSCRIBE_ALL = b"\x01"
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Tunables of one broker; all sizes in events or bytes, times in seconds."""
+
+    endpoints: Endpoints
+    sub_hwm: int = 10_000
+    """Per-subscriber queue at the broker: a subscriber this far behind starts losing events."""
+    in_hwm: int = 10_000
+    """Per-publisher queue into the broker: a publisher this far ahead blocks (never drops)."""
+    max_event_size: int = DEFAULT_MAX_EVENT_SIZE
+    first_version: int = 1
+    """Version of the next event: 1 for a new bus, last logged + 1 after a restart."""
+
+
+class Broker:
+    """One broker process's sockets and loop. Use as a context manager; ``run()`` until ``stop()``."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.version = config.first_version - 1
+        self.topic_seq: dict[bytes, int] = {}
+        self.malformed = 0
+        self.rejected = 0
+        self.syncs = 0
+        self.publishers = 0
+        self.subscribers = 0
+        self.started = time.time()
+        self._running = False
+        self._handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "ping": self._op_ping,
+            "health": self._op_ping,
+            "stats": self._op_stats,
+        }
+        self._ctx = zmq.Context()
+        try:
+            self._bind()
+        except BaseException:
+            self._ctx.destroy(linger=0)
+            raise
+
+    def _bind(self) -> None:
+        cfg, ep, ctx = self.config, self.config.endpoints, self._ctx
+        # Headroom over the body limit for the topic frame; an oversized message disconnects
+        # its sender (DESIGN.md §4.4), which is why the SDK refuses oversized events first.
+        self.max_msg_size = cfg.max_event_size + MAX_TYPE_LENGTH + 64
+
+        self.xsub = ctx.socket(zmq.XSUB)
+        self.xsub.linger = 0
+        self.xsub.rcvhwm = cfg.in_hwm
+        self.xsub.maxmsgsize = self.max_msg_size
+        self.xsub.bind(ep.publish)
+
+        self.xpub = ctx.socket(zmq.XPUB)
+        self.xpub.linger = 0
+        self.xpub.sndhwm = cfg.sub_hwm
+        self.xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every sync subscription, duplicates too
+        self.xpub.maxmsgsize = 4096  # subscribers only send subscriptions
+        self.xpub.bind(ep.subscribe)
+
+        self.control = ctx.socket(zmq.ROUTER)
+        self.control.linger = 0
+        self.control.maxmsgsize = 65536
+        self.control.bind(ep.control)
+
+        # Trap §4.1: a bound XSUB does not replay its subscription to publishers that connect
+        # later, so re-send it on every new publisher connection.
+        self.in_monitor = self.xsub.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        )
+        self.out_monitor = self.xpub.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        )
+        self.xsub.send(SUBSCRIBE_ALL)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return at its next turn (safe from a signal handler)."""
+        self._running = False
+
+    def close(self) -> None:
+        """Close every socket and the context; idempotent. ZeroMQ unlinks its ipc files."""
+        if self._ctx.closed:
+            return
+        for sock in (self.xsub, self.xpub):
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+        self._ctx.destroy(linger=0)
+        for path in self.config.endpoints.ipc_paths():
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, poll_interval: float = 0.1) -> None:
+        """Forward and stamp until ``stop()``."""
+        self._running = True
+        poller = zmq.Poller()
+        for sock in (self.xsub, self.xpub, self.control, self.in_monitor, self.out_monitor):
+            poller.register(sock, zmq.POLLIN)
+        xsub, xpub, control = self.xsub, self.xpub, self.control
+        timeout_ms = int(poll_interval * 1000)
+        while self._running:
+            try:
+                ready = dict(poller.poll(timeout_ms))
+            except zmq.ZMQError as e:
+                if e.errno == zmq.EINTR:
+                    continue
+                raise
+            if not ready:
+                continue
+            if xsub in ready:
+                self._forward_batch()
+            if xpub in ready:
+                self._handle_subscriptions()
+            if control in ready:
+                self._handle_control()
+            if self.in_monitor in ready:
+                self._handle_monitor(self.in_monitor, inbound=True)
+            if self.out_monitor in ready:
+                self._handle_monitor(self.out_monitor, inbound=False)
+
+    def _forward_batch(self) -> None:
+        recv = self.xsub.recv
+        getsockopt = self.xsub.getsockopt
+        send = self.xpub.send
+        pack = STAMP.pack
+        seqs = self.topic_seq
+        version = self.version
+        try:
+            for _ in range(BATCH):
+                try:
+                    topic = recv(_NOBLOCK)
+                except zmq.Again:
+                    break
+                if not getsockopt(_RCVMORE):
+                    self.malformed += 1
+                    continue
+                body = recv(_NOBLOCK)  # the rest of a multipart message has already arrived
+                if getsockopt(_RCVMORE):
+                    self._skip_rest()
+                    continue
+                seq = seqs.get(topic)
+                if seq is None:
+                    if not is_valid_type(topic):
+                        self.rejected += 1
+                        continue
+                    seq = 0
+                if not body.startswith(BODY_MARK):
+                    self.rejected += 1
+                    continue
+                seq += 1
+                version += 1
+                seqs[topic] = seq
+                send(topic, _SNDMORE)
+                send(pack(version, seq), _SNDMORE)
+                send(body)
+        finally:
+            self.version = version
+
+    def _skip_rest(self) -> None:
+        """Drain the remaining frames of a message with too many frames, and count it."""
+        self.malformed += 1
+        while self.xsub.getsockopt(_RCVMORE):
+            self.xsub.recv(_NOBLOCK)
+
+    def _handle_subscriptions(self) -> None:
+        """Answer sync subscriptions: the reply proves the subscriber's earlier filters are live."""
+        while True:
+            try:
+                msg = self.xpub.recv(_NOBLOCK)
+            except zmq.Again:
+                return
+            if msg[:1] == b"\x01" and msg[1:].startswith(SYNC_PREFIX):
+                self.syncs += 1
+                self.xpub.send(msg[1:], _SNDMORE)
+                self.xpub.send(STAMP.pack(0, 0), _SNDMORE)
+                self.xpub.send(b"")
+
+    def _handle_monitor(self, monitor: zmq.Socket, inbound: bool) -> None:
+        while True:
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(_NOBLOCK))
+            except zmq.Again:
+                return
+            up = event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            if inbound:
+                self.publishers += 1 if up else -1
+                if up:
+                    self.xsub.send(SUBSCRIBE_ALL)
+            else:
+                self.subscribers += 1 if up else -1
+
+    # -- control -----------------------------------------------------------------------------
+
+    def _handle_control(self) -> None:
+        while True:
+            try:
+                frames = self.control.recv_multipart(_NOBLOCK)
+            except zmq.Again:
+                return
+            # ROUTER: [identity, (empty delimiter from REQ), request]
+            if len(frames) < 2:
+                continue
+            head, request = frames[:-1], frames[-1]
+            reply = self._dispatch(request)
+            self.control.send_multipart([*head, msgpack.packb(reply, use_bin_type=True)])
+
+    def _dispatch(self, request: bytes) -> dict[str, Any]:
+        try:
+            msg = msgpack.unpackb(request, raw=False)
+        except Exception:
+            return {"ok": False, "code": "bad_request", "message": "request is not valid msgpack"}
+        if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
+            return {"ok": False, "code": "bad_request", "message": "request must be a map with an 'op'"}
+        handler = self._handlers.get(msg["op"])
+        if handler is None:
+            return {
+                "ok": False,
+                "code": "unknown_op",
+                "message": f"unknown op {msg['op']!r}; known: {sorted(self._handlers)}",
+            }
+        return {"ok": True, "result": handler(msg)}
+
+    def _op_ping(self, _msg: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "pid": os.getpid(),
+            "version": self.version,
+            "max_event_size": self.config.max_event_size,
+        }
+
+    def _op_stats(self, _msg: dict[str, Any]) -> dict[str, Any]:
+        first = self.config.first_version
+        return {
+            "pid": os.getpid(),
+            "uptime": time.time() - self.started,
+            "version": self.version,
+            "events_in": self.version - first + 1,
+            "events_out": self.version - first + 1,
+            "topics": {t.decode(): n for t, n in self.topic_seq.items()},
+            "malformed": self.malformed,
+            "rejected": self.rejected,
+            "syncs": self.syncs,
+            "publishers": self.publishers,
+            "subscribers": self.subscribers,
+            "config": {
+                "sub_hwm": self.config.sub_hwm,
+                "in_hwm": self.config.in_hwm,
+                "max_event_size": self.config.max_event_size,
+            },
+            "endpoints": vars(self.config.endpoints),
+        }

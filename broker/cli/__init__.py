@@ -1,0 +1,49 @@
+"""The ``pryxbus`` command: one subcommand module per concern, registered in ``COMMANDS`` below."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# subcommand group module -> what it provides; each module has register(subparsers).
+COMMANDS = [
+    "broker.cli.servers",  # up, broker, session-service
+    "broker.cli.events",  # pub, sub, stats
+    "broker.cli.sessions",  # sessions ...
+    "broker.cli.demo",  # demo
+    "broker.cli.bench",  # bench
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pryxbus",
+        description="pryxbus: a versioned event bus and session service over ZeroMQ.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue  # a command group not built yet
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

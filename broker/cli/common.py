@@ -1,0 +1,66 @@
+"""Options and helpers shared by the ``pryxbus`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from schemas.endpoints import Endpoints, default_home, ensure_home
+
+
+def add_home(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="the stack's directory (default: $PRYXBUS_HOME, else ~/.local/state/pryxbus)",
+    )
+
+
+def add_tcp(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tcp",
+        metavar="HOST:PORT",
+        default=None,
+        help="listen on tcp ports PORT..PORT+3 instead of ipc sockets (publish, subscribe, control,"
+        " sessions); use 127.0.0.1 unless other machines must connect",
+    )
+
+
+def add_target(parser: argparse.ArgumentParser) -> None:
+    """For client commands: which stack to talk to."""
+    add_home(parser)
+    parser.add_argument(
+        "--connect", metavar="tcp://HOST:PORT", default=None, help="a stack on tcp instead of a home"
+    )
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the stack")
+
+
+def target(args: argparse.Namespace) -> str | Path | None:
+    return args.connect or args.home
+
+
+def server_endpoints(args: argparse.Namespace) -> tuple[Path, Endpoints]:
+    """The home (created, 0700) and the endpoints a server part binds."""
+    home = ensure_home(args.home or default_home())
+    if getattr(args, "tcp", None):
+        try:
+            endpoints = Endpoints.parse_tcp(args.tcp)
+        except ValueError as e:
+            raise SystemExit(f"pryxbus: --tcp: {e}") from None
+    else:
+        endpoints = Endpoints.ipc(home)
+    return home, endpoints
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str, code: int = 1) -> int:
+    print(f"pryxbus: {message}", file=sys.stderr)
+    return code

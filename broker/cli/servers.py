@@ -1,0 +1,79 @@
+"""``pryxbus broker``: run the broker alone in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import zmq
+
+from broker.broker import Broker, BrokerConfig
+from broker.cli.common import add_home, add_tcp, fail, server_endpoints
+from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
+from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "broker",
+        help="run the broker alone (XSUB in, XPUB out, control)",
+        description="Run the broker in the foreground. Prints a line containing 'ready' once it"
+        " accepts connections; stops cleanly on SIGINT/SIGTERM.",
+    )
+    add_home(p)
+    add_tcp(p)
+    add_broker_options(p)
+    p.set_defaults(func=run_broker)
+
+
+def add_broker_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sub-hwm",
+        type=int,
+        default=10_000,
+        help="events queued per subscriber before that subscriber starts losing them (default 10000)",
+    )
+    p.add_argument(
+        "--in-hwm",
+        type=int,
+        default=10_000,
+        help="events queued per publisher before its publish blocks (default 10000)",
+    )
+    p.add_argument(
+        "--max-event-size",
+        type=int,
+        default=DEFAULT_MAX_EVENT_SIZE,
+        help=f"largest encoded event in bytes (default {DEFAULT_MAX_EVENT_SIZE})",
+    )
+
+
+def broker_config(args: argparse.Namespace, endpoints, first_version: int = 1) -> BrokerConfig:
+    return BrokerConfig(
+        endpoints=endpoints,
+        sub_hwm=args.sub_hwm,
+        in_hwm=args.in_hwm,
+        max_event_size=args.max_event_size,
+        first_version=first_version,
+    )
+
+
+def run_broker(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    home, endpoints = server_endpoints(args)
+    try:
+        with home_lock(home, "broker"):
+            endpoints.write(home) if args.tcp else None
+            try:
+                broker = Broker(broker_config(args, endpoints))
+            except zmq.ZMQError as e:
+                return fail(f"broker cannot bind: {e}")
+            with broker, stop_on_signals(broker.stop):
+                announce(
+                    f"pryxbus broker ready publish={endpoints.publish} subscribe={endpoints.subscribe}"
+                    f" control={endpoints.control}"
+                )
+                broker.run()
+            announce(f"pryxbus broker stopped at version {broker.version}")
+    except AlreadyRunning as e:
+        return fail(str(e))
+    return 0

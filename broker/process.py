@@ -1,0 +1,56 @@
+"""Running one server part as a process: a home lock, signal handling, and the ready line."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+
+class AlreadyRunning(RuntimeError):
+    """Another process already holds this part's lock in the home directory."""
+
+
+@contextmanager
+def home_lock(home: Path, part: str) -> Iterator[None]:
+    """Hold ``HOME/PART.lock`` for the life of the process, so two brokers never share a home."""
+    path = home / f"{part}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise AlreadyRunning(f"a {part} is already running in {home} (pid {pid})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Call ``stop()`` on SIGINT or SIGTERM for the duration of the block."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: object) -> None:
+        stop()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def announce(line: str, stream: IO[str] = sys.stdout) -> None:
+    """Print a readiness (or status) line and flush it at once: supervisors and tests wait on it."""
+    print(line, file=stream, flush=True)

@@ -1,0 +1,98 @@
+"""Where a stack listens: the endpoint layout shared by the broker, the session service and the SDK.
+
+A stack lives in a *home* directory (mode 0700). By default every part binds an ipc socket there;
+with ``--tcp HOST:PORT`` the parts bind consecutive tcp ports from PORT instead, and the stack
+writes ``endpoints.json`` in its home so that clients given only the home find them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+ENDPOINTS_FILE = "endpoints.json"
+
+# Port offsets from the base port given with --tcp.
+_TCP_OFFSETS = {"publish": 0, "subscribe": 1, "control": 2, "sessions": 3}
+
+
+def default_home() -> Path:
+    """``$PRYXBUS_HOME``, else ``$XDG_STATE_HOME/pryxbus``, else ``~/.local/state/pryxbus``."""
+    env = os.environ.get("PRYXBUS_HOME")
+    if env:
+        return Path(env).expanduser()
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "pryxbus"
+
+
+def ensure_home(home: str | os.PathLike[str] | None) -> Path:
+    """Create the home directory if needed and make it private to its owner (0700)."""
+    path = Path(home).expanduser() if home else default_home()
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """The ZeroMQ endpoints of one stack."""
+
+    publish: str
+    """Broker XSUB: publishers connect here."""
+    subscribe: str
+    """Broker XPUB: subscribers connect here."""
+    control: str
+    """Broker ROUTER: health and stats requests."""
+    sessions: str
+    """Session service: REQ/REP session requests."""
+
+    @classmethod
+    def ipc(cls, home: str | os.PathLike[str]) -> Endpoints:
+        base = Path(home).expanduser().absolute()
+        return cls(**{name: f"ipc://{base / name[:3]}.sock" for name in _TCP_OFFSETS})
+
+    @classmethod
+    def tcp(cls, host: str, port: int) -> Endpoints:
+        return cls(**{name: f"tcp://{host}:{port + off}" for name, off in _TCP_OFFSETS.items()})
+
+    @classmethod
+    def parse_tcp(cls, spec: str) -> Endpoints:
+        """``HOST:PORT`` or ``tcp://HOST:PORT`` to endpoints; raises ValueError for anything else."""
+        text = spec.removeprefix("tcp://")
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 - 4:
+            raise ValueError(f"expected HOST:PORT, got {spec!r}")
+        return cls.tcp(host, int(port))
+
+    @classmethod
+    def for_home(cls, home: str | os.PathLike[str] | None) -> Endpoints:
+        """The endpoints of the stack in ``home``: its ``endpoints.json`` if any, else ipc."""
+        path = Path(home).expanduser() if home else default_home()
+        try:
+            data = json.loads((path / ENDPOINTS_FILE).read_text())
+            return cls(**{k: data[k] for k in _TCP_OFFSETS})
+        except (OSError, ValueError, KeyError, TypeError):
+            return cls.ipc(path)
+
+    @classmethod
+    def resolve(cls, target: str | os.PathLike[str] | None) -> Endpoints:
+        """A home directory, ``tcp://HOST:PORT``, or None (the default home) to endpoints."""
+        if isinstance(target, str) and target.startswith("tcp://"):
+            return cls.parse_tcp(target)
+        return cls.for_home(target)
+
+    def write(self, home: str | os.PathLike[str]) -> None:
+        """Record these endpoints in ``home`` (atomically) for clients that know only the home."""
+        path = Path(home) / ENDPOINTS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def with_(self, **changes: str) -> Endpoints:
+        return replace(self, **changes)
+
+    def ipc_paths(self) -> list[Path]:
+        """The socket files these endpoints create (to clean up after a stop)."""
+        return [Path(e[len("ipc://"):]) for e in asdict(self).values() if e.startswith("ipc://")]

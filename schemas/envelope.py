@@ -1,0 +1,110 @@
+"""The event envelope and its frames on the wire: pure encode/decode functions, no sockets.
+
+Publish (publisher -> broker ``in``), exactly 2 frames::
+
+    [0] topic  UTF-8 event type, e.g. b"channel:message"
+    [1] body   msgpack array [ENVELOPE_VERSION, ts, source, session_id, payload]
+
+Deliver (broker ``out`` -> subscriber), exactly 3 frames::
+
+    [0] topic  as published
+    [1] stamp  16 bytes, STAMP = struct "!QQ": (version, topic_seq)
+    [2] body   as published, byte for byte
+
+``schemas/PROTOCOL.md`` is the full description; this module is its executable form.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+ENVELOPE_VERSION = 1
+"""Version of the body layout; bumped on any incompatible change."""
+
+STAMP = struct.Struct("!QQ")
+"""The broker's stamp frame: global version, then the per-topic sequence (both from 1)."""
+
+BODY_MARK = b"\x95"
+"""First byte of every valid body: the msgpack header of a 5-element array."""
+
+DEFAULT_MAX_EVENT_SIZE = 1024 * 1024
+"""Largest encoded body the broker accepts by default, in bytes."""
+
+CONTROL_PREFIX = b"\x00"
+"""Topics starting with NUL are the broker's control messages, never events."""
+
+SYNC_PREFIX = b"\x00sync:"
+"""A subscriber subscribes to SYNC_PREFIX + token; the broker answers on that topic, proving
+that every subscription sent before it on the same connection is live."""
+
+
+class MalformedEvent(ValueError):
+    """Frames that do not follow the envelope layout."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded event as it travels: what the SDK turns into ``sdk.Event``."""
+
+    type: str
+    payload: Any
+    version: int
+    topic_seq: int
+    ts: float
+    source: str
+    session_id: str | None
+
+
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+def encode_body(payload: Any, *, source: str, session_id: str | None, ts: float | None = None) -> bytes:
+    """Encode the body frame of a publish. Raises TypeError for payloads msgpack cannot carry."""
+    return _packb(
+        (ENVELOPE_VERSION, time.time() if ts is None else ts, source, session_id, payload)
+    )
+
+
+def encode_publish(
+    event_type: str, payload: Any, *, source: str, session_id: str | None = None, ts: float | None = None
+) -> list[bytes]:
+    """The two frames a publisher sends for one event."""
+    return [event_type.encode("utf-8"), encode_body(payload, source=source, session_id=session_id, ts=ts)]
+
+
+def decode_body(body: bytes) -> tuple[float, str, str | None, Any]:
+    """Decode a body frame into ``(ts, source, session_id, payload)``; raises MalformedEvent."""
+    try:
+        fields = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as e:  # msgpack raises several unrelated types for garbage
+        raise MalformedEvent(f"body is not valid msgpack: {e}") from e
+    if not isinstance(fields, list) or len(fields) != 5 or fields[0] != ENVELOPE_VERSION:
+        raise MalformedEvent("body is not a version-1 envelope [1, ts, source, session_id, payload]")
+    _, ts, source, session_id, payload = fields
+    return ts, source, session_id, payload
+
+
+def stamp(version: int, topic_seq: int) -> bytes:
+    """The stamp frame the broker adds."""
+    return STAMP.pack(version, topic_seq)
+
+
+def decode_deliver(frames: list[bytes]) -> Envelope:
+    """Decode the three frames a subscriber receives; raises MalformedEvent."""
+    if len(frames) != 3:
+        raise MalformedEvent(f"expected 3 frames, got {len(frames)}")
+    topic, stamp_frame, body = frames
+    if len(stamp_frame) != STAMP.size:
+        raise MalformedEvent(f"stamp frame must be {STAMP.size} bytes, got {len(stamp_frame)}")
+    version, topic_seq = STAMP.unpack(stamp_frame)
+    ts, source, session_id, payload = decode_body(body)
+    try:
+        event_type = topic.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MalformedEvent("topic is not UTF-8") from e
+    return Envelope(event_type, payload, version, topic_seq, ts, source, session_id)

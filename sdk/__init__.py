@@ -1,0 +1,44 @@
+"""pryxbus SDK: publish and subscribe to versioned events, keep sessions. Hides every socket.
+
+>>> import sdk
+>>> with sdk.connect() as bus:
+...     bus.publish("channel:message", {"text": "hi"})
+"""
+
+from sdk.bus import Bus, connect
+from sdk.errors import (
+    BusClosed,
+    BusError,
+    BusTimeout,
+    BusUnavailable,
+    InvalidEvent,
+    MessageTooLarge,
+    PublishTimeout,
+    RemoteError,
+    SessionConflict,
+    SessionError,
+    SessionNotFound,
+    SlowSubscriberError,
+)
+from sdk.event import Event, Session
+from sdk.subscription import Subscription
+
+__all__ = [
+    "Bus",
+    "BusClosed",
+    "BusError",
+    "BusTimeout",
+    "BusUnavailable",
+    "Event",
+    "InvalidEvent",
+    "MessageTooLarge",
+    "PublishTimeout",
+    "RemoteError",
+    "Session",
+    "SessionConflict",
+    "SessionError",
+    "SessionNotFound",
+    "SlowSubscriberError",
+    "Subscription",
+    "connect",
+]

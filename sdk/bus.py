@@ -1,0 +1,260 @@
+"""The synchronous Bus: publish, subscribe, sessions. Hides every socket."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import msgpack
+import zmq
+
+from schemas.catalogue import SchemaError, validate as validate_payload
+from schemas.endpoints import Endpoints
+from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, ENVELOPE_VERSION
+from schemas.topics import InvalidType, check_pattern, check_type
+from sdk.errors import (
+    BusClosed,
+    BusError,
+    BusUnavailable,
+    InvalidEvent,
+    MessageTooLarge,
+    PublishTimeout,
+)
+from sdk.request import Requester
+from sdk.subscription import Policy, Subscription
+
+_SNDMORE = int(zmq.SNDMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
+
+DEFAULT_HWM = 10_000
+
+
+def resolve_endpoints(home: str | os.PathLike[str] | Endpoints | None) -> Endpoints:
+    """A home directory, ``tcp://HOST:PORT``, an Endpoints, or None (``$PRYXBUS_HOME``)."""
+    if isinstance(home, Endpoints):
+        return home
+    try:
+        return Endpoints.resolve(home)
+    except ValueError as e:
+        raise InvalidEvent(str(e)) from e
+
+
+class Bus:
+    """A connection to a running pryxbus stack. Create with :func:`sdk.connect`.
+
+    Thread-safe: publish, subscribe and session calls may come from several threads.
+    """
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | Endpoints | None = None,
+        *,
+        name: str = "component",
+        timeout: float = 5.0,
+        publish_timeout: float = 10.0,
+        hwm: int = DEFAULT_HWM,
+        validate: bool = False,
+        max_event_size: int | None = None,
+    ) -> None:
+        self.endpoints = resolve_endpoints(home)
+        self.name = name
+        self.timeout = timeout
+        self.publish_timeout = publish_timeout
+        self.hwm = hwm
+        self.validate = validate
+        self._ctx = zmq.Context()
+        self._lock = threading.Lock()
+        self._pub: zmq.Socket | None = None
+        self._topics: dict[str, bytes] = {}
+        self._packb = msgpack.Packer(use_bin_type=True).pack
+        self._subscriptions: set[Subscription] = set()
+        self._closed = False
+        self.control = Requester(self._ctx, self.endpoints.control, timeout=timeout, retries=1, what="broker")
+        self._sessions: Any = None
+        if max_event_size is None:
+            try:
+                max_event_size = self.control.call({"op": "ping"}).get("max_event_size")
+            except BusError:
+                self.close()
+                raise
+        self.max_event_size = int(max_event_size or DEFAULT_MAX_EVENT_SIZE)
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def _open_publisher(self) -> zmq.Socket:
+        """Connect the publisher and wait until the broker's subscription arrives (trap §4.1).
+
+        An XPUB publisher sees the broker's subscribe-all message once the connection is live;
+        sending before that would be dropped, so the first event after connect() is never lost.
+        """
+        sock = self._ctx.socket(zmq.XPUB)
+        sock.linger = int(self.timeout * 1000)  # let queued events reach the broker on close
+        sock.sndhwm = self.hwm
+        sock.setsockopt(zmq.XPUB_NODROP, 1)  # block (then time out) instead of dropping
+        sock.sndtimeo = int(self.publish_timeout * 1000)
+        sock.connect(self.endpoints.publish)
+        if not sock.poll(int(self.timeout * 1000), zmq.POLLIN):
+            sock.close(linger=0)
+            raise BusUnavailable(
+                f"the broker at {self.endpoints.publish} did not accept the publisher"
+                f" within {self.timeout:g}s (is it running?)"
+            )
+        sock.recv()  # the broker's subscription
+        self._pub = sock
+        return sock
+
+    def _topic(self, event_type: str) -> bytes:
+        topic = self._topics.get(event_type)
+        if topic is None:
+            try:
+                topic = check_type(event_type).encode("utf-8")
+            except InvalidType as e:
+                raise InvalidEvent(str(e)) from None
+            if len(self._topics) < 10_000:
+                self._topics[event_type] = topic
+        return topic
+
+    def publish(self, event_type: str, payload: Any = None, *, session_id: str | None = None) -> None:
+        """Publish one event. The broker stamps its version.
+
+        Blocks while the broker is behind (high-water mark reached), at most ``publish_timeout``.
+
+        Raises:
+            InvalidEvent: bad type, a payload msgpack cannot encode, or (with ``validate=True``)
+                a payload that does not match the catalogue.
+            MessageTooLarge: the encoded event is over the broker's limit; nothing was sent.
+            PublishTimeout: the broker stayed behind for ``publish_timeout``; nothing was sent.
+            BusUnavailable: the broker could not be reached.
+            BusClosed: the bus was closed.
+        """
+        topic = self._topic(event_type)
+        if self.validate:
+            try:
+                validate_payload(event_type, payload)
+            except SchemaError as e:
+                raise InvalidEvent(str(e)) from None
+        if session_id is not None and not isinstance(session_id, str):
+            raise InvalidEvent(f"session_id must be a str, not {type(session_id).__name__}")
+        with self._lock:
+            if self._closed:
+                raise BusClosed("bus is closed")
+            try:
+                body = self._packb((ENVELOPE_VERSION, time.time(), self.name, session_id, payload))
+            except (TypeError, ValueError, OverflowError) as e:
+                raise InvalidEvent(f"payload cannot be encoded with msgpack: {e}") from None
+            if len(body) > self.max_event_size:
+                raise MessageTooLarge(len(body), self.max_event_size)
+            sock = self._pub or self._open_publisher()
+            try:
+                sock.send(topic, _SNDMORE)
+            except zmq.Again:
+                raise PublishTimeout(
+                    f"the broker stayed behind for {self.publish_timeout:g}s; event not sent"
+                ) from None
+            sock.send(body)  # the rest of a multipart message never blocks
+
+    # -- subscribing -------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        *patterns: str,
+        policy: Policy = "drop",
+        hwm: int | None = None,
+        timeout: float | None = None,
+    ) -> Subscription:
+        """Subscribe to events whose type matches any pattern (none, or ``**``: every event).
+
+        Returns only once the subscription is live at the broker: any event published after
+        this returns is delivered (unless the subscription falls behind).
+
+        Args:
+            patterns: exact types, ``*`` for one segment, a final ``**`` for one or more.
+            policy: ``"drop"`` ends the subscription with SlowSubscriberError on the first loss;
+                ``"count"`` keeps going and counts losses in ``Subscription.lost``.
+            hwm: how many events may wait for this subscriber before it starts losing them.
+
+        Raises:
+            InvalidEvent: an invalid pattern or policy.
+            BusUnavailable: the broker did not confirm the subscription in time.
+        """
+        try:
+            checked = tuple(check_pattern(p) for p in patterns)
+        except InvalidType as e:
+            raise InvalidEvent(str(e)) from None
+        if policy not in ("drop", "count"):
+            raise InvalidEvent(f"policy must be 'drop' or 'count', not {policy!r}")
+        if self._closed:
+            raise BusClosed("bus is closed")
+        sub = Subscription(
+            self,
+            checked,
+            policy=policy,
+            hwm=self.hwm if hwm is None else hwm,
+            timeout=self.timeout if timeout is None else timeout,
+        )
+        with self._lock:
+            self._subscriptions.add(sub)
+        return sub
+
+    def _forget(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subscriptions.discard(sub)
+
+    # -- the rest ----------------------------------------------------------------------------
+
+    @property
+    def sessions(self) -> Any:
+        """The session service client (``create``, ``get``, ``list``, ``ensure``, ...)."""
+        if self._sessions is None:
+            from sdk.sessions import SessionClient
+
+            with self._lock:
+                if self._sessions is None:
+                    self._sessions = SessionClient(self._ctx, self.endpoints.sessions, timeout=self.timeout)
+        return self._sessions
+
+    def stats(self) -> dict[str, Any]:
+        """The broker's counters (events in/out, per topic, rejects, peers)."""
+        return self.control.call({"op": "stats"})
+
+    def close(self) -> None:
+        """Close every subscription, then the bus; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            subs = list(self._subscriptions)
+        for sub in subs:
+            sub.close()
+        with self._lock:
+            if self._sessions is not None:
+                self._sessions.close()
+            self.control.close()
+            if self._pub is not None:
+                self._pub.close()  # lingers so queued events still reach the broker
+                self._pub = None
+        self._ctx.term()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Bus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(home: str | os.PathLike[str] | Endpoints | None = None, **options: Any) -> Bus:
+    """Connect to the stack in ``home`` (default ``$PRYXBUS_HOME``) or at ``tcp://HOST:PORT``.
+
+    Options are keyword-only, in seconds: ``name``, ``timeout``, ``publish_timeout``, ``hwm``,
+    ``validate``.
+
+    Raises:
+        BusUnavailable: the broker did not answer within ``timeout``.
+    """
+    return Bus(home, **options)

@@ -1,0 +1,113 @@
+"""Every error the SDK raises. One root, ``BusError``; ZeroMQ errors are translated in one place.
+
+::
+
+    BusError
+    ├── BusUnavailable            the broker or session service did not answer
+    ├── BusClosed                 the Bus or Subscription was already closed
+    ├── InvalidEvent (ValueError) bad type, pattern or payload (see .reason)
+    │   └── MessageTooLarge       encoded event over the broker's limit (.size, .limit)
+    ├── BusTimeout (TimeoutError) a receive or publish did not complete in time
+    │   └── PublishTimeout        the broker stayed behind for the whole publish timeout
+    ├── SlowSubscriberError       a subscription fell behind and lost events (.lost)
+    ├── SessionError              the session service refused a request (.code)
+    │   ├── SessionNotFound (KeyError)
+    │   └── SessionConflict       import found a different session with the same id
+    └── RemoteError               a server answered with an error the SDK does not know (.code)
+"""
+
+from __future__ import annotations
+
+import zmq
+
+
+class BusError(Exception):
+    """Root of every pryxbus error."""
+
+
+class BusUnavailable(BusError):
+    """The broker or the session service did not answer in time."""
+
+
+class BusClosed(BusError):
+    """The Bus or Subscription was used after ``close()``."""
+
+
+class InvalidEvent(BusError, ValueError):
+    """An event type, pattern or payload that cannot be published or subscribed to."""
+
+
+class MessageTooLarge(InvalidEvent):
+    """The encoded event is larger than the broker accepts; nothing was sent."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"event is {size} bytes encoded; the broker accepts at most {limit}")
+        self.size = size
+        self.limit = limit
+
+
+class BusTimeout(BusError, TimeoutError):
+    """An operation did not complete before its timeout."""
+
+
+class PublishTimeout(BusTimeout):
+    """The broker stayed behind (high-water mark reached) for the whole publish timeout.
+
+    The event was not sent; publishing it again later is safe.
+    """
+
+
+class SlowSubscriberError(BusError):
+    """The subscription fell behind the broker's high-water mark and lost events.
+
+    Attributes:
+        lost: how many events were lost (exact, from the per-topic sequence).
+        topic: the event type on which the loss was first seen.
+    """
+
+    def __init__(self, lost: int, topic: str) -> None:
+        super().__init__(f"subscription too slow: lost {lost} event(s) of {topic!r} at the high-water mark")
+        self.lost = lost
+        self.topic = topic
+
+
+class SessionError(BusError):
+    """The session service refused a request."""
+
+    def __init__(self, message: str, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SessionNotFound(SessionError, KeyError):
+    """No session has that id."""
+
+    def __init__(self, message: str, code: str = "not_found") -> None:
+        super().__init__(message, code)
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class SessionConflict(SessionError):
+    """An imported session conflicts with an existing one (pass ``overwrite=True`` to replace it)."""
+
+    def __init__(self, message: str, code: str = "conflict") -> None:
+        super().__init__(message, code)
+
+
+class RemoteError(BusError):
+    """A server answered with an error code the SDK does not map to a class of its own."""
+
+    def __init__(self, message: str, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def translate(e: zmq.ZMQError, what: str) -> BusError:
+    """Turn a ZeroMQ error into the matching BusError (raise it ``from e``)."""
+    if isinstance(e, zmq.Again):
+        return BusTimeout(f"{what}: timed out")
+    if e.errno == zmq.ETERM:
+        return BusClosed(f"{what}: the bus is closed")
+    return BusUnavailable(f"{what}: {e}")

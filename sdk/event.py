@@ -1,0 +1,60 @@
+"""Values the SDK hands out: ``Event`` and ``Session`` (frozen, no reference to any socket)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event as a subscriber receives it.
+
+    Attributes:
+        type: the event type (its topic), e.g. ``"channel:message"``.
+        payload: the decoded payload (whatever msgpack carried: dict, list, str, ...).
+        version: the global version the broker stamped: 1, 2, 3, ... in delivery order.
+        ts: when the publisher sent it, in seconds since the epoch (publisher's clock).
+        source: the publishing component's ``name``.
+        session_id: the session this event belongs to, if any.
+        seq: the per-topic sequence the broker stamped (1, 2, 3, ... per type).
+    """
+
+    type: str
+    payload: Any
+    version: int
+    ts: float
+    source: str
+    session_id: str | None = None
+    seq: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (what ``pryxbus sub`` prints)."""
+        return {
+            "type": self.type,
+            "version": self.version,
+            "seq": self.seq,
+            "ts": self.ts,
+            "source": self.source,
+            "session_id": self.session_id,
+            "payload": self.payload,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A conversation session as the session service stores it (datetimes are UTC-aware)."""
+
+    id: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }

@@ -1,0 +1,109 @@
+"""Request/reply with a server (broker control, session service): the Lazy Pirate pattern.
+
+A REQ socket whose reply was lost is stuck (DESIGN.md §4.5), so each attempt that times out
+closes the socket, opens a fresh one and sends again, a bounded number of times, then raises
+``BusUnavailable``. Requests must therefore be idempotent; the session client makes them so.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import msgpack
+import zmq
+
+from sdk.errors import BusClosed, BusUnavailable, RemoteError, SessionConflict, SessionError, SessionNotFound
+
+_ERRORS: dict[str, type[SessionError] | type[RemoteError]] = {
+    "not_found": SessionNotFound,
+    "conflict": SessionConflict,
+}
+
+
+class Requester:
+    """A thread-safe Lazy Pirate client for one endpoint. Owns its socket, not the context."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        *,
+        timeout: float = 2.0,
+        retries: int = 3,
+        what: str = "server",
+        socket_options: dict[int, Any] | None = None,
+    ) -> None:
+        self._ctx = ctx
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.retries = retries
+        self.what = what
+        self._options = socket_options or {}
+        self._lock = threading.Lock()
+        self._sock: zmq.Socket | None = None
+        self._closed = False
+
+    def _open(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.REQ)
+        sock.linger = 0
+        for option, value in self._options.items():
+            sock.setsockopt(option, value)
+        sock.connect(self.endpoint)
+        return sock
+
+    def _discard(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def call(self, request: dict[str, Any], *, timeout: float | None = None, retries: int | None = None) -> Any:
+        """Send ``request`` (a map with an ``op``) and return the reply's ``result``.
+
+        Raises:
+            BusUnavailable: no reply after every retry.
+            SessionNotFound, SessionConflict, SessionError, RemoteError: the server said no.
+        """
+        payload = msgpack.packb(request, use_bin_type=True)
+        timeout_ms = int((self.timeout if timeout is None else timeout) * 1000)
+        attempts = 1 + (self.retries if retries is None else retries)
+        with self._lock:
+            if self._closed:
+                raise BusClosed(f"{self.what} client is closed")
+            for _ in range(attempts):
+                if self._sock is None:
+                    self._sock = self._open()
+                try:
+                    self._sock.send(payload)
+                    if self._sock.poll(timeout_ms, zmq.POLLIN):
+                        reply = self._sock.recv()
+                        break
+                except zmq.ZMQError:
+                    pass
+                self._discard()  # Lazy Pirate: a REQ that lost its reply is stuck; start over
+            else:
+                raise BusUnavailable(
+                    f"{self.what} at {self.endpoint} did not answer"
+                    f" ({attempts} attempt(s), {timeout_ms / 1000:g}s each)"
+                )
+        return _result(reply, self.what)
+
+    def close(self) -> None:
+        """Close the socket; idempotent."""
+        with self._lock:
+            self._closed = True
+            self._discard()
+
+
+def _result(reply: bytes, what: str) -> Any:
+    try:
+        msg = msgpack.unpackb(reply, raw=False, strict_map_key=False)
+    except Exception as e:
+        raise RemoteError(f"{what} sent a reply that is not msgpack", "bad_reply") from e
+    if not isinstance(msg, dict) or "ok" not in msg:
+        raise RemoteError(f"{what} sent a reply without 'ok'", "bad_reply")
+    if msg["ok"]:
+        return msg.get("result")
+    code = str(msg.get("code", "error"))
+    message = str(msg.get("message", "request failed"))
+    raise _ERRORS.get(code, RemoteError)(message, code)

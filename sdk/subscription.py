@@ -1,0 +1,232 @@
+"""A live subscription: one SUB socket, its patterns, and exact loss detection by topic sequence."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Literal
+
+import msgpack
+import zmq
+
+from schemas.envelope import ENVELOPE_VERSION, STAMP, SYNC_PREFIX
+from schemas.topics import compile_matcher, zmq_prefixes
+from sdk.errors import BusClosed, BusTimeout, BusUnavailable, SlowSubscriberError
+from sdk.event import Event
+
+if TYPE_CHECKING:
+    from sdk.bus import Bus
+
+Policy = Literal["drop", "count"]
+POLICIES = ("drop", "count")
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
+_unpack_stamp = STAMP.unpack
+_unpackb = msgpack.unpackb
+
+_SLICE_MS = 100  # how often a blocked receive looks whether the subscription was closed
+
+
+class EventDecoder:
+    """Turns delivered frames into Events, filters by pattern and tracks per-topic sequences.
+
+    Shared by the sync and asyncio subscriptions; holds no socket.
+    """
+
+    def __init__(self, patterns: tuple[str, ...], policy: Policy) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
+        self.matches: Callable[[bytes], bool] = compile_matcher(patterns)
+        self.prefixes = zmq_prefixes(patterns)
+        self.policy = policy
+        self.last_seq: dict[bytes, int] = {}
+        self.lost = 0
+        self.malformed = 0
+        self.received = 0
+
+    def decode(self, topic: bytes, stamp: bytes, body: bytes) -> Event | None:
+        """The Event for these frames, or None if it is filtered out or malformed.
+
+        Raises:
+            SlowSubscriberError: the sequence shows lost events and the policy is ``drop``.
+        """
+        if len(stamp) != 16:
+            self.malformed += 1
+            return None
+        version, seq = _unpack_stamp(stamp)
+        last = self.last_seq.get(topic)
+        self.last_seq[topic] = seq
+        if last is not None and seq != last + 1 and seq > last:
+            lost = seq - last - 1
+            self.lost += lost
+            if self.policy == "drop":
+                raise SlowSubscriberError(lost, topic.decode("utf-8", "replace"))
+        if not self.matches(topic):
+            return None
+        try:
+            env, ts, source, session_id, payload = _unpackb(body, raw=False, strict_map_key=False)
+            if env != ENVELOPE_VERSION:
+                raise ValueError(env)
+            event_type = topic.decode("utf-8")
+        except Exception:
+            self.malformed += 1
+            return None
+        self.received += 1
+        return Event(event_type, payload, version, ts, source, session_id, seq)
+
+
+def sync_token() -> bytes:
+    """A fresh sync topic: the broker answers a subscription to it on the same connection."""
+    return SYNC_PREFIX + uuid.uuid4().hex.encode()
+
+
+class Subscription:
+    """Events matching some patterns, in version order. Create with ``Bus.subscribe``.
+
+    Iterate it, or call ``recv(timeout=)``. Closing it (or its Bus) ends iteration.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        patterns: tuple[str, ...],
+        *,
+        policy: Policy = "drop",
+        hwm: int,
+        timeout: float,
+    ) -> None:
+        self.patterns = patterns
+        self._decoder = EventDecoder(patterns, policy)
+        self._bus = bus
+        self._lock = threading.Lock()
+        self._closed = False
+        self._failed: SlowSubscriberError | None = None
+        self._pending: deque[Event] = deque()
+        sock = bus._ctx.socket(zmq.SUB)
+        sock.linger = 0
+        sock.rcvhwm = hwm
+        self._sock = sock
+        try:
+            sock.connect(bus.endpoints.subscribe)
+            for prefix in self._decoder.prefixes:
+                sock.subscribe(prefix)
+            self._await_live(timeout)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+
+    def _await_live(self, timeout: float) -> None:
+        """Return once the broker has our filters: it answers a sync subscription sent after them."""
+        token = sync_token()
+        self._sock.subscribe(token)
+        deadline = time.monotonic() + timeout
+        recv, decode = self._sock.recv, self._decoder.decode
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._sock.poll(int(remaining * 1000) + 1, _POLLIN):
+                raise BusUnavailable(
+                    f"the broker at {self._bus.endpoints.subscribe} did not confirm the subscription"
+                    f" within {timeout:g}s (is it running?)"
+                )
+            topic, stamp, body = recv(), recv(), recv()
+            if topic == token:
+                break
+            if topic[:1] != b"\x00":  # an event that arrived before the sync reply: keep it
+                event = decode(topic, stamp, body)
+                if event is not None:
+                    self._pending.append(event)
+        self._sock.unsubscribe(token)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    @property
+    def lost(self) -> int:
+        """Events lost so far (with ``policy="count"``; with ``"drop"`` the first loss ends it)."""
+        return self._decoder.lost
+
+    @property
+    def malformed(self) -> int:
+        """Delivered messages that could not be decoded and were skipped."""
+        return self._decoder.malformed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def recv(self, timeout: float | None = None) -> Event:
+        """The next matching event.
+
+        Args:
+            timeout: seconds to wait; None waits until an event arrives or the subscription closes.
+
+        Raises:
+            BusTimeout: nothing arrived in time (also a ``TimeoutError``).
+            SlowSubscriberError: events were lost and the policy is ``"drop"``; the subscription is over.
+            BusClosed: the subscription or its bus was closed.
+        """
+        if self._pending:
+            return self._pending.popleft()
+        with self._lock:
+            if self._failed is not None:
+                raise self._failed
+            if self._closed:
+                raise BusClosed("subscription is closed")
+            sock = self._sock
+            recv, decode = sock.recv, self._decoder.decode
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                try:
+                    topic = recv(_NOBLOCK)
+                except zmq.Again:
+                    if self._closed:
+                        raise BusClosed("subscription is closed") from None
+                    if deadline is None:
+                        wait_ms = _SLICE_MS
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise BusTimeout(f"no event within {timeout:g}s") from None
+                        wait_ms = min(_SLICE_MS, int(remaining * 1000) + 1)
+                    sock.poll(wait_ms, _POLLIN)
+                    continue
+                stamp = recv()
+                body = recv()
+                try:
+                    event = decode(topic, stamp, body)
+                except SlowSubscriberError as e:
+                    self._failed = e
+                    self._close_socket()
+                    raise
+                if event is not None:
+                    return event
+
+    def __iter__(self) -> Iterator[Event]:
+        """Events until the subscription is closed; a loss under ``policy="drop"`` raises."""
+        while True:
+            try:
+                yield self.recv()
+            except BusClosed:
+                return
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _close_socket(self) -> None:
+        if not self._sock.closed:
+            self._sock.close(linger=0)
+
+    def close(self) -> None:
+        """End the subscription; idempotent, and safe while another thread is in ``recv``."""
+        self._closed = True
+        with self._lock:
+            self._close_socket()
+        self._bus._forget(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

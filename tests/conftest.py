@@ -1,0 +1,125 @@
+"""Shared fixtures: real broker and session-service processes under pytest-xprocess.
+
+Every part is started with ``python -m broker ...`` in a fresh short home directory (ipc socket
+paths must stay under ~100 bytes) and is ready when it prints its ``ready`` line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from xprocess import ProcessStarter
+
+import sdk
+from schemas.endpoints import Endpoints
+
+REPO = Path(__file__).resolve().parent.parent
+_names = itertools.count()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", help="run the long fault and load tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="long soak test: run with --soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
+@dataclass
+class Part:
+    """A running server process started by :func:`start_part`."""
+
+    name: str
+    pid: int
+    home: Path
+    xprocess: object
+
+    def stop(self) -> None:
+        """SIGTERM, and wait (what a clean shutdown looks like)."""
+        self.xprocess.getinfo(self.name).terminate()
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL (a crash)."""
+        self.signal(signal.SIGKILL)
+        self.xprocess.getinfo(self.name).terminate()
+
+    @property
+    def log(self) -> str:
+        return Path(self.xprocess.getinfo(self.name).logpath).read_text(errors="replace")
+
+
+def start_part(xprocess, home: Path, *args: str, pattern: str = "ready", name: str | None = None) -> Part:
+    """Start ``pryxbus ARGS --home HOME`` and wait for its ready line."""
+    name = name or f"{args[0]}-{next(_names)}"
+    command = [sys.executable, "-u", "-m", "broker", *args, "--home", str(home)]
+
+    class Starter(ProcessStarter):
+        timeout = 30
+        terminate_on_interrupt = True
+        max_read_lines = 500
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    Starter.pattern = pattern
+    Starter.args = command
+    pid, _log = xprocess.ensure(name, Starter)
+    return Part(name=name, pid=pid, home=home, xprocess=xprocess)
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A fresh, short stack home."""
+    path = Path(tempfile.mkdtemp(prefix="pxb-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def start(xprocess, home):
+    """Factory: ``start("broker", "--sub-hwm", "10")`` starts a part in the test's home."""
+    parts: list[Part] = []
+
+    def _start(*args: str, pattern: str = "ready") -> Part:
+        part = start_part(xprocess, home, *args, pattern=pattern)
+        parts.append(part)
+        return part
+
+    yield _start
+    for part in parts:
+        try:
+            part.stop()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def broker(start) -> Part:
+    """A broker alone, on its defaults."""
+    return start("broker")
+
+
+@pytest.fixture
+def endpoints(home: Path, broker: Part) -> Endpoints:
+    return Endpoints.for_home(home)
+
+
+@pytest.fixture
+def bus(home: Path, broker: Part) -> Iterator[sdk.Bus]:
+    with sdk.connect(home, name="test", timeout=5.0) as b:
+        yield b
