@@ -70,14 +70,16 @@ def start_part(xprocess, home: Path, *args: str, pattern: str = "ready", name: s
     name = name or f"{args[0]}-{next(_names)}"
     command = [sys.executable, "-u", "-m", "broker", *args, "--home", str(home)]
 
+    ready_pattern = pattern
+
     class Starter(ProcessStarter):
         timeout = 30
         terminate_on_interrupt = True
         max_read_lines = 500
         env = {**os.environ, "PYTHONPATH": str(REPO)}
+        args = command
+        pattern = ready_pattern
 
-    Starter.pattern = pattern
-    Starter.args = command
     pid, _log = xprocess.ensure(name, Starter)
     return Part(name=name, pid=pid, home=home, xprocess=xprocess)
 
