@@ -15,7 +15,7 @@ from pathlib import Path
 ENDPOINTS_FILE = "endpoints.json"
 
 # Port offsets from the base port given with --tcp.
-_TCP_OFFSETS = {"publish": 0, "subscribe": 1, "control": 2, "sessions": 3}
+_TCP_OFFSETS = {"publish": 0, "subscribe": 1, "control": 2, "sessions": 3, "log": 4}
 
 
 def default_home() -> Path:
@@ -47,6 +47,8 @@ class Endpoints:
     """Broker ROUTER: health and stats requests."""
     sessions: str
     """Session service: REQ/REP session requests."""
+    log: str = ""
+    """Event log: REQ/REP replay and query requests (empty: a stack without a log)."""
 
     @classmethod
     def ipc(cls, home: str | os.PathLike[str]) -> Endpoints:
@@ -62,7 +64,7 @@ class Endpoints:
         """``HOST:PORT`` or ``tcp://HOST:PORT`` to endpoints; raises ValueError for anything else."""
         text = spec.removeprefix("tcp://")
         host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 - 4:
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 - len(_TCP_OFFSETS):
             raise ValueError(f"expected HOST:PORT, got {spec!r}")
         return cls.tcp(host, int(port))
 
@@ -72,7 +74,7 @@ class Endpoints:
         path = Path(home).expanduser() if home else default_home()
         try:
             data = json.loads((path / ENDPOINTS_FILE).read_text())
-            return cls(**{k: data[k] for k in _TCP_OFFSETS})
+            return cls(**{k: data[k] for k in _TCP_OFFSETS if k != "log" or k in data})
         except (OSError, ValueError, KeyError, TypeError):
             return cls.ipc(path)
 
