@@ -42,3 +42,5 @@ __all__ = [
     "Subscription",
     "connect",
 ]
+
+from sdk import aio  # noqa: E402  (the asyncio API: sdk.aio.connect)

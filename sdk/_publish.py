@@ -1,0 +1,117 @@
+"""The socket-free half of publishing and subscribing, shared by the sync and the asyncio Bus.
+
+Type and pattern checks, payload validation, body encoding with the size check, the publisher
+socket's options and the errors both buses raise. Neither bus duplicates these rules.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from schemas.catalogue import SchemaError, validate as validate_payload
+from schemas.envelope import ENVELOPE_VERSION
+from schemas.topics import InvalidType, check_pattern, check_type
+from sdk.errors import BusUnavailable, InvalidEvent, MessageTooLarge, PublishTimeout
+from sdk.subscription import POLICIES
+
+_TOPIC_CACHE_LIMIT = 10_000
+
+
+def topic_of(event_type: str, cache: dict[str, bytes]) -> bytes:
+    """The topic frame for ``event_type``, checked once and cached.
+
+    Raises:
+        InvalidEvent: the type does not follow the grammar in ``schemas.topics``.
+    """
+    topic = cache.get(event_type)
+    if topic is None:
+        try:
+            topic = check_type(event_type).encode("utf-8")
+        except InvalidType as e:
+            raise InvalidEvent(str(e)) from None
+        if len(cache) < _TOPIC_CACHE_LIMIT:
+            cache[event_type] = topic
+    return topic
+
+
+def check_event(event_type: str, payload: Any, session_id: str | None, *, validate: bool) -> None:
+    """The checks besides the type: ``session_id`` is a str or None, and (if asked) the catalogue.
+
+    Raises:
+        InvalidEvent: a bad ``session_id``, or a payload that does not match the catalogue.
+    """
+    if session_id is not None and not isinstance(session_id, str):
+        raise InvalidEvent(f"session_id must be a str, not {type(session_id).__name__}")
+    if validate:
+        try:
+            validate_payload(event_type, payload)
+        except SchemaError as e:
+            raise InvalidEvent(str(e)) from None
+
+
+def encode_body(
+    packb: Callable[[Any], bytes], source: str, session_id: str | None, payload: Any, limit: int
+) -> bytes:
+    """The body frame of one event, refused before sending if it is over the broker's ``limit``.
+
+    Raises:
+        InvalidEvent: msgpack cannot encode the payload.
+        MessageTooLarge: the encoded body is over ``limit`` bytes (DESIGN.md §4.4).
+    """
+    try:
+        body = packb((ENVELOPE_VERSION, time.time(), source, session_id, payload))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InvalidEvent(f"payload cannot be encoded with msgpack: {e}") from None
+    if len(body) > limit:
+        raise MessageTooLarge(len(body), limit)
+    return body
+
+
+def check_subscription(patterns: tuple[Any, ...], policy: str) -> tuple[str, ...]:
+    """The validated patterns of a subscription.
+
+    Raises:
+        InvalidEvent: an invalid pattern or policy.
+    """
+    try:
+        checked = tuple(check_pattern(p) for p in patterns)
+    except InvalidType as e:
+        raise InvalidEvent(str(e)) from None
+    if policy not in POLICIES:
+        raise InvalidEvent(f"policy must be 'drop' or 'count', not {policy!r}")
+    return checked
+
+
+def configure_publisher(sock: zmq.Socket, *, timeout: float, publish_timeout: float, hwm: int) -> None:
+    """Options of the publisher socket (an XPUB, so it can see the broker's subscription).
+
+    With XPUB_NODROP a full queue makes a send block (then time out after ``publish_timeout``)
+    instead of dropping the event; the linger lets queued events reach the broker on close.
+    """
+    sock.linger = int(timeout * 1000)
+    sock.sndhwm = hwm
+    sock.setsockopt(zmq.XPUB_NODROP, 1)
+    sock.sndtimeo = int(publish_timeout * 1000)
+
+
+def publisher_unavailable(endpoint: str, timeout: float) -> BusUnavailable:
+    """The error when the broker's subscription never reached the publisher (trap §4.1)."""
+    return BusUnavailable(
+        f"the broker at {endpoint} did not accept the publisher within {timeout:g}s (is it running?)"
+    )
+
+
+def publish_timed_out(publish_timeout: float) -> PublishTimeout:
+    """The error when the broker stayed behind for the whole publish timeout."""
+    return PublishTimeout(f"the broker stayed behind for {publish_timeout:g}s; event not sent")
+
+
+def subscription_unconfirmed(endpoint: str, timeout: float) -> BusUnavailable:
+    """The error when the broker did not answer a subscription's sync token in time."""
+    return BusUnavailable(
+        f"the broker at {endpoint} did not confirm the subscription within {timeout:g}s (is it running?)"
+    )

@@ -1,0 +1,257 @@
+"""The asyncio Bus: the sync API of ``sdk.Bus`` with ``await``, over ``zmq.asyncio``.
+
+>>> import sdk.aio
+>>> async def main():
+...     async with sdk.aio.connect(name="agent") as bus:          # or: bus = await sdk.aio.connect()
+...         async with bus.subscribe("channel:*") as sub:          # or: sub = await bus.subscribe()
+...             await bus.publish("channel:message", {"text": "hi"})
+...             async for ev in sub:
+...                 print(ev.version, ev.type, ev.payload)
+...                 break
+
+The rules (types, patterns, size limit, publisher handshake, loss detection) are those of the
+sync SDK, shared through ``sdk._publish`` and ``sdk.subscription.EventDecoder``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from typing import Any
+
+import msgpack
+import zmq
+import zmq.asyncio
+
+from schemas.endpoints import Endpoints
+from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
+from sdk._publish import (
+    check_event,
+    check_subscription,
+    configure_publisher,
+    encode_body,
+    publish_timed_out,
+    publisher_unavailable,
+    topic_of,
+)
+from sdk.aio_request import AsyncRequester
+from sdk.aio_subscription import Pending, Subscription
+from sdk.bus import DEFAULT_HWM, resolve_endpoints
+from sdk.errors import BusClosed, translate
+from sdk.subscription import Policy
+
+__all__ = ["Bus", "Subscription", "connect"]
+
+_POLLIN = int(zmq.POLLIN)
+
+
+class Bus:
+    """A connection to a running pryxbus stack, for asyncio. Create with :func:`sdk.aio.connect`.
+
+    Use it from one event loop; concurrent tasks may publish, subscribe and call sessions.
+    """
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | Endpoints | None = None,
+        *,
+        name: str = "component",
+        timeout: float = 5.0,
+        publish_timeout: float = 10.0,
+        hwm: int = DEFAULT_HWM,
+        validate: bool = False,
+        max_event_size: int | None = None,
+    ) -> None:
+        self.endpoints = resolve_endpoints(home)
+        self.name = name
+        self.timeout = timeout
+        self.publish_timeout = publish_timeout
+        self.hwm = hwm
+        self.validate = validate
+        self.max_event_size = int(max_event_size or DEFAULT_MAX_EVENT_SIZE)
+        self._asked_size = max_event_size is None
+        self._ctx = zmq.asyncio.Context()
+        self._pub: zmq.asyncio.Socket | None = None
+        self._pub_lock = asyncio.Lock()
+        self._topics: dict[str, bytes] = {}
+        self._packb = msgpack.Packer(use_bin_type=True).pack
+        self._subscriptions: set[Subscription] = set()
+        self._closed = False
+        self.control = AsyncRequester(self._ctx, self.endpoints.control, timeout=timeout, retries=1, what="broker")
+        self._sessions: Any = None
+
+    async def _start(self) -> Bus:
+        """Ask the broker for its event size limit (this also proves it is there)."""
+        if self._asked_size:
+            try:
+                limit = (await self.control.call({"op": "ping"})).get("max_event_size")
+            except BaseException:
+                await self.close()
+                raise
+            self.max_event_size = int(limit or DEFAULT_MAX_EVENT_SIZE)
+        return self
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def _open_publisher(self) -> zmq.asyncio.Socket:
+        """Connect the publisher and wait until the broker's subscription arrives (trap §4.1)."""
+        async with self._pub_lock:
+            if self._pub is not None:
+                return self._pub
+            if self._closed:
+                raise BusClosed("bus is closed")
+            sock = self._ctx.socket(zmq.XPUB)
+            configure_publisher(sock, timeout=self.timeout, publish_timeout=self.publish_timeout, hwm=self.hwm)
+            try:
+                sock.connect(self.endpoints.publish)
+                if not await sock.poll(int(self.timeout * 1000), _POLLIN):
+                    raise publisher_unavailable(self.endpoints.publish, self.timeout)
+                await sock.recv()  # the broker's subscription
+            except BaseException:
+                sock.close(linger=0)
+                raise
+            self._pub = sock
+            return sock
+
+    async def publish(self, event_type: str, payload: Any = None, *, session_id: str | None = None) -> None:
+        """Publish one event. The broker stamps its version.
+
+        Waits while the broker is behind (high-water mark reached), at most ``publish_timeout``.
+
+        Raises:
+            InvalidEvent: bad type, a payload msgpack cannot encode, or (with ``validate=True``)
+                a payload that does not match the catalogue.
+            MessageTooLarge: the encoded event is over the broker's limit; nothing was sent.
+            PublishTimeout: the broker stayed behind for ``publish_timeout``; nothing was sent.
+            BusUnavailable: the broker could not be reached.
+            BusClosed: the bus was closed.
+        """
+        topic = topic_of(event_type, self._topics)
+        check_event(event_type, payload, session_id, validate=self.validate)
+        if self._closed:
+            raise BusClosed("bus is closed")
+        body = encode_body(self._packb, self.name, session_id, payload, self.max_event_size)
+        sock = self._pub or await self._open_publisher()
+        try:
+            await sock.send_multipart((topic, body))  # one queued send: concurrent tasks never interleave
+        except zmq.Again:
+            raise publish_timed_out(self.publish_timeout) from None
+        except zmq.ZMQError as e:
+            raise translate(e, "publish") from e
+
+    # -- subscribing -------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        *patterns: str,
+        policy: Policy = "drop",
+        hwm: int | None = None,
+        timeout: float | None = None,
+    ) -> Pending[Subscription]:
+        """Subscribe to events whose type matches any pattern (none, or ``**``: every event).
+
+        ``sub = await bus.subscribe(...)`` or ``async with bus.subscribe(...) as sub:``; either way
+        the subscription is live at the broker once it is handed out: any event published after
+        that is delivered (unless the subscription falls behind).
+
+        Args:
+            patterns: exact types, ``*`` for one segment, a final ``**`` for one or more.
+            policy: ``"drop"`` ends the subscription with SlowSubscriberError on the first loss;
+                ``"count"`` keeps going and counts losses in ``Subscription.lost``.
+            hwm: how many events may wait for this subscriber before it starts losing them.
+            timeout: seconds to wait for the broker's confirmation (default: the bus's timeout).
+
+        Raises:
+            InvalidEvent: an invalid pattern or policy (at once, before anything is awaited).
+            BusUnavailable: the broker did not confirm the subscription in time.
+            BusClosed: the bus was closed.
+        """
+        checked = check_subscription(patterns, policy)
+
+        async def open_subscription() -> Subscription:
+            if self._closed:
+                raise BusClosed("bus is closed")
+            sub = Subscription(self, checked, policy=policy, hwm=self.hwm if hwm is None else hwm)
+            self._subscriptions.add(sub)
+            try:
+                await sub._start(self.timeout if timeout is None else timeout)
+            except BaseException:
+                self._subscriptions.discard(sub)
+                raise
+            return sub
+
+        return Pending(open_subscription)
+
+    def _forget(self, sub: Subscription) -> None:
+        self._subscriptions.discard(sub)
+
+    # -- the rest ----------------------------------------------------------------------------
+
+    @property
+    def sessions(self) -> Any:
+        """The asyncio session client: ``await bus.sessions.create(title)``, ``get``, ``list``, ``ensure``, ..."""
+        if self._sessions is None:
+            if self._closed:
+                raise BusClosed("bus is closed")
+            from sdk.sessions import AsyncSessionClient
+
+            self._sessions = AsyncSessionClient(self._ctx, self.endpoints.sessions, timeout=self.timeout)
+        return self._sessions
+
+    async def stats(self) -> dict[str, Any]:
+        """The broker's counters (events in/out, per topic, rejects, peers).
+
+        Raises:
+            BusUnavailable: the broker did not answer.
+        """
+        return await self.control.call({"op": "stats"})
+
+    async def close(self) -> None:
+        """Close every subscription, then the bus; idempotent.
+
+        Events still queued reach the broker first (for at most ``timeout``).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for sub in list(self._subscriptions):
+            await sub.close()
+        if self._sessions is not None:
+            closing = self._sessions.close()
+            if inspect.isawaitable(closing):
+                await closing
+        self.control.close()
+        if self._pub is not None:
+            self._pub.close()  # lingers so queued events still reach the broker
+            self._pub = None
+        # term() waits out the publisher's linger: keep the event loop free meanwhile.
+        await asyncio.to_thread(self._ctx.term)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def connect(home: str | os.PathLike[str] | Endpoints | None = None, **options: Any) -> Pending[Bus]:
+    """Connect to the stack in ``home`` (default ``$PRYXBUS_HOME``) or at ``tcp://HOST:PORT``.
+
+    ``bus = await sdk.aio.connect(...)`` (then ``await bus.close()``) or
+    ``async with sdk.aio.connect(...) as bus:``. Options are those of :func:`sdk.connect`,
+    keyword-only, in seconds: ``name``, ``timeout``, ``publish_timeout``, ``hwm``, ``validate``.
+
+    Raises:
+        BusUnavailable: the broker did not answer within ``timeout``.
+        InvalidEvent: ``home`` is not a directory or ``tcp://HOST:PORT``.
+    """
+
+    async def open_bus() -> Bus:
+        return await Bus(home, **options)._start()
+
+    return Pending(open_bus)

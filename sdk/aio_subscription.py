@@ -1,0 +1,206 @@
+"""A live subscription for asyncio: one ``zmq.asyncio`` SUB socket, decoded by the shared EventDecoder."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import zmq
+import zmq.asyncio
+
+from sdk._publish import subscription_unconfirmed
+from sdk.errors import BusClosed, BusTimeout, SlowSubscriberError
+from sdk.event import Event
+from sdk.subscription import EventDecoder, Policy, sync_token
+
+if TYPE_CHECKING:
+    from sdk.aio import Bus
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
+
+
+class Subscription:
+    """Events matching some patterns, in version order. Create with ``await bus.subscribe(...)``.
+
+    ``async for ev in sub`` or ``await sub.recv(timeout=)``. Closing it (or its Bus) ends iteration.
+    """
+
+    def __init__(self, bus: Bus, patterns: tuple[str, ...], *, policy: Policy, hwm: int) -> None:
+        self.patterns = patterns
+        self._decoder = EventDecoder(patterns, policy)
+        self._bus = bus
+        self._closed = False
+        self._failed: SlowSubscriberError | None = None
+        self._pending: deque[Event] = deque()
+        sock = bus._ctx.socket(zmq.SUB)
+        sock.linger = 0
+        sock.rcvhwm = hwm
+        self._sock: zmq.asyncio.Socket = sock
+
+    async def _start(self, timeout: float) -> None:
+        """Connect, subscribe, and return once the broker has our filters (its sync reply arrived)."""
+        sock = self._sock
+        try:
+            sock.connect(self._bus.endpoints.subscribe)
+            for prefix in self._decoder.prefixes:
+                sock.subscribe(prefix)
+            token = sync_token()
+            sock.subscribe(token)
+            deadline = time.monotonic() + timeout
+            while True:
+                frames = await self._next_frames(deadline)
+                if frames is None:
+                    raise subscription_unconfirmed(self._bus.endpoints.subscribe, timeout)
+                if len(frames) != 3:
+                    continue
+                topic, stamp, body = frames
+                if topic == token:
+                    break
+                if topic[:1] != b"\x00":  # an event that arrived before the sync reply: keep it
+                    event = self._decoder.decode(topic, stamp, body)
+                    if event is not None:
+                        self._pending.append(event)
+            sock.unsubscribe(token)
+        except BaseException:
+            self._closed = True
+            sock.close(linger=0)
+            raise
+
+    async def _next_frames(self, deadline: float | None) -> list[bytes] | None:
+        """The next delivered message, or None at the deadline.
+
+        Raises:
+            BusClosed: the subscription was closed (also while waiting).
+        """
+        sock = self._sock
+        if sock.closed:
+            raise BusClosed("subscription is closed")
+        future = sock.recv_multipart(_NOBLOCK)  # resolves at once: a message, or zmq.Again
+        if future.exception() is None:
+            return future.result()
+        if not isinstance(future.exception(), zmq.Again):
+            raise BusClosed("subscription is closed") from future.exception()
+        future = sock.recv_multipart()
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            done, _ = await asyncio.wait({future}, timeout=remaining)
+        except asyncio.CancelledError:
+            future.cancel()  # never leave a receive behind that would swallow a message
+            raise
+        if not done:
+            future.cancel()
+            return None
+        if future.cancelled():  # close() cancels every pending receive of the socket
+            raise BusClosed("subscription is closed")
+        error = future.exception()
+        if error is not None:
+            raise BusClosed("subscription is closed") from error
+        return future.result()
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    @property
+    def lost(self) -> int:
+        """Events lost so far (with ``policy="count"``; with ``"drop"`` the first loss ends it)."""
+        return self._decoder.lost
+
+    @property
+    def malformed(self) -> int:
+        """Delivered messages that could not be decoded and were skipped."""
+        return self._decoder.malformed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def recv(self, timeout: float | None = None) -> Event:
+        """The next matching event.
+
+        Args:
+            timeout: seconds to wait; None waits until an event arrives or the subscription closes.
+
+        Raises:
+            BusTimeout: nothing arrived in time (also a ``TimeoutError``).
+            SlowSubscriberError: events were lost and the policy is ``"drop"``; the subscription is over.
+            BusClosed: the subscription or its bus was closed.
+        """
+        if self._pending:
+            return self._pending.popleft()
+        if self._failed is not None:
+            raise self._failed
+        if self._closed:
+            raise BusClosed("subscription is closed")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        decode = self._decoder.decode
+        while True:
+            frames = await self._next_frames(deadline)
+            if frames is None:
+                raise BusTimeout(f"no event within {timeout:g}s")
+            if len(frames) != 3:
+                self._decoder.malformed += 1
+                continue
+            try:
+                event = decode(*frames)
+            except SlowSubscriberError as e:
+                self._failed = e
+                self._close_socket()
+                raise
+            if event is not None:
+                return event
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        """Events until the subscription is closed; a loss under ``policy="drop"`` raises."""
+        while True:
+            try:
+                yield await self.recv()
+            except BusClosed:
+                return
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _close_socket(self) -> None:
+        if not self._sock.closed:
+            self._sock.close(linger=0)  # cancels a receive another task is waiting on
+
+    async def close(self) -> None:
+        """End the subscription; idempotent, and safe while another task is in ``recv``."""
+        self._closed = True
+        self._close_socket()
+        self._bus._forget(self)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+T = TypeVar("T")
+
+
+class Pending(Generic[T]):
+    """An awaitable that is also an async context manager: ``x = await f()`` or ``async with f() as x``.
+
+    On ``async with`` exit the object's ``close()`` is awaited.
+    """
+
+    def __init__(self, factory: Callable[[], Awaitable[T]]) -> None:
+        self._factory = factory
+        self._value: Any = None
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._factory().__await__()
+
+    async def __aenter__(self) -> T:
+        self._value = await self._factory()
+        return self._value
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._value.close()

@@ -1,0 +1,255 @@
+"""The asyncio SDK (``sdk.aio``) against a real broker: the sync API's behaviours, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import sdk
+import sdk.aio
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_publish_subscribe_round_trip_with_context_managers(home: Path, broker) -> None:
+    async def main():
+        async with sdk.aio.connect(home, name="aio-test") as bus:
+            async with bus.subscribe() as sub:
+                await bus.publish("channel:message", {"text": "hi"}, session_id="s-1")
+                return await sub.recv(timeout=5)
+
+    event = run(main())
+    assert (event.type, event.payload, event.version, event.seq, event.session_id, event.source) == (
+        "channel:message",
+        {"text": "hi"},
+        1,
+        1,
+        "s-1",
+        "aio-test",
+    )
+
+
+def test_await_forms_and_versions_increase_by_one(home: Path, broker) -> None:
+    async def main():
+        bus = await sdk.aio.connect(home, name="aio")
+        sub = await bus.subscribe()
+        for i in range(50):
+            await bus.publish("trace:event", {"name": "step", "attrs": {"i": i}})
+        events = [await sub.recv(timeout=5) for _ in range(50)]
+        await sub.close()
+        await bus.close()
+        return events
+
+    events = run(main())
+    assert [e.version for e in events] == list(range(1, 51))
+    assert [e.payload["attrs"]["i"] for e in events] == list(range(50))
+
+
+def test_topic_filtering_and_wildcards(home: Path, broker) -> None:
+    async def main():
+        async with sdk.aio.connect(home) as bus:
+            async with bus.subscribe("agent:*") as agents, bus.subscribe("channel:message") as channel:
+                for event_type in ("channel:message", "agent:spawned", "session:created", "agent:completed"):
+                    await bus.publish(event_type, {})
+                got_agents = [(await agents.recv(timeout=5)).type for _ in range(2)]
+                got_channel = (await channel.recv(timeout=5)).type
+                with pytest.raises(sdk.BusTimeout):
+                    await channel.recv(timeout=0.2)
+                return got_agents, got_channel
+
+    assert run(main()) == (["agent:spawned", "agent:completed"], "channel:message")
+
+
+def test_two_subscribers_both_receive(home: Path, broker) -> None:
+    async def main():
+        async with sdk.aio.connect(home) as bus:
+            async with bus.subscribe() as a, bus.subscribe() as b:
+                await bus.publish("agent:spawned", {"agent_id": "a1"})
+                return (await a.recv(timeout=5)).version, (await b.recv(timeout=5)).version
+
+    assert run(main()) == (1, 1)
+
+
+def test_async_for_ends_when_the_subscription_is_closed(home: Path, broker) -> None:
+    async def main():
+        async with sdk.aio.connect(home) as bus:
+            sub = await bus.subscribe("agent:*")
+            seen = []
+
+            async def consume():
+                async for ev in sub:
+                    seen.append(ev.version)
+                    if len(seen) == 3:
+                        await sub.close()  # closing from inside the loop ends it too
+                return "ended"
+
+            task = asyncio.create_task(consume())
+            for _ in range(3):
+                await bus.publish("agent:spawned", {"agent_id": "x"})
+            result = await asyncio.wait_for(task, 10)
+            return result, seen
+
+    assert run(main()) == ("ended", [1, 2, 3])
+
+
+def test_close_from_another_task_wakes_a_waiting_receiver(home: Path, broker) -> None:
+    async def main():
+        async with sdk.aio.connect(home) as bus:
+            sub = await bus.subscribe()
+            entered = asyncio.Event()
+
+            async def consume():
+                entered.set()
+                return [ev async for ev in sub]
+
+            task = asyncio.create_task(consume())
+            await entered.wait()
+            await asyncio.sleep(0)  # sync-ok: one loop turn so the consumer is parked in recv
+            await sub.close()
+            events = await asyncio.wait_for(task, 10)
+            with pytest.raises(sdk.BusClosed):
+                await sub.recv(timeout=0)
+            return events
+
+    assert run(main()) == []
+
+
+def test_recv_timeout_is_a_timeout_error(home: Path, broker) -> None:
+    async def main():
+        async with sdk.aio.connect(home) as bus, bus.subscribe("nothing:here") as sub:
+            with pytest.raises(TimeoutError) as info:
+                await sub.recv(timeout=0.1)
+            return info.value
+
+    assert isinstance(run(main()), sdk.BusTimeout)
+
+
+def test_close_is_idempotent_and_bus_close_closes_subscriptions(home: Path, broker) -> None:
+    async def main():
+        bus = await sdk.aio.connect(home)
+        sub = await bus.subscribe()
+        await sub.close()
+        await sub.close()
+        other = await bus.subscribe("agent:*")
+        await bus.close()
+        await bus.close()
+        assert other.closed and bus.closed
+        with pytest.raises(sdk.BusClosed):
+            await other.recv(timeout=1)
+        with pytest.raises(sdk.BusClosed):
+            await bus.publish("agent:spawned", {})
+        with pytest.raises(sdk.BusClosed):
+            await bus.subscribe()
+        return True
+
+    assert run(main())
+
+
+def test_invalid_input_raises_clear_errors(home: Path, broker) -> None:
+    async def main():
+        async with sdk.aio.connect(home, validate=True) as bus:
+            with pytest.raises(sdk.InvalidEvent, match="invalid event type"):
+                await bus.publish("not a type", {})
+            with pytest.raises(sdk.InvalidEvent, match="invalid pattern"):
+                bus.subscribe("agent:**:x")  # refused at once, before anything is awaited
+            with pytest.raises(sdk.InvalidEvent, match="missing field 'text'"):
+                await bus.publish("channel:message", {})
+            with pytest.raises(sdk.InvalidEvent, match="session_id"):
+                await bus.publish("agent:spawned", {"agent_id": "a"}, session_id=5)
+            with pytest.raises(sdk.MessageTooLarge) as info:
+                await bus.publish("blob:big", b"x" * (bus.max_event_size + 1))
+            # nothing oversized reached the broker, and the bus still works
+            async with bus.subscribe() as sub:
+                await bus.publish("agent:spawned", {"agent_id": "a"})
+                return info.value, await sub.recv(timeout=5)
+
+    error, event = run(main())
+    assert error.limit == 1024 * 1024 and error.size > error.limit
+    assert event.version == 1
+
+
+def test_connect_without_a_broker_is_bus_unavailable(home: Path) -> None:
+    async def main():
+        with pytest.raises(sdk.BusUnavailable, match="did not answer"):
+            await sdk.aio.connect(home, timeout=0.3)
+        return True
+
+    assert run(main())
+
+
+def test_slow_subscriber_is_dropped_with_the_lost_count(start, home: Path) -> None:
+    start("broker", "--sub-hwm", "10")
+    n = 3000
+    payload = {"blob": "x" * 2000}  # ~6 MB in all: far past the HWMs and the kernel buffers
+
+    async def main():
+        async with sdk.aio.connect(home) as bus:
+            dropping = await bus.subscribe("load:x", hwm=10)
+            counting = await bus.subscribe("load:x", hwm=10, policy="count")
+            for _ in range(n):
+                await bus.publish("load:x", payload)
+            received = []
+            with pytest.raises(sdk.SlowSubscriberError) as info:
+                while True:
+                    received.append((await dropping.recv(timeout=5)).seq)
+            with pytest.raises(sdk.SlowSubscriberError):
+                await dropping.recv(timeout=5)  # the subscription is over
+            # the counting one keeps going: drain it, then one more event closes the books
+            count = 0
+            with pytest.raises(sdk.BusTimeout):
+                while True:
+                    await counting.recv(timeout=0.5)
+                    count += 1
+            await bus.publish("load:x", {"final": True})
+            last = await counting.recv(timeout=5)
+            return info.value, received, count + 1, counting.lost, last.seq
+
+    error, received, count, lost, last_seq = run(main())
+    assert received == list(range(1, len(received) + 1))
+    assert error.lost >= 1 and error.topic == "load:x"
+    assert last_seq == n + 1
+    assert count + lost == n + 1 and lost >= 1
+
+
+def test_stats_answer(home: Path, broker) -> None:
+    async def main():
+        async with sdk.aio.connect(home) as bus:
+            async with bus.subscribe() as sub:
+                await bus.publish("agent:spawned", {"agent_id": "a"})
+                await sub.recv(timeout=5)
+            return await bus.stats()
+
+    stats = run(main())
+    assert isinstance(stats, dict) and stats
+
+
+def test_sessions_through_the_session_service(start, home: Path) -> None:
+    try:
+        from sdk.sessions import AsyncSessionClient  # noqa: F401
+    except ImportError:
+        pytest.skip("sdk.sessions.AsyncSessionClient is not built yet")
+    from broker.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    if "session-service" not in commands:
+        pytest.skip("`pryxbus session-service` is not built yet")
+    start("broker")
+    start("session-service")
+
+    async def main():
+        async with sdk.aio.connect(home) as bus:
+            async with bus.subscribe("session:**") as sub:
+                created = await bus.sessions.create("Chat with User")
+                got = await bus.sessions.get(created.id)
+                event = await sub.recv(timeout=5)
+                with pytest.raises(sdk.SessionNotFound):
+                    await bus.sessions.get("no-such-session")
+                return created, got, event
+
+    created, got, event = run(main())
+    assert got == created and created.title == "Chat with User"
+    assert (event.type, event.payload["id"]) == ("session:created", created.id)
