@@ -194,7 +194,7 @@ class Bus:
         if self._sessions is None:
             if self._closed:
                 raise BusClosed("bus is closed")
-            from sdk.sessions import AsyncSessionClient
+            from sdk.aio_sessions import AsyncSessionClient
 
             self._sessions = AsyncSessionClient(self._ctx, self.endpoints.sessions, timeout=self.timeout)
         return self._sessions
