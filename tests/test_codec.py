@@ -1,0 +1,95 @@
+"""The envelope codec (schemas/envelope.py): pure functions, no sockets."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from schemas.envelope import (
+    BODY_MARK,
+    ENVELOPE_VERSION,
+    STAMP,
+    Envelope,
+    MalformedEvent,
+    decode_body,
+    decode_deliver,
+    encode_body,
+    encode_publish,
+    stamp,
+)
+
+PAYLOADS = [None, 0, -1, 2**63 - 1, 1.5, "text", "ünïcode ✓", b"\x00\xffbytes", [1, [2, [3]]], {"a": {"b": [1, None]}}, {1: "int key"}]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=repr)
+def test_body_round_trip(payload: object) -> None:
+    body = encode_body(payload, source="src", session_id="s-1", ts=12.5)
+    assert body[:1] == BODY_MARK == b"\x95"
+    assert decode_body(body) == (12.5, "src", "s-1", payload)
+
+
+def test_publish_frames_and_deliver_round_trip() -> None:
+    topic, body = encode_publish("channel:message", {"text": "hi"}, source="tui", ts=1700000000.5)
+    assert topic == b"channel:message"
+    assert body == bytes.fromhex("95 01 cb 41 d9 54 fc 40 20 00 00 a3 74 75 69 c0 81 a4 74 65 78 74 a2 68 69")
+    env = decode_deliver([topic, stamp(7, 3), body])
+    assert env == Envelope("channel:message", {"text": "hi"}, 7, 3, 1700000000.5, "tui", None)
+
+
+def test_body_is_a_five_element_array_with_the_envelope_version() -> None:
+    body = encode_body({"k": 1}, source="x", session_id=None, ts=1.0)
+    assert msgpack.unpackb(body, raw=False) == [ENVELOPE_VERSION, 1.0, "x", None, {"k": 1}]
+
+
+def test_encode_body_default_ts_is_now() -> None:
+    ts, *_ = decode_body(encode_body(None, source="x", session_id=None))
+    assert isinstance(ts, float) and ts > 1.6e9
+
+
+def test_stamp_layout() -> None:
+    assert STAMP.size == 16
+    assert stamp(1, 2) == (1).to_bytes(8, "big") + (2).to_bytes(8, "big")
+    assert STAMP.unpack(stamp(2**64 - 1, 5)) == (2**64 - 1, 5)
+
+
+def test_payload_msgpack_cannot_carry() -> None:
+    with pytest.raises(TypeError):
+        encode_body(object(), source="x", session_id=None)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"\xc1",  # never used in msgpack
+        b"\x95\x01",  # truncated
+        msgpack.packb([1, 1.0, "x", None]),  # 4 elements
+        msgpack.packb([2, 1.0, "x", None, {}]),  # unknown envelope version
+        msgpack.packb({"v": 1}),  # not an array
+        msgpack.packb([1, 1.0, "x", None, {}]) + b"trailing",
+    ],
+    ids=["empty", "reserved-byte", "truncated", "four-fields", "version-2", "map", "trailing-bytes"],
+)
+def test_malformed_bodies_raise(body: bytes) -> None:
+    with pytest.raises(MalformedEvent):
+        decode_body(body)
+
+
+def test_malformed_event_is_a_value_error() -> None:
+    assert issubclass(MalformedEvent, ValueError)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"a", stamp(1, 1)],
+        [b"a", stamp(1, 1), encode_body(None, source="x", session_id=None), b"extra"],
+        [b"a", b"short", encode_body(None, source="x", session_id=None)],
+        [b"\xff\xfe", stamp(1, 1), encode_body(None, source="x", session_id=None)],
+        [b"a", stamp(1, 1), b"garbage"],
+    ],
+    ids=["two-frames", "four-frames", "short-stamp", "non-utf8-topic", "garbage-body"],
+)
+def test_malformed_deliveries_raise(frames: list[bytes]) -> None:
+    with pytest.raises(MalformedEvent):
+        decode_deliver(frames)

@@ -1,0 +1,38 @@
+"""The JSON files in schemas/ are generated from the code and must not drift from it."""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+import pytest
+
+from schemas import export
+from schemas.catalogue import CATALOGUE, CATALOGUE_VERSION
+from schemas.envelope import ENVELOPE_VERSION, encode_body
+
+REGENERATE = "regenerate with: python -m schemas.export"
+
+
+@pytest.mark.parametrize("name", sorted(export.FILES))
+def test_file_matches_code(name: str) -> None:
+    assert (export.HERE / name).read_text() == export.render(name), REGENERATE
+
+
+def test_catalogue_lists_every_type() -> None:
+    doc = json.loads((export.HERE / "catalogue.json").read_text())
+    assert doc["catalogue_version"] == CATALOGUE_VERSION
+    assert [e["type"] for e in doc["events"]] == list(CATALOGUE)
+
+
+def test_envelope_schema_describes_the_encoded_body() -> None:
+    schema = json.loads((export.HERE / "envelope.schema.json").read_text())
+    decoded = msgpack.unpackb(encode_body({"x": 1}, source="s", session_id=None), raw=False)
+    assert schema["minItems"] == schema["maxItems"] == len(decoded) == len(schema["prefixItems"])
+    assert schema["prefixItems"][0]["const"] == decoded[0] == ENVELOPE_VERSION
+
+
+def test_protocol_document_states_the_code_constants() -> None:
+    text = (export.HERE / "PROTOCOL.md").read_text()
+    for fact in ['"!QQ"', "0x95", "XPUB_NODROP", "\\x00sync:", "max_event_size", "## Session service"]:
+        assert fact in text
