@@ -9,7 +9,9 @@ from collections.abc import Sequence
 
 # subcommand group module -> what it provides; each module has register(subparsers).
 COMMANDS = [
-    "broker.cli.servers",  # up, broker, session-service
+    "broker.cli.servers",  # broker
+    "broker.cli.session_service",  # session-service
+    "broker.cli.up",  # up
     "broker.cli.events",  # pub, sub, stats
     "broker.cli.sessions",  # sessions ...
     "broker.cli.demo",  # demo

@@ -1,0 +1,54 @@
+"""``pryxbus session-service``: run the session service alone in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import zmq
+
+from broker.cli.common import add_home, add_tcp, fail, server_endpoints
+from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
+
+DB_FILE = "sessions.db"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "session-service",
+        help="run the session service alone (sessions in SQLite over REQ/REP)",
+        description="Run the session service in the foreground. Prints a line containing 'ready' once"
+        " it accepts requests; stops cleanly on SIGINT/SIGTERM. Publishes session:* events to the"
+        " broker of the same home (or --tcp ports) when one is running.",
+    )
+    add_home(p)
+    add_tcp(p)
+    p.add_argument("--db", type=Path, default=None, help=f"the SQLite file (default: HOME/{DB_FILE})")
+    p.add_argument("--no-events", action="store_true", help="do not publish session:* events")
+    p.set_defaults(func=run_session_service)
+
+
+def run_session_service(args: argparse.Namespace) -> int:
+    from broker.sessions import ServiceConfig, SessionService
+    from broker.sessions.store import SchemaTooNew
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    home, endpoints = server_endpoints(args)
+    db_path = args.db or home / DB_FILE
+    config = ServiceConfig(endpoints=endpoints, db_path=db_path, publish_events=not args.no_events)
+    try:
+        with home_lock(home, "sessions"):
+            try:
+                service = SessionService(config)
+            except zmq.ZMQError as e:
+                return fail(f"session service cannot bind {endpoints.sessions}: {e}")
+            except SchemaTooNew as e:
+                return fail(str(e))
+            with service, stop_on_signals(service.stop):
+                announce(f"pryxbus session-service ready sessions={endpoints.sessions} db={db_path}")
+                service.run()
+            announce("pryxbus session-service stopped")
+    except AlreadyRunning as e:
+        return fail(str(e))
+    return 0

@@ -1,0 +1,113 @@
+"""``pryxbus sessions list|get|create|ensure|rename|touch|delete``: sessions from the command line.
+
+Human-readable table by default, one JSON document with ``--json``. Exit status: 0 done,
+1 refused (not found, invalid title, ...), 3 the session service did not answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from broker.cli.common import add_target, fail, print_json, target
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "sessions",
+        help="list, show, create and change sessions",
+        description="Talk to the session service of a running stack (only the session service is needed).",
+    )
+    commands = p.add_subparsers(dest="sessions_command", metavar="ACTION", required=True)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        sp = commands.add_parser(name, help=help, description=help)
+        add_target(sp)
+        sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        sp.set_defaults(func=run_sessions, action=name)
+        return sp
+
+    sp = action("list", "sessions, most recently updated first (at most 100 per page)")
+    sp.add_argument("--limit", type=int, default=100, help="how many (1..100, default 100)")
+    where = sp.add_mutually_exclusive_group()
+    where.add_argument("--offset", type=int, default=0, help="skip this many first")
+    where.add_argument("--cursor", default=None, help="continue after a previous page (its next_cursor)")
+    sp = action("get", "one session")
+    sp.add_argument("id")
+    sp = action("create", "a new session (prints it, with its new id)")
+    sp.add_argument("title")
+    sp.add_argument("--id", default=None, help="use this id instead of a new UUIDv4")
+    sp = action("ensure", "create the session if missing (never changes its title), touch it")
+    sp.add_argument("id")
+    sp.add_argument("title")
+    sp = action("rename", "change a session's title")
+    sp.add_argument("id")
+    sp.add_argument("title")
+    sp = action("touch", "set a session's updated_at to now")
+    sp.add_argument("id")
+    sp = action("delete", "delete a session (prints it as it was)")
+    sp.add_argument("id")
+
+
+def run_sessions(args: argparse.Namespace) -> int:
+    import sdk
+    from sdk.sessions import SessionClient
+
+    try:
+        client = SessionClient.open(target(args), timeout=args.timeout)
+    except sdk.InvalidEvent as e:
+        return fail(str(e), 2)
+    try:
+        with client:
+            a = args.action
+            if a == "list":
+                if args.offset:
+                    sessions, next_cursor = client.list(args.limit, offset=args.offset), None
+                else:
+                    page = client.page(args.limit, cursor=args.cursor)
+                    sessions, next_cursor = list(page.sessions), page.next_cursor
+                if args.json:
+                    print_json({"sessions": [s.to_dict() for s in sessions], "next_cursor": next_cursor})
+                else:
+                    _table([s.to_dict() for s in sessions])
+                    if next_cursor:
+                        print(f"(more: --cursor {next_cursor})", file=sys.stderr)
+                return 0
+            if a == "get":
+                session = client.get(args.id)
+            elif a == "create":
+                session = client.create(args.title, id=args.id)
+            elif a == "ensure":
+                session = client.ensure(args.id, args.title)
+            elif a == "rename":
+                session = client.rename(args.id, args.title)
+            elif a == "touch":
+                session = client.touch(args.id)
+            else:
+                session = client.delete(args.id)
+            if args.json:
+                print_json(session.to_dict())
+            else:
+                _table([session.to_dict()])
+            return 0
+    except sdk.BusUnavailable as e:
+        return fail(str(e), 3)
+    except sdk.SessionError as e:
+        return fail(f"{e} ({e.code})", 1)
+
+
+def _table(rows: list[dict[str, Any]]) -> None:
+    columns = ["id", "title", "updated_at", "created_at"]
+    cells = [[_cell(r[c], c) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _cell(value: str, column: str) -> str:
+    if column.endswith("_at"):
+        return value[:19].replace("T", " ") + "Z"  # seconds are enough to read; --json has it all
+    text = value.replace("\n", "\\n").replace("\x00", "\\0")
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,115 @@
+"""Publishes the service's ``session:*`` events from a thread of its own, so the bus never blocks it.
+
+The service loop hands each committed change to :meth:`SessionEvents.emit` (never blocks: a
+bounded queue, overflow is counted and dropped). A thread publishes them in order through the SDK.
+When the broker is down the events of that moment are dropped (and counted, with one log line per
+outage): sessions are durable, their events are notifications.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from schemas.endpoints import Endpoints
+from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
+from schemas.sessions import SESSION_EVENTS
+
+log = logging.getLogger("pryxbus.sessions.events")
+
+_STOP = object()
+
+
+class SessionEvents:
+    """The publishing thread and its queue. ``close()`` publishes what is queued, then stops."""
+
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        *,
+        name: str = "session-service",
+        maxsize: int = 10_000,
+        timeout: float = 1.0,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self.endpoints = endpoints
+        self.name = name
+        self.timeout = timeout
+        self.retry_interval = retry_interval
+        self.published = 0
+        self.dropped = 0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize)
+        self._bus: Any = None
+        self._down_until = 0.0
+        self._thread = threading.Thread(target=self._run, name="session-events", daemon=True)
+        self._thread.start()
+
+    def emit(self, change: str, session: dict[str, str]) -> None:
+        """Queue ``session:<change>`` with the session as payload; never blocks."""
+        try:
+            self._queue.put_nowait((SESSION_EVENTS[change], session))
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Publish what is queued (at most ``timeout`` seconds), then stop the thread; idempotent."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(timeout)
+
+    # -- the thread ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._connect()
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                self._publish(*item)
+        finally:
+            if self._bus is not None:
+                self._bus.close()
+
+    def _connect(self) -> bool:
+        import sdk  # the service publishes like any other component
+
+        if self._bus is None:
+            self._bus = sdk.connect(
+                self.endpoints,
+                name=self.name,
+                timeout=self.timeout,
+                publish_timeout=self.timeout,
+                max_event_size=DEFAULT_MAX_EVENT_SIZE,  # no round trip to the broker at connect
+            )
+        return True
+
+    def _publish(self, event_type: str, session: dict[str, str]) -> None:
+        import sdk
+
+        if time.monotonic() < self._down_until:
+            self.dropped += 1
+            return
+        try:
+            self._bus.publish(event_type, session, session_id=session["id"])
+        except sdk.BusError as e:
+            self.dropped += 1
+            if not self._down_until:
+                log.warning("cannot publish session events (%s); dropping them until the broker is back", e)
+            self._down_until = time.monotonic() + self.retry_interval
+            return
+        if self._down_until:
+            log.info("publishing session events again")
+            self._down_until = 0.0
+        self.published += 1
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()

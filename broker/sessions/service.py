@@ -1,0 +1,333 @@
+"""The session service loop: a ROUTER socket in front of a SessionStore, with group commit.
+
+Each turn drains every request waiting on the socket (up to BATCH), runs them in order inside one
+``BEGIN IMMEDIATE`` transaction when any of them writes, commits once (one fsync for the whole
+batch), and only then sends the replies and queues the ``session:*`` events. So a reply always
+means "committed", and concurrent writers share fsyncs instead of queueing for one each.
+
+Every request gets a reply, garbage included (``{ok: false, code, message}``, see
+``schemas/sessions.py``); every bad request is counted. Write requests may carry a request id
+(``rid``): the reply to a rid is remembered, and a retry of it (Lazy Pirate) gets the same reply
+without running twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from broker.sessions.events import SessionEvents
+from broker.sessions.store import SCHEMA_VERSION, SessionStore, Written
+from schemas.endpoints import Endpoints
+from schemas.sessions import (
+    BAD_REQUEST,
+    BUSY,
+    INTERNAL,
+    MAX_REQUEST_SIZE,
+    WRITE_OPS,
+    ProtocolError,
+    check_id,
+    check_limit,
+    check_offset,
+    check_rid,
+    check_title,
+    decode_cursor,
+    error_reply,
+    parse_request,
+)
+
+log = logging.getLogger("pryxbus.sessions")
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+_POLLIN = int(zmq.POLLIN)
+
+BATCH = 256
+"""Requests drained per turn (and so at most per transaction)."""
+REPLY_CACHE = 4096
+"""Write replies remembered by request id, for retried requests."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    endpoints: Endpoints
+    db_path: Path
+    publish_events: bool = True
+    busy_timeout: float = 5.0
+    """Seconds a write waits for a lock held by another process before answering ``busy``."""
+
+
+class _Request:
+    """One received request: where the reply goes, the decoded message, and (later) the reply."""
+
+    __slots__ = ("head", "msg", "reply", "written", "rid")
+
+    def __init__(self, head: list[bytes], msg: dict[str, Any] | None, reply: bytes | None) -> None:
+        self.head = head
+        self.msg = msg
+        self.reply = reply
+        self.written: Written | None = None
+        self.rid: str | bytes | None = None
+
+
+class SessionService:
+    """One session-service process's socket, store and loop. ``run()`` until ``stop()``."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.started = time.time()
+        self.counts: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self._running = False
+        self._replies: OrderedDict[str | bytes, bytes] = OrderedDict()
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "ping": self._op_ping,
+            "stats": self._op_stats,
+            "get": self._op_get,
+            "list": self._op_list,
+            "create": self._op_create,
+            "ensure": self._op_ensure,
+            "rename": self._op_rename,
+            "touch": self._op_touch,
+            "delete": self._op_delete,
+        }
+        self.store = SessionStore(config.db_path, busy_timeout=config.busy_timeout)
+        self.events: SessionEvents | None = None
+        self._ctx = zmq.Context()
+        try:
+            self.sock = self._ctx.socket(zmq.ROUTER)
+            self.sock.linger = 0
+            self.sock.maxmsgsize = MAX_REQUEST_SIZE
+            self.sock.bind(config.endpoints.sessions)
+        except BaseException:
+            self._ctx.destroy(linger=0)
+            self.store.close()
+            raise
+        if config.publish_events:
+            self.events = SessionEvents(config.endpoints)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> SessionService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return at its next turn (safe from a signal handler)."""
+        self._running = False
+
+    def close(self) -> None:
+        """Close the socket, publish queued events, close the store; idempotent."""
+        if self._ctx.closed:
+            return
+        self._ctx.destroy(linger=0)
+        endpoint = self.config.endpoints.sessions
+        if endpoint.startswith("ipc://"):
+            Path(endpoint[len("ipc://") :]).unlink(missing_ok=True)
+        if self.events is not None:
+            self.events.close()
+        self.store.close()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, poll_interval: float = 0.1) -> None:
+        """Answer requests until ``stop()``."""
+        self._running = True
+        poll = self.sock.poll
+        timeout_ms = int(poll_interval * 1000)
+        while self._running:
+            try:
+                if not poll(timeout_ms, _POLLIN):
+                    continue
+            except zmq.ZMQError as e:
+                if e.errno == zmq.EINTR:
+                    continue
+                raise
+            batch = self._drain()
+            if batch:
+                self._handle(batch)
+
+    def _drain(self) -> list[_Request]:
+        """Every waiting request (at most BATCH), garbage answered in place."""
+        recv, getsockopt = self.sock.recv, self.sock.getsockopt
+        batch: list[_Request] = []
+        for _ in range(BATCH):
+            try:
+                frames = [recv(_NOBLOCK)]
+            except zmq.Again:
+                break
+            while getsockopt(_RCVMORE):
+                frames.append(recv(_NOBLOCK))
+            # REQ sends [empty delimiter, request]; the ROUTER put the peer's identity in front.
+            if len(frames) == 3 and not frames[1]:
+                head, body = frames[:2], frames[2:]
+            else:
+                head, body = _split(frames)
+            if len(body) != 1:
+                self.errors[BAD_REQUEST] += 1
+                self._send(head, self._error(BAD_REQUEST, f"expected one request frame, got {len(body)}"))
+                continue
+            try:
+                msg = parse_request(body[0])
+            except ProtocolError as e:
+                self._send(head, self._error(e.code, e.message))
+                continue
+            batch.append(_Request(head, msg, None))
+        return batch
+
+    def _handle(self, batch: list[_Request]) -> None:
+        """Run a batch; if it writes, in one transaction; reply only after the commit."""
+        writes = any(r.msg["op"] in WRITE_OPS for r in batch)  # type: ignore[index]
+        try:
+            if writes:
+                with self.store.transaction():
+                    self._run_all(batch)
+                self.counts["commits"] += 1
+            else:
+                self._run_all(batch)
+        except Exception as e:
+            if len(batch) > 1:  # let the request that failed fail alone
+                for request in batch:
+                    request.reply, request.written, request.rid = None, None, None
+                    self._handle([request])
+                return
+            for request in batch:
+                request.written = None
+                request.reply = self._failure(e)
+        self.counts["batches"] += 1
+        for request in batch:
+            if request.rid is not None:
+                self._remember(request.rid, request.reply)  # type: ignore[arg-type]
+            self._send(request.head, request.reply)  # type: ignore[arg-type]
+            if request.written is not None and request.written.event and self.events is not None:
+                self.events.emit(request.written.event, request.written.session)
+
+    def _run_all(self, batch: list[_Request]) -> None:
+        seen: dict[str | bytes, _Request] = {}
+        for request in batch:
+            msg = request.msg
+            op = msg["op"]  # type: ignore[index]
+            self.counts[op] += 1
+            if op in WRITE_OPS:
+                try:
+                    rid = check_rid(msg.get("rid"))  # type: ignore[union-attr]
+                except ProtocolError as e:
+                    request.reply = self._error(e.code, e.message)
+                    continue
+                if rid is not None:
+                    cached = self._replies.get(rid)
+                    if cached is None and rid in seen:  # a retry queued behind its first attempt
+                        cached = seen[rid].reply
+                    if cached is not None:
+                        self.counts["replayed"] += 1
+                        request.reply = cached
+                        continue
+            else:
+                rid = None
+            try:
+                result = self._handlers[op](msg)  # type: ignore[arg-type]
+            except ProtocolError as e:
+                request.reply = self._error(e.code, e.message)
+            else:
+                if isinstance(result, Written):
+                    request.written = result
+                    result = result.session
+                request.reply = self._pack({"ok": True, "result": result})
+            if rid is not None:  # remembered after the commit, refusals (e.g. not_found) too
+                request.rid = rid
+                seen[rid] = request
+
+    def _remember(self, rid: str | bytes, reply: bytes) -> None:
+        self._replies[rid] = reply
+        if len(self._replies) > REPLY_CACHE:
+            self._replies.popitem(last=False)
+
+    def _send(self, head: list[bytes], reply: bytes) -> None:
+        send = self.sock.send
+        try:
+            for frame in head:
+                send(frame, _SNDMORE)
+            send(reply)
+        except zmq.ZMQError:
+            self.counts["unsendable"] += 1  # the peer is gone; its retry gets the remembered reply
+
+    def _error(self, code: str, message: str) -> bytes:
+        self.errors[code] += 1
+        return self._pack(error_reply(code, message))
+
+    def _failure(self, e: Exception) -> bytes:
+        if isinstance(e, sqlite3.OperationalError) and "locked" in str(e).lower():
+            return self._error(BUSY, "the session database is locked by another process; nothing changed, retry")
+        log.exception("session request failed")
+        return self._error(INTERNAL, f"internal error ({type(e).__name__}); nothing changed")
+
+    # -- operations --------------------------------------------------------------------------
+
+    def _op_ping(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"status": "ok", "pid": os.getpid(), "schema_version": SCHEMA_VERSION}
+
+    def _op_stats(self, msg: dict[str, Any]) -> dict[str, Any]:
+        events = self.events
+        return {
+            "pid": os.getpid(),
+            "uptime": time.time() - self.started,
+            "sessions": self.store.count(),
+            "requests": dict(self.counts),
+            "errors": dict(self.errors),
+            "events_published": events.published if events else 0,
+            "events_dropped": events.dropped if events else 0,
+            "db": str(self.config.db_path),
+            "schema_version": SCHEMA_VERSION,
+        }
+
+    def _op_get(self, msg: dict[str, Any]) -> dict[str, str]:
+        return self.store.get(check_id(msg.get("id")))
+
+    def _op_list(self, msg: dict[str, Any]) -> dict[str, Any]:
+        limit = check_limit(msg.get("limit"))
+        offset = check_offset(msg.get("offset"))
+        raw_cursor = msg.get("cursor")
+        if raw_cursor is not None and offset:
+            raise ProtocolError(BAD_REQUEST, "give 'cursor' or 'offset', not both")
+        cursor = decode_cursor(raw_cursor) if raw_cursor is not None else None
+        page = self.store.list(limit, cursor=cursor, offset=offset)
+        return {"sessions": page.sessions, "next_cursor": page.next_cursor}
+
+    def _op_create(self, msg: dict[str, Any]) -> Written:
+        title = check_title(msg.get("title"))
+        session_id = msg.get("id")
+        return self.store.create(title, session_id=None if session_id is None else check_id(session_id))
+
+    def _op_ensure(self, msg: dict[str, Any]) -> Written:
+        return self.store.ensure(check_id(msg.get("id")), check_title(msg.get("title")))
+
+    def _op_rename(self, msg: dict[str, Any]) -> Written:
+        return self.store.rename(check_id(msg.get("id")), check_title(msg.get("title")))
+
+    def _op_touch(self, msg: dict[str, Any]) -> Written:
+        return self.store.touch(check_id(msg.get("id")))
+
+    def _op_delete(self, msg: dict[str, Any]) -> Written:
+        return self.store.delete(check_id(msg.get("id")))
+
+
+def _split(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """Envelope and body of a ROUTER message: up to the first empty frame after the identity."""
+    for i in range(1, len(frames)):
+        if not frames[i]:
+            return frames[: i + 1], frames[i + 1 :]
+    return frames[:1], frames[1:]

@@ -1,0 +1,177 @@
+"""The supervisor behind ``pryxbus up``: runs every part of a stack as a child process, restarts the
+ones that die (with backoff), and stops them all, in reverse order, on SIGINT/SIGTERM.
+
+The parts are a table (:data:`CHILDREN`): add a row to run another part. A child is *up* once it
+prints its own line containing ``ready`` on stdout; the supervisor swallows those lines (so that
+its own ``ready`` line, printed once every child is up, is the only one) and relays every other
+line of the child to its stderr, prefixed with the child's name.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas.endpoints import Endpoints
+
+log = logging.getLogger("pryxbus.up")
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One part of the stack: ``python -m broker COMMAND --home HOME [--tcp HOST:PORT] [EXTRA...]``."""
+
+    name: str
+    command: str
+    extra: tuple[str, ...] = ()
+    takes_tcp: bool = True
+
+
+CHILDREN: tuple[ChildSpec, ...] = (
+    ChildSpec("broker", "broker"),
+    ChildSpec("session-service", "session-service"),
+)
+"""Started in this order, stopped in reverse."""
+
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 10.0
+STABLE_AFTER = 30.0
+"""A child up this long is healthy again: its next restart starts from BACKOFF_FIRST."""
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    argv: list[str]
+    proc: subprocess.Popen[str] | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+    started: float = 0.0
+    restarts: int = 0
+    backoff: float = BACKOFF_FIRST
+    restart_at: float | None = None
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if the supervisor itself dies (Linux); elsewhere this does nothing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Supervisor:
+    """Runs CHILDREN for one home. ``run()`` blocks until ``stop()`` (safe from a signal handler)."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        tcp: str | None = None,
+        children: tuple[ChildSpec, ...] = CHILDREN,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.home = home
+        self.tcp = tcp
+        self.endpoints = Endpoints.parse_tcp(tcp) if tcp else Endpoints.ipc(home)
+        self.stop_timeout = stop_timeout
+        self.children = [Child(spec, self._argv(spec)) for spec in children]
+        self._stopping = threading.Event()
+
+    def _argv(self, spec: ChildSpec) -> list[str]:
+        argv = [sys.executable, "-m", "broker", spec.command, "--home", str(self.home)]
+        if self.tcp and spec.takes_tcp:
+            argv += ["--tcp", self.tcp]
+        return argv + list(spec.extra)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    # -- children ----------------------------------------------------------------------------
+
+    def _spawn(self, child: Child) -> None:
+        child.ready.clear()
+        child.started = time.monotonic()
+        child.restart_at = None
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        child.proc = subprocess.Popen(
+            child.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            env=env,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the supervisor only: it stops them in order
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        threading.Thread(target=self._relay, args=(child, child.proc), daemon=True).start()
+
+    def _relay(self, child: Child, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "ready" in line and not child.ready.is_set():
+                log.info("%s is up (pid %d)", child.spec.name, proc.pid)
+                child.ready.set()
+                continue
+            sys.stderr.write(f"[{child.spec.name}] {line}")
+            sys.stderr.flush()
+
+    def _check(self, child: Child) -> None:
+        """Restart a child that exited (after its backoff)."""
+        proc = child.proc
+        now = time.monotonic()
+        if proc is not None and proc.poll() is not None and child.restart_at is None:
+            if now - child.started > STABLE_AFTER:
+                child.backoff = BACKOFF_FIRST
+            log.warning(
+                "%s (pid %d) exited with status %s; restarting it in %.1fs (restart %d)",
+                child.spec.name, proc.pid, proc.returncode, child.backoff, child.restarts + 1,
+            )
+            child.restart_at = now + child.backoff
+            child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+        if child.restart_at is not None and now >= child.restart_at:
+            child.restarts += 1
+            self._spawn(child)
+
+    def _terminate(self, child: Child) -> None:
+        proc = child.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            log.error("%s (pid %d) did not stop in %gs; killing it", child.spec.name, proc.pid, self.stop_timeout)
+            proc.kill()
+            proc.wait()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, on_ready: Callable[[], None] | None = None, tick: float = 0.1) -> None:
+        """Start every child, call ``on_ready()`` once all are up, supervise until ``stop()``."""
+        announced = False
+        try:
+            for child in self.children:
+                self._spawn(child)
+            while not self._stopping.wait(tick):
+                for child in self.children:
+                    self._check(child)
+                if not announced and all(c.ready.is_set() for c in self.children):
+                    announced = True
+                    if on_ready is not None:
+                        on_ready()
+        finally:
+            for child in reversed(self.children):
+                self._terminate(child)
+            for path in self.endpoints.ipc_paths():  # a child killed -9 leaves its socket file
+                path.unlink(missing_ok=True)

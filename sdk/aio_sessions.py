@@ -1,0 +1,170 @@
+"""The asyncio session client: the same calls as ``SessionClient``, as coroutines, on ``zmq.asyncio``.
+
+Requests and replies go through the same pure builders (``sdk.sessions.SessionCalls``) and the
+same reply check (``sdk.request``) as the synchronous client; only the Lazy Pirate loop is async.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import msgpack
+import zmq
+import zmq.asyncio
+
+from schemas.sessions import MAX_LIST_LIMIT
+from sdk.errors import BusClosed, BusUnavailable
+from sdk.event import Session
+from sdk.request import _result
+from sdk.sessions import DEFAULT_RETRIES, Call, SessionCalls, SessionPage, translated
+
+T = TypeVar("T")
+
+
+class AsyncRequester:
+    """Lazy Pirate over an asyncio REQ socket: time out, rebuild the socket, retry, then give up.
+
+    Calls from several tasks are serialised (one REQ socket has one request in flight). A call
+    that is cancelled discards its socket, so the next call starts clean.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.asyncio.Context,
+        endpoint: str,
+        *,
+        timeout: float = 5.0,
+        retries: int = DEFAULT_RETRIES,
+        what: str = "server",
+    ) -> None:
+        self._ctx = ctx
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.retries = retries
+        self.what = what
+        self._lock = asyncio.Lock()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._closed = False
+
+    def _discard(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    async def call(self, request: dict[str, Any], *, timeout: float | None = None, retries: int | None = None) -> Any:
+        """Send ``request`` and return the reply's ``result``.
+
+        Raises:
+            BusUnavailable: no reply after every retry.
+            SessionNotFound, SessionConflict, RemoteError: the server said no.
+            BusClosed: the client was closed.
+        """
+        payload = msgpack.packb(request, use_bin_type=True)
+        timeout_ms = int((self.timeout if timeout is None else timeout) * 1000)
+        attempts = 1 + (self.retries if retries is None else retries)
+        async with self._lock:
+            for _ in range(attempts):
+                if self._closed:
+                    raise BusClosed(f"{self.what} client is closed")
+                if self._sock is None:
+                    sock = self._ctx.socket(zmq.REQ)
+                    sock.linger = 0
+                    sock.connect(self.endpoint)
+                    self._sock = sock
+                try:
+                    await self._sock.send(payload)
+                    if await self._sock.poll(timeout_ms, zmq.POLLIN):
+                        reply = await self._sock.recv()
+                        break
+                except zmq.ZMQError:
+                    pass
+                except BaseException:  # cancelled mid-request: the REQ state is unknown
+                    self._discard()
+                    raise
+                self._discard()
+            else:
+                raise BusUnavailable(
+                    f"{self.what} at {self.endpoint} did not answer"
+                    f" ({attempts} attempt(s), {timeout_ms / 1000:g}s each)"
+                )
+        return _result(reply, self.what)
+
+    def close(self) -> None:
+        """Close the socket; idempotent."""
+        self._closed = True
+        self._discard()
+
+
+class AsyncSessionClient:
+    """Sessions for asyncio code: ``await client.create(...)`` etc. Usually ``bus.sessions``.
+
+    Same methods, arguments, results and exceptions as :class:`sdk.sessions.SessionClient`.
+    """
+
+    def __init__(
+        self, ctx: zmq.asyncio.Context, endpoint: str, *, timeout: float = 5.0, retries: int = DEFAULT_RETRIES
+    ) -> None:
+        self.endpoint = endpoint
+        self._requester = AsyncRequester(ctx, endpoint, timeout=timeout, retries=retries, what="session service")
+
+    async def _do(self, call: Call[T], **options: Any) -> T:
+        with translated():
+            result = await self._requester.call(call.request, **options)
+        return call.parse(result)
+
+    async def create(self, title: str, *, id: str | None = None) -> Session:
+        """See :meth:`sdk.sessions.SessionClient.create`."""
+        return await self._do(SessionCalls.create(title, id))
+
+    async def get(self, id: str) -> Session:
+        """See :meth:`sdk.sessions.SessionClient.get`."""
+        return await self._do(SessionCalls.get(id))
+
+    async def list(self, limit: int = MAX_LIST_LIMIT, *, offset: int = 0) -> list[Session]:
+        """See :meth:`sdk.sessions.SessionClient.list`."""
+        return await self._do(SessionCalls.list(limit, offset))
+
+    async def page(self, limit: int = MAX_LIST_LIMIT, *, cursor: str | None = None) -> SessionPage:
+        """See :meth:`sdk.sessions.SessionClient.page`."""
+        return await self._do(SessionCalls.page(limit, cursor))
+
+    async def iterate(self, *, page_size: int = MAX_LIST_LIMIT) -> AsyncIterator[Session]:
+        """See :meth:`sdk.sessions.SessionClient.iterate`."""
+        cursor = None
+        while True:
+            page = await self.page(page_size, cursor=cursor)
+            for session in page.sessions:
+                yield session
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def ensure(self, id: str, title: str) -> Session:
+        """See :meth:`sdk.sessions.SessionClient.ensure`."""
+        return await self._do(SessionCalls.ensure(id, title))
+
+    async def rename(self, id: str, title: str) -> Session:
+        """See :meth:`sdk.sessions.SessionClient.rename`."""
+        return await self._do(SessionCalls.rename(id, title))
+
+    async def touch(self, id: str) -> Session:
+        """See :meth:`sdk.sessions.SessionClient.touch`."""
+        return await self._do(SessionCalls.touch(id))
+
+    async def delete(self, id: str) -> Session:
+        """See :meth:`sdk.sessions.SessionClient.delete`."""
+        return await self._do(SessionCalls.delete(id))
+
+    async def ping(self, *, timeout: float | None = None, retries: int | None = None) -> dict[str, Any]:
+        """See :meth:`sdk.sessions.SessionClient.ping`."""
+        return await self._do(SessionCalls.ping(), timeout=timeout, retries=retries)
+
+    async def stats(self) -> dict[str, Any]:
+        """See :meth:`sdk.sessions.SessionClient.stats`."""
+        return await self._do(SessionCalls.stats())
+
+    def close(self) -> None:
+        """Close the socket; idempotent."""
+        self._requester.close()
