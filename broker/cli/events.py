@@ -1,0 +1,177 @@
+"""``pryxbus pub``, ``pryxbus sub`` and ``pryxbus stats``: the event bus from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sdk
+from broker.cli.common import add_home, add_target, fail, print_json, target
+from schemas.topics import InvalidType, check_type
+from sdk.bus import resolve_endpoints
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "pub",
+        help="publish an event (or one per stdin line)",
+        description="Publish one event of type TYPE with a JSON payload, or with JSON '-' one event\n"
+        "per line of stdin (blank lines skipped). The broker stamps the version.",
+        epilog="examples: pryxbus pub channel:message '{\"text\": \"hi\"}' --session-id s-1\n"
+        "          printf '{\"i\": 1}\\n{\"i\": 2}\\n' | pryxbus pub trace:event -",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("type", metavar="TYPE", help="event type, e.g. channel:message")
+    p.add_argument("json", metavar="JSON", nargs="?", default=None, help="payload as JSON (default null); '-' reads stdin")
+    p.add_argument("--session-id", default=None, help="the session the event belongs to")
+    p.add_argument("--name", default="cli", help="source name stamped on the event (default: cli)")
+    p.add_argument("--validate", action="store_true", help="check the payload against the event catalogue")
+    add_target(p)
+    p.set_defaults(func=run_pub)
+
+    p = subparsers.add_parser(
+        "sub",
+        help="print events as JSON lines",
+        description="Subscribe and print every matching event as one JSON line (type, version, seq, ts,"
+        " source, session_id, payload). No PATTERN means every event. Says on stderr when the"
+        " subscription is live.",
+        epilog="patterns: an exact type, '*' for one segment (agent:*), a final '**' for one or more"
+        " (session:**), '**' alone for everything.",
+    )
+    p.add_argument("patterns", metavar="PATTERN", nargs="*", help="type patterns (default: all events)")
+    p.add_argument("--count", type=int, default=None, metavar="N", help="exit after N events")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="stop when no event arrives for S seconds (with --count, that is a failure)",
+    )
+    p.add_argument(
+        "--policy",
+        choices=("drop", "count"),
+        default="drop",
+        help="on falling behind: stop with an error (drop, default) or keep going (count)",
+    )
+    add_home(p)
+    p.add_argument("--connect", metavar="tcp://HOST:PORT", default=None, help="a stack on tcp instead of a home")
+    p.set_defaults(func=run_sub, connect_timeout=5.0)
+
+    p = subparsers.add_parser(
+        "stats",
+        help="the broker's counters as JSON",
+        description="Print the broker's health and counters (events in/out, per topic, drops and"
+        " rejects, connected peers) as JSON.",
+    )
+    add_target(p)
+    p.set_defaults(func=run_stats)
+
+
+class CliError(Exception):
+    """A failure to report in one line, without a traceback."""
+
+
+@contextmanager
+def open_bus(args: argparse.Namespace, *, name: str, timeout: float, **options: Any) -> Iterator[sdk.Bus]:
+    """Connect to the stack the options name, failing fast with a clear message if none runs."""
+    try:
+        endpoints = resolve_endpoints(target(args))
+    except sdk.InvalidEvent as e:
+        raise CliError(str(e)) from None
+    for path in endpoints.ipc_paths():
+        if path.name == "con.sock" and not path.exists():
+            raise CliError(
+                f"no broker running in {path.parent} (no {path.name});"
+                f" start one with `pryxbus up --home {path.parent}`"
+            )
+    try:
+        bus = sdk.connect(endpoints, name=name, timeout=timeout, **options)
+    except sdk.BusUnavailable as e:
+        raise CliError(f"{e}; is the stack running?") from None
+    with bus:
+        yield bus
+
+
+def _parse(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CliError(f"{where} is not valid JSON: {e}") from None
+
+
+def _stdin_payloads() -> Iterator[tuple[str, Any]]:
+    for number, line in enumerate(sys.stdin, 1):
+        if line.strip():
+            yield f"stdin line {number}", _parse(line, f"stdin line {number}")
+
+
+def run_pub(args: argparse.Namespace) -> int:
+    sent = 0
+    try:
+        try:
+            check_type(args.type)
+        except InvalidType as e:
+            raise CliError(str(e)) from None
+        if args.json == "-":
+            payloads: Iterator[tuple[str, Any]] = _stdin_payloads()
+        else:  # bad JSON fails before connecting
+            payload = None if args.json is None else _parse(args.json, "payload")
+            payloads = iter([("payload", payload)])
+        with open_bus(args, name=args.name, timeout=args.timeout, validate=args.validate) as bus:
+            for where, payload in payloads:
+                try:
+                    bus.publish(args.type, payload, session_id=args.session_id)
+                except sdk.InvalidEvent as e:
+                    raise CliError(f"{where}: {e}") from None
+                sent += 1
+    except (CliError, sdk.BusError) as e:
+        before = f" ({sent} event(s) published before it)" if sent else ""
+        return fail(f"{e}{before}")
+    return 0
+
+
+def run_sub(args: argparse.Namespace) -> int:
+    if args.count is not None and args.count < 1:
+        return fail("--count must be at least 1")
+    received = 0
+    try:
+        with open_bus(args, name="cli-sub", timeout=args.connect_timeout) as bus:
+            try:
+                sub = bus.subscribe(*args.patterns, policy=args.policy)
+            except sdk.InvalidEvent as e:
+                raise CliError(str(e)) from None
+            with sub:
+                shown = " ".join(args.patterns) or "**"
+                print(f"pryxbus sub: subscribed to {shown}", file=sys.stderr, flush=True)
+                while args.count is None or received < args.count:
+                    try:
+                        event = sub.recv(timeout=args.timeout)
+                    except sdk.BusTimeout:
+                        if args.count is not None:
+                            raise CliError(
+                                f"got {received} of {args.count} event(s); none for {args.timeout:g}s"
+                            ) from None
+                        break
+                    except sdk.BusClosed:
+                        break
+                    print_json(event.to_dict())
+                    received += 1
+    except sdk.SlowSubscriberError as e:
+        return fail(f"{e} (after {received} event(s); try --policy count)")
+    except (CliError, sdk.BusError) as e:
+        return fail(str(e))
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    try:
+        with open_bus(args, name="cli-stats", timeout=args.timeout) as bus:
+            stats = bus.stats()
+    except (CliError, sdk.BusError) as e:
+        return fail(str(e))
+    sys.stdout.write(json.dumps(stats, indent=2, sort_keys=True, default=str) + "\n")
+    return 0

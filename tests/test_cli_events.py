@@ -1,0 +1,117 @@
+"""``pryxbus pub``, ``sub`` and ``stats`` as a user runs them: real processes against a real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def pryxbus(*args: str, home: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args, "--home", str(home)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+    )
+
+
+def start_sub(*args: str, home: Path) -> subprocess.Popen[str]:
+    """``pryxbus sub ARGS``, returned once it says its subscription is live."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", "sub", *args, "--home", str(home)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    line = proc.stderr.readline()  # the sub gives up after its connect timeout, so this returns
+    assert "subscribed" in line, line + proc.stderr.read()
+    return proc
+
+
+def test_pub_then_sub_prints_json_lines(home: Path, broker) -> None:
+    sub = start_sub("agent:*", "channel:message", "--count", "3", home=home)
+    assert pryxbus("pub", "agent:spawned", '{"agent_id": "a1"}', "--session-id", "s-1", "--name", "tui", home=home).returncode == 0
+    assert pryxbus("pub", "session:created", '{"id": "x"}', home=home).returncode == 0  # filtered out
+    lines = '{"text": "one"}\n\n{"text": "two"}\n'
+    result = pryxbus("pub", "channel:message", "-", home=home, stdin=lines)
+    assert (result.returncode, result.stderr) == (0, "")
+    out, err = sub.communicate(timeout=30)
+    assert sub.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [(e["type"], e["version"], e["seq"], e["payload"]) for e in events] == [
+        ("agent:spawned", 1, 1, {"agent_id": "a1"}),
+        ("channel:message", 3, 1, {"text": "one"}),
+        ("channel:message", 4, 2, {"text": "two"}),
+    ]
+    assert (events[0]["source"], events[0]["session_id"], events[1]["source"]) == ("tui", "s-1", "cli")
+    assert set(events[0]) == {"type", "version", "seq", "ts", "source", "session_id", "payload"}
+
+
+def test_pub_without_payload_publishes_null(home: Path, broker) -> None:
+    sub = start_sub("--count", "1", home=home)
+    assert pryxbus("pub", "trace:event", home=home).returncode == 0
+    out, _ = sub.communicate(timeout=30)
+    assert json.loads(out)["payload"] is None
+
+
+def test_sub_timeout_ends_quietly_or_fails_short_of_count(home: Path, broker) -> None:
+    quiet = pryxbus("sub", "--timeout", "0.2", home=home)
+    assert (quiet.returncode, quiet.stdout) == (0, "")
+    short = pryxbus("sub", "--timeout", "0.2", "--count", "2", home=home)
+    assert short.returncode == 1
+    assert "pryxbus: got 0 of 2 event(s); none for 0.2s" in short.stderr
+
+
+def test_stats_is_json_with_the_counters(home: Path, broker) -> None:
+    sub = start_sub("--count", "2", home=home)
+    assert pryxbus("pub", "agent:spawned", '{"agent_id": "a"}', home=home).returncode == 0
+    assert pryxbus("pub", "agent:spawned", '{"agent_id": "b"}', home=home).returncode == 0
+    sub.communicate(timeout=30)
+    result = pryxbus("stats", home=home)
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert (stats["events_in"], stats["version"], stats["topics"]) == (2, 2, {"agent:spawned": 2})
+
+
+@pytest.mark.parametrize(
+    "args, stdin, message",
+    [
+        (("pub", "not a type", "{}"), None, "pryxbus: invalid event type 'not a type'"),
+        (("pub", "agent:spawned", "{oops"), None, "pryxbus: payload is not valid JSON"),
+        (("pub", "channel:message", "-"), '{"text": "ok"}\nnope\n', "pryxbus: stdin line 2 is not valid JSON"),
+        (("pub", "channel:message", "{}", "--validate"), None, "missing field 'text'"),
+        (("sub", "a:**:b"), None, "pryxbus: invalid pattern 'a:**:b'"),
+    ],
+)
+def test_bad_input_is_one_clear_line(home: Path, broker, args, stdin, message) -> None:
+    result = pryxbus(*args, home=home, stdin=stdin)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [("pub", "agent:spawned", "{}"), ("sub",), ("stats",)])
+def test_missing_broker_is_a_clear_error(home: Path, command) -> None:
+    result = pryxbus(*command, home=home)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"pryxbus: no broker running in {home} (no con.sock); start one with `pryxbus up --home {home}`\n"
+    )
+
+
+@pytest.mark.parametrize("command", ["pub", "sub", "stats"])
+def test_help(command: str, tmp_path: Path) -> None:
+    result = pryxbus(command, "--help", home=tmp_path)
+    assert result.returncode == 0 and f"usage: pryxbus {command}" in result.stdout
