@@ -67,7 +67,9 @@ class Part:
 
 def start_part(xprocess, home: Path, *args: str, pattern: str = "ready", name: str | None = None) -> Part:
     """Start ``pryxbus ARGS --home HOME`` and wait for its ready line."""
-    name = name or f"{args[0]}-{next(_names)}"
+    # The pid keeps names unique across concurrent pytest runs sharing one xprocess cache: xprocess
+    # would otherwise "reuse" another run's live process of the same name instead of starting ours.
+    name = name or f"{args[0]}-{os.getpid()}-{next(_names)}"
     command = [sys.executable, "-u", "-m", "broker", *args, "--home", str(home)]
 
     ready_pattern = pattern
