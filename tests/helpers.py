@@ -79,3 +79,38 @@ def raw_publisher(ctx: zmq.Context, endpoint: str, *, timeout: float = 5.0) -> z
 def collect(sub: Any, n: int, *, timeout: float = 5.0) -> list[Any]:
     """Receive exactly ``n`` events from an SDK subscription (each receive has a timeout)."""
     return [sub.recv(timeout=timeout) for _ in range(n)]
+
+
+def python_process(code: str, *args: str) -> "subprocess.Popen[str]":
+    """Start ``python -c code ARGS`` with the repo importable; stdout/stderr captured as text."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parent.parent)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env={**os.environ, "PYTHONPATH": repo},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: "subprocess.Popen[str]", *, timeout: float = 20.0) -> str:
+    """Wait for a helper process, assert it exited 0, return its stdout."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"helper process failed ({proc.returncode}):\n{err}"
+    return out
+
+
+PUBLISHER = """
+import sys, sdk
+home, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+types = sys.argv[4:] or ["load:event"]
+with sdk.connect(home, name=name) as bus:
+    for i in range(n):
+        bus.publish(types[i % len(types)], {"pub": name, "i": i})
+"""
+"""A publisher process: ``python -c PUBLISHER HOME NAME N [TYPE...]`` publishes N events and exits."""
