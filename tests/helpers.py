@@ -81,8 +81,8 @@ def collect(sub: Any, n: int, *, timeout: float = 5.0) -> list[Any]:
     return [sub.recv(timeout=timeout) for _ in range(n)]
 
 
-def python_process(code: str, *args: str) -> "subprocess.Popen[str]":
-    """Start ``python -c code ARGS`` with the repo importable; stdout/stderr captured as text."""
+def python_process(code: str, *args: str, stdin: bool = False) -> "subprocess.Popen[str]":
+    """Start ``python -c code ARGS`` with the repo importable; stdout/stderr (and stdin) piped, text."""
     import os
     import subprocess
     import sys
@@ -92,9 +92,11 @@ def python_process(code: str, *args: str) -> "subprocess.Popen[str]":
     return subprocess.Popen(
         [sys.executable, "-c", code, *args],
         env={**os.environ, "PYTHONPATH": repo},
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        bufsize=1,
     )
 
 

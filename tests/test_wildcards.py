@@ -1,0 +1,79 @@
+"""Subscription patterns through the broker: exact, ``*``, trailing ``**``, ``**``; each event once."""
+
+from __future__ import annotations
+
+import pytest
+
+import sdk
+from helpers import collect
+
+TYPES = ["agent:spawned", "agent:completed", "agent:x:y", "agents:spawned", "channel:message", "session:created", "session:a:b", "agent"]
+
+
+def publish_all(bus: sdk.Bus) -> None:
+    for t in TYPES:
+        bus.publish(t, {"t": t})
+    bus.publish("end", None)  # every subscription below also matches "end": it bounds the receive
+
+
+@pytest.mark.parametrize(
+    ("patterns", "expected"),
+    [
+        (("agent:*",), ["agent:spawned", "agent:completed"]),
+        (("*:spawned",), ["agent:spawned", "agents:spawned"]),
+        (("agent:**",), ["agent:spawned", "agent:completed", "agent:x:y"]),
+        (("session:**", "channel:message"), ["channel:message", "session:created", "session:a:b"]),
+        (("*",), ["agent"]),
+        (("**",), TYPES),
+    ],
+    ids=lambda p: "|".join(p) if isinstance(p, tuple) else None,
+)
+def test_patterns_through_the_broker(bus: sdk.Bus, patterns: tuple[str, ...], expected: list[str]) -> None:
+    with bus.subscribe(*patterns, "end") as sub:
+        publish_all(bus)
+        got = collect(sub, len(expected) + 1)
+    assert [e.type for e in got] == [*expected, "end"]
+
+
+def test_overlapping_patterns_deliver_once(bus: sdk.Bus) -> None:
+    with bus.subscribe("agent:spawned", "agent:*", "agent:**", "*:spawned", "end") as sub:
+        publish_all(bus)
+        got = collect(sub, 5)
+    assert [e.type for e in got] == ["agent:spawned", "agent:completed", "agent:x:y", "agents:spawned", "end"]
+    assert [e.version for e in got] == [1, 2, 3, 4, 9]
+
+
+def test_two_subscriptions_each_get_their_copy(bus: sdk.Bus) -> None:
+    with bus.subscribe("agent:*", "end") as one, bus.subscribe("agent:**", "agent:spawned", "end") as two:
+        publish_all(bus)
+        got_one, got_two = collect(one, 3), collect(two, 4)
+    assert [e.type for e in got_one] == ["agent:spawned", "agent:completed", "end"]
+    assert [e.type for e in got_two] == ["agent:spawned", "agent:completed", "agent:x:y", "end"]
+    assert got_one[0] == got_two[0]
+
+
+INVALID_PATTERNS = ["", "a:**:b", "**:a", "a*", "a::b", "a b", 42, None, b"agent:*"]
+INVALID_TYPES = ["", "agent:*", "a::b", "a b", "\x00sync:x", "x" * 256, 7, None, b"agent"]
+
+
+def test_invalid_patterns_raise(bus: sdk.Bus) -> None:
+    for pattern in INVALID_PATTERNS:  # one broker for all of them: each case is a pure check
+        with pytest.raises(sdk.InvalidEvent) as info:
+            bus.subscribe("ok", pattern)  # type: ignore[arg-type]
+        assert isinstance(info.value, ValueError), pattern
+
+
+def test_invalid_types_raise_and_send_nothing(bus: sdk.Bus) -> None:
+    with bus.subscribe() as sub:
+        for event_type in INVALID_TYPES:
+            with pytest.raises(sdk.InvalidEvent) as info:
+                bus.publish(event_type, {})  # type: ignore[arg-type]
+            assert isinstance(info.value, ValueError), event_type
+        bus.publish("after", None)
+        assert sub.recv(timeout=5).version == 1
+    assert (bus.stats()["rejected"], bus.stats()["malformed"]) == (0, 0)
+
+
+def test_invalid_policy_raises(bus: sdk.Bus) -> None:
+    with pytest.raises(sdk.InvalidEvent):
+        bus.subscribe("a", policy="ignore")  # type: ignore[arg-type]
