@@ -127,3 +127,15 @@ def endpoints(home: Path, broker: Part) -> Endpoints:
 def bus(home: Path, broker: Part) -> Iterator[sdk.Bus]:
     with sdk.connect(home, name="test", timeout=5.0) as b:
         yield b
+
+
+@pytest.fixture
+def session_service(start) -> Part:
+    """The session service alone (no broker: its session events are dropped)."""
+    return start("session-service")
+
+
+@pytest.fixture
+def stack(start) -> tuple[Part, Part]:
+    """A broker and a session service in the test's home: (broker, session_service)."""
+    return start("broker"), start("session-service")

@@ -1,0 +1,415 @@
+"""The session service through real processes: seed semantics, faults, garbage, events (issue 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+import sdk
+from schemas.endpoints import Endpoints
+from schemas.sessions import MAX_TITLE_LENGTH
+from sdk.sessions import SessionClient
+from tests.conftest import REPO, Part
+
+HOSTILE_TITLES = [
+    "'); DROP TABLE sessions;--",
+    'Robert"); DELETE FROM sessions WHERE ("1"="1',
+    "日本語のタイトル 🎉 עברית \u202e reversed",
+    "nul\x00in the middle\x00",
+    "",
+    "tab\tnew\nline\r\\backslash %s %d {0}",
+    "x" * MAX_TITLE_LENGTH,
+]
+
+
+@pytest.fixture
+def client(home: Path, session_service: Part):
+    with SessionClient.open(home, timeout=5.0) as c:
+        yield c
+
+
+def pryxbus(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+# -- seed semantics ------------------------------------------------------------------------------
+
+
+def test_create_get_round_trip(client: SessionClient) -> None:
+    s = client.create("Chat with User")
+    assert s.title == "Chat with User"
+    assert s.created_at == s.updated_at
+    assert s.created_at.utcoffset().total_seconds() == 0
+    assert client.get(s.id) == s
+
+
+def test_list_is_newest_first_and_capped_at_100(client: SessionClient) -> None:
+    ids = [client.create(f"s{i}").id for i in range(105)]
+    listed = client.list(limit=1000)
+    assert [s.id for s in listed] == ids[::-1][:100]
+    assert [s.id for s in client.list()] == ids[::-1][:100]
+    assert [s.id for s in client.list(5, offset=100)] == ids[::-1][100:]
+    assert [s.id for s in client.iterate(page_size=40)] == ids[::-1]
+    client.touch(ids[0])
+    assert client.list(1)[0].id == ids[0]
+
+
+def test_ensure_creates_once_and_never_retitles(client: SessionClient) -> None:
+    first = client.ensure("s-1", "Chat with User")
+    second = client.ensure("s-1", "Another title")
+    assert (second.id, second.title, second.created_at) == ("s-1", "Chat with User", first.created_at)
+    assert second.updated_at > first.updated_at
+    assert [s.id for s in client.list()] == ["s-1"]
+
+
+def test_rename_touch_delete(client: SessionClient) -> None:
+    s = client.create("before")
+    renamed = client.rename(s.id, "after")
+    assert (renamed.title, renamed.created_at) == ("after", s.created_at)
+    touched = client.touch(s.id)
+    assert touched.updated_at > renamed.updated_at
+    assert client.delete(s.id) == touched
+    assert client.list() == []
+
+
+def test_unknown_ids_are_not_found(client: SessionClient) -> None:
+    for call in (
+        lambda: client.get("nope"),
+        lambda: client.rename("nope", "t"),
+        lambda: client.touch("nope"),
+        lambda: client.delete("nope"),
+    ):
+        with pytest.raises(sdk.SessionNotFound) as e:
+            call()
+        assert e.value.code == "not_found"
+    assert client.list() == []
+
+
+def test_create_with_a_taken_id_and_another_title_conflicts(client: SessionClient) -> None:
+    s = client.create("mine", id="fixed")
+    assert client.create("mine", id="fixed") == s  # what a retry sees
+    with pytest.raises(sdk.SessionConflict):
+        client.create("theirs", id="fixed")
+
+
+@pytest.mark.parametrize("title", HOSTILE_TITLES, ids=range(len(HOSTILE_TITLES)))
+def test_hostile_titles_round_trip(client: SessionClient, home: Path, title: str) -> None:
+    s = client.create(title)
+    assert client.get(s.id).title == title
+    other = "!" + title[1:]
+    assert client.rename(s.id, other).title == other
+    db = sqlite3.connect(home / "sessions.db")
+    assert db.execute("SELECT title FROM sessions WHERE id = ?", (s.id,)).fetchone()[0] == other
+    assert db.execute("SELECT count(*) FROM sessions").fetchone()[0] == 1
+    db.close()
+
+
+def test_over_long_title_is_refused_by_client_and_service(client: SessionClient, home: Path) -> None:
+    with pytest.raises(sdk.SessionError) as e:
+        client.create("x" * (MAX_TITLE_LENGTH + 1))
+    assert e.value.code == "too_long"
+    reply = raw_request(home, msgpack.packb({"op": "create", "title": "x" * (MAX_TITLE_LENGTH + 1)}))
+    assert (reply["ok"], reply["code"]) == (False, "too_long")
+
+
+# -- garbage -------------------------------------------------------------------------------------
+
+
+def raw_request(home: Path, body: bytes, *, timeout: float = 5.0) -> dict:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.linger = 0
+    try:
+        sock.connect(Endpoints.for_home(home).sessions)
+        sock.send(body)
+        assert sock.poll(int(timeout * 1000), zmq.POLLIN), f"no reply to {body[:40]!r}"
+        return msgpack.unpackb(sock.recv(), raw=False)
+    finally:
+        sock.close()
+
+
+GARBAGE = [
+    (os.urandom(64), "bad_request"),
+    (b"", "bad_request"),
+    (b"\xc1", "bad_request"),  # a byte msgpack never uses
+    (b"\x92\x01", "bad_request"),  # truncated array
+    (msgpack.packb({"op": "get", "id": "a"}) + b"trailing", "bad_request"),
+    (msgpack.packb([1, 2, 3]), "bad_request"),
+    (msgpack.packb("get"), "bad_request"),
+    (msgpack.packb({}), "bad_request"),
+    (msgpack.packb({"op": 7}), "bad_request"),
+    (msgpack.packb({"op": "explode"}), "unknown_op"),
+    (msgpack.packb({"op": "get"}), "bad_request"),
+    (msgpack.packb({"op": "get", "id": 12}), "bad_request"),
+    (msgpack.packb({"op": "get", "id": ""}), "bad_request"),
+    (msgpack.packb({"op": "get", "id": "x" * 10_000}), "too_long"),
+    (msgpack.packb({"op": "create"}), "bad_request"),
+    (msgpack.packb({"op": "create", "title": None}), "bad_request"),
+    (msgpack.packb({"op": "create", "title": b"bytes"}), "bad_request"),
+    (msgpack.packb({"op": "create", "title": ["list"]}), "bad_request"),
+    (msgpack.packb({"op": "ensure", "id": "e"}), "bad_request"),
+    (msgpack.packb({"op": "rename", "id": "e", "title": {"a": 1}}), "bad_request"),
+    (msgpack.packb({"op": "create", "title": "t", "rid": 5}), "bad_request"),
+    (msgpack.packb({"op": "list", "limit": "ten"}), "bad_request"),
+    (msgpack.packb({"op": "list", "limit": 0}), "bad_request"),
+    (msgpack.packb({"op": "list", "limit": True}), "bad_request"),
+    (msgpack.packb({"op": "list", "offset": -1}), "bad_request"),
+    (msgpack.packb({"op": "list", "cursor": "!!not-a-cursor"}), "bad_request"),
+    (msgpack.packb({"op": "list", "cursor": 3}), "bad_request"),
+    (msgpack.packb({"op": "list", "cursor": "kQ", "offset": 2}), "bad_request"),
+    (b"\x91" * 5000 + b"\xc0", "bad_request"),  # deeply nested
+    (b"\xdb\xff\xff\xff\xff" + b"x" * 10, "bad_request"),  # a str longer than the frame
+]
+
+
+def test_garbage_requests_all_get_structured_errors(client: SessionClient, home: Path) -> None:
+    for body, code in GARBAGE:
+        reply = raw_request(home, body)
+        assert reply["ok"] is False, body[:40]
+        assert reply["code"] == code, (body[:40], reply)
+        assert isinstance(reply["message"], str) and reply["message"]
+    stats = client.stats()
+    assert sum(stats["errors"].values()) == len(GARBAGE)
+    assert client.create("still fine").title == "still fine"
+    assert [s.title for s in client.list()] == ["still fine"]
+
+
+def test_odd_framing_is_answered_and_does_not_desync(client: SessionClient, home: Path) -> None:
+    ctx = zmq.Context.instance()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.linger = 0
+    dealer.connect(Endpoints.for_home(home).sessions)
+    try:
+        ping = msgpack.packb({"op": "ping"})
+        cases = [
+            ([b"", ping, ping], [b""]),  # two request frames after the delimiter
+            ([ping], []),  # no delimiter at all (raw DEALER)
+            ([b"", b"not msgpack"], [b""]),
+        ]
+        for frames, head in cases:
+            dealer.send_multipart(frames)
+            assert dealer.poll(5000, zmq.POLLIN)
+            reply = dealer.recv_multipart()
+            assert reply[:-1] == head
+            decoded = msgpack.unpackb(reply[-1], raw=False)
+            if frames == [ping]:
+                assert decoded["ok"] is True
+            else:
+                assert (decoded["ok"], decoded["code"]) == (False, "bad_request")
+    finally:
+        dealer.close()
+    assert client.ping()["status"] == "ok"
+
+
+# -- concurrency and durability ------------------------------------------------------------------
+
+ENSURER = """
+import json, sys
+from sdk.sessions import SessionClient
+home, sid, title = sys.argv[1:4]
+with SessionClient.open(home, timeout=10) as c:
+    c.ping()
+    print("connected", flush=True)
+    sys.stdin.readline()
+    print(json.dumps(c.ensure(sid, title).to_dict()), flush=True)
+"""
+
+
+def test_concurrent_ensure_from_processes_makes_one_row(client: SessionClient, home: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", ENSURER, str(home), "shared-id", f"title {i}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )
+        for i in range(6)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "connected"
+        for p in procs:  # release them together
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        answers = [json.loads(p.stdout.readline()) for p in procs]
+        for p in procs:
+            assert p.wait(timeout=30) == 0
+    finally:
+        for p in procs:
+            p.kill() if p.poll() is None else None
+    assert {(a["id"], a["title"], a["created_at"]) for a in answers} == {
+        ("shared-id", answers[0]["title"], answers[0]["created_at"])
+    }
+    assert answers[0]["title"] in {f"title {i}" for i in range(6)}
+    assert len({a["updated_at"] for a in answers}) == 6  # every ensure touched it
+    assert [s.id for s in client.list()] == ["shared-id"]
+    assert client.stats()["errors"] == {}
+
+
+def test_kill_9_under_write_load_loses_no_acknowledged_session(start, home: Path) -> None:
+    service = start("session-service")
+    acked: list[list[str]] = [[] for _ in range(3)]
+    enough = threading.Event()
+
+    def writer(n: int) -> None:
+        with SessionClient.open(home, timeout=1.0, retries=0) as c:
+            while True:
+                try:
+                    s = c.create(f"load {n}")
+                except sdk.BusUnavailable:
+                    return
+                acked[n].append(s.id)
+                if sum(map(len, acked)) >= 300:
+                    enough.set()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    assert enough.wait(30), f"only {sum(map(len, acked))} creates acknowledged"
+    service.kill()
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive()
+    db = sqlite3.connect(home / "sessions.db")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    stored = {row[0] for row in db.execute("SELECT id FROM sessions")}
+    db.close()
+    all_acked = {sid for ids in acked for sid in ids}
+    assert len(all_acked) == sum(map(len, acked))
+    assert all_acked - stored == set()
+    assert len(stored - all_acked) <= 3  # at most the one in flight per writer
+    start("session-service")
+    with SessionClient.open(home) as c:
+        assert {s.id for s in c.iterate()} == stored
+
+
+# -- Lazy Pirate ---------------------------------------------------------------------------------
+
+
+def test_no_service_raises_bus_unavailable_in_bounded_time(home: Path) -> None:
+    with SessionClient.open(home, timeout=0.2, retries=2) as c:
+        began = time.monotonic()
+        with pytest.raises(sdk.BusUnavailable):
+            c.create("nobody listens")
+        assert time.monotonic() - began < 5
+
+
+def _in_thread(call):
+    result: dict = {}
+
+    def run():
+        try:
+            result["value"] = call()
+        except BaseException as e:  # handed to the test thread
+            result["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, result
+
+
+def test_stalled_service_is_retried_and_the_change_made_once(client: SessionClient, home: Path, session_service: Part) -> None:
+    victim = client.create("to delete")
+    session_service.signal(signal.SIGSTOP)
+    try:
+        with SessionClient.open(home, timeout=0.3, retries=20) as retrying:
+            t1, created = _in_thread(lambda: retrying.create("made while stalled"))
+            time.sleep(1.0)  # sync-ok: let several attempts time out and be retried while stopped
+            session_service.signal(signal.SIGCONT)
+            t1.join(10)
+            session_service.signal(signal.SIGSTOP)
+            t2, deleted = _in_thread(lambda: retrying.delete(victim.id))
+            time.sleep(1.0)  # sync-ok: as above, for a delete (a replay must not say not_found)
+            session_service.signal(signal.SIGCONT)
+            t2.join(10)
+    finally:
+        session_service.signal(signal.SIGCONT)
+    assert "error" not in created and "error" not in deleted, (created, deleted)
+    assert deleted["value"].id == victim.id
+    titles = [s.title for s in client.list()]
+    assert titles == ["made while stalled"]
+    assert client.stats()["requests"].get("replayed", 0) >= 1
+
+
+def test_service_killed_between_request_and_reply(start, home: Path) -> None:
+    service = start("session-service")
+    service.signal(signal.SIGSTOP)  # it receives the request but never answers
+    with SessionClient.open(home, timeout=0.5, retries=40) as c:
+        t, result = _in_thread(lambda: c.ensure("survivor", "made after a crash"))
+        service.kill()
+        start("session-service")
+        t.join(30)
+        assert not t.is_alive()
+        assert "error" not in result, result
+        assert result["value"].title == "made after a crash"
+        assert [s.id for s in c.list()] == ["survivor"]
+
+
+# -- events and CLI ------------------------------------------------------------------------------
+
+
+def test_session_events_appear_on_the_bus(home: Path, stack) -> None:
+    with sdk.connect(home, name="test", timeout=5) as bus, bus.subscribe("session:**") as sub:
+        s = bus.sessions.create("evented")
+        renamed = bus.sessions.rename(s.id, "renamed")
+        touched = bus.sessions.touch(s.id)
+        ensured_new = bus.sessions.ensure("e-1", "ensured")
+        ensured_old = bus.sessions.ensure("e-1", "ignored")
+        deleted = bus.sessions.delete(s.id)
+        with pytest.raises(sdk.SessionNotFound):
+            bus.sessions.delete(s.id)  # refused: no event
+        events = [sub.recv(timeout=5) for _ in range(6)]
+        with pytest.raises(TimeoutError):
+            sub.recv(timeout=0.3)
+    assert [(e.type, e.session_id, e.source) for e in events] == [
+        ("session:created", s.id, "session-service"),
+        ("session:updated", s.id, "session-service"),
+        ("session:updated", s.id, "session-service"),
+        ("session:created", "e-1", "session-service"),
+        ("session:updated", "e-1", "session-service"),
+        ("session:deleted", s.id, "session-service"),
+    ]
+    expected = [s, renamed, touched, ensured_new, ensured_old, deleted]
+    assert [e.payload for e in events] == [x.to_dict() for x in expected]
+
+
+def test_service_runs_without_a_broker(client: SessionClient) -> None:
+    assert client.create("no broker").title == "no broker"
+    assert client.ping()["status"] == "ok"
+
+
+def test_cli(home: Path, session_service: Part) -> None:
+    made = pryxbus(home, "sessions", "create", "From the CLI", "--json")
+    assert made.returncode == 0, made.stderr
+    s = json.loads(made.stdout)
+    assert s["title"] == "From the CLI"
+    assert pryxbus(home, "sessions", "ensure", "cli-2", "Second", "--json").returncode == 0
+    listed = json.loads(pryxbus(home, "sessions", "list", "--json").stdout)
+    assert [x["id"] for x in listed["sessions"]] == ["cli-2", s["id"]]
+    assert listed["next_cursor"] is None
+    table = pryxbus(home, "sessions", "list").stdout.splitlines()
+    assert table[0].split() == ["ID", "TITLE", "UPDATED_AT", "CREATED_AT"]
+    assert [line.split()[0] for line in table[1:]] == ["cli-2", s["id"]]
+    assert json.loads(pryxbus(home, "sessions", "rename", "cli-2", "New", "--json").stdout)["title"] == "New"
+    assert pryxbus(home, "sessions", "touch", "cli-2").returncode == 0
+    assert json.loads(pryxbus(home, "sessions", "get", s["id"], "--json").stdout) == s
+    assert json.loads(pryxbus(home, "sessions", "delete", s["id"], "--json").stdout) == s
+    missing = pryxbus(home, "sessions", "get", s["id"])
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert "not_found" in missing.stderr
