@@ -32,7 +32,7 @@ class SessionEvents:
         *,
         name: str = "session-service",
         maxsize: int = 10_000,
-        timeout: float = 1.0,
+        timeout: float = 0.5,
         retry_interval: float = 1.0,
     ) -> None:
         self.endpoints = endpoints
