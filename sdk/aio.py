@@ -35,7 +35,7 @@ from sdk._publish import (
     publisher_unavailable,
     topic_of,
 )
-from sdk.aio_request import AsyncRequester
+from sdk.aio_sessions import AsyncRequester, AsyncSessionClient
 from sdk.aio_subscription import Pending, Subscription
 from sdk.bus import DEFAULT_HWM, resolve_endpoints
 from sdk.errors import BusClosed, translate
@@ -194,8 +194,6 @@ class Bus:
         if self._sessions is None:
             if self._closed:
                 raise BusClosed("bus is closed")
-            from sdk.aio_sessions import AsyncSessionClient
-
             self._sessions = AsyncSessionClient(self._ctx, self.endpoints.sessions, timeout=self.timeout)
         return self._sessions
 
