@@ -258,3 +258,22 @@ def test_sessions_through_the_session_service(start, home: Path) -> None:
     created, got, event = run(main())
     assert got == created and created.title == "Chat with User"
     assert (event.type, event.payload["id"]) == ("session:created", created.id)
+
+
+def test_concurrent_publishing_tasks_each_keep_their_order(home: Path, broker) -> None:
+    async def main():
+        async with sdk.aio.connect(home) as bus, bus.subscribe("load:*") as sub:
+
+            async def publisher(k: int) -> None:
+                for i in range(100):
+                    await bus.publish(f"load:t{k}", {"i": i})
+
+            await asyncio.gather(*(publisher(k) for k in range(5)))
+            return [await sub.recv(timeout=5) for _ in range(500)]
+
+    events = run(main())
+    assert [e.version for e in events] == list(range(1, 501))
+    for k in range(5):
+        mine = [e for e in events if e.type == f"load:t{k}"]
+        assert [e.payload["i"] for e in mine] == list(range(100))
+        assert [e.seq for e in mine] == list(range(1, 101))
