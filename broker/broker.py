@@ -12,12 +12,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import msgpack
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from broker.reservation import Reservation
 from schemas.endpoints import Endpoints
 from schemas.envelope import BODY_MARK, DEFAULT_MAX_EVENT_SIZE, STAMP, SYNC_PREFIX
 from schemas.topics import MAX_TYPE_LENGTH, is_valid_type
@@ -48,6 +50,10 @@ class BrokerConfig:
     max_event_size: int = DEFAULT_MAX_EVENT_SIZE
     first_version: int = 1
     """Version of the next event: 1 for a new bus, last logged + 1 after a restart."""
+    log_hwm: int = 1_000_000
+    """Queue of the event log's connection (on ``endpoints.log_feed``): bursts wait, never drop."""
+    home: Path | None = None
+    """Where the reserved-version mark lives (broker/reservation.py); None keeps no mark."""
 
 
 class Broker:
@@ -64,6 +70,8 @@ class Broker:
         self.subscribers = 0
         self.started = time.time()
         self._running = False
+        self._reservation = Reservation(config.home) if config.home is not None else None
+        self._reserved = 1 << 63 if self._reservation is None else self._reservation.mark
         self._handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "ping": self._op_ping,
             "health": self._op_ping,
@@ -94,6 +102,12 @@ class Broker:
         self.xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every sync subscription, duplicates too
         self.xpub.maxmsgsize = 4096  # subscribers only send subscriptions
         self.xpub.bind(ep.subscribe)
+        if ep.log_feed:
+            # A listener copies the socket's options when it binds, so connections to this second
+            # endpoint (the event log's) get a deeper queue than every other subscriber's.
+            self.xpub.sndhwm = cfg.log_hwm
+            self.xpub.bind(ep.log_feed)
+            self.xpub.sndhwm = cfg.sub_hwm
 
         self.control = ctx.socket(zmq.ROUTER)
         self.control.linger = 0
@@ -132,7 +146,8 @@ class Broker:
             except zmq.ZMQError:
                 pass
         self._ctx.destroy(linger=0)
-        for path in self.config.endpoints.ipc_paths():
+        own = self.config.endpoints
+        for path in own.with_(sessions="", log="").ipc_paths():  # only the sockets we bound
             try:
                 path.unlink()
             except FileNotFoundError:
@@ -158,6 +173,8 @@ class Broker:
             if not ready:
                 continue
             if xsub in ready:
+                if self.version + BATCH > self._reserved and self._reservation is not None:
+                    self._reserved = self._reservation.reserve(self.version + BATCH)
                 self._forward_batch()
             if xpub in ready:
                 self._handle_subscriptions()
@@ -167,6 +184,8 @@ class Broker:
                 self._handle_monitor(self.in_monitor, inbound=True)
             if self.out_monitor in ready:
                 self._handle_monitor(self.out_monitor, inbound=False)
+        if self._reservation is not None:
+            self._reservation.write(self.version)  # a clean stop: the next run continues exactly
 
     def _forward_batch(self) -> None:
         recv = self.xsub.recv
@@ -275,6 +294,7 @@ class Broker:
             "status": "ok",
             "pid": os.getpid(),
             "version": self.version,
+            "first_version": self.config.first_version,
             "max_event_size": self.config.max_event_size,
         }
 

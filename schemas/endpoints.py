@@ -15,7 +15,8 @@ from pathlib import Path
 ENDPOINTS_FILE = "endpoints.json"
 
 # Port offsets from the base port given with --tcp.
-_TCP_OFFSETS = {"publish": 0, "subscribe": 1, "control": 2, "sessions": 3, "log": 4}
+_TCP_OFFSETS = {"publish": 0, "subscribe": 1, "control": 2, "sessions": 3, "log": 4, "log_feed": 5}
+_IPC_NAMES = {"log_feed": "logfeed"}  # the others: the first three letters of the name
 
 
 def default_home() -> Path:
@@ -49,11 +50,13 @@ class Endpoints:
     """Session service: REQ/REP session requests."""
     log: str = ""
     """Event log: REQ/REP replay and query requests (empty: a stack without a log)."""
+    log_feed: str = ""
+    """Broker XPUB again, with a deep per-connection queue: the event log subscribes here."""
 
     @classmethod
     def ipc(cls, home: str | os.PathLike[str]) -> Endpoints:
         base = Path(home).expanduser().absolute()
-        return cls(**{name: f"ipc://{base / name[:3]}.sock" for name in _TCP_OFFSETS})
+        return cls(**{name: f"ipc://{base / _IPC_NAMES.get(name, name[:3])}.sock" for name in _TCP_OFFSETS})
 
     @classmethod
     def tcp(cls, host: str, port: int) -> Endpoints:
@@ -74,7 +77,7 @@ class Endpoints:
         path = Path(home).expanduser() if home else default_home()
         try:
             data = json.loads((path / ENDPOINTS_FILE).read_text())
-            return cls(**{k: data[k] for k in _TCP_OFFSETS if k != "log" or k in data})
+            return cls(**{k: data[k] for k in _TCP_OFFSETS if k in data or k not in ("log", "log_feed")})
         except (OSError, ValueError, KeyError, TypeError):
             return cls.ipc(path)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -21,6 +22,7 @@ from sdk._publish import (
     topic_of,
 )
 from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge
+from sdk.event import Event
 from sdk.request import Requester
 from sdk.subscription import Policy, Subscription
 
@@ -72,6 +74,7 @@ class Bus:
         self._closed = False
         self.control = Requester(self._ctx, self.endpoints.control, timeout=timeout, retries=1, what="broker")
         self._sessions: Any = None
+        self._log: Requester | None = None
         if max_event_size is None:
             try:
                 max_event_size = self.control.call({"op": "ping"}).get("max_event_size")
@@ -145,6 +148,7 @@ class Bus:
         policy: Policy = "drop",
         hwm: int | None = None,
         timeout: float | None = None,
+        since: int | None = None,
     ) -> Subscription:
         """Subscribe to events whose type matches any pattern (none, or ``**``: every event).
 
@@ -154,12 +158,17 @@ class Bus:
         Args:
             patterns: exact types, ``*`` for one segment, a final ``**`` for one or more.
             policy: ``"drop"`` ends the subscription with SlowSubscriberError on the first loss;
-                ``"count"`` keeps going and counts losses in ``Subscription.lost``.
+                ``"count"`` keeps going and counts losses in ``Subscription.lost``;
+                ``"recover"`` fetches lost events from the event log and delivers them in
+                version order (SlowSubscriberError only if the log cannot supply them).
             hwm: how many events may wait for this subscriber before it starts losing them.
+            since: first deliver every logged event with a version above this one, then live
+                events, with no gap and no duplicate at the seam (needs the event log).
 
         Raises:
             InvalidEvent: an invalid pattern or policy.
-            BusUnavailable: the broker did not confirm the subscription in time.
+            BusUnavailable: the broker (or, with ``since``, the event log) did not answer in time.
+            BusTimeout: with ``since``, the event log did not catch up with the broker in time.
         """
         checked = check_subscription(patterns, policy)
         if self._closed:
@@ -171,9 +180,84 @@ class Bus:
             hwm=self.hwm if hwm is None else hwm,
             timeout=self.timeout if timeout is None else timeout,
         )
+        if since is not None:
+            from sdk.replay import attach_history
+
+            try:
+                attach_history(sub, self, since, timeout=sub_timeout(self, timeout))
+            except BaseException:
+                sub.close()
+                raise
         with self._lock:
             self._subscriptions.add(sub)
         return sub
+
+    # -- the event log -----------------------------------------------------------------------
+
+    @property
+    def log(self) -> Requester:
+        """The event log client (see :mod:`sdk.replay`); raises BusUnavailable without a log endpoint."""
+        if self._log is None:
+            from sdk.replay import log_client
+
+            with self._lock:
+                if self._log is None:
+                    self._log = log_client(self._ctx, self.endpoints.log, timeout=self.timeout)
+        return self._log
+
+    def replay(
+        self,
+        *patterns: str,
+        since: int = 0,
+        until: int | None = None,
+        session_id: str | None = None,
+        ts_from: float | None = None,
+        ts_until: float | None = None,
+    ) -> Iterator[Event]:
+        """Logged events with ``since < version <= until``, in version order (a lazy iterator).
+
+        Args:
+            patterns: as for :meth:`subscribe`; none means every event.
+            since: exclusive lower bound on the version (0: from the oldest logged event).
+            until: inclusive upper bound; None: up to the newest logged event at each page.
+            session_id: only events published with this session id.
+            ts_from, ts_until: only events whose publisher timestamp is in ``[ts_from, ts_until)``.
+
+        Raises:
+            InvalidEvent: an invalid pattern.
+            BusUnavailable: the event log did not answer.
+        """
+        from sdk.replay import replay
+
+        checked = check_subscription(patterns, "drop")
+        return replay(
+            self.log,
+            patterns=checked,
+            since=since,
+            until=until,
+            session_id=session_id,
+            ts_from=ts_from,
+            ts_until=ts_until,
+        )
+
+    def log_tail(self, *patterns: str, limit: int = 10, session_id: str | None = None) -> list[Event]:
+        """The newest ``limit`` logged events matching ``patterns``, oldest first.
+
+        Raises:
+            InvalidEvent: an invalid pattern.
+            BusUnavailable: the event log did not answer.
+        """
+        from sdk.replay import tail
+
+        return tail(self.log, check_subscription(patterns, "drop"), limit=limit, session_id=session_id)
+
+    def log_stats(self) -> dict[str, Any]:
+        """The event log's counters: events kept, first/last version, gaps and losses, retention.
+
+        Raises:
+            BusUnavailable: the event log did not answer.
+        """
+        return self.log.call({"op": "stats"})
 
     def _forget(self, sub: Subscription) -> None:
         with self._lock:
@@ -208,6 +292,8 @@ class Bus:
         with self._lock:
             if self._sessions is not None:
                 self._sessions.close()
+            if self._log is not None:
+                self._log.close()
             self.control.close()
             if self._pub is not None:
                 self._pub.close()  # lingers so queued events still reach the broker
@@ -223,6 +309,10 @@ class Bus:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def sub_timeout(bus: Bus, timeout: float | None) -> float:
+    return bus.timeout if timeout is None else timeout
 
 
 def connect(home: str | os.PathLike[str] | Endpoints | None = None, **options: Any) -> Bus:

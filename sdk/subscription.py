@@ -20,8 +20,9 @@ from sdk.event import Event
 if TYPE_CHECKING:
     from sdk.bus import Bus
 
-Policy = Literal["drop", "count"]
-POLICIES = ("drop", "count")
+Policy = Literal["drop", "count", "recover"]
+POLICIES = ("drop", "count", "recover")
+_DECODER_POLICIES = ("drop", "count")  # "recover" is sdk.replay.RecoveringDecoder
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
@@ -38,8 +39,8 @@ class EventDecoder:
     """
 
     def __init__(self, patterns: tuple[str, ...], policy: Policy) -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
+        if policy not in _DECODER_POLICIES:
+            raise ValueError(f"policy must be one of {_DECODER_POLICIES}, not {policy!r}")
         self.matches: Callable[[bytes], bool] = compile_matcher(patterns)
         self.prefixes = zmq_prefixes(patterns)
         self.policy = policy
@@ -100,12 +101,18 @@ class Subscription:
         timeout: float,
     ) -> None:
         self.patterns = patterns
-        self._decoder = EventDecoder(patterns, policy)
+        self._pending: deque[Event] = deque()
+        self._decoder: EventDecoder
+        if policy == "recover":  # gaps are filled from the event log (sdk/replay.py)
+            from sdk.replay import recovering_decoder
+
+            self._decoder = recovering_decoder(patterns, bus, self._pending)
+        else:
+            self._decoder = EventDecoder(patterns, policy)
         self._bus = bus
         self._lock = threading.Lock()
         self._closed = False
         self._failed: SlowSubscriberError | None = None
-        self._pending: deque[Event] = deque()
         sock = bus._ctx.socket(zmq.SUB)
         sock.linger = 0
         sock.rcvhwm = hwm

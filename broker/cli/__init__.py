@@ -12,6 +12,7 @@ COMMANDS = [
     "broker.cli.servers",  # broker
     "broker.cli.session_service",  # session-service
     "broker.cli.up",  # up
+    "broker.cli.eventlog",  # event-log, log tail|query|stats
     "broker.cli.events",  # pub, sub, stats
     "broker.cli.sessions",  # sessions ...
     "broker.cli.demo",  # demo

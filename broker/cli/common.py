@@ -25,8 +25,8 @@ def add_tcp(parser: argparse.ArgumentParser) -> None:
         "--tcp",
         metavar="HOST:PORT",
         default=None,
-        help="listen on tcp ports PORT..PORT+3 instead of ipc sockets (publish, subscribe, control,"
-        " sessions); use 127.0.0.1 unless other machines must connect",
+        help="listen on tcp ports PORT..PORT+5 instead of ipc sockets (publish, subscribe, control,"
+        " sessions, log, log feed); use 127.0.0.1 unless other machines must connect",
     )
 
 

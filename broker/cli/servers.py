@@ -7,6 +7,7 @@ import logging
 
 import zmq
 
+from broker import reservation
 from broker.broker import Broker, BrokerConfig
 from broker.cli.common import add_home, add_tcp, fail, server_endpoints
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
@@ -47,8 +48,9 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def broker_config(args: argparse.Namespace, endpoints, first_version: int = 1) -> BrokerConfig:
+def broker_config(args: argparse.Namespace, endpoints, first_version: int = 1, home=None) -> BrokerConfig:
     return BrokerConfig(
+        home=home,
         endpoints=endpoints,
         sub_hwm=args.sub_hwm,
         in_hwm=args.in_hwm,
@@ -64,7 +66,8 @@ def run_broker(args: argparse.Namespace) -> int:
         with home_lock(home, "broker"):
             endpoints.write(home) if args.tcp else None
             try:
-                broker = Broker(broker_config(args, endpoints))
+                # Continue after every version reserved or logged in this home (issue 4).
+                broker = Broker(broker_config(args, endpoints, reservation.first_version(home), home))
             except zmq.ZMQError as e:
                 return fail(f"broker cannot bind: {e}")
             with broker, stop_on_signals(broker.stop):

@@ -1,0 +1,179 @@
+"""``pryxbus event-log`` (the log process) and ``pryxbus log tail|query|stats`` (reading it)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from datetime import datetime
+
+import zmq
+
+from broker.cli.common import add_home, add_target, add_tcp, fail, print_json, target
+from broker.eventlog.service import EventLog, EventLogConfig
+from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
+from schemas.endpoints import Endpoints, default_home, ensure_home
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "event-log",
+        help="run the event log alone (appends every event to HOME/events.db, serves replays)",
+        description="Run the event log in the foreground: subscribe to every event at the broker,"
+        " append them to HOME/events.db, answer replay/query requests on the log endpoint. Prints a"
+        " line containing 'ready' once the broker confirmed its subscription.",
+    )
+    add_home(p)
+    add_tcp(p)
+    p.add_argument("--retain-events", type=int, default=None, metavar="N", help="keep at most the newest N events")
+    p.add_argument(
+        "--retain-seconds", type=float, default=None, metavar="S", help="drop events older than S seconds"
+    )
+    p.add_argument("--retain-interval", type=float, default=1.0, metavar="S", help="run retention every S seconds")
+    p.add_argument("--rcvhwm", type=int, default=1_000_000, help="events the log may queue before it loses some")
+    p.add_argument(
+        "--synchronous",
+        choices=("OFF", "NORMAL", "FULL"),
+        default="NORMAL",
+        help="SQLite synchronous mode (NORMAL: survives any process crash; FULL: also a power cut)",
+    )
+    p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the broker at start")
+    p.set_defaults(func=run_event_log)
+
+    log = subparsers.add_parser("log", help="read the event log (tail, query, stats)")
+    sub = log.add_subparsers(dest="log_command", metavar="COMMAND", required=True)
+
+    tail = sub.add_parser("tail", help="the last N logged events (JSON lines); -f keeps following live")
+    add_target(tail)
+    tail.add_argument("patterns", nargs="*", metavar="PATTERN")
+    tail.add_argument("-n", "--lines", type=int, default=10, help="how many logged events (default 10)")
+    tail.add_argument("-f", "--follow", action="store_true", help="then print live events, seamlessly")
+    tail.add_argument("--session", default=None, help="only events of this session id")
+    tail.set_defaults(func=run_tail)
+
+    query = sub.add_parser("query", help="logged events by pattern, version/time range, session (JSON lines)")
+    add_target(query)
+    query.add_argument("patterns", nargs="*", metavar="PATTERN")
+    query.add_argument("--since", type=int, default=0, metavar="V", help="after version V (exclusive)")
+    query.add_argument("--until", type=int, default=None, metavar="V", help="up to version V (inclusive)")
+    query.add_argument("--from", dest="ts_from", default=None, metavar="TIME", help="epoch seconds or ISO 8601")
+    query.add_argument("--to", dest="ts_until", default=None, metavar="TIME", help="epoch seconds or ISO 8601")
+    query.add_argument("--session", default=None, help="only events of this session id")
+    query.add_argument("--limit", type=int, default=None, help="stop after N events")
+    query.set_defaults(func=run_query)
+
+    stats = sub.add_parser("stats", help="the log's counters: events, gaps, lost, retention (JSON)")
+    add_target(stats)
+    stats.set_defaults(func=run_stats)
+
+
+def run_event_log(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    home = ensure_home(args.home or default_home())
+    if args.tcp:
+        try:
+            endpoints = Endpoints.parse_tcp(args.tcp)
+        except ValueError as e:
+            return fail(f"--tcp: {e}")
+    else:
+        endpoints = Endpoints.for_home(home)
+        if not endpoints.log:
+            endpoints = endpoints.with_(log=Endpoints.ipc(home).log)
+    config = EventLogConfig(
+        home=home,
+        endpoints=endpoints,
+        retain_events=args.retain_events,
+        retain_seconds=args.retain_seconds,
+        retain_interval=args.retain_interval,
+        rcvhwm=args.rcvhwm,
+        synchronous=args.synchronous,
+    )
+    try:
+        with home_lock(home, "event-log"):
+            try:
+                service = EventLog(config)
+            except zmq.ZMQError as e:
+                return fail(f"event log cannot bind {endpoints.log}: {e}")
+            with service, stop_on_signals(service.stop):
+                try:
+                    service.await_broker(args.wait)
+                except TimeoutError as e:
+                    return fail(str(e))
+                announce(f"pryxbus event-log ready log={endpoints.log} db={config.home / 'events.db'}")
+                service.run()
+                announce(f"pryxbus event-log stopped at version {service.writer.last_version}")
+    except AlreadyRunning as e:
+        return fail(str(e))
+    return 0
+
+
+def _time(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise SystemExit(f"pryxbus: not a time (epoch seconds or ISO 8601): {text!r}") from None
+
+
+def _connect(args: argparse.Namespace):
+    import sdk
+
+    return sdk.connect(target(args), name="pryxbus-log", timeout=args.timeout)
+
+
+def run_query(args: argparse.Namespace) -> int:
+    import sdk
+
+    with _connect(args) as bus:
+        try:
+            events = bus.replay(
+                *args.patterns,
+                since=args.since,
+                until=args.until,
+                session_id=args.session,
+                ts_from=_time(args.ts_from),
+                ts_until=_time(args.ts_until),
+            )
+            for n, event in enumerate(events):
+                if args.limit is not None and n >= args.limit:
+                    break
+                print_json(event.to_dict())
+        except sdk.BusError as e:
+            return fail(str(e))
+    return 0
+
+
+def run_tail(args: argparse.Namespace) -> int:
+    import sdk
+
+    with _connect(args) as bus:
+        try:
+            events = bus.log_tail(*args.patterns, limit=args.lines, session_id=args.session)
+            for event in events:
+                print_json(event.to_dict())
+            if not args.follow:
+                return 0
+            since = events[-1].version if events else bus.log_stats()["last"]
+            with bus.subscribe(*args.patterns, since=since) as sub:
+                for event in sub:
+                    if args.session is None or event.session_id == args.session:
+                        print_json(event.to_dict())
+        except sdk.BusError as e:
+            return fail(str(e))
+    return 0
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    import sdk
+
+    with _connect(args) as bus:
+        try:
+            print_json(bus.log_stats())
+        except sdk.BusError as e:
+            return fail(str(e))
+    return 0
+

@@ -1,0 +1,260 @@
+"""The event log's request side: replay pages, summaries, imports, over msgpack requests.
+
+Every request is a msgpack map with an ``op``; every reply is ``{ok: true, result}`` or
+``{ok: false, code, message}`` — garbage included, and every refused request is counted.
+
+Ops (``schemas/PROTOCOL.md`` has the field list):
+
+- ``ping``, ``stats``
+- ``replay``: ``since`` (exclusive), ``until`` (inclusive), ``patterns``, ``session_id``, ``ts_from``,
+  ``ts_until``, ``limit`` -> ``{events: [[version, topic_seq, type, body], ...], next, done, last}``;
+  ask again with ``since=next`` until ``done``.
+- ``tail``: the last ``limit`` events matching ``patterns``/``session_id``, oldest first.
+- ``summary``: counts by type, first/last activity, optional time buckets; for one session or all.
+- ``import``: rows ``[version, topic_seq, type, body]`` inserted unless that version is already logged.
+- ``delete_session``: drop the events of one session (what a session export can bring back).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from broker.eventlog.store import EventStore
+from broker.eventlog.writer import LogWriter, envelope_header
+from schemas.topics import InvalidType, check_pattern, check_type, compile_matcher, is_match_all
+
+MAX_PAGE = 20_000
+DEFAULT_PAGE = 5_000
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _int(msg: dict[str, Any], key: str, default: int | None, *, minimum: int = 0) -> int | None:
+    value = msg.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BadRequest(f"{key!r} must be an integer >= {minimum}, not {value!r}")
+    return value
+
+
+def _float(msg: dict[str, Any], key: str) -> float | None:
+    value = msg.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(f"{key!r} must be a number of seconds since the epoch, not {value!r}")
+    return float(value)
+
+
+def _str(msg: dict[str, Any], key: str) -> str | None:
+    value = msg.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{key!r} must be a string, not {type(value).__name__}")
+    return value
+
+
+def type_filter(patterns: Any) -> tuple[list[str] | None, Callable[[str], bool] | None]:
+    """SQL-side exact types, or a Python matcher for wildcards; (None, None) for every event."""
+    if patterns is None:
+        patterns = []
+    if not isinstance(patterns, list):
+        raise BadRequest("'patterns' must be a list of strings")
+    try:
+        checked = [check_pattern(p) for p in patterns]
+    except InvalidType as e:
+        raise BadRequest(str(e)) from None
+    if is_match_all(checked):
+        return None, None
+    if all("*" not in p for p in checked):
+        return checked, None
+    match = compile_matcher(checked)
+    return None, lambda event_type: match(event_type.encode("utf-8"))
+
+
+class LogQueries:
+    """Answers requests against the store; the writer is consulted for live counters."""
+
+    def __init__(self, store: EventStore, writer: LogWriter, retention: dict[str, Any]) -> None:
+        self.store = store
+        self.writer = writer
+        self.retention = retention
+        self.started = time.time()
+        self.requests = 0
+        self.bad_requests = 0
+        self.trimmed = 0
+        self._handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "ping": self.op_ping,
+            "stats": self.op_stats,
+            "replay": self.op_replay,
+            "tail": self.op_tail,
+            "summary": self.op_summary,
+            "import": self.op_import,
+            "delete_session": self.op_delete_session,
+        }
+
+    def handle(self, msg: Any) -> dict[str, Any]:
+        """The reply map for one decoded request (never raises)."""
+        self.requests += 1
+        try:
+            if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
+                raise BadRequest("request must be a map with an 'op'")
+            handler = self._handlers.get(msg["op"])
+            if handler is None:
+                raise BadRequest(f"unknown op {msg['op']!r}; known: {sorted(self._handlers)}", "unknown_op")
+            return {"ok": True, "result": handler(msg)}
+        except BadRequest as e:
+            self.bad_requests += 1
+            return {"ok": False, "code": e.code, "message": str(e)}
+        except Exception as e:  # a server never dies on input
+            self.bad_requests += 1
+            return {"ok": False, "code": "internal", "message": f"{type(e).__name__}: {e}"}
+
+    def op_ping(self, _msg: dict[str, Any]) -> dict[str, Any]:
+        return {"status": "ok", "pid": os.getpid(), "last": self.writer.last_version}
+
+    def op_stats(self, _msg: dict[str, Any]) -> dict[str, Any]:
+        store = self.store
+        return {
+            "pid": os.getpid(),
+            "uptime": time.time() - self.started,
+            "events": store.count(),
+            "first": store.first_version(),
+            "last": self.writer.last_version,
+            **self.writer.stats(),
+            "recent_gaps": store.gaps(),
+            "trimmed": self.trimmed,
+            "retention": self.retention,
+            "requests": self.requests,
+            "bad_requests": self.bad_requests,
+            "path": str(store.path),
+        }
+
+    def op_replay(self, msg: dict[str, Any]) -> dict[str, Any]:
+        since = _int(msg, "since", 0)
+        until = _int(msg, "until", None)
+        limit = min(_int(msg, "limit", DEFAULT_PAGE, minimum=1) or DEFAULT_PAGE, MAX_PAGE)
+        types, matches = type_filter(msg.get("patterns"))
+        rows, next_since, exhausted = self.store.page(
+            since=since,
+            until=until,
+            limit=limit,
+            types=types,
+            matches=matches,
+            session_id=_str(msg, "session_id"),
+            ts_from=_float(msg, "ts_from"),
+            ts_until=_float(msg, "ts_until"),
+        )
+        last = self.writer.last_version
+        # Done once the scan passed the end of the range and the log has reached that far.
+        done = exhausted and (until is None or last >= until)
+        if exhausted and until is not None and last >= until:
+            next_since = until
+        return {"events": rows, "next": next_since, "done": done, "exhausted": exhausted, "last": last}
+
+    def op_tail(self, msg: dict[str, Any]) -> dict[str, Any]:
+        limit = min(_int(msg, "limit", 10, minimum=1) or 10, MAX_PAGE)
+        types, matches = type_filter(msg.get("patterns"))
+        session_id = _str(msg, "session_id")
+        where, params = [], []
+        if types is not None:
+            where.append(f"type IN ({', '.join('?' * len(types))})")
+            params.extend(types)
+        if session_id is not None:
+            where.append("session_id = ?")
+            params.append(session_id)
+        sql = "SELECT version, topic_seq, type, body FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY version DESC"
+        picked = []
+        for row in self.store.conn.execute(sql, params):
+            if matches is None or matches(row[2]):
+                picked.append(row)
+                if len(picked) == limit:
+                    break
+        picked.reverse()
+        return {"events": picked, "last": self.writer.last_version}
+
+    def op_summary(self, msg: dict[str, Any]) -> dict[str, Any]:
+        session_id = _str(msg, "session_id")
+        bucket = _float(msg, "bucket")
+        if bucket is not None and bucket <= 0:
+            raise BadRequest("'bucket' must be a positive number of seconds")
+        where, params = [], []
+        if session_id is not None:
+            where.append("session_id = ?")
+            params.append(session_id)
+        for key, op in (("ts_from", ">="), ("ts_until", "<")):
+            value = _float(msg, key)
+            if value is not None:
+                where.append(f"ts {op} ?")
+                params.append(value)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        conn = self.store.conn
+        count, first_ts, last_ts, first_v, last_v = conn.execute(
+            f"SELECT count(*), min(ts), max(ts), min(version), max(version) FROM events{clause}", params
+        ).fetchone()
+        by_type = dict(
+            conn.execute(f"SELECT type, count(*) FROM events{clause} GROUP BY type ORDER BY type", params)
+        )
+        result: dict[str, Any] = {
+            "session_id": session_id,
+            "events": count,
+            "by_type": by_type,
+            "first_ts": first_ts,
+            "last_ts": last_ts,
+            "duration": (last_ts - first_ts) if count else 0.0,
+            "first_version": first_v,
+            "last_version": last_v,
+        }
+        if bucket is not None:
+            result["bucket"] = bucket
+            result["buckets"] = [
+                list(r)
+                for r in conn.execute(
+                    f"SELECT CAST(ts / ? AS INTEGER) * ? AS start, type, count(*) FROM events{clause}"
+                    " GROUP BY start, type ORDER BY start, type",
+                    [bucket, bucket, *params],
+                )
+            ]
+        return result
+
+    def op_import(self, msg: dict[str, Any]) -> dict[str, Any]:
+        events = msg.get("events")
+        if not isinstance(events, list):
+            raise BadRequest("'events' must be a list of [version, topic_seq, type, body]")
+        rows = []
+        for item in events:
+            if not (isinstance(item, list) and len(item) == 4):
+                raise BadRequest("each event must be [version, topic_seq, type, body]")
+            version, seq, event_type, body = item
+            if not (isinstance(version, int) and version > 0 and isinstance(seq, int)):
+                raise BadRequest("version and topic_seq must be positive integers")
+            if not isinstance(body, bytes):
+                raise BadRequest("body must be bytes (the envelope as delivered)")
+            try:
+                check_type(event_type)
+                ts, source, session_id = envelope_header(body)
+            except (InvalidType, ValueError) as e:
+                raise BadRequest(f"event {version}: {e}") from None
+            rows.append((version, event_type, seq, ts, source, session_id, body))
+        before = self.store.conn.total_changes
+        self.store.append(rows)
+        inserted = self.store.conn.total_changes - before
+        return {"inserted": inserted, "existing": len(rows) - inserted}
+
+    def op_delete_session(self, msg: dict[str, Any]) -> dict[str, Any]:
+        session_id = _str(msg, "session_id")
+        if not session_id:
+            raise BadRequest("'session_id' is required")
+        with self.store.conn:
+            deleted = self.store.conn.execute("DELETE FROM events WHERE session_id = ?", (session_id,)).rowcount
+        return {"deleted": deleted}

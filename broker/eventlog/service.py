@@ -1,0 +1,155 @@
+"""The event log process: one loop that ingests from the broker, trims, and answers log requests.
+
+One thread: each turn drains what the broker delivered into one transaction, then answers the
+requests waiting on the ROUTER endpoint, then trims if retention is due. Ingestion never waits
+on a reader; a large receive queue absorbs a long reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+import zmq
+
+from broker.eventlog.query import LogQueries
+from broker.eventlog.store import EventStore, db_path
+from broker.eventlog.writer import DEFAULT_RCVHWM, LogWriter
+from schemas.endpoints import Endpoints
+
+log = logging.getLogger("pryxbus.eventlog")
+
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+@dataclass(frozen=True)
+class EventLogConfig:
+    """Tunables of the event log; counts in events, times in seconds."""
+
+    home: Path
+    endpoints: Endpoints
+    retain_events: int | None = None
+    """Keep at most this many events (the newest); None keeps all."""
+    retain_seconds: float | None = None
+    """Drop events older than this (by publisher timestamp, from the oldest version on)."""
+    retain_interval: float = 1.0
+    """How often retention runs."""
+    rcvhwm: int = DEFAULT_RCVHWM
+    synchronous: str = "NORMAL"
+
+
+class EventLog:
+    """The log's sockets, store and loop. A context manager; ``run()`` until ``stop()``."""
+
+    def __init__(self, config: EventLogConfig) -> None:
+        self.config = config
+        self._running = False
+        self._ctx = zmq.Context()
+        self.store: EventStore | None = None
+        self.writer: LogWriter | None = None
+        try:
+            self.store = EventStore(db_path(config.home), synchronous=config.synchronous)
+            self.writer = LogWriter(
+                self._ctx, self.store, config.endpoints.log_feed or config.endpoints.subscribe, rcvhwm=config.rcvhwm
+            )
+            self.router = self._ctx.socket(zmq.ROUTER)
+            self.router.linger = 0
+            self.router.maxmsgsize = 64 * 1024 * 1024  # imports carry whole sessions
+            self.router.bind(config.endpoints.log)
+        except BaseException:
+            self.close()
+            raise
+        self.queries = LogQueries(
+            self.store,
+            self.writer,
+            {"events": config.retain_events, "seconds": config.retain_seconds},
+        )
+
+    def await_broker(self, timeout: float) -> None:
+        """Block until the broker confirms our subscription. Raises TimeoutError."""
+        assert self.writer is not None
+        self.writer.await_live(timeout)
+
+    def stop(self) -> None:
+        self._running = False
+
+    def run(self, poll_interval: float = 0.1) -> None:
+        assert self.writer is not None
+        writer, router = self.writer, self.router
+        poller = zmq.Poller()
+        for sock in (writer.sock, writer.monitor, router):
+            poller.register(sock, zmq.POLLIN)
+        timeout_ms = int(poll_interval * 1000)
+        next_trim = time.monotonic()
+        retaining = self.config.retain_events is not None or self.config.retain_seconds is not None
+        self._running = True
+        while self._running:
+            try:
+                ready = dict(poller.poll(timeout_ms))
+            except zmq.ZMQError as e:
+                if e.errno == zmq.EINTR:
+                    continue
+                raise
+            if writer.monitor in ready:
+                writer.handle_monitor()
+            if writer.sock in ready:
+                writer.drain()
+            if router in ready:
+                self._answer()
+            if retaining and time.monotonic() >= next_trim:
+                self.trim()
+                next_trim = time.monotonic() + self.config.retain_interval
+        while writer.sock.poll(0, zmq.POLLIN):  # keep what already arrived before stopping
+            writer.drain()
+
+    def trim(self) -> int:
+        assert self.store is not None
+        n = self.store.trim(keep=self.config.retain_events, max_age=self.config.retain_seconds)
+        self.queries.trimmed += n
+        return n
+
+    def _answer(self) -> None:
+        router = self.router
+        for _ in range(100):
+            try:
+                frames = router.recv_multipart(_NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                self.queries.bad_requests += 1
+                continue
+            head, request = frames[:-1], frames[-1]
+            try:
+                msg = msgpack.unpackb(request, raw=False, strict_map_key=False)
+            except Exception:
+                self.queries.bad_requests += 1
+                reply = {"ok": False, "code": "bad_request", "message": "request is not valid msgpack"}
+            else:
+                reply = self.queries.handle(msg)
+            router.send_multipart([*head, msgpack.packb(reply, use_bin_type=True)])
+
+    def close(self) -> None:
+        """Close sockets, the store and the context; idempotent."""
+        if self._ctx.closed:
+            return
+        if self.writer is not None:
+            self.writer.close()
+        if self.store is not None:
+            self.store.close()
+        self._ctx.destroy(linger=0)
+        for path in self.config.endpoints.with_(
+            publish="", subscribe="", control="", sessions="", log_feed=""
+        ).ipc_paths():
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

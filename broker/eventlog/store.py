@@ -1,0 +1,226 @@
+"""The event log's SQLite file ``HOME/events.db``: schema, batched appends, pages, retention.
+
+One row per stamped event: the stamp and the envelope fields queries need (type, ts, source,
+session_id) next to the raw body bytes, exactly as the broker delivered them. The version is
+the primary key (the rowid), so version ranges are B-tree range scans and appends are in order.
+Tables and indexes are made with sqlite-utils; the hot append is one ``executemany`` per batch.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+DB_FILE = "events.db"
+
+EVENT_COLUMNS = ("version", "type", "topic_seq", "ts", "source", "session_id", "body")
+_INSERT = f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+Row = tuple[int, str, int, float, str, "str | None", bytes]
+
+
+def db_path(home: str | Path) -> Path:
+    return Path(home) / DB_FILE
+
+
+def last_logged_version(home: str | Path) -> int:
+    """The highest version in ``HOME/events.db``, 0 if there is no log (read-only, never creates it)."""
+    path = db_path(home)
+    if not path.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            row = conn.execute("SELECT max(version) FROM events").fetchone()
+            high = conn.execute("SELECT value FROM meta WHERE key = 'high_version'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+    return max(int(row[0] or 0), int(high[0]) if high else 0)
+
+
+class EventStore:
+    """The log's database. Owns its connection; a context manager with an idempotent ``close()``."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
+        self.path = Path(path)
+        self.db = sqlite_utils.Database(self.path)
+        self.conn = self.db.conn
+        self.db.enable_wal()
+        # WAL + NORMAL: a committed batch survives a crash of any process (not a power cut).
+        self.conn.execute(f"PRAGMA synchronous={synchronous}")
+        self._create()
+        self._closed = False
+
+    def _create(self) -> None:
+        db = self.db
+        if "events" not in db.table_names():
+            db["events"].create(
+                {
+                    "version": int,
+                    "type": str,
+                    "topic_seq": int,
+                    "ts": float,
+                    "source": str,
+                    "session_id": str,
+                    "body": bytes,
+                },
+                pk="version",
+                not_null={"type", "topic_seq", "body"},
+            )
+        # Partial index: events without a session cost nothing extra on append.
+        db.execute(
+            "CREATE INDEX IF NOT EXISTS events_session ON events (session_id, version)"
+            " WHERE session_id IS NOT NULL"
+        )
+        if "gaps" not in db.table_names():
+            db["gaps"].create(
+                {
+                    "id": int,
+                    "kind": str,
+                    "first_missing": int,
+                    "last_missing": int,
+                    "missing": int,
+                    "detected_at": float,
+                },
+                pk="id",
+            )
+        if "meta" not in db.table_names():
+            db["meta"].create({"key": str, "value": int}, pk="key")
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def append(self, rows: list[Row]) -> None:
+        """Append a batch in one transaction (rows already in the log are ignored)."""
+        with self.conn:
+            self.conn.executemany(_INSERT, rows)
+
+    def record_gap(self, kind: str, first_missing: int, last_missing: int) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO gaps (kind, first_missing, last_missing, missing, detected_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (kind, first_missing, last_missing, last_missing - first_missing + 1, time.time()),
+            )
+
+    def trim(self, *, keep: int | None = None, max_age: float | None = None) -> int:
+        """Delete the oldest events beyond ``keep`` and those older than ``max_age`` seconds.
+
+        Age is trimmed from the oldest version forward and stops at the first event young enough,
+        so it follows publisher timestamps only as far as they rise with the version. The highest
+        version ever logged is kept in ``meta`` so a trimmed log still continues the count.
+        """
+        cutoff: int | None = None
+        if keep is not None:
+            row = self.conn.execute(
+                "SELECT version FROM events ORDER BY version DESC LIMIT 1 OFFSET ?", (keep,)
+            ).fetchone()
+            if row:
+                cutoff = row[0]
+        if max_age is not None:
+            horizon = time.time() - max_age
+            row = self.conn.execute(
+                "SELECT version FROM events WHERE ts >= ? ORDER BY version LIMIT 1", (horizon,)
+            ).fetchone()
+            old = (row[0] - 1) if row else self.last_version()
+            cutoff = old if cutoff is None else max(cutoff, old)
+        if not cutoff:
+            return 0
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('high_version', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+                (self.last_version(),),
+            )
+            return self.conn.execute("DELETE FROM events WHERE version <= ?", (cutoff,)).rowcount
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def last_version(self) -> int:
+        return int(self.conn.execute("SELECT max(version) FROM events").fetchone()[0] or 0)
+
+    def first_version(self) -> int:
+        return int(self.conn.execute("SELECT min(version) FROM events").fetchone()[0] or 0)
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def gaps(self, limit: int = 20) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM gaps ORDER BY id DESC LIMIT ?", [limit]))
+
+    def page(
+        self,
+        *,
+        since: int,
+        until: int | None,
+        limit: int,
+        types: Iterable[str] | None = None,
+        matches: Callable[[str], bool] | None = None,
+        session_id: str | None = None,
+        ts_from: float | None = None,
+        ts_until: float | None = None,
+        max_scan: int = 200_000,
+    ) -> tuple[list[tuple[int, int, str, bytes]], int, bool]:
+        """Events with ``since < version <= until`` matching the filters, in version order.
+
+        Returns ``(rows, next_since, exhausted)``: at most ``limit`` rows of
+        ``(version, topic_seq, type, body)``; where the next page starts; and whether the scan
+        reached the end of the range (or of the log).
+        """
+        where = ["version > ?"]
+        params: list[Any] = []
+        if until is not None:
+            where.append("version <= ?")
+            params.append(until)
+        if session_id is not None:
+            where.append("session_id = ?")
+            params.append(session_id)
+        if ts_from is not None:
+            where.append("ts >= ?")
+            params.append(ts_from)
+        if ts_until is not None:
+            where.append("ts < ?")
+            params.append(ts_until)
+        if types is not None:
+            types = list(types)
+            where.append(f"type IN ({', '.join('?' * len(types))})")
+            params.extend(types)
+        sql = f"SELECT version, topic_seq, type, body FROM events WHERE {' AND '.join(where)}" \
+              " ORDER BY version LIMIT ?"
+        rows: list[tuple[int, int, str, bytes]] = []
+        cursor, scanned = since, 0
+        chunk = limit if matches is None else max(limit, 1000)
+        while True:
+            found = self.conn.execute(sql, [cursor, *params, chunk]).fetchall()
+            if matches is None:
+                rows = found
+            else:
+                for row in found:
+                    if matches(row[2]):
+                        rows.append(row)
+                        if len(rows) == limit:
+                            return rows, row[0], False
+            if found:
+                cursor = found[-1][0]
+            scanned += len(found)
+            if len(found) < chunk:
+                return rows, cursor, True
+            if matches is None or scanned >= max_scan:
+                return rows, cursor, False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.db.close()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,199 @@
+"""The event log's ingest side: a subscriber to every event that appends them to the store in batches.
+
+It connects to the broker's XPUB like any subscriber (a SUB with a large receive queue, so the
+broker's per-subscriber high-water mark is backed by ours), decodes the stamp and just the envelope
+header it indexes (ts, source, session_id), and keeps the body bytes as they came. One transaction
+per drained batch. Versions are contiguous within one broker run, so any jump is a gap: recorded
+in the ``gaps`` table as ``lost`` (the log fell behind) or ``reconnect`` (the first jump after the log (re)connected: a
+broker restart skips versions it had reserved, and events published while the log was not
+connected are not in it).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+import uuid
+from typing import Any
+
+import msgpack
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from broker.eventlog.store import EventStore, Row
+from schemas.envelope import CONTROL_PREFIX, STAMP, SYNC_PREFIX
+
+log = logging.getLogger("pryxbus.eventlog")
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+_unpack_stamp = STAMP.unpack
+_DOUBLE = struct.Struct(">d")
+
+DEFAULT_RCVHWM = 1_000_000
+MAX_BATCH = 50_000
+
+
+def _str_at(body: bytes, pos: int) -> tuple[str | None, int]:
+    """A msgpack str or nil at ``pos``: (value, next position); raises ValueError otherwise."""
+    head = body[pos]
+    if 0xA0 <= head <= 0xBF:
+        n, pos = head & 0x1F, pos + 1
+    elif head == 0xC0:
+        return None, pos + 1
+    elif head == 0xD9:
+        n, pos = body[pos + 1], pos + 2
+    elif head == 0xDA:
+        n, pos = int.from_bytes(body[pos + 1 : pos + 3], "big"), pos + 3
+    else:
+        raise ValueError("not a str")
+    return body[pos : pos + n].decode("utf-8"), pos + n
+
+
+def envelope_header(body: bytes) -> tuple[float, str, str | None]:
+    """``(ts, source, session_id)`` of a body without decoding its payload.
+
+    The SDK always writes ``[1, float64 ts, str source, str|nil session_id, payload]``; anything
+    else falls back to a full msgpack decode. Raises ValueError for a body that is not an envelope.
+    """
+    try:
+        if body[1] == 1 and body[2] == 0xCB:
+            ts = _DOUBLE.unpack_from(body, 3)[0]
+            source, pos = _str_at(body, 11)
+            session_id, _ = _str_at(body, pos)
+            if source is not None:
+                return ts, source, session_id
+    except (IndexError, ValueError, UnicodeDecodeError):
+        pass
+    try:
+        _, ts, source, session_id, _payload = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as e:
+        raise ValueError(f"body is not an envelope: {e}") from None
+    return float(ts), str(source), session_id if isinstance(session_id, str) else None
+
+
+class LogWriter:
+    """Subscribes to everything at the broker and appends each drained batch to the store."""
+
+    def __init__(self, ctx: zmq.Context, store: EventStore, subscribe: str, *, rcvhwm: int = DEFAULT_RCVHWM) -> None:
+        self.store = store
+        self.last_version = store.last_version()
+        self.written = 0
+        self.batches = 0
+        self.malformed = 0
+        self.lost = 0
+        self.gap_count = 0
+        self.reconnects = 0
+        self._reconnected = True  # the first event after start may follow a restart's jump
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.linger = 0
+        self.sock.rcvhwm = rcvhwm
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.sock.connect(subscribe)
+        self.sock.subscribe(b"")
+
+    def await_live(self, timeout: float) -> None:
+        """Return once the broker has our subscription (it answers a sync topic sent after it).
+
+        Raises:
+            TimeoutError: the broker did not answer in time.
+        """
+        token = SYNC_PREFIX + uuid.uuid4().hex.encode()
+        self.sock.subscribe(token)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                    raise TimeoutError(f"the broker did not confirm the log's subscription in {timeout:g}s")
+                if self.drain(stop_at=token):
+                    return
+        finally:
+            self.sock.unsubscribe(token)
+
+    def handle_monitor(self) -> None:
+        while True:
+            try:
+                event = parse_monitor_message(self.monitor.recv_multipart(_NOBLOCK))
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._reconnected = True
+
+    def drain(self, stop_at: bytes | None = None) -> bool:
+        """Receive what is queued (up to a batch), append it in one transaction.
+
+        Returns True if ``stop_at`` (a sync topic) was seen.
+        """
+        recv, getsockopt = self.sock.recv, self.sock.getsockopt
+        rows: list[Row] = []
+        append = rows.append
+        last = self.last_version
+        seen_stop = False
+        for _ in range(MAX_BATCH):
+            try:
+                topic = recv(_NOBLOCK)
+            except zmq.Again:
+                break
+            frames = [topic]
+            while getsockopt(_RCVMORE):
+                frames.append(recv())
+            if topic[:1] == CONTROL_PREFIX:
+                if topic == stop_at:
+                    seen_stop = True
+                continue
+            if len(frames) != 3 or len(frames[1]) != STAMP.size:
+                self.malformed += 1
+                continue
+            body = frames[2]
+            version, topic_seq = _unpack_stamp(frames[1])
+            try:
+                ts, source, session_id = envelope_header(body)
+                event_type = topic.decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                self.malformed += 1
+                continue
+            if version != last + 1:
+                self._gap(last, version)
+            if version > last:
+                last = version
+            append((version, event_type, topic_seq, ts, source, session_id, body))
+        if rows:
+            self.store.append(rows)
+            self.written += len(rows)
+            self.batches += 1
+            self.last_version = last
+            self._reconnected = False  # from now on a jump is a loss, unless we reconnect first
+        return seen_stop
+
+    def _gap(self, last: int, version: int) -> None:
+        if version <= last:  # a duplicate or an old version: INSERT OR IGNORE keeps the first
+            return
+        self.handle_monitor()
+        if self._reconnected:
+            kind = "reconnect"
+            self.reconnects += 1
+        else:
+            kind = "lost"
+            self.lost += version - last - 1
+            log.warning("event log lost versions %d..%d", last + 1, version - 1)
+        self._reconnected = False
+        self.gap_count += 1
+        self.store.record_gap(kind, last + 1, version - 1)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "written": self.written,
+            "batches": self.batches,
+            "malformed": self.malformed,
+            "lost": self.lost,
+            "gaps": self.gap_count,
+            "reconnects": self.reconnects,
+            "last_version": self.last_version,
+        }
+
+    def close(self) -> None:
+        for sock in (self.sock, self.monitor):
+            if not sock.closed:
+                sock.close(linger=0)
