@@ -16,7 +16,6 @@ sync SDK, shared through ``sdk._publish`` and ``sdk.subscription.EventDecoder``.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 from typing import Any
 
@@ -78,8 +77,10 @@ class Bus:
         self._packb = msgpack.Packer(use_bin_type=True).pack
         self._subscriptions: set[Subscription] = set()
         self._closed = False
-        self.control = AsyncRequester(self._ctx, self.endpoints.control, timeout=timeout, retries=1, what="broker")
-        self._sessions: Any = None
+        self.control = AsyncRequester(
+            self._ctx, self.endpoints.control, timeout=timeout, retries=1, what="broker"
+        )
+        self._sessions: AsyncSessionClient | None = None
 
     async def _start(self) -> Bus:
         """Ask the broker for its event size limit (this also proves it is there)."""
@@ -189,8 +190,12 @@ class Bus:
     # -- the rest ----------------------------------------------------------------------------
 
     @property
-    def sessions(self) -> Any:
-        """The asyncio session client: ``await bus.sessions.create(title)``, ``get``, ``list``, ``ensure``, ..."""
+    def sessions(self) -> AsyncSessionClient:
+        """The asyncio session client: ``await bus.sessions.create(title)``, ``get``, ``list``, ``ensure``...
+
+        Raises:
+            BusClosed: the bus was closed.
+        """
         if self._sessions is None:
             if self._closed:
                 raise BusClosed("bus is closed")
@@ -216,9 +221,7 @@ class Bus:
         for sub in list(self._subscriptions):
             await sub.close()
         if self._sessions is not None:
-            closing = self._sessions.close()
-            if inspect.isawaitable(closing):
-                await closing
+            self._sessions.close()
         self.control.close()
         if self._pub is not None:
             self._pub.close()  # lingers so queued events still reach the broker

@@ -91,7 +91,8 @@ class Child:
 
     def __init__(self, name: str, args: list[str], *, merge_stderr: bool) -> None:
         self.name = name
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}  # the children import this very checkout
         self.proc = subprocess.Popen(
             [sys.executable, "-u", "-m", "broker", *args],
             stdout=subprocess.PIPE,
@@ -115,10 +116,14 @@ class Child:
             try:
                 line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.0))
             except queue.Empty:
-                raise DemoFailed(f"{self.name} printed no ready line within {timeout:g}s{self._tail()}") from None
+                raise DemoFailed(
+                    f"{self.name} printed no ready line within {timeout:g}s{self._tail()}"
+                ) from None
             if line is None:
                 self.proc.wait()
-                raise DemoFailed(f"{self.name} exited with status {self.proc.returncode} before it was ready{self._tail()}")
+                raise DemoFailed(
+                    f"{self.name} exited with status {self.proc.returncode} before it was ready{self._tail()}"
+                )
             self.seen.append(line)
             if "ready" in line:
                 return
@@ -165,7 +170,8 @@ def stack(home: Path | None) -> Iterator[tuple[Path, bool, str]]:
             parts.append(Child("pryxbus broker", ["broker", "--home", str(temp)], merge_stderr=True))
             what = "pryxbus broker"
             if "session-service" in available:
-                parts.append(Child("session service", ["session-service", "--home", str(temp)], merge_stderr=True))
+                service = Child("session service", ["session-service", "--home", str(temp)], merge_stderr=True)
+                parts.append(service)
                 what += " + session-service"
         for part in parts:
             part.wait_ready()
@@ -209,28 +215,45 @@ def short(payload: Any, width: int = 34) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def watch(sub: sdk.Subscription, flow: list[Step], session: str, roles: dict[str, Child], out: Callable[[str], None]) -> list[sdk.Event]:
-    """Print the session's events as they flow and check each is the next step; the events."""
+def _next_of_session(sub: sdk.Subscription, session: str, step: Step, roles: dict[str, Child]) -> sdk.Event:
+    """The next event of the demo's session, failing early if a role process died."""
+    deadline = time.monotonic() + STEP_TIMEOUT
+    while True:
+        for name, child in roles.items():
+            if child.proc.poll() not in (None, 0):
+                raise DemoFailed(
+                    f"the {name} process failed (status {child.proc.returncode}) before step {step.number}"
+                )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DemoFailed(
+                f"step {step.number} ({step.text}: {step.type}) did not happen within {STEP_TIMEOUT:g}s"
+            )
+        try:
+            event = sub.recv(timeout=min(remaining, 0.25))  # a slice, to notice a failed role early
+        except sdk.BusTimeout:
+            continue
+        if event.session_id == session:
+            return event
+
+
+def watch(
+    sub: sdk.Subscription, flow: list[Step], session: str, roles: dict[str, Child], out: Callable[[str], None]
+) -> list[sdk.Event]:
+    """Print the session's events as they flow, checking each is the next step; the events."""
     seen: list[sdk.Event] = []
     for step in flow:
-        deadline = time.monotonic() + STEP_TIMEOUT
-        while True:
-            for name, child in roles.items():
-                if child.proc.poll() not in (None, 0):
-                    raise DemoFailed(f"the {name} process failed (status {child.proc.returncode}) before step {step.number}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DemoFailed(f"step {step.number} ({step.text}: {step.type}) did not happen within {STEP_TIMEOUT:g}s")
-            try:
-                event = sub.recv(timeout=min(remaining, 0.25))  # a slice, to notice a failed role early
-            except sdk.BusTimeout:
-                continue
-            if event.session_id == session:
-                break
+        event = _next_of_session(sub, session, step, roles)
+        out(
+            f"{step.number}  v{event.version:<4}  {event.type:<24}  {event.source:<15}"
+            f"  {short(event.payload):<34}  {step.text}"
+        )
         name = event.payload.get("name") if isinstance(event.payload, dict) else None
-        out(f"{step.number}  v{event.version:<4}  {event.type:<24}  {event.source:<15}  {short(event.payload):<34}  {step.text}")
         if event.type != step.type or event.source not in step.sources or (step.name and name != step.name):
-            raise DemoFailed(f"step {step.number} should be {step.type} from {'/'.join(step.sources)}; got {event.type} from {event.source}")
+            raise DemoFailed(
+                f"step {step.number} should be {step.type} from {'/'.join(step.sources)};"
+                f" got {event.type} from {event.source}"
+            )
         if seen and event.version <= seen[-1].version:
             raise DemoFailed(f"version {event.version} does not follow {seen[-1].version}")
         seen.append(event)
@@ -256,7 +279,9 @@ def play(home: Path, has_sessions: bool, where: str, out: Callable[[str], None])
                 child.stop(timeout=5.0)
 
         cleanup.callback(stop_roles)
-        role_args = ["--home", str(home), "--session", session] + ([] if has_sessions else ["--local-sessions"])
+        role_args = ["--home", str(home), "--session", session]
+        if not has_sessions:
+            role_args.append("--local-sessions")
         for name in ("runtime", "channel-manager", "agent", "tui"):  # the sender last, once all listen
             roles[name] = Child(name, ["demo", "--role", name, *role_args], merge_stderr=False)
             roles[name].wait_ready()

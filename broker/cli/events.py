@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("type", metavar="TYPE", help="event type, e.g. channel:message")
-    p.add_argument("json", metavar="JSON", nargs="?", default=None, help="payload as JSON (default null); '-' reads stdin")
+    p.add_argument(
+        "json", metavar="JSON", nargs="?", default=None, help="payload as JSON (default null); '-' reads stdin"
+    )
     p.add_argument("--session-id", default=None, help="the session the event belongs to")
     p.add_argument("--name", default="cli", help="source name stamped on the event (default: cli)")
     p.add_argument("--validate", action="store_true", help="check the payload against the event catalogue")
@@ -58,7 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="on falling behind: stop with an error (drop, default) or keep going (count)",
     )
     add_home(p)
-    p.add_argument("--connect", metavar="tcp://HOST:PORT", default=None, help="a stack on tcp instead of a home")
+    p.add_argument(
+        "--connect", metavar="tcp://HOST:PORT", default=None, help="a stack on tcp instead of a home"
+    )
     p.set_defaults(func=run_sub, connect_timeout=5.0)
 
     p = subparsers.add_parser(
