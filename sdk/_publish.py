@@ -82,7 +82,7 @@ def check_subscription(patterns: tuple[Any, ...], policy: str) -> tuple[str, ...
     except InvalidType as e:
         raise InvalidEvent(str(e)) from None
     if policy not in POLICIES:
-        raise InvalidEvent(f"policy must be 'drop' or 'count', not {policy!r}")
+        raise InvalidEvent(f"policy must be one of {', '.join(map(repr, POLICIES))}, not {policy!r}")
     return checked
 
 

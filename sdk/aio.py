@@ -37,12 +37,15 @@ from sdk._publish import (
 from sdk.aio_sessions import AsyncRequester, AsyncSessionClient
 from sdk.aio_subscription import Pending, Subscription
 from sdk.bus import DEFAULT_HWM, resolve_endpoints
-from sdk.errors import BusClosed, translate
+from sdk.errors import BusClosed, InvalidEvent, translate
 from sdk.subscription import Policy
 
 __all__ = ["Bus", "Subscription", "connect"]
 
 _POLLIN = int(zmq.POLLIN)
+
+ASYNC_POLICIES = ("drop", "count")
+"""Policies of asyncio subscriptions; ``"recover"`` (fetching losses from the event log) is sync-only."""
 
 
 class Bus:
@@ -159,7 +162,8 @@ class Bus:
         Args:
             patterns: exact types, ``*`` for one segment, a final ``**`` for one or more.
             policy: ``"drop"`` ends the subscription with SlowSubscriberError on the first loss;
-                ``"count"`` keeps going and counts losses in ``Subscription.lost``.
+                ``"count"`` keeps going and counts losses in ``Subscription.lost``. (The sync
+                SDK's ``"recover"`` and ``since=`` are not available here yet.)
             hwm: how many events may wait for this subscriber before it starts losing them.
             timeout: seconds to wait for the broker's confirmation (default: the bus's timeout).
 
@@ -169,6 +173,11 @@ class Bus:
             BusClosed: the bus was closed.
         """
         checked = check_subscription(patterns, policy)
+        if policy not in ASYNC_POLICIES:
+            raise InvalidEvent(
+                f"policy={policy!r} is not available in sdk.aio yet (it needs the event log);"
+                f" use one of {ASYNC_POLICIES}"
+            )
 
         async def open_subscription() -> Subscription:
             if self._closed:
