@@ -156,6 +156,11 @@ class Subscription:
         return self._decoder.lost
 
     @property
+    def recovered(self) -> int:
+        """Events fetched from the event log to fill gaps (``policy="recover"`` only)."""
+        return getattr(self._decoder, "recovered", 0)
+
+    @property
     def malformed(self) -> int:
         """Delivered messages that could not be decoded and were skipped."""
         return self._decoder.malformed

@@ -139,3 +139,9 @@ def session_service(start) -> Part:
 def stack(start) -> tuple[Part, Part]:
     """A broker and a session service in the test's home: (broker, session_service)."""
     return start("broker"), start("session-service")
+
+
+@pytest.fixture
+def event_log(broker: Part, start) -> Part:
+    """The event log (HOME/events.db), started after the broker it subscribes to."""
+    return start("event-log")

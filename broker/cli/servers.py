@@ -46,6 +46,12 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_EVENT_SIZE,
         help=f"largest encoded event in bytes (default {DEFAULT_MAX_EVENT_SIZE})",
     )
+    p.add_argument(
+        "--log-hwm",
+        type=int,
+        default=1_000_000,
+        help="events queued for the event log before it starts losing them (default 1000000)",
+    )
 
 
 def broker_config(args: argparse.Namespace, endpoints, first_version: int = 1, home=None) -> BrokerConfig:
@@ -55,6 +61,7 @@ def broker_config(args: argparse.Namespace, endpoints, first_version: int = 1, h
         sub_hwm=args.sub_hwm,
         in_hwm=args.in_hwm,
         max_event_size=args.max_event_size,
+        log_hwm=args.log_hwm,
         first_version=first_version,
     )
 

@@ -1,0 +1,226 @@
+"""The event log process (issue 4): every event logged, gaps recorded, retention, bad requests,
+and the version carried across broker restarts (kill -9 included)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import msgpack
+import zmq
+
+import sdk
+from broker.reservation import read_mark
+from schemas.endpoints import Endpoints
+from tests.conftest import REPO
+from tests.helpers import wait_for
+
+
+def wait_logged(bus: sdk.Bus, version: int) -> dict:
+    return wait_for(lambda: bus.log_stats(), lambda s: s["last"] >= version, what=f"log at version {version}")
+
+
+def test_every_event_is_logged_with_its_envelope(home: Path, event_log, bus: sdk.Bus) -> None:
+    for i in range(50):
+        bus.publish("channel:message" if i % 2 else "agent:spawned", {"i": i}, session_id=f"s-{i % 3}")
+    stats = wait_logged(bus, 50)
+    assert (stats["events"], stats["first"], stats["last"], stats["lost"], stats["gaps"]) == (50, 1, 50, 0, 0)
+    events = list(bus.replay())
+    assert [e.version for e in events] == list(range(1, 51))
+    assert [e.payload for e in events] == [{"i": i} for i in range(50)]
+    assert [e.type for e in events] == ["channel:message" if i % 2 else "agent:spawned" for i in range(50)]
+    assert [e.session_id for e in events] == [f"s-{i % 3}" for i in range(50)]
+    assert {e.source for e in events} == {"test"}
+    assert [e.seq for e in events if e.type == "agent:spawned"] == list(range(1, 26))
+
+
+def test_bad_requests_get_structured_errors_and_are_counted(home: Path, event_log, bus: sdk.Bus) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.linger = 0
+    sock.connect(Endpoints.for_home(home).log)
+    requests = [
+        b"\xc1garbage",
+        msgpack.packb([1, 2]),
+        msgpack.packb({"op": "nope"}),
+        msgpack.packb({"op": "replay", "since": "x"}),
+        msgpack.packb({"op": "replay", "since": -1}),
+        msgpack.packb({"op": "replay", "patterns": ["a::b"]}),
+        msgpack.packb({"op": "replay", "patterns": "agent:*"}),
+        msgpack.packb({"op": "replay", "ts_from": "yesterday"}),
+        msgpack.packb({"op": "import", "events": [[1, 1, "x", "not bytes"]]}),
+        msgpack.packb({"op": "summary", "bucket": 0}),
+    ]
+    codes = []
+    try:
+        for request in requests:
+            sock.send(request)
+            assert sock.poll(5000), "the log did not answer"
+            reply = msgpack.unpackb(sock.recv(), raw=False)
+            assert reply["ok"] is False and isinstance(reply["message"], str)
+            codes.append(reply["code"])
+    finally:
+        sock.close()
+        ctx.term()
+    assert codes == ["bad_request", "bad_request", "unknown_op"] + ["bad_request"] * 7
+    stats = bus.log_stats()
+    assert stats["bad_requests"] == len(requests)
+    bus.publish("channel:message", {"still": "alive"})
+    wait_logged(bus, 1)
+    assert [e.payload for e in bus.replay()] == [{"still": "alive"}]
+
+
+def test_a_log_that_falls_behind_records_what_it_lost(start) -> None:
+    """The log stopped (SIGSTOP) behind a tiny queue loses events; stats and gaps say exactly how many."""
+    start("broker", "--log-hwm", "10")
+    log = start("event-log", "--rcvhwm", "10")
+    home = log.home
+    with sdk.connect(home, name="test") as bus:
+        bus.publish("channel:message", {"n": 0})
+        wait_logged(bus, 1)
+        log.signal(19)  # SIGSTOP
+        try:
+            for n in range(1, 20_000):
+                bus.publish("channel:message", {"n": n})
+            wait_for(bus.stats, lambda s: s["version"] == 20_000, what="the broker stamping everything")
+        finally:
+            log.signal(18)  # SIGCONT
+
+        def mark() -> dict:  # the log's queue may still be full: publish until one gets through
+            bus.publish("channel:message", {"mark": True})
+            return bus.log_stats()
+
+        wait_for(mark, lambda s: s["last"] > 20_000, what="the log resuming")
+        published = bus.stats()["version"]
+        stats = wait_logged(bus, published)
+        assert stats["lost"] > 0
+        assert stats["lost"] == published - stats["events"]
+    db = sqlite3.connect(home / "events.db")
+    try:
+        kinds, gaps, missing = db.execute("SELECT group_concat(DISTINCT kind), count(*), sum(missing) FROM gaps").fetchone()
+    finally:
+        db.close()
+    assert (kinds, gaps, missing) == ("lost", stats["gaps"], stats["lost"])
+
+
+def test_retention_keeps_the_newest_events(start) -> None:
+    start("broker")
+    log = start("event-log", "--retain-events", "20", "--retain-interval", "0.05")
+    with sdk.connect(log.home, name="test") as bus:
+        for i in range(50):
+            bus.publish("trace:event", {"i": i})
+        stats = wait_for(
+            bus.log_stats, lambda s: s["last"] == 50 and s["events"] == 20, what="50 logged, 20 kept"
+        )
+        assert (stats["first"], stats["trimmed"]) == (31, 30)
+        assert [e.version for e in bus.replay()] == list(range(31, 51))
+
+
+def test_retention_by_age(start) -> None:
+    start("broker")
+    log = start("event-log", "--retain-seconds", "3600", "--retain-interval", "0.05")
+    with sdk.connect(log.home, name="test") as bus:
+        ctx = zmq.Context()
+        try:
+            pub = ctx.socket(zmq.XPUB)  # a raw publisher can set an old timestamp
+            pub.linger = 1000
+            pub.connect(bus.endpoints.publish)
+            assert pub.poll(5000)
+            pub.recv()
+            old = msgpack.packb([1, 1000.0, "raw", None, {"old": True}])
+            for _ in range(5):
+                pub.send_multipart([b"trace:event", old])
+            pub.close()
+        finally:
+            ctx.term()
+        bus.publish("trace:event", {"old": False})
+        stats = wait_for(bus.log_stats, lambda s: s["last"] == 6 and s["events"] == 1, what="old events trimmed")
+        assert stats["trimmed"] == 5
+        assert [(e.version, e.payload) for e in bus.replay()] == [(6, {"old": False})]
+
+
+def test_version_continues_after_a_clean_broker_restart(home: Path, start) -> None:
+    broker = start("broker")
+    start("event-log")
+    with sdk.connect(home, name="test") as bus:
+        for i in range(5):
+            bus.publish("channel:message", {"i": i})
+        wait_logged(bus, 5)
+    broker.stop()
+    assert read_mark(home) == 5
+    start("broker")
+    with sdk.connect(home, name="test") as bus:
+        with bus.subscribe() as sub:
+            bus.publish("channel:message", {"i": 5})
+            event = sub.recv(timeout=5)
+        assert (event.version, event.seq) == (6, 1)
+
+
+def test_version_never_reused_after_kill_9(home: Path, start) -> None:
+    """Versions the log never saw (it was stopped) are not handed out again after a crash."""
+    broker = start("broker")
+    log = start("event-log")
+    with sdk.connect(home, name="test") as bus:
+        for i in range(5):
+            bus.publish("channel:message", {"i": i})
+        wait_logged(bus, 5)
+        log.stop()
+        with bus.subscribe() as sub:
+            for i in range(5, 10):
+                bus.publish("channel:message", {"i": i})
+            unlogged = [sub.recv(timeout=5).version for _ in range(5)]
+    assert unlogged == [6, 7, 8, 9, 10]
+    mark = read_mark(home)
+    assert mark >= 10
+    broker.kill()
+    start("broker")
+    start("event-log")
+    with sdk.connect(home, name="test") as bus:
+        with bus.subscribe() as sub:
+            bus.publish("channel:message", {"i": 10})
+            event = sub.recv(timeout=5)
+        assert event.version == mark + 1
+        assert event.seq == 1  # the per-topic sequence restarts; subscribers take it as a new baseline
+        stats = wait_logged(bus, mark + 1)
+        assert [e.version for e in bus.replay()] == [1, 2, 3, 4, 5, mark + 1]
+        assert stats["lost"] == 0
+        assert [(g["kind"], g["first_missing"], g["last_missing"]) for g in stats["recent_gaps"]] == [
+            ("reconnect", 6, mark)
+        ]
+
+
+def test_cli_log_query_tail_and_stats(home: Path, event_log, bus: sdk.Bus) -> None:
+    for i in range(6):
+        bus.publish("agent:spawned" if i % 2 else "channel:message", {"i": i}, session_id="s-1" if i < 3 else None)
+    wait_logged(bus, 6)
+
+    def cli(*args: str) -> list[dict]:
+        out = subprocess.run(
+            [sys.executable, "-m", "broker", "log", *args, "--home", str(home)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+            check=True,
+        ).stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    assert [e["version"] for e in cli("query")] == [1, 2, 3, 4, 5, 6]
+    assert [e["version"] for e in cli("query", "agent:*", "--since", "2")] == [4, 6]
+    assert [e["version"] for e in cli("query", "--session", "s-1", "--until", "2")] == [1, 2]
+    assert [e["payload"] for e in cli("query", "--limit", "1")] == [{"i": 0}]
+    assert [e["version"] for e in cli("tail", "-n", "2")] == [5, 6]
+    assert [e["version"] for e in cli("tail", "channel:message", "-n", "2")] == [3, 5]
+    [stats] = cli("stats")
+    assert (stats["events"], stats["last"], stats["lost"]) == (6, 6, 0)
+    bad = subprocess.run(
+        [sys.executable, "-m", "broker", "log", "query", "a::b", "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert bad.returncode == 1 and bad.stderr.startswith("pryxbus: ") and bad.stdout == ""
