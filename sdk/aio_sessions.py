@@ -15,7 +15,7 @@ import zmq
 import zmq.asyncio
 
 from schemas.sessions import MAX_LIST_LIMIT
-from sdk.errors import BusClosed, BusUnavailable
+from sdk.errors import BusClosed, BusUnavailable, RemoteError
 from sdk.event import Session
 from sdk.request import _result
 from sdk.sessions import DEFAULT_RETRIES, Call, SessionCalls, SessionPage, translated
@@ -110,8 +110,10 @@ class AsyncSessionClient:
         self._requester = AsyncRequester(ctx, endpoint, timeout=timeout, retries=retries, what="session service")
 
     async def _do(self, call: Call[T], **options: Any) -> T:
-        with translated():
+        try:
             result = await self._requester.call(call.request, **options)
+        except RemoteError as e:
+            raise translated(e) from None
         return call.parse(result)
 
     async def create(self, title: str, *, id: str | None = None) -> Session:

@@ -42,6 +42,7 @@ class Requester:
         self._options = socket_options or {}
         self._lock = threading.Lock()
         self._sock: zmq.Socket | None = None
+        self._rcvtimeo = -1
         self._closed = False
 
     def _open(self) -> zmq.Socket:
@@ -53,6 +54,7 @@ class Requester:
         return sock
 
     def _discard(self) -> None:
+        self._rcvtimeo = -1
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
@@ -74,10 +76,11 @@ class Requester:
                 if self._sock is None:
                     self._sock = self._open()
                 try:
+                    if self._rcvtimeo != timeout_ms:
+                        self._sock.rcvtimeo = self._rcvtimeo = timeout_ms
                     self._sock.send(payload)
-                    if self._sock.poll(timeout_ms, zmq.POLLIN):
-                        reply = self._sock.recv()
-                        break
+                    reply = self._sock.recv()  # Again after rcvtimeo: cheaper than a poll per call
+                    break
                 except zmq.ZMQError:
                     pass
                 self._discard()  # Lazy Pirate: a REQ that lost its reply is stuck; start over

@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import zmq
 
@@ -30,7 +29,7 @@ from schemas.sessions import (
     check_title,
     parse_ts,
 )
-from sdk.errors import RemoteError, SessionError, SessionNotFound
+from sdk.errors import BusError, RemoteError, SessionError, SessionNotFound
 from sdk.event import Session
 from sdk.request import Requester
 
@@ -48,8 +47,7 @@ class SessionPage:
     next_cursor: str | None
 
 
-@dataclass(frozen=True)
-class Call(Generic[T]):
+class Call(NamedTuple, Generic[T]):
     """A request ready to send and the function that turns its reply's result into a value."""
 
     request: dict[str, Any]
@@ -165,19 +163,12 @@ class SessionCalls:
         return Call({"op": "stats"}, dict)
 
 
-@contextmanager
-def translated() -> Iterator[None]:
-    """Turn a server error with a session code into the SDK's SessionError (shared by both clients).
+def translated(e: RemoteError) -> BusError:
+    """The exception to raise for a server error: a SessionError for the session codes, else ``e``.
 
-    Raises:
-        SessionError: the service refused the request with one of its codes.
+    Shared by the sync and asyncio clients.
     """
-    try:
-        yield
-    except RemoteError as e:
-        if e.code in CODES:
-            raise refused(e) from None
-        raise
+    return refused(e) if e.code in CODES else e
 
 
 class SessionClient:
@@ -217,8 +208,10 @@ class SessionClient:
         return client
 
     def _do(self, call: Call[T], **options: Any) -> T:
-        with translated():
+        try:
             result = self._requester.call(call.request, **options)
+        except RemoteError as e:
+            raise translated(e) from None
         return call.parse(result)
 
     def create(self, title: str, *, id: str | None = None) -> Session:
