@@ -1,0 +1,55 @@
+"""The bench's command line, shared by ``pryxbus bench`` and ``python -m bench``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+SCENARIO_NAMES = ("throughput", "fanout", "fanin", "latency", "isolation", "sessions", "eventlog")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="small counts, 3 runs each: under a minute")
+    p.add_argument(
+        "--scenario",
+        action="append",
+        choices=SCENARIO_NAMES,
+        metavar="NAME",
+        help=f"run only this scenario (repeatable): {', '.join(SCENARIO_NAMES)}",
+    )
+    p.add_argument("--out", default="bench-results", help="where results.json, report.md and the PNG charts go")
+    p.add_argument(
+        "--peers",
+        default="all",
+        help="peers to measure beside pryxbus: all (default), none, or a comma list of"
+        " zmq, zmq.proxy, redis, nats, zmq.reqrep, sqlite",
+    )
+    p.add_argument("--repeats", type=int, default=None, help="runs per figure (default 3 with --quick, else 5)")
+    p.add_argument(
+        "--transport",
+        choices=("ipc", "tcp"),
+        default="ipc",
+        help="how pryxbus and the pyzmq peers connect (Redis and NATS always use loopback tcp)",
+    )
+    p.set_defaults(func=run, argv=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.repeats is not None and args.repeats < 1:
+        raise SystemExit("bench: --repeats must be at least 1")
+    from bench.runner import run as run_bench
+
+    return run_bench(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Measure pryxbus against pyzmq, zmq.proxy, Redis and NATS in one run.",
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130

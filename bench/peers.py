@@ -1,0 +1,289 @@
+"""The servers a bench run needs: find them, start them on free loopback ports, stop them by pid.
+
+pryxbus runs as ``python -m broker broker`` (or ``up``, ``session-service``) in a short home under
+/tmp; its peers are Debian's ``redis-server`` and ``nats-server`` binaries, a ``zmq.proxy`` and a
+REQ/REP echo (both ``python -m bench.peers ...``). Each server binds only to 127.0.0.1 (or ipc in
+its own directory) and is stopped with SIGTERM, then SIGKILL, by the pid the harness started.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL_HINT = "install the peers with `make bench-peers`"
+_SBIN = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin")
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a peer can run here, and if not, the one line that says how to get it."""
+
+    name: str
+    ok: bool
+    version: str = ""
+    reason: str = ""
+
+
+def find_binary(name: str) -> str | None:
+    """``name`` on PATH, or in the sbin/bin dirs Debian installs servers to (not always on PATH)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in _SBIN:
+        path = Path(d) / name
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    return None
+
+
+def _module_version(module: str) -> str | None:
+    if importlib.util.find_spec(module) is None:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    dist = {"nats": "nats-py", "zmq": "pyzmq"}.get(module, module)
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "?"
+
+
+def _binary_version(path: str) -> str:
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    for word in out.replace(",", " ").split():
+        if word.startswith("v=") or word[:2] == "v2" or word[:1].isdigit():
+            return word.removeprefix("v=")
+    return out.strip()[:40]
+
+
+def discover(peers: set[str]) -> dict[str, Availability]:
+    """Which of the external peers (``redis``, ``nats``) can run; pyzmq and SQLite always can."""
+    found: dict[str, Availability] = {}
+    needs = {"redis": ("redis-server", ["redis", "hiredis"]), "nats": ("nats-server", ["nats"])}
+    for name, (binary, modules) in needs.items():
+        if name not in peers:
+            continue
+        path = find_binary(binary)
+        missing = [m for m in modules if _module_version(m) is None]
+        if path is None:
+            found[name] = Availability(name, False, reason=f"{binary} not found; {INSTALL_HINT}")
+        elif missing:
+            found[name] = Availability(
+                name, False, reason=f"Python module {', '.join(missing)} missing; {INSTALL_HINT}"
+            )
+        else:
+            client = _module_version(modules[0])
+            found[name] = Availability(name, True, version=f"{binary} {_binary_version(path)}, {modules[0]} {client}")
+    return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A server process the harness started; ``wiring`` says how clients reach it."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    wiring: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL; returns the exit code."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.process.wait(5)
+        return self.process.returncode
+
+    def tail(self, lines: int = 5) -> str:
+        try:
+            return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class ServerError(RuntimeError):
+    """A server did not start."""
+
+
+def _spawn(name: str, argv: list[str], workdir: Path) -> Server:
+    log = workdir / f"{name}.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=workdir)
+    return Server(name, process, log)
+
+
+def _wait(server: Server, ready: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if not server.alive():
+            raise ServerError(f"{server.name} exited with {server.process.returncode}: {server.tail()}")
+        if time.monotonic() > deadline:
+            server.stop()
+            raise ServerError(f"{server.name} not ready within {timeout:g}s: {server.tail()}")
+        time.sleep(0.02)  # sync-ok: polling another program's log or port while it starts
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _log_has(server: Server, text: str) -> bool:
+    try:
+        return text in server.log.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def start_redis(workdir: Path, timeout: float = 15.0) -> Server:
+    """redis-server on a free loopback port; no persistence; pub/sub buffers raised for bursts."""
+    port = free_port()
+    server = _spawn(
+        "redis",
+        [
+            find_binary("redis-server") or "redis-server",
+            "--bind", "127.0.0.1", "--port", str(port), "--protected-mode", "yes",
+            "--save", "", "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no",
+            # Default pubsub limit (32mb) disconnects a subscriber mid-burst; raise it like a user
+            # benchmarking bursts would. A stalled subscriber still hits it eventually.
+            "--client-output-buffer-limit", "pubsub 512mb 256mb 60",
+        ],
+        workdir,
+    )
+    _wait(server, lambda: _port_open(port), timeout)
+    server.wiring = {"kind": "redis", "port": port}
+    return server
+
+
+def start_nats(workdir: Path, timeout: float = 15.0) -> Server:
+    """nats-server on a free loopback port, with room for bursts before it calls a client slow."""
+    port = free_port()
+    conf = workdir / "nats.conf"
+    conf.write_text(
+        f'listen: "127.0.0.1:{port}"\nmax_pending: 536870912\nwrite_deadline: "10s"\n'
+    )
+    server = _spawn("nats", [find_binary("nats-server") or "nats-server", "-c", str(conf)], workdir)
+    _wait(server, lambda: _port_open(port), timeout)
+    server.wiring = {"kind": "nats", "port": port}
+    return server
+
+
+def start_pryxbus(home: Path, command: str = "broker", *args: str, timeout: float = 30.0) -> Server:
+    """``python -m broker COMMAND --home HOME ARGS`` until it prints its ready line."""
+    home.mkdir(parents=True, exist_ok=True)
+    server = _spawn(
+        f"pryxbus-{command}",
+        [sys.executable, "-u", "-m", "broker", command, "--home", str(home), *args],
+        home,
+    )
+    _wait(server, lambda: _log_has(server, "ready"), timeout)
+    server.wiring = {"kind": "pryxbus", "home": str(home)}
+    return server
+
+
+def pryxbus_has(command: str, option: str | None = None) -> bool:
+    """Whether this checkout's ``pryxbus`` has ``command`` (and ``option`` in its --help)."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "broker", command, "--help"],
+            capture_output=True, text=True, timeout=30, cwd=REPO,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and (option is None or option in out.stdout)
+
+
+def start_zmq_proxy(workdir: Path, transport: str = "ipc", timeout: float = 15.0) -> Server:
+    """A ``zmq.proxy`` (XSUB in, XPUB out) in its own process."""
+    endpoints = _endpoints(workdir, transport, ["in", "out"])
+    server = _spawn("zmq-proxy", [sys.executable, "-u", "-m", "bench.peers", "proxy", endpoints["in"], endpoints["out"]], workdir)
+    _wait(server, lambda: _log_has(server, "ready"), timeout)
+    server.wiring = {"kind": "zmq", "proxy": endpoints}
+    return server
+
+
+def start_reqrep_echo(workdir: Path, transport: str = "ipc", timeout: float = 15.0) -> Server:
+    """A bare pyzmq REP socket that sends every request back: the floor for a session round trip."""
+    endpoint = _endpoints(workdir, transport, ["echo"])["echo"]
+    server = _spawn("zmq-echo", [sys.executable, "-u", "-m", "bench.peers", "echo", endpoint], workdir)
+    _wait(server, lambda: _log_has(server, "ready"), timeout)
+    server.wiring = {"kind": "reqrep", "endpoint": endpoint}
+    return server
+
+
+def _endpoints(workdir: Path, transport: str, names: list[str]) -> dict[str, str]:
+    if transport == "tcp":
+        return {n: f"tcp://127.0.0.1:{free_port()}" for n in names}
+    return {n: f"ipc://{workdir}/{n}.sock" for n in names}
+
+
+def zmq_direct_wiring(workdir: Path, transport: str = "ipc") -> dict[str, Any]:
+    """Endpoints for pyzmq with no broker: one per channel, bound by that channel's single side."""
+    channels = _endpoints(workdir, transport, ["data", "ping", "pong"])
+    channels["warm"] = channels["data"]  # probes share the data's connection (see ZmqClient)
+    return {"kind": "zmq", "channels": channels}
+
+
+def _run_proxy(inbound: str, outbound: str) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    xsub, xpub = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
+    for sock in (xsub, xpub):
+        sock.linger = 0
+        sock.sndhwm = sock.rcvhwm = 1_000_000
+    xsub.bind(inbound)
+    xpub.bind(outbound)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    print(f"zmq.proxy ready in={inbound} out={outbound}", flush=True)
+    zmq.proxy(xsub, xpub)
+
+
+def _run_echo(endpoint: str) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    rep = ctx.socket(zmq.REP)
+    rep.linger = 0
+    rep.bind(endpoint)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    print(f"zmq REQ/REP echo ready at {endpoint}", flush=True)
+    recv, send = rep.recv, rep.send
+    while True:
+        send(recv())
+
+
+if __name__ == "__main__":
+    {"proxy": _run_proxy, "echo": _run_echo}[sys.argv[1]](*sys.argv[2:])

@@ -1,0 +1,186 @@
+"""Sessions: ``get``, ``list`` and durable ``create`` per second, with 1 and 4 client processes.
+
+pryxbus runs its session service (with a broker, as under ``pryxbus up``) in its own home; the peers
+are the floors for each operation: a bare pyzmq REQ/REP echo and Redis GET for ``get``; bare SQLite
+single-row commits (WAL, ``synchronous=FULL``, a file in the same directory, so on the same disk)
+and Redis SET (in memory, not durable) for ``create``. Each client runs closed loop; the rate is
+all operations over the span from the first client's start to the last client's end.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench.results import Case, Metric, RunResult
+from bench.scenarios.common import READY_TIMEOUT, Env
+from bench.sides import Side, SideError, stop_all, wait_exit
+
+OPS = Metric("ops", "operations", "ops/s")
+SEEDED = 100
+"""Sessions created before measuring: ``list`` returns a full page of 100."""
+
+SYSTEMS = {
+    "get": ("pryxbus", "zmq.reqrep", "redis"),
+    "list": ("pryxbus",),
+    "create": ("pryxbus", "sqlite", "redis"),
+}
+
+_SQL = "INSERT INTO sessions (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)"
+
+
+class _Ops:
+    """One client's connection and the operation it repeats."""
+
+    def __init__(self, system: str, op: str, wiring: dict[str, Any], seed: dict[str, Any]) -> None:
+        self.close = lambda: None
+        if system == "pryxbus":
+            import sdk
+
+            bus = sdk.connect(wiring["home"], name="bench", timeout=10.0)
+            sessions = bus.sessions
+            sid = seed["ids"][0]
+            self.call = {
+                "get": lambda: sessions.get(sid),
+                "list": lambda: sessions.list(),
+                "create": lambda: sessions.create("bench session"),
+            }[op]
+            self.close = bus.close
+        elif system == "zmq.reqrep":
+            import msgpack
+            import zmq
+
+            ctx = zmq.Context()
+            req = ctx.socket(zmq.REQ)
+            req.linger = 0
+            req.connect(wiring["endpoint"])
+            request = msgpack.packb({"op": "get", "id": seed["ids"][0]})
+            send, recv = req.send, req.recv
+            self.call = lambda: (send(request), recv())
+            self.close = lambda: (req.close(), ctx.term())
+        elif system == "redis":
+            import redis
+
+            r = redis.Redis(host="127.0.0.1", port=wiring["port"])
+            key = f"session:{seed['ids'][0]}"
+            r.set(key, b"x" * 120)
+            self.call = {
+                "get": lambda: r.get(key),
+                "create": lambda: r.set(f"session:{uuid.uuid4()}", b"x" * 120),
+            }[op]
+            self.close = r.close
+        elif system == "sqlite":
+            db = sqlite3.connect(seed["sqlite"], timeout=30.0, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+
+            def insert() -> None:
+                now = datetime.now(timezone.utc).isoformat()
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(_SQL, (str(uuid.uuid4()), "bench session", now, now))
+                db.execute("COMMIT")
+
+            self.call = insert
+            self.close = db.close
+        else:
+            raise ValueError(f"no session operations for {system}")
+
+
+def client_side(conn: Any, system: str, op: str, wiring: dict[str, Any], seed: dict[str, Any], count: int) -> None:
+    ops = _Ops(system, op, wiring, seed)
+    try:
+        for _ in range(min(20, count)):
+            ops.call()  # warm up connections and caches
+        conn.send(("ready", None))
+        conn.recv()  # go
+        call = ops.call
+        t0 = time.monotonic_ns()
+        for _ in range(count):
+            call()
+        t1 = time.monotonic_ns()
+        conn.send(("result", {"t0": t0, "t1": t1, "ops": count}))
+        wait_exit(conn)
+    finally:
+        ops.close()
+
+
+def seed_side(conn: Any, home: str) -> None:
+    import sdk
+
+    with sdk.connect(home, name="bench-seed", timeout=10.0) as bus:
+        ids = [bus.sessions.create(f"seeded {i}").id for i in range(SEEDED)]
+    conn.send(("result", ids))
+
+
+def prepare(env: Env) -> dict[str, Any]:
+    """Seed the session store (once per bench run) and create the SQLite peer's table."""
+    if "session_seed" in env.shared:
+        return env.shared["session_seed"]
+    seed: dict[str, Any] = {"ids": [str(uuid.uuid4())]}
+    if "pryxbus.sessions" in env.wirings:
+        side = Side("seed", seed_side, env.wirings["pryxbus.sessions"]["home"])
+        try:
+            seed["ids"] = side.expect("result", 120)
+        finally:
+            side.stop()
+    home = Path(env.wirings.get("pryxbus.sessions", {}).get("home", env.workdir))
+    seed["sqlite"] = str(home / "bench-sqlite-peer.db")
+    db = sqlite3.connect(seed["sqlite"])
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, title TEXT NOT NULL,"
+        " created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS sessions_updated ON sessions (updated_at DESC, id)")
+    db.close()
+    env.shared["session_seed"] = seed
+    return seed
+
+
+def _wiring(system: str, env: Env) -> dict[str, Any]:
+    if system == "pryxbus":
+        return env.wirings["pryxbus.sessions"]
+    if system == "sqlite":
+        return {"kind": "sqlite"}
+    return env.wirings[system]
+
+
+def _case(op: str, clients: int):
+    def run(system: str, env: Env) -> RunResult:
+        seed = prepare(env)
+        count = {"get": env.scale(1000, 6000), "list": env.scale(150, 1000), "create": env.scale(200, 1500)}[op]
+        count = max(50, count // clients)
+        sides: list[Side] = []
+        try:
+            for i in range(clients):
+                sides.append(Side(f"{op}-client-{i}", client_side, system, op, _wiring(system, env), seed, count))
+            for s in sides:
+                s.expect("ready", READY_TIMEOUT)
+            for s in sides:
+                s.send("go")
+            results = [s.expect("result", 300) for s in sides]
+        except SideError as e:
+            return RunResult.failed(str(e))
+        finally:
+            stop_all(sides)
+        span = (max(r["t1"] for r in results) - min(r["t0"] for r in results)) / 1e9
+        total = sum(r["ops"] for r in results)
+        return RunResult(values={"ops": total / max(span, 1e-9)}, details={"ops": total})
+
+    return run
+
+
+def cases(env: Env) -> list[Case]:
+    out = []
+    for op in ("get", "list", "create"):
+        for clients in (1, 4):
+            plural = "client" if clients == 1 else "clients"
+            out.append(
+                Case("sessions", f"{op}, {clients} {plural}", (OPS,), SYSTEMS[op], _case(op, clients),
+                     full_only=op == "list" and clients > 1)
+            )
+    return out

@@ -1,0 +1,83 @@
+"""Throughput: 1 → 1 at 64 B / 1 KiB / 16 KiB, fan-out 1 → 4 and fan-in 4 → 1.
+
+Rates are events delivered per second, from the first publisher's first send to the subscriber's
+last receive (so queued-but-undelivered events never count).
+"""
+
+from __future__ import annotations
+
+from statistics import median
+from bench.results import Case, Metric, RunResult
+from bench.scenarios.common import PUBSUB, Env, PubSubOutcome, rate, run_pubsub
+
+RATE = Metric("rate", "delivered", "events/s")
+PER_SUB = Metric("per_sub", "per subscriber", "events/s")
+TOTAL = Metric("total", "total delivered", "events/s")
+PER_PUB = Metric("per_pub", "per publisher", "events/s")
+
+SIZES = ((64, "64 B"), (1024, "1 KiB"), (16384, "16 KiB"))
+
+
+def counts(env: Env, size: int) -> int:
+    """Events per run: modest (2 cores), and at most ~80 MB of payload in flight."""
+    base = env.scale(20_000, 150_000)
+    return min(base, (env.scale(24, 160) << 20) // max(size, 1024))
+
+
+def _one_to_one(size: int):
+    def run(system: str, env: Env) -> RunResult:
+        n = counts(env, size)
+        out = run_pubsub(env.wiring(system), publishers=1, subscribers=1, per_publisher=n, payload_size=size)
+        if isinstance(out, RunResult):
+            return out
+        return _finish(out, {"rate": rate(n, out.t0, out.subs[0]["end"])})
+
+    return run
+
+
+def _finish(out: PubSubOutcome, values: dict[str, float]) -> RunResult:
+    loss = out.loss()
+    if loss:
+        return RunResult.failed(loss)
+    return RunResult(values=values, details={"events": out.expected})
+
+
+def _fan_out(system: str, env: Env) -> RunResult:
+    n = env.scale(8_000, 60_000)
+    out = run_pubsub(env.wiring(system), publishers=1, subscribers=4, per_publisher=n, payload_size=64)
+    if isinstance(out, RunResult):
+        return out
+    ends = [s["end"] for s in out.subs]
+    return _finish(
+        out,
+        {
+            "per_sub": median(rate(n, out.t0, e) for e in ends),
+            "total": rate(4 * n, out.t0, max(ends)),
+        },
+    )
+
+
+def _fan_in(system: str, env: Env) -> RunResult:
+    n = env.scale(4_000, 40_000)
+    out = run_pubsub(env.wiring(system), publishers=4, subscribers=1, per_publisher=n, payload_size=64)
+    if isinstance(out, RunResult):
+        return out
+    end = out.subs[0]["end"]
+    return _finish(
+        out,
+        {
+            "total": rate(4 * n, out.t0, end),
+            "per_pub": median(rate(n, p["t0"], end) for p in out.pubs),
+        },
+    )
+
+
+def cases(env: Env) -> list[Case]:
+    out = [
+        Case("throughput", f"1→1, {label}", (RATE,), PUBSUB, _one_to_one(size), full_only=size == 1024)
+        for size, label in SIZES
+    ]
+    out.append(Case("fanout", "1→4, 64 B", (PER_SUB, TOTAL), PUBSUB, _fan_out))
+    out.append(Case("fanin", "4→1, 64 B", (TOTAL, PER_PUB), PUBSUB, _fan_in))
+    return out
+
