@@ -194,34 +194,41 @@ def test_slow_subscriber_is_dropped_with_the_lost_count(start, home: Path) -> No
         async with sdk.aio.connect(home) as bus:
             dropping = await bus.subscribe("load:x", hwm=10)
             counting = await bus.subscribe("load:x", hwm=10, policy="count")
+            marks = await bus.subscribe("mark:done")  # filtered at the broker: never behind
             for _ in range(n):
                 await bus.publish("load:x", payload)
+            await bus.publish("mark:done")
+            await marks.recv(timeout=30)  # the broker has stamped (and kept or dropped) all n
             received = []
             with pytest.raises(sdk.SlowSubscriberError) as info:
                 while True:
                     received.append((await dropping.recv(timeout=5)).seq)
             with pytest.raises(sdk.SlowSubscriberError):
                 await dropping.recv(timeout=5)  # the subscription is over
-            # the counting one keeps going: drain what it holds, then one more event (which now
-            # fits in its queue) closes the books: every sequence number is received or lost
+            # The counting one keeps going. Drain what it holds, then publish one more event until
+            # one gets through (once, unless the machine is starved): its sequence closes the books.
             count = 0
             with pytest.raises(sdk.BusTimeout):
                 while True:
                     await counting.recv(timeout=0.5)
                     count += 1
-            await bus.publish("load:x", {"final": True})
-            while True:
-                last = await counting.recv(timeout=5)
-                count += 1
-                if last.payload == {"final": True}:
-                    break
-            return info.value, received, count, counting.lost, last.seq
+            for attempt in range(10):
+                await bus.publish("load:x", {"final": attempt})
+                try:
+                    while True:
+                        last = await counting.recv(timeout=2)
+                        count += 1
+                        if last.payload == {"final": attempt}:
+                            return info.value, received, count, counting.lost, last.seq
+                except sdk.BusTimeout:
+                    continue
+            raise AssertionError(f"no final event got through; received {count}, lost {counting.lost}")
 
     error, received, count, lost, last_seq = run(main())
     assert received == list(range(1, len(received) + 1))
     assert error.lost >= 1 and error.topic == "load:x"
-    assert last_seq == n + 1
-    assert count + lost == n + 1 and lost >= 1
+    assert last_seq > n and lost >= 1
+    assert count + lost == last_seq  # every sequence number was either received or counted lost
 
 
 def test_stats_answer(home: Path, broker) -> None:
