@@ -23,5 +23,34 @@ up: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Benchmarks (bench/): `make bench-peers` once (root: Debian's redis-server and nats-server, plus
+# the Python clients and matplotlib), then `make bench-quick` (< 1 min, the README's table) or
+# `make bench` (full run, < 15 min). Results, report.md and charts go to bench-results/.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench-peers: $(BENCH_STAMP)
+	@if command -v redis-server >/dev/null && { command -v nats-server || test -x /usr/sbin/nats-server; } >/dev/null; then \
+		echo "redis-server and nats-server already installed"; \
+	elif command -v apt-get >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		for p in redis-server nats-server; do \
+			apt-cache show $$p >/dev/null 2>&1 || { echo "apt has no $$p package here"; exit 1; }; \
+		done && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server nats-server; \
+	else \
+		echo "no apt-get: install redis-server and nats-server with your package manager"; exit 1; \
+	fi
+
+bench-quick: $(BENCH_STAMP)
+	$(VENV)/bin/pryxbus bench --quick $(BENCH_ARGS)
+
+bench: $(BENCH_STAMP)
+	$(VENV)/bin/pryxbus bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
