@@ -173,12 +173,14 @@ class RecoveringDecoder(EventDecoder):
         patterns: tuple[str, ...],
         fetch: Callable[[int, int], list[Event]],
         pending: deque[Event],
+        position: Callable[[], tuple[int, bool]] | None = None,
     ) -> None:
         super().__init__(patterns, "count")
         self.policy = "recover"  # type: ignore[assignment]
         self.prefixes = [b""]
         self.fetch = fetch
         self.pending = pending
+        self.position = position
         self.last_version: int | None = None
         self.recovered = 0
 
@@ -214,6 +216,31 @@ class RecoveringDecoder(EventDecoder):
         self.pending.extend(recovered[1:])
         return recovered[0]
 
+    def catch_up(self) -> Event | None:
+        """Called when the subscription is idle: fetch what the broker stamped after our last event.
+
+        A loss at the very end of a burst shows no gap until the next event arrives; an idle
+        subscription asks the broker where it is instead. Live copies of what is fetched here
+        arrive later and are dropped as duplicates. Failures are left to the next gap.
+        """
+        last = self.last_version
+        if last is None or self.position is None:
+            return None  # nothing received: nothing was queued, so nothing was dropped
+        try:
+            version, stamped = self.position()
+            if not stamped or version <= last:
+                return None
+            recovered = self.fetch(last, version)
+        except (BusTimeout, BusUnavailable):
+            return None
+        self.last_version = version
+        if not recovered:
+            return None
+        self.recovered += len(recovered)
+        self.received += len(recovered)
+        self.pending.extend(recovered[1:])
+        return recovered[0]
+
     def _event(self, topic: bytes, version: int, seq: int, body: bytes) -> Event | None:
         if not self.matches(topic):
             return None
@@ -237,7 +264,7 @@ def recovering_decoder(sub_patterns: tuple[str, ...], bus: Bus, pending: deque[E
             replay(bus.log, patterns=sub_patterns, since=after, until=through, wait=True, timeout=bus.timeout)
         )
 
-    return RecoveringDecoder(sub_patterns, fetch, pending)
+    return RecoveringDecoder(sub_patterns, fetch, pending, lambda: broker_position(bus))
 
 
 def tail(log: Requester, patterns: tuple[str, ...], *, limit: int, session_id: str | None = None) -> list[Event]:

@@ -107,8 +107,10 @@ class Subscription:
             from sdk.replay import recovering_decoder
 
             self._decoder = recovering_decoder(patterns, bus, self._pending)
+            self._catch_up: Callable[[], Event | None] | None = self._decoder.catch_up
         else:
             self._decoder = EventDecoder(patterns, policy)
+            self._catch_up = None
         self._bus = bus
         self._lock = threading.Lock()
         self._closed = False
@@ -203,7 +205,10 @@ class Subscription:
                         if remaining <= 0:
                             raise BusTimeout(f"no event within {timeout:g}s") from None
                         wait_ms = min(_SLICE_MS, int(remaining * 1000) + 1)
-                    sock.poll(wait_ms, _POLLIN)
+                    if not sock.poll(wait_ms, _POLLIN) and self._catch_up is not None:
+                        event = self._catch_up()  # idle: did we lose the newest events?
+                        if event is not None:
+                            return event
                     continue
                 stamp = recv()
                 body = recv()
