@@ -39,6 +39,7 @@ class ChildSpec:
 CHILDREN: tuple[ChildSpec, ...] = (
     ChildSpec("broker", "broker"),
     ChildSpec("session-service", "session-service"),
+    ChildSpec("event-log", "event-log"),  # after the broker: it subscribes there
 )
 """Started in this order, stopped in reverse."""
 

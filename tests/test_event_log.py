@@ -224,3 +224,11 @@ def test_cli_log_query_tail_and_stats(home: Path, event_log, bus: sdk.Bus) -> No
         cwd=REPO,
     )
     assert bad.returncode == 1 and bad.stderr.startswith("pryxbus: ") and bad.stdout == ""
+
+
+def test_up_runs_the_event_log(home: Path, start) -> None:
+    start("up")
+    with sdk.connect(home, name="test") as bus:
+        bus.publish("channel:message", {"via": "up"}, session_id="s-up")
+        wait_logged(bus, 1)
+        assert [(e.version, e.payload, e.session_id) for e in bus.replay()] == [(1, {"via": "up"}, "s-up")]

@@ -121,7 +121,7 @@ def free_port_base() -> int:
                 base = probe.getsockname()[1]
             if base > 65000:
                 continue
-            for off in range(4):
+            for off in range(6):  # publish .. log_feed
                 s = socket.socket()
                 socks.append(s)
                 s.bind(("127.0.0.1", base + off))
@@ -131,7 +131,7 @@ def free_port_base() -> int:
         finally:
             for s in socks:
                 s.close()
-    pytest.skip("no four consecutive free loopback ports")
+    pytest.skip("no six consecutive free loopback ports")
 
 
 def test_up_on_tcp_writes_endpoints_for_the_home(home: Path) -> None:
