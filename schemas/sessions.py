@@ -30,7 +30,7 @@ MAX_LIST_LIMIT = 100
 MAX_REQUEST_SIZE = 1 << 20
 """Largest request frame in bytes. ZeroMQ disconnects a peer that sends more (no reply possible)."""
 
-WRITE_OPS = frozenset({"create", "ensure", "rename", "touch", "delete"})
+WRITE_OPS = frozenset({"create", "ensure", "rename", "touch", "delete", "restore"})
 READ_OPS = frozenset({"get", "list", "ping", "stats"})
 OPS = WRITE_OPS | READ_OPS
 

@@ -251,6 +251,19 @@ class Bus:
 
         return tail(self.log, check_subscription(patterns, "drop"), limit=limit, session_id=session_id)
 
+    def log_summary(
+        self, *, bucket: float | None = None, ts_from: float | None = None, ts_until: float | None = None
+    ) -> dict[str, Any]:
+        """Bus-wide analytics from the event log: events by type, first/last activity, and with
+        ``bucket`` (seconds) ``buckets``: ``[start, type, count]`` rows (events per type over time).
+
+        Raises:
+            BusUnavailable: the event log did not answer.
+        """
+        from sdk.session_archive import bus_summary
+
+        return bus_summary(self.log, bucket=bucket, ts_from=ts_from, ts_until=ts_until)
+
     def log_stats(self) -> dict[str, Any]:
         """The event log's counters: events kept, first/last version, gaps and losses, retention.
 
@@ -273,7 +286,9 @@ class Bus:
 
             with self._lock:
                 if self._sessions is None:
-                    self._sessions = SessionClient(self._ctx, self.endpoints.sessions, timeout=self.timeout)
+                    self._sessions = SessionClient(
+                        self._ctx, self.endpoints.sessions, timeout=self.timeout, log=lambda: self.log
+                    )
         return self._sessions
 
     def stats(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from schemas.sessions import (
     check_title,
     parse_ts,
 )
-from sdk.errors import BusError, RemoteError, SessionError, SessionNotFound
+from sdk.errors import BusError, BusUnavailable, RemoteError, SessionError, SessionNotFound
 from sdk.event import Session
 from sdk.request import Requester
 
@@ -154,6 +154,12 @@ class SessionCalls:
     def delete(cls, session_id: str) -> Call[Session]:
         return cls._checked(lambda: Call({"op": "delete", "id": check_id(session_id), "rid": _rid()}, to_session))
 
+    @classmethod
+    def restore(cls, session: dict[str, str], overwrite: bool = False) -> Call[Session]:
+        return cls._checked(lambda: Call(
+            {"op": "restore", "session": session, "overwrite": overwrite, "rid": _rid()}, to_session
+        ))
+
     @staticmethod
     def ping() -> Call[dict[str, Any]]:
         return Call({"op": "ping"}, dict)
@@ -179,9 +185,16 @@ class SessionClient:
     """
 
     def __init__(
-        self, ctx: zmq.Context, endpoint: str, *, timeout: float = 5.0, retries: int = DEFAULT_RETRIES
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        *,
+        timeout: float = 5.0,
+        retries: int = DEFAULT_RETRIES,
+        log: Callable[[], Requester] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._log = log  # the event log client, for resume/export/import_/stats(id) (sdk/session_archive.py)
         self._requester = Requester(ctx, endpoint, timeout=timeout, retries=retries, what="session service")
         self._own_ctx: zmq.Context | None = None
 
@@ -311,9 +324,72 @@ class SessionClient:
         """
         return self._do(SessionCalls.ping(), timeout=timeout, retries=retries)
 
-    def stats(self) -> dict[str, Any]:
-        """The service's counters (requests per op, errors per code, events published/dropped)."""
-        return self._do(SessionCalls.stats())
+    def stats(self, id: str | None = None) -> dict[str, Any]:
+        """Without ``id``: the service's counters (requests per op, errors per code, events
+        published/dropped). With ``id``: that session's analytics from the event log — ``events``,
+        ``by_type``, ``messages``, ``first_activity``, ``last_activity``, ``duration`` (seconds).
+
+        Raises:
+            SessionNotFound: no session has this id.
+            BusUnavailable: the session service (or, with ``id``, the event log) did not answer.
+        """
+        if id is None:
+            return self._do(SessionCalls.stats())
+        from sdk import session_archive
+
+        return session_archive.session_stats(self, self._log_client(), id)
+
+    # -- with the event log (issue 4) -------------------------------------------------------
+
+    def _log_client(self) -> Requester:
+        if self._log is None:
+            raise BusUnavailable("this session client has no event log; use bus.sessions from sdk.connect()")
+        return self._log()
+
+    def restore(self, session: dict[str, str], *, overwrite: bool = False) -> Session:
+        """Put back a session exactly as exported (timestamps too); emits no event.
+
+        Raises:
+            SessionConflict: a different session has this id and ``overwrite`` is false.
+            BusUnavailable: the session service did not answer.
+        """
+        return self._do(SessionCalls.restore(session, overwrite))
+
+    def resume(self, id: str) -> Any:
+        """The session and its logged events (``sdk.session_archive.SessionHistory``), to carry on
+        a conversation after a crash: ``bus.subscribe(..., since=history.version)`` continues it.
+
+        Raises:
+            SessionNotFound: no session has this id.
+            BusUnavailable: the session service or the event log did not answer.
+        """
+        from sdk import session_archive
+
+        return session_archive.resume(self, self._log_client(), id)
+
+    def export(self, id: str, path: str | os.PathLike[str]) -> int:
+        """Write the session and its events to ``path`` (JSON Lines); returns how many events.
+
+        Raises:
+            SessionNotFound: no session has this id.
+            BusUnavailable: the session service or the event log did not answer.
+        """
+        from sdk import session_archive
+
+        return session_archive.export(self, self._log_client(), id, path)
+
+    def import_(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Session:
+        """Restore a session and its events from an export file. Idempotent.
+
+        Raises:
+            InvalidEvent: the file is not a session export.
+            SessionConflict: a different session has this id (pass ``overwrite=True`` to replace
+                it), or the log holds other events under the file's versions.
+            BusUnavailable: the session service or the event log did not answer.
+        """
+        from sdk import session_archive
+
+        return session_archive.import_(self, self._log_client(), path, overwrite=overwrite)
 
     def close(self) -> None:
         """Close the socket (and the context if :meth:`open` made it); idempotent."""

@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp = action("delete", "delete a session (prints it as it was)")
     sp.add_argument("id")
 
+    from broker.cli.session_archive import register_actions
+
+    register_actions(commands)  # export, import, stats (with the event log)
+
 
 def run_sessions(args: argparse.Namespace) -> int:
     import sdk

@@ -246,8 +246,30 @@ class LogQueries:
             except (InvalidType, ValueError) as e:
                 raise BadRequest(f"event {version}: {e}") from None
             rows.append((version, event_type, seq, ts, source, session_id, body))
+        # Only versions this bus has already handed out: a higher one would collide with a live
+        # event later. A version already logged must hold the same event (idempotent re-import).
+        last = self.writer.last_version
+        future = [r[0] for r in rows if r[0] > last]
+        if future:
+            raise BadRequest(
+                f"versions {future[0]}.. are above this log's last version {last}: importing them would"
+                " collide with live events", "conflict"
+            )
+        versions = [r[0] for r in rows]
+        existing: dict[int, tuple[str, bytes]] = {}
+        for start in range(0, len(versions), 500):
+            chunk = versions[start : start + 500]
+            existing.update(
+                (v, (t, b))
+                for v, t, b in self.store.conn.execute(
+                    f"SELECT version, type, body FROM events WHERE version IN ({', '.join('?' * len(chunk))})", chunk
+                )
+            )
+        clash = [r[0] for r in rows if r[0] in existing and existing[r[0]] != (r[1], r[6])]
+        if clash:
+            raise BadRequest(f"the log holds other events under versions {clash[:5]}", "conflict")
         before = self.store.conn.total_changes
-        self.store.append(rows)
+        self.store.append([r for r in rows if r[0] not in existing])
         inserted = self.store.conn.total_changes - before
         return {"inserted": inserted, "existing": len(rows) - inserted}
 

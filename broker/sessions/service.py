@@ -103,6 +103,7 @@ class SessionService:
             "rename": self._op_rename,
             "touch": self._op_touch,
             "delete": self._op_delete,
+            "restore": self._op_restore,
         }
         self.store = SessionStore(config.db_path, busy_timeout=config.busy_timeout)
         self.events: SessionEvents | None = None
@@ -322,6 +323,12 @@ class SessionService:
 
     def _op_delete(self, msg: dict[str, Any]) -> Written:
         return self.store.delete(check_id(msg.get("id")))
+
+    def _op_restore(self, msg: dict[str, Any]) -> Written:
+        session = msg.get("session")
+        if not isinstance(session, dict):
+            raise ProtocolError(BAD_REQUEST, "'session' must be a map {id, title, created_at, updated_at}")
+        return self.store.restore(session, overwrite=msg.get("overwrite") is True)
 
 
 def _split(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:

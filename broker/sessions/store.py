@@ -26,6 +26,7 @@ import sqlite_utils
 from sqlite_utils.db import DescIndex
 
 from schemas.sessions import (
+    BAD_REQUEST,
     CONFLICT,
     MAX_LIST_LIMIT,
     NOT_FOUND,
@@ -317,6 +318,43 @@ class SessionStore:
         if not rows:
             raise StoreError(NOT_FOUND, f"no session with id {session_id!r}")
         return Written(_row(rows[0]), "deleted")
+
+    def restore(self, session: dict[str, object], *, overwrite: bool = False) -> Written:
+        """Put back an exported session exactly (its timestamps too); for session import (issue 4).
+
+        The same session already here is left alone; a different one is refused unless
+        ``overwrite``. A restore is not a change in the conversation, so it emits no event.
+
+        Raises:
+            StoreError: ``conflict`` (a different session has this id), ``bad_request``.
+        """
+        try:
+            row = {
+                "id": check_id(session.get("id")),
+                "title": check_title(session.get("title")),
+                "created_at": format_ts(parse_ts(str(session["created_at"]))),
+                "updated_at": format_ts(parse_ts(str(session["updated_at"]))),
+            }
+        except (KeyError, ValueError) as e:
+            raise StoreError(BAD_REQUEST, f"not an exported session: {e}") from None
+        with self.transaction():
+            cur = self._conn.execute(
+                "INSERT INTO sessions (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (id) DO NOTHING",
+                (row["id"], row["title"], row["created_at"], row["updated_at"]),
+            )
+            if cur.rowcount == 1:
+                return Written(row, None)
+            existing = self.get(row["id"])
+            if existing == row:
+                return Written(existing, None)
+            if not overwrite:
+                raise StoreError(CONFLICT, f"a different session with id {row['id']!r} exists (overwrite to replace it)")
+            self._conn.execute(
+                "UPDATE sessions SET title = ?, created_at = ?, updated_at = ? WHERE id = ?",
+                (row["title"], row["created_at"], row["updated_at"], row["id"]),
+            )
+            return Written(row, None)
 
     def _update(self, assignment: str, params: tuple[str, ...], session_id: str) -> Written:
         rows = self._conn.execute(

@@ -1,0 +1,60 @@
+"""``pryxbus sessions export|import|stats``: sessions together with their logged events (issue 4).
+
+These need the session service and the event log (not the broker). Exit status as for the other
+``sessions`` actions: 0 done, 1 refused, 3 a server did not answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from broker.cli.common import add_target, fail, print_json, target
+
+
+def register_actions(commands: argparse._SubParsersAction) -> None:
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        sp = commands.add_parser(name, help=help, description=help)
+        add_target(sp)
+        sp.set_defaults(func=run_archive, action=name)
+        return sp
+
+    sp = action("export", "write a session and its events to a file (JSON Lines)")
+    sp.add_argument("id")
+    sp.add_argument("path", type=Path)
+    sp = action("import", "restore a session and its events from an export file (idempotent)")
+    sp.add_argument("path", type=Path)
+    sp.add_argument("--overwrite", action="store_true", help="replace a different session with the same id")
+    sp = action("stats", "one session's analytics, or without ID the bus-wide view (JSON)")
+    sp.add_argument("id", nargs="?", default=None)
+    sp.add_argument("--bucket", type=float, default=None, metavar="S", help="bus-wide: events per type per S seconds")
+
+
+def run_archive(args: argparse.Namespace) -> int:
+    import sdk
+    from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
+
+    try:
+        # max_event_size given: no broker round trip, only the session service and the log are needed.
+        bus = sdk.connect(target(args), name="pryxbus-sessions", timeout=args.timeout, max_event_size=DEFAULT_MAX_EVENT_SIZE)
+    except sdk.InvalidEvent as e:
+        return fail(str(e), 2)
+    try:
+        with bus:
+            if args.action == "export":
+                n = bus.sessions.export(args.id, args.path)
+                print_json({"id": args.id, "path": str(args.path), "events": n})
+            elif args.action == "import":
+                session = bus.sessions.import_(args.path, overwrite=args.overwrite)
+                print_json(session.to_dict())
+            elif args.id is not None:
+                print_json(bus.sessions.stats(args.id))
+            else:
+                print_json({"service": bus.sessions.stats(), "events": bus.log_summary(bucket=args.bucket)})
+            return 0
+    except sdk.BusUnavailable as e:
+        return fail(str(e), 3)
+    except (sdk.SessionError, sdk.InvalidEvent) as e:
+        return fail(f"{e} ({getattr(e, 'code', 'invalid')})", 1)
+    except sdk.RemoteError as e:
+        return fail(f"{e} ({e.code})", 1)

@@ -1,0 +1,182 @@
+"""Sessions with their logged events (issue 4): resume, export -> delete -> import, stats, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sdk
+from tests.conftest import REPO
+from tests.helpers import wait_for
+
+
+@pytest.fixture
+def full(home: Path, start) -> sdk.Bus:
+    start("broker")
+    start("event-log")
+    start("session-service")
+    with sdk.connect(home, name="test") as bus:
+        yield bus
+
+
+TOTAL = 11
+"""Events one conversation() puts on the bus (its own 10 and the session service's session:created)."""
+
+
+def conversation(bus: sdk.Bus, title: str = "Chat with User") -> sdk.Session:
+    """A session with 3 messages, 2 replies, an agent run, and unrelated traffic, all logged."""
+    session = bus.sessions.create(title)
+    sid = session.id
+    logged_through(bus, 1)  # session:created (published by the session service) comes first
+    for i in range(3):
+        bus.publish("channel:message", {"text": f"hi {i}", "raw": b"\x00\x01"}, session_id=sid)
+        bus.publish("trace:event", {"noise": i})  # no session
+        bus.publish("channel:outbound_message", {"text": f"reply {i}"}, session_id=sid if i < 2 else "other")
+    bus.publish("agent:spawned", {"agent": "a"}, session_id=sid)
+    logged_through(bus, TOTAL)
+    return session
+
+
+def logged_through(bus: sdk.Bus, version: int) -> None:
+    wait_for(bus.log_stats, lambda s: s["last"] >= version, what=f"log at {version}")
+
+
+def session_event_types(bus: sdk.Bus, sid: str) -> list[str]:
+    return [e.type for e in bus.replay(session_id=sid)]
+
+
+def test_resume_returns_the_session_and_its_events(full: sdk.Bus) -> None:
+    session = conversation(full)
+    history = full.sessions.resume(session.id)
+    assert history.session == session
+    assert [e.type for e in history.events] == [
+        "session:created",
+        "channel:message",
+        "channel:outbound_message",
+        "channel:message",
+        "channel:outbound_message",
+        "channel:message",
+        "agent:spawned",
+    ]
+    assert history.events[1].payload == {"text": "hi 0", "raw": b"\x00\x01"}
+    assert {e.session_id for e in history.events} == {session.id}
+    assert history.version == full.log_stats()["last"]
+    with full.subscribe("channel:*", since=history.version) as sub:  # carry on from there
+        full.publish("channel:message", {"text": "back"}, session_id=session.id)
+        assert sub.recv(timeout=5).payload == {"text": "back"}
+    with pytest.raises(sdk.SessionNotFound):
+        full.sessions.resume("no-such-session")
+
+
+def test_export_delete_import_round_trip(full: sdk.Bus, home: Path) -> None:
+    session = conversation(full)
+    before = full.sessions.resume(session.id)
+    path = home / "chat.jsonl"
+    assert full.sessions.export(session.id, path) == len(before.events) == 7
+
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0] == {"pryxbus": "session-export", "format": 1, "session": session.to_dict(), "events": 7}
+    assert [line["version"] for line in lines[1:]] == [e.version for e in before.events]
+    assert lines[2]["payload"]["text"] == "hi 0"
+
+    full.sessions.delete(session.id)
+    logged_through(full, TOTAL + 1)  # session:deleted, which goes with the rest
+    full.log.call({"op": "delete_session", "session_id": session.id})
+    with pytest.raises(sdk.SessionNotFound):
+        full.sessions.get(session.id)
+    assert list(full.replay(session_id=session.id)) == []
+
+    assert full.sessions.import_(path) == session
+    after = full.sessions.resume(session.id)
+    assert after.session == before.session
+    assert after.events == before.events
+
+    # idempotent: a second import changes nothing
+    assert full.sessions.import_(path) == session
+    assert full.sessions.resume(session.id).events == before.events
+
+
+def test_import_refuses_a_conflicting_session_unless_overwrite(full: sdk.Bus, home: Path) -> None:
+    session = conversation(full)
+    path = home / "chat.jsonl"
+    full.sessions.export(session.id, path)
+    renamed = full.sessions.rename(session.id, "Another title")
+    with pytest.raises(sdk.SessionConflict):
+        full.sessions.import_(path)
+    assert full.sessions.get(session.id) == renamed
+    assert full.sessions.import_(path, overwrite=True) == session
+    assert full.sessions.get(session.id) == session
+
+    bad = home / "bad.jsonl"
+    bad.write_text('{"not": "an export"}\n')
+    with pytest.raises(sdk.InvalidEvent):
+        full.sessions.import_(bad)
+
+
+def test_import_refuses_other_events_under_the_same_versions(full: sdk.Bus, home: Path) -> None:
+    session = conversation(full)
+    path = home / "chat.jsonl"
+    full.sessions.export(session.id, path)
+    lines = path.read_text().splitlines()
+    event = json.loads(lines[2])
+    event["type"] = "channel:edited"
+    path.write_text("\n".join([lines[0], lines[1], json.dumps(event), *lines[3:]]) + "\n")
+    with pytest.raises(sdk.SessionConflict):
+        full.sessions.import_(path)
+
+
+def test_stats_count_what_was_published(full: sdk.Bus) -> None:
+    session = conversation(full)
+    stats = full.sessions.stats(session.id)
+    assert stats["events"] == 7
+    assert stats["by_type"] == {
+        "agent:spawned": 1,
+        "channel:message": 3,
+        "channel:outbound_message": 2,
+        "session:created": 1,
+    }
+    assert stats["messages"] == 5
+    events = list(full.replay(session_id=session.id))
+    assert stats["first_version"] == events[0].version and stats["last_version"] == events[-1].version
+    assert stats["duration"] >= 0 and stats["first_activity"] <= stats["last_activity"]
+
+    whole = full.log_summary(bucket=3600)
+    assert whole["events"] == TOTAL
+    assert whole["by_type"]["trace:event"] == 3
+    assert whole["by_type"]["channel:outbound_message"] == 3
+    assert sum(n for _, _, n in whole["buckets"]) == whole["events"]
+
+
+def test_cli_export_import_stats(full: sdk.Bus, home: Path) -> None:
+    session = conversation(full)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "broker", "sessions", *args, "--home", str(home)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+        )
+
+    path = home / "cli.jsonl"
+    out = cli("export", session.id, str(path))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"id": session.id, "path": str(path), "events": 7}
+    full.sessions.delete(session.id)
+    logged_through(full, TOTAL + 1)  # session:deleted
+    out = cli("import", str(path))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == session.to_dict()
+    out = cli("stats", session.id)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["messages"] == 5
+    out = cli("stats", "--bucket", "60")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["events"]["events"] == TOTAL + 1  # and session:deleted
+    out = cli("stats", "nope")
+    assert out.returncode == 1 and "not_found" in out.stderr
