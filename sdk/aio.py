@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgpack
@@ -38,14 +39,15 @@ from sdk.aio_sessions import AsyncRequester, AsyncSessionClient
 from sdk.aio_subscription import Pending, Subscription
 from sdk.bus import DEFAULT_HWM, resolve_endpoints
 from sdk.errors import BusClosed, InvalidEvent, translate
+from sdk.event import Event
 from sdk.subscription import Policy
 
 __all__ = ["Bus", "Subscription", "connect"]
 
 _POLLIN = int(zmq.POLLIN)
 
-ASYNC_POLICIES = ("drop", "count")
-"""Policies of asyncio subscriptions; ``"recover"`` (fetching losses from the event log) is sync-only."""
+ASYNC_POLICIES = ("drop", "count", "recover")
+"""Policies of asyncio subscriptions (all of the sync SDK's)."""
 
 
 class Bus:
@@ -84,6 +86,7 @@ class Bus:
             self._ctx, self.endpoints.control, timeout=timeout, retries=1, what="broker"
         )
         self._sessions: AsyncSessionClient | None = None
+        self._side: Any = None  # sdk.aio_replay.LogSide: sync log/control clients for worker threads
 
     async def _start(self) -> Bus:
         """Ask the broker for its event size limit (this also proves it is there)."""
@@ -152,6 +155,7 @@ class Bus:
         policy: Policy = "drop",
         hwm: int | None = None,
         timeout: float | None = None,
+        since: int | None = None,
     ) -> Pending[Subscription]:
         """Subscribe to events whose type matches any pattern (none, or ``**``: every event).
 
@@ -162,10 +166,11 @@ class Bus:
         Args:
             patterns: exact types, ``*`` for one segment, a final ``**`` for one or more.
             policy: ``"drop"`` ends the subscription with SlowSubscriberError on the first loss;
-                ``"count"`` keeps going and counts losses in ``Subscription.lost``. (The sync
-                SDK's ``"recover"`` and ``since=`` are not available here yet.)
+                ``"count"`` keeps going and counts losses in ``Subscription.lost``;
+                ``"recover"`` fetches lost events from the event log (see :meth:`sdk.Bus.subscribe`).
             hwm: how many events may wait for this subscriber before it starts losing them.
             timeout: seconds to wait for the broker's confirmation (default: the bus's timeout).
+            since: first every logged event above this version, then live ones, seamlessly.
 
         Raises:
             InvalidEvent: an invalid pattern or policy (at once, before anything is awaited).
@@ -186,7 +191,13 @@ class Bus:
             self._subscriptions.add(sub)
             try:
                 await sub._start(self.timeout if timeout is None else timeout)
+                if since is not None:
+                    from sdk.aio_replay import attach_history
+
+                    await attach_history(sub, self._log_side(), since, timeout=self.timeout if timeout is None else timeout)
             except BaseException:
+                if since is not None:
+                    await sub.close()
                 self._subscriptions.discard(sub)
                 raise
             return sub
@@ -208,8 +219,71 @@ class Bus:
         if self._sessions is None:
             if self._closed:
                 raise BusClosed("bus is closed")
-            self._sessions = AsyncSessionClient(self._ctx, self.endpoints.sessions, timeout=self.timeout)
+            self._sessions = AsyncSessionClient(
+                self._ctx, self.endpoints.sessions, timeout=self.timeout, archive=lambda: self._log_side().sessions
+            )
         return self._sessions
+
+    # -- the event log (sdk/aio_replay.py runs the sync implementation in worker threads) ----
+
+    def _log_side(self) -> Any:
+        if self._side is None:
+            if self._closed:
+                raise BusClosed("bus is closed")
+            from sdk.aio_replay import LogSide
+
+            self._side = LogSide(self._ctx, self.endpoints, timeout=self.timeout)
+        return self._side
+
+    def replay(
+        self,
+        *patterns: str,
+        since: int = 0,
+        until: int | None = None,
+        session_id: str | None = None,
+        ts_from: float | None = None,
+        ts_until: float | None = None,
+    ) -> AsyncIterator[Event]:
+        """``async for ev in bus.replay(...)``: logged events in version order (see :meth:`sdk.Bus.replay`).
+
+        Raises:
+            InvalidEvent: an invalid pattern (at once).
+            BusUnavailable: the event log did not answer.
+        """
+        from sdk.aio_replay import replay
+
+        checked = check_subscription(patterns, "drop")
+        return replay(
+            self._log_side(),
+            checked,
+            since=since,
+            until=until,
+            session_id=session_id,
+            ts_from=ts_from,
+            ts_until=ts_until,
+        )
+
+    async def log_tail(self, *patterns: str, limit: int = 10, session_id: str | None = None) -> list[Event]:
+        """See :meth:`sdk.Bus.log_tail`."""
+        from sdk.replay import tail
+
+        checked = check_subscription(patterns, "drop")
+        side = self._log_side()
+        return await asyncio.to_thread(tail, side.log, checked, limit=limit, session_id=session_id)
+
+    async def log_stats(self) -> dict[str, Any]:
+        """See :meth:`sdk.Bus.log_stats`."""
+        side = self._log_side()
+        return await asyncio.to_thread(side.log.call, {"op": "stats"})
+
+    async def log_summary(
+        self, *, bucket: float | None = None, ts_from: float | None = None, ts_until: float | None = None
+    ) -> dict[str, Any]:
+        """See :meth:`sdk.Bus.log_summary`."""
+        from sdk.session_archive import bus_summary
+
+        side = self._log_side()
+        return await asyncio.to_thread(bus_summary, side.log, bucket=bucket, ts_from=ts_from, ts_until=ts_until)
 
     async def stats(self) -> dict[str, Any]:
         """The broker's counters (events in/out, per topic, rejects, peers).
@@ -231,6 +305,8 @@ class Bus:
             await sub.close()
         if self._sessions is not None:
             self._sessions.close()
+        if self._side is not None:
+            self._side.close()
         self.control.close()
         if self._pub is not None:
             self._pub.close()  # lingers so queued events still reach the broker

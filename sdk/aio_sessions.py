@@ -7,7 +7,8 @@ same reply check (``sdk.request``) as the synchronous client; only the Lazy Pira
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import msgpack
@@ -104,10 +105,17 @@ class AsyncSessionClient:
     """
 
     def __init__(
-        self, ctx: zmq.asyncio.Context, endpoint: str, *, timeout: float = 5.0, retries: int = DEFAULT_RETRIES
+        self,
+        ctx: zmq.asyncio.Context,
+        endpoint: str,
+        *,
+        timeout: float = 5.0,
+        retries: int = DEFAULT_RETRIES,
+        archive: Callable[[], Any] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._requester = AsyncRequester(ctx, endpoint, timeout=timeout, retries=retries, what="session service")
+        self._archive = archive  # a sync SessionClient with the event log, run in worker threads
 
     async def _do(self, call: Call[T], **options: Any) -> T:
         try:
@@ -163,9 +171,35 @@ class AsyncSessionClient:
         """See :meth:`sdk.sessions.SessionClient.ping`."""
         return await self._do(SessionCalls.ping(), timeout=timeout, retries=retries)
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self, id: str | None = None) -> dict[str, Any]:
         """See :meth:`sdk.sessions.SessionClient.stats`."""
-        return await self._do(SessionCalls.stats())
+        if id is None:
+            return await self._do(SessionCalls.stats())
+        return await self._in_thread("stats", id)
+
+    # -- with the event log (issue 4): the sync implementation, in a worker thread ------------
+
+    async def _in_thread(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self._archive is None:
+            raise BusUnavailable("this session client has no event log; use bus.sessions from sdk.aio.connect()")
+        client = self._archive()
+        return await asyncio.to_thread(getattr(client, method), *args, **kwargs)
+
+    async def restore(self, session: dict[str, str], *, overwrite: bool = False) -> Session:
+        """See :meth:`sdk.sessions.SessionClient.restore`."""
+        return await self._do(SessionCalls.restore(session, overwrite))
+
+    async def resume(self, id: str) -> Any:
+        """See :meth:`sdk.sessions.SessionClient.resume`."""
+        return await self._in_thread("resume", id)
+
+    async def export(self, id: str, path: str | os.PathLike[str]) -> int:
+        """See :meth:`sdk.sessions.SessionClient.export`."""
+        return await self._in_thread("export", id, path)
+
+    async def import_(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Session:
+        """See :meth:`sdk.sessions.SessionClient.import_`."""
+        return await self._in_thread("import_", path, overwrite=overwrite)
 
     def close(self) -> None:
         """Close the socket; idempotent."""

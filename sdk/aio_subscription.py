@@ -31,11 +31,17 @@ class Subscription:
 
     def __init__(self, bus: Bus, patterns: tuple[str, ...], *, policy: Policy, hwm: int) -> None:
         self.patterns = patterns
-        self._decoder = EventDecoder(patterns, policy)
         self._bus = bus
         self._closed = False
         self._failed: SlowSubscriberError | None = None
         self._pending: deque[Event] = deque()
+        self._recovering = policy == "recover"
+        if self._recovering:  # gaps are filled from the event log (sdk/aio_replay.py)
+            from sdk.aio_replay import recovering_decoder
+
+            self._decoder: EventDecoder = recovering_decoder(patterns, bus._log_side(), self._pending)
+        else:
+            self._decoder = EventDecoder(patterns, policy)
         sock = bus._ctx.socket(zmq.SUB)
         sock.linger = 0
         sock.rcvhwm = hwm
@@ -137,6 +143,11 @@ class Subscription:
         deadline = None if timeout is None else time.monotonic() + timeout
         decode = self._decoder.decode
         while True:
+            if self._recovering:
+                event = await self._recover_step(deadline)
+                if event is not None:
+                    return event
+                continue
             frames = await self._next_frames(deadline)
             if frames is None:
                 raise BusTimeout(f"no event within {timeout:g}s")
@@ -151,6 +162,41 @@ class Subscription:
                 raise
             if event is not None:
                 return event
+
+    async def _recover_step(self, deadline: float | None) -> Event | None:
+        """One receive of a ``policy="recover"`` subscription: a gap is fetched from the log, and
+        an idle slice asks the broker whether the newest events were lost (sdk/aio_replay.py).
+
+        Raises:
+            BusTimeout: the deadline passed.
+            SlowSubscriberError: the log could not supply a gap.
+        """
+        from sdk.aio_replay import GapFound, catch_up, fill
+
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            raise BusTimeout("no event in time")
+        slice_end = now + 0.1 if deadline is None else min(deadline, now + 0.1)
+        frames = await self._next_frames(slice_end)
+        if frames is None:
+            return await catch_up(self)
+        if len(frames) != 3:
+            self._decoder.malformed += 1
+            return None
+        try:
+            try:
+                return self._decoder.decode(*frames)
+            except GapFound as gap:
+                return await fill(self, gap, frames)
+        except SlowSubscriberError as e:
+            self._failed = e
+            self._close_socket()
+            raise
+
+    @property
+    def recovered(self) -> int:
+        """Events fetched from the event log to fill gaps (``policy="recover"`` only)."""
+        return getattr(self._decoder, "recovered", 0)
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._iterate()

@@ -197,17 +197,17 @@ class RecoveringDecoder(EventDecoder):
         last = self.last_version
         if last is not None and version <= last:
             return None  # already delivered (from the log at the seam)
-        self.last_version = version
-        self.last_seq[topic] = seq
         recovered: list[Event] = []
         if last is not None and version != last + 1:
-            try:
+            try:  # before any state changes: an asyncio fetch raises here and calls decode again
                 recovered = self.fetch(last, version - 1)
             except (BusTimeout, BusUnavailable) as e:
                 self.lost += version - last - 1
                 raise SlowSubscriberError(version - last - 1, topic.decode("utf-8", "replace")) from e
             self.recovered += len(recovered)
             self.received += len(recovered)
+        self.last_version = version
+        self.last_seq[topic] = seq
         event = self._event(topic, version, seq, body)
         if not recovered:
             return event

@@ -158,8 +158,6 @@ def test_invalid_input_raises_clear_errors(home: Path, broker) -> None:
                 bus.subscribe("agent:**:x")  # refused at once, before anything is awaited
             with pytest.raises(sdk.InvalidEvent, match="policy must be one of"):
                 bus.subscribe(policy="never")
-            with pytest.raises(sdk.InvalidEvent, match="not available in sdk.aio yet"):
-                bus.subscribe(policy="recover")
             with pytest.raises(sdk.InvalidEvent, match="missing field 'text'"):
                 await bus.publish("channel:message", {})
             with pytest.raises(sdk.InvalidEvent, match="session_id"):

@@ -84,3 +84,27 @@ def test_since_and_recover_together(home: Path, start) -> None:
                 sub.recv(timeout=0.1)
     assert [e.payload for e in got] == list(range(90, 100 + N))
     assert [e.version for e in got] == list(range(91, 101 + N))
+
+
+def test_asyncio_recover_gets_every_version_exactly_once(start) -> None:
+    import asyncio
+
+    import sdk.aio
+
+    start("broker", "--sub-hwm", "50")
+    log = start("event-log")
+
+    async def main() -> tuple[list[sdk.Event], int]:
+        async with sdk.aio.connect(log.home, name="aio") as bus:
+            async with bus.subscribe(policy="recover", hwm=10) as sub:
+                for i in range(N):
+                    await bus.publish("trace:event", i)
+                got = [await sub.recv(timeout=10) for _ in range(N)]
+                with pytest.raises(sdk.BusTimeout):
+                    await sub.recv(timeout=0.3)
+                return got, sub.recovered
+
+    got, recovered = asyncio.run(main())
+    assert recovered > 0
+    assert [e.version for e in got] == list(range(1, N + 1))
+    assert [e.payload for e in got] == list(range(N))

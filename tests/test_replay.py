@@ -153,3 +153,22 @@ def test_since_in_the_future_waits_for_live_events(logged: sdk.Bus) -> None:
         for i in range(3):
             logged.publish("trace:event", i)
         assert [sub.recv(timeout=5).version for _ in range(2)] == [42, 43]
+
+
+def test_asyncio_replay_tail_and_since(logged: sdk.Bus, home: Path) -> None:
+    import asyncio
+
+    import sdk.aio
+
+    async def main() -> None:
+        async with sdk.aio.connect(home, name="aio") as bus:
+            assert [e.version async for e in bus.replay("agent:*", since=30)] == [31, 34, 35, 38, 39]
+            assert [e.version async for e in bus.replay()] == list(range(1, 41))
+            assert [e.version for e in await bus.log_tail(limit=2)] == [39, 40]
+            assert (await bus.log_stats())["last"] == 40
+            async with bus.subscribe("trace:event", since=35) as sub:
+                await bus.publish("trace:event", {"live": True})
+                got = [await sub.recv(timeout=5) for _ in range(3)]
+            assert [e.version for e in got] == [36, 40, 41]
+
+    asyncio.run(main())

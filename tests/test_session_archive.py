@@ -180,3 +180,26 @@ def test_cli_export_import_stats(full: sdk.Bus, home: Path) -> None:
     assert json.loads(out.stdout)["events"]["events"] == TOTAL + 1  # and session:deleted
     out = cli("stats", "nope")
     assert out.returncode == 1 and "not_found" in out.stderr
+
+
+def test_asyncio_resume_export_import_stats(full: sdk.Bus, home: Path) -> None:
+    import asyncio
+
+    import sdk.aio
+
+    session = conversation(full)
+    before = full.sessions.resume(session.id)
+
+    async def main() -> None:
+        async with sdk.aio.connect(home, name="aio") as bus:
+            history = await bus.sessions.resume(session.id)
+            assert (history.session, history.events) == (before.session, before.events)
+            path = home / "aio.jsonl"
+            assert await bus.sessions.export(session.id, path) == 7
+            assert await bus.sessions.import_(path) == session
+            assert (await bus.sessions.stats(session.id))["messages"] == 5
+            assert (await bus.log_summary())["events"] == TOTAL
+            with pytest.raises(sdk.SessionNotFound):
+                await bus.sessions.resume("nope")
+
+    asyncio.run(main())
