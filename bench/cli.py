@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="ipc",
         help="how pryxbus and the pyzmq peers connect (Redis and NATS always use loopback tcp)",
     )
-    p.set_defaults(func=run, argv=None)
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
