@@ -189,31 +189,33 @@ class Broker:
 
     def _forward_batch(self) -> None:
         recv = self.xsub.recv
-        getsockopt = self.xsub.getsockopt
         send = self.xpub.send
         pack = STAMP.pack
         seqs = self.topic_seq
         version = self.version
         try:
             for _ in range(BATCH):
+                # Frames (copy=False) carry their own "more" flag: checking it is a C attribute
+                # read, where getsockopt(RCVMORE) costs ~0.6 us per call in pyzmq.
                 try:
-                    topic = recv(_NOBLOCK)
+                    topic_frame = recv(_NOBLOCK, False)
                 except zmq.Again:
                     break
-                if not getsockopt(_RCVMORE):
+                if not topic_frame.more:
                     self.malformed += 1
                     continue
-                body = recv(_NOBLOCK)  # the rest of a multipart message has already arrived
-                if getsockopt(_RCVMORE):
+                body_frame = recv(_NOBLOCK, False)  # the rest of the message has already arrived
+                if body_frame.more:
                     self._skip_rest()
                     continue
+                topic = topic_frame.bytes
                 seq = seqs.get(topic)
                 if seq is None:
                     if not is_valid_type(topic):
                         self.rejected += 1
                         continue
                     seq = 0
-                if not body.startswith(BODY_MARK):
+                if body_frame.buffer[:1] != BODY_MARK:
                     self.rejected += 1
                     continue
                 seq += 1
@@ -221,15 +223,15 @@ class Broker:
                 seqs[topic] = seq
                 send(topic, _SNDMORE)
                 send(pack(version, seq), _SNDMORE)
-                send(body)
+                send(body_frame, 0, False)
         finally:
             self.version = version
 
     def _skip_rest(self) -> None:
-        """Drain the remaining frames of a message with too many frames, and count it."""
+        """Drain the remaining frames of a message with too many frames, and count it once."""
         self.malformed += 1
-        while self.xsub.getsockopt(_RCVMORE):
-            self.xsub.recv(_NOBLOCK)
+        while self.xsub.recv(_NOBLOCK, False).more:
+            pass
 
     def _handle_subscriptions(self) -> None:
         """Answer sync subscriptions: the reply proves the subscriber's earlier filters are live."""

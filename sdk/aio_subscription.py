@@ -143,6 +143,8 @@ class Subscription:
         deadline = None if timeout is None else time.monotonic() + timeout
         decode = self._decoder.decode
         while True:
+            if self._pending:  # a recovered gap is queued ahead of the event that revealed it
+                return self._pending.popleft()
             if self._recovering:
                 event = await self._recover_step(deadline)
                 if event is not None:

@@ -213,8 +213,8 @@ class RecoveringDecoder(EventDecoder):
             return event
         if event is not None:
             recovered.append(event)
-        self.pending.extend(recovered[1:])
-        return recovered[0]
+        self.pending.extend(recovered)  # the subscription delivers its queue before reading on
+        return None
 
     def catch_up(self) -> Event | None:
         """Called when the subscription is idle: fetch what the broker stamped after our last event.

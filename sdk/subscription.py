@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 import uuid
@@ -15,7 +16,7 @@ import zmq
 from schemas.envelope import ENVELOPE_VERSION, STAMP, SYNC_PREFIX
 from schemas.topics import compile_matcher, zmq_prefixes
 from sdk.errors import BusClosed, BusTimeout, BusUnavailable, SlowSubscriberError
-from sdk.event import Event
+from sdk.event import Event, make_event
 
 if TYPE_CHECKING:
     from sdk.bus import Bus
@@ -30,6 +31,7 @@ _unpack_stamp = STAMP.unpack
 _unpackb = msgpack.unpackb
 
 _SLICE_MS = 100  # how often a blocked receive looks whether the subscription was closed
+_DRAIN = 256  # messages decoded per turn of recv(): one lock and one deadline for all of them
 
 
 class EventDecoder:
@@ -48,19 +50,24 @@ class EventDecoder:
         self.lost = 0
         self.malformed = 0
         self.received = 0
+        self._names: dict[bytes, str] = {}
 
     def decode(self, topic: bytes, stamp: bytes, body: bytes) -> Event | None:
-        """The Event for these frames, or None if it is filtered out or malformed.
+        """The Event for these frames, or None if it is filtered out, control or malformed.
 
         Raises:
             SlowSubscriberError: the sequence shows lost events and the policy is ``drop``.
         """
-        if len(stamp) != 16:
+        try:
+            version, seq = _unpack_stamp(stamp)
+        except struct.error:
             self.malformed += 1
             return None
-        version, seq = _unpack_stamp(stamp)
-        last = self.last_seq.get(topic)
-        self.last_seq[topic] = seq
+        if not version:  # a control message (sync reply): no sequence to track
+            return None
+        last_seq = self.last_seq
+        last = last_seq.get(topic)
+        last_seq[topic] = seq
         if last is not None and seq != last + 1 and seq > last:
             lost = seq - last - 1
             self.lost += lost
@@ -72,12 +79,18 @@ class EventDecoder:
             env, ts, source, session_id, payload = _unpackb(body, raw=False, strict_map_key=False)
             if env != ENVELOPE_VERSION:
                 raise ValueError(env)
-            event_type = topic.decode("utf-8")
+            event_type = self._names.get(topic) or self._name(topic)
         except Exception:
             self.malformed += 1
             return None
         self.received += 1
-        return Event(event_type, payload, version, ts, source, session_id, seq)
+        return make_event(event_type, payload, version, ts, source, session_id, seq)
+
+    def _name(self, topic: bytes) -> str:
+        name = topic.decode("utf-8")
+        if len(self._names) < 10_000:
+            self._names[topic] = name
+        return name
 
 
 def sync_token() -> bytes:
@@ -182,44 +195,58 @@ class Subscription:
             SlowSubscriberError: events were lost and the policy is ``"drop"``; the subscription is over.
             BusClosed: the subscription or its bus was closed.
         """
-        if self._pending:
-            return self._pending.popleft()
+        pending = self._pending
+        if pending:
+            return pending.popleft()
         with self._lock:
-            if self._failed is not None:
-                raise self._failed
             if self._closed:
                 raise BusClosed("subscription is closed")
-            sock = self._sock
-            recv, decode = sock.recv, self._decoder.decode
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
-                try:
-                    topic = recv(_NOBLOCK)
-                except zmq.Again:
-                    if self._closed:
-                        raise BusClosed("subscription is closed") from None
-                    if deadline is None:
-                        wait_ms = _SLICE_MS
-                    else:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            raise BusTimeout(f"no event within {timeout:g}s") from None
-                        wait_ms = min(_SLICE_MS, int(remaining * 1000) + 1)
-                    if not sock.poll(wait_ms, _POLLIN) and self._catch_up is not None:
-                        event = self._catch_up()  # idle: did we lose the newest events?
-                        if event is not None:
-                            return event
+                if pending:  # filled by _drain, or by the recover policy's log fetches
+                    return pending.popleft()
+                if self._failed is not None:
+                    raise self._failed
+                if self._drain():
                     continue
-                stamp = recv()
-                body = recv()
-                try:
-                    event = decode(topic, stamp, body)
-                except SlowSubscriberError as e:
-                    self._failed = e
-                    self._close_socket()
-                    raise
-                if event is not None:
-                    return event
+                if self._closed:
+                    raise BusClosed("subscription is closed")
+                if deadline is None:
+                    wait_ms = _SLICE_MS
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise BusTimeout(f"no event within {timeout:g}s")
+                    wait_ms = min(_SLICE_MS, int(remaining * 1000) + 1)
+                if not self._sock.poll(wait_ms, _POLLIN) and self._catch_up is not None:
+                    event = self._catch_up()  # idle: did we lose the newest events?
+                    if event is not None:
+                        return event
+
+    def _drain(self) -> int:
+        """Decode what has already arrived (up to _DRAIN messages) into the pending queue.
+
+        Returns how many messages were read. A loss under ``policy="drop"`` ends the
+        subscription after the events that came before it have been queued.
+        """
+        recv, decode, append = self._sock.recv, self._decoder.decode, self._pending.append
+        n = 0
+        for n in range(1, _DRAIN + 1):
+            try:
+                topic = recv(_NOBLOCK)
+            except zmq.Again:
+                return n - 1
+            stamp = recv()
+            body = recv()
+            try:
+                event = decode(topic, stamp, body)
+            except SlowSubscriberError as e:
+                self._failed = e
+                self._close_socket()
+                return n
+            if event is not None:
+                append(event)
+        return n
 
     def __iter__(self) -> Iterator[Event]:
         """Events until the subscription is closed; a loss under ``policy="drop"`` raises."""
