@@ -21,6 +21,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from broker.reservation import Reservation
 from schemas.endpoints import Endpoints
+from schemas.transport import configure_context
 from schemas.envelope import BODY_MARK, DEFAULT_MAX_EVENT_SIZE, STAMP, SYNC_PREFIX
 from schemas.topics import MAX_TYPE_LENGTH, is_valid_type
 
@@ -77,7 +78,7 @@ class Broker:
             "health": self._op_ping,
             "stats": self._op_stats,
         }
-        self._ctx = zmq.Context()
+        self._ctx = configure_context(zmq.Context())
         try:
             self._bind()
         except BaseException:

@@ -25,6 +25,7 @@ import zmq
 import zmq.asyncio
 
 from schemas.endpoints import Endpoints
+from schemas.transport import configure_context
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
 from sdk._publish import (
     check_event,
@@ -75,7 +76,7 @@ class Bus:
         self.validate = validate
         self.max_event_size = int(max_event_size or DEFAULT_MAX_EVENT_SIZE)
         self._asked_size = max_event_size is None
-        self._ctx = zmq.asyncio.Context()
+        self._ctx = configure_context(zmq.asyncio.Context())
         self._pub: zmq.asyncio.Socket | None = None
         self._pub_lock = asyncio.Lock()
         self._topics: dict[str, bytes] = {}

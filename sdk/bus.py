@@ -13,6 +13,7 @@ import zmq
 
 from schemas.endpoints import Endpoints
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, ENVELOPE_VERSION
+from schemas.transport import configure_context
 from sdk._publish import (
     check_event,
     check_subscription,
@@ -28,8 +29,12 @@ from sdk.subscription import Policy, Subscription
 
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
+_EVENTS = int(zmq.EVENTS)
 
 DEFAULT_HWM = 10_000
+WATCH_INTERVAL = 0.005
+"""Seconds between two looks (one getsockopt) at whether the broker is still subscribed."""
 
 
 def resolve_endpoints(home: str | os.PathLike[str] | Endpoints | None) -> Endpoints:
@@ -65,9 +70,12 @@ class Bus:
         self.publish_timeout = publish_timeout
         self.hwm = hwm
         self.validate = validate
-        self._ctx = zmq.Context()
+        self._ctx = configure_context(zmq.Context())
         self._lock = threading.Lock()
         self._pub: zmq.Socket | None = None
+        self._watch_at = 0.0  # when publish next looks for the broker's (un)subscription
+        self.broker_outages = 0
+        """Times a publish found the broker gone and waited for it to come back."""
         self._topics: dict[str, bytes] = {}
         self._packb = msgpack.Packer(use_bin_type=True).pack
         self._subscriptions: set[Subscription] = set()
@@ -101,6 +109,43 @@ class Bus:
         self._pub = sock
         return sock
 
+    def _watch_broker(self, sock: zmq.Socket, now: float) -> None:
+        """Block while the broker is gone (its subscription withdrawn), at most ``publish_timeout``.
+
+        A connecting XPUB keeps its queue across a reconnect, so events published while the
+        broker restarts wait for the new one (until the queue is full, then publish blocks). But
+        an XPUB with no subscriber at all silently drops what it is given: should the broker's
+        subscription be withdrawn (an unsubscribe, ``\\x00``), wait for a broker to subscribe
+        again (``\\x01``). Called at most every WATCH_INTERVAL, so the hot path pays one float
+        comparison per event.
+
+        Raises:
+            PublishTimeout: the broker did not come back within ``publish_timeout``.
+        """
+        self._watch_at = now + WATCH_INTERVAL
+        if not sock.getsockopt(_EVENTS) & _POLLIN:
+            return
+        if self._broker_subscribed(sock):
+            return
+        self.broker_outages += 1
+        deadline = time.monotonic() + self.publish_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, _POLLIN):
+                raise publish_timed_out(self.publish_timeout)
+            if self._broker_subscribed(sock):
+                return
+
+    @staticmethod
+    def _broker_subscribed(sock: zmq.Socket) -> bool:
+        """Read every pending (un)subscription; the newest says whether the broker is there."""
+        last = b"\x01"
+        while True:
+            try:
+                last = sock.recv(_NOBLOCK)
+            except zmq.Again:
+                return last[:1] == b"\x01"
+
     def _topic(self, event_type: str) -> bytes:
         topic = self._topics.get(event_type)
         if topic is None:
@@ -127,13 +172,16 @@ class Bus:
             if self._closed:
                 raise BusClosed("bus is closed")
             # sdk._publish.encode_body, inlined on the hot path (one call less per event)
+            now = time.time()
             try:
-                body = self._packb((ENVELOPE_VERSION, time.time(), self.name, session_id, payload))
+                body = self._packb((ENVELOPE_VERSION, now, self.name, session_id, payload))
             except (TypeError, ValueError, OverflowError) as e:
                 raise InvalidEvent(f"payload cannot be encoded with msgpack: {e}") from None
             if len(body) > self.max_event_size:
                 raise MessageTooLarge(len(body), self.max_event_size)
             sock = self._pub or self._open_publisher()
+            if now >= self._watch_at:
+                self._watch_broker(sock, now)
             try:
                 sock.send(topic, _SNDMORE)
             except zmq.Again:

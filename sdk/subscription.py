@@ -50,6 +50,7 @@ class EventDecoder:
         self.lost = 0
         self.malformed = 0
         self.received = 0
+        self.restarts = 0
         self._names: dict[bytes, str] = {}
 
     def decode(self, topic: bytes, stamp: bytes, body: bytes) -> Event | None:
@@ -68,11 +69,8 @@ class EventDecoder:
         last_seq = self.last_seq
         last = last_seq.get(topic)
         last_seq[topic] = seq
-        if last is not None and seq != last + 1 and seq > last:
-            lost = seq - last - 1
-            self.lost += lost
-            if self.policy == "drop":
-                raise SlowSubscriberError(lost, topic.decode("utf-8", "replace"))
+        if last is not None and seq != last + 1:
+            self._gap(topic, last, seq)
         if not self.matches(topic):
             return None
         try:
@@ -85,6 +83,31 @@ class EventDecoder:
             return None
         self.received += 1
         return make_event(event_type, payload, version, ts, source, session_id, seq)
+
+    def _gap(self, topic: bytes, last: int, seq: int) -> None:
+        """A sequence that does not follow on: lost events, or a restarted broker.
+
+        A sequence going backwards means a new broker (every topic restarts at 1): the old
+        sequences are forgotten, ``restarts`` counts it, and only the events of this topic the new
+        broker stamped before this one (``seq - 1``) are known lost. What the old broker stamped
+        but never delivered has no sequence left to show it: ``policy="recover"`` fetches it from
+        the event log by version.
+
+        Raises:
+            SlowSubscriberError: events were lost and the policy is ``drop``.
+        """
+        if seq > last:
+            lost = seq - last - 1
+        else:
+            self.restarts += 1
+            self.last_seq.clear()
+            self.last_seq[topic] = seq
+            lost = seq - 1
+            if not lost:
+                return
+        self.lost += lost
+        if self.policy == "drop":
+            raise SlowSubscriberError(lost, topic.decode("utf-8", "replace"))
 
     def _name(self, topic: bytes) -> str:
         name = topic.decode("utf-8")
@@ -174,6 +197,11 @@ class Subscription:
     def recovered(self) -> int:
         """Events fetched from the event log to fill gaps (``policy="recover"`` only)."""
         return getattr(self._decoder, "recovered", 0)
+
+    @property
+    def restarts(self) -> int:
+        """Broker restarts this subscription rode through (seen as a topic sequence starting over)."""
+        return self._decoder.restarts
 
     @property
     def malformed(self) -> int:

@@ -19,6 +19,7 @@ from broker.eventlog.query import LogQueries
 from broker.eventlog.store import EventStore, db_path
 from broker.eventlog.writer import DEFAULT_RCVHWM, LogWriter
 from schemas.endpoints import Endpoints
+from schemas.transport import configure_context
 
 log = logging.getLogger("pryxbus.eventlog")
 
@@ -47,7 +48,7 @@ class EventLog:
     def __init__(self, config: EventLogConfig) -> None:
         self.config = config
         self._running = False
-        self._ctx = zmq.Context()
+        self._ctx = configure_context(zmq.Context())
         self.store: EventStore | None = None
         self.writer: LogWriter | None = None
         try:

@@ -29,6 +29,7 @@ import zmq
 from broker.sessions.events import SessionEvents
 from broker.sessions.store import SCHEMA_VERSION, SessionStore, Written
 from schemas.endpoints import Endpoints
+from schemas.transport import configure_context
 from schemas.sessions import (
     BAD_REQUEST,
     BUSY,
@@ -107,7 +108,7 @@ class SessionService:
         }
         self.store = SessionStore(config.db_path, busy_timeout=config.busy_timeout)
         self.events: SessionEvents | None = None
-        self._ctx = zmq.Context()
+        self._ctx = configure_context(zmq.Context())
         try:
             self.sock = self._ctx.socket(zmq.ROUTER)
             self.sock.linger = 0
