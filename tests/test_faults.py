@@ -198,3 +198,71 @@ def test_broker_sigstop_sigcont_publishers_block_then_continue(home: Path, start
         assert sub.streams[name] == list(range(reports[name]["sent"]))
     assert sub.sub.lost == 0 and sub.sub.restarts == 0
     print(f"\nsigstop 1.5s: sent={reports}")
+
+
+# -- sustained load ------------------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("seconds", [pytest.param(3, id="3s"), pytest.param(30, id="30s", marks=pytest.mark.soak)])
+def test_sustained_load_4x4_with_a_slow_subscriber(home: Path, start, seconds: int) -> None:
+    """4 publishers x 4 fast subscribers at 4 x 400 events/s, plus one subscriber that never reads.
+
+    Every fast subscriber gets every event once, in order; the slow one loses events (counted
+    exactly: received + lost = published) without slowing anyone; broker memory stays bounded.
+    """
+    names = [f"p{i}" for i in range(4)]
+    broker = start("broker", "--sub-hwm", "2000")
+    with sdk.connect(home, name="test") as bus:
+        fast = [Collector(bus, "load:*") for _ in range(4)]
+        slow = bus.subscribe("load:*", policy="count", hwm=100)
+        rss_before = rss_kib(broker.pid)
+        pubs = Publishers(home, names, rate=400)
+        threading.Event().wait(seconds)  # sync-ok: the load runs for a fixed time
+        rss_during = rss_kib(broker.pid)
+        reports = pubs.stop()
+        total = sum(r["sent"] for r in reports.values())
+        wait_for(
+            lambda: [sum(c.count(n) for n in names) for c in fast],
+            lambda got: got == [total] * 4,
+            timeout=15,
+            what="every event at every fast subscriber",
+        )
+        slow_got = 0
+        while True:  # empty its full queue first, or the closing events below would be lost too
+            try:
+                slow.recv(timeout=0.5)
+            except sdk.BusTimeout:
+                break
+            slow_got += 1
+        for name in names:  # one last event per topic, so the slow subscriber sees every gap
+            bus.publish(f"load:{name}", {"i": reports[name]["sent"]})
+        finals = 0
+        while finals < len(names):
+            event = slow.recv(timeout=10)
+            if event.source == "test":
+                finals += 1
+            else:
+                slow_got += 1
+        rss_after = rss_kib(broker.pid)
+        for c in fast:
+            c.close()
+        slow_lost = slow.lost
+        slow.close()
+    for c in fast:
+        for name in names:
+            assert c.streams[name] == list(range(reports[name]["sent"])), name
+        assert c.sub.lost == 0
+    assert slow_got + slow_lost == total
+    assert slow_lost > 0  # it really was left behind
+    assert rss_after - rss_before < 64 * 1024  # KiB: queues are bounded by the high-water marks
+    print(
+        f"\nload {seconds}s: published={total} ({total / seconds:.0f}/s) slow lost={slow_lost}"
+        f" broker RSS KiB before={rss_before} during={rss_during} after={rss_after}"
+    )
