@@ -32,6 +32,11 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
 _POLLIN = int(zmq.POLLIN)
+_MARK = BODY_MARK[0]
+
+# pyzmq's Python-level Socket.send (type checks for str, routing ids, groups) costs ~0.1 us per
+# frame on top of the compiled one; the hot loop calls the compiled send directly.
+_send = zmq.backend.Socket.send
 
 BATCH = 4096
 """Events drained per poll before the broker looks at its other sockets."""
@@ -69,6 +74,8 @@ class Broker:
         self.syncs = 0
         self.publishers = 0
         self.subscribers = 0
+        self._peers_in: set[int] = set()
+        self._peers_out: set[int] = set()
         self.started = time.time()
         self._running = False
         self._reservation = Reservation(config.home) if config.home is not None else None
@@ -117,12 +124,9 @@ class Broker:
 
         # Trap §4.1: a bound XSUB does not replay its subscription to publishers that connect
         # later, so re-send it on every new publisher connection.
-        self.in_monitor = self.xsub.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
-        )
-        self.out_monitor = self.xpub.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
-        )
+        watched = zmq.EVENT_ACCEPTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        self.in_monitor = self.xsub.get_monitor_socket(watched)
+        self.out_monitor = self.xpub.get_monitor_socket(watched)
         self.xsub.send(SUBSCRIBE_ALL)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -190,7 +194,7 @@ class Broker:
 
     def _forward_batch(self) -> None:
         recv = self.xsub.recv
-        send = self.xpub.send
+        xpub = self.xpub
         pack = STAMP.pack
         seqs = self.topic_seq
         version = self.version
@@ -216,15 +220,17 @@ class Broker:
                         self.rejected += 1
                         continue
                     seq = 0
-                if body_frame.buffer[:1] != BODY_MARK:
+                # First byte of the body: copying a small body is cheaper than a memoryview.
+                size = len(body_frame)
+                if not size or (body_frame.bytes if size < 2048 else body_frame.buffer)[0] != _MARK:
                     self.rejected += 1
                     continue
                 seq += 1
                 version += 1
                 seqs[topic] = seq
-                send(topic, _SNDMORE)
-                send(pack(version, seq), _SNDMORE)
-                send(body_frame, 0, False)
+                _send(xpub, topic, _SNDMORE)
+                _send(xpub, pack(version, seq), _SNDMORE)
+                _send(xpub, body_frame, 0, False)  # zero copy: the body goes out as it came
         finally:
             self.version = version
 
@@ -248,18 +254,23 @@ class Broker:
                 self.xpub.send(b"")
 
     def _handle_monitor(self, monitor: zmq.Socket, inbound: bool) -> None:
+        # Peers are counted by connection (fd): a disconnect of a connection that never finished
+        # its handshake (raw garbage) must not drive a count below zero.
+        peers = self._peers_in if inbound else self._peers_out
         while True:
             try:
                 event = parse_monitor_message(monitor.recv_multipart(_NOBLOCK))
             except zmq.Again:
-                return
-            up = event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
-            if inbound:
-                self.publishers += 1 if up else -1
-                if up:
-                    self.xsub.send(SUBSCRIBE_ALL)
-            else:
-                self.subscribers += 1 if up else -1
+                break
+            kind = event["event"]
+            if kind == zmq.EVENT_ACCEPTED:
+                peers.add(event["value"])
+            elif kind == zmq.EVENT_DISCONNECTED:
+                peers.discard(event["value"])
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED and inbound:
+                self.xsub.send(SUBSCRIBE_ALL)
+        self.publishers = len(self._peers_in)
+        self.subscribers = len(self._peers_out)
 
     # -- control -----------------------------------------------------------------------------
 
