@@ -28,6 +28,8 @@ from sdk.request import Requester
 from sdk.subscription import Policy, Subscription
 
 _SNDMORE = int(zmq.SNDMORE)
+# The compiled send, without pyzmq's Python-level wrapper (~0.1 us per frame).
+_send = zmq.backend.Socket.send
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
@@ -165,7 +167,7 @@ class Bus:
             BusUnavailable: the broker could not be reached.
             BusClosed: the bus was closed.
         """
-        topic = self._topic(event_type)
+        topic = self._topics.get(event_type) or self._topic(event_type)
         if self.validate or (session_id is not None and not isinstance(session_id, str)):
             check_event(event_type, payload, session_id, validate=self.validate)
         with self._lock:
@@ -183,10 +185,10 @@ class Bus:
             if now >= self._watch_at:
                 self._watch_broker(sock, now)
             try:
-                sock.send(topic, _SNDMORE)
+                _send(sock, topic, _SNDMORE)
             except zmq.Again:
                 raise publish_timed_out(self.publish_timeout) from None
-            sock.send(body)  # the rest of a multipart message never blocks
+            _send(sock, body)  # the rest of a multipart message never blocks
 
     # -- subscribing -------------------------------------------------------------------------
 
