@@ -15,7 +15,7 @@ import zmq
 
 from schemas.envelope import ENVELOPE_VERSION, STAMP, SYNC_PREFIX
 from schemas.topics import compile_matcher, zmq_prefixes
-from sdk.errors import BusClosed, BusTimeout, BusUnavailable, SlowSubscriberError
+from sdk.errors import BusClosed, BusError, BusTimeout, BusUnavailable, SlowSubscriberError
 from sdk.event import Event, make_event
 
 if TYPE_CHECKING:
@@ -52,6 +52,10 @@ class EventDecoder:
         self.received = 0
         self.restarts = 0
         self._names: dict[bytes, str] = {}
+        self.epoch: int | None = None
+        """The broker's ``first_version`` when last asked: a new value means a new broker."""
+        self.probe: Callable[[], int] | None = None
+        """Asks the broker for its ``first_version`` (only on a gap, never per event)."""
 
     def decode(self, topic: bytes, stamp: bytes, body: bytes) -> Event | None:
         """The Event for these frames, or None if it is filtered out, control or malformed.
@@ -96,9 +100,11 @@ class EventDecoder:
         Raises:
             SlowSubscriberError: events were lost and the policy is ``drop``.
         """
-        if seq > last:
+        if seq > last and not self._broker_restarted():
             lost = seq - last - 1
         else:
+            if seq <= last:
+                self._broker_restarted()  # learn the new broker's epoch for the next gap
             self.restarts += 1
             self.last_seq.clear()
             self.last_seq[topic] = seq
@@ -108,6 +114,18 @@ class EventDecoder:
         self.lost += lost
         if self.policy == "drop":
             raise SlowSubscriberError(lost, topic.decode("utf-8", "replace"))
+
+    def _broker_restarted(self) -> bool:
+        """A forward jump may also be a new broker whose sequence already passed ours: ask it."""
+        if self.probe is None:
+            return False
+        try:
+            epoch = self.probe()
+        except BusError:
+            return False
+        restarted = self.epoch is not None and epoch != self.epoch
+        self.epoch = epoch
+        return restarted
 
     def _name(self, topic: bytes) -> str:
         name = topic.decode("utf-8")
@@ -146,6 +164,7 @@ class Subscription:
             self._catch_up: Callable[[], Event | None] | None = self._decoder.catch_up
         else:
             self._decoder = EventDecoder(patterns, policy)
+            self._decoder.probe = lambda: int(bus.control.call({"op": "ping"}).get("first_version", 1))
             self._catch_up = None
         self._bus = bus
         self._lock = threading.Lock()
@@ -160,6 +179,8 @@ class Subscription:
             for prefix in self._decoder.prefixes:
                 sock.subscribe(prefix)
             self._await_live(timeout)
+            if self._decoder.probe is not None:  # which broker we are listening to (see _gap)
+                self._decoder._broker_restarted()
         except BaseException:
             sock.close(linger=0)
             raise
