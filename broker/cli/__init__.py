@@ -14,6 +14,7 @@ COMMANDS = [
     "broker.cli.up",  # up
     "broker.cli.eventlog",  # event-log, log tail|query|stats
     "broker.cli.events",  # pub, sub, stats
+    "broker.cli.top",  # top
     "broker.cli.sessions",  # sessions ...
     "broker.cli.demo",  # demo
     "broker.cli.bench",  # bench

@@ -1,0 +1,105 @@
+"""``pryxbus top``: a live terminal view of a running stack (plain ANSI clear and redraw)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from broker.cli.common import add_target, fail, target
+from broker.monitor import Sample, Sampler, figures
+from schemas.endpoints import Endpoints
+
+CLEAR = "\x1b[H\x1b[2J"
+TOP_TOPICS = 20
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "top",
+        help="a live view of the stack (rates, peers, rejects, event-log lag, sessions)",
+        description="Redraw, every INTERVAL seconds, the broker's event rate overall and per topic,"
+        " connected publishers and subscribers, malformed and rejected messages, the event log's lag"
+        " and losses, and the session service's requests and errors. A part that does not answer is"
+        " shown as down. Ctrl-C quits.",
+    )
+    add_target(p)
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between frames (default 1)")
+    p.add_argument("--once", action="store_true", help="print one frame (no rates) and exit")
+    p.set_defaults(func=run_top)
+
+
+def run_top(args: argparse.Namespace) -> int:
+    try:
+        endpoints = Endpoints.resolve(target(args))
+    except ValueError as e:
+        return fail(str(e))
+    if args.interval <= 0:
+        return fail("--interval must be above 0")
+    per_part = min(args.timeout, max(args.interval / 3, 0.2))
+    with Sampler(endpoints, timeout=per_part) as sampler:
+        if args.once:
+            sys.stdout.write(render(figures(sampler.sample()), endpoints))
+            sys.stdout.flush()
+            return 0
+        previous: Sample | None = None
+        while True:
+            began = time.monotonic()
+            current = sampler.sample()
+            sys.stdout.write(CLEAR + render(figures(current, previous), endpoints))
+            sys.stdout.flush()
+            previous = current
+            time.sleep(max(args.interval - (time.monotonic() - began), 0.0))
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}/s"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def render(f: dict[str, Any], endpoints: Endpoints) -> str:
+    """One frame of text (no escape codes) from :func:`broker.monitor.figures`."""
+    lines = [f"pryxbus top  {time.strftime('%H:%M:%S')}  control={endpoints.control}", ""]
+    b = f.get("broker")
+    if b is None:
+        lines.append(f"broker        down  ({f['errors'].get('broker', '')})")
+    else:
+        lines += [
+            f"broker        up  pid {b['pid']}  uptime {b['uptime']:.0f}s"
+            f"  stats {_ms(f['latency'].get('broker'))}",
+            f"  version     {b['version']}   events {b['events']}   rate {_rate(b['rate'])}",
+            f"  publishers  {b['publishers']}   subscribers {b['subscribers']}",
+            f"  malformed   {b['malformed']}   rejected {b['rejected']}",
+        ]
+    lg = f.get("log")
+    if lg is None:
+        lines.append(f"event log     down  ({f['errors'].get('log', '')})")
+    else:
+        lag = "-" if lg["lag"] is None else lg["lag"]
+        lines += [
+            f"event log     up  stats {_ms(f['latency'].get('log'))}",
+            f"  events      {lg['events']}   last {lg['last']}   lag {lag}",
+            f"  lost        {lg['lost']}   gaps {lg['gaps']}",
+        ]
+    s = f.get("sessions")
+    if s is None:
+        lines.append(f"sessions      down  ({f['errors'].get('sessions', '')})")
+    else:
+        errors = ", ".join(f"{code} {n}" for code, n in sorted(s["errors"].items())) or "none"
+        lines += [
+            f"sessions      up  stats {_ms(f['latency'].get('sessions'))}",
+            f"  sessions    {s['sessions']}   requests {s['requests_total']}   rate {_rate(s['rate'])}",
+            f"  errors      {s['errors_total']} ({errors})",
+        ]
+    if b is not None and b["topics"]:
+        lines += ["", f"  {'TOPIC':<40} {'EVENTS':>12} {'RATE':>12}"]
+        busiest = sorted(b["topics"].items(), key=lambda kv: (-(b["topic_rates"].get(kv[0]) or 0), -kv[1]))
+        for topic, count in busiest[:TOP_TOPICS]:
+            lines.append(f"  {topic:<40} {count:>12} {_rate(b['topic_rates'].get(topic)):>12}")
+        if len(busiest) > TOP_TOPICS:
+            lines.append(f"  ... {len(busiest) - TOP_TOPICS} more topics")
+    return "\n".join(lines) + "\n"
