@@ -21,6 +21,7 @@ from sdk.errors import (
     SlowSubscriberError,
 )
 from sdk.event import Event, Session
+from sdk.security import KeyPaths
 from sdk.subscription import Subscription
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "BusUnavailable",
     "Event",
     "InvalidEvent",
+    "KeyPaths",
     "MessageTooLarge",
     "PublishTimeout",
     "RemoteError",

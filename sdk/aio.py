@@ -41,6 +41,7 @@ from sdk.aio_subscription import Pending, Subscription
 from sdk.bus import DEFAULT_HWM, resolve_endpoints
 from sdk.errors import BusClosed, InvalidEvent, translate
 from sdk.event import Event
+from sdk.security import KeyPaths, resolve_client_keys, secure_client_context
 from sdk.subscription import Policy
 
 __all__ = ["Bus", "Subscription", "connect"]
@@ -67,8 +68,11 @@ class Bus:
         hwm: int = DEFAULT_HWM,
         validate: bool = False,
         max_event_size: int | None = None,
+        curve: bool | KeyPaths | None = None,
     ) -> None:
         self.endpoints = resolve_endpoints(home)
+        self.curve = resolve_client_keys(curve, home)
+        """The CURVE client keys every socket of this bus uses, or None (plain)."""
         self.name = name
         self.timeout = timeout
         self.publish_timeout = publish_timeout
@@ -76,7 +80,7 @@ class Bus:
         self.validate = validate
         self.max_event_size = int(max_event_size or DEFAULT_MAX_EVENT_SIZE)
         self._asked_size = max_event_size is None
-        self._ctx = configure_context(zmq.asyncio.Context())
+        self._ctx = secure_client_context(configure_context(zmq.asyncio.Context()), self.curve)
         self._pub: zmq.asyncio.Socket | None = None
         self._pub_lock = asyncio.Lock()
         self._topics: dict[str, bytes] = {}

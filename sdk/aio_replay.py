@@ -36,6 +36,8 @@ class LogSide:
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoints: Endpoints, *, timeout: float) -> None:
         self._ctx = zmq.Context.shadow(ctx.underlying)
+        for option, value in ctx.sockopts.items():  # a shadow does not inherit them (CURVE, heartbeats)
+            self._ctx.setsockopt(option, value)
         self.endpoints = endpoints
         self.timeout = timeout
         self._lock = threading.Lock()

@@ -25,6 +25,7 @@ from sdk._publish import (
 from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge
 from sdk.event import Event
 from sdk.request import Requester
+from sdk.security import KeyPaths, resolve_client_keys, secure_client_context
 from sdk.subscription import Policy, Subscription
 
 _SNDMORE = int(zmq.SNDMORE)
@@ -65,14 +66,17 @@ class Bus:
         hwm: int = DEFAULT_HWM,
         validate: bool = False,
         max_event_size: int | None = None,
+        curve: bool | KeyPaths | None = None,
     ) -> None:
         self.endpoints = resolve_endpoints(home)
+        self.curve = resolve_client_keys(curve, home)
+        """The CURVE client keys every socket of this bus uses, or None (plain)."""
         self.name = name
         self.timeout = timeout
         self.publish_timeout = publish_timeout
         self.hwm = hwm
         self.validate = validate
-        self._ctx = configure_context(zmq.Context())
+        self._ctx = secure_client_context(configure_context(zmq.Context()), self.curve)
         self._lock = threading.Lock()
         self._pub: zmq.Socket | None = None
         self._watch_at = 0.0  # when publish next looks for the broker's (un)subscription
@@ -384,9 +388,12 @@ def connect(home: str | os.PathLike[str] | Endpoints | None = None, **options: A
     """Connect to the stack in ``home`` (default ``$PRYXBUS_HOME``) or at ``tcp://HOST:PORT``.
 
     Options are keyword-only, in seconds: ``name``, ``timeout``, ``publish_timeout``, ``hwm``,
-    ``validate``.
+    ``validate``, and ``curve``: None (the default) uses CURVE when the home holds
+    ``keys/client.key_secret`` and ``keys/server.key``; False never; True requires the home's
+    keys; ``sdk.KeyPaths(client_secret, server_public)`` gives the files (for a remote client).
 
     Raises:
-        BusUnavailable: the broker did not answer within ``timeout``.
+        BusUnavailable: the broker did not answer within ``timeout`` (a ``--curve`` broker that
+            does not let these keys in never answers), or CURVE keys cannot be loaded.
     """
     return Bus(home, **options)

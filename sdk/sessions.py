@@ -205,18 +205,22 @@ class SessionClient:
         *,
         timeout: float = 5.0,
         retries: int = DEFAULT_RETRIES,
+        curve: Any = None,
     ) -> SessionClient:
         """A standalone client (its own context) for the stack in ``home`` or at ``tcp://HOST:PORT``.
 
-        Needs only the session service, not the broker.
+        Needs only the session service, not the broker. ``curve`` as in :func:`sdk.connect`.
 
         Raises:
             InvalidEvent: ``home`` is not a home directory or ``tcp://HOST:PORT``.
+            BusUnavailable: CURVE keys were asked for and cannot be loaded.
         """
         from sdk.bus import resolve_endpoints
+        from sdk.security import resolve_client_keys, secure_client_context
 
-        ctx = zmq.Context()
-        client = cls(ctx, resolve_endpoints(home).sessions, timeout=timeout, retries=retries)
+        endpoints = resolve_endpoints(home)
+        ctx = secure_client_context(zmq.Context(), resolve_client_keys(curve, home))
+        client = cls(ctx, endpoints.sessions, timeout=timeout, retries=retries)
         client._own_ctx = ctx
         return client
 

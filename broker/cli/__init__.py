@@ -18,6 +18,7 @@ COMMANDS = [
     "broker.cli.sessions",  # sessions ...
     "broker.cli.demo",  # demo
     "broker.cli.bench",  # bench
+    "broker.cli.keys",  # keys generate|add
 ]
 
 

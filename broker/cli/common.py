@@ -28,6 +28,32 @@ def add_tcp(parser: argparse.ArgumentParser) -> None:
         help="listen on tcp ports PORT..PORT+5 instead of ipc sockets (publish, subscribe, control,"
         " sessions, log, log feed); use 127.0.0.1 unless other machines must connect",
     )
+    add_curve(parser)  # every part that listens can require CURVE
+
+
+def add_curve(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="encrypt and authenticate every connection with CURVE: only clients whose public key is"
+        " in HOME/keys/clients/ get in (create the keys with 'pryxbus keys generate')",
+    )
+
+
+def server_keys(args: argparse.Namespace, home: Path) -> Any:
+    """The loaded ``ServerKeys`` with ``--curve``, else None; exits with a clear message when the
+    keys or the allow-list are missing (a --curve server never serves unauthenticated)."""
+    if not getattr(args, "curve", False):
+        return None
+    from broker.security import SecurityError, ServerKeys
+
+    try:
+        return ServerKeys.load(home)
+    except SecurityError as e:
+        raise SystemExit(f"pryxbus: {e}") from None
+
+
+_LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 
 
 def add_target(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +77,13 @@ def server_endpoints(args: argparse.Namespace) -> tuple[Path, Endpoints]:
             endpoints = Endpoints.parse_tcp(args.tcp)
         except ValueError as e:
             raise SystemExit(f"pryxbus: --tcp: {e}") from None
+        host = args.tcp.removeprefix("tcp://").rpartition(":")[0]
+        if not host.startswith(_LOOPBACK) and not getattr(args, "curve", False):
+            print(
+                f"pryxbus: warning: listening on {host} without --curve: anyone who can reach this"
+                " host can publish, read every event and change sessions",
+                file=sys.stderr,
+            )
     else:
         endpoints = Endpoints.ipc(home)
     return home, endpoints

@@ -9,7 +9,8 @@ import zmq
 
 from broker import reservation
 from broker.broker import Broker, BrokerConfig
-from broker.cli.common import add_home, add_tcp, fail, server_endpoints
+from broker.cli.common import add_home, add_tcp, fail, server_endpoints, server_keys
+from broker.security import SecurityError
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
 
@@ -54,8 +55,11 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def broker_config(args: argparse.Namespace, endpoints, first_version: int = 1, home=None) -> BrokerConfig:
+def broker_config(
+    args: argparse.Namespace, endpoints, first_version: int = 1, home=None, curve=None
+) -> BrokerConfig:
     return BrokerConfig(
+        curve=curve,
         home=home,
         endpoints=endpoints,
         sub_hwm=args.sub_hwm,
@@ -69,18 +73,21 @@ def broker_config(args: argparse.Namespace, endpoints, first_version: int = 1, h
 def run_broker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     home, endpoints = server_endpoints(args)
+    curve = server_keys(args, home)
     try:
         with home_lock(home, "broker"):
             endpoints.write(home) if args.tcp else None
             try:
                 # Continue after every version reserved or logged in this home (issue 4).
-                broker = Broker(broker_config(args, endpoints, reservation.first_version(home), home))
+                broker = Broker(broker_config(args, endpoints, reservation.first_version(home), home, curve))
             except zmq.ZMQError as e:
                 return fail(f"broker cannot bind: {e}")
+            except SecurityError as e:
+                return fail(str(e))
             with broker, stop_on_signals(broker.stop):
                 announce(
                     f"pryxbus broker ready publish={endpoints.publish} subscribe={endpoints.subscribe}"
-                    f" control={endpoints.control}"
+                    f" control={endpoints.control}{' curve=on' if curve else ''}"
                 )
                 broker.run()
             announce(f"pryxbus broker stopped at version {broker.version}")
