@@ -42,32 +42,6 @@ class Event:
         }
 
 
-def make_event(
-    event_type: str, payload: Any, version: int, ts: float, source: str, session_id: str | None, seq: int
-) -> Event:
-    """Build an Event without the frozen-dataclass ``__init__`` (one dict instead of seven
-    ``object.__setattr__`` calls: about half the cost on the receive hot path)."""
-    event = _new(Event)
-    _set(
-        event,
-        "__dict__",
-        {
-            "type": event_type,
-            "payload": payload,
-            "version": version,
-            "ts": ts,
-            "source": source,
-            "session_id": session_id,
-            "seq": seq,
-        },
-    )
-    return event
-
-
-_new = object.__new__
-_set = object.__setattr__
-
-
 @dataclass(frozen=True, slots=True)
 class Session:
     """A conversation session as the session service stores it (datetimes are UTC-aware)."""

@@ -16,7 +16,7 @@ import zmq
 from schemas.envelope import ENVELOPE_VERSION, STAMP, SYNC_PREFIX
 from schemas.topics import compile_matcher, zmq_prefixes
 from sdk.errors import BusClosed, BusError, BusTimeout, BusUnavailable, SlowSubscriberError
-from sdk.event import Event, make_event
+from sdk.event import Event
 
 if TYPE_CHECKING:
     from sdk.bus import Bus
@@ -29,6 +29,8 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
 _unpack_stamp = STAMP.unpack
 _unpackb = msgpack.unpackb
+_new_event = object.__new__
+_set_dict = object.__setattr__
 
 _SLICE_MS = 100  # how often a blocked receive looks whether the subscription was closed
 _DRAIN = 256  # messages decoded per turn of recv(): one lock and one deadline for all of them
@@ -86,7 +88,21 @@ class EventDecoder:
             self.malformed += 1
             return None
         self.received += 1
-        return make_event(event_type, payload, version, ts, source, session_id, seq)
+        event = _new_event(Event)  # one dict instead of seven frozen setattrs: ~half the cost
+        _set_dict(
+            event,
+            "__dict__",
+            {
+                "type": event_type,
+                "payload": payload,
+                "version": version,
+                "ts": ts,
+                "source": source,
+                "session_id": session_id,
+                "seq": seq,
+            },
+        )
+        return event
 
     def _gap(self, topic: bytes, last: int, seq: int) -> None:
         """A sequence that does not follow on: lost events, or a restarted broker.
