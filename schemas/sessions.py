@@ -29,6 +29,16 @@ MAX_LIST_LIMIT = 100
 """``list`` never returns more sessions than this per call; a larger ``limit`` is capped."""
 MAX_REQUEST_SIZE = 1 << 20
 """Largest request frame in bytes. ZeroMQ disconnects a peer that sends more (no reply possible)."""
+MAX_REQUEST_ITEMS = 4096
+"""Most elements in one msgpack array or map of a request (untrusted input stays bounded)."""
+REQUEST_UNPACK_LIMITS = {
+    "max_str_len": MAX_REQUEST_SIZE,
+    "max_bin_len": MAX_REQUEST_SIZE,
+    "max_array_len": MAX_REQUEST_ITEMS,
+    "max_map_len": MAX_REQUEST_ITEMS,
+}
+"""msgpack limits for decoding a request; the frame itself is checked against MAX_REQUEST_SIZE
+first (``unpackb`` takes the whole frame, so there is no separate buffer limit)."""
 
 WRITE_OPS = frozenset({"create", "ensure", "rename", "touch", "delete", "restore"})
 READ_OPS = frozenset({"get", "list", "ping", "stats"})
@@ -156,7 +166,7 @@ def parse_request(frame: bytes) -> dict[str, Any]:
     if len(frame) > MAX_REQUEST_SIZE:
         raise ProtocolError(TOO_LONG, f"request is {len(frame)} bytes; at most {MAX_REQUEST_SIZE}")
     try:
-        msg = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        msg = msgpack.unpackb(frame, raw=False, strict_map_key=False, **REQUEST_UNPACK_LIMITS)
     except Exception:
         raise ProtocolError(BAD_REQUEST, "request is not a single valid msgpack value") from None
     if not isinstance(msg, dict):

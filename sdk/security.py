@@ -74,7 +74,7 @@ def load_client(paths: KeyPaths) -> ClientKeys:
     return ClientKeys(public=public, secret=secret, server=server)
 
 
-def resolve_client_keys(curve: bool | KeyPaths | None, home: object) -> ClientKeys | None:
+def resolve_client_keys(curve: bool | KeyPaths | ClientKeys | None, home: object) -> ClientKeys | None:
     """What ``sdk.connect(home, curve=...)`` means.
 
     ``None`` (auto): CURVE if ``home`` is a home directory (or None, the default home) holding
@@ -86,6 +86,8 @@ def resolve_client_keys(curve: bool | KeyPaths | None, home: object) -> ClientKe
     """
     if curve is False:
         return None
+    if isinstance(curve, ClientKeys):
+        return curve
     if isinstance(curve, KeyPaths):
         return load_client(curve)
     if home is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
+from broker.security import Authenticator, ServerKeys, secure_server
 from broker.eventlog.query import LogQueries
 from broker.eventlog.store import EventStore, db_path
 from broker.eventlog.writer import DEFAULT_RCVHWM, LogWriter
@@ -24,6 +25,16 @@ from schemas.transport import configure_context
 log = logging.getLogger("pryxbus.eventlog")
 
 _NOBLOCK = int(zmq.NOBLOCK)
+
+MAX_REQUEST_SIZE = 64 * 1024 * 1024
+"""Largest log request in bytes (imports carry whole sessions); ZeroMQ disconnects a bigger one."""
+UNPACK_LIMITS = {
+    "max_str_len": MAX_REQUEST_SIZE,
+    "max_bin_len": MAX_REQUEST_SIZE,
+    "max_array_len": 4_000_000,
+    "max_map_len": 4_000_000,
+}
+"""msgpack limits for decoding a request (untrusted input): no container over a few million items."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,9 @@ class EventLogConfig:
     """Drop events older than this (by publisher timestamp, from the oldest version on)."""
     retain_interval: float = 1.0
     """How often retention runs."""
+    curve: ServerKeys | None = None
+    """CURVE keys (``--curve``): the log endpoint is a CURVE server behind a ZAP allow-list, and
+    the log subscribes to the broker with the home's client keypair."""
     rcvhwm: int = DEFAULT_RCVHWM
     synchronous: str = "NORMAL"
 
@@ -51,14 +65,20 @@ class EventLog:
         self._ctx = configure_context(zmq.Context())
         self.store: EventStore | None = None
         self.writer: LogWriter | None = None
+        self._auth: Authenticator | None = None
         try:
+            if config.curve is not None:  # before anything binds: fail closed
+                self._auth = Authenticator(self._ctx, config.curve)
             self.store = EventStore(db_path(config.home), synchronous=config.synchronous)
             self.writer = LogWriter(
-                self._ctx, self.store, config.endpoints.log_feed or config.endpoints.subscribe, rcvhwm=config.rcvhwm
+                self._ctx, self.store, config.endpoints.log_feed or config.endpoints.subscribe, rcvhwm=config.rcvhwm,
+                curve=config.curve.client if config.curve is not None else None,
             )
             self.router = self._ctx.socket(zmq.ROUTER)
             self.router.linger = 0
-            self.router.maxmsgsize = 64 * 1024 * 1024  # imports carry whole sessions
+            self.router.maxmsgsize = MAX_REQUEST_SIZE
+            if config.curve is not None:
+                secure_server(self.router, config.curve)
             self.router.bind(config.endpoints.log)
         except BaseException:
             self.close()
@@ -124,7 +144,7 @@ class EventLog:
                 continue
             head, request = frames[:-1], frames[-1]
             try:
-                msg = msgpack.unpackb(request, raw=False, strict_map_key=False)
+                msg = msgpack.unpackb(request, raw=False, strict_map_key=False, **UNPACK_LIMITS)
             except Exception:
                 self.queries.bad_requests += 1
                 reply = {"ok": False, "code": "bad_request", "message": "request is not valid msgpack"}
@@ -140,6 +160,8 @@ class EventLog:
             self.writer.close()
         if self.store is not None:
             self.store.close()
+        if self._auth is not None:
+            self._auth.close()
         self._ctx.destroy(linger=0)
         for path in self.config.endpoints.with_(
             publish="", subscribe="", control="", sessions="", log_feed=""

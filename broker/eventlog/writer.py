@@ -23,6 +23,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from broker.eventlog.store import EventStore, Row
 from schemas.envelope import CONTROL_PREFIX, STAMP, SYNC_PREFIX
+from sdk.security import ClientKeys, secure_client
 
 log = logging.getLogger("pryxbus.eventlog")
 
@@ -83,7 +84,15 @@ def _full_header(body: bytes) -> tuple[float, str, str | None]:
 class LogWriter:
     """Subscribes to everything at the broker and appends each drained batch to the store."""
 
-    def __init__(self, ctx: zmq.Context, store: EventStore, subscribe: str, *, rcvhwm: int = DEFAULT_RCVHWM) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        store: EventStore,
+        subscribe: str,
+        *,
+        rcvhwm: int = DEFAULT_RCVHWM,
+        curve: ClientKeys | None = None,
+    ) -> None:
         self.store = store
         self.last_version = store.last_version()
         self.written = 0
@@ -96,6 +105,8 @@ class LogWriter:
         self.sock = ctx.socket(zmq.SUB)
         self.sock.linger = 0
         self.sock.rcvhwm = rcvhwm
+        if curve is not None:  # a --curve broker lets in the home's client keypair
+            secure_client(self.sock, curve)
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.sock.connect(subscribe)
         self.sock.subscribe(b"")

@@ -34,8 +34,11 @@ class SessionEvents:
         maxsize: int = 10_000,
         timeout: float = 0.5,
         retry_interval: float = 1.0,
+        curve: Any = False,
     ) -> None:
         self.endpoints = endpoints
+        self.curve = curve
+        """``sdk.connect``'s curve option: False (plain) or the client keys of a --curve home."""
         self.name = name
         self.timeout = timeout
         self.retry_interval = retry_interval
@@ -88,6 +91,7 @@ class SessionEvents:
                 timeout=self.timeout,
                 publish_timeout=self.timeout,
                 max_event_size=DEFAULT_MAX_EVENT_SIZE,  # no round trip to the broker at connect
+                curve=self.curve,
             )
         return True
 
