@@ -19,6 +19,7 @@ from schemas.endpoints import Endpoints
 from schemas.transport import configure_context
 from sdk.errors import BusError
 from sdk.request import Requester
+from sdk.security import ClientKeys, secure_client_context
 
 PARTS = ("broker", "sessions", "log")
 
@@ -44,9 +45,10 @@ class Sample:
 class Sampler:
     """Asks a stack's parts for their counters. A context manager; thread-safe."""
 
-    def __init__(self, endpoints: Endpoints, *, timeout: float = 0.5) -> None:
+    def __init__(self, endpoints: Endpoints, *, timeout: float = 0.5, curve: ClientKeys | None = None) -> None:
         self.endpoints = endpoints
-        self._ctx = configure_context(zmq.Context())
+        # With curve (a --curve stack): every request socket is a CURVE client (sdk/security.py).
+        self._ctx = secure_client_context(configure_context(zmq.Context()), curve)
         where = {"broker": endpoints.control, "sessions": endpoints.sessions, "log": endpoints.log}
         self._clients = {
             part: Requester(self._ctx, endpoint, timeout=timeout, retries=0, what=part)

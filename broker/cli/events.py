@@ -13,6 +13,7 @@ import sdk
 from broker.cli.common import add_home, add_target, fail, print_json, target
 from schemas.topics import InvalidType, check_type
 from sdk.bus import resolve_endpoints
+from sdk.security import resolve_client_keys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -93,7 +94,8 @@ def open_bus(args: argparse.Namespace, *, name: str, timeout: float, **options: 
                 f" start one with `pryxbus up --home {path.parent}`"
             )
     try:
-        bus = sdk.connect(endpoints, name=name, timeout=timeout, **options)
+        curve = resolve_client_keys(None, target(args)) or False  # a home holding keys: CURVE
+        bus = sdk.connect(endpoints, name=name, timeout=timeout, curve=curve, **options)
     except sdk.BusUnavailable as e:
         raise CliError(f"{e}; is the stack running?") from None
     with bus:

@@ -10,6 +10,8 @@ from typing import Any
 from broker.cli.common import add_target, fail, target
 from broker.monitor import Sample, Sampler, figures
 from schemas.endpoints import Endpoints
+from sdk.errors import BusError
+from sdk.security import resolve_client_keys
 
 CLEAR = "\x1b[H\x1b[2J"
 TOP_TOPICS = 20
@@ -38,7 +40,11 @@ def run_top(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         return fail("--interval must be above 0")
     per_part = min(args.timeout, max(args.interval / 3, 0.2))
-    with Sampler(endpoints, timeout=per_part) as sampler:
+    try:
+        curve = resolve_client_keys(None, target(args))  # a home with keys: CURVE
+    except BusError as e:
+        return fail(str(e))
+    with Sampler(endpoints, timeout=per_part, curve=curve) as sampler:
         if args.once:
             sys.stdout.write(render(figures(sampler.sample()), endpoints))
             sys.stdout.flush()
