@@ -23,7 +23,7 @@ from broker.reservation import Reservation
 from broker.security import Authenticator, ServerKeys, secure_server
 from schemas.endpoints import Endpoints
 from schemas.transport import configure_context
-from schemas.envelope import BODY_MARK, DEFAULT_MAX_EVENT_SIZE, STAMP, SYNC_PREFIX
+from schemas.envelope import BODY_MARK, DEFAULT_MAX_EVENT_SIZE, STAMP, SYNC_PREFIX, encode_body
 from schemas.topics import MAX_TYPE_LENGTH, is_valid_type
 
 log = logging.getLogger("pryxbus.broker")
@@ -67,6 +67,8 @@ class BrokerConfig:
     """Queue of the event log's connection (on ``endpoints.log_feed``): bursts wait, never drop."""
     home: Path | None = None
     """Where the reserved-version mark lives (broker/reservation.py); None keeps no mark."""
+    lifecycle_events: bool = False
+    """Publish ``bus:started`` and ``bus:{publisher,subscriber}_{connected,disconnected}`` (opt-in)."""
     curve: ServerKeys | None = None
     """CURVE keys (``--curve``): every bound socket is a CURVE server behind a ZAP allow-list."""
 
@@ -85,6 +87,7 @@ class Broker:
         self.subscribers = 0
         self._peers_in: set[int] = set()
         self._peers_out: set[int] = set()
+        self.lifecycle_events = 0
         self.started = time.time()
         self._running = False
         self._reservation = Reservation(config.home) if config.home is not None else None
@@ -185,6 +188,7 @@ class Broker:
     def run(self, poll_interval: float = 0.1) -> None:
         """Forward and stamp until ``stop()``."""
         self._running = True
+        self._emit("bus:started", {"pid": os.getpid(), "first_version": self.config.first_version})
         poller = zmq.Poller()
         for sock in (self.xsub, self.xpub, self.control, self.in_monitor, self.out_monitor):
             poller.register(sock, zmq.POLLIN)
@@ -310,14 +314,52 @@ class Broker:
             except zmq.Again:
                 break
             kind = event["event"]
+            change = ""
             if kind == zmq.EVENT_ACCEPTED:
                 peers.add(event["value"])
+                change = "connected"
             elif kind == zmq.EVENT_DISCONNECTED:
+                if event["value"] in peers:
+                    change = "disconnected"
                 peers.discard(event["value"])
             elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED and inbound:
                 self.xsub.send(SUBSCRIBE_ALL)
+            if change and self.config.lifecycle_events:
+                self.publishers = len(self._peers_in)
+                self.subscribers = len(self._peers_out)
+                self._lifecycle(change, event, inbound)
         self.publishers = len(self._peers_in)
         self.subscribers = len(self._peers_out)
+
+    def _lifecycle(self, change: str, event: dict[str, Any], inbound: bool) -> None:
+        """Publish ``bus:{publisher,subscriber}_{connected,disconnected}`` for one connection (by
+        accepted connection: libzmq's handshake events do not say which connection they are for)."""
+        endpoint = event.get("endpoint", b"")
+        self._emit(
+            f"bus:{'publisher' if inbound else 'subscriber'}_{change}",
+            {
+                "connection": event["value"],
+                "endpoint": endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else str(endpoint),
+                "publishers": self.publishers,
+                "subscribers": self.subscribers,
+            },
+        )
+
+    def _emit(self, event_type: str, payload: dict[str, Any]) -> None:
+        """Publish an event of the broker's own, stamped in the same version and topic sequences as
+        every forwarded event (only with ``lifecycle_events``; never on the hot loop)."""
+        if not self.config.lifecycle_events:
+            return
+        if self.version + 1 > self._reserved and self._reservation is not None:
+            self._reserved = self._reservation.reserve(self.version + BATCH)
+        topic = event_type.encode()
+        seq = self.topic_seq.get(topic, 0) + 1
+        self.topic_seq[topic] = seq
+        self.version += 1
+        self.lifecycle_events += 1
+        _send(self.xpub, topic, _SNDMORE)
+        _send(self.xpub, STAMP.pack(self.version, seq), _SNDMORE)
+        _send(self.xpub, encode_body(payload, source="broker", session_id=None), 0)
 
     # -- control -----------------------------------------------------------------------------
 
@@ -371,6 +413,7 @@ class Broker:
             "malformed": self.malformed,
             "rejected": self.rejected,
             "syncs": self.syncs,
+            "lifecycle_events": self.lifecycle_events,
             "publishers": self.publishers,
             "subscribers": self.subscribers,
             "config": {

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broker.logs import json_line
 from schemas.endpoints import Endpoints
 
 log = logging.getLogger("pryxbus.up")
@@ -80,9 +81,14 @@ class Supervisor:
         tcp: str | None = None,
         children: tuple[ChildSpec, ...] = CHILDREN,
         stop_timeout: float = 10.0,
+        child_args: dict[str, tuple[str, ...]] | None = None,
+        log_format: str = "human",
     ) -> None:
         self.home = home
         self.tcp = tcp
+        self.child_args = child_args or {}
+        """Extra command-line arguments per child name (``{"broker": ("--lifecycle-events",)}``)."""
+        self.log_format = log_format
         self.endpoints = Endpoints.parse_tcp(tcp) if tcp else Endpoints.ipc(home)
         self.stop_timeout = stop_timeout
         self.children = [Child(spec, self._argv(spec)) for spec in children]
@@ -92,7 +98,7 @@ class Supervisor:
         argv = [sys.executable, "-m", "broker", spec.command, "--home", str(self.home)]
         if self.tcp and spec.takes_tcp:
             argv += ["--tcp", self.tcp]
-        return argv + list(spec.extra)
+        return argv + list(spec.extra) + list(self.child_args.get(spec.name, ()))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -124,7 +130,12 @@ class Supervisor:
                 log.info("%s is up (pid %d)", child.spec.name, proc.pid)
                 child.ready.set()
                 continue
-            sys.stderr.write(f"[{child.spec.name}] {line}")
+            if self.log_format != "json":
+                sys.stderr.write(f"[{child.spec.name}] {line}")
+            elif line.startswith("{"):
+                sys.stderr.write(line)  # the child's own JSON log line
+            else:
+                sys.stderr.write(json_line(line.rstrip("\n"), logger=f"pryxbus.{child.spec.name}") + "\n")
             sys.stderr.flush()
 
     def _check(self, child: Child) -> None:

@@ -32,6 +32,13 @@ _SESSION_FIELDS: dict[str, type | tuple[type, ...]] = {
     "updated_at": str,
 }
 
+_PEER_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "connection": int,
+    "endpoint": str,
+    "publishers": int,
+    "subscribers": int,
+}
+
 CATALOGUE: dict[str, EventSpec] = {
     spec.type: spec
     for spec in [
@@ -85,6 +92,21 @@ CATALOGUE: dict[str, EventSpec] = {
             "session:deleted",
             "The session service deleted a session (payload: the session as it was).",
             required=_SESSION_FIELDS,
+        ),
+        EventSpec(
+            "bus:started",
+            "The broker started (only with ``--lifecycle-events``); usually before anyone subscribed.",
+            required={"pid": int, "first_version": int},
+        ),
+        *(
+            EventSpec(
+                f"bus:{role}_{change}",
+                f"The broker {'accepted' if change == 'connected' else 'lost'} a {role}'s connection"
+                " (only with ``--lifecycle-events``); the counts are after the change.",
+                required=_PEER_FIELDS,
+            )
+            for role in ("publisher", "subscriber")
+            for change in ("connected", "disconnected")
         ),
     ]
 }

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from datetime import datetime
 
 import zmq
 
 from broker.cli.common import add_home, add_target, add_tcp, fail, print_json, target
 from broker.eventlog.service import EventLog, EventLogConfig
+from broker.logs import add_log_format
+from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
 from schemas.endpoints import Endpoints, default_home, ensure_home
 
@@ -24,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_home(p)
     add_tcp(p)
+    add_log_format(p)
     p.add_argument("--retain-events", type=int, default=None, metavar="N", help="keep at most the newest N events")
     p.add_argument(
         "--retain-seconds", type=float, default=None, metavar="S", help="drop events older than S seconds"
@@ -67,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_event_log(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(args.log_format)
     home = ensure_home(args.home or default_home())
     if args.tcp:
         try:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 import zmq
 
 from broker import reservation
 from broker.broker import Broker, BrokerConfig
+from broker.logs import add_log_format
+from broker.logs import configure as configure_logging
 from broker.cli.common import add_home, add_tcp, fail, server_endpoints, server_keys
 from broker.security import SecurityError
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
@@ -24,7 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_home(p)
     add_tcp(p)
+    add_log_format(p)
     add_broker_options(p)
+    p.add_argument(
+        "--lifecycle-events",
+        action="store_true",
+        help="publish bus:started and bus:{publisher,subscriber}_{connected,disconnected} events",
+    )
     p.set_defaults(func=run_broker)
 
 
@@ -66,12 +73,13 @@ def broker_config(
         in_hwm=args.in_hwm,
         max_event_size=args.max_event_size,
         log_hwm=args.log_hwm,
+        lifecycle_events=getattr(args, "lifecycle_events", False),
         first_version=first_version,
     )
 
 
 def run_broker(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(args.log_format)
     home, endpoints = server_endpoints(args)
     curve = server_keys(args, home)
     try:

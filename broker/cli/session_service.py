@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 import zmq
 
 from broker.cli.common import add_home, add_tcp, fail, server_endpoints
+from broker.logs import add_log_format
+from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
 
 DB_FILE = "sessions.db"
@@ -24,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_home(p)
     add_tcp(p)
+    add_log_format(p)
     p.add_argument("--db", type=Path, default=None, help=f"the SQLite file (default: HOME/{DB_FILE})")
     p.add_argument("--no-events", action="store_true", help="do not publish session:* events")
     p.set_defaults(func=run_session_service)
@@ -33,7 +35,7 @@ def run_session_service(args: argparse.Namespace) -> int:
     from broker.sessions import ServiceConfig, SessionService
     from broker.sessions.store import SchemaTooNew
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(args.log_format)
     home, endpoints = server_endpoints(args)
     db_path = args.db or home / DB_FILE
     config = ServiceConfig(endpoints=endpoints, db_path=db_path, publish_events=not args.no_events)

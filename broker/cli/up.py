@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from broker.cli.common import add_home, add_tcp, fail, server_endpoints
+from broker.logs import add_log_format
+from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
 from broker.supervisor import CHILDREN, Supervisor
+from schemas.endpoints import Endpoints
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,17 +25,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_home(p)
     add_tcp(p)
+    add_log_format(p)
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve Prometheus metrics (the figures of `pryxbus top`) at http://HOST:PORT/metrics;"
+        " needs the 'metrics' extra (prometheus-client)",
+    )
+    p.add_argument(
+        "--lifecycle-events",
+        action="store_true",
+        help="the broker publishes bus:started and bus:{publisher,subscriber}_{connected,disconnected}",
+    )
     p.set_defaults(func=run_up)
 
 
 def run_up(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(args.log_format)
     home, endpoints = server_endpoints(args)
+    stop_metrics = None
+    if args.metrics:
+        from broker.metrics import MetricsUnavailable, serve
+
+        try:
+            stop_metrics = serve(args.metrics, endpoints)
+        except MetricsUnavailable as e:
+            return fail(str(e))
+        except (ValueError, OSError) as e:
+            return fail(f"--metrics {args.metrics}: {e}")
+        logging.getLogger("pryxbus.up").info("metrics at http://%s/metrics", args.metrics)
+    try:
+        return _run_up(args, home, endpoints)
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
+
+
+def _run_up(args: argparse.Namespace, home: Path, endpoints: Endpoints) -> int:
     try:
         with home_lock(home, "up"):
             if args.tcp:
                 endpoints.write(home)  # clients given only the home find the tcp ports here
-            supervisor = Supervisor(home, tcp=args.tcp)
+            child_args = {spec.name: ("--log-format", args.log_format) for spec in CHILDREN}
+            if args.lifecycle_events:
+                child_args["broker"] += ("--lifecycle-events",)
+            supervisor = Supervisor(home, tcp=args.tcp, child_args=child_args, log_format=args.log_format)
 
             def ready() -> None:
                 announce(

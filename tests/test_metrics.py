@@ -1,0 +1,100 @@
+"""pryxbus up --metrics: the Prometheus endpoint exposes the figures of pryxbus top, exactly."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import sdk
+from tests.conftest import REPO
+from tests.helpers import wait_for
+
+pytest.importorskip("prometheus_client", reason="prometheus-client (the 'metrics' extra) is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(address: str) -> dict[str, float]:
+    """``/metrics`` as {'name{labels}': value}, comments left out."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5.0) as reply:
+        text = reply.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_count_events_peers_log_and_sessions_exactly(home: Path, start) -> None:
+    address = f"127.0.0.1:{_free_port()}"
+    start("up", "--metrics", address)
+    with sdk.connect(home, name="metrics-test") as bus:
+        for i in range(7):
+            bus.publish("app:tick", {"i": i})
+        bus.publish("app:tock", {})
+        bus.sessions.create("s")  # one more event: session:created
+        with pytest.raises(sdk.SessionNotFound):
+            bus.sessions.get("nope")
+        wait_for(bus.log_stats, lambda s: s["last"] == 9, what="the event log at version 9")
+        m = scrape(address)
+    assert {k: v for k, v in m.items() if k.startswith("pryxbus_up")} == {
+        'pryxbus_up{part="broker"}': 1.0,
+        'pryxbus_up{part="sessions"}': 1.0,
+        'pryxbus_up{part="log"}': 1.0,
+    }
+    assert m["pryxbus_version"] == 9
+    assert m["pryxbus_events_total"] == 9
+    assert m['pryxbus_topic_events_total{topic="app:tick"}'] == 7
+    assert m['pryxbus_topic_events_total{topic="app:tock"}'] == 1
+    assert m['pryxbus_topic_events_total{topic="session:created"}'] == 1
+    assert m["pryxbus_publishers"] == 2  # our bus and the session service
+    assert m["pryxbus_subscribers"] == 1  # the event log
+    assert m["pryxbus_malformed_total"] == 0 and m["pryxbus_rejected_total"] == 0
+    assert m["pryxbus_eventlog_events"] == 9 and m["pryxbus_eventlog_last_version"] == 9
+    assert m["pryxbus_eventlog_lag"] == 0
+    assert m["pryxbus_eventlog_lost_total"] == 0 and m["pryxbus_eventlog_gaps_total"] == 0
+    assert m["pryxbus_sessions"] == 1
+    assert m['pryxbus_session_requests_total{op="create"}'] == 1
+    assert m['pryxbus_session_requests_total{op="get"}'] == 1
+    assert m['pryxbus_session_errors_total{code="not_found"}'] == 1
+    assert {k for k in m if k.startswith("pryxbus_stats_latency_seconds")} == {
+        'pryxbus_stats_latency_seconds{part="broker"}',
+        'pryxbus_stats_latency_seconds{part="sessions"}',
+        'pryxbus_stats_latency_seconds{part="log"}',
+    }
+
+
+def test_metrics_without_prometheus_client_is_a_clear_error(home: Path) -> None:
+    code = (
+        "import sys; sys.modules['prometheus_client'] = None\n"  # as if it were not installed
+        "from broker.cli import main\n"
+        f"sys.exit(main(['up', '--metrics', '127.0.0.1:{_free_port()}', '--home', {str(home)!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=REPO
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "pryxbus: --metrics needs prometheus-client: pip install 'pryxbus[metrics]'"
+    assert not (home / "up.lock").exists()  # refused before anything started
+
+
+def test_bad_metrics_address_is_refused(home: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "up", "--metrics", "nowhere", "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "pryxbus: --metrics nowhere: expected HOST:PORT, got 'nowhere'"
