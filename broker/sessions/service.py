@@ -1,9 +1,11 @@
 """The session service loop: a ROUTER socket in front of a SessionStore, with group commit.
 
-Each turn drains every request waiting on the socket (up to BATCH), runs them in order inside one
-``BEGIN IMMEDIATE`` transaction when any of them writes, commits once (one fsync for the whole
-batch), and only then sends the replies and queues the ``session:*`` events. So a reply always
-means "committed", and concurrent writers share fsyncs instead of queueing for one each.
+Reads (``get``, ``list``, ``ping``, ``stats``) are answered the moment they arrive, from committed
+state, with no transaction machinery. Writes are grouped: a turn that receives a write drains every
+request waiting on the socket (up to BATCH), runs the writes in order inside one ``BEGIN IMMEDIATE``
+transaction, commits once (one fsync for the whole batch), and only then sends their replies and
+queues the ``session:*`` events. So a write's reply always means "committed", and concurrent
+writers share fsyncs instead of queueing for one each.
 
 Every request gets a reply, garbage included (``{ok: false, code, message}``, see
 ``schemas/sessions.py``); every bad request is counted. Write requests may carry a request id
@@ -26,6 +28,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from broker.security import Authenticator, ServerKeys, secure_server
 from broker.sessions.events import SessionEvents
 from broker.sessions.store import SCHEMA_VERSION, SessionStore, Written
 from schemas.endpoints import Endpoints
@@ -54,6 +57,7 @@ _SNDMORE = int(zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
+_zsend = zmq.backend.Socket.send  # the compiled send, without pyzmq's Python wrapper
 
 BATCH = 256
 """Requests drained per turn (and so at most per transaction)."""
@@ -68,6 +72,9 @@ class ServiceConfig:
     publish_events: bool = True
     busy_timeout: float = 5.0
     """Seconds a write waits for a lock held by another process before answering ``busy``."""
+    curve: ServerKeys | None = None
+    """CURVE keys (``--curve``): the socket is a CURVE server behind a ZAP allow-list, and the
+    session events go to the broker with the home's client keypair."""
 
 
 class _Request:
@@ -109,17 +116,25 @@ class SessionService:
         self.store = SessionStore(config.db_path, busy_timeout=config.busy_timeout)
         self.events: SessionEvents | None = None
         self._ctx = configure_context(zmq.Context())
+        self._auth: Authenticator | None = None
         try:
+            if config.curve is not None:  # before the bind: fail closed
+                self._auth = Authenticator(self._ctx, config.curve)
             self.sock = self._ctx.socket(zmq.ROUTER)
             self.sock.linger = 0
             self.sock.maxmsgsize = MAX_REQUEST_SIZE
+            if config.curve is not None:
+                secure_server(self.sock, config.curve)
             self.sock.bind(config.endpoints.sessions)
         except BaseException:
+            if self._auth is not None:
+                self._auth.close()
             self._ctx.destroy(linger=0)
             self.store.close()
             raise
         if config.publish_events:
-            self.events = SessionEvents(config.endpoints)
+            client = config.curve.client if config.curve is not None else False
+            self.events = SessionEvents(config.endpoints, curve=client)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -137,6 +152,8 @@ class SessionService:
         """Close the socket, publish queued events, close the store; idempotent."""
         if self._ctx.closed:
             return
+        if self._auth is not None:
+            self._auth.close()
         self._ctx.destroy(linger=0)
         endpoint = self.config.endpoints.sessions
         if endpoint.startswith("ipc://"):
@@ -163,11 +180,18 @@ class SessionService:
                 self._handle(batch)
 
     def _drain(self, first: bytes) -> list[_Request]:
-        """This request and every other one waiting (at most BATCH), garbage answered in place."""
-        recv, getsockopt = self.sock.recv, self.sock.getsockopt
+        """The writes among this request and the others waiting (at most BATCH).
+
+        Reads and garbage are answered in place. Draining goes on only while a write waits for its
+        commit (to group more writes into it); a lone read goes straight back to the blocking recv.
+        """
+        sock = self.sock
+        recv, getsockopt = sock.recv, sock.getsockopt
         batch: list[_Request] = []
-        frames = [first]
+        identity = first
         for _ in range(BATCH):
+            # A ROUTER always puts the peer's identity first, so more frames follow it.
+            frames = [identity, recv(_NOBLOCK)]
             while getsockopt(_RCVMORE):
                 frames.append(recv(_NOBLOCK))
             # REQ sends [empty delimiter, request]; the ROUTER put the peer's identity in front.
@@ -179,16 +203,34 @@ class SessionService:
                 self._send(head, self._error(BAD_REQUEST, f"expected one request frame, got {len(body)}"))
             else:
                 try:
-                    batch.append(_Request(head, parse_request(body[0]), None))
+                    msg = parse_request(body[0])
                 except ProtocolError as e:
                     self._send(head, self._error(e.code, e.message))
+                else:
+                    if msg["op"] in WRITE_OPS:
+                        batch.append(_Request(head, msg, None))
+                    else:
+                        self._send(head, self._read(msg))
+            if not batch:
+                break  # nothing waits for a commit: the next request comes through the blocking recv
             if not getsockopt(_EVENTS) & _POLLIN:  # cheaper than a recv that raises Again
                 break
             try:
-                frames = [recv(_NOBLOCK)]
+                identity = recv(_NOBLOCK)
             except zmq.Again:
                 break
         return batch
+
+    def _read(self, msg: dict[str, Any]) -> bytes:
+        """The reply to a read, from committed state (no transaction, nothing remembered)."""
+        op = msg["op"]
+        self.counts[op] += 1
+        try:
+            return self._pack({"ok": True, "result": self._handlers[op](msg)})
+        except ProtocolError as e:
+            return self._error(e.code, e.message)
+        except Exception as e:
+            return self._failure(e)
 
     def _handle(self, batch: list[_Request]) -> None:
         """Run a batch; if it writes, in one transaction; reply only after the commit."""
@@ -258,11 +300,11 @@ class SessionService:
             self._replies.popitem(last=False)
 
     def _send(self, head: list[bytes], reply: bytes) -> None:
-        send = self.sock.send
+        sock = self.sock
         try:
             for frame in head:
-                send(frame, _SNDMORE)
-            send(reply)
+                _zsend(sock, frame, _SNDMORE)
+            _zsend(sock, reply)
         except zmq.ZMQError:
             self.counts["unsendable"] += 1  # the peer is gone; its retry gets the remembered reply
 
