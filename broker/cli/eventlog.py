@@ -7,11 +7,12 @@ from datetime import datetime
 
 import zmq
 
-from broker.cli.common import add_home, add_target, add_tcp, fail, print_json, target
+from broker.cli.common import add_home, add_target, add_tcp, fail, print_json, server_keys, target
 from broker.eventlog.service import EventLog, EventLogConfig
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
+from broker.security import SecurityError
 from schemas.endpoints import Endpoints, default_home, ensure_home
 
 
@@ -88,6 +89,7 @@ def run_event_log(args: argparse.Namespace) -> int:
         retain_interval=args.retain_interval,
         rcvhwm=args.rcvhwm,
         synchronous=args.synchronous,
+        curve=server_keys(args, home),
     )
     try:
         with home_lock(home, "event-log"):
@@ -95,12 +97,17 @@ def run_event_log(args: argparse.Namespace) -> int:
                 service = EventLog(config)
             except zmq.ZMQError as e:
                 return fail(f"event log cannot bind {endpoints.log}: {e}")
+            except SecurityError as e:
+                return fail(str(e))
             with service, stop_on_signals(service.stop):
                 try:
                     service.await_broker(args.wait)
                 except TimeoutError as e:
                     return fail(str(e))
-                announce(f"pryxbus event-log ready log={endpoints.log} db={config.home / 'events.db'}")
+                announce(
+                    f"pryxbus event-log ready log={endpoints.log} db={config.home / 'events.db'}"
+                    f"{' curve=on' if config.curve else ''}"
+                )
                 service.run()
                 announce(f"pryxbus event-log stopped at version {service.writer.last_version}")
     except AlreadyRunning as e:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import zmq
 
-from broker.cli.common import add_home, add_tcp, fail, server_endpoints
+from broker.cli.common import add_home, add_tcp, fail, server_endpoints, server_keys
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
@@ -33,22 +33,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_session_service(args: argparse.Namespace) -> int:
     from broker.sessions import ServiceConfig, SessionService
+    from broker.security import SecurityError
     from broker.sessions.store import SchemaTooNew
 
     configure_logging(args.log_format)
     home, endpoints = server_endpoints(args)
     db_path = args.db or home / DB_FILE
-    config = ServiceConfig(endpoints=endpoints, db_path=db_path, publish_events=not args.no_events)
+    curve = server_keys(args, home)
+    config = ServiceConfig(
+        endpoints=endpoints, db_path=db_path, publish_events=not args.no_events, curve=curve
+    )
     try:
         with home_lock(home, "sessions"):
             try:
                 service = SessionService(config)
             except zmq.ZMQError as e:
                 return fail(f"session service cannot bind {endpoints.sessions}: {e}")
-            except SchemaTooNew as e:
+            except (SchemaTooNew, SecurityError) as e:
                 return fail(str(e))
             with service, stop_on_signals(service.stop):
-                announce(f"pryxbus session-service ready sessions={endpoints.sessions} db={db_path}")
+                announce(
+                    f"pryxbus session-service ready sessions={endpoints.sessions} db={db_path}"
+                    f"{' curve=on' if curve else ''}"
+                )
                 service.run()
             announce("pryxbus session-service stopped")
     except AlreadyRunning as e:

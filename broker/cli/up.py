@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from broker.cli.common import add_home, add_tcp, fail, server_endpoints
+from broker.cli.common import add_home, add_tcp, fail, server_endpoints, server_keys
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_up(args: argparse.Namespace) -> int:
     configure_logging(args.log_format)
     home, endpoints = server_endpoints(args)
+    server_keys(args, home)  # --curve: refuse to start now rather than restart children that refuse
     stop_metrics = None
     if args.metrics:
         from broker.metrics import MetricsUnavailable, serve
@@ -70,6 +71,8 @@ def _run_up(args: argparse.Namespace, home: Path, endpoints: Endpoints) -> int:
             child_args = {spec.name: ("--log-format", args.log_format) for spec in CHILDREN}
             if args.lifecycle_events:
                 child_args["broker"] += ("--lifecycle-events",)
+            if args.curve:
+                child_args = {name: (*extra, "--curve") for name, extra in child_args.items()}
             supervisor = Supervisor(home, tcp=args.tcp, child_args=child_args, log_format=args.log_format)
 
             def ready() -> None:
