@@ -49,6 +49,15 @@ BATCH = 4096
 """Events drained per poll before the broker looks at its other sockets."""
 
 SUBSCRIBE_ALL = b"\x01"
+CONTROL_MAX_SIZE = 65536
+"""Largest control request in bytes (MAXMSGSIZE of the control socket)."""
+CONTROL_UNPACK_LIMITS = {
+    "max_str_len": CONTROL_MAX_SIZE,
+    "max_bin_len": CONTROL_MAX_SIZE,
+    "max_array_len": 1024,
+    "max_map_len": 1024,
+}
+"""msgpack limits for decoding a control request (untrusted input stays bounded)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +151,7 @@ class Broker:
         self.control.linger = 0
         if cfg.curve is not None:
             secure_server(self.control, cfg.curve)
-        self.control.maxmsgsize = 65536
+        self.control.maxmsgsize = CONTROL_MAX_SIZE
         self.control.bind(ep.control)
 
         # Trap §4.1: a bound XSUB does not replay its subscription to publishers that connect
@@ -378,7 +387,7 @@ class Broker:
 
     def _dispatch(self, request: bytes) -> dict[str, Any]:
         try:
-            msg = msgpack.unpackb(request, raw=False)
+            msg = msgpack.unpackb(request, raw=False, **CONTROL_UNPACK_LIMITS)
         except Exception:
             return {"ok": False, "code": "bad_request", "message": "request is not valid msgpack"}
         if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
