@@ -4,7 +4,8 @@ With ``--curve`` every socket a server binds is a CURVE server, and a ZAP handle
 (``zmq.auth.thread.ThreadAuthenticator``) lets in only the clients whose public key is in
 ``HOME/keys/clients/``. CURVE without a ZAP handler authenticates nobody (DESIGN.md §4.6), so the
 server fails closed: it refuses to start without the allow-list or if the authenticator does not
-run, and a watchdog ends the process should the authenticator ever stop while serving.
+run; its sockets carry a ZAP domain with ``ZAP_ENFORCE_DOMAIN``, so libzmq refuses every client
+while no handler answers; and a watchdog ends the process should the authenticator ever stop.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from sdk.security import (
 
 log = logging.getLogger("pryxbus.security")
 
+ZAP_DOMAIN = "pryxbus"
+"""The ZAP domain of every CURVE server socket; the allow-list is configured for it."""
 WATCHDOG_INTERVAL = 0.2
 """Seconds between two looks at whether the authenticator thread still runs."""
 
@@ -141,9 +144,14 @@ class ServerKeys:
 def secure_server(sock: zmq.Socket, keys: ServerKeys) -> None:
     """Make one socket a CURVE server (before it binds); its clients are checked by ZAP.
 
-    No ZAP domain is set: libzmq asks the handler about every CURVE client anyway, and the
-    handler files an empty domain under ``*``, where the allow-list is configured.
+    The socket has a ZAP domain and ``ZAP_ENFORCE_DOMAIN``, so libzmq itself refuses every
+    client while no ZAP handler answers (without them, CURVE with no handler lets anyone in).
     """
+    sock.zap_domain = ZAP_DOMAIN.encode()
+    try:
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+    except (AttributeError, zmq.ZMQError):  # an older libzmq: the watchdog still fails closed
+        log.warning("this libzmq has no ZAP_ENFORCE_DOMAIN; relying on the authenticator watchdog")
     sock.curve_secretkey = keys.secret
     sock.curve_publickey = keys.public
     sock.curve_server = True
@@ -162,8 +170,8 @@ class Authenticator:
         try:
             self._auth.start()
             # pyzmq only logs a directory it cannot read; the check in ServerKeys.load ran first.
-            self._auth.configure_curve(domain="*", location=str(keys.allow))
-            listed = len(self._auth.certs.get("*", {}))
+            self._auth.configure_curve(domain=ZAP_DOMAIN, location=str(keys.allow))
+            listed = len(self._auth.certs.get(ZAP_DOMAIN, {}))
         except Exception as e:
             self._auth.stop()
             raise SecurityError(f"--curve: the authenticator did not start: {e}") from None

@@ -175,3 +175,26 @@ def test_an_empty_allow_list_lets_nobody_in(home: Path, start) -> None:
     start("broker", "--curve")
     with pytest.raises(sdk.BusUnavailable):
         sdk.connect(home, timeout=REFUSED_TIMEOUT).close()
+
+
+def test_a_curve_socket_without_an_authenticator_refuses_even_a_listed_key(home: Path) -> None:
+    """Fail closed at the libzmq level (DESIGN.md §4.6): no ZAP handler in the context, nobody in."""
+    from broker.security import ServerKeys, secure_server
+    from sdk.security import load_client, secure_client
+
+    generate(home)
+    keys = ServerKeys.load(home)
+    ctx = zmq.Context()
+    try:
+        server = ctx.socket(zmq.REP)
+        server.linger = 0
+        secure_server(server, keys)
+        port = server.bind_to_random_port("tcp://127.0.0.1")
+        client = ctx.socket(zmq.REQ)
+        client.linger = 0
+        secure_client(client, load_client(KeyPaths.for_home(home)))
+        client.connect(f"tcp://127.0.0.1:{port}")
+        client.send(b"let me in")
+        assert server.poll(1000) == 0  # the handshake never completes: nothing arrives
+    finally:
+        ctx.destroy(linger=0)
