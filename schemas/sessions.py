@@ -153,6 +153,8 @@ def format_ts(when: datetime) -> str:
 def parse_ts(text: str) -> datetime:
     """A stored timestamp as a UTC-aware datetime (a naive one, as old databases hold, is UTC)."""
     when = datetime.fromisoformat(text)
+    if when.tzinfo is timezone.utc:  # the stored form: "+00:00" parses to the utc singleton
+        return when
     if when.tzinfo is None:
         return when.replace(tzinfo=timezone.utc)
     return when.astimezone(timezone.utc)

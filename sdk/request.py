@@ -15,6 +15,9 @@ import zmq
 
 from sdk.errors import BusClosed, BusUnavailable, RemoteError, SessionConflict, SessionError, SessionNotFound
 
+_send = zmq.backend.Socket.send  # the compiled send, without pyzmq's Python wrapper
+_unpack = msgpack.unpackb
+
 _ERRORS: dict[str, type[SessionError] | type[RemoteError]] = {
     "not_found": SessionNotFound,
     "conflict": SessionConflict,
@@ -44,6 +47,7 @@ class Requester:
         self._sock: zmq.Socket | None = None
         self._rcvtimeo = -1
         self._closed = False
+        self._pack = msgpack.Packer(use_bin_type=True).pack  # not thread-safe: used under the lock
 
     def _open(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.REQ)
@@ -66,20 +70,21 @@ class Requester:
             BusUnavailable: no reply after every retry.
             SessionNotFound, SessionConflict, SessionError, RemoteError: the server said no.
         """
-        payload = msgpack.packb(request, use_bin_type=True)
         timeout_ms = int((self.timeout if timeout is None else timeout) * 1000)
         attempts = 1 + (self.retries if retries is None else retries)
         with self._lock:
             if self._closed:
                 raise BusClosed(f"{self.what} client is closed")
+            payload = self._pack(request)
             for _ in range(attempts):
-                if self._sock is None:
-                    self._sock = self._open()
+                sock = self._sock
+                if sock is None:
+                    sock = self._sock = self._open()
                 try:
                     if self._rcvtimeo != timeout_ms:
-                        self._sock.rcvtimeo = self._rcvtimeo = timeout_ms
-                    self._sock.send(payload)
-                    reply = self._sock.recv()  # Again after rcvtimeo: cheaper than a poll per call
+                        sock.rcvtimeo = self._rcvtimeo = timeout_ms
+                    _send(sock, payload)
+                    reply = sock.recv()  # Again after rcvtimeo: cheaper than a poll per call
                     break
                 except zmq.ZMQError:
                     pass
@@ -100,7 +105,7 @@ class Requester:
 
 def _result(reply: bytes, what: str) -> Any:
     try:
-        msg = msgpack.unpackb(reply, raw=False, strict_map_key=False)
+        msg = _unpack(reply, raw=False, strict_map_key=False)
     except Exception as e:
         raise RemoteError(f"{what} sent a reply that is not msgpack", "bad_reply") from e
     if not isinstance(msg, dict) or "ok" not in msg:

@@ -248,7 +248,15 @@ class SessionClient:
             SessionNotFound: no session has this id.
             BusUnavailable: the session service did not answer.
         """
-        return self._do(SessionCalls.get(id))
+        try:  # SessionCalls.get, inlined: the hottest call
+            request = {"op": "get", "id": check_id(id)}
+        except ProtocolError as e:
+            raise refused(e) from None
+        try:
+            result = self._requester.call(request)
+        except RemoteError as e:
+            raise translated(e) from None
+        return to_session(result)
 
     def list(self, limit: int = MAX_LIST_LIMIT, *, offset: int = 0) -> list[Session]:
         """Sessions, most recently updated first (ties by id, descending), at most 100 per call.
