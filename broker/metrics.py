@@ -12,6 +12,7 @@ from typing import Any
 
 from broker.monitor import PARTS, Sampler, figures
 from schemas.endpoints import Endpoints
+from sdk.security import ClientKeys
 
 
 class MetricsUnavailable(RuntimeError):
@@ -101,8 +102,12 @@ class StackCollector:
             yield errors
 
 
-def serve(address: str, endpoints: Endpoints, *, timeout: float = 0.5) -> Callable[[], None]:
+def serve(
+    address: str, endpoints: Endpoints, *, timeout: float = 0.5, curve: ClientKeys | None = None
+) -> Callable[[], None]:
     """Serve ``/metrics`` on ``HOST:PORT`` in a background thread; returns a function that stops it.
+
+    ``curve``: CURVE client keys for a ``--curve`` stack.
 
     Raises:
         MetricsUnavailable: prometheus-client is not installed.
@@ -111,7 +116,7 @@ def serve(address: str, endpoints: Endpoints, *, timeout: float = 0.5) -> Callab
     """
     prometheus_client = _import()
     host, port = parse_address(address)
-    sampler = Sampler(endpoints, timeout=timeout)
+    sampler = Sampler(endpoints, timeout=timeout, curve=curve)
     registry = prometheus_client.CollectorRegistry(auto_describe=False)
     registry.register(StackCollector(sampler))
     try:

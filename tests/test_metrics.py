@@ -98,3 +98,16 @@ def test_bad_metrics_address_is_refused(home: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "pryxbus: --metrics nowhere: expected HOST:PORT, got 'nowhere'"
+
+
+def test_metrics_of_a_curve_stack(home: Path, start) -> None:
+    keys = subprocess.run(
+        [sys.executable, "-m", "broker", "keys", "generate", "--home", str(home)],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+    )
+    assert keys.returncode == 0, keys.stderr
+    address = f"127.0.0.1:{_free_port()}"
+    start("up", "--curve", "--metrics", address)
+    m = scrape(address)  # the endpoint scrapes the parts as a CURVE client of the home's keys
+    assert [m[f'pryxbus_up{{part="{part}"}}'] for part in ("broker", "sessions", "log")] == [1, 1, 1]
+    assert m["pryxbus_events_total"] == 0

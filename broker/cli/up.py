@@ -48,12 +48,15 @@ def run_up(args: argparse.Namespace) -> int:
     stop_metrics = None
     if args.metrics:
         from broker.metrics import MetricsUnavailable, serve
+        from sdk.errors import BusUnavailable
+        from sdk.security import resolve_client_keys
 
         try:
-            stop_metrics = serve(args.metrics, endpoints)
+            curve = resolve_client_keys(True, home) if args.curve else None  # scrape as a client
+            stop_metrics = serve(args.metrics, endpoints, curve=curve)
         except MetricsUnavailable as e:
             return fail(str(e))
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, BusUnavailable) as e:
             return fail(f"--metrics {args.metrics}: {e}")
         logging.getLogger("pryxbus.up").info("metrics at http://%s/metrics", args.metrics)
     try:
