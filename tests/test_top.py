@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import sdk
@@ -85,3 +87,19 @@ def test_rates_come_from_two_samples(home, event_log, bus: sdk.Bus) -> None:
     )
     assert f["log"]["lag"] == 0
     assert figures(second)["broker"]["rate"] is None  # a single sample has no rate
+
+
+def test_json_frame(home, broker, bus: sdk.Bus) -> None:
+    bus.publish("app:one", {})
+    _stats_after(bus, 1)
+    result = pryxbus("top", "--once", "--json", home=home)
+    assert result.returncode == 0, result.stderr
+    frame = json.loads(result.stdout)
+    assert frame["up"] == {"broker": True, "sessions": False, "log": False}
+    assert {k: frame["broker"][k] for k in ("version", "events", "publishers", "topics", "rate")} == {
+        "version": 1,
+        "events": 1,
+        "publishers": 1,
+        "topics": {"app:one": 1},
+        "rate": None,
+    }

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from broker.cli.common import add_target, fail, target
+from broker.cli.common import add_target, fail, print_json, target
 from broker.monitor import Sample, Sampler, figures
 from schemas.endpoints import Endpoints
 from sdk.errors import BusError
@@ -29,6 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_target(p)
     p.add_argument("--interval", type=float, default=1.0, help="seconds between frames (default 1)")
     p.add_argument("--once", action="store_true", help="print one frame (no rates) and exit")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print each frame's figures as one JSON line instead of redrawing (for scripts)",
+    )
     p.set_defaults(func=run_top)
 
 
@@ -46,17 +51,23 @@ def run_top(args: argparse.Namespace) -> int:
         return fail(str(e))
     with Sampler(endpoints, timeout=per_part, curve=curve) as sampler:
         if args.once:
-            sys.stdout.write(render(figures(sampler.sample()), endpoints))
-            sys.stdout.flush()
+            show(figures(sampler.sample()), endpoints, as_json=args.json)
             return 0
         previous: Sample | None = None
         while True:
             began = time.monotonic()
             current = sampler.sample()
-            sys.stdout.write(CLEAR + render(figures(current, previous), endpoints))
-            sys.stdout.flush()
+            show(figures(current, previous), endpoints, as_json=args.json, clear=True)
             previous = current
             time.sleep(max(args.interval - (time.monotonic() - began), 0.0))
+
+
+def show(frame: dict[str, Any], endpoints: Endpoints, *, as_json: bool, clear: bool = False) -> None:
+    if as_json:
+        print_json(frame)  # one line per frame, flushed
+        return
+    sys.stdout.write((CLEAR if clear else "") + render(frame, endpoints))
+    sys.stdout.flush()
 
 
 def _rate(value: float | None) -> str:
