@@ -44,6 +44,15 @@ def server_keys(args: argparse.Namespace, home: Path) -> Any:
     """The loaded ``ServerKeys`` with ``--curve``, else None; exits with a clear message when the
     keys or the allow-list are missing (a --curve server never serves unauthenticated)."""
     if not getattr(args, "curve", False):
+        from sdk.security import KeyPaths
+
+        if KeyPaths.for_home(home).exist():
+            print(
+                f"pryxbus: warning: {home}/keys holds CURVE keys but --curve is off: clients given this"
+                " home use CURVE by default and will not get in (start with --curve, or connect with"
+                " curve=False)",
+                file=sys.stderr,
+            )
         return None
     from broker.security import SecurityError, ServerKeys
 
