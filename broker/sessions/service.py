@@ -180,10 +180,12 @@ class SessionService:
                 self._handle(batch)
 
     def _drain(self, first: bytes) -> list[_Request]:
-        """The writes among this request and the others waiting (at most BATCH).
+        """The requests from the first write on, among this one and the others waiting (at most BATCH).
 
-        Reads and garbage are answered in place. Draining goes on only while a write waits for its
-        commit (to group more writes into it); a lone read goes straight back to the blocking recv.
+        Reads ahead of any write, and garbage, are answered in place; reads behind a write join the
+        batch (run after it in its transaction, answered after the commit, as a pipelining DEALER
+        expects). Draining goes on only while a write waits for its commit (to group more writes
+        into it); a lone read goes straight back to the blocking recv.
         """
         sock = self.sock
         recv, getsockopt = sock.recv, sock.getsockopt
@@ -207,7 +209,7 @@ class SessionService:
                 except ProtocolError as e:
                     self._send(head, self._error(e.code, e.message))
                 else:
-                    if msg["op"] in WRITE_OPS:
+                    if batch or msg["op"] in WRITE_OPS:  # a read behind a write sees it, as sent
                         batch.append(_Request(head, msg, None))
                     else:
                         self._send(head, self._read(msg))
