@@ -100,6 +100,12 @@ class StackCollector:
             for code, n in sorted(s["errors"].items()):
                 errors.add_metric([code], n)
             yield errors
+            if s.get("service_ms") is not None:
+                yield GaugeMetricFamily(
+                    "pryxbus_session_service_seconds",
+                    "mean time the session service spends answering a request",
+                    value=s["service_ms"] / 1000,
+                )
 
 
 def serve(

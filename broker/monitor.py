@@ -160,10 +160,26 @@ def figures(current: Sample, previous: Sample | None = None) -> dict[str, Any]:
             "errors_total": sum(s.get("errors", {}).values()),
             "commits": counts.get("commits", 0),
             "rate": None,
+            "service_ms": _per_request_ms(s.get("busy_seconds", 0.0), _served(counts)),
         }
         old_s = previous.sessions if previous is not None else None
         if old_s is not None and old_s.get("pid") == s.get("pid"):
             old_total = sum(n for op, n in old_s.get("requests", {}).items() if op not in _INTERNAL_COUNTS)
             seconds = current.at - previous.at  # type: ignore[union-attr]
             out["sessions"]["rate"] = _rate(out["sessions"]["requests_total"], old_total, seconds)
+            old_counts = old_s.get("requests", {})
+            out["sessions"]["service_ms"] = _per_request_ms(
+                s.get("busy_seconds", 0.0) - old_s.get("busy_seconds", 0.0),
+                _served(counts) - _served(old_counts),
+            ) or out["sessions"]["service_ms"]
     return out
+
+
+def _served(counts: dict[str, int]) -> int:
+    """Requests answered, from the service's counters (``commits``/``batches`` count turns)."""
+    return sum(n for op, n in counts.items() if op not in ("commits", "batches"))
+
+
+def _per_request_ms(busy_seconds: float, requests: int) -> float | None:
+    """Mean service time per request in milliseconds, or None with nothing served."""
+    return busy_seconds * 1000 / requests if requests > 0 else None

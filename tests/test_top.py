@@ -53,6 +53,9 @@ def test_once_shows_the_whole_stack(home, start) -> None:
     assert "lost        0   gaps 0" in out
     assert "sessions    1   requests 2   rate -" in out  # create + get; stats polls are not counted
     assert "errors      1 (not_found 1)" in out
+    service = [line for line in out.splitlines() if line.startswith("  service     ")]
+    assert len(service) == 1 and service[0].endswith(" µs per request"), service  # a measured figure
+    assert service[0].split()[1].isdigit(), service
     table = out.split("TOPIC", 1)[1].splitlines()[1:]
     assert {line.split()[0]: line.split()[1] for line in table} == {
         "chat:message": "3",

@@ -78,6 +78,10 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
 
 
+def _us(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms * 1000:.0f} µs"
+
+
 def render(f: dict[str, Any], endpoints: Endpoints) -> str:
     """One frame of text (no escape codes) from :func:`broker.monitor.figures`."""
     lines = [f"pryxbus top  {time.strftime('%H:%M:%S')}  control={endpoints.control}", ""]
@@ -111,6 +115,7 @@ def render(f: dict[str, Any], endpoints: Endpoints) -> str:
             f"sessions      up  stats {_ms(f['latency'].get('sessions'))}",
             f"  sessions    {s['sessions']}   requests {s['requests_total']}   rate {_rate(s['rate'])}",
             f"  errors      {s['errors_total']} ({errors})",
+            f"  service     {_us(s.get('service_ms'))} per request",
         ]
     if b is not None and b["topics"]:
         lines += ["", f"  {'TOPIC':<40} {'EVENTS':>12} {'RATE':>12}"]

@@ -97,6 +97,8 @@ class SessionService:
         self.config = config
         self.started = time.time()
         self.counts: Counter[str] = Counter()
+        self.busy_seconds = 0.0
+        """Time spent answering requests (from the first frame of a turn to its last reply)."""
         self.errors: Counter[str] = Counter()
         self._running = False
         self._replies: OrderedDict[str | bytes, bytes] = OrderedDict()
@@ -175,9 +177,11 @@ class SessionService:
                 first = recv()
             except zmq.Again:
                 continue
+            started = time.perf_counter()
             batch = self._drain(first)
             if batch:
                 self._handle(batch)
+            self.busy_seconds += time.perf_counter() - started  # service time, for stats/top
 
     def _drain(self, first: bytes) -> list[_Request]:
         """The requests from the first write on, among this one and the others waiting (at most BATCH).
@@ -333,6 +337,7 @@ class SessionService:
             "sessions": self.store.count(),
             "requests": dict(self.counts),
             "errors": dict(self.errors),
+            "busy_seconds": self.busy_seconds,
             "events_published": events.published if events else 0,
             "events_dropped": events.dropped if events else 0,
             "db": str(self.config.db_path),
