@@ -413,3 +413,10 @@ def test_cli(home: Path, session_service: Part) -> None:
     missing = pryxbus(home, "sessions", "get", s["id"])
     assert (missing.returncode, missing.stdout) == (1, "")
     assert "not_found" in missing.stderr
+
+
+
+def test_a_get_with_an_id_of_the_wrong_type_is_refused(home: Path, session_service: Part) -> None:
+    for bad in ([1, 2], {"a": 1}, 7, None):
+        reply = raw_request(home, msgpack.packb({"op": "get", "id": bad}))
+        assert (reply["ok"], reply["code"]) == (False, "bad_request"), reply
