@@ -22,7 +22,7 @@ from zmq.utils.monitor import parse_monitor_message
 from broker.reservation import Reservation
 from broker.security import Authenticator, ServerKeys, secure_server
 from schemas.endpoints import Endpoints
-from schemas.transport import configure_context
+from sdk.transport import configure_context
 from schemas.envelope import BODY_MARK, DEFAULT_MAX_EVENT_SIZE, STAMP, SYNC_PREFIX, encode_body
 from schemas.topics import MAX_TYPE_LENGTH, is_valid_type
 

@@ -16,7 +16,7 @@ from typing import Any
 import zmq
 
 from schemas.endpoints import Endpoints
-from schemas.transport import configure_context
+from sdk.transport import configure_context
 from sdk.errors import BusError
 from sdk.request import Requester
 from sdk.security import ClientKeys, secure_client_context

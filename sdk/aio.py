@@ -25,7 +25,7 @@ import zmq
 import zmq.asyncio
 
 from schemas.endpoints import Endpoints
-from schemas.transport import configure_context
+from sdk.transport import configure_context
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
 from sdk._publish import (
     check_event,

@@ -13,7 +13,7 @@ import zmq
 
 from schemas.endpoints import Endpoints
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, ENVELOPE_VERSION
-from schemas.transport import configure_context
+from sdk.transport import configure_context
 from sdk._publish import (
     check_event,
     check_subscription,

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import pkgutil
+import subprocess
+import sys
 
 import msgpack
 import pytest
 
+import schemas
 from schemas import export
 from schemas.catalogue import CATALOGUE, CATALOGUE_VERSION
 from schemas.envelope import ENVELOPE_VERSION, encode_body
@@ -36,3 +40,11 @@ def test_protocol_document_states_the_code_constants() -> None:
     text = (export.HERE / "PROTOCOL.md").read_text()
     for fact in ['"!QQ"', "0x95", "XPUB_NODROP", "\\x00sync:", "max_event_size", "## Session service"]:
         assert fact in text
+
+
+def test_schemas_import_no_zmq() -> None:
+    """DESIGN.md §1: dependencies point sdk -> schemas <- broker, and schemas imports no zmq."""
+    modules = [f"schemas.{m.name}" for m in pkgutil.iter_modules(schemas.__path__)]
+    code = f"import sys, importlib; [importlib.import_module(m) for m in {modules!r}]; print('zmq' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", modules

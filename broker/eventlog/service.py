@@ -20,7 +20,7 @@ from broker.eventlog.query import LogQueries
 from broker.eventlog.store import EventStore, db_path
 from broker.eventlog.writer import DEFAULT_RCVHWM, LogWriter
 from schemas.endpoints import Endpoints
-from schemas.transport import configure_context
+from sdk.transport import configure_context
 
 log = logging.getLogger("pryxbus.eventlog")
 

@@ -32,7 +32,7 @@ from broker.security import Authenticator, ServerKeys, secure_server
 from broker.sessions.events import SessionEvents
 from broker.sessions.store import SCHEMA_VERSION, SessionStore, Written
 from schemas.endpoints import Endpoints
-from schemas.transport import configure_context
+from sdk.transport import configure_context
 from schemas.sessions import (
     BAD_REQUEST,
     BUSY,
