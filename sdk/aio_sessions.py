@@ -18,7 +18,7 @@ import zmq.asyncio
 from schemas.sessions import MAX_LIST_LIMIT
 from sdk.errors import BusClosed, BusUnavailable, RemoteError
 from sdk.event import Session
-from sdk.request import _result
+from sdk.request import _result, unanswered
 from sdk.sessions import DEFAULT_RETRIES, Call, SessionCalls, SessionPage, translated
 
 T = TypeVar("T")
@@ -86,10 +86,7 @@ class AsyncRequester:
                     raise
                 self._discard()
             else:
-                raise BusUnavailable(
-                    f"{self.what} at {self.endpoint} did not answer"
-                    f" ({attempts} attempt(s), {timeout_ms / 1000:g}s each)"
-                )
+                raise unanswered(self.what, self.endpoint, attempts, timeout_ms)
         return _result(reply, self.what)
 
     def close(self) -> None:

@@ -90,10 +90,7 @@ class Requester:
                     pass
                 self._discard()  # Lazy Pirate: a REQ that lost its reply is stuck; start over
             else:
-                raise BusUnavailable(
-                    f"{self.what} at {self.endpoint} did not answer"
-                    f" ({attempts} attempt(s), {timeout_ms / 1000:g}s each)"
-                )
+                raise unanswered(self.what, self.endpoint, attempts, timeout_ms)
         return _result(reply, self.what)
 
     def close(self) -> None:
@@ -101,6 +98,11 @@ class Requester:
         with self._lock:
             self._closed = True
             self._discard()
+
+
+def unanswered(what: str, endpoint: str, attempts: int, timeout_ms: int) -> BusUnavailable:
+    """The error of a request that got no reply after every attempt (sync and asyncio clients)."""
+    return BusUnavailable(f"{what} at {endpoint} did not answer ({attempts} attempt(s), {timeout_ms / 1000:g}s each)")
 
 
 def _result(reply: bytes, what: str) -> Any:

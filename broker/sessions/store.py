@@ -270,30 +270,33 @@ class SessionStore:
         session_id = check_id(session_id) if session_id is not None else str(uuid.uuid4())
         with self.transaction():
             now = self._now()
-            cur = self._conn.execute(
-                "INSERT INTO sessions (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (id) DO NOTHING",
-                (session_id, title, now, now),
-            )
-            if cur.rowcount == 1:
-                return Written({"id": session_id, "title": title, "created_at": now, "updated_at": now}, "created")
+            created = self._insert_if_missing(session_id, title, now)
+            if created is not None:
+                return created
             existing = self.get(session_id)
         if existing["title"] != title:
             raise StoreError(CONFLICT, f"a session with id {session_id!r} already exists with another title")
         return Written(existing, None)
+
+    def _insert_if_missing(self, session_id: str, title: str, now: str) -> Written | None:
+        """Insert a new session inside the caller's transaction; None if the id already exists."""
+        cur = self._conn.execute(
+            "INSERT INTO sessions (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (id) DO NOTHING",
+            (session_id, title, now, now),
+        )
+        if cur.rowcount != 1:
+            return None
+        return Written({"id": session_id, "title": title, "created_at": now, "updated_at": now}, "created")
 
     def ensure(self, session_id: str, title: str) -> Written:
         """Create the session if it is missing; otherwise keep its title and touch ``updated_at``."""
         session_id, title = check_id(session_id), check_title(title)
         with self.transaction():
             now = self._now()
-            cur = self._conn.execute(
-                "INSERT INTO sessions (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (id) DO NOTHING",
-                (session_id, title, now, now),
-            )
-            if cur.rowcount == 1:
-                return Written({"id": session_id, "title": title, "created_at": now, "updated_at": now}, "created")
+            created = self._insert_if_missing(session_id, title, now)
+            if created is not None:
+                return created
             return self._update("UPDATE sessions SET updated_at = ?", (now,), session_id)
 
     def rename(self, session_id: str, title: str) -> Written:
