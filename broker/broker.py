@@ -23,7 +23,16 @@ from broker.reservation import Reservation
 from broker.security import Authenticator, ServerKeys, secure_server
 from schemas.endpoints import Endpoints
 from sdk.transport import configure_context
-from schemas.envelope import BODY_MARK, DEFAULT_MAX_EVENT_SIZE, STAMP, SYNC_PREFIX, encode_body
+from schemas.envelope import (
+    BODY_MARK,
+    DEFAULT_MAX_EVENT_SIZE,
+    MAX_RUN,
+    MAX_RUN_BYTES,
+    STAMP,
+    SYNC_PREFIX,
+    encode_body,
+    run_stamp,
+)
 from schemas.topics import MAX_TYPE_LENGTH, is_valid_type
 
 log = logging.getLogger("pryxbus.broker")
@@ -38,6 +47,7 @@ _MARK = BODY_MARK[0]
 # pyzmq's Python-level Socket.send (type checks for str, routing ids, groups) costs ~0.1 us per
 # frame on top of the compiled one; the hot loop calls the compiled send directly.
 _send = zmq.backend.Socket.send
+_pack_stamp = STAMP.pack
 
 def _is_body(frame: zmq.Frame) -> bool:
     """Does the frame start with BODY_MARK? (Copying a small body beats making a memoryview.)"""
@@ -78,6 +88,8 @@ class BrokerConfig:
     """Where the reserved-version mark lives (broker/reservation.py); None keeps no mark."""
     lifecycle_events: bool = False
     """Publish ``bus:started`` and ``bus:{publisher,subscriber}_{connected,disconnected}`` (opt-in)."""
+    max_run: int = MAX_RUN
+    """Most events of one topic sent as one message (a run, PROTOCOL.md); 1 sends every event alone."""
     curve: ServerKeys | None = None
     """CURVE keys (``--curve``): every bound socket is a CURVE server behind a ZAP allow-list."""
 
@@ -123,6 +135,8 @@ class Broker:
         # Headroom over the body limit for the topic frame; an oversized message disconnects
         # its sender (DESIGN.md §4.4), which is why the SDK refuses oversized events first.
         self.max_msg_size = cfg.max_event_size + MAX_TYPE_LENGTH + 64
+        self.max_run = max(1, cfg.max_run)
+        self.max_run_body = MAX_RUN_BYTES if self.max_run > 1 else 0
 
         self.xsub = ctx.socket(zmq.XSUB)
         self.xsub.linger = 0
@@ -237,15 +251,24 @@ class Broker:
         is carried over as the next message's topic and nothing good is lost. Unknown topics (new
         types and garbage) take the exact path, with RCVMORE. The one case the fast path cannot
         tell apart, a known topic alone followed by a lone non-body frame, counts once as rejected.
+
+        Consecutive events of one topic that are already here go out as one run (PROTOCOL.md):
+        one message instead of one each, so the broker and every subscriber handle a message per
+        run, not per event. Nothing waits for a run to fill: what is here goes when the socket
+        is drained, so a lone event goes at once.
         """
         recv = self.xsub.recv
         getsockopt = self.xsub.getsockopt
-        xpub = self.xpub
-        pack = STAMP.pack
         seqs = self.topic_seq
         version = self.version
+        max_run, max_body = self.max_run, self.max_run_body
         carried: bytes | None = None  # a frame already read that starts the next message
         budget = BATCH
+        # The run being gathered: its topic, first version and sequence, bodies and their sizes.
+        run_topic: bytes | None = None
+        run_version = run_seq = run_bytes = 0
+        bodies: list[zmq.Frame] = []
+        sizes: list[int] = []
         try:
             while budget or carried is not None:
                 budget = max(budget - 1, 0)
@@ -288,11 +311,32 @@ class Broker:
                 seq += 1
                 version += 1
                 seqs[topic] = seq
-                _send(xpub, topic, _SNDMORE)
-                _send(xpub, pack(version, seq), _SNDMORE)
-                _send(xpub, body_frame, 0, False)  # zero copy: the body goes out as it came
+                size = len(body_frame)
+                if topic == run_topic and len(bodies) < max_run and run_bytes + size <= max_body:
+                    bodies.append(body_frame)
+                    sizes.append(size)
+                    run_bytes += size
+                    continue
+                if bodies:
+                    self._send_run(run_topic, run_version, run_seq, bodies, sizes)  # type: ignore[arg-type]
+                run_topic, run_version, run_seq, run_bytes = topic, version, seq, size
+                bodies = [body_frame]
+                sizes = [size]
         finally:
             self.version = version
+            if bodies:
+                self._send_run(run_topic, run_version, run_seq, bodies, sizes)  # type: ignore[arg-type]
+
+    def _send_run(self, topic: bytes, version: int, seq: int, bodies: list[zmq.Frame], sizes: list[int]) -> None:
+        """Send one event (zero copy: the body goes out as it came) or a run of them."""
+        xpub = self.xpub
+        _send(xpub, topic, _SNDMORE)
+        if len(bodies) == 1:
+            _send(xpub, _pack_stamp(version, seq), _SNDMORE)
+            _send(xpub, bodies[0], 0, False)
+        else:
+            _send(xpub, run_stamp(version, seq, sizes), _SNDMORE)
+            _send(xpub, b"".join(bodies), 0)
 
     def _skip_rest(self) -> None:
         """Drain the remaining frames of a message with too many frames, and count it once."""

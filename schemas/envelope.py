@@ -11,6 +11,14 @@ Deliver (broker ``out`` -> subscriber), exactly 3 frames::
     [1] stamp  16 bytes, STAMP = struct "!QQ": (version, topic_seq)
     [2] body   as published, byte for byte
 
+or, for a *run* of n >= 2 consecutive events of one topic that the broker had in hand at once::
+
+    [0] topic  as published
+    [1] stamp  16 + 4n bytes: STAMP of the first event, then n lengths (struct "!I" each)
+    [2] body   the n bodies, byte for byte, one after the other
+
+Event i of a run (from 0) has version + i and topic_seq + i; its body is the next length bytes.
+
 ``schemas/PROTOCOL.md`` is the full description; this module is its executable form.
 """
 
@@ -28,6 +36,15 @@ ENVELOPE_VERSION = 1
 
 STAMP = struct.Struct("!QQ")
 """The broker's stamp frame: global version, then the per-topic sequence (both from 1)."""
+
+RUN_LENGTH = struct.Struct("!I")
+"""One body length in the stamp of a run."""
+
+MAX_RUN = 32
+"""Most events the broker puts in one delivered message (a run); 1 turns runs off."""
+
+MAX_RUN_BYTES = 16 * 1024
+"""Most body bytes in one run; a bigger body travels alone."""
 
 BODY_MARK = b"\x95"
 """First byte of every valid body: the msgpack header of a 5-element array."""
@@ -94,17 +111,50 @@ def stamp(version: int, topic_seq: int) -> bytes:
     return STAMP.pack(version, topic_seq)
 
 
-def decode_deliver(frames: list[bytes]) -> Envelope:
-    """Decode the three frames a subscriber receives; raises MalformedEvent."""
+_RUN_STAMPS = [struct.Struct(f"!QQ{n}I") for n in range(MAX_RUN + 1)]
+
+
+def run_stamp(version: int, topic_seq: int, lengths: list[int]) -> bytes:
+    """The stamp frame of a run: the first event's stamp, then every body's length."""
+    n = len(lengths)
+    packer = _RUN_STAMPS[n] if n <= MAX_RUN else struct.Struct(f"!QQ{n}I")
+    return packer.pack(version, topic_seq, *lengths)
+
+
+def split_run(stamp_frame: bytes, body: bytes) -> list[tuple[int, int, bytes]]:
+    """``(version, topic_seq, body)`` of every event in a delivered message, single or run.
+
+    Raises:
+        MalformedEvent: the stamp has a wrong size, or the lengths do not add up to the body.
+    """
+    size = len(stamp_frame)
+    if size == STAMP.size:
+        version, topic_seq = STAMP.unpack(stamp_frame)
+        return [(version, topic_seq, body)]
+    n, rest = divmod(size - STAMP.size, RUN_LENGTH.size)
+    if size < STAMP.size or rest or n < 2:
+        raise MalformedEvent(f"stamp frame must be 16 + 4n bytes (n >= 2), got {size}")
+    version, topic_seq, *lengths = struct.unpack(f"!QQ{n}I", stamp_frame)
+    if sum(lengths) != len(body):
+        raise MalformedEvent(f"run lengths add up to {sum(lengths)} bytes, the body has {len(body)}")
+    events, start, view = [], 0, memoryview(body)
+    for i, length in enumerate(lengths):
+        events.append((version + i, topic_seq + i, bytes(view[start : start + length])))
+        start += length
+    return events
+
+
+def decode_deliver(frames: list[bytes]) -> list[Envelope]:
+    """Decode the three frames a subscriber receives (one event, or a run); raises MalformedEvent."""
     if len(frames) != 3:
         raise MalformedEvent(f"expected 3 frames, got {len(frames)}")
     topic, stamp_frame, body = frames
-    if len(stamp_frame) != STAMP.size:
-        raise MalformedEvent(f"stamp frame must be {STAMP.size} bytes, got {len(stamp_frame)}")
-    version, topic_seq = STAMP.unpack(stamp_frame)
-    ts, source, session_id, payload = decode_body(body)
     try:
         event_type = topic.decode("utf-8")
     except UnicodeDecodeError as e:
         raise MalformedEvent("topic is not UTF-8") from e
-    return Envelope(event_type, payload, version, topic_seq, ts, source, session_id)
+    envelopes = []
+    for version, topic_seq, one in split_run(stamp_frame, body):
+        ts, source, session_id, payload = decode_body(one)
+        envelopes.append(Envelope(event_type, payload, version, topic_seq, ts, source, session_id))
+    return envelopes

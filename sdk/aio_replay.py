@@ -108,8 +108,9 @@ def recovering_decoder(patterns: tuple[str, ...], side: LogSide, pending: deque[
     return decoder
 
 
-async def fill(sub: Subscription, gap: GapFound, frames: list[bytes]) -> Event | None:
-    """Fetch a gap in a worker thread, then hand the decoder the events and the revealing frames."""
+async def fill(sub: Subscription, gap: GapFound, frames: list[bytes]) -> None:
+    """Fetch a gap in a worker thread, then hand the decoder the events and the revealing frames
+    (again: in a run, the events before the gap were taken already and are skipped by version)."""
     decoder = sub._decoder
     side: LogSide = decoder.side  # type: ignore[attr-defined]
     try:
@@ -127,7 +128,7 @@ async def fill(sub: Subscription, gap: GapFound, frames: list[bytes]) -> Event |
     original = decoder.fetch
     decoder.fetch = lambda after, through: recovered
     try:
-        return decoder.decode(*frames)
+        decoder.feed(*frames, sub._pending.append)
     finally:
         decoder.fetch = original
 

@@ -67,9 +67,7 @@ class Subscription:
                 if topic == token:
                     break
                 if topic[:1] != b"\x00":  # an event that arrived before the sync reply: keep it
-                    event = self._decoder.decode(topic, stamp, body)
-                    if event is not None:
-                        self._pending.append(event)
+                    self._decoder.feed(topic, stamp, body, self._pending.append)
             sock.unsubscribe(token)
         except BaseException:
             self._closed = True
@@ -141,10 +139,10 @@ class Subscription:
         if self._closed:
             raise BusClosed("subscription is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
-        decode = self._decoder.decode
+        feed, pending = self._decoder.feed, self._pending
         while True:
-            if self._pending:  # a recovered gap is queued ahead of the event that revealed it
-                return self._pending.popleft()
+            if pending:  # a recovered gap is queued ahead of the event that revealed it
+                return pending.popleft()
             if self._recovering:
                 event = await self._recover_step(deadline)
                 if event is not None:
@@ -157,13 +155,11 @@ class Subscription:
                 self._decoder.malformed += 1
                 continue
             try:
-                event = decode(*frames)
+                feed(*frames, pending.append)
             except SlowSubscriberError as e:
                 self._failed = e
                 self._close_socket()
                 raise
-            if event is not None:
-                return event
 
     async def _recover_step(self, deadline: float | None) -> Event | None:
         """One receive of a ``policy="recover"`` subscription: a gap is fetched from the log, and
@@ -187,9 +183,10 @@ class Subscription:
             return None
         try:
             try:
-                return self._decoder.decode(*frames)
+                self._decoder.feed(*frames, self._pending.append)
             except GapFound as gap:
-                return await fill(self, gap, frames)
+                await fill(self, gap, frames)
+            return None
         except SlowSubscriberError as e:
             self._failed = e
             self._close_socket()

@@ -113,6 +113,8 @@ class FloorDecoder(EventDecoder):
 
     floor = 0
 
+    feed = EventDecoder.feed_each
+
     def decode(self, topic: bytes, stamp: bytes, body: bytes) -> Event | None:
         event = EventDecoder.decode(self, topic, stamp, body)
         if event is not None and event.version <= self.floor:
@@ -183,6 +185,8 @@ class RecoveringDecoder(EventDecoder):
         self.position = position
         self.last_version: int | None = None
         self.recovered = 0
+
+    feed = EventDecoder.feed_each
 
     def decode(self, topic: bytes, stamp: bytes, body: bytes) -> Event | None:
         """The next event in version order (recovered ones first), or None.

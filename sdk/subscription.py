@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 import msgpack
 import zmq
 
-from schemas.envelope import ENVELOPE_VERSION, STAMP, SYNC_PREFIX
+from schemas.envelope import ENVELOPE_VERSION, STAMP, SYNC_PREFIX, MalformedEvent, split_run
 from schemas.topics import compile_matcher, zmq_prefixes
 from sdk.errors import BusClosed, BusError, BusTimeout, BusUnavailable, SlowSubscriberError
 from sdk.event import Event
@@ -28,6 +28,8 @@ _DECODER_POLICIES = ("drop", "count")  # "recover" is sdk.replay.RecoveringDecod
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
 _unpack_stamp = STAMP.unpack
+_pack_stamp = STAMP.pack
+_unpack_run = struct.unpack
 _unpackb = msgpack.unpackb
 _new_event = object.__new__
 _set_dict = object.__setattr__
@@ -58,6 +60,85 @@ class EventDecoder:
         """The broker's ``first_version`` when last asked: a new value means a new broker."""
         self.probe: Callable[[], int] | None = None
         """Asks the broker for its ``first_version`` (only on a gap, never per event)."""
+
+    def feed(self, topic: bytes, stamp: bytes, body: bytes, append: Callable[[Event], None]) -> None:
+        """Decode one delivered message, a single event or a run (PROTOCOL.md), and append its
+        matching events in order.
+
+        Raises:
+            SlowSubscriberError: the sequence shows lost events and the policy is ``drop``
+                (nothing of this message is appended then).
+        """
+        if len(stamp) == 16:
+            event = self.decode(topic, stamp, body)
+            if event is not None:
+                append(event)
+            return
+        try:
+            version, seq, *sizes = _unpack_run(f"!QQ{(len(stamp) - 16) >> 2}I", stamp)
+        except struct.error:
+            self.malformed += 1
+            return
+        if not version:
+            return
+        n = len(sizes)
+        last_seq = self.last_seq
+        last = last_seq.get(topic)
+        last_seq[topic] = seq + n - 1
+        if last is not None and seq != last + 1:
+            self._gap(topic, last, seq)
+            last_seq[topic] = seq + n - 1  # a restart resets the sequences: keep this run's
+        if not self.matches(topic):
+            return
+        if sum(sizes) != len(body):
+            self.malformed += n
+            return
+        event_type = self._names.get(topic) or self._name(topic)
+        view = memoryview(body)
+        start = good = 0
+        for size in sizes:
+            end = start + size
+            try:
+                env, ts, source, session_id, payload = _unpackb(view[start:end], raw=False, strict_map_key=False)
+                if env != ENVELOPE_VERSION:
+                    raise ValueError(env)
+            except Exception:
+                self.malformed += 1
+            else:
+                event = _new_event(Event)
+                _set_dict(
+                    event,
+                    "__dict__",
+                    {
+                        "type": event_type,
+                        "payload": payload,
+                        "version": version,
+                        "ts": ts,
+                        "source": source,
+                        "session_id": session_id,
+                        "seq": seq,
+                    },
+                )
+                append(event)
+                good += 1
+            start = end
+            version += 1
+            seq += 1
+        self.received += good
+
+    def feed_each(self, topic: bytes, stamp: bytes, body: bytes, append: Callable[[Event], None]) -> None:
+        """``feed`` for decoders that override ``decode``: a run is taken apart and each of its
+        events decoded on its own (slower, for the cold paths: the seam and recovery)."""
+        try:
+            pieces = split_run(stamp, body)
+        except MalformedEvent:
+            self.malformed += 1
+            return
+        decode = self.decode
+        for version, seq, one in pieces:
+            event = decode(topic, _pack_stamp(version, seq), one)
+            if event is not None:
+                append(event)
 
     def decode(self, topic: bytes, stamp: bytes, body: bytes) -> Event | None:
         """The Event for these frames, or None if it is filtered out, control or malformed.
@@ -206,7 +287,7 @@ class Subscription:
         token = sync_token()
         self._sock.subscribe(token)
         deadline = time.monotonic() + timeout
-        recv, decode = self._sock.recv, self._decoder.decode
+        recv, feed = self._sock.recv, self._decoder.feed
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._sock.poll(int(remaining * 1000) + 1, _POLLIN):
@@ -218,9 +299,7 @@ class Subscription:
             if topic == token:
                 break
             if topic[:1] != b"\x00":  # an event that arrived before the sync reply: keep it
-                event = decode(topic, stamp, body)
-                if event is not None:
-                    self._pending.append(event)
+                feed(topic, stamp, body, self._pending.append)
         self._sock.unsubscribe(token)
 
     # -- receiving ---------------------------------------------------------------------------
@@ -294,7 +373,8 @@ class Subscription:
         Returns how many messages were read. A loss under ``policy="drop"`` ends the
         subscription after the events that came before it have been queued.
         """
-        recv, decode, append = self._sock.recv, self._decoder.decode, self._pending.append
+        recv, decoder, append = self._sock.recv, self._decoder, self._pending.append
+        decode, feed = decoder.decode, decoder.feed
         n = 0
         for n in range(1, _DRAIN + 1):
             try:
@@ -304,13 +384,16 @@ class Subscription:
             stamp = recv()
             body = recv()
             try:
-                event = decode(topic, stamp, body)
+                if len(stamp) == 16:
+                    event = decode(topic, stamp, body)
+                    if event is not None:
+                        append(event)
+                else:
+                    feed(topic, stamp, body, append)
             except SlowSubscriberError as e:
                 self._failed = e
                 self._close_socket()
                 return n
-            if event is not None:
-                append(event)
         return n
 
     def __iter__(self) -> Iterator[Event]:

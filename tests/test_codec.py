@@ -15,6 +15,8 @@ from schemas.envelope import (
     decode_deliver,
     encode_body,
     encode_publish,
+    run_stamp,
+    split_run,
     stamp,
 )
 
@@ -32,8 +34,23 @@ def test_publish_frames_and_deliver_round_trip() -> None:
     topic, body = encode_publish("channel:message", {"text": "hi"}, source="tui", ts=1700000000.5)
     assert topic == b"channel:message"
     assert body == bytes.fromhex("95 01 cb 41 d9 54 fc 40 20 00 00 a3 74 75 69 c0 81 a4 74 65 78 74 a2 68 69")
-    env = decode_deliver([topic, stamp(7, 3), body])
-    assert env == Envelope("channel:message", {"text": "hi"}, 7, 3, 1700000000.5, "tui", None)
+    envs = decode_deliver([topic, stamp(7, 3), body])
+    assert envs == [Envelope("channel:message", {"text": "hi"}, 7, 3, 1700000000.5, "tui", None)]
+
+
+def test_a_run_carries_consecutive_versions_and_sequences() -> None:
+    bodies = [encode_body({"n": n}, source="p", session_id=None, ts=float(n)) for n in range(3)]
+    run = run_stamp(10, 4, [len(b) for b in bodies])
+    assert len(run) == 16 + 4 * 3
+    assert run[:16] == stamp(10, 4)
+    assert split_run(run, b"".join(bodies)) == [(10, 4, bodies[0]), (11, 5, bodies[1]), (12, 6, bodies[2])]
+    envs = decode_deliver([b"a:b", run, b"".join(bodies)])
+    assert [(e.version, e.topic_seq, e.payload) for e in envs] == [(10, 4, {"n": 0}), (11, 5, {"n": 1}), (12, 6, {"n": 2})]
+
+
+def test_a_single_event_is_a_run_of_one() -> None:
+    body = encode_body(None, source="p", session_id=None)
+    assert split_run(stamp(3, 2), body) == [(3, 2, body)]
 
 
 def test_body_is_a_five_element_array_with_the_envelope_version() -> None:
@@ -87,8 +104,22 @@ def test_malformed_event_is_a_value_error() -> None:
         [b"a", b"short", encode_body(None, source="x", session_id=None)],
         [b"\xff\xfe", stamp(1, 1), encode_body(None, source="x", session_id=None)],
         [b"a", stamp(1, 1), b"garbage"],
+        [b"a", stamp(1, 1) + b"\x00\x00\x00\x01", b"x"],
+        [b"a", stamp(1, 1) + b"\x00\x00\x00\x01\x00\x00", b"xy"],
+        [b"a", run_stamp(1, 1, [1, 1]), b"xyz"],
+        [b"a", run_stamp(1, 1, [1, 1]), b"xy"],
     ],
-    ids=["two-frames", "four-frames", "short-stamp", "non-utf8-topic", "garbage-body"],
+    ids=[
+        "two-frames",
+        "four-frames",
+        "short-stamp",
+        "non-utf8-topic",
+        "garbage-body",
+        "run-of-one",
+        "ragged-run-stamp",
+        "run-lengths-short",
+        "run-of-garbage",
+    ],
 )
 def test_malformed_deliveries_raise(frames: list[bytes]) -> None:
     with pytest.raises(MalformedEvent):

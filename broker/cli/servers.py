@@ -13,7 +13,7 @@ from broker.logs import configure as configure_logging
 from broker.cli.common import add_home, add_tcp, fail, server_endpoints, server_keys
 from broker.security import SecurityError
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
-from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
+from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, MAX_RUN
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +40,8 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
         "--sub-hwm",
         type=int,
         default=10_000,
-        help="events queued per subscriber before that subscriber starts losing them (default 10000)",
+        help="messages queued per subscriber before that subscriber starts losing them (default"
+        " 10000; a message is one event, or under load a run of up to --max-run events of one type)",
     )
     p.add_argument(
         "--in-hwm",
@@ -60,6 +61,23 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
         default=1_000_000,
         help="events queued for the event log before it starts losing them (default 1000000)",
     )
+    p.add_argument(
+        "--max-run",
+        type=_run_size,
+        default=MAX_RUN,
+        help=f"most events of one type the broker sends as one message when they arrive together"
+        f" (default {MAX_RUN}; 1 sends every event alone)",
+    )
+
+
+def _run_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 1024, not {text!r}")
+    return value
 
 
 def broker_config(
@@ -73,6 +91,7 @@ def broker_config(
         in_hwm=args.in_hwm,
         max_event_size=args.max_event_size,
         log_hwm=args.log_hwm,
+        max_run=args.max_run,
         lifecycle_events=getattr(args, "lifecycle_events", False),
         first_version=first_version,
     )

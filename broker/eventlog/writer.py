@@ -15,6 +15,7 @@ import logging
 import struct
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import msgpack
@@ -22,7 +23,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from broker.eventlog.store import EventStore, Row
-from schemas.envelope import CONTROL_PREFIX, STAMP, SYNC_PREFIX
+from schemas.envelope import CONTROL_PREFIX, STAMP, SYNC_PREFIX, MalformedEvent, split_run
 from sdk.security import ClientKeys, secure_client
 
 log = logging.getLogger("pryxbus.eventlog")
@@ -162,21 +163,31 @@ class LogWriter:
                 if topic == stop_at:
                     seen_stop = True
                 continue
-            if len(stamp) != STAMP.size:
-                self.malformed += 1
-                continue
-            version, topic_seq = _unpack_stamp(stamp)
+            if len(stamp) == STAMP.size:
+                version, topic_seq = _unpack_stamp(stamp)
+                pieces: Iterable[tuple[int, int, bytes]] = ((version, topic_seq, body),)
+            else:  # a run: several events of one topic in one message (PROTOCOL.md)
+                try:
+                    pieces = split_run(stamp, body)
+                except MalformedEvent:
+                    self.malformed += 1
+                    continue
             try:
-                ts, source, session_id = envelope_header(body)
                 event_type = topic.decode("utf-8")
-            except (ValueError, UnicodeDecodeError):
+            except UnicodeDecodeError:
                 self.malformed += 1
                 continue
-            if version != last + 1:
-                self._gap(last, version)
-            if version > last:
-                last = version
-            append((version, event_type, topic_seq, ts, source, session_id, body))
+            for version, topic_seq, one in pieces:
+                try:
+                    ts, source, session_id = envelope_header(one)
+                except ValueError:
+                    self.malformed += 1
+                    continue
+                if version != last + 1:
+                    self._gap(last, version)
+                if version > last:
+                    last = version
+                append((version, event_type, topic_seq, ts, source, session_id, one))
         if rows:
             self.store.append(rows)
             self.written += len(rows)
