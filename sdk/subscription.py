@@ -31,6 +31,7 @@ _unpack_stamp = STAMP.unpack
 _pack_stamp = STAMP.pack
 _unpack_run = struct.unpack
 _unpackb = msgpack.unpackb
+_Unpacker = msgpack.Unpacker
 _new_event = object.__new__
 _set_dict = object.__setattr__
 
@@ -94,16 +95,24 @@ class EventDecoder:
             self.malformed += n
             return
         event_type = self._names.get(topic) or self._name(topic)
-        view = memoryview(body)
-        start = good = 0
+        # One streaming unpacker for the run; each body must end exactly at its length, so a
+        # malformed body is counted alone and decoding starts over at the next one.
+        unpacker = _Unpacker(raw=False, strict_map_key=False)
+        unpacker.feed(body)
+        unpack, tell = unpacker.unpack, unpacker.tell
+        base = end = good = 0
         for size in sizes:
-            end = start + size
+            end += size
             try:
-                env, ts, source, session_id, payload = _unpackb(view[start:end], raw=False, strict_map_key=False)
-                if env != ENVELOPE_VERSION:
+                env, ts, source, session_id, payload = unpack()
+                if env != ENVELOPE_VERSION or base + tell() != end:
                     raise ValueError(env)
             except Exception:
                 self.malformed += 1
+                unpacker = _Unpacker(raw=False, strict_map_key=False)
+                unpacker.feed(memoryview(body)[end:])
+                unpack, tell = unpacker.unpack, unpacker.tell
+                base = end
             else:
                 event = _new_event(Event)
                 _set_dict(
@@ -121,7 +130,6 @@ class EventDecoder:
                 )
                 append(event)
                 good += 1
-            start = end
             version += 1
             seq += 1
         self.received += good

@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 
 import msgpack
+import pytest
 import zmq
 
 import sdk
@@ -104,3 +105,37 @@ def test_max_run_1_sends_every_event_alone(home: Path, start) -> None:
         assert set(sizes) == {1}
     finally:
         ctx.destroy(linger=0)
+
+
+def good(n: int) -> bytes:
+    return msgpack.packb([1, float(n), "p", None, {"n": n}], use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"\x95\x01",  # truncated: would swallow the next body as its elements
+        good(99) + b"\xc0",  # a whole envelope with a byte more: would shift the rest
+        b"\x95\x01\x02\x03\x04\x05",  # five fields, ts/source/... of the wrong kind
+        msgpack.packb([2, 0.0, "p", None, None]),  # another envelope version
+        b"\x95\xc1",  # 0xc1 is never valid msgpack
+    ],
+    ids=["truncated", "trailing-byte", "wrong-fields", "envelope-2", "invalid-byte"],
+)
+def test_a_bad_body_in_a_run_costs_only_itself(bad: bytes) -> None:
+    """Each body must end exactly at its length: a bad one is counted alone, never shifts the rest."""
+    from schemas.envelope import run_stamp
+    from sdk.subscription import EventDecoder
+
+    bodies = [good(0), bad, good(2), good(3)]
+    decoder = EventDecoder(("t:x",), "count")
+    events: list[sdk.Event] = []
+    decoder.feed(b"t:x", run_stamp(5, 1, [len(b) for b in bodies]), b"".join(bodies), events.append)
+    ok = [(e.version, e.seq, e.payload) for e in events]
+    if bad == b"\x95\x01\x02\x03\x04\x05":  # a well-formed envelope: its fields are the publisher's
+        assert ok == [(5, 1, {"n": 0}), (6, 2, 5), (7, 3, {"n": 2}), (8, 4, {"n": 3})]
+        assert decoder.malformed == 0
+    else:
+        assert ok == [(5, 1, {"n": 0}), (7, 3, {"n": 2}), (8, 4, {"n": 3})]
+        assert decoder.malformed == 1
+    assert decoder.lost == 0
