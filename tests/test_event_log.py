@@ -37,6 +37,25 @@ def test_every_event_is_logged_with_its_envelope(home: Path, event_log, bus: sdk
     assert [e.seq for e in events if e.type == "agent:spawned"] == list(range(1, 26))
 
 
+def niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_the_log_yields_the_cpu_to_the_bus(start) -> None:
+    """A background archiver: it runs below normal priority (default nice 10, --nice to change)."""
+    broker = start("broker")
+    assert niceness(start("event-log").pid) == min(niceness(broker.pid) + 10, 19)
+
+
+def test_event_log_nice_must_be_0_to_19(home: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "broker", "event-log", "--home", str(home), "--nice", "-5"],
+        capture_output=True, text=True, timeout=30, cwd=REPO,
+    )
+    assert out.returncode == 2
+    assert "--nice: must be a whole number from 0 to 19, not '-5'" in out.stderr
+
+
 def test_bad_requests_get_structured_errors_and_are_counted(home: Path, event_log, bus: sdk.Bus) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.REQ)

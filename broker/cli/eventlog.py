@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from datetime import datetime
 
 import zmq
@@ -40,6 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="SQLite synchronous mode (NORMAL: survives any process crash; FULL: also a power cut)",
     )
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the broker at start")
+    p.add_argument(
+        "--nice",
+        type=_niceness,
+        default=DEFAULT_NICE,
+        metavar="N",
+        help=f"run N steps below normal CPU priority, 0 to 19 (default {DEFAULT_NICE}): when the CPUs are"
+        " busy the bus goes first and the log catches up from its queue",
+    )
     p.set_defaults(func=run_event_log)
 
     log = subparsers.add_parser("log", help="read the event log (tail, query, stats)")
@@ -69,8 +78,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.set_defaults(func=run_stats)
 
 
+DEFAULT_NICE = 10
+
+
+def _niceness(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 19, not {text!r}")
+    return value
+
+
 def run_event_log(args: argparse.Namespace) -> int:
     configure_logging(args.log_format)
+    if args.nice:
+        os.nice(args.nice)  # a background archiver: never take the CPU from the bus it records
     home = ensure_home(args.home or default_home())
     if args.tcp:
         try:
