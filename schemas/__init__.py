@@ -4,6 +4,7 @@ from schemas.catalogue import CATALOGUE, CATALOGUE_VERSION, EventSpec, SchemaErr
 from schemas.envelope import (
     DEFAULT_MAX_EVENT_SIZE,
     ENVELOPE_VERSION,
+    MAX_RUN,
     STAMP,
     Envelope,
     MalformedEvent,
@@ -11,6 +12,8 @@ from schemas.envelope import (
     decode_deliver,
     encode_body,
     encode_publish,
+    run_stamp,
+    split_run,
 )
 from schemas.topics import InvalidType, check_pattern, check_type, compile_matcher, zmq_prefixes
 
@@ -19,6 +22,7 @@ __all__ = [
     "CATALOGUE_VERSION",
     "DEFAULT_MAX_EVENT_SIZE",
     "ENVELOPE_VERSION",
+    "MAX_RUN",
     "STAMP",
     "Envelope",
     "EventSpec",
@@ -32,6 +36,8 @@ __all__ = [
     "decode_deliver",
     "encode_body",
     "encode_publish",
+    "run_stamp",
+    "split_run",
     "validate",
     "zmq_prefixes",
 ]
