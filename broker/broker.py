@@ -42,6 +42,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
 _POLLIN = int(zmq.POLLIN)
+_EVENTS = int(zmq.EVENTS)
 _MARK = BODY_MARK[0]
 
 # pyzmq's Python-level Socket.send (type checks for str, routing ids, groups) costs ~0.1 us per
@@ -264,6 +265,7 @@ class Broker:
         max_run, max_body = self.max_run, self.max_run_body
         carried: bytes | None = None  # a frame already read that starts the next message
         budget = BATCH
+        first = True
         # The run being gathered: its topic, first version and sequence, bodies and their sizes.
         run_topic: bytes | None = None
         run_version = run_seq = run_bytes = 0
@@ -322,6 +324,10 @@ class Broker:
                 run_topic, run_version, run_seq, run_bytes = topic, version, seq, size
                 bodies = [body_frame]
                 sizes = [size]
+                if first:  # woken for this one: if it came alone, send it now (the latency path)
+                    first = False
+                    if not getsockopt(_EVENTS) & _POLLIN:  # no Again raised and caught first
+                        break
         finally:
             self.version = version
             if bodies:

@@ -27,6 +27,7 @@ _DECODER_POLICIES = ("drop", "count")  # "recover" is sdk.replay.RecoveringDecod
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
+_EVENTS = int(zmq.EVENTS)
 _unpack_stamp = STAMP.unpack
 _pack_stamp = STAMP.pack
 _unpack_run = struct.unpack
@@ -402,6 +403,8 @@ class Subscription:
                 self._failed = e
                 self._close_socket()
                 return n
+            if n == 1 and not self._sock.getsockopt(_EVENTS) & _POLLIN:
+                return 1  # it came alone: deliver it now, no Again raised and caught first (~1 us less)
         return n
 
     def __iter__(self) -> Iterator[Event]:
