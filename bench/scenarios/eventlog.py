@@ -34,7 +34,7 @@ def log_stats(home: str) -> dict[str, Any]:
 
 def _throughput(stack: str):
     def run(system: str, env: Env) -> RunResult:
-        n = env.scale(50_000, 150_000)  # as throughput 1→1: shorter runs measure start-up
+        n = env.scale(100_000, 150_000)  # as throughput 1→1: shorter runs measure start-up
         wiring = env.wirings[stack]
         before = log_stats(wiring["home"]) if stack == "pryxbus.log" else None
         out = run_pubsub(wiring, publishers=1, subscribers=1, per_publisher=n, payload_size=64)
