@@ -114,7 +114,7 @@ class EventDecoder:
                 unpacker.feed(memoryview(body)[end:])
                 unpack, tell = unpacker.unpack, unpacker.tell
                 base = end
-            else:
+            else:  # built as in decode(), inlined: a shared helper costs a call per event
                 event = _new_event(Event)
                 _set_dict(
                     event,
