@@ -30,6 +30,7 @@ from schemas.envelope import (
     MAX_RUN_BYTES,
     STAMP,
     SYNC_PREFIX,
+    LOG_MARK,
     encode_body,
     run_stamp,
 )
@@ -60,6 +61,7 @@ BATCH = 4096
 """Events drained per poll before the broker looks at its other sockets."""
 
 SUBSCRIBE_ALL = b"\x01"
+_LOG_ARRIVED = b"\x01" + LOG_MARK
 CONTROL_MAX_SIZE = 65536
 """Largest control request in bytes (MAXMSGSIZE of the control socket)."""
 CONTROL_UNPACK_LIMITS = {
@@ -90,6 +92,9 @@ class BrokerConfig:
     lifecycle_events: bool = False
     """Publish ``bus:started`` and ``bus:{publisher,subscriber}_{connected,disconnected}`` (opt-in)."""
     max_run: int = MAX_RUN
+    await_log: float = 0.0
+    """Seconds a (re)started broker keeps publishers waiting for the event log to subscribe (its
+    ``LOG_MARK`` subscription), so the log misses nothing subscribers get; 0 opens at once."""
     """Most events of one topic sent as one message (a run, PROTOCOL.md); 1 sends every event alone."""
     curve: ServerKeys | None = None
     """CURVE keys (``--curve``): every bound socket is a CURVE server behind a ZAP allow-list."""
@@ -174,7 +179,12 @@ class Broker:
         watched = zmq.EVENT_ACCEPTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         self.in_monitor = self.xsub.get_monitor_socket(watched)
         self.out_monitor = self.xpub.get_monitor_socket(watched)
-        self.xsub.send(SUBSCRIBE_ALL)
+        self._closed_until: float | None = None  # while set, publishers wait for the event log
+        self._poller: zmq.Poller | None = None
+        if cfg.await_log > 0:
+            self._closed_until = time.monotonic() + cfg.await_log
+        else:
+            self.xsub.send(SUBSCRIBE_ALL)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -213,9 +223,11 @@ class Broker:
         """Forward and stamp until ``stop()``."""
         self._running = True
         self._emit("bus:started", {"pid": os.getpid(), "first_version": self.config.first_version})
-        poller = zmq.Poller()
-        for sock in (self.xsub, self.xpub, self.control, self.in_monitor, self.out_monitor):
+        poller = self._poller = zmq.Poller()
+        for sock in (self.xpub, self.control, self.in_monitor, self.out_monitor):
             poller.register(sock, zmq.POLLIN)
+        if self._closed_until is None:
+            poller.register(self.xsub, zmq.POLLIN)
         xsub, xpub, control = self.xsub, self.xpub, self.control
         timeout_ms = int(poll_interval * 1000)
         while self._running:
@@ -225,6 +237,9 @@ class Broker:
                 if e.errno == zmq.EINTR:
                     continue
                 raise
+            if self._closed_until is not None and time.monotonic() >= self._closed_until:
+                log.warning("the event log did not subscribe within %gs; taking events without it", self.config.await_log)
+                self._open()
             if not ready:
                 continue
             if xsub in ready:
@@ -350,6 +365,15 @@ class Broker:
         while self.xsub.recv(_NOBLOCK, False).more:
             pass
 
+    def _open(self) -> None:
+        """Let publishers in: subscribe to everything on every connection they have made so far,
+        and start reading. (While closed nothing is read: a publisher that still believes in the
+        broker before a crash may have queued events, and they wait for the log like the rest.)"""
+        self._closed_until = None
+        self.xsub.send(SUBSCRIBE_ALL)
+        if self._poller is not None:
+            self._poller.register(self.xsub, zmq.POLLIN)
+
     def _handle_subscriptions(self) -> None:
         """Answer sync subscriptions: the reply proves the subscriber's earlier filters are live."""
         while True:
@@ -357,6 +381,9 @@ class Broker:
                 msg = self.xpub.recv(_NOBLOCK)
             except zmq.Again:
                 return
+            if msg == _LOG_ARRIVED and self._closed_until is not None:
+                log.info("the event log subscribed; taking events")
+                self._open()
             if msg[:1] == b"\x01" and msg[1:].startswith(SYNC_PREFIX):
                 self.syncs += 1
                 self.xpub.send(msg[1:], _SNDMORE)
@@ -381,7 +408,7 @@ class Broker:
                 if event["value"] in peers:
                     change = "disconnected"
                 peers.discard(event["value"])
-            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED and inbound:
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED and inbound and self._closed_until is None:
                 self.xsub.send(SUBSCRIBE_ALL)
             if change and self.config.lifecycle_events:
                 self.publishers = len(self._peers_in)

@@ -37,8 +37,12 @@ class ChildSpec:
     takes_tcp: bool = True
 
 
+AWAIT_LOG = 3.0
+"""Seconds a (re)started broker keeps publishers waiting for the event log (``--await-log``):
+after a broker crash, subscribers that reconnect sooner than the log would get events it misses."""
+
 CHILDREN: tuple[ChildSpec, ...] = (
-    ChildSpec("broker", "broker"),
+    ChildSpec("broker", "broker", extra=("--await-log", f"{AWAIT_LOG:g}")),
     ChildSpec("session-service", "session-service"),
     ChildSpec("event-log", "event-log"),  # after the broker: it subscribes there
 )

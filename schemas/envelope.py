@@ -55,6 +55,10 @@ DEFAULT_MAX_EVENT_SIZE = 1024 * 1024
 CONTROL_PREFIX = b"\x00"
 """Topics starting with NUL are the broker's control messages, never events."""
 
+LOG_MARK = b"\x00log"
+"""The event log subscribes to this (besides everything): a broker started with ``await_log`` keeps
+publishers waiting until it sees it, so the log misses nothing a subscriber gets."""
+
 SYNC_PREFIX = b"\x00sync:"
 """A subscriber subscribes to SYNC_PREFIX + token; the broker answers on that topic, proving
 that every subscription sent before it on the same connection is live."""

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import msgpack
@@ -54,6 +55,22 @@ def test_event_log_nice_must_be_0_to_19(home: Path) -> None:
     )
     assert out.returncode == 2
     assert "--nice: must be a whole number from 0 to 19, not '-5'" in out.stderr
+
+
+def test_a_broker_awaiting_the_log_takes_events_once_it_subscribes(start) -> None:
+    """--await-log: publishers wait (they get no subscription) until the event log subscribes."""
+    broker = start("broker", "--await-log", "60")
+    home = broker.home
+    with sdk.connect(home, name="test", timeout=60) as bus:
+        done = threading.Event()
+        publisher = threading.Thread(target=lambda: (bus.publish("a:b", {"n": 1}), done.set()), daemon=True)
+        publisher.start()
+        wait_for(bus.stats, lambda s: s["publishers"] == 1, what="the publisher connected")
+        assert not done.is_set() and bus.stats()["version"] == 0  # held: nothing was taken
+        start("event-log")
+        assert done.wait(30)
+        wait_logged(bus, 1)
+    assert "the event log subscribed; taking events" in broker.log
 
 
 def test_bad_requests_get_structured_errors_and_are_counted(home: Path, event_log, bus: sdk.Bus) -> None:

@@ -112,6 +112,31 @@ def test_up_restarts_a_killed_part(home: Path, up: Up) -> None:
     assert "broker (pid %d) exited with status -9; restarting" % old_broker in output
 
 
+def test_after_a_broker_crash_the_log_misses_nothing_a_subscriber_gets(home: Path, up: Up) -> None:
+    """The restarted broker takes events only once the event log has subscribed again (--await-log,
+    which up passes): a subscriber that reconnects sooner no longer gets events the log lacks."""
+    up.wait_ready()
+    with sdk.connect(home, name="t", timeout=10) as bus, bus.subscribe("load:*", policy="count") as sub:
+        bus.publish("load:tick", {"n": -1})
+        assert sub.recv(timeout=5).payload == {"n": -1}
+        old = pid_of(home, "broker")
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: pid_of(home, "broker"), lambda p: p not in (0, old), timeout=15, what="a new broker")
+        for n in range(300):  # blocks until the new broker takes events
+            bus.publish("load:tick", {"n": n})
+        got = []
+        while not got or got[-1].payload["n"] != 299:
+            got.append(sub.recv(timeout=10))
+        logged = wait_for(
+            lambda: [e.version for e in bus.replay("load:*")],
+            lambda v: v and v[-1] >= got[-1].version,
+            timeout=10,
+            what="the log holding the last event",
+        )
+    assert {e.version for e in got} - set(logged) == set()
+    assert "the event log subscribed; taking events" in "".join(up.lines)
+
+
 def free_port_base() -> int:
     for _ in range(50):
         socks = []

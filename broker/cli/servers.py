@@ -62,6 +62,14 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
         help="events queued for the event log before it starts losing them (default 1000000)",
     )
     p.add_argument(
+        "--await-log",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="keep publishers waiting up to S seconds for the event log to subscribe, so that it"
+        " misses nothing subscribers get (pryxbus up: 3; default 0: take events at once)",
+    )
+    p.add_argument(
         "--max-run",
         type=_run_size,
         default=MAX_RUN,
@@ -92,6 +100,7 @@ def broker_config(
         max_event_size=args.max_event_size,
         log_hwm=args.log_hwm,
         max_run=args.max_run,
+        await_log=max(0.0, args.await_log),
         lifecycle_events=getattr(args, "lifecycle_events", False),
         first_version=first_version,
     )

@@ -23,7 +23,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from broker.eventlog.store import EventStore, Row
-from schemas.envelope import CONTROL_PREFIX, STAMP, SYNC_PREFIX, MalformedEvent, split_run
+from schemas.envelope import CONTROL_PREFIX, LOG_MARK, STAMP, SYNC_PREFIX, MalformedEvent, split_run
 from sdk.security import ClientKeys, secure_client
 
 log = logging.getLogger("pryxbus.eventlog")
@@ -111,6 +111,7 @@ class LogWriter:
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.sock.connect(subscribe)
         self.sock.subscribe(b"")
+        self.sock.subscribe(LOG_MARK)  # after everything: a broker with await_log waits for it
 
     def await_live(self, timeout: float) -> None:
         """Return once the broker has our subscription (it answers a sync topic sent after it).
