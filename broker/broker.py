@@ -26,11 +26,11 @@ from sdk.transport import configure_context
 from schemas.envelope import (
     BODY_MARK,
     DEFAULT_MAX_EVENT_SIZE,
+    LOG_MARK,
     MAX_RUN,
     MAX_RUN_BYTES,
     STAMP,
     SYNC_PREFIX,
-    LOG_MARK,
     encode_body,
     run_stamp,
 )
@@ -92,10 +92,10 @@ class BrokerConfig:
     lifecycle_events: bool = False
     """Publish ``bus:started`` and ``bus:{publisher,subscriber}_{connected,disconnected}`` (opt-in)."""
     max_run: int = MAX_RUN
+    """Most events of one topic sent as one message (a run, PROTOCOL.md); 1 sends every event alone."""
     await_log: float = 0.0
     """Seconds a (re)started broker keeps publishers waiting for the event log to subscribe (its
     ``LOG_MARK`` subscription), so the log misses nothing subscribers get; 0 opens at once."""
-    """Most events of one topic sent as one message (a run, PROTOCOL.md); 1 sends every event alone."""
     curve: ServerKeys | None = None
     """CURVE keys (``--curve``): every bound socket is a CURVE server behind a ZAP allow-list."""
 
@@ -238,7 +238,8 @@ class Broker:
                     continue
                 raise
             if self._closed_until is not None and time.monotonic() >= self._closed_until:
-                log.warning("the event log did not subscribe within %gs; taking events without it", self.config.await_log)
+                log.warning("the event log did not subscribe within %gs; taking events without it",
+                            self.config.await_log)
                 self._open()
             if not ready:
                 continue

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from schemas.endpoints import Endpoints, default_home, ensure_home
 
@@ -96,6 +96,21 @@ def server_endpoints(args: argparse.Namespace) -> tuple[Path, Endpoints]:
     else:
         endpoints = Endpoints.ipc(home)
     return home, endpoints
+
+
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` to ``high``, else a clear usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, not {text!r}")
+        return value
+
+    return parse
 
 
 def print_json(data: Any) -> None:

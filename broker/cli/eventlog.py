@@ -8,7 +8,7 @@ from datetime import datetime
 
 import zmq
 
-from broker.cli.common import add_home, add_target, add_tcp, fail, print_json, server_keys, target
+from broker.cli.common import add_home, add_target, add_tcp, fail, print_json, server_keys, target, whole_number
 from broker.eventlog.service import EventLog, EventLogConfig
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the broker at start")
     p.add_argument(
         "--nice",
-        type=_niceness,
+        type=whole_number(0, 19),
         default=DEFAULT_NICE,
         metavar="N",
         help=f"run N steps below normal CPU priority, 0 to 19 (default {DEFAULT_NICE}): when the CPUs are"
@@ -79,16 +79,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 DEFAULT_NICE = 10
-
-
-def _niceness(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 19:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 19, not {text!r}")
-    return value
 
 
 def run_event_log(args: argparse.Namespace) -> int:

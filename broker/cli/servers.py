@@ -10,7 +10,7 @@ from broker import reservation
 from broker.broker import Broker, BrokerConfig
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
-from broker.cli.common import add_home, add_tcp, fail, server_endpoints, server_keys
+from broker.cli.common import add_home, add_tcp, fail, server_endpoints, server_keys, whole_number
 from broker.security import SecurityError
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, MAX_RUN
@@ -71,21 +71,11 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-run",
-        type=_run_size,
+        type=whole_number(1, 1024),
         default=MAX_RUN,
         help=f"most events of one type the broker sends as one message when they arrive together"
         f" (default {MAX_RUN}; 1 sends every event alone)",
     )
-
-
-def _run_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 1024, not {text!r}")
-    return value
 
 
 def broker_config(
