@@ -500,6 +500,7 @@ class Broker:
             "malformed": self.malformed,
             "rejected": self.rejected,
             "syncs": self.syncs,
+            "taking_events": self._closed_until is None,
             "lifecycle_events": self.lifecycle_events,
             "publishers": self.publishers,
             "subscribers": self.subscribers,

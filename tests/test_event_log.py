@@ -66,9 +66,11 @@ def test_a_broker_awaiting_the_log_takes_events_once_it_subscribes(start) -> Non
         publisher = threading.Thread(target=lambda: (bus.publish("a:b", {"n": 1}), done.set()), daemon=True)
         publisher.start()
         wait_for(bus.stats, lambda s: s["publishers"] == 1, what="the publisher connected")
-        assert not done.is_set() and bus.stats()["version"] == 0  # held: nothing was taken
+        held = bus.stats()
+        assert not done.is_set() and (held["version"], held["taking_events"]) == (0, False)
         start("event-log")
         assert done.wait(30)
+        assert bus.stats()["taking_events"] is True
         wait_logged(bus, 1)
     assert "the event log subscribed; taking events" in broker.log
 
