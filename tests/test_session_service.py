@@ -389,6 +389,28 @@ def test_session_events_appear_on_the_bus(home: Path, stack) -> None:
     assert [e.payload for e in events] == [x.to_dict() for x in expected]
 
 
+@pytest.mark.parametrize("linger_ms", ["0", "50"])
+def test_a_burst_of_writes_is_announced_in_commit_order_even_across_a_stop(home: Path, start, linger_ms: str) -> None:
+    """Events held for the linger go in commit order, and a stop publishes what is still held."""
+    start("broker")
+    service = start("session-service", "--event-linger", linger_ms)
+    with sdk.connect(home, name="test", timeout=5) as bus, bus.subscribe("session:created") as sub:
+        made = [bus.sessions.create(f"burst {i}").id for i in range(100)]
+        service.stop()  # at 50 ms, most of the burst is still held here
+        got = [sub.recv(timeout=5) for _ in made]
+        with pytest.raises(TimeoutError):
+            sub.recv(timeout=0.3)
+    assert [e.session_id for e in got] == made
+    assert [e.version for e in got] == list(range(got[0].version, got[0].version + len(made)))
+
+
+def test_event_linger_must_be_whole_milliseconds(home: Path) -> None:
+    for bad in ("-1", "1001", "0.5", "soon"):
+        done = pryxbus(home, "session-service", "--event-linger", bad)
+        assert done.returncode == 2
+        assert "--event-linger: must be a whole number from 0 to 1000" in done.stderr
+
+
 def test_service_runs_without_a_broker(client: SessionClient) -> None:
     assert client.create("no broker").title == "no broker"
     assert client.ping()["status"] == "ok"

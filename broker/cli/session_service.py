@@ -7,10 +7,11 @@ from pathlib import Path
 
 import zmq
 
-from broker.cli.common import add_home, add_tcp, fail, server_endpoints, server_keys
+from broker.cli.common import add_home, add_tcp, fail, server_endpoints, server_keys, whole_number
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
+from broker.sessions.events import DEFAULT_LINGER
 
 DB_FILE = "sessions.db"
 
@@ -28,6 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_log_format(p)
     p.add_argument("--db", type=Path, default=None, help=f"the SQLite file (default: HOME/{DB_FILE})")
     p.add_argument("--no-events", action="store_true", help="do not publish session:* events")
+    p.add_argument(
+        "--event-linger",
+        type=whole_number(0, 1000),
+        default=round(DEFAULT_LINGER * 1000),
+        metavar="MS",
+        help="a session event goes to the broker at once, unless events went less than MS"
+        " milliseconds ago: then it waits for the rest of those MS and goes with the others"
+        " (default %(default)s; 0 sends each at once)",
+    )
     p.set_defaults(func=run_session_service)
 
 
@@ -41,7 +51,11 @@ def run_session_service(args: argparse.Namespace) -> int:
     db_path = args.db or home / DB_FILE
     curve = server_keys(args, home)
     config = ServiceConfig(
-        endpoints=endpoints, db_path=db_path, publish_events=not args.no_events, curve=curve
+        endpoints=endpoints,
+        db_path=db_path,
+        publish_events=not args.no_events,
+        event_linger=args.event_linger / 1000,
+        curve=curve,
     )
     try:
         with home_lock(home, "sessions"):

@@ -29,7 +29,7 @@ import msgpack
 import zmq
 
 from broker.security import Authenticator, ServerKeys, secure_server
-from broker.sessions.events import SessionEvents
+from broker.sessions.events import DEFAULT_LINGER, SessionEvents
 from broker.sessions.store import SCHEMA_VERSION, SessionStore, Written
 from schemas.endpoints import Endpoints
 from sdk.transport import configure_context
@@ -71,6 +71,8 @@ class ServiceConfig:
     publish_events: bool = True
     busy_timeout: float = 5.0
     """Seconds a write waits for a lock held by another process before answering ``busy``."""
+    event_linger: float = DEFAULT_LINGER
+    """Seconds a burst of session events may wait to go to the broker together (0: each at once)."""
     curve: ServerKeys | None = None
     """CURVE keys (``--curve``): the socket is a CURVE server behind a ZAP allow-list, and the
     session events go to the broker with the home's client keypair."""
@@ -135,7 +137,7 @@ class SessionService:
             raise
         if config.publish_events:
             client = config.curve.client if config.curve is not None else False
-            self.events = SessionEvents(config.endpoints, curve=client)
+            self.events = SessionEvents(config.endpoints, linger=config.event_linger, curve=client)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -168,19 +170,27 @@ class SessionService:
     def run(self, poll_interval: float = 0.1) -> None:
         """Answer requests until ``stop()``."""
         self._running = True
-        # A blocking recv with a timeout costs less than a poll per request (no Poller object).
-        self.sock.rcvtimeo = int(poll_interval * 1000)
-        recv = self.sock.recv
+        sock, events = self.sock, self.events
+        # A blocking recv with a timeout costs less than a poll per request (no Poller object);
+        # while session events are held, the timeout is when they are due.
+        idle_ms = timeout_ms = sock.rcvtimeo = int(poll_interval * 1000)
+        recv, monotonic, perf_counter = sock.recv, time.monotonic, time.perf_counter
         while self._running:
             try:
                 first = recv()
             except zmq.Again:
-                continue
-            started = time.perf_counter()
-            batch = self._drain(first)
-            if batch:
-                self._handle(batch)
-            self.busy_seconds += time.perf_counter() - started  # service time, for stats/top
+                pass
+            else:
+                started = perf_counter()
+                batch = self._drain(first)
+                if batch:
+                    self._handle(batch)
+                self.busy_seconds += perf_counter() - started  # service time, for stats/top
+            if events is not None:
+                due = events.send_due(monotonic())
+                wanted = idle_ms if due is None else min(idle_ms, 1 + int(due * 1000))
+                if wanted != timeout_ms:
+                    sock.rcvtimeo = timeout_ms = wanted
 
     def _drain(self, first: bytes) -> list[_Request]:
         """The requests from the first write on, among this one and the others waiting (at most BATCH).
