@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--peers",
         default="all",
         help="peers to measure beside pryxbus: all (default), none, or a comma list of"
-        " zmq, zmq.proxy, redis, nats, zmq.reqrep, sqlite",
+        " zmq, zmq.proxy, redis, nats, zmq.reqrep, sqlite, sidecar",
     )
     p.add_argument("--repeats", type=int, default=None, help="runs per figure (default 3 with --quick, else 5)")
     p.add_argument(

@@ -1,9 +1,10 @@
 """The servers a bench run needs: find them, start them on free loopback ports, stop them by pid.
 
 pryxbus runs as ``python -m broker broker`` (or ``up``, ``session-service``) in a short home under
-/tmp; its peers are Debian's ``redis-server`` and ``nats-server`` binaries, a ``zmq.proxy`` and a
-REQ/REP echo (both ``python -m bench.peers ...``). Each server binds only to 127.0.0.1 (or ipc in
-its own directory) and is stopped with SIGTERM, then SIGKILL, by the pid the harness started.
+/tmp; its peers are Debian's ``redis-server`` and ``nats-server`` binaries, a ``zmq.proxy``, a
+REQ/REP echo and a REQ/REP sidecar that makes one SQLite commit per request (all three
+``python -m bench.peers ...``). Each server binds only to 127.0.0.1 (or ipc in its own directory)
+and is stopped with SIGTERM, then SIGKILL, by the pid the harness started.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +247,40 @@ def start_reqrep_echo(workdir: Path, transport: str = "ipc", timeout: float = 15
     return server
 
 
+def start_sidecar(workdir: Path, transport: str = "ipc", timeout: float = 15.0) -> Server:
+    """The floor of any durable sidecar: a bare pyzmq REP socket that makes, per request, the same
+    single-row commit as the bare SQLite peer (a file in ``workdir``), then replies."""
+    endpoint = _endpoints(workdir, transport, ["sidecar"])["sidecar"]
+    db = str(workdir / "sidecar.db")
+    server = _spawn("zmq-sidecar", [sys.executable, "-u", "-m", "bench.peers", "sidecar", endpoint, db], workdir)
+    _wait(server, lambda: _log_has(server, "ready"), timeout)
+    server.wiring = {"kind": "reqrep", "endpoint": endpoint}
+    return server
+
+
+def open_commit_db(path: str) -> sqlite3.Connection:
+    """The bare SQLite peer's database: the sessions table and list index, WAL, ``synchronous=FULL``."""
+    db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, title TEXT NOT NULL,"
+        " created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS sessions_updated ON sessions (updated_at DESC, id)")
+    return db
+
+
+def commit_session(db: sqlite3.Connection, title: str) -> tuple[str, str, str, str]:
+    """One durable single-row commit (a new UUIDv4 session): what the SQLite peers measure."""
+    now = datetime.now(timezone.utc).isoformat()
+    row = (str(uuid.uuid4()), title, now, now)
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("INSERT INTO sessions (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)", row)
+    db.execute("COMMIT")
+    return row
+
+
 def _endpoints(workdir: Path, transport: str, names: list[str]) -> dict[str, str]:
     if transport == "tcp":
         return {n: f"tcp://127.0.0.1:{free_port()}" for n in names}
@@ -287,5 +325,21 @@ def _run_echo(endpoint: str) -> None:
         send(recv())
 
 
+def _run_sidecar(endpoint: str, path: str) -> None:
+    import msgpack
+    import zmq
+
+    db = open_commit_db(path)
+    ctx = zmq.Context()
+    rep = ctx.socket(zmq.REP)
+    rep.linger = 0
+    rep.bind(endpoint)
+    print(f"zmq REQ/REP sidecar ready at {endpoint} db={path}", flush=True)
+    recv, send, pack, unpack = rep.recv, rep.send, msgpack.packb, msgpack.unpackb
+    while True:
+        request = unpack(recv())
+        send(pack(commit_session(db, request["title"])))
+
+
 if __name__ == "__main__":
-    {"proxy": _run_proxy, "echo": _run_echo}[sys.argv[1]](*sys.argv[2:])
+    {"proxy": _run_proxy, "echo": _run_echo, "sidecar": _run_sidecar}[sys.argv[1]](*sys.argv[2:])

@@ -28,6 +28,7 @@ SYSTEM_LABELS = {
     "nats": "NATS (nats-py)",
     "zmq.reqrep": "pyzmq REQ/REP echo",
     "sqlite": "SQLite commit (WAL, FULL)",
+    "sidecar": "REQ/REP + SQLite commit",
 }
 
 

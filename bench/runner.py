@@ -24,7 +24,7 @@ from bench.results import SCHEMA_VERSION, Case, Measurement, RunResult
 from bench.scenarios import SCENARIOS
 from bench.scenarios.common import PUBSUB, Env
 
-PEERS = ("zmq", "zmq.proxy", "redis", "nats", "zmq.reqrep", "sqlite")
+PEERS = ("zmq", "zmq.proxy", "redis", "nats", "zmq.reqrep", "sqlite", "sidecar")
 ORDER = ("pryxbus", *PEERS)
 BROKER_OPTIONS = ("--sub-hwm", "1000000")
 """The broker's per-subscriber queue raised to what the zmq.proxy peer gets (and Redis's/NATS's
@@ -121,6 +121,9 @@ def start_servers(env: Env, scenarios: list[str], chosen: set[str], stack: ExitS
             start("zmq.reqrep", peers.start_reqrep_echo, root / "echo", env.transport)
         if "sqlite" in chosen:
             env.wirings["sqlite"] = {"kind": "sqlite"}
+        if "sidecar" in chosen:
+            (root / "sidecar").mkdir()
+            start("sidecar", peers.start_sidecar, root / "sidecar", env.transport)
     if "eventlog" in scenarios:
         if peers.pryxbus_has("event-log"):
             home = root / "log"

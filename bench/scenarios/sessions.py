@@ -1,21 +1,22 @@
 """Sessions: ``get``, ``list`` and durable ``create`` per second, with 1 and 4 client processes.
 
 pryxbus runs its session service (with a broker, as under ``pryxbus up``) in its own home; the peers
-are the floors for each operation: a bare pyzmq REQ/REP echo and Redis GET for ``get``; bare SQLite
-single-row commits (WAL, ``synchronous=FULL``, a file in the same directory, so on the same disk)
-and Redis SET (in memory, not durable) for ``create``. Each client runs closed loop; the rate is
-all operations over the span from the first client's start to the last client's end.
+are the floors for each operation: a bare pyzmq REQ/REP echo and Redis GET for ``get``; for
+``create``, bare SQLite single-row commits (WAL, ``synchronous=FULL``, a file in the same
+directory, so on the same disk), the same commit behind a bare REQ/REP socket in another process
+(the floor of any durable sidecar: one round trip plus one commit), and Redis SET (in memory, not
+durable). Each client runs closed loop; the rate is all operations over the span from the first
+client's start to the last client's end.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bench.peers import commit_session, open_commit_db
 from bench.results import Case, Metric, RunResult
 from bench.scenarios.common import READY_TIMEOUT, Env
 from bench.sides import Side, SideError, stop_all, wait_exit
@@ -27,10 +28,8 @@ SEEDED = 100
 SYSTEMS = {
     "get": ("pryxbus", "zmq.reqrep", "redis"),
     "list": ("pryxbus",),
-    "create": ("pryxbus", "sqlite", "redis"),
+    "create": ("pryxbus", "sqlite", "sidecar", "redis"),
 }
-
-_SQL = "INSERT INTO sessions (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)"
 
 
 class _Ops:
@@ -50,7 +49,7 @@ class _Ops:
                 "create": lambda: sessions.create("bench session"),
             }[op]
             self.close = bus.close
-        elif system == "zmq.reqrep":
+        elif system in ("zmq.reqrep", "sidecar"):
             import msgpack
             import zmq
 
@@ -58,9 +57,13 @@ class _Ops:
             req = ctx.socket(zmq.REQ)
             req.linger = 0
             req.connect(wiring["endpoint"])
-            request = msgpack.packb({"op": "get", "id": seed["ids"][0]})
             send, recv = req.send, req.recv
-            self.call = lambda: (send(request), recv())
+            if system == "zmq.reqrep":
+                request = msgpack.packb({"op": "get", "id": seed["ids"][0]})
+                self.call = lambda: (send(request), recv())
+            else:
+                pack, unpack = msgpack.packb, msgpack.unpackb
+                self.call = lambda: (send(pack({"op": "create", "title": "bench session"})), unpack(recv()))
             self.close = lambda: (req.close(), ctx.term())
         elif system == "redis":
             import redis
@@ -74,17 +77,8 @@ class _Ops:
             }[op]
             self.close = r.close
         elif system == "sqlite":
-            db = sqlite3.connect(seed["sqlite"], timeout=30.0, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-
-            def insert() -> None:
-                now = datetime.now(timezone.utc).isoformat()
-                db.execute("BEGIN IMMEDIATE")
-                db.execute(_SQL, (str(uuid.uuid4()), "bench session", now, now))
-                db.execute("COMMIT")
-
-            self.call = insert
+            db = open_commit_db(seed["sqlite"])
+            self.call = lambda: commit_session(db, "bench session")
             self.close = db.close
         else:
             raise ValueError(f"no session operations for {system}")
@@ -129,14 +123,7 @@ def prepare(env: Env) -> dict[str, Any]:
             side.stop()
     home = Path(env.wirings.get("pryxbus.sessions", {}).get("home", env.workdir))
     seed["sqlite"] = str(home / "bench-sqlite-peer.db")
-    db = sqlite3.connect(seed["sqlite"])
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, title TEXT NOT NULL,"
-        " created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
-    )
-    db.execute("CREATE INDEX IF NOT EXISTS sessions_updated ON sessions (updated_at DESC, id)")
-    db.close()
+    open_commit_db(seed["sqlite"]).close()
     env.shared["session_seed"] = seed
     return seed
 
