@@ -21,6 +21,7 @@ from schemas.endpoints import Endpoints
 from schemas.sessions import MAX_TITLE_LENGTH
 from sdk.sessions import SessionClient
 from tests.conftest import REPO, Part
+from tests.helpers import wait_for
 
 HOSTILE_TITLES = [
     "'); DROP TABLE sessions;--",
@@ -402,6 +403,23 @@ def test_a_burst_of_writes_is_announced_in_commit_order_even_across_a_stop(home:
             sub.recv(timeout=0.3)
     assert [e.session_id for e in got] == made
     assert [e.version for e in got] == list(range(got[0].version, got[0].version + len(made)))
+
+
+def test_changes_made_before_any_broker_runs_are_announced_once_one_does(home: Path, start) -> None:
+    """A service without a broker holds its events, in order, and publishes them when one subscribes."""
+    start("session-service")
+    with SessionClient.open(home, timeout=5.0) as c:
+        made = [c.create(f"early {i}").id for i in range(3)]
+        held = c.stats()
+    assert (held["events_published"], held["events_held"]) == (0, 3)
+    start("broker", "--await-log", "30")  # takes no event until the log below has subscribed
+    start("event-log")
+    with sdk.connect(home, name="test", timeout=5) as bus:
+        wait_for(lambda: bus.log_stats(), lambda s: s["last"] >= 3, what="the held events in the log")
+        logged = list(bus.replay())
+        stats = bus.sessions.stats()
+    assert [(e.type, e.session_id, e.source) for e in logged] == [("session:created", i, "session-service") for i in made]
+    assert (stats["events_published"], stats["events_held"], stats["events_dropped"]) == (3, 0, 0)
 
 
 def test_event_linger_must_be_whole_milliseconds(home: Path) -> None:

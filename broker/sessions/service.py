@@ -4,7 +4,8 @@ Reads (``get``, ``list``, ``ping``, ``stats``) are answered the moment they arri
 state, with no transaction machinery. Writes are grouped: a turn that receives a write drains every
 request waiting on the socket (up to BATCH), runs the writes in order inside one ``BEGIN IMMEDIATE``
 transaction, commits once (one fsync for the whole batch), and only then sends their replies and
-queues the ``session:*`` events. So a write's reply always means "committed", and concurrent
+hands the ``session:*`` events to ``SessionEvents``, which the loop lets send them after each turn
+(``broker/sessions/events.py``). So a write's reply always means "committed", and concurrent
 writers share fsyncs instead of queueing for one each.
 
 Every request gets a reply, garbage included (``{ok: false, code, message}``, see
@@ -136,8 +137,12 @@ class SessionService:
             self.store.close()
             raise
         if config.publish_events:
-            client = config.curve.client if config.curve is not None else False
-            self.events = SessionEvents(config.endpoints, linger=config.event_linger, curve=client)
+            self.events = SessionEvents(
+                self._ctx,
+                config.endpoints,
+                linger=config.event_linger,
+                curve=config.curve.client if config.curve is not None else None,
+            )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -155,14 +160,14 @@ class SessionService:
         """Close the socket, publish queued events, close the store; idempotent."""
         if self._ctx.closed:
             return
+        if self.events is not None:
+            self.events.close()  # before the context goes: its queued events may still leave
         if self._auth is not None:
             self._auth.close()
         self._ctx.destroy(linger=0)
         endpoint = self.config.endpoints.sessions
         if endpoint.startswith("ipc://"):
             Path(endpoint[len("ipc://") :]).unlink(missing_ok=True)
-        if self.events is not None:
-            self.events.close()
         self.store.close()
 
     # -- the loop ----------------------------------------------------------------------------
@@ -353,6 +358,7 @@ class SessionService:
             "busy_seconds": self.busy_seconds,
             "events_published": events.published if events else 0,
             "events_dropped": events.dropped if events else 0,
+            "events_held": events.held if events else 0,
             "db": str(self.config.db_path),
             "schema_version": SCHEMA_VERSION,
         }
