@@ -13,20 +13,30 @@ from typing import IO
 
 
 class AlreadyRunning(RuntimeError):
-    """Another process already holds this part's lock in the home directory."""
+    """Another process already holds this lock (a part's in its home, or a file's)."""
 
 
 @contextmanager
 def home_lock(home: Path, part: str) -> Iterator[None]:
     """Hold ``HOME/PART.lock`` for the life of the process, so two brokers never share a home."""
-    path = home / f"{part}.lock"
+    with path_lock(home / f"{part}.lock", f"a {part} is already running in {home}"):
+        yield
+
+
+@contextmanager
+def path_lock(path: Path, taken: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created, 0600, holding our pid) for the block.
+
+    Raises:
+        AlreadyRunning: another process holds it; the message is ``taken`` and that process's pid.
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise AlreadyRunning(f"a {part} is already running in {home} (pid {pid})") from None
+            raise AlreadyRunning(f"{taken} (pid {pid})") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield

@@ -90,6 +90,44 @@ def test_rename_touch_delete(client: SessionClient) -> None:
     assert client.list() == []
 
 
+def test_a_get_after_any_change_sees_the_change(client: SessionClient) -> None:
+    """The service remembers replies to gets; every write forgets them."""
+    with pytest.raises(sdk.SessionNotFound):
+        client.get("later")
+    s = client.create("first", id="later")
+    assert client.get("later") == client.get("later") == s
+    for change in (
+        lambda: client.rename("later", "second"),
+        lambda: client.touch("later"),
+        lambda: client.ensure("later", "ignored"),
+    ):
+        changed = change()
+        assert client.get("later") == changed
+    assert changed.title == "second" and changed.updated_at > s.updated_at
+    client.create("another")  # a write to another session forgets this one's reply too
+    assert client.get("later").title == "second"
+    client.delete("later")
+    with pytest.raises(sdk.SessionNotFound):
+        client.get("later")
+
+
+def test_one_database_has_one_service(home: Path, session_service: Part, tmp_path: Path) -> None:
+    """A second service on the same file (from another home) is refused: the first caches gets."""
+    other = tmp_path / "other-home"
+    other.mkdir()
+    db = home / "sessions.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "broker", "session-service", "--home", str(other), "--db", str(db)],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 1
+    assert f"another session service is using {db} (pid {session_service.pid})" in done.stderr
+    missing = pryxbus(home, "session-service", "--db", str(tmp_path / "nowhere" / "s.db"))
+    assert (missing.returncode, missing.stderr.strip()) == (
+        1, f"pryxbus: --db: the directory {tmp_path / 'nowhere'} does not exist"
+    )
+
+
 def test_unknown_ids_are_not_found(client: SessionClient) -> None:
     for call in (
         lambda: client.get("nope"),

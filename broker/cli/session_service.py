@@ -10,7 +10,7 @@ import zmq
 from broker.cli.common import add_home, add_tcp, fail, server_endpoints, server_keys, whole_number
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
-from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
+from broker.process import AlreadyRunning, announce, home_lock, path_lock, stop_on_signals
 from broker.sessions.events import DEFAULT_LINGER
 
 DB_FILE = "sessions.db"
@@ -49,6 +49,8 @@ def run_session_service(args: argparse.Namespace) -> int:
     configure_logging(args.log_format)
     home, endpoints = server_endpoints(args)
     db_path = args.db or home / DB_FILE
+    if not db_path.parent.is_dir():
+        return fail(f"--db: the directory {db_path.parent} does not exist")
     curve = server_keys(args, home)
     config = ServiceConfig(
         endpoints=endpoints,
@@ -58,7 +60,10 @@ def run_session_service(args: argparse.Namespace) -> int:
         curve=curve,
     )
     try:
-        with home_lock(home, "sessions"):
+        # One service per database file, whatever its home: the service caches replies to gets,
+        # so it must be the file's only writer (broker/sessions/service.py).
+        db_lock = db_path.with_name(db_path.name + ".lock")
+        with home_lock(home, "sessions"), path_lock(db_lock, f"another session service is using {db_path}"):
             try:
                 service = SessionService(config)
             except zmq.ZMQError as e:
