@@ -16,8 +16,7 @@ import logging
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -114,6 +113,37 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+class _Transaction:
+    """``with store.transaction():`` — a class, not a generator: it runs on every write."""
+
+    __slots__ = ("_conn", "_depth")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        if not self._depth:
+            self._conn.execute("BEGIN IMMEDIATE")
+        self._depth += 1
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth:
+            return  # a nested block: the outer one commits or rolls back
+        conn = self._conn
+        if exc_type is None:
+            try:
+                conn.execute("COMMIT")
+                return
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
 class SessionStore:
     """The session table of one SQLite file. A context manager; ``close()`` is idempotent.
 
@@ -125,7 +155,7 @@ class SessionStore:
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout)
         self.db = sqlite_utils.Database(conn)
         self._conn = conn
-        self._depth = 0
+        self._transaction = _Transaction(conn)
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
@@ -150,32 +180,9 @@ class SessionStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> _Transaction:
         """One write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``); nested blocks join the outer one."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        self._conn.execute("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield
-        except BaseException:
-            self._depth = 0
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
-        self._depth = 0
-        try:
-            self._conn.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
+        return self._transaction
 
     def schema_version(self) -> int:
         if not self.db["schema_version"].exists():
