@@ -10,9 +10,9 @@ writers share fsyncs instead of queueing for one each.
 
 Replies to ``get`` are remembered until the next write turn (any write clears them all), so a
 session read again and again costs a dictionary lookup instead of a SQLite read transaction
-(~12 us of the ~20 us a get spends here). That is only right if nothing else writes the file: the
-CLI holds a lock on ``<db>.lock`` for the life of the service, so two services never share one
-database, and nothing else is meant to write it (DESIGN.md §2: clients go through the service).
+(measured: ~12 us of the ~20 us a get spent here beyond a bare REQ/REP echo). That is only right
+if nothing else writes the file: the CLI holds ``<db>.lock`` for the life of the service, so two
+services never share one database, and components reach sessions only through the service.
 
 Every request gets a reply, garbage included (``{ok: false, code, message}``, see
 ``schemas/sessions.py``); every bad request is counted. Write requests may carry a request id
