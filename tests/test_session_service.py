@@ -460,11 +460,27 @@ def test_changes_made_before_any_broker_runs_are_announced_once_one_does(home: P
     assert (stats["events_published"], stats["events_held"], stats["events_dropped"]) == (3, 0, 0)
 
 
-def test_event_linger_must_be_whole_milliseconds(home: Path) -> None:
-    for bad in ("-1", "1001", "0.5", "soon"):
-        done = pryxbus(home, "session-service", "--event-linger", bad)
+@pytest.mark.parametrize(("option", "high"), [("--event-linger", 1000), ("--spin-us", 10_000)])
+def test_tuning_options_must_be_whole_numbers_in_range(home: Path, option: str, high: int) -> None:
+    for bad in ("-1", str(high + 1), "0.5", "soon"):
+        done = pryxbus(home, "session-service", option, bad)
         assert done.returncode == 2
-        assert "--event-linger: must be a whole number from 0 to 1000" in done.stderr
+        assert f"{option}: must be a whole number from 0 to {high}" in done.stderr
+
+
+def test_a_spinning_service_answers_streams_and_stragglers(home: Path, start) -> None:
+    """With --spin-us, back-to-back requests are found by busy-polling, the rest by waking up."""
+    start("broker")
+    start("session-service", "--spin-us", "5000")
+    with sdk.connect(home, name="test", timeout=5) as bus, bus.subscribe("session:created") as sub:
+        made = [bus.sessions.create(f"spun {i}") for i in range(50)]  # back to back: spins
+        assert [bus.sessions.get(s.id) for s in made] == made
+        assert [sub.recv(timeout=5).session_id for _ in made] == [s.id for s in made]
+        with pytest.raises(TimeoutError):
+            sub.recv(timeout=0.3)  # idle longer than the spin: the next request wakes the service
+        late = bus.sessions.create("after a pause")
+        assert bus.sessions.get(late.id) == late
+        assert sub.recv(timeout=5).session_id == late.id
 
 
 def test_service_runs_without_a_broker(client: SessionClient) -> None:

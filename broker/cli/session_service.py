@@ -14,6 +14,7 @@ from broker.process import AlreadyRunning, announce, home_lock, path_lock, stop_
 from broker.sessions.events import DEFAULT_LINGER
 
 DB_FILE = "sessions.db"
+SPIN_US = 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " milliseconds ago: then it waits for the rest of those MS and goes with the others"
         " (default %(default)s; 0 sends each at once)",
     )
+    p.add_argument(
+        "--spin-us",
+        type=whole_number(0, 10_000),
+        default=SPIN_US,
+        metavar="US",
+        help="while requests come back to back (each within US microseconds of the last answer),"
+        " busy-poll up to US for the next one instead of sleeping: a client in a loop is answered"
+        " sooner; sporadic requests never spin (default %(default)s; 0 never spins)",
+    )
     p.set_defaults(func=run_session_service)
 
 
@@ -57,6 +67,7 @@ def run_session_service(args: argparse.Namespace) -> int:
         db_path=db_path,
         publish_events=not args.no_events,
         event_linger=args.event_linger / 1000,
+        spin=args.spin_us / 1e6,
         curve=curve,
     )
     try:
