@@ -16,14 +16,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.peers import commit_session, open_commit_db
+from bench.peers import WARM_COMMITS, commit_session, open_commit_db
 from bench.results import Case, Metric, RunResult
 from bench.scenarios.common import READY_TIMEOUT, Env
 from bench.sides import Side, SideError, stop_all, wait_exit
 
 OPS = Metric("ops", "operations", "ops/s")
-SEEDED = 100
-"""Sessions created before measuring: ``list`` returns a full page of 100."""
+SEEDED = WARM_COMMITS
+"""Sessions created in pryxbus before measuring (``list`` gets full pages); the SQLite peer's file
+gets as many commits, so that every store is measured in its steady state (``WARM_COMMITS``)."""
 
 SYSTEMS = {
     "get": ("pryxbus", "zmq.reqrep", "redis"),
@@ -123,7 +124,12 @@ def prepare(env: Env) -> dict[str, Any]:
             side.stop()
     home = Path(env.wirings.get("pryxbus.sessions", {}).get("home", env.workdir))
     seed["sqlite"] = str(home / "bench-sqlite-peer.db")
-    open_commit_db(seed["sqlite"]).close()
+    db = open_commit_db(seed["sqlite"])
+    for _ in range(SEEDED):
+        commit_session(db, "seeded")
+    # Held open for the whole run: SQLite deletes the WAL when its last connection closes, and each
+    # measured run would then start on a new, growing WAL again.
+    env.shared["sqlite_holder"] = db
     env.shared["session_seed"] = seed
     return seed
 
