@@ -8,6 +8,7 @@ start-up cheap (no re-import); the runner holds no ZeroMQ context or event loop 
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
@@ -73,6 +74,10 @@ class Side:
 
 
 def _entry(target: Callable[..., Any], conn: Any, args: tuple[Any, ...]) -> None:
+    # The runner's objects came with the fork: keep the cyclic collector off them, or each full
+    # collection in a side walks the runner's whole heap (the more Python a client runs per
+    # operation, the more collections it triggers, so this would tax some systems more than others).
+    gc.freeze()
     try:
         target(conn, *args)
     except BaseException as e:  # report every failure to the runner instead of dying silently
