@@ -274,26 +274,22 @@ class SessionService:
         """The reply to a read, from committed state (no transaction; gets are remembered)."""
         op = msg["op"]
         self.counts[op] += 1
-        if op == "get":
-            session_id = msg.get("id")
-            reply = self._gets.get(session_id) if type(session_id) is str else None
-            if reply is None:
-                try:
-                    reply = self._pack({"ok": True, "result": self._op_get(msg)})
-                except ProtocolError as e:  # not found, a bad id: not remembered
-                    return self._error(e.code, e.message)
-                except Exception as e:
-                    return self._failure(e)
-                if len(self._gets) >= GET_CACHE:
-                    self._gets.clear()
-                self._gets[session_id] = reply  # type: ignore[index]
-            return reply
+        session_id = msg.get("id") if op == "get" else None
+        if type(session_id) is str:
+            reply = self._gets.get(session_id)
+            if reply is not None:
+                return reply
         try:
-            return self._pack({"ok": True, "result": self._handlers[op](msg)})
-        except ProtocolError as e:
+            reply = self._pack({"ok": True, "result": self._handlers[op](msg)})
+        except ProtocolError as e:  # for a get: not found, a bad id (not remembered)
             return self._error(e.code, e.message)
         except Exception as e:
             return self._failure(e)
+        if type(session_id) is str:
+            if len(self._gets) >= GET_CACHE:
+                self._gets.clear()
+            self._gets[session_id] = reply
+        return reply
 
     def _handle(self, batch: list[_Request]) -> None:
         """Run a batch; if it writes, in one transaction; reply only after the commit."""
