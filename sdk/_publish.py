@@ -98,6 +98,17 @@ def configure_publisher(sock: zmq.Socket, *, timeout: float, publish_timeout: fl
     sock.sndtimeo = int(publish_timeout * 1000)
 
 
+def broker_subscribed(sock: zmq.Socket) -> bool:
+    """Read every pending (un)subscription on a publisher's XPUB; the newest says whether the broker
+    is there (``\x01``: subscribed, ``\x00``: withdrawn). With none pending, nothing changed: True."""
+    last = b"\x01"
+    while True:
+        try:
+            last = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return last[:1] == b"\x01"
+
+
 def publisher_unavailable(endpoint: str, timeout: float) -> BusUnavailable:
     """The error when the broker's subscription never reached the publisher (trap §4.1)."""
     return BusUnavailable(

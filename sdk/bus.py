@@ -15,6 +15,7 @@ from schemas.endpoints import Endpoints
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, ENVELOPE_VERSION
 from sdk.transport import configure_context
 from sdk._publish import (
+    broker_subscribed,
     check_event,
     check_subscription,
     configure_publisher,
@@ -31,7 +32,6 @@ from sdk.subscription import Policy, Subscription
 _SNDMORE = int(zmq.SNDMORE)
 # The compiled send, without pyzmq's Python-level wrapper (~0.1 us per frame).
 _send = zmq.backend.Socket.send
-_NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
 
@@ -131,7 +131,7 @@ class Bus:
         self._watch_at = now + WATCH_INTERVAL
         if not sock.getsockopt(_EVENTS) & _POLLIN:
             return
-        if self._broker_subscribed(sock):
+        if broker_subscribed(sock):
             return
         self.broker_outages += 1
         deadline = time.monotonic() + self.publish_timeout
@@ -139,18 +139,8 @@ class Bus:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, _POLLIN):
                 raise publish_timed_out(self.publish_timeout)
-            if self._broker_subscribed(sock):
+            if broker_subscribed(sock):
                 return
-
-    @staticmethod
-    def _broker_subscribed(sock: zmq.Socket) -> bool:
-        """Read every pending (un)subscription; the newest says whether the broker is there."""
-        last = b"\x01"
-        while True:
-            try:
-                last = sock.recv(_NOBLOCK)
-            except zmq.Again:
-                return last[:1] == b"\x01"
 
     def _topic(self, event_type: str) -> bytes:
         topic = self._topics.get(event_type)

@@ -25,7 +25,7 @@ import zmq
 from schemas.endpoints import Endpoints
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
 from schemas.sessions import SESSION_EVENTS
-from sdk._publish import encode_body
+from sdk._publish import broker_subscribed, encode_body
 from sdk.errors import BusError
 from sdk.security import ClientKeys, secure_client
 
@@ -133,13 +133,7 @@ class SessionEvents:
         """Whether the broker's subscription is in place: read every (un)subscription that came."""
         sock = self._sock
         if sock.getsockopt(_EVENTS) & _POLLIN:
-            last = b""
-            while True:
-                try:
-                    last = sock.recv(_NOBLOCK)
-                except zmq.Again:
-                    break
-            self._subscribed = last[:1] == b"\x01"
+            self._subscribed = broker_subscribed(sock)
         if self._subscribed:
             if self._warned:
                 log.info("a broker subscribed after %.1fs; publishing session events", now - self._waiting_since)
