@@ -300,7 +300,7 @@ def zmq_direct_wiring(workdir: Path, transport: str = "ipc") -> dict[str, Any]:
     return {"kind": "zmq", "channels": channels}
 
 
-def _run_proxy(inbound: str, outbound: str) -> None:
+def run_proxy(inbound: str, outbound: str) -> None:
     import zmq
 
     ctx = zmq.Context()
@@ -316,7 +316,7 @@ def _run_proxy(inbound: str, outbound: str) -> None:
     zmq.proxy(xsub, xpub)
 
 
-def _run_echo(endpoint: str) -> None:
+def run_echo(endpoint: str) -> None:
     import zmq
 
     ctx = zmq.Context()
@@ -331,7 +331,7 @@ def _run_echo(endpoint: str) -> None:
         send(recv())
 
 
-def _run_sidecar(endpoint: str, path: str) -> None:
+def run_sidecar(endpoint: str, path: str) -> None:
     import msgpack
     import zmq
 
@@ -350,4 +350,4 @@ def _run_sidecar(endpoint: str, path: str) -> None:
 
 
 if __name__ == "__main__":
-    {"proxy": _run_proxy, "echo": _run_echo, "sidecar": _run_sidecar}[sys.argv[1]](*sys.argv[2:])
+    {"proxy": run_proxy, "echo": run_echo, "sidecar": run_sidecar}[sys.argv[1]](*sys.argv[2:])
