@@ -17,6 +17,8 @@ ENDPOINTS_FILE = "endpoints.json"
 # Port offsets from the base port given with --tcp.
 _TCP_OFFSETS = {"publish": 0, "subscribe": 1, "control": 2, "sessions": 3, "log": 4, "log_feed": 5}
 _IPC_NAMES = {"log_feed": "logfeed"}  # the others: the first three letters of the name
+IPC_PATH_MAX = 107
+"""Longest ipc socket path in bytes (a sockaddr_un holds 108, with the terminating NUL)."""
 
 
 def default_home() -> Path:
@@ -55,7 +57,14 @@ class Endpoints:
 
     @classmethod
     def ipc(cls, home: str | os.PathLike[str]) -> Endpoints:
+        """The ipc sockets in ``home``; raises ValueError if their paths are too long for a socket."""
         base = Path(home).expanduser().absolute()
+        longest = base / "logfeed.sock"
+        if len(os.fsencode(longest)) > IPC_PATH_MAX:
+            raise ValueError(
+                f"the home {base} is too long for ipc sockets ({longest} is {len(os.fsencode(longest))}"
+                f" bytes; at most {IPC_PATH_MAX}): use a shorter home, or tcp"
+            )
         return cls(**{name: f"ipc://{base / _IPC_NAMES.get(name, name[:3])}.sock" for name in _TCP_OFFSETS})
 
     @classmethod

@@ -27,6 +27,8 @@ MAX_RID_LENGTH = 64
 """Longest request id (``rid``), the key under which the service remembers a write's reply."""
 MAX_LIST_LIMIT = 100
 """``list`` never returns more sessions than this per call; a larger ``limit`` is capped."""
+MAX_OFFSET = (1 << 63) - 1
+"""Largest ``list`` offset (SQLite's largest integer); a larger one is refused with ``bad_request``."""
 MAX_REQUEST_SIZE = 1 << 20
 """Largest request frame in bytes. ZeroMQ disconnects a peer that sends more (no reply possible)."""
 MAX_REQUEST_ITEMS = 4096
@@ -77,7 +79,7 @@ def check_id(value: Any, field: str = "id") -> str:
         raise ProtocolError(BAD_REQUEST, f"{field!r} must not be empty")
     if len(value) > MAX_ID_LENGTH:
         raise ProtocolError(TOO_LONG, f"{field!r} is {len(value)} characters; at most {MAX_ID_LENGTH}")
-    return value
+    return _unicode(value, field)
 
 
 def check_title(value: Any) -> str:
@@ -86,6 +88,19 @@ def check_title(value: Any) -> str:
         raise ProtocolError(BAD_REQUEST, f"'title' must be a string, not {_kind(value)}")
     if len(value) > MAX_TITLE_LENGTH:
         raise ProtocolError(TOO_LONG, f"'title' is {len(value)} characters; at most {MAX_TITLE_LENGTH}")
+    return _unicode(value, "title")
+
+
+def _unicode(value: str, field: str) -> str:
+    """``value`` if it can travel as UTF-8: a Python str may hold lone surrogates (e.g. a command-line
+    argument that was not valid UTF-8), which no msgpack str can carry."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as e:
+            raise ProtocolError(
+                BAD_REQUEST, f"{field!r} is not valid Unicode text (a lone surrogate at position {e.start})"
+            ) from None
     return value
 
 
@@ -109,8 +124,8 @@ def check_limit(value: Any) -> int:
 def check_offset(value: Any) -> int:
     if value is None:
         return 0
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ProtocolError(BAD_REQUEST, "'offset' must be an integer >= 0")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_OFFSET:
+        raise ProtocolError(BAD_REQUEST, f"'offset' must be an integer from 0 to {MAX_OFFSET}")
     return value
 
 
@@ -157,7 +172,10 @@ def parse_ts(text: str) -> datetime:
         return when
     if when.tzinfo is None:
         return when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc)
+    try:
+        return when.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+05:00 is before the first representable instant
+        raise ValueError(f"timestamp out of range: {text!r}") from None
 
 
 # -- messages ----------------------------------------------------------------------------------

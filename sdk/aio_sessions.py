@@ -18,7 +18,7 @@ import zmq.asyncio
 from schemas.sessions import MAX_LIST_LIMIT
 from sdk.errors import BusClosed, BusUnavailable, RemoteError
 from sdk.event import Session
-from sdk.request import _result, unanswered
+from sdk.request import _result, cannot_connect, unanswered
 from sdk.sessions import DEFAULT_RETRIES, Call, SessionCalls, SessionPage, translated
 
 T = TypeVar("T")
@@ -72,7 +72,11 @@ class AsyncRequester:
                 if self._sock is None:
                     sock = self._ctx.socket(zmq.REQ)
                     sock.linger = 0
-                    sock.connect(self.endpoint)
+                    try:
+                        sock.connect(self.endpoint)
+                    except zmq.ZMQError as e:
+                        sock.close(linger=0)  # a socket left open would hang the context's term()
+                        raise cannot_connect(self.what, self.endpoint, e) from None
                     self._sock = sock
                 try:
                     await self._sock.send(payload)
@@ -133,9 +137,9 @@ class AsyncSessionClient:
         """See :meth:`sdk.sessions.SessionClient.list`."""
         return await self._do(SessionCalls.list(limit, offset))
 
-    async def page(self, limit: int = MAX_LIST_LIMIT, *, cursor: str | None = None) -> SessionPage:
+    async def page(self, limit: int = MAX_LIST_LIMIT, *, cursor: str | None = None, offset: int = 0) -> SessionPage:
         """See :meth:`sdk.sessions.SessionClient.page`."""
-        return await self._do(SessionCalls.page(limit, cursor))
+        return await self._do(SessionCalls.page(limit, cursor, offset))
 
     async def iterate(self, *, page_size: int = MAX_LIST_LIMIT) -> AsyncIterator[Session]:
         """See :meth:`sdk.sessions.SessionClient.iterate`."""

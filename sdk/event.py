@@ -52,9 +52,10 @@ class Session:
     updated_at: datetime
 
     def to_dict(self) -> dict[str, str]:
+        """The wire form: timestamps fixed-width (``...T12:00:00.000000+00:00``), as the service stores them."""
         return {
             "id": self.id,
             "title": self.title,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
+            "created_at": self.created_at.isoformat(timespec="microseconds"),
+            "updated_at": self.updated_at.isoformat(timespec="microseconds"),
         }

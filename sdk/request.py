@@ -51,10 +51,14 @@ class Requester:
 
     def _open(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.REQ)
-        sock.linger = 0
-        for option, value in self._options.items():
-            sock.setsockopt(option, value)
-        sock.connect(self.endpoint)
+        try:
+            sock.linger = 0
+            for option, value in self._options.items():
+                sock.setsockopt(option, value)
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as e:
+            sock.close(linger=0)  # a socket left open would hang the context's term()
+            raise cannot_connect(self.what, self.endpoint, e) from None
         return sock
 
     def _discard(self) -> None:
@@ -98,6 +102,11 @@ class Requester:
         with self._lock:
             self._closed = True
             self._discard()
+
+
+def cannot_connect(what: str, endpoint: str, e: zmq.ZMQError) -> BusUnavailable:
+    """The error of a socket that could not even connect (a bad endpoint; sync and asyncio clients)."""
+    return BusUnavailable(f"cannot connect to the {what} at {endpoint}: {e}")
 
 
 def unanswered(what: str, endpoint: str, attempts: int, timeout_ms: int) -> BusUnavailable:

@@ -123,11 +123,13 @@ class SessionCalls:
         ))
 
     @classmethod
-    def page(cls, limit: int = MAX_LIST_LIMIT, cursor: str | None = None) -> Call[SessionPage]:
+    def page(cls, limit: int = MAX_LIST_LIMIT, cursor: str | None = None, offset: int = 0) -> Call[SessionPage]:
         def build() -> Call[SessionPage]:
             request: dict[str, Any] = {"op": "list", "limit": check_limit(limit)}
             if cursor is not None:
                 request["cursor"] = cursor
+            if offset:  # the service refuses a cursor and an offset together
+                request["offset"] = check_offset(offset)
             return Call(request, _to_page)
 
         return cls._checked(build)
@@ -267,14 +269,16 @@ class SessionClient:
         """
         return self._do(SessionCalls.list(limit, offset))
 
-    def page(self, limit: int = MAX_LIST_LIMIT, *, cursor: str | None = None) -> SessionPage:
+    def page(self, limit: int = MAX_LIST_LIMIT, *, cursor: str | None = None, offset: int = 0) -> SessionPage:
         """One page of ``list``, with the cursor of the next (stable while sessions change).
 
+        Start after ``cursor`` (a previous page's ``next_cursor``) or skip ``offset`` sessions, not both.
+
         Raises:
-            SessionError: a cursor that did not come from ``page`` (``bad_request``).
+            SessionError: a cursor that did not come from ``page``, or both given (``bad_request``).
             BusUnavailable: the session service did not answer.
         """
-        return self._do(SessionCalls.page(limit, cursor))
+        return self._do(SessionCalls.page(limit, cursor, offset))
 
     def iterate(self, *, page_size: int = MAX_LIST_LIMIT) -> Iterator[Session]:
         """Every session, page by page, most recently updated first.

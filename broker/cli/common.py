@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -65,13 +67,33 @@ def server_keys(args: argparse.Namespace, home: Path) -> Any:
 _LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 
 
-def add_target(parser: argparse.ArgumentParser) -> None:
+def add_target(parser: argparse.ArgumentParser, timeout_help: str = "seconds to wait for the stack (default 5)") -> None:
     """For client commands: which stack to talk to."""
     add_home(parser)
     parser.add_argument(
-        "--connect", metavar="tcp://HOST:PORT", default=None, help="a stack on tcp instead of a home"
+        "--connect", metavar="tcp://HOST:PORT", type=tcp_target, default=None, help="a stack on tcp instead of a home"
     )
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the stack")
+    parser.add_argument("--timeout", type=seconds, default=5.0, help=timeout_help)
+
+
+def tcp_target(text: str) -> str:
+    """An argparse ``type``: ``tcp://HOST:PORT`` or ``HOST:PORT``, as ``tcp://HOST:PORT``."""
+    try:
+        Endpoints.parse_tcp(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text if text.startswith("tcp://") else f"tcp://{text}"
+
+
+def seconds(text: str) -> float:
+    """An argparse ``type``: a finite number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
+    return value
 
 
 def target(args: argparse.Namespace) -> str | Path | None:
@@ -94,7 +116,10 @@ def server_endpoints(args: argparse.Namespace) -> tuple[Path, Endpoints]:
                 file=sys.stderr,
             )
     else:
-        endpoints = Endpoints.ipc(home)
+        try:
+            endpoints = Endpoints.ipc(home)
+        except ValueError as e:
+            raise SystemExit(f"pryxbus: {e}") from None
     return home, endpoints
 
 
@@ -114,10 +139,39 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, default=str, ensure_ascii=False) + "\n")
+    # Characters beyond ASCII as they are, unless stdout cannot encode them (then as \u escapes).
+    ascii_only = (sys.stdout.encoding or "").lower().replace("-", "") != "utf8"
+    sys.stdout.write(json.dumps(data, default=str, ensure_ascii=ascii_only) + "\n")
     sys.stdout.flush()
 
 
 def fail(message: str, code: int = 1) -> int:
-    print(f"pryxbus: {message}", file=sys.stderr)
+    print(f"pryxbus: {printable(message)}", file=sys.stderr)
     return code
+
+
+def fail_as(args: argparse.Namespace, status: int, code: str, message: str) -> int:
+    """A failed client command: the message on stderr and, with ``--json``, the error on stdout as
+    the protocol's error reply (``{"ok": false, "code": ..., "message": ...}``), for scripts."""
+    if getattr(args, "json", False):
+        print_json({"ok": False, "code": code, "message": message})
+    return fail(f"{message} ({code})", status)
+
+
+def missing_socket(endpoint: str) -> str | None:
+    """Why nothing can answer at an ipc ``endpoint`` whose socket file does not exist (else None)."""
+    if endpoint.startswith("ipc://") and not os.path.exists(endpoint[len("ipc://"):]):
+        return f"nothing listens at {endpoint} (no such socket): is the stack running? ('pryxbus up')"
+    return None
+
+
+_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
+_ESCAPES.update({0: "\\0", 0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"})
+_ESCAPES.update({c: f"\\u{c:04x}" for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]})  # bidi overrides
+
+
+def printable(text: str) -> str:
+    """``text`` safe to show on a terminal: control characters (escape sequences, carriage returns,
+    bidirectional overrides) as backslash escapes; anything a str holds that cannot be encoded
+    (lone surrogates) as ``\\udcxx``."""
+    return text.translate(_ESCAPES).encode("utf-8", "backslashreplace").decode()

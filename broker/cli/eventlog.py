@@ -92,9 +92,12 @@ def run_event_log(args: argparse.Namespace) -> int:
         except ValueError as e:
             return fail(f"--tcp: {e}")
     else:
-        endpoints = Endpoints.for_home(home)
-        if not endpoints.log:
-            endpoints = endpoints.with_(log=Endpoints.ipc(home).log)
+        try:
+            endpoints = Endpoints.for_home(home)
+            if not endpoints.log:
+                endpoints = endpoints.with_(log=Endpoints.ipc(home).log)
+        except ValueError as e:
+            return fail(str(e))
     config = EventLogConfig(
         home=home,
         endpoints=endpoints,

@@ -9,14 +9,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from broker.cli.common import add_target, fail, print_json, target
+from broker.cli.common import add_target, fail_as, missing_socket, print_json, target
 
 
 def register_actions(commands: argparse._SubParsersAction) -> None:
+    from broker.cli.sessions import ATTEMPTS, TIMEOUT_HELP
+
     def action(name: str, help: str) -> argparse.ArgumentParser:
         sp = commands.add_parser(name, help=help, description=help)
-        add_target(sp)
-        sp.set_defaults(func=run_archive, action=name)
+        add_target(sp, TIMEOUT_HELP)
+        sp.add_argument("--json", action="store_true", default=True, help="print JSON (always: these print only JSON)")
+        sp.set_defaults(func=run_archive, action=name, attempts=ATTEMPTS)
         return sp
 
     sp = action("export", "write a session and its events to a file (JSON Lines)")
@@ -36,9 +39,14 @@ def run_archive(args: argparse.Namespace) -> int:
 
     try:
         # max_event_size given: no broker round trip, only the session service and the log are needed.
-        bus = sdk.connect(target(args), name="pryxbus-sessions", timeout=args.timeout, max_event_size=DEFAULT_MAX_EVENT_SIZE)
+        bus = sdk.connect(target(args), name="pryxbus-sessions", timeout=args.timeout / args.attempts,
+                          max_event_size=DEFAULT_MAX_EVENT_SIZE)
     except sdk.InvalidEvent as e:
-        return fail(str(e), 2)
+        return fail_as(args, 2, "bad_request", str(e))
+    absent = missing_socket(bus.endpoints.sessions)
+    if absent:
+        bus.close()
+        return fail_as(args, 3, "unavailable", absent)
     try:
         with bus:
             if args.action == "export":
@@ -53,8 +61,10 @@ def run_archive(args: argparse.Namespace) -> int:
                 print_json({"service": bus.sessions.stats(), "events": bus.log_summary(bucket=args.bucket)})
             return 0
     except sdk.BusUnavailable as e:
-        return fail(str(e), 3)
+        return fail_as(args, 3, "unavailable", str(e))
     except (sdk.SessionError, sdk.InvalidEvent) as e:
-        return fail(f"{e} ({getattr(e, 'code', 'invalid')})", 1)
+        return fail_as(args, 1, getattr(e, "code", "invalid"), str(e))
     except sdk.RemoteError as e:
-        return fail(f"{e} ({e.code})", 1)
+        return fail_as(args, 1, e.code, str(e))
+    except OSError as e:  # the export or import file
+        return fail_as(args, 1, "file", f"{e.filename}: {e.strerror}" if e.strerror else str(e))

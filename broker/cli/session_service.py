@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 from pathlib import Path
 
 import zmq
@@ -81,6 +82,8 @@ def run_session_service(args: argparse.Namespace) -> int:
                 return fail(f"session service cannot bind {endpoints.sessions}: {e}")
             except (SchemaTooNew, SecurityError) as e:
                 return fail(str(e))
+            except sqlite3.DatabaseError as e:  # not a SQLite file, or a damaged one
+                return fail(f"cannot use {db_path} as the session database: {e}")
             with service, stop_on_signals(service.stop):
                 announce(
                     f"pryxbus session-service ready sessions={endpoints.sessions} db={db_path}"

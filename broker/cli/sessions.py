@@ -10,7 +10,11 @@ import argparse
 import sys
 from typing import Any
 
-from broker.cli.common import add_target, fail, print_json, target
+from broker.cli.common import add_target, fail_as, missing_socket, print_json, printable, target
+
+ATTEMPTS = 3
+"""Tries per request (Lazy Pirate); together they take at most ``--timeout``."""
+TIMEOUT_HELP = f"seconds to wait for an answer, in all (default 5; up to {ATTEMPTS} tries share them)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     def action(name: str, help: str) -> argparse.ArgumentParser:
         sp = commands.add_parser(name, help=help, description=help)
-        add_target(sp)
-        sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        add_target(sp, TIMEOUT_HELP)
+        sp.add_argument("--json", action="store_true", help="print JSON instead of a table (errors too)")
         sp.set_defaults(func=run_sessions, action=name)
         return sp
 
@@ -59,18 +63,19 @@ def run_sessions(args: argparse.Namespace) -> int:
     from sdk.sessions import SessionClient
 
     try:
-        client = SessionClient.open(target(args), timeout=args.timeout)
+        client = SessionClient.open(target(args), timeout=args.timeout / ATTEMPTS, retries=ATTEMPTS - 1)
     except sdk.InvalidEvent as e:
-        return fail(str(e), 2)
+        return fail_as(args, 2, "bad_request", str(e))
+    absent = missing_socket(client.endpoint)
+    if absent:
+        client.close()
+        return fail_as(args, 3, "unavailable", absent)
     try:
         with client:
             a = args.action
             if a == "list":
-                if args.offset:
-                    sessions, next_cursor = client.list(args.limit, offset=args.offset), None
-                else:
-                    page = client.page(args.limit, cursor=args.cursor)
-                    sessions, next_cursor = list(page.sessions), page.next_cursor
+                page = client.page(args.limit, cursor=args.cursor, offset=args.offset)
+                sessions, next_cursor = list(page.sessions), page.next_cursor
                 if args.json:
                     print_json({"sessions": [s.to_dict() for s in sessions], "next_cursor": next_cursor})
                 else:
@@ -96,9 +101,9 @@ def run_sessions(args: argparse.Namespace) -> int:
                 _table([session.to_dict()])
             return 0
     except sdk.BusUnavailable as e:
-        return fail(str(e), 3)
+        return fail_as(args, 3, "unavailable", str(e))
     except sdk.SessionError as e:
-        return fail(f"{e} ({e.code})", 1)
+        return fail_as(args, 1, e.code, str(e))
 
 
 def _table(rows: list[dict[str, Any]]) -> None:
@@ -113,5 +118,5 @@ def _table(rows: list[dict[str, Any]]) -> None:
 def _cell(value: str, column: str) -> str:
     if column.endswith("_at"):
         return value[:19].replace("T", " ") + "Z"  # seconds are enough to read; --json has it all
-    text = value.replace("\n", "\\n").replace("\x00", "\\0")
+    text = printable(value)  # a title may hold anything, terminal escape sequences included
     return text if len(text) <= 60 else text[:57] + "..."

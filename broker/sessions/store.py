@@ -42,6 +42,10 @@ log = logging.getLogger("pryxbus.sessions.store")
 Session = dict[str, str]
 _COLUMNS = "id, title, created_at, updated_at"
 _TICK = timedelta(microseconds=1)
+RESTORE_SKEW = timedelta(minutes=1)
+"""How far in the future an imported timestamp may be (another machine's clock may run ahead).
+Later ones are refused: the store's clock never goes back below its newest ``updated_at``, so one
+session dated 2100 would date every session created after the next restart in 2100 too."""
 
 
 class StoreError(ProtocolError):
@@ -347,6 +351,10 @@ class SessionStore:
             }
         except (KeyError, ValueError) as e:
             raise StoreError(BAD_REQUEST, f"not an exported session: {e}") from None
+        latest = format_ts(datetime.now(timezone.utc) + RESTORE_SKEW)
+        for field in ("created_at", "updated_at"):
+            if row[field] > latest:  # the fixed-width form sorts as text
+                raise StoreError(BAD_REQUEST, f"not an exported session: {field} {row[field]} is in the future")
         with self.transaction():
             cur = self._conn.execute(
                 "INSERT INTO sessions (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)"
