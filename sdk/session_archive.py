@@ -15,6 +15,7 @@ import uses it, so payloads JSON cannot express (bytes, non-string keys) survive
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -77,16 +78,21 @@ def export(sessions: SessionClient, log: Requester, session_id: str, path: str |
     session = sessions.get(session_id)
     rows = list(iter_rows(log, session_id=session_id))
     tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        header = {"pryxbus": MAGIC, "format": FORMAT, "session": session.to_dict(), "events": len(rows)}
-        f.write(json.dumps(header, ensure_ascii=False) + "\n")
-        for row in rows:
-            event = _decode(row)
-            line = event.to_dict()
-            line["payload"] = _json_payload(line["payload"])
-            line["body"] = base64.b64encode(row[3]).decode("ascii")
-            f.write(json.dumps(line, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            header = {"pryxbus": MAGIC, "format": FORMAT, "session": session.to_dict(), "events": len(rows)}
+            f.write(json.dumps(header, ensure_ascii=False) + "\n")
+            for row in rows:
+                event = _decode(row)
+                line = event.to_dict()
+                line["payload"] = _json_payload(line["payload"])
+                line["body"] = base64.b64encode(row[3]).decode("ascii")
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # no half-written file left behind (path itself is untouched)
+        raise
     return len(rows)
 
 

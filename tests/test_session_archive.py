@@ -178,8 +178,14 @@ def test_cli_export_import_stats(full: sdk.Bus, home: Path) -> None:
     out = cli("stats", "--bucket", "60")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["events"]["events"] == TOTAL + 1  # and session:deleted
-    out = cli("stats", "nope")
+    out = cli("stats", "nope", "--json")  # --json is accepted (these always print JSON), errors too
     assert out.returncode == 1 and "not_found" in out.stderr
+    assert json.loads(out.stdout)["code"] == "not_found"
+    for bad in (home / "no" / "such" / "dir.jsonl", home):  # a missing directory; a directory
+        out = cli("export", session.id, str(bad))
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert json.loads(out.stdout)["code"] == "file" and str(bad) in out.stderr
+    assert not (home.parent / f"{home.name}.tmp").exists()  # nothing half-written left behind
 
 
 def test_asyncio_resume_export_import_stats(full: sdk.Bus, home: Path) -> None:
