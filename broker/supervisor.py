@@ -52,6 +52,13 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 STABLE_AFTER = 30.0
 """A child up this long is healthy again: its next restart starts from BACKOFF_FIRST."""
+START_ATTEMPTS = 3
+"""Times a child may exit before it was ever ready, while the stack starts, before ``up`` gives up
+(a part that cannot start, e.g. on a file that is not a database, will not start on a retry)."""
+
+
+class StartFailed(RuntimeError):
+    """A child exited START_ATTEMPTS times before the stack was first ready."""
 
 
 @dataclass
@@ -64,6 +71,10 @@ class Child:
     restarts: int = 0
     backoff: float = BACKOFF_FIRST
     restart_at: float | None = None
+    failed_starts: int = 0
+    """Exits in a row without having been ready."""
+    last_line: str = ""
+    """The child's last line of output (its error, when it could not start)."""
 
 
 def _die_with_parent() -> None:
@@ -132,8 +143,10 @@ class Supervisor:
         for line in proc.stdout:
             if "ready" in line and not child.ready.is_set():
                 log.info("%s is up (pid %d)", child.spec.name, proc.pid)
+                child.failed_starts = 0
                 child.ready.set()
                 continue
+            child.last_line = line.strip() or child.last_line
             if self.log_format != "json":
                 sys.stderr.write(f"[{child.spec.name}] {line}")
             elif line.startswith("{"):
@@ -142,11 +155,23 @@ class Supervisor:
                 sys.stderr.write(json_line(line.rstrip("\n"), logger=f"pryxbus.{child.spec.name}") + "\n")
             sys.stderr.flush()
 
-    def _check(self, child: Child) -> None:
-        """Restart a child that exited (after its backoff)."""
+    def _check(self, child: Child, starting: bool) -> None:
+        """Restart a child that exited (after its backoff).
+
+        Raises:
+            StartFailed: while the stack is ``starting``, the child exited START_ATTEMPTS times
+                without ever being ready.
+        """
         proc = child.proc
         now = time.monotonic()
         if proc is not None and proc.poll() is not None and child.restart_at is None:
+            if not child.ready.is_set():
+                child.failed_starts += 1
+                if starting and child.failed_starts >= START_ATTEMPTS:
+                    raise StartFailed(
+                        f"{child.spec.name} could not start (exited with status {proc.returncode},"
+                        f" {child.failed_starts} times): {child.last_line or 'no output'}"
+                    )
             if now - child.started > STABLE_AFTER:
                 child.backoff = BACKOFF_FIRST
             log.warning(
@@ -174,14 +199,18 @@ class Supervisor:
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, on_ready: Callable[[], None] | None = None, tick: float = 0.1) -> None:
-        """Start every child, call ``on_ready()`` once all are up, supervise until ``stop()``."""
+        """Start every child, call ``on_ready()`` once all are up, supervise until ``stop()``.
+
+        Raises:
+            StartFailed: a child could not start (see START_ATTEMPTS); every child is stopped first.
+        """
         announced = False
         try:
             for child in self.children:
                 self._spawn(child)
             while not self._stopping.wait(tick):
                 for child in self.children:
-                    self._check(child)
+                    self._check(child, starting=not announced)
                 if not announced and all(c.ready.is_set() for c in self.children):
                     announced = True
                     if on_ready is not None:

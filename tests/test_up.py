@@ -182,3 +182,19 @@ def test_second_up_in_the_same_home_refuses(home: Path, up: Up) -> None:
     )
     assert second.returncode == 1
     assert "already running" in second.stderr
+
+
+def test_up_gives_up_on_a_part_that_cannot_start(home: Path) -> None:
+    (home / "sessions.db").write_text("this is not a database\n" * 50)
+    done = subprocess.run(
+        [sys.executable, "-m", "broker", "up", "--home", str(home)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "session-service could not start" in done.stderr and "3 times" in done.stderr
+    assert "as the session database" in done.stderr  # the part's own reason
+    assert "ready" not in done.stdout
+    for part in ("broker", "event-log"):  # the parts that did start were stopped
+        pid = pid_of(home, part)
+        assert pid and not alive(pid)
+    assert not list(home.glob("*.sock"))

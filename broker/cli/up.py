@@ -10,7 +10,7 @@ from broker.cli.common import add_home, add_tcp, fail, server_endpoints, server_
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
-from broker.supervisor import CHILDREN, Supervisor
+from broker.supervisor import CHILDREN, StartFailed, Supervisor
 from schemas.endpoints import Endpoints
 
 
@@ -87,6 +87,6 @@ def _run_up(args: argparse.Namespace, home: Path, endpoints: Endpoints) -> int:
             with stop_on_signals(supervisor.stop):
                 supervisor.run(on_ready=ready)
             announce("pryxbus up stopped")
-    except AlreadyRunning as e:
+    except (AlreadyRunning, StartFailed) as e:
         return fail(str(e))
     return 0
