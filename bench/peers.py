@@ -149,14 +149,19 @@ def _spawn(name: str, argv: list[str], workdir: Path) -> Server:
 
 
 def _wait(server: Server, ready: Any, timeout: float) -> None:
+    """Until ``ready()``; a server that is not (it exited, timed out, or the wait was interrupted)
+    is stopped here, since nobody else holds it yet."""
     deadline = time.monotonic() + timeout
-    while not ready():
-        if not server.alive():
-            raise ServerError(f"{server.name} exited with {server.process.returncode}: {server.tail()}")
-        if time.monotonic() > deadline:
-            server.stop()
-            raise ServerError(f"{server.name} not ready within {timeout:g}s: {server.tail()}")
-        time.sleep(0.02)  # sync-ok: polling another program's log or port while it starts
+    try:
+        while not ready():
+            if not server.alive():
+                raise ServerError(f"{server.name} exited with {server.process.returncode}: {server.tail()}")
+            if time.monotonic() > deadline:
+                raise ServerError(f"{server.name} not ready within {timeout:g}s: {server.tail()}")
+            time.sleep(0.02)  # sync-ok: polling another program's log or port while it starts
+    except BaseException:
+        server.stop()
+        raise
 
 
 def _port_open(port: int) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -76,18 +77,38 @@ def select_peers(spec: str) -> set[str]:
 
 
 def select_scenarios(names: list[str] | None) -> list[str]:
+    """The scenarios named (each once, in the order given), or all."""
     if not names:
         return list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise SystemExit(f"bench: unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
-    return names
+    return list(dict.fromkeys(names))
+
+
+CHARTS = ("throughput.png", "latency.png", "sessions.png")
+"""Every chart a run may write: a run removes the ones it does not write from its output directory."""
+
+
+def prepare_out(out: Path) -> None:
+    """Make sure the results can be written before anything is measured; a clear error if not."""
+    probe = out / ".bench-write-check"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise SystemExit(f"bench: --out {out}: cannot write results there ({e.strerror or e})") from None
+
+
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: every server started is stopped by pid
 
 
 def start_servers(env: Env, scenarios: list[str], chosen: set[str], stack: ExitStack, progress: Progress) -> dict[str, str]:
     """Start what the chosen scenarios need; returns ``{system: why skipped}`` for those that cannot run."""
     skipped: dict[str, str] = {}
-    pubsub = any(s in scenarios for s in ("throughput", "fanout", "fanin", "latency", "isolation", "eventlog"))
+    pubsub = any(s in scenarios for s in ("throughput", "fanout", "fanin", "latency", "isolation"))
     root = env.workdir
 
     def start(system: str, fn: Any, *args: Any) -> None:
@@ -99,9 +120,11 @@ def start_servers(env: Env, scenarios: list[str], chosen: set[str], stack: ExitS
             return
         stack.callback(server.stop)
         env.wirings[system] = server.wiring
+        env.shared.setdefault("servers", {}).setdefault(system, []).append(server)
 
-    if pubsub:
+    if pubsub or "eventlog" in scenarios:  # the event log's "log off" runs on this broker
         start("pryxbus", peers.start_pryxbus, root / "bus", "broker", *BROKER_OPTIONS, *_tcp(env, "bus"))
+    if pubsub:
         if "zmq" in chosen:
             (root / "zmq").mkdir()
             env.wirings["zmq"] = peers.zmq_direct_wiring(root / "zmq", env.transport)
@@ -151,17 +174,30 @@ def _tcp(env: Env, _name: str) -> list[str]:
     return ["--tcp", f"127.0.0.1:{port}"]
 
 
+def _server_key(case: Case, system: str) -> str:
+    """Which started servers (``env.wirings`` key) ``system`` needs for ``case``."""
+    if system != "pryxbus":
+        return system
+    if case.scenario == "eventlog" and "log off" not in case.name:
+        return "pryxbus.log"
+    return "pryxbus.sessions" if case.scenario == "sessions" else "pryxbus"
+
+
 def _available(case: Case, system: str, env: Env) -> str | None:
     """None if ``system`` can run ``case`` now, else why not."""
-    needs = {"sessions": "pryxbus.sessions", "eventlog": "pryxbus.log"}
-    if system == "pryxbus":
-        need = needs.get(case.scenario, "pryxbus")
-        if case.scenario == "eventlog" and "log off" in case.name:
-            need = "pryxbus"
-        return None if need in env.wirings else env.shared["skipped"].get(need, f"{need} not running")
-    if system in env.wirings:
+    need = _server_key(case, system)
+    if need in env.wirings:
         return None
-    return env.shared["skipped"].get(system, "not selected (--peers)")
+    default = f"{need} not running" if system == "pryxbus" else "not selected (--peers)"
+    return env.shared["skipped"].get(need, default)
+
+
+def _dead_server(case: Case, system: str, env: Env) -> str | None:
+    """Why ``case`` cannot run on ``system`` any more (a server it needs has exited), else None."""
+    for server in env.shared.get("servers", {}).get(_server_key(case, system), []):
+        if not server.alive():
+            return f"{server.name} (pid {server.pid}) exited with {server.process.returncode}: {server.tail()}"
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -170,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     quick = args.quick
     repeats = args.repeats or (3 if quick else 5)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out)
     started = datetime.now(timezone.utc)
     workdir = Path(tempfile.mkdtemp(prefix="pxb-bench-", dir="/tmp"))  # short: ipc paths < 107 bytes
     env = Env(quick=quick, workdir=workdir, transport=args.transport)
@@ -178,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(total=0)
     measurements: dict[tuple[str, str, str, str], Measurement] = {}
     histograms: dict[str, dict[str, Histogram]] = {}
+    previous_term = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
         with ExitStack() as stack:
             progress.show("starting servers")
@@ -200,7 +237,8 @@ def run(args: argparse.Namespace) -> int:
                         progress.done += 1
                         continue
                     progress.show(f"{case.scenario} · {case.name} · {system} · run {rep + 1}/{repeats}")
-                    result = _run_one(case, system, env)
+                    dead = _dead_server(case, system, env)
+                    result = RunResult.failed(dead) if dead else _run_one(case, system, env)
                     progress.done += 1
                     for mt in case.metrics:
                         m = _measurement(measurements, case, system, mt)
@@ -216,7 +254,11 @@ def run(args: argparse.Namespace) -> int:
                         merged.merge(Histogram.from_dict(h))
             progress.show("stopping servers")
         progress.finish()
+    except KeyboardInterrupt:
+        progress.note("bench: interrupted; every server it started is stopped, no results written")
+        raise
     finally:
+        signal.signal(signal.SIGTERM, previous_term)
         shutil.rmtree(workdir, ignore_errors=True)
     finished = datetime.now(timezone.utc)
     ms = list(measurements.values())
@@ -249,6 +291,8 @@ def run(args: argparse.Namespace) -> int:
     )
     (out / "report.md").write_text(text)
     pictures = charts(out, ms, histograms, systems)
+    for stale in set(CHARTS) - {Path(p).name for p in pictures}:  # an earlier run's, not this one's
+        (out / stale).unlink(missing_ok=True)
     sys.stdout.write(text)
     if not pictures:
         sys.stdout.write("no charts: matplotlib is missing; install the peers with `make bench-peers`\n")
