@@ -18,7 +18,7 @@ import zmq.asyncio
 from schemas.sessions import MAX_LIST_LIMIT
 from sdk.errors import BusClosed, BusUnavailable, RemoteError
 from sdk.event import Session
-from sdk.request import _result, cannot_connect, unanswered
+from sdk.request import _result, connected, unanswered
 from sdk.sessions import DEFAULT_RETRIES, Call, SessionCalls, SessionPage, translated
 
 T = TypeVar("T")
@@ -72,12 +72,7 @@ class AsyncRequester:
                 if self._sock is None:
                     sock = self._ctx.socket(zmq.REQ)
                     sock.linger = 0
-                    try:
-                        sock.connect(self.endpoint)
-                    except zmq.ZMQError as e:
-                        sock.close(linger=0)  # a socket left open would hang the context's term()
-                        raise cannot_connect(self.what, self.endpoint, e) from None
-                    self._sock = sock
+                    self._sock = connected(sock, self.endpoint, self.what)
                 try:
                     await self._sock.send(payload)
                     if await self._sock.poll(timeout_ms, zmq.POLLIN):

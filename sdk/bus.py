@@ -25,7 +25,7 @@ from sdk._publish import (
 )
 from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge
 from sdk.event import Event
-from sdk.request import Requester, cannot_connect
+from sdk.request import Requester, connected
 from sdk.security import KeyPaths, resolve_client_keys, secure_client_context
 from sdk.subscription import Policy, Subscription
 
@@ -107,11 +107,7 @@ class Bus:
         """
         sock = self._ctx.socket(zmq.XPUB)
         configure_publisher(sock, timeout=self.timeout, publish_timeout=self.publish_timeout, hwm=self.hwm)
-        try:
-            sock.connect(self.endpoints.publish)
-        except zmq.ZMQError as e:
-            sock.close(linger=0)  # a socket left open would hang the context's term()
-            raise cannot_connect("broker", self.endpoints.publish, e) from None
+        connected(sock, self.endpoints.publish, "broker")
         if not sock.poll(int(self.timeout * 1000), zmq.POLLIN):
             sock.close(linger=0)
             raise publisher_unavailable(self.endpoints.publish, self.timeout)

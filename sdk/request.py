@@ -51,15 +51,10 @@ class Requester:
 
     def _open(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.REQ)
-        try:
-            sock.linger = 0
-            for option, value in self._options.items():
-                sock.setsockopt(option, value)
-            sock.connect(self.endpoint)
-        except zmq.ZMQError as e:
-            sock.close(linger=0)  # a socket left open would hang the context's term()
-            raise cannot_connect(self.what, self.endpoint, e) from None
-        return sock
+        sock.linger = 0
+        for option, value in self._options.items():
+            sock.setsockopt(option, value)
+        return connected(sock, self.endpoint, self.what)
 
     def _discard(self) -> None:
         self._rcvtimeo = -1
@@ -104,9 +99,19 @@ class Requester:
             self._discard()
 
 
-def cannot_connect(what: str, endpoint: str, e: zmq.ZMQError) -> BusUnavailable:
-    """The error of a socket that could not even connect (a bad endpoint; sync and asyncio clients)."""
-    return BusUnavailable(f"cannot connect to the {what} at {endpoint}: {e}")
+def connected(sock: zmq.Socket, endpoint: str, what: str) -> zmq.Socket:
+    """``sock`` connected to ``endpoint`` (sync and asyncio sockets).
+
+    Raises:
+        BusUnavailable: it cannot even connect (a bad endpoint); the socket is closed first, since
+            one left open would hang its context's ``term()``.
+    """
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as e:
+        sock.close(linger=0)
+        raise BusUnavailable(f"cannot connect to the {what} at {endpoint}: {e}") from None
+    return sock
 
 
 def unanswered(what: str, endpoint: str, attempts: int, timeout_ms: int) -> BusUnavailable:

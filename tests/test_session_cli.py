@@ -128,3 +128,13 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(home: Path, tmp_path: Pa
     assert done.returncode == 1 and f"cannot use {text} as the session database" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert text.read_text() == "not a database at all\n" * 100  # left as it was
+
+
+def test_an_endpoint_that_cannot_be_connected_is_unavailable_and_closing_does_not_hang() -> None:
+    from schemas.endpoints import Endpoints
+
+    unreachable = Endpoints.ipc("/tmp").with_(sessions=f"ipc:///tmp/{'x' * 200}.sock")  # past any check
+    with SessionClient.open(unreachable, timeout=1.0) as c:
+        with pytest.raises(sdk.BusUnavailable, match="cannot connect to the session service"):
+            c.get("x")
+    # leaving the block closed the client and terminated its context: a leaked socket would hang here
