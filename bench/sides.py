@@ -12,6 +12,7 @@ import gc
 import multiprocessing
 import os
 import signal
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -65,12 +66,7 @@ class Side:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Tell it to exit, wait, and kill it (by pid) if it does not."""
-        self.send("exit")
-        self.process.join(timeout)
-        if self.process.is_alive() and self.pid:
-            os.kill(self.pid, signal.SIGKILL)
-            self.process.join(5)
-        self.conn.close()
+        stop_all([self], timeout)
 
 
 def _entry(target: Callable[..., Any], conn: Any, args: tuple[Any, ...]) -> None:
@@ -100,6 +96,16 @@ def wait_exit(conn: Any, timeout: float = 60.0) -> None:
             pass
 
 
-def stop_all(sides: list[Side]) -> None:
+def stop_all(sides: list[Side], timeout: float = 10.0) -> None:
+    """Tell every side to exit, wait for them together (at most ``timeout`` in all, not each), and
+    kill (by pid) those still running: an interrupted case ends in seconds, however many sides."""
     for side in sides:
-        side.stop()
+        side.send("exit")
+    deadline = time.monotonic() + timeout
+    for side in sides:
+        side.process.join(max(0.0, deadline - time.monotonic()))
+    for side in sides:
+        if side.process.is_alive() and side.pid:
+            os.kill(side.pid, signal.SIGKILL)
+            side.process.join(5)
+        side.conn.close()
