@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+_JSON_KEYS = (str, int, bool, type(None))
 
 
 @dataclass(frozen=True)
@@ -59,3 +62,20 @@ class Session:
             "created_at": self.created_at.isoformat(timespec="microseconds"),
             "updated_at": self.updated_at.isoformat(timespec="microseconds"),
         }
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as strict JSON can hold it (what ``pryxbus sub``, ``log tail`` and session exports
+    print): what JSON lacks is written as its Python ``repr`` — bytes, NaN and infinities, map keys
+    that are not strings or whole numbers — and any other object as its ``str``."""
+    if isinstance(value, str) or value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dict):
+        return {(k if isinstance(k, _JSON_KEYS) else repr(k)): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return repr(bytes(value))
+    return str(value)

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from sdk.errors import InvalidEvent
-from sdk.event import Event, Session
+from sdk.event import Event, Session, jsonable
 from sdk.replay import iter_rows
 from sdk.request import Requester
 
@@ -66,13 +66,6 @@ def resume(sessions: SessionClient, log: Requester, session_id: str) -> SessionH
     return SessionHistory(session, [_decode(r) for r in rows], version)
 
 
-def _json_payload(payload: Any) -> Any:
-    try:
-        json.dumps(payload)
-        return payload
-    except (TypeError, ValueError):
-        return json.loads(json.dumps(payload, default=repr))
-
 
 def export(sessions: SessionClient, log: Requester, session_id: str, path: str | os.PathLike[str]) -> int:
     session = sessions.get(session_id)
@@ -85,7 +78,7 @@ def export(sessions: SessionClient, log: Requester, session_id: str, path: str |
             for row in rows:
                 event = _decode(row)
                 line = event.to_dict()
-                line["payload"] = _json_payload(line["payload"])
+                line["payload"] = jsonable(line["payload"])
                 line["body"] = base64.b64encode(row[3]).decode("ascii")
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
         os.replace(tmp, path)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from schemas.endpoints import Endpoints, default_home, ensure_home
+from sdk.event import jsonable
 
 
 def add_home(parser: argparse.ArgumentParser) -> None:
@@ -141,7 +142,7 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
 def print_json(data: Any) -> None:
     # Characters beyond ASCII as they are, unless stdout cannot encode them (then as \u escapes).
     ascii_only = (sys.stdout.encoding or "").lower().replace("-", "") != "utf8"
-    sys.stdout.write(json.dumps(data, default=str, ensure_ascii=ascii_only) + "\n")
+    sys.stdout.write(json.dumps(jsonable(data), allow_nan=False, ensure_ascii=ascii_only) + "\n")
     sys.stdout.flush()
 
 

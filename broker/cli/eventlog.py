@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sqlite3
 from datetime import datetime
 
 import zmq
 
-from broker.cli.common import add_home, add_target, add_tcp, fail, print_json, server_keys, target, whole_number
+from broker.cli.common import add_home, add_target, add_tcp, fail, print_json, seconds, server_keys, target, whole_number
+from broker.eventlog.query import MAX_INT, MAX_PAGE
 from broker.eventlog.service import EventLog, EventLogConfig
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
@@ -28,19 +31,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_home(p)
     add_tcp(p)
     add_log_format(p)
-    p.add_argument("--retain-events", type=int, default=None, metavar="N", help="keep at most the newest N events")
+    p.add_argument("--retain-events", type=whole_number(1, MAX_INT), default=None, metavar="N",
+                   help="keep at most the newest N events (N ≥ 1; default: all)")
     p.add_argument(
-        "--retain-seconds", type=float, default=None, metavar="S", help="drop events older than S seconds"
+        "--retain-seconds", type=seconds, default=None, metavar="S", help="drop events older than S seconds (default: never)"
     )
-    p.add_argument("--retain-interval", type=float, default=1.0, metavar="S", help="run retention every S seconds")
-    p.add_argument("--rcvhwm", type=int, default=1_000_000, help="events the log may queue before it loses some")
+    p.add_argument("--retain-interval", type=seconds, default=1.0, metavar="S", help="run retention every S seconds")
+    p.add_argument("--rcvhwm", type=whole_number(1, 2**31 - 1), default=1_000_000,
+                   help="events the log may queue before it loses some")
     p.add_argument(
         "--synchronous",
         choices=("OFF", "NORMAL", "FULL"),
         default="NORMAL",
         help="SQLite synchronous mode (NORMAL: survives any process crash; FULL: also a power cut)",
     )
-    p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the broker at start")
+    p.add_argument("--wait", type=seconds, default=30.0, help="seconds to wait for the broker at start")
     p.add_argument(
         "--nice",
         type=whole_number(0, 19),
@@ -57,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tail = sub.add_parser("tail", help="the last N logged events (JSON lines); -f keeps following live")
     add_target(tail)
     tail.add_argument("patterns", nargs="*", metavar="PATTERN")
-    tail.add_argument("-n", "--lines", type=int, default=10, help="how many logged events (default 10)")
+    tail.add_argument("-n", "--lines", type=whole_number(1, MAX_PAGE), default=10,
+                      help=f"how many logged events (default 10, at most {MAX_PAGE}; more with 'log query')")
     tail.add_argument("-f", "--follow", action="store_true", help="then print live events, seamlessly")
     tail.add_argument("--session", default=None, help="only events of this session id")
     tail.set_defaults(func=run_tail)
@@ -65,12 +71,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     query = sub.add_parser("query", help="logged events by pattern, version/time range, session (JSON lines)")
     add_target(query)
     query.add_argument("patterns", nargs="*", metavar="PATTERN")
-    query.add_argument("--since", type=int, default=0, metavar="V", help="after version V (exclusive)")
-    query.add_argument("--until", type=int, default=None, metavar="V", help="up to version V (inclusive)")
+    query.add_argument("--since", type=whole_number(0, MAX_INT), default=0, metavar="V", help="after version V (exclusive)")
+    query.add_argument("--until", type=whole_number(0, MAX_INT), default=None, metavar="V", help="up to version V (inclusive)")
     query.add_argument("--from", dest="ts_from", default=None, metavar="TIME", help="epoch seconds or ISO 8601")
     query.add_argument("--to", dest="ts_until", default=None, metavar="TIME", help="epoch seconds or ISO 8601")
     query.add_argument("--session", default=None, help="only events of this session id")
-    query.add_argument("--limit", type=int, default=None, help="stop after N events")
+    query.add_argument("--limit", type=whole_number(1, MAX_INT), default=None, metavar="N", help="stop after N events")
     query.set_defaults(func=run_query)
 
     stats = sub.add_parser("stats", help="the log's counters: events, gaps, lost, retention (JSON)")
@@ -116,6 +122,8 @@ def run_event_log(args: argparse.Namespace) -> int:
                 return fail(f"event log cannot bind {endpoints.log}: {e}")
             except SecurityError as e:
                 return fail(str(e))
+            except sqlite3.DatabaseError as e:  # not a SQLite file, a damaged one, or another schema
+                return fail(f"cannot use {config.home / 'events.db'} as the event log: {e}")
             with service, stop_on_signals(service.stop):
                 try:
                     service.await_broker(args.wait)
@@ -136,70 +144,67 @@ def _time(text: str | None) -> float | None:
     if text is None:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise SystemExit(f"pryxbus: not a time (epoch seconds or ISO 8601): {text!r}") from None
+        try:
+            value = datetime.fromisoformat(text).timestamp()
+        except (ValueError, OverflowError):
+            value = math.nan
+    if not math.isfinite(value):
+        raise SystemExit(f"pryxbus: not a time (epoch seconds or ISO 8601): {text!r}")
+    return value
 
 
-def _connect(args: argparse.Namespace):
+def _with_log(args: argparse.Namespace, work) -> int:
+    """Run ``work(bus)`` against the stack: 0 done, 1 refused, 2 a bad target, 3 nothing answered."""
     import sdk
 
-    return sdk.connect(target(args), name="pryxbus-log", timeout=args.timeout)
+    try:
+        bus = sdk.connect(target(args), name="pryxbus-log", timeout=args.timeout)
+    except sdk.InvalidEvent as e:
+        return fail(str(e), 2)
+    except sdk.BusUnavailable as e:
+        return fail(str(e), 3)
+    with bus:
+        try:
+            work(bus)
+        except sdk.BusUnavailable as e:
+            return fail(str(e), 3)
+        except sdk.BusError as e:
+            return fail(str(e))
+    return 0
 
 
 def run_query(args: argparse.Namespace) -> int:
-    import sdk
+    ts_from, ts_until = _time(args.ts_from), _time(args.ts_until)
 
-    with _connect(args) as bus:
-        try:
-            events = bus.replay(
-                *args.patterns,
-                since=args.since,
-                until=args.until,
-                session_id=args.session,
-                ts_from=_time(args.ts_from),
-                ts_until=_time(args.ts_until),
-            )
-            for n, event in enumerate(events):
-                if args.limit is not None and n >= args.limit:
-                    break
-                print_json(event.to_dict())
-        except sdk.BusError as e:
-            return fail(str(e))
-    return 0
+    def work(bus) -> None:
+        events = bus.replay(
+            *args.patterns, since=args.since, until=args.until, session_id=args.session, ts_from=ts_from, ts_until=ts_until
+        )
+        for n, event in enumerate(events):
+            if args.limit is not None and n >= args.limit:
+                break
+            print_json(event.to_dict())
+
+    return _with_log(args, work)
 
 
 def run_tail(args: argparse.Namespace) -> int:
-    import sdk
+    def work(bus) -> None:
+        events = bus.log_tail(*args.patterns, limit=args.lines, session_id=args.session)
+        for event in events:
+            print_json(event.to_dict())
+        if not args.follow:
+            return
+        since = events[-1].version if events else bus.log_stats()["last"]
+        with bus.subscribe(*args.patterns, since=since) as sub:
+            for event in sub:
+                if args.session is None or event.session_id == args.session:
+                    print_json(event.to_dict())
 
-    with _connect(args) as bus:
-        try:
-            events = bus.log_tail(*args.patterns, limit=args.lines, session_id=args.session)
-            for event in events:
-                print_json(event.to_dict())
-            if not args.follow:
-                return 0
-            since = events[-1].version if events else bus.log_stats()["last"]
-            with bus.subscribe(*args.patterns, since=since) as sub:
-                for event in sub:
-                    if args.session is None or event.session_id == args.session:
-                        print_json(event.to_dict())
-        except sdk.BusError as e:
-            return fail(str(e))
-    return 0
+    return _with_log(args, work)
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    import sdk
-
-    with _connect(args) as bus:
-        try:
-            print_json(bus.log_stats())
-        except sdk.BusError as e:
-            return fail(str(e))
-    return 0
-
+    return _with_log(args, lambda bus: print_json(bus.log_stats()))

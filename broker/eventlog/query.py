@@ -17,6 +17,7 @@ Ops (``schemas/PROTOCOL.md`` has the field list):
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from schemas.topics import InvalidType, check_pattern, check_type, compile_match
 
 MAX_PAGE = 20_000
 DEFAULT_PAGE = 5_000
+MIN_BUCKET = 0.001
+"""Shortest summary bucket, in seconds."""
 
 
 class BadRequest(Exception):
@@ -36,21 +39,25 @@ class BadRequest(Exception):
         self.code = code
 
 
+MAX_INT = (1 << 63) - 1
+"""Largest version, count or limit a request may carry (SQLite's largest integer)."""
+
+
 def _int(msg: dict[str, Any], key: str, default: int | None, *, minimum: int = 0) -> int | None:
-    value = msg.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise BadRequest(f"{key!r} must be an integer >= {minimum}, not {value!r}")
+    value = msg.get(key)
+    if value is None:  # absent or nil: the default
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_INT:
+        raise BadRequest(f"{key!r} must be an integer from {minimum} to {MAX_INT}, not {value!r}")
     return value
 
 
-def _float(msg: dict[str, Any], key: str) -> float | None:
+def _float(msg: dict[str, Any], key: str, what: str = "seconds since the epoch") -> float | None:
     value = msg.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRequest(f"{key!r} must be a number of seconds since the epoch, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadRequest(f"{key!r} must be a finite number of {what}, not {value!r}")
     return float(value)
 
 
@@ -185,9 +192,9 @@ class LogQueries:
 
     def op_summary(self, msg: dict[str, Any]) -> dict[str, Any]:
         session_id = _str(msg, "session_id")
-        bucket = _float(msg, "bucket")
-        if bucket is not None and bucket <= 0:
-            raise BadRequest("'bucket' must be a positive number of seconds")
+        bucket = _float(msg, "bucket", "seconds")
+        if bucket is not None and bucket < MIN_BUCKET:
+            raise BadRequest(f"'bucket' must be at least {MIN_BUCKET:g} seconds, not {bucket!r}")
         where, params = [], []
         if session_id is not None:
             where.append("session_id = ?")

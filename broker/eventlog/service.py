@@ -15,6 +15,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
+from broker.envelope import split_envelope
 from broker.security import Authenticator, ServerKeys, secure_server
 from broker.eventlog.query import LogQueries
 from broker.eventlog.store import EventStore, db_path
@@ -139,17 +140,18 @@ class EventLog:
                 frames = router.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) < 2:
+            head, body = split_envelope(frames)
+            if len(body) != 1:
                 self.queries.bad_requests += 1
-                continue
-            head, request = frames[:-1], frames[-1]
-            try:
-                msg = msgpack.unpackb(request, raw=False, strict_map_key=False, **UNPACK_LIMITS)
-            except Exception:
-                self.queries.bad_requests += 1
-                reply = {"ok": False, "code": "bad_request", "message": "request is not valid msgpack"}
+                reply = {"ok": False, "code": "bad_request", "message": f"expected one request frame, got {len(body)}"}
             else:
-                reply = self.queries.handle(msg)
+                try:
+                    msg = msgpack.unpackb(body[0], raw=False, strict_map_key=False, **UNPACK_LIMITS)
+                except Exception:
+                    self.queries.bad_requests += 1
+                    reply = {"ok": False, "code": "bad_request", "message": "request is not valid msgpack"}
+                else:
+                    reply = self.queries.handle(msg)
             router.send_multipart([*head, msgpack.packb(reply, use_bin_type=True)])
 
     def close(self) -> None:

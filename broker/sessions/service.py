@@ -35,6 +35,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from broker.envelope import split_envelope
 from broker.security import Authenticator, ServerKeys, secure_server
 from broker.sessions.events import DEFAULT_LINGER, SessionEvents
 from broker.sessions.store import SCHEMA_VERSION, SessionStore, Written
@@ -247,7 +248,7 @@ class SessionService:
             if len(frames) == 3 and not frames[1]:
                 head, body = frames[:2], frames[2:]
             else:
-                head, body = _split(frames)
+                head, body = split_envelope(frames)
             if len(body) != 1:
                 self._send(head, self._error(BAD_REQUEST, f"expected one request frame, got {len(body)}"))
             else:
@@ -435,11 +436,3 @@ class SessionService:
         if not isinstance(session, dict):
             raise ProtocolError(BAD_REQUEST, "'session' must be a map {id, title, created_at, updated_at}")
         return self.store.restore(session, overwrite=msg.get("overwrite") is True)
-
-
-def _split(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
-    """Envelope and body of a ROUTER message: up to the first empty frame after the identity."""
-    for i in range(1, len(frames)):
-        if not frames[i]:
-            return frames[: i + 1], frames[i + 1 :]
-    return frames[:1], frames[1:]

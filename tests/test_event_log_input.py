@@ -1,0 +1,105 @@
+"""The event log and ``pryxbus log ...`` with careless or hostile input: strict JSON out whatever the
+payloads hold, clear errors (never tracebacks) for bad values and missing stacks, one structured
+reply per request (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+import sdk
+from schemas.endpoints import Endpoints
+from tests.conftest import REPO
+from tests.test_event_log import wait_logged
+
+
+def pryxbus(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "broker", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def strict_json(line: str) -> object:
+    def refuse(constant: str) -> object:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_payloads_json_lacks_come_out_as_strict_json(home: Path, event_log, bus: sdk.Bus) -> None:
+    bus.publish("odd:nan", {"x": float("nan"), "y": float("inf")})
+    bus.publish("odd:keys", {b"bk": 1, 2: [b"\x00\x01"]})
+    wait_logged(bus, 2)
+    for command in (("log", "tail", "odd:*"), ("log", "query", "odd:*")):
+        done = pryxbus(*command, "--home", str(home))
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        payloads = [strict_json(line)["payload"] for line in done.stdout.splitlines()]
+        assert payloads == [{"x": "nan", "y": "inf"}, {"b'bk'": 1, "2": ["b'\\x00\\x01'"]}]
+    assert [e.payload for e in bus.replay("odd:*")][1] == {b"bk": 1, 2: [b"\x00\x01"]}  # the log kept them exactly
+
+
+def test_log_commands_without_a_stack_say_so(home: Path) -> None:
+    for command in (("log", "stats"), ("log", "tail"), ("log", "query")):
+        done = pryxbus(*command, "--home", str(home), "--timeout", "0.5")
+        assert done.returncode == 3 and "did not answer" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("log", "tail", "-n", "0"), ("log", "tail", "-n", "99999999999999999999"), ("log", "tail", "-n", "20001"),
+    ("log", "query", "--since", "18446744073709551615"), ("log", "query", "--until", "-1"),
+    ("log", "query", "--limit", "-1"), ("log", "query", "--limit", "0"),
+    ("event-log", "--retain-events", "-1"), ("event-log", "--retain-events", "0"),
+    ("event-log", "--retain-seconds", "nan"), ("event-log", "--retain-seconds", "-1"),
+    ("event-log", "--retain-interval", "0"), ("event-log", "--rcvhwm", "0"),
+])
+def test_out_of_range_options_are_usage_errors(home: Path, args: tuple[str, ...]) -> None:
+    done = pryxbus(*args, "--home", str(home))
+    assert done.returncode == 2 and "error: argument" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("when", ["nan", "inf", "-inf", "1e400"])
+def test_times_that_are_not_times_are_refused(home: Path, when: str) -> None:
+    done = pryxbus("log", "query", f"--from={when}", "--home", str(home))
+    assert done.returncode == 1 and "not a time" in done.stderr, done.stderr
+
+
+def _ask(home: Path, *frames: bytes) -> list[dict]:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.linger = 0
+    sock.connect(Endpoints.for_home(home).log)
+    try:
+        sock.send_multipart(list(frames))
+        assert sock.poll(5000), "the log did not answer"
+        return [msgpack.unpackb(f, raw=False) for f in sock.recv_multipart()]
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def test_requests_beyond_range_or_in_pieces_get_one_structured_error(home: Path, event_log, bus: sdk.Bus) -> None:
+    bus.publish("channel:message", {"n": 1})
+    wait_logged(bus, 1)
+    for request in ({"op": "replay", "since": 2**64 - 1}, {"op": "replay", "until": 2**63},
+                    {"op": "tail", "limit": 2**64 - 1}, {"op": "replay", "ts_from": float("nan")},
+                    {"op": "summary", "bucket": float("inf")}, {"op": "summary", "bucket": 1e-300}):
+        [reply] = _ask(home, msgpack.packb(request))
+        assert (reply["ok"], reply["code"]) == (False, "bad_request"), (request, reply)
+    [reply] = _ask(home, msgpack.packb({"op": "ping"}), b"extra")  # never the request echoed back
+    assert (reply["ok"], reply["code"]) == (False, "bad_request") and "one request frame" in reply["message"]
+    [reply] = _ask(home, msgpack.packb({"op": "replay", "since": None}))  # nil: the default, from the start
+    assert reply["ok"] and [row[0] for row in reply["result"]["events"]] == [1]
+
+
+def test_a_file_that_is_not_an_event_log_is_a_clear_error(home: Path, broker) -> None:
+    (home / "events.db").write_text("not a database\n" * 100)
+    done = pryxbus("event-log", "--home", str(home), "--wait", "5")
+    assert done.returncode == 1 and "as the event log" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
