@@ -103,3 +103,25 @@ def test_a_file_that_is_not_an_event_log_is_a_clear_error(home: Path, broker) ->
     done = pryxbus("event-log", "--home", str(home), "--wait", "5")
     assert done.returncode == 1 and "as the event log" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_events_the_log_cannot_keep_are_malformed_not_lost(home: Path, event_log, bus: sdk.Bus) -> None:
+    from schemas.envelope import encode_body
+    from tests.helpers import raw_publisher
+
+    ctx = zmq.Context()
+    try:
+        raw = raw_publisher(ctx, Endpoints.for_home(home).publish)
+        good = encode_body({"ok": True}, source="raw", session_id=None)
+        bad = [b"\x95garbage", b"\x95" + good[1:-1], good[:1] + b"\xc1" * 8]  # the broker checks the first byte only
+        for i in range(6):
+            raw.send_multipart([b"raw:good", good])
+            raw.send_multipart([b"raw:bad", bad[i % len(bad)]])
+        raw.send_multipart([b"raw:good", good])
+        raw.close()
+    finally:
+        ctx.term()
+    stats = wait_logged(bus, 13)
+    assert stats["malformed"] == 6
+    assert (stats["lost"], stats["gaps"], stats["reconnects"], stats["recent_gaps"]) == (0, 0, 0, [])
+    assert [e.version for e in bus.replay()] == [1, 3, 5, 7, 9, 11, 13]

@@ -174,27 +174,30 @@ class LogWriter:
                     self.malformed += 1
                     continue
             try:
-                event_type = topic.decode("utf-8")
+                event_type: str | None = topic.decode("utf-8")
             except UnicodeDecodeError:
-                self.malformed += 1
-                continue
+                event_type = None
             for version, topic_seq, one in pieces:
-                try:
-                    ts, source, session_id = envelope_header(one)
-                except ValueError:
-                    self.malformed += 1
-                    continue
+                # The version is accounted for before the body is looked at: an event the log
+                # cannot keep is counted as malformed, never as a gap or a loss.
                 if version != last + 1:
                     self._gap(last, version)
                 if version > last:
                     last = version
+                try:
+                    if event_type is None:
+                        raise ValueError("the type is not UTF-8")
+                    ts, source, session_id = envelope_header(one)
+                except ValueError:
+                    self.malformed += 1
+                    continue
                 append((version, event_type, topic_seq, ts, source, session_id, one))
         if rows:
             self.store.append(rows)
             self.written += len(rows)
             self.batches += 1
-            self.last_version = last
             self._reconnected = False  # from now on a jump is a loss, unless we reconnect first
+        self.last_version = last
         return seen_stop
 
     def _gap(self, last: int, version: int) -> None:
