@@ -138,3 +138,12 @@ def test_an_endpoint_that_cannot_be_connected_is_unavailable_and_closing_does_no
         with pytest.raises(sdk.BusUnavailable, match="cannot connect to the session service"):
             c.get("x")
     # leaving the block closed the client and terminated its context: a leaked socket would hang here
+
+
+@pytest.mark.parametrize("command", [("up",), ("broker",), ("session-service",), ("event-log",), ("keys", "generate")])
+def test_a_home_that_cannot_be_made_is_a_clear_error(tmp_path: Path, command: tuple[str, ...]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    done = run(*command, "--home", str(blocker / "home"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert str(blocker / "home") in done.stderr and "Not a directory" in done.stderr

@@ -101,9 +101,18 @@ def target(args: argparse.Namespace) -> str | Path | None:
     return args.connect or args.home
 
 
+def server_home(args: argparse.Namespace) -> Path:
+    """The home a server part runs in (created, 0700); a clear exit if it cannot be."""
+    home = args.home or default_home()
+    try:
+        return ensure_home(home)
+    except OSError as e:
+        raise SystemExit(f"pryxbus: cannot use {home} as the home: {e.strerror or e}") from None
+
+
 def server_endpoints(args: argparse.Namespace) -> tuple[Path, Endpoints]:
     """The home (created, 0700) and the endpoints a server part binds."""
-    home = ensure_home(args.home or default_home())
+    home = server_home(args)
     if getattr(args, "tcp", None):
         try:
             endpoints = Endpoints.parse_tcp(args.tcp)

@@ -10,14 +10,16 @@ from datetime import datetime
 
 import zmq
 
-from broker.cli.common import add_home, add_target, add_tcp, fail, print_json, seconds, server_keys, target, whole_number
+from broker.cli.common import (
+    add_home, add_target, add_tcp, fail, print_json, seconds, server_home, server_keys, target, whole_number,
+)
 from broker.eventlog.query import MAX_INT, MAX_PAGE
 from broker.eventlog.service import EventLog, EventLogConfig
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
 from broker.security import SecurityError
-from schemas.endpoints import Endpoints, default_home, ensure_home
+from schemas.endpoints import Endpoints
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -91,7 +93,7 @@ def run_event_log(args: argparse.Namespace) -> int:
     configure_logging(args.log_format)
     if args.nice:
         os.nice(args.nice)  # a background archiver: never take the CPU from the bus it records
-    home = ensure_home(args.home or default_home())
+    home = server_home(args)
     if args.tcp:
         try:
             endpoints = Endpoints.parse_tcp(args.tcp)

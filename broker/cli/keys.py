@@ -47,6 +47,8 @@ def run_generate(args: argparse.Namespace) -> int:
         written = generate(home, force=args.force)
     except SecurityError as e:
         return fail(str(e))
+    except OSError as e:  # e.g. a read-only home
+        return fail(f"cannot write keys in {home}: {e.strerror or e}")
     for path in written:
         print(path)
     return 0
@@ -58,5 +60,7 @@ def run_add(args: argparse.Namespace) -> int:
         dest = add_client(home, args.public_key_file)
     except SecurityError as e:
         return fail(str(e))
+    except OSError as e:
+        return fail(f"cannot add the key to {home}: {e.strerror or e}")
     print(dest)
     return 0
