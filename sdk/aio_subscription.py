@@ -14,7 +14,7 @@ import zmq.asyncio
 from sdk._publish import subscription_unconfirmed
 from sdk.errors import BusClosed, BusTimeout, SlowSubscriberError
 from sdk.event import Event
-from sdk.subscription import EventDecoder, Policy, sync_token
+from sdk.subscription import EventDecoder, Policy, deadline_of, sync_token
 
 if TYPE_CHECKING:
     from sdk.aio import Bus
@@ -138,7 +138,7 @@ class Subscription:
             raise self._failed
         if self._closed:
             raise BusClosed("subscription is closed")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_of(timeout)
         feed, pending = self._decoder.feed, self._pending
         while True:
             if pending:  # a recovered gap is queued ahead of the event that revealed it

@@ -64,18 +64,26 @@ class Session:
         }
 
 
-def jsonable(value: Any) -> Any:
+JSON_DEPTH = 200
+"""Nesting ``jsonable`` keeps; deeper values are written as ``"..."`` (msgpack allows ~1000 levels,
+which would exhaust the JSON encoder's recursion)."""
+
+
+def jsonable(value: Any, depth: int = 0) -> Any:
     """``value`` as strict JSON can hold it (what ``pryxbus sub``, ``log tail`` and session exports
     print): what JSON lacks is written as its Python ``repr`` — bytes, NaN and infinities, map keys
-    that are not strings or whole numbers — and any other object as its ``str``."""
+    that are not strings or whole numbers — any other object as its ``str``, and what is nested
+    deeper than JSON_DEPTH as ``"..."``."""
     if isinstance(value, str) or value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
+    if depth >= JSON_DEPTH and isinstance(value, (dict, list, tuple)):
+        return "..."
     if isinstance(value, dict):
-        return {(k if isinstance(k, _JSON_KEYS) else repr(k)): jsonable(v) for k, v in value.items()}
+        return {(k if isinstance(k, _JSON_KEYS) else repr(k)): jsonable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return [jsonable(v, depth + 1) for v in value]
     if isinstance(value, (bytes, bytearray)):
         return repr(bytes(value))
     return str(value)

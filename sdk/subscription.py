@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 import threading
 import time
@@ -245,6 +246,20 @@ def sync_token() -> bytes:
     return SYNC_PREFIX + uuid.uuid4().hex.encode()
 
 
+
+def deadline_of(timeout: float | None) -> float | None:
+    """The ``time.monotonic()`` at which a wait of ``timeout`` seconds ends; None (wait for ever) for
+    None or infinity. A negative timeout has already ended.
+
+    Raises:
+        ValueError: ``timeout`` is NaN.
+    """
+    if timeout is None or timeout == math.inf:
+        return None
+    if timeout != timeout:
+        raise ValueError("timeout must be a number of seconds or None, not NaN")
+    return time.monotonic() + timeout
+
 class Subscription:
     """Events matching some patterns, in version order. Create with ``Bus.subscribe``.
 
@@ -354,7 +369,7 @@ class Subscription:
         with self._lock:
             if self._closed:
                 raise BusClosed("subscription is closed")
-            deadline = None if timeout is None else time.monotonic() + timeout
+            deadline = deadline_of(timeout)
             while True:
                 if pending:  # filled by _drain, or by the recover policy's log fetches
                     return pending.popleft()

@@ -115,3 +115,49 @@ def test_missing_broker_is_a_clear_error(home: Path, command) -> None:
 def test_help(command: str, tmp_path: Path) -> None:
     result = pryxbus(command, "--help", home=tmp_path)
     assert result.returncode == 0 and f"usage: pryxbus {command}" in result.stdout
+
+
+def test_sub_prints_strict_json_whatever_the_payload(home: Path, broker, bus) -> None:
+    deep: list = []
+    inner = deep
+    for _ in range(900):  # msgpack carries it; JSON encoders would run out of recursion
+        inner.append([])
+        inner = inner[0]
+    sub = start_sub("odd:*", "--count", "3", "--timeout", "20", home=home)
+    bus.publish("odd:nan", {"x": float("nan"), "y": [float("inf"), float("-inf")]})
+    bus.publish("odd:keys", {b"bk": 1, 2: b"\x00"})
+    bus.publish("odd:deep", deep)
+    out, err = sub.communicate(timeout=30)
+    assert sub.returncode == 0 and "Traceback" not in err, err
+
+    def refuse(constant: str) -> object:
+        raise ValueError(constant)
+
+    payloads = [json.loads(line, parse_constant=refuse)["payload"] for line in out.splitlines()]
+    assert payloads[:2] == [{"x": "nan", "y": ["inf", "-inf"]}, {"b'bk'": 1, "2": "b'\\x00'"}]
+    assert json.dumps(payloads[2]).endswith('"..."' + "]" * 199)  # cut at JSON_DEPTH (200)
+
+
+@pytest.mark.parametrize("args", [
+    ("sub", "--timeout", "nan"), ("sub", "--timeout", "inf"), ("sub", "--timeout", "-1"), ("sub", "--count", "0"),
+    ("sub", "--connect", "ipc:///tmp/x"), ("top", "--interval", "nan"), ("top", "--interval", "-1"),
+])
+def test_out_of_range_values_are_usage_errors(home: Path, args: tuple[str, ...]) -> None:
+    result = pryxbus(*args, home=home)
+    assert result.returncode == 2 and "error: argument" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("payload", ["NaN", "[1e999]", "[-Infinity]"])
+def test_pub_refuses_what_is_not_strict_json(home: Path, broker, payload: str) -> None:
+    result = pryxbus("pub", "t:a", payload, home=home)
+    assert result.returncode == 1 and "is not valid JSON" in result.stderr, result.stderr
+
+
+def test_sdk_recv_takes_infinity_as_no_limit_and_refuses_nan(bus) -> None:
+    import math
+
+    with bus.subscribe("t:*") as sub:
+        bus.publish("t:a", 1)
+        assert sub.recv(timeout=math.inf).payload == 1
+        with pytest.raises(ValueError, match="NaN"):
+            sub.recv(timeout=math.nan)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import sdk
-from broker.cli.common import add_home, add_target, fail, print_json, target
+from broker.cli.common import add_home, add_target, fail, print_json, seconds, target, tcp_target, whole_number
 from schemas.topics import InvalidType, check_type
 from sdk.bus import resolve_endpoints
 from sdk.security import resolve_client_keys
@@ -46,10 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " (session:**), '**' alone for everything.",
     )
     p.add_argument("patterns", metavar="PATTERN", nargs="*", help="type patterns (default: all events)")
-    p.add_argument("--count", type=int, default=None, metavar="N", help="exit after N events")
+    p.add_argument("--count", type=whole_number(1, 2**63 - 1), default=None, metavar="N", help="exit after N events")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=None,
         metavar="S",
         help="stop when no event arrives for S seconds (with --count, that is a failure)",
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_home(p)
     p.add_argument(
-        "--connect", metavar="tcp://HOST:PORT", default=None, help="a stack on tcp instead of a home"
+        "--connect", metavar="tcp://HOST:PORT", type=tcp_target, default=None, help="a stack on tcp instead of a home"
     )
     p.set_defaults(func=run_sub, connect_timeout=5.0)
 
@@ -87,25 +88,38 @@ def open_bus(args: argparse.Namespace, *, name: str, timeout: float, **options: 
         endpoints = resolve_endpoints(target(args))
     except sdk.InvalidEvent as e:
         raise CliError(str(e)) from None
-    for path in endpoints.ipc_paths():
-        if path.name == "con.sock" and not path.exists():
-            raise CliError(
-                f"no broker running in {path.parent} (no {path.name});"
-                f" start one with `pryxbus up --home {path.parent}`"
-            )
     try:
+        for path in endpoints.ipc_paths():
+            if path.name == "con.sock" and not path.exists():
+                raise CliError(
+                    f"no broker running in {path.parent} (no {path.name});"
+                    f" start one with `pryxbus up --home {path.parent}`"
+                )
         curve = resolve_client_keys(None, target(args)) or False  # a home holding keys: CURVE
         bus = sdk.connect(endpoints, name=name, timeout=timeout, curve=curve, **options)
     except sdk.BusUnavailable as e:
         raise CliError(f"{e}; is the stack running?") from None
+    except PermissionError as e:  # another user's home (0700)
+        raise CliError(f"cannot use the stack in {target(args) or 'the default home'}: {e.strerror}: {e.filename}") from None
     with bus:
         yield bus
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond what a float holds")
+    return value
+
+
 def _parse(text: str, where: str) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
+        return json.loads(text, parse_constant=_not_json, parse_float=_finite)  # strict: no NaN, no Infinity
+    except ValueError as e:  # JSONDecodeError is one
         raise CliError(f"{where} is not valid JSON: {e}") from None
 
 

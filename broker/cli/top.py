@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from broker.cli.common import add_target, fail, print_json, target
+from broker.cli.common import add_target, fail, print_json, seconds, target
 from broker.monitor import Sample, Sampler, figures
 from schemas.endpoints import Endpoints
 from sdk.errors import BusError
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " shown as down. Ctrl-C quits.",
     )
     add_target(p)
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between frames (default 1)")
+    p.add_argument("--interval", type=seconds, default=1.0, help="seconds between frames (default 1)")
     p.add_argument("--once", action="store_true", help="print one frame (no rates) and exit")
     p.add_argument(
         "--json",
