@@ -68,7 +68,10 @@ def server_keys(args: argparse.Namespace, home: Path) -> Any:
 _LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 
 
-def add_target(parser: argparse.ArgumentParser, timeout_help: str = "seconds to wait for the stack (default 5)") -> None:
+def add_target(
+    parser: argparse.ArgumentParser,
+    timeout_help: str = "seconds to wait for each answer (default 5); a request that gets none is sent once more",
+) -> None:
     """For client commands: which stack to talk to."""
     add_home(parser)
     parser.add_argument(
