@@ -27,7 +27,10 @@ def topic_of(event_type: str, cache: dict[str, bytes]) -> bytes:
     Raises:
         InvalidEvent: the type does not follow the grammar in ``schemas.topics``.
     """
-    topic = cache.get(event_type)
+    try:
+        topic = cache.get(event_type)
+    except TypeError:  # unhashable, so not a str: check_type refuses it below
+        topic, cache = None, {}
     if topic is None:
         try:
             topic = check_type(event_type).encode("utf-8")

@@ -161,7 +161,10 @@ class Bus:
             BusUnavailable: the broker could not be reached.
             BusClosed: the bus was closed.
         """
-        topic = self._topics.get(event_type) or self._topic(event_type)
+        try:
+            topic = self._topics.get(event_type) or self._topic(event_type)
+        except TypeError:  # an unhashable "type" (a list, a dict): not a str
+            topic = topic_of(event_type, self._topics)  # raises InvalidEvent, as for any other non-str
         if self.validate or (session_id is not None and not isinstance(session_id, str)):
             check_event(event_type, payload, session_id, validate=self.validate)
         with self._lock:

@@ -161,3 +161,12 @@ def test_sdk_recv_takes_infinity_as_no_limit_and_refuses_nan(bus) -> None:
         assert sub.recv(timeout=math.inf).payload == 1
         with pytest.raises(ValueError, match="NaN"):
             sub.recv(timeout=math.nan)
+
+
+def test_an_event_type_that_is_not_a_str_is_an_invalid_event(bus) -> None:
+    import sdk
+
+    for bad in (["a"], {"a": 1}, b"agent:spawned", 7):
+        with pytest.raises(sdk.InvalidEvent, match="event type must be a str"):
+            bus.publish(bad, 1)
+    bus.publish("agent:spawned", 1)  # the bus goes on
