@@ -58,7 +58,8 @@ class PublishTimeout(BusTimeout):
 
 
 class SlowSubscriberError(BusError):
-    """The subscription fell behind the broker's high-water mark and lost events.
+    """The subscription lost events: it fell behind the broker's high-water mark, or the broker
+    restarted and stamped them before the subscription was back.
 
     Attributes:
         lost: how many events were lost (exact, from the per-topic sequence).
@@ -66,7 +67,10 @@ class SlowSubscriberError(BusError):
     """
 
     def __init__(self, lost: int, topic: str) -> None:
-        super().__init__(f"subscription too slow: lost {lost} event(s) of {topic!r} at the high-water mark")
+        super().__init__(
+            f"subscription lost {lost} event(s) of {topic!r}: it fell behind the broker's high-water"
+            " mark, or missed them while the broker restarted"
+        )
         self.lost = lost
         self.topic = topic
 

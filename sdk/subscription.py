@@ -38,6 +38,10 @@ _new_event = object.__new__
 _set_dict = object.__setattr__
 
 _SLICE_MS = 100  # how often a blocked receive looks whether the subscription was closed
+IDLE_LOOK = 1.0
+"""Seconds between two questions to the broker, while no event arrives, about whether it restarted."""
+IDLE_LOOK_TIMEOUT = 0.2
+"""Longest such a question may hold up a receive (a broker that does not answer is looked at later)."""
 _DRAIN = 256  # messages decoded per turn of recv(): one lock and one deadline for all of them
 
 
@@ -63,6 +67,9 @@ class EventDecoder:
         """The broker's ``first_version`` when last asked: a new value means a new broker."""
         self.probe: Callable[[], int] | None = None
         """Asks the broker for its ``first_version`` (only on a gap, never per event)."""
+        self.idle_probe: Callable[[float], int] | None = None
+        """The same question with a short timeout, asked while no event arrives (look_for_restart)."""
+        self._next_look = 0.0
 
     def feed(self, topic: bytes, stamp: bytes, body: bytes, append: Callable[[Event], None]) -> None:
         """Decode one delivered message, a single event or a run (PROTOCOL.md), and append its
@@ -222,6 +229,30 @@ class EventDecoder:
         if self.policy == "drop":
             raise SlowSubscriberError(lost, topic.decode("utf-8", "replace"))
 
+    def look_for_restart(self, now: float, timeout: float) -> None:
+        """While no event arrives, at most every IDLE_LOOK seconds: is this still the same broker?
+
+        A broker that restarted while this subscription was reconnecting numbers every topic from 1
+        again, and its first events may go out before we are back. If the first one we then get
+        happens to carry the next number after the last we saw, no gap shows; so a new broker seen
+        here sets every topic's last sequence to 0, and the next event of each topic shows how many
+        of its events the new broker stamped before we were back (``lost``, or SlowSubscriberError
+        under ``drop``, as for any gap).
+        """
+        if self.idle_probe is None or now < self._next_look:
+            return
+        self._next_look = now + IDLE_LOOK
+        try:
+            epoch = self.idle_probe(timeout)
+        except BusError:
+            return  # no broker answering now: look again later
+        if self.epoch is not None and epoch != self.epoch:
+            self.restarts += 1
+            last_seq = self.last_seq
+            for topic in last_seq:
+                last_seq[topic] = 0
+        self.epoch = epoch
+
     def _broker_restarted(self) -> bool:
         """A forward jump may also be a new broker whose sequence already passed ours: ask it."""
         if self.probe is None:
@@ -286,6 +317,9 @@ class Subscription:
         else:
             self._decoder = EventDecoder(patterns, policy)
             self._decoder.probe = lambda: int(bus.control.call({"op": "ping"}).get("first_version", 1))
+            self._decoder.idle_probe = lambda timeout: int(
+                bus.control.call({"op": "ping"}, timeout=timeout, retries=0).get("first_version", 1)
+            )
             self._catch_up = None
         self._bus = bus
         self._lock = threading.Lock()
@@ -386,10 +420,16 @@ class Subscription:
                     if remaining <= 0:
                         raise BusTimeout(f"no event within {timeout:g}s")
                     wait_ms = min(_SLICE_MS, int(remaining * 1000) + 1)
-                if not self._sock.poll(wait_ms, _POLLIN) and self._catch_up is not None:
-                    event = self._catch_up()  # idle: did we lose the newest events?
-                    if event is not None:
-                        return event
+                if not self._sock.poll(wait_ms, _POLLIN):  # idle
+                    if self._catch_up is not None:
+                        event = self._catch_up()  # did we lose the newest events?
+                        if event is not None:
+                            return event
+                    else:
+                        now = time.monotonic()
+                        left = IDLE_LOOK_TIMEOUT if deadline is None else deadline - now
+                        if left > 0:
+                            self._decoder.look_for_restart(now, min(IDLE_LOOK_TIMEOUT, left))
 
     def _drain(self) -> int:
         """Decode what has already arrived (up to _DRAIN messages) into the pending queue.
