@@ -74,11 +74,16 @@ def encode_body(
     return body
 
 
-def check_subscription(patterns: tuple[Any, ...], policy: str) -> tuple[str, ...]:
-    """The validated patterns of a subscription.
+_MAX_HWM = 2**31 - 1
+
+
+def check_subscription(
+    patterns: tuple[Any, ...], policy: str, *, hwm: int | None = None, since: int | None = None
+) -> tuple[str, ...]:
+    """The validated patterns of a subscription (its ``hwm`` and ``since`` checked too, if given).
 
     Raises:
-        InvalidEvent: an invalid pattern or policy.
+        InvalidEvent: an invalid pattern, policy, high-water mark or version.
     """
     try:
         checked = tuple(check_pattern(p) for p in patterns)
@@ -86,6 +91,10 @@ def check_subscription(patterns: tuple[Any, ...], policy: str) -> tuple[str, ...
         raise InvalidEvent(str(e)) from None
     if policy not in POLICIES:
         raise InvalidEvent(f"policy must be one of {', '.join(map(repr, POLICIES))}, not {policy!r}")
+    if hwm is not None and (type(hwm) is not int or not 0 <= hwm <= _MAX_HWM):
+        raise InvalidEvent(f"hwm must be a whole number from 0 to {_MAX_HWM}, not {hwm!r}")
+    if since is not None and (type(since) is not int or since < 0):
+        raise InvalidEvent(f"since must be a version (a whole number >= 0), not {since!r}")
     return checked
 
 

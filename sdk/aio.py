@@ -178,11 +178,11 @@ class Bus:
             since: first every logged event above this version, then live ones, seamlessly.
 
         Raises:
-            InvalidEvent: an invalid pattern or policy (at once, before anything is awaited).
+            InvalidEvent: an invalid pattern, policy, hwm or since (at once, before anything is awaited).
             BusUnavailable: the broker did not confirm the subscription in time.
             BusClosed: the bus was closed.
         """
-        checked = check_subscription(patterns, policy)
+        checked = check_subscription(patterns, policy, hwm=hwm, since=since)
         if policy not in ASYNC_POLICIES:
             raise InvalidEvent(
                 f"policy={policy!r} is not available in sdk.aio yet (it needs the event log);"

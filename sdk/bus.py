@@ -213,11 +213,11 @@ class Bus:
                 events, with no gap and no duplicate at the seam (needs the event log).
 
         Raises:
-            InvalidEvent: an invalid pattern or policy.
+            InvalidEvent: an invalid pattern, policy, hwm or since.
             BusUnavailable: the broker (or, with ``since``, the event log) did not answer in time.
             BusTimeout: with ``since``, the event log did not catch up with the broker in time.
         """
-        checked = check_subscription(patterns, policy)
+        checked = check_subscription(patterns, policy, hwm=hwm, since=since)
         if self._closed:
             raise BusClosed("bus is closed")
         sub = Subscription(

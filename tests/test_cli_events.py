@@ -170,3 +170,14 @@ def test_an_event_type_that_is_not_a_str_is_an_invalid_event(bus) -> None:
         with pytest.raises(sdk.InvalidEvent, match="event type must be a str"):
             bus.publish(bad, 1)
     bus.publish("agent:spawned", 1)  # the bus goes on
+
+
+def test_a_bad_hwm_or_since_is_an_invalid_event(bus) -> None:
+    import sdk
+
+    for options in ({"hwm": -1}, {"hwm": 2**31}, {"hwm": 1.5}, {"hwm": True}, {"since": "x"}, {"since": -1}):
+        with pytest.raises(sdk.InvalidEvent, match="hwm|since"):
+            bus.subscribe("t:*", **options)
+    with bus.subscribe("t:*", hwm=0) as sub:  # 0: no limit, as ZeroMQ has it
+        bus.publish("t:a", 1)
+        assert sub.recv(timeout=5).payload == 1
