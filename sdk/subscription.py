@@ -239,26 +239,24 @@ class EventDecoder:
         of its events the new broker stamped before we were back (``lost``, or SlowSubscriberError
         under ``drop``, as for any gap).
         """
-        if self.idle_probe is None or now < self._next_look:
+        idle_probe = self.idle_probe
+        if idle_probe is None or now < self._next_look:
             return
         self._next_look = now + IDLE_LOOK
-        try:
-            epoch = self.idle_probe(timeout)
-        except BusError:
-            return  # no broker answering now: look again later
-        if self.epoch is not None and epoch != self.epoch:
+        if self._broker_restarted(lambda: idle_probe(timeout)):  # no answer: looked at again later
             self.restarts += 1
             last_seq = self.last_seq
             for topic in last_seq:
                 last_seq[topic] = 0
-        self.epoch = epoch
 
-    def _broker_restarted(self) -> bool:
-        """A forward jump may also be a new broker whose sequence already passed ours: ask it."""
-        if self.probe is None:
+    def _broker_restarted(self, ask: Callable[[], int] | None = None) -> bool:
+        """Whether the broker (asked with ``ask``, by default ``probe``) is another one than when
+        last asked. A forward jump may also be a new broker whose sequence already passed ours."""
+        ask = ask or self.probe
+        if ask is None:
             return False
         try:
-            epoch = self.probe()
+            epoch = ask()
         except BusError:
             return False
         restarted = self.epoch is not None and epoch != self.epoch
