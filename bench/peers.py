@@ -21,8 +21,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+from bench.sides import die_with_parent
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL_HINT = "install the peers with `make bench-peers`"
@@ -144,7 +147,10 @@ def _spawn(name: str, argv: list[str], workdir: Path) -> Server:
     log = workdir / f"{name}.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     with open(log, "wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=workdir)
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=workdir,
+            preexec_fn=partial(die_with_parent, signal.SIGTERM, os.getpid()),  # even if the runner is killed
+        )
     return Server(name, process, log)
 
 

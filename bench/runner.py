@@ -215,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
     measurements: dict[tuple[str, str, str, str], Measurement] = {}
     histograms: dict[str, dict[str, Histogram]] = {}
     previous_term = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    interrupted = False
     try:
         with ExitStack() as stack:
             progress.show("starting servers")
@@ -255,27 +256,55 @@ def run(args: argparse.Namespace) -> int:
             progress.show("stopping servers")
         progress.finish()
     except KeyboardInterrupt:
-        progress.note("bench: interrupted; every server it started is stopped, no results written")
-        raise
+        interrupted = True
+        measured = any(m.values or m.errors for m in measurements.values())
+        progress.note(
+            "bench: interrupted; every server it started is stopped, "
+            + (f"partial results ({progress.done} of {progress.total} runs) follow" if measured else "no results written")
+        )
+        if not measured:
+            raise
     finally:
         signal.signal(signal.SIGTERM, previous_term)
         shutil.rmtree(workdir, ignore_errors=True)
+    # Interrupted runs (Ctrl-C, SIGTERM) still write what they measured, marked as partial: a
+    # figure there may rest on fewer runs than the report's header says a figure normally has.
+    partial = f"{progress.done} of {progress.total} runs" if interrupted else None
+    code = _report(out, env, measurements, histograms, started, repeats, partial)
+    return 130 if interrupted else code
+
+
+def _report(
+    out: Path,
+    env: Env,
+    measurements: dict[tuple[str, str, str, str], Measurement],
+    histograms: dict[str, dict[str, Histogram]],
+    started: datetime,
+    repeats: int,
+    partial: str | None,
+) -> int:
+    """Write results.json, report.md and the charts to ``out``, print the report; the exit code.
+
+    ``partial`` says how far an interrupted run got (None for a whole run).
+    """
     finished = datetime.now(timezone.utc)
     ms = list(measurements.values())
     systems = [s for s in ORDER if any(m.system == s for m in ms)]
     info = machine(env.shared.get("versions", {}))
     targets = evaluate_targets(ms)
+    skipped = env.shared.get("skipped", {})
     doc = {
         "schema": SCHEMA_VERSION,
         "command": " ".join(["pryxbus", "bench", *_given_args()]),
         "started": started.isoformat(),
         "finished": finished.isoformat(),
         "duration_s": round((finished - started).total_seconds(), 1),
-        "quick": quick,
+        "quick": env.quick,
         "repeats": repeats,
+        "interrupted": partial,
         "transport": env.transport,
         "machine": info,
-        "systems": {s: {"skipped": r} for s, r in env.shared["skipped"].items()} | {s: {"skipped": None} for s in systems},
+        "systems": {s: {"skipped": r} for s, r in skipped.items()} | {s: {"skipped": None} for s in systems},
         "measurements": [m.to_dict() for m in ms],
         "histograms": {s: {k: h.to_dict() for k, h in per.items()} for s, per in histograms.items()},
         "targets": targets,
@@ -283,7 +312,8 @@ def run(args: argparse.Namespace) -> int:
     write_json(out / "results.json", doc)
     text = (
         machine_lines(info)
-        + f"{'quick' if quick else 'full'} run, {repeats} runs per figure (median ±half-range);"
+        + (f"INTERRUPTED after {partial}: partial results, some figures from fewer runs\n" if partial else "")
+        + f"{'quick' if env.quick else 'full'} run, {repeats} runs per figure (median ±half-range);"
         f" (N×) = pryxbus ÷ that system, same run; {doc['duration_s']:.0f}s\n\n"
         + table(ms, systems)
         + "\n"

@@ -4,10 +4,15 @@ A side is a forked child running a function ``target(conn, *args)`` that talks t
 pipe: it sends ``("ready", info)`` when set up, may wait for ``"go"``, and ends with
 ``("result", data)``. An exception in the child comes back as ``("error", text)``. Fork keeps the
 start-up cheap (no re-import); the runner holds no ZeroMQ context or event loop when it forks.
+
+A side never outlives the runner: the kernel kills it when the runner exits, however that happens
+(an interrupt that lands between a fork and the runner's note of the child, a ``kill -9``). Without
+that, a side waiting for ``"go"`` would wait for ever, holding the runner's output pipes open.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import multiprocessing
 import os
@@ -30,7 +35,9 @@ class Side:
     def __init__(self, name: str, target: Callable[..., Any], *args: Any) -> None:
         self.name = name
         self.conn, child = _ctx.Pipe()
-        self.process = _ctx.Process(target=_entry, args=(target, child, args), name=name, daemon=True)
+        self.process = _ctx.Process(
+            target=_entry, args=(target, child, self.conn, os.getpid(), args), name=name, daemon=True
+        )
         self.process.start()
         child.close()
 
@@ -69,7 +76,26 @@ class Side:
         stop_all([self], timeout)
 
 
-def _entry(target: Callable[..., Any], conn: Any, args: tuple[Any, ...]) -> None:
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> None:
+    """Have the kernel send ``sig`` to this process when its parent exits (Linux; elsewhere nothing).
+
+    ``parent``: the pid the parent had; if this process has been re-parented already (the parent
+    exited before this call), it exits at once.
+    """
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig))
+    except (OSError, AttributeError):  # not Linux: stop_all and Server.stop still stop every side
+        return
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
+
+
+def _entry(target: Callable[..., Any], conn: Any, runner_end: Any, runner: int, args: tuple[Any, ...]) -> None:
+    die_with_parent(signal.SIGKILL, runner)
+    runner_end.close()  # the runner's end came with the fork; only the runner may hold it
     # The runner's objects came with the fork: keep the cyclic collector off them, or each full
     # collection in a side walks the runner's whole heap (the more Python a client runs per
     # operation, the more collections it triggers, so this would tax some systems more than others).

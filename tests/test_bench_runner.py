@@ -1,8 +1,10 @@
 """The bench runner's handling of careless use: repeated scenarios, an unusable --out, a server that
-dies mid-run, and a SIGTERM (every server it started is stopped, nothing is left behind)."""
+dies mid-run, and a SIGTERM (every server it started is stopped, nothing is left behind, and what
+was measured before it is written, marked as partial)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from bench import peers
-from bench.results import Case
+from bench.results import Case, check_document
 from bench.runner import _dead_server, prepare_out, select_scenarios
 from bench.scenarios.common import Env
 from tests.conftest import REPO
+from tests.helpers import wait_for
 
 
 def test_a_scenario_named_twice_runs_once() -> None:
@@ -84,3 +87,87 @@ def test_sigterm_stops_every_server_and_removes_the_work_directory(tmp_path: Pat
     assert not set(_bench_servers()) & set(running)  # every one stopped, none orphaned
     assert not [d for d in set(running.values()) if Path(d).exists()]  # its work directory removed
     assert not (tmp_path / "results.json").exists()
+
+
+def test_an_interrupted_run_writes_what_it_measured_marked_partial(tmp_path: Path) -> None:
+    before = _bench_servers()
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "bench", "--quick", "--peers", "none", "--scenario", "sessions", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    try:
+        assert bench.stderr is not None
+        steps = 0
+        for line in bench.stderr:
+            if "sessions ·" in line:
+                steps += 1
+                if steps == 2:  # the first run has been measured: its progress line was followed
+                    break
+        assert steps == 2, "the bench ended before its second run"
+        running = {pid: workdir for pid, workdir in _bench_servers().items() if pid not in before}
+        bench.send_signal(signal.SIGTERM)
+        out, err = bench.communicate(timeout=120)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert bench.returncode == 130
+    assert "partial results" in err
+    assert not set(_bench_servers()) & set(running)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert check_document(doc) == []
+    assert doc["interrupted"] and doc["interrupted"].endswith("runs")
+    first = [m for m in doc["measurements"] if m["case"] == "get, 1 client" and m["system"] == "pryxbus"]
+    assert first and first[0]["status"] == "ok" and len(first[0]["runs"]) >= 1
+    report = (tmp_path / "report.md").read_text()
+    assert "INTERRUPTED after" in report and report in out
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for child in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.add(int(child))
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+def test_a_killed_runner_takes_its_sides_and_servers_with_it(tmp_path: Path) -> None:
+    """kill -9 leaves the runner no chance to clean up: the kernel stops what it started."""
+    before = _bench_servers()
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "bench", "--quick", "--peers", "none", "--scenario", "sessions", "--out", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    workdirs: set[str] = set()
+    try:
+        assert bench.stderr is not None
+        for line in bench.stderr:
+            if "get, 4 clients" in line:  # four client sides are being started or are running
+                break
+        servers = {pid: d for pid, d in _bench_servers().items() if pid not in before}
+        workdirs = set(servers.values())
+        started = wait_for(lambda: _children(bench.pid), lambda pids: bool(pids - set(servers)), timeout=30,
+                           what="a side process")
+        bench.kill()
+        bench.wait(30)
+        wait_for(lambda: _alive(started | set(servers)), lambda alive: not alive, timeout=30, what="orphans to exit")
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+        for d in workdirs:  # the one thing a killed runner cannot clean
+            subprocess.run(["rm", "-rf", d], check=False)
