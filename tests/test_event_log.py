@@ -293,3 +293,28 @@ def test_a_broker_awaiting_the_log_holds_events_while_the_log_is_away(start) -> 
         stats = bus.log_stats()
         assert (stats["events"], stats["lost"], stats["gaps"]) == (20, 0, 0)
     assert "the event log went away; holding events" in broker.log
+
+
+def test_a_disk_that_refuses_the_logs_writes_does_not_kill_it(home: Path, event_log, bus: sdk.Bus) -> None:
+    """A full or failing disk: the log keeps what it received, reads no more until the disk takes
+    it, and loses nothing once it does. Before, the first refused write killed the process (and
+    with it every event it had received), and a restarted log died the same way. The fault is
+    real: the log process may not grow any file (RLIMIT_FSIZE set from outside)."""
+    import resource
+
+    for i in range(5):
+        bus.publish("a:b", {"n": i})
+    wait_logged(bus, 5)
+    limits = resource.prlimit(event_log.pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(event_log.pid, resource.RLIMIT_FSIZE, (1, limits[1]))
+    try:
+        for i in range(5, 15):
+            bus.publish("a:b", {"n": i})
+        refused = wait_for(bus.log_stats, lambda s: s.get("write_errors", 0) > 0, what="a refused write")
+        assert refused["unwritten"] > 0 and refused["events"] == 5
+    finally:
+        resource.prlimit(event_log.pid, resource.RLIMIT_FSIZE, limits)
+    stats = wait_logged(bus, 15)
+    assert (stats["events"], stats["lost"], stats["gaps"], stats["unwritten"]) == (15, 0, 0, 0)
+    assert [e.payload["n"] for e in bus.replay()] == list(range(15))
+    assert "the event log writes again after" in event_log.log
