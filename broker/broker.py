@@ -258,7 +258,11 @@ class Broker:
             if self.out_monitor in ready:
                 self._handle_monitor(self.out_monitor, inbound=False)
         if self._reservation is not None:
-            self._reservation.write(self.version)  # a clean stop: the next run continues exactly
+            try:
+                self._reservation.write(self.version)  # a clean stop: the next run continues exactly
+            except OSError as e:  # a full disk: the reserved mark, already on disk, still holds
+                log.warning("cannot write the exact version mark (%s); the next run continues after"
+                            " the reserved %d", e, self._reservation.mark)
 
     def _forward_batch(self) -> None:
         """Stamp and forward up to BATCH events that have already arrived.

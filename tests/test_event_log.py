@@ -318,3 +318,29 @@ def test_a_disk_that_refuses_the_logs_writes_does_not_kill_it(home: Path, event_
     assert (stats["events"], stats["lost"], stats["gaps"], stats["unwritten"]) == (15, 0, 0, 0)
     assert [e.payload["n"] for e in bus.replay()] == list(range(15))
     assert "the event log writes again after" in event_log.log
+
+
+def test_a_clean_broker_stop_on_a_full_disk_keeps_the_reserved_mark(home: Path, start) -> None:
+    """The exact version mark a clean stop writes may not be writable (a full disk, here a
+    directory where its temporary file goes): the broker says so and stops cleanly (before: a
+    traceback and exit status 1); the next run continues after the mark it had reserved, so no
+    version is reused."""
+    broker = start("broker")
+    with sdk.connect(home, name="test") as bus:
+        for i in range(3):
+            bus.publish("channel:message", {"i": i})
+        wait_for(bus.stats, lambda s: s["version"] == 3, what="3 events stamped")
+    reserved = read_mark(home)
+    assert reserved > 3
+    (home / "broker.tmp").mkdir()  # where Reservation.write puts the mark before renaming it
+    broker.stop()
+    assert "Traceback" not in broker.log
+    assert "cannot write the exact version mark" in broker.log
+    assert "pryxbus broker stopped at version 3" in broker.log
+    assert read_mark(home) == reserved
+    (home / "broker.tmp").rmdir()  # room again: the next broker reserves its own range
+    start("broker")
+    with sdk.connect(home, name="test") as bus:
+        with bus.subscribe() as sub:
+            bus.publish("channel:message", {"i": 3})
+            assert sub.recv(timeout=5).version == reserved + 1
