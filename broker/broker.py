@@ -62,6 +62,7 @@ BATCH = 4096
 
 SUBSCRIBE_ALL = b"\x01"
 _LOG_ARRIVED = b"\x01" + LOG_MARK
+_LOG_LEFT = b"\x00" + LOG_MARK
 CONTROL_MAX_SIZE = 65536
 """Largest control request in bytes (MAXMSGSIZE of the control socket)."""
 CONTROL_UNPACK_LIMITS = {
@@ -95,7 +96,8 @@ class BrokerConfig:
     """Most events of one topic sent as one message (a run, PROTOCOL.md); 1 sends every event alone."""
     await_log: float = 0.0
     """Seconds a (re)started broker keeps publishers waiting for the event log to subscribe (its
-    ``LOG_MARK`` subscription), so the log misses nothing subscribers get; 0 opens at once."""
+    ``LOG_MARK`` subscription), so the log misses nothing subscribers get; 0 opens at once. The
+    same wait starts whenever the log's subscription goes away (it crashed, or is restarting)."""
     curve: ServerKeys | None = None
     """CURVE keys (``--curve``): every bound socket is a CURVE server behind a ZAP allow-list."""
 
@@ -256,7 +258,11 @@ class Broker:
             if self.out_monitor in ready:
                 self._handle_monitor(self.out_monitor, inbound=False)
         if self._reservation is not None:
-            self._reservation.write(self.version)  # a clean stop: the next run continues exactly
+            try:
+                self._reservation.write(self.version)  # a clean stop: the next run continues exactly
+            except OSError as e:  # a full disk: the reserved mark, already on disk, still holds
+                log.warning("cannot write the exact version mark (%s); the next run continues after"
+                            " the reserved %d", e, self._reservation.mark)
 
     def _forward_batch(self) -> None:
         """Stamp and forward up to BATCH events that have already arrived.
@@ -375,6 +381,18 @@ class Broker:
         if self._poller is not None:
             self._poller.register(self.xsub, zmq.POLLIN)
 
+    def _hold(self) -> None:
+        """The event log went away: take no more events until it is back (at most ``await_log``).
+
+        Events stamped now would reach subscribers and never the log (replay, ``since=`` and the
+        recover policy would miss them for good), so they wait in the publishers' queues instead.
+        """
+        log.warning("the event log went away; holding events until it subscribes again (at most %gs)",
+                    self.config.await_log)
+        self._closed_until = time.monotonic() + self.config.await_log
+        if self._poller is not None:
+            self._poller.unregister(self.xsub)
+
     def _handle_subscriptions(self) -> None:
         """Answer sync subscriptions: the reply proves the subscriber's earlier filters are live."""
         while True:
@@ -385,6 +403,8 @@ class Broker:
             if msg == _LOG_ARRIVED and self._closed_until is not None:
                 log.info("the event log subscribed; taking events")
                 self._open()
+            elif msg == _LOG_LEFT and self._closed_until is None and self.config.await_log > 0:
+                self._hold()
             if msg[:1] == b"\x01" and msg[1:].startswith(SYNC_PREFIX):
                 self.syncs += 1
                 self.xpub.send(msg[1:], _SNDMORE)

@@ -43,10 +43,11 @@ after a broker crash, subscribers that reconnect sooner than the log would get e
 
 CHILDREN: tuple[ChildSpec, ...] = (
     ChildSpec("broker", "broker", extra=("--await-log", f"{AWAIT_LOG:g}")),
-    ChildSpec("session-service", "session-service"),
     ChildSpec("event-log", "event-log"),  # after the broker: it subscribes there
+    ChildSpec("session-service", "session-service"),
 )
-"""Started in this order, stopped in reverse."""
+"""Started in this order, stopped in reverse: the session service stops first, so the events it
+publishes as it stops are still stamped and logged; the broker takes none once the log is gone."""
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0

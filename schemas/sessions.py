@@ -54,7 +54,8 @@ NOT_FOUND = "not_found"  # no session has that id
 CONFLICT = "conflict"  # create with an id that exists with a different title
 BUSY = "busy"  # the database stayed locked by another process; nothing was changed, retry
 INTERNAL = "internal"  # an unexpected server error; nothing was changed
-CODES = frozenset({BAD_REQUEST, UNKNOWN_OP, TOO_LONG, NOT_FOUND, CONFLICT, BUSY, INTERNAL})
+STORAGE = "storage"  # the disk refused the write (full, or failing); nothing was changed, retry later
+CODES = frozenset({BAD_REQUEST, UNKNOWN_OP, TOO_LONG, NOT_FOUND, CONFLICT, BUSY, INTERNAL, STORAGE})
 
 SESSION_EVENTS = {"created": "session:created", "updated": "session:updated", "deleted": "session:deleted"}
 

@@ -270,3 +270,77 @@ def test_up_runs_the_event_log(home: Path, start) -> None:
         bus.publish("channel:message", {"via": "up"}, session_id="s-up")
         wait_logged(bus, 1)
         assert [(e.version, e.payload, e.session_id) for e in bus.replay()] == [(1, {"via": "up"}, "s-up")]
+
+
+def test_a_broker_awaiting_the_log_holds_events_while_the_log_is_away(start) -> None:
+    """An event log that stops (a crash or a restart under ``up``) misses no event: the broker
+    takes none until the log has subscribed again. Before, the broker stamped and delivered
+    everything published while the log was away, and the log never had those versions."""
+    broker = start("broker", "--await-log", "60")
+    log = start("event-log")
+    with sdk.connect(broker.home, name="test", timeout=30) as bus:
+        for i in range(10):
+            bus.publish("a:b", {"n": i})
+        wait_logged(bus, 10)
+        log.stop()
+        wait_for(bus.stats, lambda s: s["taking_events"] is False, what="the broker holding events")
+        for i in range(10, 20):
+            bus.publish("a:b", {"n": i})  # queued for the broker, which does not read them yet
+        assert bus.stats()["version"] == 10
+        start("event-log")
+        wait_logged(bus, 20)
+        assert [e.payload["n"] for e in bus.replay()] == list(range(20))
+        stats = bus.log_stats()
+        assert (stats["events"], stats["lost"], stats["gaps"]) == (20, 0, 0)
+    assert "the event log went away; holding events" in broker.log
+
+
+def test_a_disk_that_refuses_the_logs_writes_does_not_kill_it(home: Path, event_log, bus: sdk.Bus) -> None:
+    """A full or failing disk: the log keeps what it received, reads no more until the disk takes
+    it, and loses nothing once it does. Before, the first refused write killed the process (and
+    with it every event it had received), and a restarted log died the same way. The fault is
+    real: the log process may not grow any file (RLIMIT_FSIZE set from outside)."""
+    import resource
+
+    for i in range(5):
+        bus.publish("a:b", {"n": i})
+    wait_logged(bus, 5)
+    limits = resource.prlimit(event_log.pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(event_log.pid, resource.RLIMIT_FSIZE, (1, limits[1]))
+    try:
+        for i in range(5, 15):
+            bus.publish("a:b", {"n": i})
+        refused = wait_for(bus.log_stats, lambda s: s.get("write_errors", 0) > 0, what="a refused write")
+        assert refused["unwritten"] > 0 and refused["events"] == 5
+    finally:
+        resource.prlimit(event_log.pid, resource.RLIMIT_FSIZE, limits)
+    stats = wait_logged(bus, 15)
+    assert (stats["events"], stats["lost"], stats["gaps"], stats["unwritten"]) == (15, 0, 0, 0)
+    assert [e.payload["n"] for e in bus.replay()] == list(range(15))
+    assert "the event log writes again after" in event_log.log
+
+
+def test_a_clean_broker_stop_on_a_full_disk_keeps_the_reserved_mark(home: Path, start) -> None:
+    """The exact version mark a clean stop writes may not be writable (a full disk, here a
+    directory where its temporary file goes): the broker says so and stops cleanly (before: a
+    traceback and exit status 1); the next run continues after the mark it had reserved, so no
+    version is reused."""
+    broker = start("broker")
+    with sdk.connect(home, name="test") as bus:
+        for i in range(3):
+            bus.publish("channel:message", {"i": i})
+        wait_for(bus.stats, lambda s: s["version"] == 3, what="3 events stamped")
+    reserved = read_mark(home)
+    assert reserved > 3
+    (home / "broker.tmp").mkdir()  # where Reservation.write puts the mark before renaming it
+    broker.stop()
+    assert "Traceback" not in broker.log
+    assert "cannot write the exact version mark" in broker.log
+    assert "pryxbus broker stopped at version 3" in broker.log
+    assert read_mark(home) == reserved
+    (home / "broker.tmp").rmdir()  # room again: the next broker reserves its own range
+    start("broker")
+    with sdk.connect(home, name="test") as bus:
+        with bus.subscribe() as sub:
+            bus.publish("channel:message", {"i": 3})
+            assert sub.recv(timeout=5).version == reserved + 1

@@ -514,3 +514,37 @@ def test_a_get_with_an_id_of_the_wrong_type_is_refused(home: Path, session_servi
     for bad in ([1, 2], {"a": 1}, 7, None):
         reply = raw_request(home, msgpack.packb({"op": "get", "id": bad}))
         assert (reply["ok"], reply["code"]) == (False, "bad_request"), reply
+
+
+def test_a_disk_that_refuses_writes_gets_a_clear_error_and_the_service_recovers(
+    home: Path, session_service: Part
+) -> None:
+    """A full or failing disk: every write is refused with code ``storage`` (not ``internal``),
+    logged once (not a traceback per request), nothing acknowledged is lost, and writes work
+    again once the disk takes them. The fault is real: the service process may not grow any file
+    (RLIMIT_FSIZE set from outside, as a full disk does to SQLite's write of the WAL)."""
+    import resource
+
+    with SessionClient.open(home, timeout=5.0) as c:
+        kept = c.create("before")
+        limits = resource.prlimit(session_service.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(session_service.pid, resource.RLIMIT_FSIZE, (1, limits[1]))
+        try:
+            codes = []
+            for i in range(20):
+                with pytest.raises(sdk.SessionError) as refused:
+                    c.create(f"refused {i}")
+                codes.append(refused.value.code)
+            assert "disk" in str(refused.value) and "nothing was changed" in str(refused.value)
+            assert c.get(kept.id) == kept  # reads still work
+        finally:
+            resource.prlimit(session_service.pid, resource.RLIMIT_FSIZE, limits)
+        assert codes == ["storage"] * 20
+        after = c.create("after")
+        assert [s.title for s in c.list()] == ["after", "before"]
+        assert c.get(after.id) == after
+        stats = c.stats()
+        assert stats["errors"] == {"storage": 20}
+    log = session_service.log
+    assert "Traceback" not in log
+    assert "the session database accepts writes again after 20 refused" in log

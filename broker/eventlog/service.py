@@ -108,7 +108,14 @@ class EventLog:
         next_trim = time.monotonic()
         retaining = self.config.retain_events is not None or self.config.retain_seconds is not None
         self._running = True
+        reading = True
         while self._running:
+            if reading != (writer.retry_at is None):  # a refused batch: read nothing until it is written
+                reading = not reading
+                if reading:
+                    poller.register(writer.sock, zmq.POLLIN)
+                else:
+                    poller.unregister(writer.sock)
             try:
                 ready = dict(poller.poll(timeout_ms))
             except zmq.ZMQError as e:
@@ -117,14 +124,14 @@ class EventLog:
                 raise
             if writer.monitor in ready:
                 writer.handle_monitor()
-            if writer.sock in ready:
-                writer.drain()
+            if writer.sock in ready or not reading:
+                writer.drain()  # while not reading: retries the refused batch when due
             if router in ready:
                 self._answer()
             if retaining and time.monotonic() >= next_trim:
                 self.trim()
                 next_trim = time.monotonic() + self.config.retain_interval
-        while writer.sock.poll(0, zmq.POLLIN):  # keep what already arrived before stopping
+        while writer.retry_at is None and writer.sock.poll(0, zmq.POLLIN):  # keep what already arrived
             writer.drain()
 
     def trim(self) -> int:

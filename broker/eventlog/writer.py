@@ -12,6 +12,7 @@ connected are not in it).
 from __future__ import annotations
 
 import logging
+import sqlite3
 import struct
 import time
 import uuid
@@ -36,6 +37,8 @@ DEFAULT_RCVHWM = 1_000_000
 HEADER_PARSE_FROM = 512
 """Bodies this long or longer are parsed by hand up to the session id (payload left undecoded)."""
 MAX_BATCH = 50_000
+WRITE_RETRY = 1.0
+"""Seconds between tries of a batch the disk refused (full, I/O error); nothing is read meanwhile."""
 
 
 def _str_at(body: bytes, pos: int) -> tuple[str | None, int]:
@@ -103,6 +106,12 @@ class LogWriter:
         self.gap_count = 0
         self.reconnects = 0
         self._reconnected = True  # the first event after start may follow a restart's jump
+        self.write_errors = 0
+        self._unwritten: list[Row] = []
+        self._unwritten_last = self.last_version
+        self.retry_at: float | None = None
+        """While set (time.monotonic()), a batch waits for the disk: nothing more is read until it
+        is written, so the events wait in ZeroMQ's queues (and are counted lost if those overflow)."""
         self.sock = ctx.socket(zmq.SUB)
         self.sock.linger = 0
         self.sock.rcvhwm = rcvhwm
@@ -146,6 +155,9 @@ class LogWriter:
 
         Returns True if ``stop_at`` (a sync topic) was seen.
         """
+        if self.retry_at is not None:
+            if time.monotonic() < self.retry_at or not self._write(self._unwritten, self._unwritten_last):
+                return False
         recv = self.sock.recv
         rows: list[Row] = []
         append = rows.append
@@ -193,12 +205,35 @@ class LogWriter:
                     continue
                 append((version, event_type, topic_seq, ts, source, session_id, one))
         if rows:
-            self.store.append(rows)
-            self.written += len(rows)
-            self.batches += 1
-            self._reconnected = False  # from now on a jump is a loss, unless we reconnect first
-        self.last_version = last
+            self._write(rows, last)
+        else:
+            self.last_version = last
         return seen_stop
+
+    def _write(self, rows: list[Row], last: int) -> bool:
+        """Append a batch; if the disk refuses it, keep it for a retry in WRITE_RETRY seconds.
+
+        A full disk must not kill the log: a restarted one would lose what it had received, and
+        find the disk just as full.
+        """
+        try:
+            self.store.append(rows)
+        except sqlite3.OperationalError as e:
+            if self.retry_at is None:
+                log.error("the disk refuses the event log's writes (%s); holding %d event(s) and"
+                          " reading no more until it takes them", e, len(rows))
+            self.write_errors += 1
+            self._unwritten, self._unwritten_last = rows, last
+            self.retry_at = time.monotonic() + WRITE_RETRY
+            return False
+        if self.retry_at is not None:
+            log.warning("the event log writes again after %d refused attempt(s)", self.write_errors)
+        self._unwritten, self.retry_at = [], None
+        self.last_version = last  # only now: `last` tells readers what replay can return
+        self.written += len(rows)
+        self.batches += 1
+        self._reconnected = False  # from now on a jump is a loss, unless we reconnect first
+        return True
 
     def _gap(self, last: int, version: int) -> None:
         if version <= last:  # a duplicate or an old version: INSERT OR IGNORE keeps the first
@@ -213,7 +248,10 @@ class LogWriter:
             log.warning("event log lost versions %d..%d", last + 1, version - 1)
         self._reconnected = False
         self.gap_count += 1
-        self.store.record_gap(kind, last + 1, version - 1)
+        try:
+            self.store.record_gap(kind, last + 1, version - 1)
+        except sqlite3.OperationalError as e:  # a full disk: the count above still says it
+            log.error("cannot record the %s gap %d..%d: %s", kind, last + 1, version - 1, e)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -224,6 +262,8 @@ class LogWriter:
             "gaps": self.gap_count,
             "reconnects": self.reconnects,
             "last_version": self.last_version,
+            "write_errors": self.write_errors,
+            "unwritten": len(self._unwritten),
         }
 
     def close(self) -> None:

@@ -46,6 +46,7 @@ from schemas.sessions import (
     BUSY,
     INTERNAL,
     MAX_REQUEST_SIZE,
+    STORAGE,
     WRITE_OPS,
     ProtocolError,
     check_id,
@@ -72,6 +73,12 @@ REPLY_CACHE = 4096
 """Write replies remembered by request id, for retried requests."""
 GET_CACHE = 4096
 """Replies to gets remembered until the next write (then all are forgotten)."""
+
+
+def _refused_by_disk(e: sqlite3.OperationalError) -> bool:
+    """Whether SQLite failed because the disk would not take a write (full, or an I/O error)."""
+    name = getattr(e, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_FULL", "SQLITE_IOERR")) or "disk" in str(e).lower()
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,8 @@ class SessionService:
         self.busy_seconds = 0.0
         """Time spent answering requests (from the first frame of a turn to its last reply)."""
         self.errors: Counter[str] = Counter()
+        self._storage_refused = 0
+        """Writes refused in a row because the disk would not take them (logged once, not each)."""
         self._running = False
         self._replies: OrderedDict[str | bytes, bytes] = OrderedDict()
         self._gets: dict[str, bytes] = {}  # session id -> reply, since the last write turn
@@ -302,6 +311,9 @@ class SessionService:
                 with self.store.transaction():
                     self._run_all(batch)
                 self.counts["commits"] += 1
+                if self._storage_refused:
+                    log.warning("the session database accepts writes again after %d refused", self._storage_refused)
+                    self._storage_refused = 0
             else:
                 self._run_all(batch)
         except Exception as e:
@@ -377,6 +389,14 @@ class SessionService:
     def _failure(self, e: Exception) -> bytes:
         if isinstance(e, sqlite3.OperationalError) and "locked" in str(e).lower():
             return self._error(BUSY, "the session database is locked by another process; nothing changed, retry")
+        if isinstance(e, sqlite3.OperationalError) and _refused_by_disk(e):
+            # A full disk refuses every write until someone makes room: say so once, not with a
+            # traceback per request (which, on the same disk, would make things worse).
+            if not self._storage_refused:
+                log.error("the disk refuses writes to %s (%s); refusing writes until it takes them again",
+                          self.config.db_path, e)
+            self._storage_refused += 1
+            return self._error(STORAGE, f"the disk refused the write ({e}); nothing was changed, retry later")
         log.exception("session request failed")
         return self._error(INTERNAL, f"internal error ({type(e).__name__}); nothing changed")
 
