@@ -61,6 +61,8 @@ BATCH = 4096
 """Events drained per poll before the broker looks at its other sockets."""
 
 SUBSCRIBE_ALL = b"\x01"
+RESERVE_RETRY = 1.0
+"""Seconds between tries to write the version mark while the disk refuses it."""
 _LOG_ARRIVED = b"\x01" + LOG_MARK
 _LOG_LEFT = b"\x00" + LOG_MARK
 CONTROL_MAX_SIZE = 65536
@@ -121,6 +123,9 @@ class Broker:
         self._running = False
         self._reservation = Reservation(config.home) if config.home is not None else None
         self._reserved = 1 << 63 if self._reservation is None else self._reservation.mark
+        self._reserve_retry_at: float | None = None
+        """While set (time.monotonic()), the disk refused the version mark: no events are read."""
+        self._reading = False  # whether the poller watches xsub (see _read)
         self._handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "ping": self._op_ping,
             "health": self._op_ping,
@@ -228,8 +233,7 @@ class Broker:
         poller = self._poller = zmq.Poller()
         for sock in (self.xpub, self.control, self.in_monitor, self.out_monitor):
             poller.register(sock, zmq.POLLIN)
-        if self._closed_until is None:
-            poller.register(self.xsub, zmq.POLLIN)
+        self._read(self._closed_until is None)
         xsub, xpub, control = self.xsub, self.xpub, self.control
         timeout_ms = int(poll_interval * 1000)
         while self._running:
@@ -243,12 +247,13 @@ class Broker:
                 log.warning("the event log did not subscribe within %gs; taking events without it",
                             self.config.await_log)
                 self._open()
+            if self._reserve_retry_at is not None and time.monotonic() >= self._reserve_retry_at:
+                self._reserve(self.version + BATCH)
             if not ready:
                 continue
             if xsub in ready:
-                if self.version + BATCH > self._reserved and self._reservation is not None:
-                    self._reserved = self._reservation.reserve(self.version + BATCH)
-                self._forward_batch()
+                if self.version + BATCH <= self._reserved or self._reserve(self.version + BATCH):
+                    self._forward_batch()
             if xpub in ready:
                 self._handle_subscriptions()
             if control in ready:
@@ -378,8 +383,41 @@ class Broker:
         broker before a crash may have queued events, and they wait for the log like the rest.)"""
         self._closed_until = None
         self.xsub.send(SUBSCRIBE_ALL)
-        if self._poller is not None:
-            self._poller.register(self.xsub, zmq.POLLIN)
+        self._read(self._reserve_retry_at is None)
+
+    def _read(self, on: bool) -> None:
+        """Watch xsub for events, or stop (publishers then wait, once their queues are full)."""
+        if self._poller is not None and on != self._reading:
+            if on:
+                self._poller.register(self.xsub, zmq.POLLIN)
+            else:
+                self._poller.unregister(self.xsub)
+            self._reading = on
+
+    def _reserve(self, through: int) -> bool:
+        """Durably reserve the versions up to ``through`` (and a STEP beyond); whether it could.
+
+        No event is stamped past the mark on disk (a restart after ``kill -9`` continues from it),
+        so while the disk refuses the mark (full, or failing) the broker reads no events, and
+        tries again every RESERVE_RETRY seconds; publishers wait meanwhile, as for the event log.
+        """
+        if self._reservation is None:
+            self._reserved = 1 << 63
+            return True
+        try:
+            self._reserved = self._reservation.reserve(through)
+        except OSError as e:
+            if self._reserve_retry_at is None:
+                log.error("cannot reserve versions in %s (%s); taking no events until it can",
+                          self._reservation.path, e)
+            self._reserve_retry_at = time.monotonic() + RESERVE_RETRY
+            self._read(False)
+            return False
+        if self._reserve_retry_at is not None:
+            log.warning("versions reserved again (through %d); taking events", self._reserved)
+            self._reserve_retry_at = None
+            self._read(self._closed_until is None)
+        return True
 
     def _hold(self) -> None:
         """The event log went away: take no more events until it is back (at most ``await_log``).
@@ -390,8 +428,7 @@ class Broker:
         log.warning("the event log went away; holding events until it subscribes again (at most %gs)",
                     self.config.await_log)
         self._closed_until = time.monotonic() + self.config.await_log
-        if self._poller is not None:
-            self._poller.unregister(self.xsub)
+        self._read(False)
 
     def _handle_subscriptions(self) -> None:
         """Answer sync subscriptions: the reply proves the subscriber's earlier filters are live."""
@@ -457,8 +494,9 @@ class Broker:
         every forwarded event (only with ``lifecycle_events``; never on the hot loop)."""
         if not self.config.lifecycle_events:
             return
-        if self.version + 1 > self._reserved and self._reservation is not None:
-            self._reserved = self._reservation.reserve(self.version + BATCH)
+        if self.version + 1 > self._reserved and not self._reserve(self.version + BATCH):
+            log.warning("%s not published: no version could be reserved", event_type)
+            return
         topic = event_type.encode()
         seq = self.topic_seq.get(topic, 0) + 1
         self.topic_seq[topic] = seq

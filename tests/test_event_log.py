@@ -344,3 +344,25 @@ def test_a_clean_broker_stop_on_a_full_disk_keeps_the_reserved_mark(home: Path, 
         with bus.subscribe() as sub:
             bus.publish("channel:message", {"i": 3})
             assert sub.recv(timeout=5).version == reserved + 1
+
+
+def test_a_running_broker_that_cannot_reserve_versions_holds_events_until_it_can(home: Path, start) -> None:
+    """The broker writes its version mark ahead of the versions it stamps (once per 2^20 events, and
+    for the first event of a run). When the disk refuses that write (here: a directory where its
+    temporary file goes), the broker stamps nothing past the mark on disk: it reads no events, says
+    so once, and tries again each second. Before, the OSError killed it. Nothing is lost: the
+    events wait in the publisher's queue and arrive, in order, once the mark can be written."""
+    broker = start("broker")
+    blocker = home / "broker.tmp"  # where Reservation.write puts the mark before renaming it
+    blocker.mkdir()
+    with sdk.connect(home, name="test") as bus, bus.subscribe("channel:**") as sub:
+        for i in range(3):
+            bus.publish("channel:message", {"i": i})
+        wait_for(lambda: broker.log, lambda text: "cannot reserve versions" in text, timeout=10,
+                 what="the broker to report the refused mark")
+        assert bus.stats()["version"] == 0  # alive, answering, and nothing stamped
+        blocker.rmdir()
+        got = [sub.recv(timeout=10) for _ in range(3)]
+    assert [(e.version, e.payload["i"]) for e in got] == [(1, 0), (2, 1), (3, 2)]
+    assert read_mark(home) >= 3
+    assert "versions reserved again" in broker.log and "Traceback" not in broker.log
