@@ -103,8 +103,12 @@ def configure_publisher(sock: zmq.Socket, *, timeout: float, publish_timeout: fl
 
     With XPUB_NODROP a full queue makes a send block (then time out after ``publish_timeout``)
     instead of dropping the event; the linger lets queued events reach the broker on close.
+    XPUB_VERBOSE passes on every subscription a broker sends, repeats included: a connection that
+    reconnects keeps its pipe, so without it a restarted broker's subscription would not be seen
+    and the publisher could not tell that it must ask the new broker for its event size limit.
     """
     sock.linger = int(timeout * 1000)
+    sock.setsockopt(zmq.XPUB_VERBOSE, 1)
     sock.sndhwm = hwm
     sock.setsockopt(zmq.XPUB_NODROP, 1)
     sock.sndtimeo = int(publish_timeout * 1000)

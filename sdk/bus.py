@@ -89,6 +89,7 @@ class Bus:
         self.control = Requester(self._ctx, self.endpoints.control, timeout=timeout, retries=1, what="broker")
         self._sessions: Any = None
         self._log: Requester | None = None
+        explicit_size = max_event_size is not None
         if max_event_size is None:
             try:
                 max_event_size = self.control.call({"op": "ping"}).get("max_event_size")
@@ -96,6 +97,8 @@ class Bus:
                 self.close()
                 raise
         self.max_event_size = int(max_event_size or DEFAULT_MAX_EVENT_SIZE)
+        """The broker's limit on an encoded event, asked again whenever a broker (re)subscribes."""
+        self._asked_size = not explicit_size
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -132,6 +135,7 @@ class Bus:
         if not sock.getsockopt(_EVENTS) & _POLLIN:
             return
         if broker_subscribed(sock):
+            self._relearn_limit()
             return
         self.broker_outages += 1
         deadline = time.monotonic() + self.publish_timeout
@@ -140,7 +144,20 @@ class Bus:
             if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, _POLLIN):
                 raise publish_timed_out(self.publish_timeout)
             if broker_subscribed(sock):
+                self._relearn_limit()
                 return
+
+    def _relearn_limit(self) -> None:
+        """A broker subscribed again: perhaps a restarted one with a smaller ``--max-event-size``,
+        whose MAXMSGSIZE would drop this connection (and what is queued on it) for a bigger event.
+        Ask it; without an answer the old limit stays (the next subscription asks again)."""
+        if not self._asked_size:
+            return
+        try:
+            limit = self.control.call({"op": "ping"}, retries=0).get("max_event_size")
+        except BusError:
+            return
+        self.max_event_size = int(limit or DEFAULT_MAX_EVENT_SIZE)
 
     def _topic(self, event_type: str) -> bytes:
         topic = self._topics.get(event_type)
@@ -181,6 +198,8 @@ class Bus:
             sock = self._pub or self._open_publisher()
             if now >= self._watch_at:
                 self._watch_broker(sock, now)
+                if len(body) > self.max_event_size:  # a new broker's limit, learnt just now
+                    raise MessageTooLarge(len(body), self.max_event_size)
             try:
                 _send(sock, topic, _SNDMORE)
             except zmq.Again:

@@ -10,7 +10,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 import sdk
-from helpers import raw_publisher, stats
+from helpers import raw_publisher, stats, wait_for
 
 LIMIT = 1000
 
@@ -66,3 +66,36 @@ def test_a_raw_oversized_frame_disconnects_only_its_sender(home: Path, small_bus
         raw.disable_monitor()
     finally:
         ctx.destroy(linger=0)
+
+
+def test_a_publisher_learns_the_smaller_limit_of_a_restarted_broker(start, home: Path) -> None:
+    """A broker restarted with a smaller --max-event-size: the connected publisher asks it again.
+
+    Before, the SDK kept the limit it learnt at connect: it sent an event over the new limit, the
+    new broker's MAXMSGSIZE dropped the connection, and that event and what was queued behind it
+    were lost without an error.
+    """
+    first = start("broker")
+    with sdk.connect(home, name="big", timeout=5.0) as bus:
+        bus.publish("warm:up", None)
+        assert bus.max_event_size == 1048576
+        first.stop()
+        start("broker", "--max-event-size", str(LIMIT))
+        with bus.subscribe() as sub:
+            sent = 0
+
+            def publish_small() -> int:
+                nonlocal sent
+                sent += 1
+                bus.publish("small:event", sent)
+                return bus.max_event_size
+
+            wait_for(publish_small, lambda limit: limit == LIMIT, what="the publisher to learn the new limit")
+            too_big = {"text": "x" * 2000}
+            with pytest.raises(sdk.MessageTooLarge) as info:
+                bus.publish("big:event", too_big)
+            assert (info.value.size, info.value.limit) == (body_size(too_big), LIMIT)
+            bus.publish("after", None)
+            got = [sub.recv(timeout=5) for _ in range(sent + 1)]
+    assert [(e.type, e.payload) for e in got] == [("small:event", i) for i in range(1, sent + 1)] + [("after", None)]
+    assert [e.version for e in got] == list(range(got[0].version, got[0].version + sent + 1))
