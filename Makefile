@@ -24,8 +24,9 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Benchmarks (bench/): `make bench-peers` once (root: Debian's redis-server and nats-server, plus
-# the Python clients and matplotlib), then `make bench-quick` (< 1 min, the README's table) or
-# `make bench` (full run, < 15 min). Results, report.md and charts go to bench-results/.
+# the Python clients and matplotlib), then `make bench-quick` (< 1 min, 3 runs per figure) or
+# `make bench` (the full run behind the README's figures, about 8 min). Results, report.md and
+# charts go to bench-results/.
 BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml

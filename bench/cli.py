@@ -17,7 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help=f"run only this scenario (repeatable): {', '.join(SCENARIO_NAMES)}",
     )
-    p.add_argument("--out", default="bench-results", help="where results.json, report.md and the PNG charts go")
+    p.add_argument(
+        "--out", default="bench-results", metavar="DIR",
+        help="where results.json, report.md and the PNG charts go (default: bench-results)",
+    )
     p.add_argument(
         "--peers",
         default="all",

@@ -192,6 +192,7 @@ class Broker:
         self.in_monitor = self.xsub.get_monitor_socket(watched)
         self.out_monitor = self.xpub.get_monitor_socket(watched)
         self._closed_until: float | None = None  # while set, publishers wait for the event log
+        self._held: list[tuple[str, dict[str, Any]]] = []  # the broker's own events, meanwhile
         self._poller: zmq.Poller | None = None
         if cfg.await_log > 0:
             self._closed_until = time.monotonic() + cfg.await_log
@@ -385,8 +386,12 @@ class Broker:
     def _open(self) -> None:
         """Let publishers in: subscribe to everything on every connection they have made so far,
         and start reading. (While closed nothing is read: a publisher that still believes in the
-        broker before a crash may have queued events, and they wait for the log like the rest.)"""
+        broker before a crash may have queued events, and they wait for the log like the rest.)
+        The broker's own events held meanwhile (``bus:started``, connections) go out first."""
         self._closed_until = None
+        held, self._held = self._held, []
+        for event_type, payload in held:  # stamped now, so the log has them like any event
+            self._emit(event_type, payload)
         self.xsub.send(SUBSCRIBE_ALL)
         self._read(self._reserve_retry_at is None)
 
@@ -498,6 +503,9 @@ class Broker:
         """Publish an event of the broker's own, stamped in the same version and topic sequences as
         every forwarded event (only with ``lifecycle_events``; never on the hot loop)."""
         if not self.config.lifecycle_events:
+            return
+        if self._closed_until is not None:  # the event log is not subscribed yet: it would miss it
+            self._held.append((event_type, payload))
             return
         if self.version + 1 > self._reserved and not self._reserve(self.version + BATCH):
             log.warning("%s not published: no version could be reserved", event_type)

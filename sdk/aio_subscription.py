@@ -113,6 +113,12 @@ class Subscription:
         return self._decoder.lost
 
     @property
+    def restarts(self) -> int:
+        """Broker restarts this subscription rode through (seen as a topic sequence starting over;
+        unlike a sync subscription, it does not ask the broker while idle)."""
+        return self._decoder.restarts
+
+    @property
     def malformed(self) -> int:
         """Delivered messages that could not be decoded and were skipped."""
         return self._decoder.malformed

@@ -234,6 +234,34 @@ def test_slow_subscriber_is_dropped_with_the_lost_count(start, home: Path) -> No
     assert count + lost == last_seq  # every sequence number was either received or counted lost
 
 
+def test_a_broker_restart_is_counted_in_restarts(start, home: Path) -> None:
+    """``sub.restarts``, as on a sync subscription (the README names it for both)."""
+    broker = start("broker")
+
+    async def main():
+        async with sdk.aio.connect(home, name="aio") as bus:
+            async with bus.subscribe("t:*", policy="count") as sub:
+                for i in range(50):
+                    await bus.publish("t:x", i)
+                assert [(await sub.recv(timeout=5)).seq for _ in range(50)] == list(range(1, 51))
+                assert sub.restarts == 0
+                broker.stop()
+                start("broker")
+                for attempt in range(40):  # until the subscription is back at the new broker
+                    await bus.publish("t:x", "after")
+                    try:
+                        event = await sub.recv(timeout=0.5)
+                        break
+                    except sdk.BusTimeout:
+                        continue
+                else:
+                    raise AssertionError("no event from the restarted broker after 40 publishes")
+                return event.seq, sub.restarts
+
+    seq, restarts = run(main())
+    assert seq < 50 and restarts == 1  # the sequence went backwards: a new broker
+
+
 def test_stats_answer(home: Path, broker) -> None:
     async def main():
         async with sdk.aio.connect(home) as bus:

@@ -70,6 +70,20 @@ def test_the_event_log_keeps_lifecycle_events(home: Path, start) -> None:
     assert logged in (["bus:publisher_connected"], ["bus:subscriber_connected", "bus:publisher_connected"])
 
 
+def test_a_broker_that_awaits_the_log_holds_its_own_events_for_it(home: Path, start) -> None:
+    """As under ``pryxbus up`` (--await-log): the log gets bus:started and the connections made
+    before it subscribed, so it starts with no gap (it used to miss them and count a gap)."""
+    start("broker", "--lifecycle-events", "--await-log", "60")
+    start("event-log")
+    with sdk.connect(home, name="t") as bus:
+        version = wait_for(bus.stats, lambda s: s["taking_events"], what="the log subscribed")["version"]
+        log_stats = wait_for(bus.log_stats, lambda s: s["last"] >= version, what=f"the log at version {version}")
+        logged = [(e.version, e.type) for e in bus.replay(until=version)]
+    assert logged[0] == (1, "bus:started")
+    assert [v for v, _ in logged] == list(range(1, version + 1))
+    assert (log_stats["gaps"], log_stats["lost"]) == (0, 0)
+
+
 def test_off_by_default(home: Path, broker, bus: sdk.Bus) -> None:
     with bus.subscribe() as sub:
         bus.publish("app:only", {})

@@ -70,6 +70,7 @@ def test_without_a_running_stack_the_cli_says_so_at_once(home: Path) -> None:
 @pytest.mark.parametrize("args", [
     ("--timeout", "nan"), ("--timeout", "-1"), ("--timeout", "0"), ("--timeout", "inf"),
     ("--connect", "garbage"), ("--connect", "ipc:///tmp/x"),
+    ("--limit", "0"), ("--limit", "101"), ("--offset", "-1"),  # the help says 1..100; they were exit 1 or 3
 ])
 def test_bad_timeouts_and_targets_are_usage_errors(home: Path, args: tuple[str, str]) -> None:
     done = pryxbus(home, "sessions", "list", *args)

@@ -1,7 +1,8 @@
-"""``pryxbus sessions list|get|create|ensure|rename|touch|delete``: sessions from the command line.
+"""``pryxbus sessions list|get|create|ensure|rename|touch|delete``: sessions from the command line
+(``export``, ``import`` and ``stats`` are in :mod:`broker.cli.session_archive`).
 
 Human-readable table by default, one JSON document with ``--json``. Exit status: 0 done,
-1 refused (not found, invalid title, ...), 3 the session service did not answer.
+1 refused (not found, invalid title, ...), 2 usage, 3 the session service did not answer.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from broker.cli.common import add_target, fail_as, missing_socket, print_json, printable, target
+from broker.cli.common import add_target, fail_as, missing_socket, print_json, printable, target, whole_number
 
 ATTEMPTS = 3
 """Tries per request (Lazy Pirate); together they take at most ``--timeout``."""
@@ -33,9 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         return sp
 
     sp = action("list", "sessions, most recently updated first (at most 100 per page)")
-    sp.add_argument("--limit", type=int, default=100, help="how many (1..100, default 100)")
+    sp.add_argument("--limit", type=whole_number(1, 100), default=100, help="how many (1..100, default 100)")
     where = sp.add_mutually_exclusive_group()
-    where.add_argument("--offset", type=int, default=0, help="skip this many first")
+    where.add_argument("--offset", type=whole_number(0, 2**63 - 1), default=0, help="skip this many first")
     where.add_argument("--cursor", default=None, help="continue after a previous page (its next_cursor)")
     sp = action("get", "one session")
     sp.add_argument("id")

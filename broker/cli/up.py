@@ -1,4 +1,4 @@
-"""``pryxbus up``: run the whole stack (broker, session service) in the foreground, supervised."""
+"""``pryxbus up``: run the whole stack (broker, session service, event log) in the foreground, supervised."""
 
 from __future__ import annotations
 
