@@ -65,6 +65,8 @@ RESERVE_RETRY = 1.0
 """Seconds between tries to write the version mark while the disk refuses it."""
 SUBSCRIPTION_MAX_SIZE = 1 + MAX_TYPE_LENGTH
 """Largest subscription message (``\x01`` + prefix): a longer one disconnects its subscriber."""
+CURVE_SLACK = 256
+"""Bytes the subscription limit allows beyond that under CURVE (encryption, the handshake)."""
 _LOG_ARRIVED = b"\x01" + LOG_MARK
 _LOG_LEFT = b"\x00" + LOG_MARK
 CONTROL_MAX_SIZE = 65536
@@ -170,7 +172,10 @@ class Broker:
         # Subscribers only send subscriptions, and none longer than a topic can match anything. libzmq
         # keeps ~48 bytes of trie per subscribed byte, so this bounds what one subscription costs
         # (at 4096, 20,000 subscriptions from one raw socket grew the broker by 3.8 GB).
-        self.xpub.maxmsgsize = SUBSCRIPTION_MAX_SIZE
+        # Under CURVE the limit applies to the encrypted frames and to the handshake (INITIATE, with
+        # its metadata, is ~300 bytes), so it leaves room for them: at 256 every CURVE subscriber
+        # was disconnected during its handshake.
+        self.xpub.maxmsgsize = SUBSCRIPTION_MAX_SIZE + (CURVE_SLACK if cfg.curve is not None else 0)
         self.xpub.bind(ep.subscribe)
         if ep.log_feed:
             # A listener copies the socket's options when it binds, so connections to this second
