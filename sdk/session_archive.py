@@ -18,7 +18,7 @@ import base64
 import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 FORMAT = 1
 MAGIC = "session-export"
 _IMPORT_CHUNK = 2_000
+_IMPORT_BYTES = 16 << 20
 MESSAGE_TYPES = ("channel:message", "channel:outbound_message")
 
 
@@ -120,9 +121,24 @@ def import_(
 ) -> Session:
     session, rows = read_export(path)
     restored = sessions.restore(session, overwrite=overwrite)
-    for start in range(0, len(rows), _IMPORT_CHUNK):
-        log.call({"op": "import", "events": rows[start : start + _IMPORT_CHUNK]})
+    for chunk in _import_chunks(rows):
+        log.call({"op": "import", "events": chunk})
     return restored
+
+
+def _import_chunks(rows: list[list[Any]]) -> Iterator[list[list[Any]]]:
+    """``rows`` in requests of at most _IMPORT_CHUNK events and _IMPORT_BYTES of bodies (one
+    event alone may be bigger): the log refuses a request over 64 MiB, however few its events."""
+    chunk: list[list[Any]] = []
+    size = 0
+    for row in rows:
+        if chunk and (len(chunk) == _IMPORT_CHUNK or size + len(row[3]) > _IMPORT_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(row)
+        size += len(row[3])
+    if chunk:
+        yield chunk
 
 
 def _iso(ts: float | None) -> str | None:

@@ -125,3 +125,28 @@ def test_events_the_log_cannot_keep_are_malformed_not_lost(home: Path, event_log
     assert stats["malformed"] == 6
     assert (stats["lost"], stats["gaps"], stats["reconnects"], stats["recent_gaps"]) == (0, 0, 0, [])
     assert [e.version for e in bus.replay()] == [1, 3, 5, 7, 9, 11, 13]
+
+
+def test_a_request_of_countless_containers_is_refused_not_decoded(home: Path, event_log, bus: sdk.Bus) -> None:
+    """Empty arrays cost one byte on the wire and ~60 in Python: 8 MB of them took the log from 39
+    to 615 MB. Past 50,000 arrays and maps a request is a bad_request, and the log goes on."""
+    bomb = msgpack.packb({"op": "import", "events": [[]] * 3_000_000})
+    [reply] = _ask(home, bomb)
+    assert (reply["ok"], reply["code"]) == (False, "bad_request") and "50000 arrays and maps" in reply["message"]
+    [reply] = _ask(home, msgpack.packb({"op": "ping"}))
+    assert reply["ok"]
+    assert bus.log_stats()["bad_requests"] >= 1
+
+
+def test_an_import_goes_in_requests_the_log_takes() -> None:
+    """The log refuses a request over 64 MiB whatever its event count: an import is cut by bytes too."""
+    from sdk.session_archive import _IMPORT_BYTES, _IMPORT_CHUNK, _import_chunks
+
+    small = [[v, v, "a:b", b"x" * 10] for v in range(1, 4500)]
+    assert [len(c) for c in _import_chunks(small)] == [_IMPORT_CHUNK, _IMPORT_CHUNK, 499]
+    big = [[v, v, "a:b", b"x" * (100 * 1024)] for v in range(1, 701)]  # 70 MB: one request used to hold it all
+    chunks = list(_import_chunks(big))
+    assert [r for c in chunks for r in c] == big
+    assert all(sum(len(r[3]) for r in c) <= _IMPORT_BYTES for c in chunks) and len(chunks) == 5
+    huge = [[1, 1, "a:b", b"x" * (_IMPORT_BYTES + 1)], [2, 2, "a:b", b"y"]]  # one event alone may be bigger
+    assert [len(c) for c in _import_chunks(huge)] == [1, 1]
