@@ -20,10 +20,12 @@ class MetricsUnavailable(RuntimeError):
 
 
 def parse_address(spec: str) -> tuple[str, int]:
-    """``HOST:PORT`` -> (host, port); raises ValueError with a readable message."""
+    """``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port); raises ValueError with a readable message."""
     host, sep, port = spec.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {spec!r}")
+        raise ValueError(f"expected HOST:PORT or [IPv6]:PORT, got {spec!r}")
     return host, int(port)
 
 

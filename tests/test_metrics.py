@@ -97,7 +97,27 @@ def test_bad_metrics_address_is_refused(home: Path) -> None:
         cwd=REPO,
     )
     assert result.returncode == 1
-    assert result.stderr.strip() == "pryxbus: --metrics nowhere: expected HOST:PORT, got 'nowhere'"
+    assert result.stderr.strip() == "pryxbus: --metrics nowhere: expected HOST:PORT or [IPv6]:PORT, got 'nowhere'"
+
+
+def _free_port6() -> int | None:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            return s.getsockname()[1]
+    except OSError:
+        return None
+
+
+def test_metrics_on_an_ipv6_address(home: Path, start) -> None:
+    port = _free_port6()
+    if port is None:
+        pytest.skip("this machine has no IPv6 loopback (::1)")
+    start("up", "--metrics", f"[::1]:{port}")
+    with sdk.connect(home, name="metrics-test") as bus:
+        bus.publish("app:tick", {})
+        wait_for(bus.stats, lambda s: s["version"] == 1, what="one event stamped")
+    assert scrape(f"[::1]:{port}")["pryxbus_version"] == 1
 
 
 def test_metrics_of_a_curve_stack(home: Path, start) -> None:
