@@ -30,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--metrics",
         metavar="HOST:PORT",
         default=None,
-        help="serve Prometheus metrics (the figures of `pryxbus top`) at http://HOST:PORT/metrics (an IPv6 host in brackets: [::1]:9100);"
-        " needs the 'metrics' extra (prometheus-client)",
+        help="serve Prometheus metrics (the figures of `pryxbus top`) at http://HOST:PORT/metrics"
+        " (an IPv6 host in brackets: [::1]:9100); needs the 'metrics' extra (prometheus-client)",
     )
     p.add_argument(
         "--lifecycle-events",
