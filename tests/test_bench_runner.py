@@ -64,12 +64,17 @@ def _bench_servers() -> dict[int, str]:
     return found
 
 
+def _sessions_bench(out: Path, stdout: int = subprocess.PIPE) -> "subprocess.Popen[str]":
+    """A quick bench of pryxbus's sessions alone, its progress display on a pipe (a line per step)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench", "--quick", "--peers", "none", "--scenario", "sessions", "--out", str(out)],
+        stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+
+
 def test_sigterm_stops_every_server_and_removes_the_work_directory(tmp_path: Path) -> None:
     before = _bench_servers()
-    bench = subprocess.Popen(
-        [sys.executable, "-m", "bench", "--quick", "--peers", "none", "--scenario", "sessions", "--out", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-    )
+    bench = _sessions_bench(tmp_path)
     try:
         assert bench.stderr is not None
         for line in bench.stderr:  # the progress display, one line per step when not a terminal
@@ -91,10 +96,7 @@ def test_sigterm_stops_every_server_and_removes_the_work_directory(tmp_path: Pat
 
 def test_an_interrupted_run_writes_what_it_measured_marked_partial(tmp_path: Path) -> None:
     before = _bench_servers()
-    bench = subprocess.Popen(
-        [sys.executable, "-m", "bench", "--quick", "--peers", "none", "--scenario", "sessions", "--out", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-    )
+    bench = _sessions_bench(tmp_path)
     try:
         assert bench.stderr is not None
         steps = 0
@@ -149,10 +151,7 @@ def _alive(pids: set[int]) -> set[int]:
 def test_a_killed_runner_takes_its_sides_and_servers_with_it(tmp_path: Path) -> None:
     """kill -9 leaves the runner no chance to clean up: the kernel stops what it started."""
     before = _bench_servers()
-    bench = subprocess.Popen(
-        [sys.executable, "-m", "bench", "--quick", "--peers", "none", "--scenario", "sessions", "--out", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
-    )
+    bench = _sessions_bench(tmp_path, stdout=subprocess.DEVNULL)
     workdirs: set[str] = set()
     try:
         assert bench.stderr is not None
