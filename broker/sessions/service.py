@@ -17,7 +17,9 @@ services never share one database, and components reach sessions only through th
 Every request gets a reply, garbage included (``{ok: false, code, message}``, see
 ``schemas/sessions.py``); every bad request is counted. Write requests may carry a request id
 (``rid``): the reply to a rid is remembered, and a retry of it (Lazy Pirate) gets the same reply
-without running twice.
+without running twice. For ``rename``, ``touch``, ``delete`` and ``restore`` the successful reply is
+also written in the same transaction as the change (``write_replies``), so a retry that reaches the
+next service, after this one died between its commit and its reply, still gets it.
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ BATCH = 256
 """Requests drained per turn (and so at most per transaction)."""
 REPLY_CACHE = 4096
 """Write replies remembered by request id, for retried requests."""
+DURABLE_REPLY_OPS = frozenset({"rename", "touch", "delete", "restore"})
+"""Writes whose replies are also kept in the database, in the write's transaction, so a retry
+after a restart of the service gets the same answer. Not ``create`` and ``ensure``: their retries
+are answered the same without it (a create of an id that exists with its title returns it; an
+ensure ensures again), and ``create`` is the write whose latency counts most."""
 GET_CACHE = 4096
 """Replies to gets remembered until the next write (then all are forgotten)."""
 
@@ -349,6 +356,8 @@ class SessionService:
                     cached = self._replies.get(rid)
                     if cached is None and rid in seen:  # a retry queued behind its first attempt
                         cached = seen[rid].reply
+                    if cached is None and op in DURABLE_REPLY_OPS:  # answered before a restart?
+                        cached = self.store.remembered_reply(rid)
                     if cached is not None:
                         self.counts["replayed"] += 1
                         request.reply = cached
@@ -364,6 +373,8 @@ class SessionService:
                     request.written = result
                     result = result.session
                 request.reply = self._pack({"ok": True, "result": result})
+                if rid is not None and op in DURABLE_REPLY_OPS:
+                    self.store.remember_reply(rid, request.reply)  # committed with the change
             if rid is not None:  # remembered after the commit, refusals (e.g. not_found) too
                 request.rid = rid
                 seen[rid] = request
