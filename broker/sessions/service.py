@@ -18,8 +18,9 @@ Every request gets a reply, garbage included (``{ok: false, code, message}``, se
 ``schemas/sessions.py``); every bad request is counted. Write requests may carry a request id
 (``rid``): the reply to a rid is remembered, and a retry of it (Lazy Pirate) gets the same reply
 without running twice. For ``rename``, ``touch``, ``delete``, ``restore`` and an id-less ``create``
-the successful reply is also written in the same transaction as the change (``write_replies``), so a retry that reaches the
-next service, after this one died between its commit and its reply, still gets it.
+the successful reply is also written in the same transaction as the change (``write_replies``), so
+a retry that reaches the next service, after this one died between its commit and its reply,
+still gets it.
 """
 
 from __future__ import annotations
