@@ -400,6 +400,36 @@ def test_service_killed_between_request_and_reply(start, home: Path) -> None:
         assert [s.id for s in c.list()] == ["survivor"]
 
 
+@pytest.mark.parametrize("op", ["delete", "rename", "touch", "restore", "create"])
+def test_a_write_committed_before_a_crash_is_answered_the_same_when_retried_after(start, home: Path, op: str) -> None:
+    # The first attempt commits and is answered, but the answer is "lost" (ignored here, as a
+    # client whose receive timed out would); the service is then killed and restarted, and the
+    # client's retry (same rid) reaches a service with no memory of it.
+    service = start("session-service")
+    with SessionClient.open(home) as c:
+        victim = c.create("before")
+    requests = {
+        "delete": {"op": "delete", "id": victim.id},
+        "rename": {"op": "rename", "id": victim.id, "title": "after"},
+        "touch": {"op": "touch", "id": victim.id},
+        "restore": {"op": "restore", "session": {**victim.to_dict(), "id": "restored"}},
+        "create": {"op": "create", "title": "no id given: the service picks one"},
+    }
+    body = msgpack.packb({**requests[op], "rid": f"{op}-once"})
+    first = raw_request(home, body)
+    assert first["ok"] is True, first
+    service.kill()
+    start("session-service")
+    if op == "restore":  # someone changes it between the attempts: the retry must not undo or refuse
+        with SessionClient.open(home) as c:
+            c.touch("restored")
+    assert raw_request(home, body) == first
+    with SessionClient.open(home) as c:
+        assert c.stats()["requests"].get("replayed") == 1
+        if op == "create":
+            assert [s.title for s in c.list()] == [requests["create"]["title"], "before"]
+
+
 # -- events and CLI ------------------------------------------------------------------------------
 
 

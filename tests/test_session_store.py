@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from broker.sessions.store import SCHEMA_VERSION, SchemaTooNew, SessionStore, StoreError
+from broker.sessions.store import (
+    KEPT_REPLIES,
+    PRUNE_REPLIES,
+    SCHEMA_VERSION,
+    SchemaTooNew,
+    SessionStore,
+    StoreError,
+)
 from schemas.sessions import MAX_TITLE_LENGTH, ProtocolError, decode_cursor, parse_ts
 
 
@@ -187,3 +194,41 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         store.db.conn.execute("INSERT INTO schema_version VALUES (?, 'future')", (SCHEMA_VERSION + 1,))
     with pytest.raises(SchemaTooNew):
         SessionStore(path)
+
+
+def test_version_2_database_is_upgraded_and_keeps_write_replies(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)  # exactly what version 2 left on disk
+    conn.executescript(
+        "CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at TEXT NOT NULL);"
+        "CREATE TABLE sessions (id TEXT PRIMARY KEY, title TEXT NOT NULL,"
+        " created_at TEXT NOT NULL, updated_at TEXT NOT NULL);"
+        "CREATE INDEX sessions_by_updated ON sessions (updated_at DESC, id DESC);"
+        "INSERT INTO schema_version VALUES (1, '2025-01-01T00:00:00.000000+00:00'),"
+        " (2, '2025-01-01T00:00:00.000000+00:00');"
+        "INSERT INTO sessions VALUES ('k', 'kept', '2025-01-01T00:00:00.000000+00:00',"
+        " '2025-01-01T00:00:00.000000+00:00');"
+    )
+    conn.close()
+    with SessionStore(path) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert store.get("k")["title"] == "kept"
+        with store.transaction():
+            store.remember_reply("text-rid", b"one")
+            store.remember_reply(b"text-rid", b"two")  # a bytes rid is another rid
+    with SessionStore(path) as store:
+        assert store.remembered_reply("text-rid") == b"one"
+        assert store.remembered_reply(b"text-rid") == b"two"
+        assert store.remembered_reply("never") is None
+        assert store.integrity_check() == "ok"
+
+
+def test_remembered_write_replies_are_bounded(store: SessionStore) -> None:
+    total = KEPT_REPLIES + 3 * PRUNE_REPLIES
+    with store.transaction():
+        for i in range(total):
+            store.remember_reply(f"r{i}", b"%d" % i)
+    kept = store.db.conn.execute("SELECT count(*) FROM write_replies").fetchone()[0]
+    assert KEPT_REPLIES <= kept < KEPT_REPLIES + PRUNE_REPLIES
+    assert store.remembered_reply("r0") is None
+    assert store.remembered_reply(f"r{total - KEPT_REPLIES}") == b"%d" % (total - KEPT_REPLIES)

@@ -17,7 +17,10 @@ services never share one database, and components reach sessions only through th
 Every request gets a reply, garbage included (``{ok: false, code, message}``, see
 ``schemas/sessions.py``); every bad request is counted. Write requests may carry a request id
 (``rid``): the reply to a rid is remembered, and a retry of it (Lazy Pirate) gets the same reply
-without running twice.
+without running twice. For ``rename``, ``touch``, ``delete``, ``restore`` and an id-less ``create``
+the successful reply is also written in the same transaction as the change (``write_replies``), so
+a retry that reaches the next service, after this one died between its commit and its reply,
+still gets it.
 """
 
 from __future__ import annotations
@@ -71,6 +74,12 @@ BATCH = 256
 """Requests drained per turn (and so at most per transaction)."""
 REPLY_CACHE = 4096
 """Write replies remembered by request id, for retried requests."""
+DURABLE_REPLY_OPS = frozenset({"rename", "touch", "delete", "restore"})
+"""Writes whose replies are also kept in the database, in the write's transaction, so a retry
+after a restart of the service gets the same answer; so is a ``create`` without an ``id`` (its
+retry would make a second session). Not a ``create`` with an ``id`` (the SDK's) nor ``ensure``:
+their retries are answered the same without it (a create of an id that exists with its title
+returns it; an ensure ensures again), and ``create`` is the write whose latency counts most."""
 GET_CACHE = 4096
 """Replies to gets remembered until the next write (then all are forgotten)."""
 
@@ -339,6 +348,7 @@ class SessionService:
             msg = request.msg
             op = msg["op"]  # type: ignore[index]
             self.counts[op] += 1
+            rid, durable = None, False
             if op in WRITE_OPS:
                 try:
                     rid = check_rid(msg.get("rid"))  # type: ignore[union-attr]
@@ -349,12 +359,13 @@ class SessionService:
                     cached = self._replies.get(rid)
                     if cached is None and rid in seen:  # a retry queued behind its first attempt
                         cached = seen[rid].reply
+                    durable = op in DURABLE_REPLY_OPS or (op == "create" and msg.get("id") is None)  # type: ignore[union-attr]
+                    if cached is None and durable:  # answered before a restart?
+                        cached = self.store.remembered_reply(rid)
                     if cached is not None:
                         self.counts["replayed"] += 1
                         request.reply = cached
                         continue
-            else:
-                rid = None
             try:
                 result = self._handlers[op](msg)  # type: ignore[arg-type]
             except ProtocolError as e:
@@ -364,6 +375,8 @@ class SessionService:
                     request.written = result
                     result = result.session
                 request.reply = self._pack({"ok": True, "result": result})
+                if rid is not None and durable:
+                    self.store.remember_reply(rid, request.reply)  # committed with the change
             if rid is not None:  # remembered after the commit, refusals (e.g. not_found) too
                 request.rid = rid
                 seen[rid] = request

@@ -48,6 +48,12 @@ Later ones are refused: the store's clock never goes back below its newest ``upd
 session dated 2100 would date every session created after the next restart in 2100 too."""
 
 
+KEPT_REPLIES = 4096
+"""Write replies kept by request id in the database (see ``remember_reply``), at least."""
+PRUNE_REPLIES = 256
+"""The older replies are pruned once every this many remembered."""
+
+
 class StoreError(ProtocolError):
     """An operation the store refuses (``code``: ``not_found``, ``conflict``, ...)."""
 
@@ -109,9 +115,21 @@ def _migrate_2_list_index(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migrate_3_write_replies(db: sqlite_utils.Database) -> None:
+    """The replies to recent writes by request id, kept in the write's own transaction, so a client
+    retrying a write whose first attempt committed just before the service died gets the same
+    answer from the next service (not ``not_found`` for a delete that worked). ``rid`` is TEXT or
+    BLOB as the client sent it (TEXT affinity leaves a BLOB a BLOB)."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS write_replies (seq INTEGER PRIMARY KEY, rid TEXT NOT NULL UNIQUE,"
+        " reply BLOB NOT NULL)"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migrate_1_sessions_table,
     _migrate_2_list_index,
+    _migrate_3_write_replies,
 ]
 """Forward migrations; schema version N means MIGRATIONS[:N] have run. Append, never edit."""
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -381,6 +399,22 @@ class SessionStore:
         if not rows:
             raise StoreError(NOT_FOUND, f"no session with id {session_id!r}")
         return Written(_row(rows[0]), "updated")
+
+    # -- replies remembered across restarts ----------------------------------------------------
+
+    def remembered_reply(self, rid: str | bytes) -> bytes | None:
+        """The reply remembered for request id ``rid`` by :meth:`remember_reply`, if still kept."""
+        row = self._conn.execute("SELECT reply FROM write_replies WHERE rid = ?", (rid,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def remember_reply(self, rid: str | bytes, reply: bytes) -> None:
+        """Keep ``reply`` for ``rid``; call it inside the write's transaction, so the reply is kept
+        exactly when the write commits. The last KEPT_REPLIES are kept (pruned in steps)."""
+        seq = self._conn.execute(
+            "INSERT OR REPLACE INTO write_replies (rid, reply) VALUES (?, ?)", (rid, reply)
+        ).lastrowid
+        if seq is not None and seq % PRUNE_REPLIES == 0:
+            self._conn.execute("DELETE FROM write_replies WHERE seq <= ?", (seq - KEPT_REPLIES,))
 
     def integrity_check(self) -> str:
         return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
