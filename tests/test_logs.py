@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from broker.logs import JsonFormatter
+from broker.sessions.store import SCHEMA_VERSION
 
 
 def _json_lines(text: str) -> list[dict]:
@@ -35,7 +36,8 @@ def test_formatter_keeps_level_logger_extras_and_tracebacks() -> None:
 def test_a_part_logs_json_lines(home: Path, start) -> None:
     part = start("session-service", "--log-format", "json")
     entries = _json_lines(part.log)
-    assert {"logger": "pryxbus.sessions.store", "message": "session schema migrated from version 0 to 2"} in [
+    migrated = f"session schema migrated from version 0 to {SCHEMA_VERSION}"
+    assert {"logger": "pryxbus.sessions.store", "message": migrated} in [
         {"logger": e["logger"], "message": e["message"]} for e in entries
     ]
 
@@ -49,7 +51,7 @@ def test_up_logs_json_lines_for_itself_and_its_children(home: Path, start) -> No
         ("pryxbus.up", "broker is up"),
         ("pryxbus.up", "session-service is up"),
         ("pryxbus.up", "event-log is up"),
-        ("pryxbus.sessions.store", "session schema migrated from version 0 to 2"),
+        ("pryxbus.sessions.store", f"session schema migrated from version 0 to {SCHEMA_VERSION}"),
         ("pryxbus.broker", "pryxbus broker stopped at version 0"),  # a child's plain line, wrapped
     } <= messages
     # every line but the ready and stopped lines of up itself is JSON
