@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,6 +50,9 @@ from sdk.subscription import Policy
 __all__ = ["Bus", "Subscription", "connect"]
 
 _POLLIN = int(zmq.POLLIN)
+_DONTWAIT = int(zmq.DONTWAIT)
+_ROOM_PAUSE_MAX = 0.01
+"""Longest pause between two tries of a publish waiting for room in a full queue (seconds)."""
 
 ASYNC_POLICIES = ("drop", "count", "recover")
 """Policies of asyncio subscriptions (all of the sync SDK's)."""
@@ -181,11 +185,36 @@ class Bus:
             if len(body) > self.max_event_size:  # a new broker's limit, learnt just now
                 raise MessageTooLarge(len(body), self.max_event_size)
         try:
-            await sock.send_multipart((topic, body))  # one queued send: concurrent tasks never interleave
-        except zmq.Again:
-            raise publish_timed_out(self.publish_timeout) from None
+            await sock.send_multipart((topic, body), _DONTWAIT)  # whole at once: tasks never interleave
+        except zmq.Again:  # the queue is full: the broker is behind
+            await self._send_when_room(sock, topic, body)
         except zmq.ZMQError as e:
             raise translate(e, "publish") from e
+
+    async def _send_when_room(self, sock: zmq.asyncio.Socket, topic: bytes, body: bytes) -> None:
+        """Try again until the queue has room, at most ``publish_timeout``, pausing in between.
+
+        zmq.asyncio's own wait for room cannot be used: an XPUB always reports room (POLLOUT),
+        so that wait ends at once with EAGAIN. Only a publish that found the queue full gets here.
+
+        Raises:
+            PublishTimeout: still no room after ``publish_timeout``; nothing was sent.
+        """
+        deadline = time.monotonic() + self.publish_timeout
+        pause = 0.0005
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise publish_timed_out(self.publish_timeout)
+            await asyncio.sleep(min(pause, left))  # sync-ok: polling for room, bounded by the deadline
+            pause = min(pause * 2, _ROOM_PAUSE_MAX)
+            try:
+                await sock.send_multipart((topic, body), _DONTWAIT)
+                return
+            except zmq.Again:
+                continue
+            except zmq.ZMQError as e:
+                raise translate(e, "publish") from e
 
     # -- subscribing -------------------------------------------------------------------------
 
