@@ -13,7 +13,7 @@ from typing import Any
 import zmq
 
 from schemas.catalogue import SchemaError, validate as validate_payload
-from schemas.envelope import ENVELOPE_VERSION
+from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, ENVELOPE_VERSION
 from schemas.topics import InvalidType, check_pattern, check_type
 from sdk.errors import BusUnavailable, InvalidEvent, MessageTooLarge, PublishTimeout
 from sdk.subscription import POLICIES
@@ -112,6 +112,15 @@ def configure_publisher(sock: zmq.Socket, *, timeout: float, publish_timeout: fl
     sock.sndhwm = hwm
     sock.setsockopt(zmq.XPUB_NODROP, 1)
     sock.sndtimeo = int(publish_timeout * 1000)
+
+
+SIZE_QUESTION = {"op": "ping"}
+"""The control request whose reply names the broker's ``max_event_size`` (PROTOCOL.md §8)."""
+
+
+def size_limit(reply: dict[str, Any]) -> int:
+    """The event size limit in a broker's ``ping`` reply (the default where it names none)."""
+    return int(reply.get("max_event_size") or DEFAULT_MAX_EVENT_SIZE)
 
 
 def broker_subscribed(sock: zmq.Socket) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -34,12 +35,14 @@ from sdk._publish import (
     encode_body,
     publish_timed_out,
     publisher_unavailable,
+    size_limit,
     topic_of,
+    SIZE_QUESTION,
 )
 from sdk.aio_sessions import AsyncRequester, AsyncSessionClient
 from sdk.aio_subscription import Pending, Subscription
 from sdk.bus import DEFAULT_HWM, resolve_endpoints
-from sdk.errors import BusClosed, InvalidEvent, translate
+from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge, translate
 from sdk.event import Event
 from sdk.security import KeyPaths, resolve_client_keys, secure_client_context
 from sdk.subscription import Policy
@@ -47,6 +50,9 @@ from sdk.subscription import Policy
 __all__ = ["Bus", "Subscription", "connect"]
 
 _POLLIN = int(zmq.POLLIN)
+_DONTWAIT = int(zmq.DONTWAIT)
+_ROOM_PAUSE_MAX = 0.01
+"""Longest pause between two tries of a publish waiting for room in a full queue (seconds)."""
 
 ASYNC_POLICIES = ("drop", "count", "recover")
 """Policies of asyncio subscriptions (all of the sync SDK's)."""
@@ -79,9 +85,14 @@ class Bus:
         self.hwm = hwm
         self.validate = validate
         self.max_event_size = int(max_event_size or DEFAULT_MAX_EVENT_SIZE)
+        """The broker's limit on an encoded event, asked again whenever a broker (re)subscribes."""
         self._asked_size = max_event_size is None
         self._ctx = secure_client_context(configure_context(zmq.asyncio.Context()), self.curve)
+        self._publisher: zmq.asyncio.Socket | None = None
         self._pub: zmq.asyncio.Socket | None = None
+        """The publisher as publish sees it: None until it is open, and while a broker that
+        subscribed again is asked for its limit (publish then waits for ``_pub_lock``)."""
+        self._watch: asyncio.Task[None] | None = None
         self._pub_lock = asyncio.Lock()
         self._topics: dict[str, bytes] = {}
         self._packb = msgpack.Packer(use_bin_type=True).pack
@@ -97,11 +108,10 @@ class Bus:
         """Ask the broker for its event size limit (this also proves it is there)."""
         if self._asked_size:
             try:
-                limit = (await self.control.call({"op": "ping"})).get("max_event_size")
+                self.max_event_size = size_limit(await self.control.call(SIZE_QUESTION))
             except BaseException:
                 await self.close()
                 raise
-            self.max_event_size = int(limit or DEFAULT_MAX_EVENT_SIZE)
         return self
 
     # -- publishing --------------------------------------------------------------------------
@@ -123,8 +133,33 @@ class Bus:
             except BaseException:
                 sock.close(linger=0)
                 raise
-            self._pub = sock
+            self._publisher = self._pub = sock
+            if self._asked_size:
+                self._watch = asyncio.get_running_loop().create_task(self._watch_broker(sock))
             return sock
+
+    async def _watch_broker(self, sock: zmq.asyncio.Socket) -> None:
+        """Ask a broker that subscribes again for its event size limit, as ``sdk.Bus`` does.
+
+        A restarted broker with a smaller ``--max-event-size`` would drop this connection (and
+        what is queued on it) for a bigger event. While it is asked, publish waits (``_pub`` is
+        None); without an answer the old limit stays. Runs until close() cancels it.
+        """
+        while True:
+            try:
+                subscription = await sock.recv()
+            except zmq.ZMQError:
+                return
+            if subscription[:1] != b"\x01":
+                continue
+            async with self._pub_lock:
+                self._pub = None
+                try:
+                    self.max_event_size = size_limit(await self.control.call(SIZE_QUESTION, retries=0))
+                except BusError:
+                    pass
+                finally:
+                    self._pub = sock
 
     async def publish(self, event_type: str, payload: Any = None, *, session_id: str | None = None) -> None:
         """Publish one event. The broker stamps its version.
@@ -144,13 +179,42 @@ class Bus:
         if self._closed:
             raise BusClosed("bus is closed")
         body = encode_body(self._packb, self.name, session_id, payload, self.max_event_size)
-        sock = self._pub or await self._open_publisher()
+        sock = self._pub
+        if sock is None:  # not open yet, or a broker that subscribed again is being asked its limit
+            sock = await self._open_publisher()
+            if len(body) > self.max_event_size:  # a new broker's limit, learnt just now
+                raise MessageTooLarge(len(body), self.max_event_size)
         try:
-            await sock.send_multipart((topic, body))  # one queued send: concurrent tasks never interleave
-        except zmq.Again:
-            raise publish_timed_out(self.publish_timeout) from None
+            await sock.send_multipart((topic, body), _DONTWAIT)  # whole at once: tasks never interleave
+        except zmq.Again:  # the queue is full: the broker is behind
+            await self._send_when_room(sock, topic, body)
         except zmq.ZMQError as e:
             raise translate(e, "publish") from e
+
+    async def _send_when_room(self, sock: zmq.asyncio.Socket, topic: bytes, body: bytes) -> None:
+        """Try again until the queue has room, at most ``publish_timeout``, pausing in between.
+
+        zmq.asyncio's own wait for room cannot be used: an XPUB always reports room (POLLOUT),
+        so that wait ends at once with EAGAIN. Only a publish that found the queue full gets here.
+
+        Raises:
+            PublishTimeout: still no room after ``publish_timeout``; nothing was sent.
+        """
+        deadline = time.monotonic() + self.publish_timeout
+        pause = 0.0005
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise publish_timed_out(self.publish_timeout)
+            await asyncio.sleep(min(pause, left))  # sync-ok: polling for room, bounded by the deadline
+            pause = min(pause * 2, _ROOM_PAUSE_MAX)
+            try:
+                await sock.send_multipart((topic, body), _DONTWAIT)
+                return
+            except zmq.Again:
+                continue
+            except zmq.ZMQError as e:
+                raise translate(e, "publish") from e
 
     # -- subscribing -------------------------------------------------------------------------
 
@@ -306,6 +370,10 @@ class Bus:
         if self._closed:
             return
         self._closed = True
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.wait({self._watch})
+            self._watch = None
         for sub in list(self._subscriptions):
             await sub.close()
         if self._sessions is not None:
@@ -313,9 +381,10 @@ class Bus:
         if self._side is not None:
             self._side.close()
         self.control.close()
-        if self._pub is not None:
-            self._pub.close()  # lingers so queued events still reach the broker
-            self._pub = None
+        self._pub = None
+        if self._publisher is not None:
+            self._publisher.close()  # lingers so queued events still reach the broker
+            self._publisher = None
         # term() waits out the publisher's linger: keep the event loop free meanwhile.
         await asyncio.to_thread(self._ctx.term)
 

@@ -12,15 +12,24 @@ import zmq
 import zmq.asyncio
 
 from sdk._publish import subscription_unconfirmed
-from sdk.errors import BusClosed, BusTimeout, SlowSubscriberError
+from sdk.errors import BusClosed, BusError, BusTimeout, SlowSubscriberError
 from sdk.event import Event
-from sdk.subscription import EventDecoder, Policy, deadline_of, sync_token
+from sdk.subscription import (
+    EPOCH_QUESTION,
+    IDLE_LOOK_TIMEOUT,
+    EventDecoder,
+    Policy,
+    broker_epoch,
+    deadline_of,
+    sync_token,
+)
 
 if TYPE_CHECKING:
     from sdk.aio import Bus
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
+_IDLE_SLICE = 0.1  # how often a waiting receive sees whether a look for a restart is due
 
 
 class Subscription:
@@ -42,6 +51,8 @@ class Subscription:
             self._decoder: EventDecoder = recovering_decoder(patterns, bus._log_side(), self._pending)
         else:
             self._decoder = EventDecoder(patterns, policy)
+        self._looks = False
+        """Whether a receive that waits asks the broker, about once a second, which run it is."""
         sock = bus._ctx.socket(zmq.SUB)
         sock.linger = 0
         sock.rcvhwm = hwm
@@ -69,6 +80,12 @@ class Subscription:
                 if topic[:1] != b"\x00":  # an event that arrived before the sync reply: keep it
                     self._decoder.feed(topic, stamp, body, self._pending.append)
             sock.unsubscribe(token)
+            if not self._recovering:  # which broker we are listening to (see look_for_restart)
+                try:
+                    self._decoder.epoch = broker_epoch(await self._bus.control.call(EPOCH_QUESTION))
+                except BusError:
+                    pass
+                self._looks = True
         except BaseException:
             self._closed = True
             sock.close(linger=0)
@@ -89,21 +106,41 @@ class Subscription:
         if not isinstance(future.exception(), zmq.Again):
             raise BusClosed("subscription is closed") from future.exception()
         future = sock.recv_multipart()
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            done, _ = await asyncio.wait({future}, timeout=remaining)
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    future.cancel()
+                    return None
+                wait = remaining
+                if self._looks:  # wait in slices, to look for a restarted broker while idle
+                    wait = _IDLE_SLICE if remaining is None else min(remaining, _IDLE_SLICE)
+                done, _ = await asyncio.wait({future}, timeout=wait)
+                if done:
+                    break
+                if self._looks:
+                    await self._look_for_restart(deadline)
         except asyncio.CancelledError:
             future.cancel()  # never leave a receive behind that would swallow a message
             raise
-        if not done:
-            future.cancel()
-            return None
         if future.cancelled():  # close() cancels every pending receive of the socket
             raise BusClosed("subscription is closed")
         error = future.exception()
         if error is not None:
             raise BusClosed("subscription is closed") from error
         return future.result()
+
+    async def _look_for_restart(self, deadline: float | None) -> None:
+        """While no event arrives: is this still the same broker? (EventDecoder.look_for_restart)"""
+        decoder, now = self._decoder, time.monotonic()
+        left = IDLE_LOOK_TIMEOUT if deadline is None else min(IDLE_LOOK_TIMEOUT, deadline - now)
+        if left <= 0 or not decoder.look_due(now):
+            return
+        try:
+            reply = await self._bus.control.call(EPOCH_QUESTION, timeout=left, retries=0)
+        except BusError:  # no answer: looked at again later
+            return
+        decoder.looked(broker_epoch(reply))
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -114,8 +151,9 @@ class Subscription:
 
     @property
     def restarts(self) -> int:
-        """Broker restarts this subscription rode through (seen as a topic sequence starting over;
-        unlike a sync subscription, it does not ask the broker while idle)."""
+        """Broker restarts this subscription rode through (seen as a topic sequence starting over,
+        or, as on a sync subscription with the ``drop`` or ``count`` policy, by asking the broker
+        about once a second while no event arrives)."""
         return self._decoder.restarts
 
     @property

@@ -21,7 +21,9 @@ from sdk._publish import (
     configure_publisher,
     publish_timed_out,
     publisher_unavailable,
+    size_limit,
     topic_of,
+    SIZE_QUESTION,
 )
 from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge
 from sdk.event import Event
@@ -89,16 +91,15 @@ class Bus:
         self.control = Requester(self._ctx, self.endpoints.control, timeout=timeout, retries=1, what="broker")
         self._sessions: Any = None
         self._log: Requester | None = None
-        explicit_size = max_event_size is not None
-        if max_event_size is None:
+        self.max_event_size = int(max_event_size or DEFAULT_MAX_EVENT_SIZE)
+        """The broker's limit on an encoded event, asked again whenever a broker (re)subscribes."""
+        self._asked_size = max_event_size is None
+        if self._asked_size:
             try:
-                max_event_size = self.control.call({"op": "ping"}).get("max_event_size")
+                self.max_event_size = size_limit(self.control.call(SIZE_QUESTION))
             except BusError:
                 self.close()
                 raise
-        self.max_event_size = int(max_event_size or DEFAULT_MAX_EVENT_SIZE)
-        """The broker's limit on an encoded event, asked again whenever a broker (re)subscribes."""
-        self._asked_size = not explicit_size
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -154,10 +155,9 @@ class Bus:
         if not self._asked_size:
             return
         try:
-            limit = self.control.call({"op": "ping"}, retries=0).get("max_event_size")
+            self.max_event_size = size_limit(self.control.call(SIZE_QUESTION, retries=0))
         except BusError:
-            return
-        self.max_event_size = int(limit or DEFAULT_MAX_EVENT_SIZE)
+            pass
 
     def _topic(self, event_type: str) -> bytes:
         topic = self._topics.get(event_type)

@@ -45,6 +45,15 @@ IDLE_LOOK_TIMEOUT = 0.2
 _DRAIN = 256  # messages decoded per turn of recv(): one lock and one deadline for all of them
 
 
+EPOCH_QUESTION = {"op": "ping"}
+"""The control request whose reply names the broker's ``first_version`` (which run it is)."""
+
+
+def broker_epoch(reply: dict[str, Any]) -> int:
+    """The broker's ``first_version`` in a ping reply: another value means another broker."""
+    return int(reply.get("first_version", 1))
+
+
 class EventDecoder:
     """Turns delivered frames into Events, filters by pattern and tracks per-topic sequences.
 
@@ -240,10 +249,25 @@ class EventDecoder:
         under ``drop``, as for any gap).
         """
         idle_probe = self.idle_probe
-        if idle_probe is None or now < self._next_look:
+        if idle_probe is None or not self.look_due(now):
             return
+        try:
+            epoch = idle_probe(timeout)
+        except BusError:  # no answer: looked at again later
+            return
+        self.looked(epoch)
+
+    def look_due(self, now: float) -> bool:
+        """Whether an idle look is due (at most every IDLE_LOOK seconds); if so, the next is planned."""
+        if now < self._next_look:
+            return False
         self._next_look = now + IDLE_LOOK
-        if self._broker_restarted(lambda: idle_probe(timeout)):  # no answer: looked at again later
+        return True
+
+    def looked(self, epoch: int) -> None:
+        """The broker's answer to an idle look (see look_for_restart): a new broker's ``epoch``
+        counts a restart and sets every topic's last sequence to 0."""
+        if self._new_epoch(epoch):
             self.restarts += 1
             last_seq = self.last_seq
             for topic in last_seq:
@@ -251,14 +275,20 @@ class EventDecoder:
 
     def _broker_restarted(self, ask: Callable[[], int] | None = None) -> bool:
         """Whether the broker (asked with ``ask``, by default ``probe``) is another one than when
-        last asked. A forward jump may also be a new broker whose sequence already passed ours."""
+        last asked. A forward jump may also be a new broker whose sequence already passed ours.
+        With no way to ask (an asyncio subscription), the epoch becomes unknown: the next idle look
+        learns it without counting a restart the sequences may already have shown."""
         ask = ask or self.probe
         if ask is None:
+            self.epoch = None
             return False
         try:
             epoch = ask()
         except BusError:
             return False
+        return self._new_epoch(epoch)
+
+    def _new_epoch(self, epoch: int) -> bool:
         restarted = self.epoch is not None and epoch != self.epoch
         self.epoch = epoch
         return restarted
@@ -314,9 +344,9 @@ class Subscription:
             self._catch_up: Callable[[], Event | None] | None = self._decoder.catch_up
         else:
             self._decoder = EventDecoder(patterns, policy)
-            self._decoder.probe = lambda: int(bus.control.call({"op": "ping"}).get("first_version", 1))
-            self._decoder.idle_probe = lambda timeout: int(
-                bus.control.call({"op": "ping"}, timeout=timeout, retries=0).get("first_version", 1)
+            self._decoder.probe = lambda: broker_epoch(bus.control.call(EPOCH_QUESTION))
+            self._decoder.idle_probe = lambda timeout: broker_epoch(
+                bus.control.call(EPOCH_QUESTION, timeout=timeout, retries=0)
             )
             self._catch_up = None
         self._bus = bus

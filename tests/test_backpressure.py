@@ -6,6 +6,7 @@ that never reads falls behind after a few hundred 2 kB events (the kernel's sock
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import zmq
 
 import sdk
+import sdk.aio
 from schemas.endpoints import Endpoints
 from schemas.envelope import STAMP, encode_body
 
@@ -170,3 +172,22 @@ def test_publisher_blocks_then_times_out_when_the_broker_is_stopped(start, home:
     assert [e.payload["i"] for e in got] == list(range(1, accepted + 1))
     assert [e.seq for e in got] == list(range(2, accepted + 2))
     assert sub.lost == 0
+
+
+def test_an_asyncio_publisher_waits_for_room_in_a_full_queue(start, home: Path) -> None:
+    """``sdk.aio`` with a queue of HWM events and a burst: a publish that finds the queue full
+    waits for room (at most ``publish_timeout``), as the sync one blocks. Before, zmq.asyncio's
+    wait for room ended at once (an XPUB always reports room), so the first full queue raised
+    PublishTimeout without waiting."""
+    start("broker")
+    burst = 5000
+
+    async def main() -> tuple[list[object], int]:
+        async with sdk.aio.connect(home, name="burst", hwm=HWM, publish_timeout=30) as bus:
+            async with bus.subscribe("burst:x", policy="count") as sub:
+                for i in range(burst):
+                    await bus.publish("burst:x", i)
+                got = [(await sub.recv(timeout=5)).payload for _ in range(burst)]
+                return got, sub.lost
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == (list(range(burst)), 0)

@@ -3,12 +3,14 @@ broker stamped before the subscription was back are counted (or end a ``drop`` s
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import pytest
 
 import sdk
+import sdk.aio
 from schemas.envelope import encode_body, stamp
 from sdk.subscription import EventDecoder
 
@@ -31,6 +33,31 @@ def test_a_broker_restarted_while_the_subscription_is_idle_is_noticed(home: Path
         event = sub.recv(timeout=5)
         assert (event.payload, event.seq, sub.restarts, sub.lost) == (2, 1, 1, 0)
 
+
+
+@pytest.mark.parametrize("policy", ["count", "drop"])
+def test_an_asyncio_subscription_notices_a_restart_while_idle(home: Path, start, policy: str) -> None:
+    """The same for ``sdk.aio``, which used to see restarts only in the sequences: a restart while
+    it was away, after which the new broker's first event it gets carries the next number, went
+    unnoticed, and so did the events of the new broker it had missed."""
+    broker = start("broker")
+
+    async def main() -> tuple[object, ...]:
+        async with sdk.aio.connect(home, name="test") as bus, bus.subscribe("t:*", policy=policy) as sub:
+            await bus.publish("t:x", 1)
+            assert (await sub.recv(timeout=5)).seq == 1
+            broker.stop()
+            start("broker")
+            give_up = time.monotonic() + 30
+            while sub.restarts == 0:  # nothing is published: only the idle look can tell
+                with pytest.raises(sdk.BusTimeout):
+                    await sub.recv(timeout=0.3)
+                assert time.monotonic() < give_up, "the restart was never noticed"
+            await bus.publish("t:x", 2)
+            event = await sub.recv(timeout=5)
+            return event.payload, event.seq, sub.restarts, sub.lost
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == (2, 1, 1, 0)
 
 def _decoder(policy: str, epochs: list[int]) -> EventDecoder:
     decoder = EventDecoder(("t:*",), policy)  # type: ignore[arg-type]
