@@ -29,6 +29,7 @@ from schemas.endpoints import Endpoints
 from sdk.transport import configure_context
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
 from sdk._publish import (
+    SIZE_QUESTION,
     check_event,
     check_subscription,
     configure_publisher,
@@ -37,7 +38,6 @@ from sdk._publish import (
     publisher_unavailable,
     size_limit,
     topic_of,
-    SIZE_QUESTION,
 )
 from sdk.aio_sessions import AsyncRequester, AsyncSessionClient
 from sdk.aio_subscription import Pending, Subscription
