@@ -15,6 +15,7 @@ from schemas.endpoints import Endpoints
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, ENVELOPE_VERSION
 from sdk.transport import configure_context
 from sdk._publish import (
+    SIZE_QUESTION,
     broker_subscribed,
     check_event,
     check_subscription,
@@ -23,7 +24,6 @@ from sdk._publish import (
     publisher_unavailable,
     size_limit,
     topic_of,
-    SIZE_QUESTION,
 )
 from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge
 from sdk.event import Event
