@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import REPO
 
 LINE = re.compile(r"^(\d)  v(\d+)\s+(\S+)\s+(\S+)\s+")
@@ -72,10 +70,6 @@ def test_demo_on_a_running_broker_without_session_service(home: Path, broker) ->
 
 
 def test_demo_on_a_running_stack_uses_its_session_service(start, home: Path) -> None:
-    from broker.cli.demo import commands
-
-    if "session-service" not in commands():
-        pytest.skip("`pryxbus session-service` is not built yet")
     start("broker")
     start("session-service")
     result = demo("--home", str(home), env=dict(os.environ))

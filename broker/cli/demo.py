@@ -144,13 +144,6 @@ class Child:
         return self.proc.returncode
 
 
-def commands() -> set[str]:
-    from broker.cli import build_parser
-
-    action = build_parser()._subparsers._group_actions[0]  # the subcommands
-    return set(action.choices)
-
-
 @contextmanager
 def stack(home: Path | None) -> Iterator[tuple[Path, bool, str]]:
     """(home, whether it has a session service, description) of a stack to play the demo on."""
@@ -159,24 +152,12 @@ def stack(home: Path | None) -> Iterator[tuple[Path, bool, str]]:
     if running is not None:
         yield home, running, f"the stack running in {home}"
         return
-    available = commands()
     temp = Path(tempfile.mkdtemp(prefix="pxb-demo-", dir="/tmp"))  # short: ipc paths are limited
-    parts: list[Child] = []
+    parts = [Child("pryxbus up", ["up", "--home", str(temp)], merge_stderr=True)]
     try:
-        if "up" in available:
-            parts.append(Child("pryxbus up", ["up", "--home", str(temp)], merge_stderr=True))
-            what = "pryxbus up"
-        else:
-            parts.append(Child("pryxbus broker", ["broker", "--home", str(temp)], merge_stderr=True))
-            what = "pryxbus broker"
-            if "session-service" in available:
-                service = Child("session service", ["session-service", "--home", str(temp)], merge_stderr=True)
-                parts.append(service)
-                what += " + session-service"
         for part in parts:
             part.wait_ready()
-        has_sessions = "up" in available or "session-service" in available
-        yield temp, has_sessions, f"{what} in {temp}, started for the demo"
+        yield temp, True, f"pryxbus up in {temp}, started for the demo"
     finally:
         problems = [f"{p.name} exited with status {code}" for p in reversed(parts) if (code := p.stop()) != 0]
         shutil.rmtree(temp, ignore_errors=True)
