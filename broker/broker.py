@@ -22,7 +22,7 @@ from zmq.utils.monitor import parse_monitor_message
 from broker.reservation import Reservation
 from broker.security import Authenticator, ServerKeys, secure_server
 from schemas.endpoints import Endpoints
-from sdk.transport import configure_context
+from sdk.transport import configure_context, event_socket
 from schemas.envelope import (
     BODY_MARK,
     DEFAULT_MAX_EVENT_SIZE,
@@ -155,7 +155,7 @@ class Broker:
         self.max_run = max(1, cfg.max_run)
         self.max_run_body = MAX_RUN_BYTES if self.max_run > 1 else 0
 
-        self.xsub = ctx.socket(zmq.XSUB)
+        self.xsub = event_socket(ctx.socket(zmq.XSUB))
         self.xsub.linger = 0
         if cfg.curve is not None:
             secure_server(self.xsub, cfg.curve)
@@ -163,7 +163,7 @@ class Broker:
         self.xsub.maxmsgsize = self.max_msg_size
         self.xsub.bind(ep.publish)
 
-        self.xpub = ctx.socket(zmq.XPUB)
+        self.xpub = event_socket(ctx.socket(zmq.XPUB))  # the log feed's bind copies its options
         self.xpub.linger = 0
         if cfg.curve is not None:
             secure_server(self.xpub, cfg.curve)

@@ -23,6 +23,7 @@ from sdk.subscription import (
     deadline_of,
     sync_token,
 )
+from sdk.transport import event_socket
 
 if TYPE_CHECKING:
     from sdk.aio import Bus
@@ -53,7 +54,7 @@ class Subscription:
             self._decoder = EventDecoder(patterns, policy)
         self._looks = False
         """Whether a receive that waits asks the broker, about once a second, which run it is."""
-        sock = bus._ctx.socket(zmq.SUB)
+        sock = event_socket(bus._ctx.socket(zmq.SUB))
         sock.linger = 0
         sock.rcvhwm = hwm
         self._sock: zmq.asyncio.Socket = sock

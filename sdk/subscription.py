@@ -18,6 +18,7 @@ from schemas.envelope import ENVELOPE_VERSION, STAMP, SYNC_PREFIX, MalformedEven
 from schemas.topics import compile_matcher, zmq_prefixes
 from sdk.errors import BusClosed, BusError, BusTimeout, BusUnavailable, SlowSubscriberError
 from sdk.event import Event
+from sdk.transport import event_socket
 
 if TYPE_CHECKING:
     from sdk.bus import Bus
@@ -353,7 +354,7 @@ class Subscription:
         self._lock = threading.Lock()
         self._closed = False
         self._failed: SlowSubscriberError | None = None
-        sock = bus._ctx.socket(zmq.SUB)
+        sock = event_socket(bus._ctx.socket(zmq.SUB))
         sock.linger = 0
         sock.rcvhwm = hwm
         self._sock = sock

@@ -1,10 +1,19 @@
-"""Socket options every pryxbus socket shares: ZMTP heartbeats and reconnect backoff.
+"""Socket options every pryxbus socket shares: dead-peer detection and reconnect backoff.
 
 They are set once on a context (``ctx.setsockopt``), which applies them to every socket created on
-it afterwards, so no hot path ever sees them. Heartbeats make a silently dead peer (a stopped
+it afterwards, so no hot path ever sees them. ZMTP heartbeats make a silently dead peer (a stopped
 machine, a cut cable) noticed within ``HEARTBEAT_TIMEOUT``; a peer killed outright is noticed at
 once by the kernel closing its connection. Reconnects start after ``RECONNECT_IVL`` and back off
 to ``RECONNECT_IVL_MAX``, so a restarted broker is found again in well under two seconds.
+
+Sockets that carry events (publisher → broker → subscribers and the event log) use TCP keepalive
+instead of ZMTP heartbeats (:func:`event_socket`): libzmq 4.3 cannot heartbeat a connection whose
+reader is behind. When a receive queue is full the engine stops reading its connection, so it
+sees no PING or PONG, the heartbeat times out, the connection is dropped (losing what was in
+flight on it), and when the reader catches up libzmq aborts the whole process with ``Assertion
+failed: _input_stopped (stream_engine_base.cpp:396)`` (zeromq/libzmq#3937, #4767). A subscriber
+that had stopped reading for 5 s with a full queue crashed that way. Keepalive probes are answered
+by the peer's kernel, whether or not its program reads.
 """
 
 from __future__ import annotations
@@ -17,6 +26,11 @@ HEARTBEAT_TIMEOUT = 5.0
 """Seconds without any traffic after a PING before the connection is declared dead."""
 RECONNECT_IVL = 0.1
 RECONNECT_IVL_MAX = 1.0
+KEEPALIVE_IDLE = 5
+"""Seconds of silence on an event connection (tcp) before the kernel starts probing the peer."""
+KEEPALIVE_INTVL = 1
+KEEPALIVE_CNT = 5
+"""Unanswered probes, KEEPALIVE_INTVL seconds apart, after which the connection is dropped."""
 
 
 def configure_context(ctx: zmq.Context) -> zmq.Context:
@@ -28,3 +42,16 @@ def configure_context(ctx: zmq.Context) -> zmq.Context:
     ctx.setsockopt(zmq.RECONNECT_IVL, ms(RECONNECT_IVL))
     ctx.setsockopt(zmq.RECONNECT_IVL_MAX, ms(RECONNECT_IVL_MAX))
     return ctx
+
+
+def event_socket(sock: zmq.Socket) -> zmq.Socket:
+    """``sock``, which carries events, without ZMTP heartbeats and with TCP keepalive (see above);
+    before it binds or connects (a bind's listener copies the options it has then). Returns it."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 0)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 0)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, 0)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTVL)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_CNT)
+    return sock

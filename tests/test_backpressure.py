@@ -18,6 +18,7 @@ import sdk
 import sdk.aio
 from schemas.endpoints import Endpoints
 from schemas.envelope import STAMP, encode_body
+from sdk.transport import HEARTBEAT_TIMEOUT
 
 HWM = 10  # each subscriber's own queue
 BROKER_HWM = 100  # per subscriber at the broker: small, with room for the fast one's in-flight batch
@@ -191,3 +192,44 @@ def test_an_asyncio_publisher_waits_for_room_in_a_full_queue(start, home: Path) 
                 return got, sub.lost
 
     assert asyncio.run(asyncio.wait_for(main(), 60)) == (list(range(burst)), 0)
+
+
+STALLED_SUBSCRIBER = """
+import sys, sdk
+home = sys.argv[1]
+with sdk.connect(home, name="stalled") as bus, bus.subscribe("load:*", "end:*", policy="count", hwm=10) as sub:
+    print("subscribed", flush=True)
+    sys.stdin.readline()  # stalled, its queue full, until the test says "read"
+    got = 0
+    while sub.recv(timeout=10).type != "end:marker":
+        got += 1
+    print(got, sub.lost, flush=True)
+"""
+
+
+def test_a_subscriber_that_stops_reading_for_longer_than_a_heartbeat_survives(start, home: Path) -> None:
+    """libzmq 4.3 cannot heartbeat a connection whose reader is behind: the engine stops reading a
+    connection whose queue is full, times out the heartbeat it cannot see, reconnects, and aborts
+    the process once the reader catches up (``Assertion failed: _input_stopped``, libzmq#3937).
+    Event connections therefore carry TCP keepalive instead (sdk/transport.py). Before, this
+    subscriber process died with SIGABRT at its first receive after the stall."""
+    from tests.helpers import finish, python_process, wait_for
+
+    start("broker")
+    child = python_process(STALLED_SUBSCRIBER, str(home), stdin=True)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "subscribed"
+        with sdk.connect(home, name="flood") as bus:
+            for i in range(20_000):
+                bus.publish("load:event", {"i": i})
+            wait_for(bus.stats, lambda s: s["version"] == 20_000, what="the flood stamped")
+            threading.Event().wait(HEARTBEAT_TIMEOUT + 2)  # sync-ok: the stall must outlast a heartbeat timeout
+            bus.publish("end:marker", {})
+            child.stdin.write("read\n")
+            child.stdin.flush()
+            got, lost = map(int, finish(child, timeout=60).split())
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert got + lost == 20_000 and got > 0

@@ -26,6 +26,7 @@ from zmq.utils.monitor import parse_monitor_message
 from broker.eventlog.store import EventStore, Row
 from schemas.envelope import CONTROL_PREFIX, LOG_MARK, STAMP, SYNC_PREFIX, MalformedEvent, split_run
 from sdk.security import ClientKeys, secure_client
+from sdk.transport import event_socket
 
 log = logging.getLogger("pryxbus.eventlog")
 
@@ -112,7 +113,7 @@ class LogWriter:
         self.retry_at: float | None = None
         """While set (time.monotonic()), a batch waits for the disk: nothing more is read until it
         is written, so the events wait in ZeroMQ's queues (and are counted lost if those overflow)."""
-        self.sock = ctx.socket(zmq.SUB)
+        self.sock = event_socket(ctx.socket(zmq.SUB))
         self.sock.linger = 0
         self.sock.rcvhwm = rcvhwm
         if curve is not None:  # a --curve broker lets in the home's client keypair
