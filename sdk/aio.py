@@ -399,7 +399,9 @@ class Bus:
         await self.close()
 
 
-def connect(home: str | os.PathLike[str] | Endpoints | None = None, **options: Any) -> Pending[Bus]:
+def connect(
+    home: str | os.PathLike[str] | Endpoints | None = None, *, name: str = "component", **options: Any
+) -> Pending[Bus]:
     """Connect to the stack in ``home`` (default ``$PRYXBUS_HOME``) or at ``tcp://HOST:PORT``.
 
     ``bus = await sdk.aio.connect(...)`` (then ``await bus.close()``) or
@@ -412,6 +414,6 @@ def connect(home: str | os.PathLike[str] | Endpoints | None = None, **options: A
     """
 
     async def open_bus() -> Bus:
-        return await Bus(home, **options)._start()
+        return await Bus(home, name=name, **options)._start()
 
     return Pending(open_bus)

@@ -396,7 +396,9 @@ def sub_timeout(bus: Bus, timeout: float | None) -> float:
     return bus.timeout if timeout is None else timeout
 
 
-def connect(home: str | os.PathLike[str] | Endpoints | None = None, **options: Any) -> Bus:
+def connect(
+    home: str | os.PathLike[str] | Endpoints | None = None, *, name: str = "component", **options: Any
+) -> Bus:
     """Connect to the stack in ``home`` (default ``$PRYXBUS_HOME``) or at ``tcp://HOST:PORT``.
 
     Options are keyword-only, in seconds: ``name``, ``timeout``, ``publish_timeout``, ``hwm``,
@@ -408,4 +410,4 @@ def connect(home: str | os.PathLike[str] | Endpoints | None = None, **options: A
         BusUnavailable: the broker did not answer within ``timeout`` (a ``--curve`` broker that
             does not let these keys in never answers), or CURVE keys cannot be loaded.
     """
-    return Bus(home, **options)
+    return Bus(home, name=name, **options)
