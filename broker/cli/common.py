@@ -19,7 +19,8 @@ def add_home(parser: argparse.ArgumentParser) -> None:
         "--home",
         type=Path,
         default=None,
-        help="the stack's directory (default: $PRYXBUS_HOME, else ~/.local/state/pryxbus)",
+        help="the stack's directory (default: $PRYXBUS_HOME, else $XDG_STATE_HOME/pryxbus, else"
+        " ~/.local/state/pryxbus)",
     )
 
 
