@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,10 @@ MAX_REQUEST_CONTAINERS = 50_000
 """Arrays and maps in one request (an import of 2,000 events has 2,002). Without a bound, a 64 MiB
 request of empty arrays (one byte each) decodes to ~4 GB of Python lists; with it, a request costs
 at most about ten times its size."""
+
+
+MAX_PENDING_REQUESTS = 10_000
+"""Requests read ahead of their answers (one per client: REQ clients ask one at a time)."""
 
 
 class _TooManyContainers(ValueError):
@@ -91,6 +96,7 @@ class EventLog:
     def __init__(self, config: EventLogConfig) -> None:
         self.config = config
         self._running = False
+        self._pending: deque[list[bytes]] = deque()
         self._ctx = configure_context(zmq.Context())
         self.store: EventStore | None = None
         self.writer: LogWriter | None = None
@@ -145,7 +151,7 @@ class EventLog:
                 else:
                     poller.unregister(writer.sock)
             try:
-                ready = dict(poller.poll(timeout_ms))
+                ready = dict(poller.poll(0 if self._pending else timeout_ms))
             except zmq.ZMQError as e:
                 if e.errno == zmq.EINTR:
                     continue
@@ -154,7 +160,7 @@ class EventLog:
                 writer.handle_monitor()
             if writer.sock in ready or not reading:
                 writer.drain()  # while not reading: retries the refused batch when due
-            if router in ready:
+            if router in ready or self._pending:
                 self._answer()
             if retaining and time.monotonic() >= next_trim:
                 self.trim()
@@ -168,13 +174,29 @@ class EventLog:
         self.queries.trimmed += n
         return n
 
+    def _read_requests(self) -> None:
+        """Queue what the ROUTER holds, until it has nothing more (or MAX_PENDING_REQUESTS wait).
+
+        Done before each reply: reading until EAGAIN lets ZeroMQ take the disconnects of clients
+        that have gone, so a reply to one is dropped. Answering straight from a backlog that never
+        ran dry, replies to clients that asked for a replay and left stayed allocated in libzmq
+        until the queue emptied: 9,000 such clients grew the log to 325 MB of live heap, freed
+        only when it went idle (and kept by the allocator as RSS).
+        """
+        router, pending = self.router, self._pending
+        while len(pending) < MAX_PENDING_REQUESTS:
+            try:
+                pending.append(router.recv_multipart(_NOBLOCK))
+            except zmq.Again:
+                return
+
     def _answer(self) -> None:
         router = self.router
         for _ in range(100):
-            try:
-                frames = router.recv_multipart(_NOBLOCK)
-            except zmq.Again:
+            self._read_requests()  # before each reply: a reply to a client that left is dropped at once
+            if not self._pending:
                 return
+            frames = self._pending.popleft()
             head, body = split_envelope(frames)
             if len(body) != 1:
                 self.queries.bad_requests += 1
