@@ -16,10 +16,14 @@ class AlreadyRunning(RuntimeError):
     """Another process already holds this lock (a part's in its home, or a file's)."""
 
 
+_NAMES = {"up": "pryxbus up", "broker": "a broker", "sessions": "a session service", "event-log": "an event log"}
+"""How a part is named in the message a second one gets."""
+
+
 @contextmanager
 def home_lock(home: Path, part: str) -> Iterator[None]:
     """Hold ``HOME/PART.lock`` for the life of the process, so two brokers never share a home."""
-    with path_lock(home / f"{part}.lock", f"a {part} is already running in {home}"):
+    with path_lock(home / f"{part}.lock", f"{_NAMES.get(part, part)} is already running in {home}"):
         yield
 
 

@@ -181,7 +181,7 @@ def test_second_up_in_the_same_home_refuses(home: Path, up: Up) -> None:
         capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert second.returncode == 1
-    assert "already running" in second.stderr
+    assert f"pryxbus up is already running in {home}" in second.stderr, second.stderr
 
 
 def test_up_gives_up_on_a_part_that_cannot_start(home: Path) -> None:
