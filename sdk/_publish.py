@@ -17,7 +17,6 @@ from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, ENVELOPE_VERSION
 from schemas.topics import InvalidType, check_pattern, check_type
 from sdk.errors import BusUnavailable, InvalidEvent, MessageTooLarge, PublishTimeout
 from sdk.subscription import POLICIES
-from sdk.transport import event_socket
 
 _TOPIC_CACHE_LIMIT = 10_000
 
@@ -107,8 +106,10 @@ def configure_publisher(sock: zmq.Socket, *, timeout: float, publish_timeout: fl
     XPUB_VERBOSE passes on every subscription a broker sends, repeats included: a connection that
     reconnects keeps its pipe, so without it a restarted broker's subscription would not be seen
     and the publisher could not tell that it must ask the new broker for its event size limit.
+    It keeps the context's ZMTP heartbeats (unlike the sockets that receive events, see
+    ``sdk/transport.py``): it only ever receives subscriptions, so its queue never fills, and the
+    heartbeat is what ends a connection whose peer has gone while events are still being sent to it.
     """
-    event_socket(sock)
     sock.linger = int(timeout * 1000)
     sock.setsockopt(zmq.XPUB_VERBOSE, 1)
     sock.sndhwm = hwm

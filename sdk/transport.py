@@ -6,14 +6,20 @@ machine, a cut cable) noticed within ``HEARTBEAT_TIMEOUT``; a peer killed outrig
 once by the kernel closing its connection. Reconnects start after ``RECONNECT_IVL`` and back off
 to ``RECONNECT_IVL_MAX``, so a restarted broker is found again in well under two seconds.
 
-Sockets that carry events (publisher → broker → subscribers and the event log) use TCP keepalive
-instead of ZMTP heartbeats (:func:`event_socket`): libzmq 4.3 cannot heartbeat a connection whose
-reader is behind. When a receive queue is full the engine stops reading its connection, so it
-sees no PING or PONG, the heartbeat times out, the connection is dropped (losing what was in
-flight on it), and when the reader catches up libzmq aborts the whole process with ``Assertion
-failed: _input_stopped (stream_engine_base.cpp:396)`` (zeromq/libzmq#3937, #4767). A subscriber
-that had stopped reading for 5 s with a full queue crashed that way. Keepalive probes are answered
-by the peer's kernel, whether or not its program reads.
+Sockets that receive events (the broker's two event sockets, subscribers, the event log) use TCP
+keepalive instead of ZMTP heartbeats (:func:`event_socket`): libzmq 4.3 cannot heartbeat a
+connection whose reader is behind. When a receive queue is full the engine stops reading its
+connection, so it sees no PING or PONG, the heartbeat times out, the connection is dropped (losing
+what was in flight on it), and when the reader catches up libzmq aborts the whole process with
+``Assertion failed: _input_stopped (stream_engine_base.cpp:396)`` (zeromq/libzmq#3937, #4767). A
+subscriber that had stopped reading for 5 s with a full queue crashed that way. Keepalive probes
+are answered by the peer's kernel, whether or not its program reads, but the kernel only probes a
+connection with nothing to send. Publishers (the SDK's, the session service's) therefore keep
+their heartbeats: their receive queue (subscriptions) never fills, and across a cut network a
+publisher with events still to send would otherwise retransmit into a connection the broker had
+already dropped, for minutes, while ``publish`` kept returning (seen across two network
+namespaces). With the heartbeat it drops the connection within HEARTBEAT_TIMEOUT, and ``publish``
+then waits for the broker (and times out) as for any broker outage.
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ HEARTBEAT_TIMEOUT = 5.0
 """Seconds without any traffic after a PING before the connection is declared dead."""
 RECONNECT_IVL = 0.1
 RECONNECT_IVL_MAX = 1.0
+CONNECT_TIMEOUT = 2.0
+"""Seconds a tcp connect may take before it is abandoned and tried again (after RECONNECT_IVL):
+without it the kernel's own SYN backoff left subscribers unconnected for 16 s after a 30 s network
+cut had ended."""
 KEEPALIVE_IDLE = 5
 """Seconds of silence on an event connection (tcp) before the kernel starts probing the peer."""
 KEEPALIVE_INTVL = 1
@@ -41,6 +51,7 @@ def configure_context(ctx: zmq.Context) -> zmq.Context:
     ctx.setsockopt(zmq.HEARTBEAT_TTL, ms(HEARTBEAT_TIMEOUT))
     ctx.setsockopt(zmq.RECONNECT_IVL, ms(RECONNECT_IVL))
     ctx.setsockopt(zmq.RECONNECT_IVL_MAX, ms(RECONNECT_IVL_MAX))
+    ctx.setsockopt(zmq.CONNECT_TIMEOUT, ms(CONNECT_TIMEOUT))
     return ctx
 
 

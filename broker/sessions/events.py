@@ -28,7 +28,6 @@ from schemas.sessions import SESSION_EVENTS
 from sdk._publish import broker_subscribed, encode_body
 from sdk.errors import BusError
 from sdk.security import ClientKeys, secure_client
-from sdk.transport import event_socket
 
 log = logging.getLogger("pryxbus.sessions.events")
 
@@ -73,7 +72,7 @@ class SessionEvents:
         self._waiting_since: float | None = None  # when the broker's subscription went missing
         self._warned = False
         self._packb = msgpack.Packer(use_bin_type=True).pack
-        sock = self._sock = event_socket(ctx.socket(zmq.XPUB))
+        sock = self._sock = ctx.socket(zmq.XPUB)  # heartbeats kept, as for the SDK's publisher
         sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full queue refuses (Again) instead of dropping
         sock.sndhwm = hwm
         sock.linger = 0  # close() decides how long queued events may take
