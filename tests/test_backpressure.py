@@ -235,3 +235,17 @@ def test_a_subscriber_that_stops_reading_for_longer_than_a_heartbeat_survives(st
         if child.poll() is None:
             child.kill()
     assert got + lost == 20_000 and got > 0
+
+
+def test_publishers_keep_heartbeats_and_event_receivers_use_keepalive(home: Path, broker) -> None:
+    """The split sdk/transport.py explains: a receiver with a full queue must not heartbeat (libzmq
+    aborts it), and a publisher must (keepalive never probes a connection with data to send: across
+    a cut network a publisher lost 155 s of events without a word)."""
+    with sdk.connect(home, name="split") as bus, bus.subscribe("split:*") as sub:
+        bus.publish("split:x", {})
+        assert sub.recv(timeout=5).type == "split:x"
+        publisher, receiver = bus._pub, sub._sock
+        assert publisher is not None
+        assert publisher.getsockopt(zmq.HEARTBEAT_IVL) > 0 and publisher.getsockopt(zmq.HEARTBEAT_TIMEOUT) > 0
+        assert receiver.getsockopt(zmq.HEARTBEAT_IVL) == 0 and receiver.getsockopt(zmq.HEARTBEAT_TIMEOUT) == 0
+        assert receiver.getsockopt(zmq.TCP_KEEPALIVE) == 1
