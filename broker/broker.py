@@ -244,7 +244,7 @@ class Broker:
         poller = self._poller = zmq.Poller()
         for sock in (self.xpub, self.control, self.in_monitor, self.out_monitor):
             poller.register(sock, zmq.POLLIN)
-        self._read(self._closed_until is None)
+        self._read()
         xsub, xpub, control = self.xsub, self.xpub, self.control
         timeout_ms = int(poll_interval * 1000)
         while self._running:
@@ -398,10 +398,12 @@ class Broker:
         for event_type, payload in held:  # stamped now, so the log has them like any event
             self._emit(event_type, payload)
         self.xsub.send(SUBSCRIBE_ALL)
-        self._read(self._reserve_retry_at is None)
+        self._read()
 
-    def _read(self, on: bool) -> None:
-        """Watch xsub for events, or stop (publishers then wait, once their queues are full)."""
+    def _read(self) -> None:
+        """Watch xsub for events unless the log is awaited or the disk refuses the version mark
+        (then publishers wait, once their queues are full)."""
+        on = self._closed_until is None and self._reserve_retry_at is None
         if self._poller is not None and on != self._reading:
             if on:
                 self._poller.register(self.xsub, zmq.POLLIN)
@@ -416,8 +418,7 @@ class Broker:
         so while the disk refuses the mark (full, or failing) the broker reads no events, and
         tries again every RESERVE_RETRY seconds; publishers wait meanwhile, as for the event log.
         """
-        if self._reservation is None:
-            self._reserved = 1 << 63
+        if self._reservation is None:  # nothing to keep: _reserved is already unbounded
             return True
         try:
             self._reserved = self._reservation.reserve(through)
@@ -426,12 +427,12 @@ class Broker:
                 log.error("cannot reserve versions in %s (%s); taking no events until it can",
                           self._reservation.path, e)
             self._reserve_retry_at = time.monotonic() + RESERVE_RETRY
-            self._read(False)
+            self._read()
             return False
         if self._reserve_retry_at is not None:
             log.warning("versions reserved again (through %d); taking events", self._reserved)
             self._reserve_retry_at = None
-            self._read(self._closed_until is None)
+            self._read()
         return True
 
     def _hold(self) -> None:
@@ -443,7 +444,7 @@ class Broker:
         log.warning("the event log went away; holding events until it subscribes again (at most %gs)",
                     self.config.await_log)
         self._closed_until = time.monotonic() + self.config.await_log
-        self._read(False)
+        self._read()
 
     def _handle_subscriptions(self) -> None:
         """Answer sync subscriptions: the reply proves the subscriber's earlier filters are live."""
