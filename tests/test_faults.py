@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import pytest
 import zmq
@@ -20,6 +21,8 @@ import zmq
 import sdk
 from schemas.endpoints import Endpoints
 from tests.helpers import finish, python_process, stats, wait_for
+
+T = TypeVar("T")
 
 PACED = """
 import json, sys, time, sdk
@@ -89,6 +92,26 @@ class Collector:
         self.sub.close()
         self.thread.join(timeout=10)
         assert self.error is None, repr(self.error)
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state in ``/proc/PID/stat`` (``T`` once a SIGSTOP has taken hold)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
+
+
+def settled(probe: Callable[[], T], *, quiet: float = 0.3, timeout: float = 10.0) -> T:
+    """``probe()``'s value once two reads ``quiet`` seconds apart agree."""
+    deadline = time.monotonic() + timeout
+    last = probe()
+    while True:
+        threading.Event().wait(quiet)  # sync-ok: the quiet window that shows nothing is still arriving
+        value = probe()
+        if value == last:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still changing after {timeout:g}s: {last!r} -> {value!r}")
+        last = value
 
 
 def missing_runs(stream: list[int], sent: int) -> list[tuple[int, int]]:
@@ -195,7 +218,10 @@ def test_broker_sigstop_sigcont_publishers_block_then_continue(home: Path, start
         until_received([sub], names, 50)
         broker.signal(signal.SIGSTOP)
         try:
-            before = {n: sub.count(n) for n in names}
+            wait_for(lambda: process_state(broker.pid), lambda state: state == "T", what="the broker stopped")
+            # What the broker sent before it stopped may still be on its way (in the kernel's socket
+            # buffer, in the subscriber's queue): count from when it has all arrived.
+            before = settled(lambda: {n: sub.count(n) for n in names})
             threading.Event().wait(1.5)  # sync-ok: the broker must stay stopped a while
             during = {n: sub.count(n) for n in names}
         finally:
