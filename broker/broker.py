@@ -8,11 +8,13 @@ and skipped without desynchronising the stream.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from operator import itemgetter
 from typing import Any, Callable
 
 import msgpack
@@ -49,6 +51,7 @@ _MARK = BODY_MARK[0]
 # pyzmq's Python-level Socket.send (type checks for str, routing ids, groups) costs ~0.1 us per
 # frame on top of the compiled one; the hot loop calls the compiled send directly.
 _send = zmq.backend.Socket.send
+_COUNT = itemgetter(1)  # a (topic, count) pair's count
 _pack_stamp = STAMP.pack
 
 def _is_body(frame: zmq.Frame) -> bool:
@@ -78,6 +81,12 @@ CONTROL_UNPACK_LIMITS = {
     "max_map_len": 1024,
 }
 """msgpack limits for decoding a control request (untrusted input stays bounded)."""
+MAX_TOPICS = 1_000_000
+"""Event types a broker keeps a sequence for (``--max-topics``); each costs it ~180 bytes."""
+STATS_TOPICS = 1000
+"""Types listed in a ``stats`` reply (the busiest): building a reply of a million stalls the loop ~0.7 s."""
+TOPIC_WARNING_INTERVAL = 60.0
+"""Seconds between warnings while events of new types are refused."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,8 @@ class BrokerConfig:
     same wait starts whenever the log's subscription goes away (it crashed, or is restarting)."""
     curve: ServerKeys | None = None
     """CURVE keys (``--curve``): every bound socket is a CURVE server behind a ZAP allow-list."""
+    max_topics: int = MAX_TOPICS
+    """Event types with a sequence; an event of a new type beyond this many is refused (counted)."""
 
 
 class Broker:
@@ -117,6 +128,8 @@ class Broker:
         self.topic_seq: dict[bytes, int] = {}
         self.malformed = 0
         self.rejected = 0
+        self.topics_refused = 0
+        self._topics_warned_at: float | None = None  # time.monotonic() of the last warning
         self.syncs = 0
         self.publishers = 0
         self.subscribers = 0
@@ -331,6 +344,9 @@ class Broker:
                     if not is_valid_type(topic) or not _is_body(body_frame):
                         self.rejected += 1
                         continue
+                    if len(seqs) >= self.config.max_topics:
+                        self._refuse_topic(topic)
+                        continue
                     seq = 0
                 else:
                     try:
@@ -370,6 +386,18 @@ class Broker:
             self.version = version
             if bodies:
                 self._send_run(run_topic, run_version, run_seq, bodies, sizes)  # type: ignore[arg-type]
+
+    def _refuse_topic(self, topic: bytes) -> None:
+        """Count an event of a new type past ``max_topics``; warn at first and then once a minute."""
+        self.topics_refused += 1
+        now = time.monotonic()
+        if self._topics_warned_at is None or now - self._topics_warned_at >= TOPIC_WARNING_INTERVAL:
+            self._topics_warned_at = now
+            log.warning(
+                "refusing events of new types (%d refused so far, this one %r): the broker already"
+                " keeps sequences for %d types (--max-topics)",
+                self.topics_refused, topic.decode(errors="replace"), self.config.max_topics,
+            )
 
     def _send_run(self, topic: bytes, version: int, seq: int, bodies: list[zmq.Frame], sizes: list[int]) -> None:
         """Send one event (zero copy: the body goes out as it came) or a run of them."""
@@ -567,13 +595,17 @@ class Broker:
 
     def _op_stats(self, _msg: dict[str, Any]) -> dict[str, Any]:
         first = self.config.first_version
+        seqs = self.topic_seq
+        listed = seqs.items() if len(seqs) <= STATS_TOPICS else heapq.nlargest(STATS_TOPICS, seqs.items(), key=_COUNT)
         return {
             "pid": os.getpid(),
             "uptime": time.time() - self.started,
             "version": self.version,
             "events_in": self.version - first + 1,
             "events_out": self.version - first + 1,
-            "topics": {t.decode(): n for t, n in self.topic_seq.items()},
+            "topics": {t.decode(): n for t, n in listed},
+            "topic_count": len(seqs),
+            "topics_refused": self.topics_refused,
             "malformed": self.malformed,
             "rejected": self.rejected,
             "syncs": self.syncs,
@@ -585,6 +617,7 @@ class Broker:
                 "sub_hwm": self.config.sub_hwm,
                 "in_hwm": self.config.in_hwm,
                 "max_event_size": self.config.max_event_size,
+                "max_topics": self.config.max_topics,
             },
             "endpoints": vars(self.config.endpoints),
         }

@@ -64,10 +64,18 @@ class StackCollector:
         if b is not None:
             yield GaugeMetricFamily("pryxbus_version", "the broker's last stamped version", value=b["version"])
             yield CounterMetricFamily("pryxbus_events", "events stamped by this broker", value=b["events"])
-            topics = CounterMetricFamily("pryxbus_topic_events", "events stamped per topic", labels=["topic"])
+            topics = CounterMetricFamily(
+                "pryxbus_topic_events", "events stamped per topic (the busiest 1000)", labels=["topic"]
+            )
             for topic, n in sorted(b["topics"].items()):
                 topics.add_metric([topic], n)
             yield topics
+            yield GaugeMetricFamily(
+                "pryxbus_topics", "event types the broker keeps a sequence for", value=b["topic_count"]
+            )
+            yield CounterMetricFamily(
+                "pryxbus_topics_refused", "events of new types refused (--max-topics)", value=b["topics_refused"]
+            )
             yield GaugeMetricFamily("pryxbus_publishers", "publisher connections", value=b["publishers"])
             yield GaugeMetricFamily("pryxbus_subscribers", "subscriber connections", value=b["subscribers"])
             yield CounterMetricFamily("pryxbus_malformed", "messages with a wrong frame count", value=b["malformed"])

@@ -100,7 +100,9 @@ def _missing_socket(endpoint: str) -> str:
     return ""
 
 
-def _rate(new: float, old: float, seconds: float) -> float:
+def _rate(new: float, old: float | None, seconds: float) -> float | None:
+    if old is None:
+        return None
     return max(new - old, 0) / seconds if seconds > 0 else 0.0
 
 
@@ -124,6 +126,8 @@ def figures(current: Sample, previous: Sample | None = None) -> dict[str, Any]:
             "rejected": b.get("rejected", 0),
             "lifecycle_events": b.get("lifecycle_events", 0),
             "topics": dict(b.get("topics", {})),
+            "topic_count": b.get("topic_count", len(b.get("topics", {}))),
+            "topics_refused": b.get("topics_refused", 0),
             "rate": None,
             "topic_rates": {},
         }
@@ -132,8 +136,10 @@ def figures(current: Sample, previous: Sample | None = None) -> dict[str, Any]:
             seconds = current.at - previous.at  # type: ignore[union-attr]
             out["broker"]["rate"] = _rate(b["version"], old["version"], seconds)
             old_topics = old.get("topics", {})
+            # A type missing from the last reply was new, unless that reply listed only the busiest.
+            new_base = 0 if old.get("topic_count", len(old_topics)) <= len(old_topics) else None
             out["broker"]["topic_rates"] = {
-                t: _rate(n, old_topics.get(t, 0), seconds) for t, n in b.get("topics", {}).items()
+                t: _rate(n, old_topics.get(t, new_base), seconds) for t, n in b.get("topics", {}).items()
             }
 
     lg = current.log

@@ -7,7 +7,7 @@ import argparse
 import zmq
 
 from broker import reservation
-from broker.broker import Broker, BrokerConfig
+from broker.broker import MAX_TOPICS, Broker, BrokerConfig
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
 from broker.cli.common import add_home, add_tcp, fail, server_endpoints, server_keys, whole_number
@@ -70,6 +70,14 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
         " misses nothing subscribers get (pryxbus up: 3; default 0: take events at once)",
     )
     p.add_argument(
+        "--max-topics",
+        type=whole_number(1, 1_000_000_000),
+        default=MAX_TOPICS,
+        metavar="N",
+        help=f"event types the broker keeps a sequence for (~180 bytes each); an event of a new type"
+        f" beyond N is refused, counted in stats as topics_refused and logged (default {MAX_TOPICS})",
+    )
+    p.add_argument(
         "--max-run",
         type=whole_number(1, 1024),
         default=MAX_RUN,
@@ -90,6 +98,7 @@ def broker_config(
         max_event_size=args.max_event_size,
         log_hwm=args.log_hwm,
         max_run=args.max_run,
+        max_topics=args.max_topics,
         await_log=max(0.0, args.await_log),
         lifecycle_events=getattr(args, "lifecycle_events", False),
         first_version=first_version,

@@ -94,6 +94,8 @@ def render(f: dict[str, Any], endpoints: Endpoints) -> str:
             f"  publishers  {b['publishers']}   subscribers {b['subscribers']}",
             f"  malformed   {b['malformed']}   rejected {b['rejected']}",
         ]
+        if b["topics_refused"]:
+            lines.append(f"  refused     {b['topics_refused']} events of new types (--max-topics reached)")
     lg = f.get("log")
     if lg is None:
         lines.append(f"event log     down  ({f['errors'].get('log', '')})")
@@ -120,6 +122,6 @@ def render(f: dict[str, Any], endpoints: Endpoints) -> str:
         busiest = sorted(b["topics"].items(), key=lambda kv: (-(b["topic_rates"].get(kv[0]) or 0), -kv[1]))
         for topic, count in busiest[:TOP_TOPICS]:
             lines.append(f"  {topic:<40} {count:>12} {_rate(b['topic_rates'].get(topic)):>12}")
-        if len(busiest) > TOP_TOPICS:
-            lines.append(f"  ... {len(busiest) - TOP_TOPICS} more topics")
+        if b["topic_count"] > TOP_TOPICS:
+            lines.append(f"  ... {b['topic_count'] - TOP_TOPICS} more topics")
     return "\n".join(lines) + "\n"
