@@ -82,7 +82,7 @@ CONTROL_UNPACK_LIMITS = {
 }
 """msgpack limits for decoding a control request (untrusted input stays bounded)."""
 MAX_TOPICS = 1_000_000
-"""Event types a broker keeps a sequence for (``--max-topics``); each costs it ~180 bytes."""
+"""Event types a broker keeps a sequence for (``--max-topics``); each costs it ~90 bytes."""
 STATS_TOPICS = 1000
 """Types listed in a ``stats`` reply (the busiest): building a reply of a million stalls the loop ~0.7 s."""
 TOPIC_WARNING_INTERVAL = 60.0

@@ -74,7 +74,7 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
         type=whole_number(1, 1_000_000_000),
         default=MAX_TOPICS,
         metavar="N",
-        help=f"event types the broker keeps a sequence for (~180 bytes each); an event of a new type"
+        help=f"event types the broker keeps a sequence for (~90 bytes each); an event of a new type"
         f" beyond N is refused, counted in stats as topics_refused and logged (default {MAX_TOPICS})",
     )
     p.add_argument(
