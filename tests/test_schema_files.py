@@ -48,3 +48,17 @@ def test_schemas_import_no_zmq() -> None:
     code = f"import sys, importlib; [importlib.import_module(m) for m in {modules!r}]; print('zmq' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", modules
+
+
+def test_sdk_never_imports_broker_and_schemas_import_neither() -> None:
+    """DESIGN.md §1's arrows as far as they hold (README, Layout, says where broker departs)."""
+    import sdk
+
+    for package, forbidden in ((schemas, ("sdk", "broker")), (sdk, ("broker",))):
+        modules = [f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
+        code = (
+            f"import sys, importlib; [importlib.import_module(m) for m in {modules!r}];"
+            f" print(sorted(m for m in sys.modules if m.split('.')[0] in {forbidden!r}))"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "[]", (package.__name__, out.stdout)
