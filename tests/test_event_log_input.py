@@ -20,7 +20,7 @@ from tests.conftest import REPO
 from tests.test_event_log import wait_logged
 
 
-def pryxbus(*args: str) -> subprocess.CompletedProcess[str]:
+def pryxbus(*args: str | bytes) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "broker", *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
@@ -49,6 +49,18 @@ def test_log_commands_without_a_stack_say_so(home: Path) -> None:
         done = pryxbus(*command, "--home", str(home), "--timeout", "0.5")
         assert done.returncode == 3 and "did not answer" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_a_session_id_that_is_not_unicode_is_one_clear_line(home: Path, event_log, bus: sdk.Bus) -> None:
+    """A non-UTF-8 argument reaches Python as a lone surrogate, which msgpack cannot encode: that was
+    a traceback from the request's encoder (sync and asyncio)."""
+    for command in (("log", "query", "--session"), ("log", "tail", "--session"), ("log", "tail", "-f", "--session")):
+        done = pryxbus(*command, b"s-\xff", "--home", str(home))
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr == "pryxbus: 'session_id' is not valid Unicode text (a lone surrogate at position 2)\n"
+    with pytest.raises(sdk.InvalidEvent, match="'session_id' is not valid Unicode"):
+        list(bus.replay(session_id="\udcff"))
+    assert bus.log_stats()["bad_requests"] == 0  # refused before anything was sent
 
 
 @pytest.mark.parametrize("args", [
