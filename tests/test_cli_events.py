@@ -15,7 +15,7 @@ from tests.conftest import REPO
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def pryxbus(*args: str, home: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def pryxbus(*args: str | bytes, home: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "broker", *args, "--home", str(home)],
         input=stdin,
@@ -93,6 +93,11 @@ def test_stats_is_json_with_the_counters(home: Path, broker) -> None:
         (("pub", "channel:message", "-"), '{"text": "ok"}\nnope\n', "pryxbus: stdin line 2 is not valid JSON"),
         (("pub", "channel:message", "{}", "--validate"), None, "missing field 'text'"),
         (("sub", "a:**:b"), None, "pryxbus: invalid pattern 'a:**:b'"),
+        # non-UTF-8 arguments: the field at fault is named (it used to be "payload: payload cannot be encoded")
+        (("pub", "a:b", "1", "--session-id", b"s-\xff"), None,
+         "pryxbus: session_id 's-\\udcff' is not valid Unicode text (a lone surrogate at position 2)\n"),
+        (("pub", "a:b", "1", "--name", b"\xfe"), None,
+         "pryxbus: source '\\udcfe' is not valid Unicode text (a lone surrogate at position 0)\n"),
     ],
 )
 def test_bad_input_is_one_clear_line(home: Path, broker, args, stdin, message) -> None:
