@@ -11,7 +11,7 @@ from datetime import datetime
 import zmq
 
 from broker.cli.common import (
-    add_home, add_target, add_tcp, fail, print_json, seconds, server_home, server_keys, target, whole_number,
+    add_home, add_target, add_tcp, fail, missing_socket, print_json, seconds, server_home, server_keys, target, whole_number,
 )
 from broker.eventlog.query import MAX_INT, MAX_PAGE
 from broker.eventlog.service import EventLog, EventLogConfig
@@ -160,13 +160,20 @@ def _time(text: str | None) -> float | None:
 def _with_log(args: argparse.Namespace, work) -> int:
     """Run ``work(bus)`` against the stack: 0 done, 1 refused, 2 a bad target, 3 nothing answered."""
     import sdk
+    from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
 
     try:
-        bus = sdk.connect(target(args), name="pryxbus-log", timeout=args.timeout)
+        # max_event_size given: no broker round trip; only the event log is needed (and the
+        # broker for --follow).
+        bus = sdk.connect(target(args), name="pryxbus-log", timeout=args.timeout, max_event_size=DEFAULT_MAX_EVENT_SIZE)
     except sdk.InvalidEvent as e:
         return fail(str(e), 2)
     except sdk.BusUnavailable as e:
         return fail(str(e), 3)
+    absent = missing_socket(bus.endpoints.log)
+    if absent:  # say so at once instead of after every retry
+        bus.close()
+        return fail(absent, 3)
     with bus:
         try:
             work(bus)
