@@ -186,3 +186,21 @@ def test_a_bad_hwm_or_since_is_an_invalid_event(bus) -> None:
     with bus.subscribe("t:*", hwm=0) as sub:  # 0: no limit, as ZeroMQ has it
         bus.publish("t:a", 1)
         assert sub.recv(timeout=5).payload == 1
+
+
+def test_ctrl_c_while_the_command_starts_is_no_traceback(tmp_path: Path) -> None:
+    """SIGINT while the command modules are still being imported (~0.2 s after every start) was a
+    KeyboardInterrupt traceback. The signal is sent by the process itself as zmq begins to import."""
+    starter = (
+        "import os, signal, sys\n"
+        "sent = []\n"
+        "def hook(event, args):\n"
+        "    if event == 'import' and args[0] == 'zmq' and not sent:\n"
+        "        sent.append(1)\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.addaudithook(hook)\n"
+        "from broker.cli import main\n"
+        f"sys.exit(main(['stats', '--home', {str(tmp_path)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=60, env=ENV)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "")
