@@ -146,6 +146,13 @@ def test_sub_prints_strict_json_whatever_the_payload(home: Path, broker, bus) ->
 @pytest.mark.parametrize("args", [
     ("sub", "--timeout", "nan"), ("sub", "--timeout", "inf"), ("sub", "--timeout", "-1"), ("sub", "--count", "0"),
     ("sub", "--connect", "ipc:///tmp/x"), ("top", "--interval", "nan"), ("top", "--interval", "-1"),
+    # server options: these were exit 1 ('broker cannot bind: Invalid argument' for a negative hwm), and
+    # a --max-event-size of 0 started a broker that refused every event
+    ("up", "--tcp", "garbage"), ("up", "--tcp", "127.0.0.1:65533"), ("broker", "--tcp", "127.0.0.1"),
+    ("session-service", "--tcp", "h:p"), ("event-log", "--tcp", "nope"), ("up", "--metrics", "nope"),
+    ("broker", "--sub-hwm", "-1"), ("broker", "--in-hwm", "x"), ("broker", "--log-hwm", "-5"),
+    ("broker", "--max-event-size", "0"), ("broker", "--await-log", "nan"), ("broker", "--await-log", "-1"),
+    ("stats", "--connect", "127.0.0.1:65533"),
 ])
 def test_out_of_range_values_are_usage_errors(home: Path, args: tuple[str, ...]) -> None:
     result = pryxbus(*args, home=home)

@@ -77,6 +77,12 @@ def test_bad_timeouts_and_targets_are_usage_errors(home: Path, args: tuple[str, 
     assert done.returncode == 2 and f"argument {args[0]}" in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("bucket", ["0", "-5", "nan", "inf", "0.0009", "x"])
+def test_a_bucket_out_of_range_is_a_usage_error(home: Path, bucket: str) -> None:
+    done = pryxbus(home, "sessions", "stats", "--bucket", bucket)  # was exit 1, from the event log's bad_request
+    assert done.returncode == 2 and "argument --bucket: must be a number of seconds from 0.001" in done.stderr, done.stderr
+
+
 def test_a_home_too_long_for_ipc_sockets_is_a_clear_error(tmp_path: Path) -> None:
     long_home = tmp_path / ("d" * 110)
     long_home.mkdir()

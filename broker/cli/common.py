@@ -28,6 +28,7 @@ def add_tcp(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tcp",
         metavar="HOST:PORT",
+        type=tcp_listen,
         default=None,
         help="listen on tcp ports PORT..PORT+5 instead of ipc sockets (publish, subscribe, control,"
         " sessions, log, log feed); use 127.0.0.1 unless other machines must connect",
@@ -90,6 +91,15 @@ def tcp_target(text: str) -> str:
     return text if text.startswith("tcp://") else f"tcp://{text}"
 
 
+def tcp_listen(text: str) -> str:
+    """An argparse ``type``: ``HOST:PORT`` (or ``tcp://HOST:PORT``) a server can listen on, as given."""
+    try:
+        Endpoints.parse_tcp(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def seconds(text: str) -> float:
     """An argparse ``type``: a finite number of seconds above zero."""
     try:
@@ -98,6 +108,17 @@ def seconds(text: str) -> float:
         value = math.nan
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
+    return value
+
+
+def seconds_or_zero(text: str) -> float:
+    """An argparse ``type``: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, not {text!r}")
     return value
 
 
