@@ -78,5 +78,6 @@ def run_archive(args: argparse.Namespace) -> int:
         return fail_as(args, 1, getattr(e, "code", "invalid"), str(e))
     except sdk.RemoteError as e:
         return fail_as(args, 1, e.code, str(e))
-    except OSError as e:  # the export or import file
-        return fail_as(args, 1, "file", f"{e.filename}: {e.strerror}" if e.strerror else str(e))
+    except OSError as e:  # the export file (an import's read errors are InvalidEvent)
+        # The path given, not the temporary file beside it that the error names ("x.tmp: Is a directory").
+        return fail_as(args, 1, "file", f"cannot write {args.path}: {e.strerror or e}")
