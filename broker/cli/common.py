@@ -180,6 +180,19 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+class JsonErrorParser(argparse.ArgumentParser):
+    """A parser whose usage errors, when the command line asks for ``--json``, are also the
+    protocol's error reply on stdout (``{"ok": false, "code": "usage", ...}``), then exit 2 as usual."""
+
+    wants_json = False
+    """Set by ``main`` from the whole command line: the error may come before ``--json`` is parsed."""
+
+    def error(self, message: str):  # type: ignore[override]
+        if JsonErrorParser.wants_json:
+            print_json({"ok": False, "code": "usage", "message": f"{self.prog}: {message}"})
+        super().error(message)
+
+
 def fail(message: str, code: int = 1) -> int:
     print(f"pryxbus: {printable(message)}", file=sys.stderr)
     return code
