@@ -45,11 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a character gets an escape, not a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    from broker.cli.common import JsonErrorParser
-
     words = list(sys.argv[1:] if argv is None else argv)
-    JsonErrorParser.wants_json = words[:1] == ["sessions"] and "--json" in words  # README: errors too
     try:
+        from broker.cli.common import JsonErrorParser  # imports sdk, zmq: Ctrl-C may come here too
+
+        JsonErrorParser.wants_json = words[:1] == ["sessions"] and "--json" in words  # README: errors too
         parser = build_parser()  # imports every command module: ~0.2 s in which Ctrl-C may come
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
