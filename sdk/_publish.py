@@ -62,16 +62,28 @@ def encode_body(
     """The body frame of one event, refused before sending if it is over the broker's ``limit``.
 
     Raises:
-        InvalidEvent: msgpack cannot encode the payload.
+        InvalidEvent: msgpack cannot encode the payload (or the source or session id).
         MessageTooLarge: the encoded body is over ``limit`` bytes (DESIGN.md §4.4).
     """
     try:
         body = packb((ENVELOPE_VERSION, time.time(), source, session_id, payload))
     except (TypeError, ValueError, OverflowError) as e:
-        raise InvalidEvent(f"payload cannot be encoded with msgpack: {e}") from None
+        raise unencodable(e, source, session_id) from None
     if len(body) > limit:
         raise MessageTooLarge(len(body), limit)
     return body
+
+
+def unencodable(error: Exception, source: Any, session_id: Any) -> InvalidEvent:
+    """Why an event could not be encoded: its source or session id when one is text that is not
+    Unicode (a non-UTF-8 command-line argument), else its payload."""
+    for field, text in (("source", source), ("session_id", session_id)):
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as bad:
+                return InvalidEvent(f"{field} {text!r} is not valid Unicode text (a lone surrogate at position {bad.start})")
+    return InvalidEvent(f"payload cannot be encoded with msgpack: {error}")
 
 
 _MAX_HWM = 2**31 - 1

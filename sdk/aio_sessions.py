@@ -18,10 +18,14 @@ import zmq.asyncio
 from schemas.sessions import MAX_LIST_LIMIT
 from sdk.errors import BusClosed, BusUnavailable, RemoteError
 from sdk.event import Session
-from sdk.request import _result, connected, unanswered
+from sdk.request import _result, connected, encoded, unanswered
 from sdk.sessions import DEFAULT_RETRIES, Call, SessionCalls, SessionPage, translated
 
 T = TypeVar("T")
+
+
+def _packb(request: Any) -> bytes:
+    return msgpack.packb(request, use_bin_type=True)
 
 
 class AsyncRequester:
@@ -62,7 +66,7 @@ class AsyncRequester:
             SessionNotFound, SessionConflict, RemoteError: the server said no.
             BusClosed: the client was closed.
         """
-        payload = msgpack.packb(request, use_bin_type=True)
+        payload = encoded(_packb, request, self.what)
         timeout_ms = int((self.timeout if timeout is None else timeout) * 1000)
         attempts = 1 + (self.retries if retries is None else retries)
         async with self._lock:

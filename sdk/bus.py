@@ -24,6 +24,7 @@ from sdk._publish import (
     publisher_unavailable,
     size_limit,
     topic_of,
+    unencodable,
 )
 from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge
 from sdk.event import Event
@@ -192,7 +193,7 @@ class Bus:
             try:
                 body = self._packb((ENVELOPE_VERSION, now, self.name, session_id, payload))
             except (TypeError, ValueError, OverflowError) as e:
-                raise InvalidEvent(f"payload cannot be encoded with msgpack: {e}") from None
+                raise unencodable(e, self.name, session_id) from None
             if len(body) > self.max_event_size:
                 raise MessageTooLarge(len(body), self.max_event_size)
             sock = self._pub or self._open_publisher()

@@ -13,7 +13,9 @@ from typing import Any
 import msgpack
 import zmq
 
-from sdk.errors import BusClosed, BusUnavailable, RemoteError, SessionConflict, SessionError, SessionNotFound
+from sdk.errors import (
+    BusClosed, BusUnavailable, InvalidEvent, RemoteError, SessionConflict, SessionError, SessionNotFound,
+)
 
 _send = zmq.backend.Socket.send  # the compiled send, without pyzmq's Python wrapper
 _unpack = msgpack.unpackb
@@ -66,6 +68,8 @@ class Requester:
         """Send ``request`` (a map with an ``op``) and return the reply's ``result``.
 
         Raises:
+            InvalidEvent: the request cannot be encoded (text that is not Unicode: a lone
+                surrogate, as a non-UTF-8 command-line argument gives); nothing was sent.
             BusUnavailable: no reply after every retry.
             SessionNotFound, SessionConflict, SessionError, RemoteError: the server said no.
         """
@@ -74,7 +78,7 @@ class Requester:
         with self._lock:
             if self._closed:
                 raise BusClosed(f"{self.what} client is closed")
-            payload = self._pack(request)
+            payload = encoded(self._pack, request, self.what)
             for _ in range(attempts):
                 sock = self._sock
                 if sock is None:
@@ -97,6 +101,23 @@ class Requester:
         with self._lock:
             self._closed = True
             self._discard()
+
+
+def encoded(pack: Any, request: dict[str, Any], what: str) -> bytes:
+    """``pack(request)``, or InvalidEvent naming the field that cannot be encoded (sync and asyncio)."""
+    try:
+        return pack(request)
+    except (TypeError, ValueError, OverflowError) as e:  # UnicodeEncodeError is a ValueError
+        for key, value in request.items():
+            for text in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(text, str):
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError as bad:
+                        raise InvalidEvent(
+                            f"{key!r} is not valid Unicode text (a lone surrogate at position {bad.start})"
+                        ) from None
+        raise InvalidEvent(f"cannot encode this request to the {what}: {e}") from None
 
 
 def connected(sock: zmq.Socket, endpoint: str, what: str) -> zmq.Socket:

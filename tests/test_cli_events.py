@@ -15,7 +15,7 @@ from tests.conftest import REPO
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def pryxbus(*args: str, home: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def pryxbus(*args: str | bytes, home: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "broker", *args, "--home", str(home)],
         input=stdin,
@@ -93,6 +93,11 @@ def test_stats_is_json_with_the_counters(home: Path, broker) -> None:
         (("pub", "channel:message", "-"), '{"text": "ok"}\nnope\n', "pryxbus: stdin line 2 is not valid JSON"),
         (("pub", "channel:message", "{}", "--validate"), None, "missing field 'text'"),
         (("sub", "a:**:b"), None, "pryxbus: invalid pattern 'a:**:b'"),
+        # non-UTF-8 arguments: the field at fault is named (it used to be "payload: payload cannot be encoded")
+        (("pub", "a:b", "1", "--session-id", b"s-\xff"), None,
+         "pryxbus: session_id 's-\\udcff' is not valid Unicode text (a lone surrogate at position 2)\n"),
+        (("pub", "a:b", "1", "--name", b"\xfe"), None,
+         "pryxbus: source '\\udcfe' is not valid Unicode text (a lone surrogate at position 0)\n"),
     ],
 )
 def test_bad_input_is_one_clear_line(home: Path, broker, args, stdin, message) -> None:
@@ -141,6 +146,13 @@ def test_sub_prints_strict_json_whatever_the_payload(home: Path, broker, bus) ->
 @pytest.mark.parametrize("args", [
     ("sub", "--timeout", "nan"), ("sub", "--timeout", "inf"), ("sub", "--timeout", "-1"), ("sub", "--count", "0"),
     ("sub", "--connect", "ipc:///tmp/x"), ("top", "--interval", "nan"), ("top", "--interval", "-1"),
+    # server options: these were exit 1 ('broker cannot bind: Invalid argument' for a negative hwm), and
+    # a --max-event-size of 0 started a broker that refused every event
+    ("up", "--tcp", "garbage"), ("up", "--tcp", "127.0.0.1:65533"), ("broker", "--tcp", "127.0.0.1"),
+    ("session-service", "--tcp", "h:p"), ("event-log", "--tcp", "nope"), ("up", "--metrics", "nope"),
+    ("broker", "--sub-hwm", "-1"), ("broker", "--in-hwm", "x"), ("broker", "--log-hwm", "-5"),
+    ("broker", "--max-event-size", "0"), ("broker", "--await-log", "nan"), ("broker", "--await-log", "-1"),
+    ("stats", "--connect", "127.0.0.1:65533"),
 ])
 def test_out_of_range_values_are_usage_errors(home: Path, args: tuple[str, ...]) -> None:
     result = pryxbus(*args, home=home)
@@ -181,3 +193,21 @@ def test_a_bad_hwm_or_since_is_an_invalid_event(bus) -> None:
     with bus.subscribe("t:*", hwm=0) as sub:  # 0: no limit, as ZeroMQ has it
         bus.publish("t:a", 1)
         assert sub.recv(timeout=5).payload == 1
+
+
+def test_ctrl_c_while_the_command_starts_is_no_traceback(tmp_path: Path) -> None:
+    """SIGINT while the command modules are still being imported (~0.2 s after every start) was a
+    KeyboardInterrupt traceback. The signal is sent by the process itself as zmq begins to import."""
+    starter = (
+        "import os, signal, sys\n"
+        "sent = []\n"
+        "def hook(event, args):\n"
+        "    if event == 'import' and args[0] == 'zmq' and not sent:\n"
+        "        sent.append(1)\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.addaudithook(hook)\n"
+        "from broker.cli import main\n"
+        f"sys.exit(main(['stats', '--home', {str(tmp_path)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=60, env=ENV)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "")

@@ -20,7 +20,7 @@ from tests.conftest import REPO
 from tests.test_event_log import wait_logged
 
 
-def pryxbus(*args: str) -> subprocess.CompletedProcess[str]:
+def pryxbus(*args: str | bytes) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "broker", *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
 
@@ -44,11 +44,27 @@ def test_payloads_json_lacks_come_out_as_strict_json(home: Path, event_log, bus:
     assert [e.payload for e in bus.replay("odd:*")][1] == {b"bk": 1, 2: [b"\x00\x01"]}  # the log kept them exactly
 
 
-def test_log_commands_without_a_stack_say_so(home: Path) -> None:
-    for command in (("log", "stats"), ("log", "tail"), ("log", "query")):
-        done = pryxbus(*command, "--home", str(home), "--timeout", "0.5")
-        assert done.returncode == 3 and "did not answer" in done.stderr, done.stderr
-        assert "Traceback" not in done.stderr
+def test_log_commands_without_a_stack_say_so_at_once(home: Path) -> None:
+    """They used to wait for the broker (which they do not need) through every retry: 10 s by
+    default, then 'broker ... did not answer'. Now: the log's socket is missing, at once."""
+    for command in (("log", "stats"), ("log", "tail"), ("log", "query"), ("log", "tail", "-f")):
+        done = pryxbus(*command, "--home", str(home), "--timeout", "30")
+        assert done.returncode == 3, done.stderr
+        assert done.stderr == (
+            f"pryxbus: nothing listens at ipc://{home}/log.sock (no such socket): is the stack running? ('pryxbus up')\n"
+        )
+
+
+def test_a_session_id_that_is_not_unicode_is_one_clear_line(home: Path, event_log, bus: sdk.Bus) -> None:
+    """A non-UTF-8 argument reaches Python as a lone surrogate, which msgpack cannot encode: that was
+    a traceback from the request's encoder (sync and asyncio)."""
+    for command in (("log", "query", "--session"), ("log", "tail", "--session"), ("log", "tail", "-f", "--session")):
+        done = pryxbus(*command, b"s-\xff", "--home", str(home))
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr == "pryxbus: 'session_id' is not valid Unicode text (a lone surrogate at position 2)\n"
+    with pytest.raises(sdk.InvalidEvent, match="'session_id' is not valid Unicode"):
+        list(bus.replay(session_id="\udcff"))
+    assert bus.log_stats()["bad_requests"] == 0  # refused before anything was sent
 
 
 @pytest.mark.parametrize("args", [
@@ -64,10 +80,12 @@ def test_out_of_range_options_are_usage_errors(home: Path, args: tuple[str, ...]
     assert done.returncode == 2 and "error: argument" in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("when", ["nan", "inf", "-inf", "1e400"])
-def test_times_that_are_not_times_are_refused(home: Path, when: str) -> None:
-    done = pryxbus("log", "query", f"--from={when}", "--home", str(home))
-    assert done.returncode == 1 and "not a time" in done.stderr, done.stderr
+@pytest.mark.parametrize("when", ["nan", "inf", "-inf", "1e400", "yesterday", "2026-13-01"])
+def test_times_that_are_not_times_are_usage_errors(home: Path, when: str) -> None:
+    for option in ("--from", "--to"):
+        done = pryxbus("log", "query", f"{option}={when}", "--home", str(home))
+        assert done.returncode == 2, done.stderr  # was 1
+        assert f"error: argument {option}: not a time (epoch seconds or ISO 8601): {when!r}" in done.stderr
 
 
 def _ask(home: Path, *frames: bytes) -> list[dict]:

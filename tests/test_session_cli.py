@@ -60,6 +60,19 @@ def test_errors_are_json_too_with_json(home: Path, session_service: Part) -> Non
     assert "not_found" in missing.stderr
 
 
+@pytest.mark.parametrize("args", [("list", "--limit", "0"), ("get",), ("get", "a", "b"), ("bogus",),
+                                  ("stats", "--bucket", "nan")])
+def test_usage_errors_are_json_too_with_json(home: Path, args: tuple[str, ...]) -> None:
+    """A script that reads stdout got nothing at all for a usage error: only the usage on stderr."""
+    done = pryxbus(home, "sessions", *args, "--json")
+    assert done.returncode == 2 and "usage: pryxbus" in done.stderr, done.stderr
+    error = json.loads(done.stdout)
+    assert (error["ok"], error["code"]) == (False, "usage")
+    assert error["message"] == done.stderr.splitlines()[-1].replace(": error: ", ": ", 1)  # what stderr says
+    plain = pryxbus(home, "sessions", *args)
+    assert (plain.returncode, plain.stdout) == (2, "")  # without --json: the usage on stderr only
+
+
 def test_without_a_running_stack_the_cli_says_so_at_once(home: Path) -> None:
     done = pryxbus(home, "sessions", "list", "--json")
     assert done.returncode == 3
@@ -75,6 +88,12 @@ def test_without_a_running_stack_the_cli_says_so_at_once(home: Path) -> None:
 def test_bad_timeouts_and_targets_are_usage_errors(home: Path, args: tuple[str, str]) -> None:
     done = pryxbus(home, "sessions", "list", *args)
     assert done.returncode == 2 and f"argument {args[0]}" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("bucket", ["0", "-5", "nan", "inf", "0.0009", "x"])
+def test_a_bucket_out_of_range_is_a_usage_error(home: Path, bucket: str) -> None:
+    done = pryxbus(home, "sessions", "stats", "--bucket", bucket)  # was exit 1, from the event log's bad_request
+    assert done.returncode == 2 and "argument --bucket: must be a number of seconds from 0.001" in done.stderr, done.stderr
 
 
 def test_a_home_too_long_for_ipc_sockets_is_a_clear_error(tmp_path: Path) -> None:

@@ -23,7 +23,9 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from broker.cli.common import JsonErrorParser
+
+    parser = JsonErrorParser(  # usage errors of `sessions ... --json` are JSON on stdout too
         prog="pryxbus",
         description="pryxbus: a versioned event bus and session service over ZeroMQ.",
     )
@@ -43,9 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a character gets an escape, not a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
+        from broker.cli.common import JsonErrorParser  # imports sdk, zmq: Ctrl-C may come here too
+
+        JsonErrorParser.wants_json = words[:1] == ["sessions"] and "--json" in words  # README: errors too
+        parser = build_parser()  # imports every command module: ~0.2 s in which Ctrl-C may come
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130

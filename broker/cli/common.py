@@ -28,6 +28,7 @@ def add_tcp(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tcp",
         metavar="HOST:PORT",
+        type=tcp_listen,
         default=None,
         help="listen on tcp ports PORT..PORT+5 instead of ipc sockets (publish, subscribe, control,"
         " sessions, log, log feed); use 127.0.0.1 unless other machines must connect",
@@ -90,6 +91,15 @@ def tcp_target(text: str) -> str:
     return text if text.startswith("tcp://") else f"tcp://{text}"
 
 
+def tcp_listen(text: str) -> str:
+    """An argparse ``type``: ``HOST:PORT`` (or ``tcp://HOST:PORT``) a server can listen on, as given."""
+    try:
+        Endpoints.parse_tcp(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def seconds(text: str) -> float:
     """An argparse ``type``: a finite number of seconds above zero."""
     try:
@@ -98,6 +108,17 @@ def seconds(text: str) -> float:
         value = math.nan
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
+    return value
+
+
+def seconds_or_zero(text: str) -> float:
+    """An argparse ``type``: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, not {text!r}")
     return value
 
 
@@ -157,6 +178,19 @@ def print_json(data: Any) -> None:
     ascii_only = (sys.stdout.encoding or "").lower().replace("-", "") != "utf8"
     sys.stdout.write(json.dumps(jsonable(data), allow_nan=False, ensure_ascii=ascii_only) + "\n")
     sys.stdout.flush()
+
+
+class JsonErrorParser(argparse.ArgumentParser):
+    """A parser whose usage errors, when the command line asks for ``--json``, are also the
+    protocol's error reply on stdout (``{"ok": false, "code": "usage", ...}``), then exit 2 as usual."""
+
+    wants_json = False
+    """Set by ``main`` from the whole command line: the error may come before ``--json`` is parsed."""
+
+    def error(self, message: str):  # type: ignore[override]
+        if JsonErrorParser.wants_json:
+            print_json({"ok": False, "code": "usage", "message": f"{self.prog}: {message}"})
+        super().error(message)
 
 
 def fail(message: str, code: int = 1) -> int:

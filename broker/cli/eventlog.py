@@ -11,7 +11,7 @@ from datetime import datetime
 import zmq
 
 from broker.cli.common import (
-    add_home, add_target, add_tcp, fail, print_json, seconds, server_home, server_keys, target, whole_number,
+    add_home, add_target, add_tcp, fail, missing_socket, print_json, seconds, server_home, server_keys, target, whole_number,
 )
 from broker.eventlog.query import MAX_INT, MAX_PAGE
 from broker.eventlog.service import EventLog, EventLogConfig
@@ -75,8 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     query.add_argument("patterns", nargs="*", metavar="PATTERN")
     query.add_argument("--since", type=whole_number(0, MAX_INT), default=0, metavar="V", help="after version V (exclusive)")
     query.add_argument("--until", type=whole_number(0, MAX_INT), default=None, metavar="V", help="up to version V (inclusive)")
-    query.add_argument("--from", dest="ts_from", default=None, metavar="TIME", help="epoch seconds or ISO 8601")
-    query.add_argument("--to", dest="ts_until", default=None, metavar="TIME", help="epoch seconds or ISO 8601")
+    query.add_argument("--from", dest="ts_from", type=_time, default=None, metavar="TIME", help="epoch seconds or ISO 8601")
+    query.add_argument("--to", dest="ts_until", type=_time, default=None, metavar="TIME", help="epoch seconds or ISO 8601")
     query.add_argument("--session", default=None, help="only events of this session id")
     query.add_argument("--limit", type=whole_number(1, MAX_INT), default=None, metavar="N", help="stop after N events")
     query.set_defaults(func=run_query)
@@ -142,9 +142,8 @@ def run_event_log(args: argparse.Namespace) -> int:
     return 0
 
 
-def _time(text: str | None) -> float | None:
-    if text is None:
-        return None
+def _time(text: str) -> float:
+    """An argparse ``type``: epoch seconds or ISO 8601, as epoch seconds."""
     try:
         value = float(text)
     except ValueError:
@@ -153,20 +152,27 @@ def _time(text: str | None) -> float | None:
         except (ValueError, OverflowError):
             value = math.nan
     if not math.isfinite(value):
-        raise SystemExit(f"pryxbus: not a time (epoch seconds or ISO 8601): {text!r}")
+        raise argparse.ArgumentTypeError(f"not a time (epoch seconds or ISO 8601): {text!r}")
     return value
 
 
 def _with_log(args: argparse.Namespace, work) -> int:
     """Run ``work(bus)`` against the stack: 0 done, 1 refused, 2 a bad target, 3 nothing answered."""
     import sdk
+    from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
 
     try:
-        bus = sdk.connect(target(args), name="pryxbus-log", timeout=args.timeout)
+        # max_event_size given: no broker round trip; only the event log is needed (and the
+        # broker for --follow).
+        bus = sdk.connect(target(args), name="pryxbus-log", timeout=args.timeout, max_event_size=DEFAULT_MAX_EVENT_SIZE)
     except sdk.InvalidEvent as e:
         return fail(str(e), 2)
     except sdk.BusUnavailable as e:
         return fail(str(e), 3)
+    absent = missing_socket(bus.endpoints.log)
+    if absent:  # say so at once instead of after every retry
+        bus.close()
+        return fail(absent, 3)
     with bus:
         try:
             work(bus)
@@ -178,11 +184,10 @@ def _with_log(args: argparse.Namespace, work) -> int:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    ts_from, ts_until = _time(args.ts_from), _time(args.ts_until)
-
     def work(bus) -> None:
         events = bus.replay(
-            *args.patterns, since=args.since, until=args.until, session_id=args.session, ts_from=ts_from, ts_until=ts_until
+            *args.patterns, since=args.since, until=args.until, session_id=args.session, ts_from=args.ts_from,
+            ts_until=args.ts_until,
         )
         for n, event in enumerate(events):
             if args.limit is not None and n >= args.limit:

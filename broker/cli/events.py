@@ -146,7 +146,7 @@ def run_pub(args: argparse.Namespace) -> int:
                 try:
                     bus.publish(args.type, payload, session_id=args.session_id)
                 except sdk.InvalidEvent as e:
-                    raise CliError(f"{where}: {e}") from None
+                    raise CliError(f"{where}: {e}" if where.startswith("stdin") else str(e)) from None
                 sent += 1
     except (CliError, sdk.BusError) as e:
         before = f" ({sent} event(s) published before it)" if sent else ""

@@ -10,7 +10,9 @@ from broker import reservation
 from broker.broker import MAX_TOPICS, Broker, BrokerConfig
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
-from broker.cli.common import add_home, add_tcp, fail, server_endpoints, server_keys, whole_number
+from broker.cli.common import (
+    add_home, add_tcp, fail, seconds_or_zero, server_endpoints, server_keys, whole_number,
+)
 from broker.security import SecurityError
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, MAX_RUN
@@ -38,32 +40,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def add_broker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sub-hwm",
-        type=int,
+        type=whole_number(0, 2**31 - 1),
         default=10_000,
         help="messages queued per subscriber before that subscriber starts losing them (default"
         " 10000; a message is one event, or under load a run of up to --max-run events of one type)",
     )
     p.add_argument(
         "--in-hwm",
-        type=int,
+        type=whole_number(0, 2**31 - 1),
         default=10_000,
         help="events queued per publisher before its publish blocks (default 10000)",
     )
     p.add_argument(
         "--max-event-size",
-        type=int,
+        type=whole_number(1, 2**31 - 1),
         default=DEFAULT_MAX_EVENT_SIZE,
         help=f"largest encoded event in bytes (default {DEFAULT_MAX_EVENT_SIZE})",
     )
     p.add_argument(
         "--log-hwm",
-        type=int,
+        type=whole_number(0, 2**31 - 1),
         default=1_000_000,
         help="events queued for the event log before it starts losing them (default 1000000)",
     )
     p.add_argument(
         "--await-log",
-        type=float,
+        type=seconds_or_zero,
         default=0.0,
         metavar="S",
         help="keep publishers waiting up to S seconds for the event log to subscribe, so that it"

@@ -7,6 +7,7 @@ These need the session service and the event log (not the broker). Exit status a
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from broker.cli.common import add_target, fail_as, missing_socket, print_json, target
@@ -30,7 +31,18 @@ def register_actions(commands: argparse._SubParsersAction) -> None:
     sp.add_argument("--overwrite", action="store_true", help="replace a different session with the same id")
     sp = action("stats", "one session's analytics, or without ID the bus-wide view (JSON)")
     sp.add_argument("id", nargs="?", default=None)
-    sp.add_argument("--bucket", type=float, default=None, metavar="S", help="bus-wide: events per type per S seconds")
+    sp.add_argument("--bucket", type=bucket_seconds, default=None, metavar="S", help="bus-wide: events per type per S seconds")
+
+
+def bucket_seconds(text: str) -> float:
+    """An argparse ``type``: a bucket of at least 0.001 s (the event log's smallest), finite."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.001 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0.001, not {text!r}")
+    return value
 
 
 def run_archive(args: argparse.Namespace) -> int:
@@ -66,5 +78,6 @@ def run_archive(args: argparse.Namespace) -> int:
         return fail_as(args, 1, getattr(e, "code", "invalid"), str(e))
     except sdk.RemoteError as e:
         return fail_as(args, 1, e.code, str(e))
-    except OSError as e:  # the export or import file
-        return fail_as(args, 1, "file", f"{e.filename}: {e.strerror}" if e.strerror else str(e))
+    except OSError as e:  # the export file (an import's read errors are InvalidEvent)
+        # The path given, not the temporary file beside it that the error names ("x.tmp: Is a directory").
+        return fail_as(args, 1, "file", f"cannot write {args.path}: {e.strerror or e}")

@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metrics",
         metavar="HOST:PORT",
+        type=metrics_address,
         default=None,
         help="serve Prometheus metrics (the figures of `pryxbus top`) at http://HOST:PORT/metrics"
         " (an IPv6 host in brackets: [::1]:9100); needs the 'metrics' extra (prometheus-client)",
@@ -39,6 +40,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the broker publishes bus:started and bus:{publisher,subscriber}_{connected,disconnected}",
     )
     p.set_defaults(func=run_up)
+
+
+def metrics_address(text: str) -> str:
+    """An argparse ``type``: ``HOST:PORT`` or ``[IPv6]:PORT``, as given."""
+    from broker.metrics import parse_address
+
+    try:
+        parse_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def run_up(args: argparse.Namespace) -> int:
