@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -31,30 +32,57 @@ def alive(pid: int) -> bool:
 
 
 class Up:
-    """``pryxbus up`` as a child of the test, its output collected."""
+    """``pryxbus up`` as a child of the test, its output collected by a reader thread."""
 
-    def __init__(self, home: Path, *args: str) -> None:
+    def __init__(self, home: Path, *args: str, cwd: Path | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-u", "-m", "broker", "up", "--home", str(home), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            cwd=cwd,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._eof = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def wait_ready(self) -> str:
+    def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:  # ends (and fails below) if up exits first
-            self.lines.append(line)
-            if "ready" in line:
-                return line
-        raise AssertionError("pryxbus up exited before it was ready:\n" + "".join(self.lines))
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
 
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=30)
-        self.lines.append(out)
+    def wait_line(self, text: str, timeout: float = 30.0) -> str:
+        """The first output line containing ``text``; fails if up exits or ``timeout`` passes first."""
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: any(text in x for x in self.lines) or self._eof, timeout=timeout
+            )
+            hit = next((x for x in self.lines if text in x), None)
+            if hit is not None:
+                return hit
+            why = "exited" if found else f"printed nothing with {text!r} within {timeout:g}s"
+            raise AssertionError(f"pryxbus up {why}:\n" + "".join(self.lines))
+
+    def wait_ready(self, timeout: float = 30.0) -> str:
+        return self.wait_line("ready", timeout)
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout)
+        self._reader.join(timeout)
         return self.proc.returncode
 
     def kill(self) -> None:
@@ -84,7 +112,7 @@ def test_up_serves_events_and_sessions_and_stops_cleanly(home: Path, up: Up) -> 
     children = [pid_of(home, "broker"), pid_of(home, "sessions")]
     assert all(map(alive, children))
     assert up.stop() == 0
-    output = "".join(up.lines)
+    output = up.output
     assert sum("ready" in x for x in output.splitlines()) == 1, output
     assert not any(map(alive, children))
     assert sorted(p.name for p in home.glob("*.sock")) == []
@@ -107,7 +135,7 @@ def test_up_restarts_a_killed_part(home: Path, up: Up) -> None:
         bus.publish("trace:event", {"name": "after restart"})
         assert sub.recv(timeout=5).payload == {"name": "after restart"}
     assert up.stop() == 0
-    output = "".join(up.lines)
+    output = up.output
     assert "session-service (pid %d) exited with status -9; restarting" % old in output
     assert "broker (pid %d) exited with status -9; restarting" % old_broker in output
 
@@ -134,7 +162,7 @@ def test_after_a_broker_crash_the_log_misses_nothing_a_subscriber_gets(home: Pat
             what="the log holding the last event",
         )
     assert {e.version for e in got} - set(logged) == set()
-    assert "the event log subscribed; taking events" in "".join(up.lines)
+    assert "the event log subscribed; taking events" in up.output
 
 
 def free_port_base() -> int:
@@ -172,6 +200,30 @@ def test_up_on_tcp_writes_endpoints_for_the_home(home: Path) -> None:
         assert up.stop() == 0
     finally:
         up.kill()
+
+
+def test_up_on_ipc_after_up_on_tcp_forgets_the_tcp_ports(home: Path) -> None:
+    """A home that ran ``up --tcp`` keeps its endpoints.json; a later ``up`` on ipc sockets must not
+    leave it there: the event log (and every client given the home) would go to the old tcp ports."""
+    base = free_port_base()
+    first = Up(home, "--tcp", f"127.0.0.1:{base}")
+    try:
+        first.wait_ready()
+        assert first.stop() == 0
+    finally:
+        first.kill()
+    second = Up(home)
+    try:
+        second.wait_ready(timeout=20)
+        assert Endpoints.for_home(home) == Endpoints.ipc(home)
+        with sdk.connect(home, name="t", timeout=5) as bus:
+            bus.publish("trace:event", {"name": "on ipc"})
+            logged = wait_for(lambda: list(bus.replay("trace:*")), bool, timeout=10, what="the event logged")
+        assert [e.payload for e in logged] == [{"name": "on ipc"}]
+        assert second.stop() == 0
+        assert "did not subscribe" not in second.output
+    finally:
+        second.kill()
 
 
 def test_second_up_in_the_same_home_refuses(home: Path, up: Up) -> None:
