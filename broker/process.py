@@ -50,8 +50,12 @@ def path_lock(path: Path, taken: str) -> Iterator[None]:
 
 @contextmanager
 def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """Call ``stop()`` on SIGINT or SIGTERM for the duration of the block."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """Call ``stop()`` on SIGINT, SIGTERM or SIGHUP for the duration of the block.
+
+    SIGHUP is what a closed terminal or ssh session sends: by default it kills the process on the
+    spot (``up`` without stopping its children in order, a part without removing its socket files).
+    """
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
     def handler(signum: int, frame: object) -> None:
         stop()

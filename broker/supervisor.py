@@ -1,5 +1,5 @@
 """The supervisor behind ``pryxbus up``: runs every part of a stack as a child process, restarts the
-ones that die (with backoff), and stops them all, in reverse order, on SIGINT/SIGTERM.
+ones that die (with backoff), and stops them all, in reverse order, on SIGINT/SIGTERM/SIGHUP.
 
 The parts are a table (:data:`CHILDREN`): add a row to run another part. A child is *up* once it
 prints its own line containing ``ready`` on stdout; the supervisor swallows those lines (so that

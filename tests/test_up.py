@@ -140,6 +140,20 @@ def test_up_restarts_a_killed_part(home: Path, up: Up) -> None:
     assert "broker (pid %d) exited with status -9; restarting" % old_broker in output
 
 
+def test_sighup_stops_up_cleanly_and_in_order(home: Path, up: Up) -> None:
+    """Closing the terminal (or an ssh session) sends SIGHUP: up stops its children in order, as on
+    SIGTERM, instead of dying at once and leaving them to stop all together on its death."""
+    up.wait_ready()
+    children = [pid_of(home, "broker"), pid_of(home, "event-log"), pid_of(home, "sessions")]
+    assert up.stop(signal.SIGHUP) == 0
+    output = up.output
+    assert "pryxbus up stopped" in output, output
+    order = [output.index(f"[{name}] pryxbus {name} stopped") for name in ("session-service", "event-log", "broker")]
+    assert order == sorted(order), output
+    assert not any(map(alive, children))
+    assert not list(home.glob("*.sock"))
+
+
 def test_after_a_broker_crash_the_log_misses_nothing_a_subscriber_gets(home: Path, up: Up) -> None:
     """The restarted broker takes events only once the event log has subscribed again (--await-log,
     which up passes): a subscriber that reconnects sooner no longer gets events the log lacks."""

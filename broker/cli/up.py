@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"run the whole stack ({names}) in the foreground",
         description=f"Run every part of a stack ({names}) as child processes. Prints one line"
         " containing 'ready' once every part accepts connections, restarts a part that dies, and"
-        " stops them all cleanly on SIGINT/SIGTERM.",
+        " stops them all cleanly on SIGINT/SIGTERM/SIGHUP.",
     )
     add_home(p)
     add_tcp(p)
