@@ -2,7 +2,7 @@
 ones that die (with backoff), and stops them all, in reverse order, on SIGINT/SIGTERM/SIGHUP.
 
 The parts are a table (:data:`CHILDREN`): add a row to run another part. A child is *up* once it
-prints its own line containing ``ready`` on stdout; the supervisor swallows those lines (so that
+prints its own ready line (``pryxbus COMMAND ready ...``) on stdout; the supervisor swallows those lines (so that
 its own ``ready`` line, printed once every child is up, is the only one) and relays every other
 line of the child to its stderr, prefixed with the child's name.
 """
@@ -35,6 +35,12 @@ class ChildSpec:
     command: str
     extra: tuple[str, ...] = ()
     takes_tcp: bool = True
+
+    @property
+    def ready_line(self) -> str:
+        """How the part's ready line starts. Only that counts: its errors may contain "ready" too
+        ("Address already in use", "... is already running")."""
+        return f"pryxbus {self.command} ready"
 
 
 AWAIT_LOG = 3.0
@@ -142,7 +148,7 @@ class Supervisor:
     def _relay(self, child: Child, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            if "ready" in line and not child.ready.is_set():
+            if not child.ready.is_set() and line.startswith(child.spec.ready_line):
                 log.info("%s is up (pid %d)", child.spec.name, proc.pid)
                 child.failed_starts = 0
                 child.ready.set()

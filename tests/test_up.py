@@ -15,7 +15,7 @@ import pytest
 import sdk
 from schemas.endpoints import Endpoints
 from sdk.sessions import SessionClient
-from tests.conftest import REPO
+from tests.conftest import REPO, start_part
 from tests.helpers import wait_for
 
 
@@ -238,6 +238,39 @@ def test_up_on_ipc_after_up_on_tcp_forgets_the_tcp_ports(home: Path) -> None:
         assert "did not subscribe" not in second.output
     finally:
         second.kill()
+
+
+def test_up_gives_up_when_a_port_is_taken(home: Path) -> None:
+    """The session service's port is held by another process: its error says "Address already in
+    use", which contains "ready"; it must not pass for the part's ready line."""
+    base = free_port_base()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base + 3))  # the sessions port
+        taken.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "broker", "up", "--home", str(home), "--tcp", f"127.0.0.1:{base}"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "ready" not in done.stdout
+    assert "session-service is up" not in done.stderr
+    assert "session-service could not start" in done.stderr and "3 times" in done.stderr, done.stderr
+    assert f"cannot bind tcp://127.0.0.1:{base + 3}: Address already in use" in done.stderr
+
+
+def test_up_gives_up_when_a_part_already_runs_in_the_home(home: Path, xprocess) -> None:
+    """A session service left running in the home (its lock taken) is reported, not taken for ready."""
+    other = start_part(xprocess, home, "session-service")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "broker", "up", "--home", str(home)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert "ready" not in done.stdout
+        assert f"a session service is already running in {home} (pid {other.pid})" in done.stderr, done.stderr
+    finally:
+        other.stop()
 
 
 def test_second_up_in_the_same_home_refuses(home: Path, up: Up) -> None:
