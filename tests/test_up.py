@@ -258,6 +258,24 @@ def test_up_gives_up_when_a_port_is_taken(home: Path) -> None:
     assert f"cannot bind tcp://127.0.0.1:{base + 3}: Address already in use" in done.stderr
 
 
+def test_up_gives_up_when_the_broker_port_is_taken_and_stops_the_waiting_log(home: Path) -> None:
+    """The broker cannot bind, so the event log is still waiting for it when up gives up: the log
+    must stop on up's SIGTERM at once, not be killed after up's stop timeout."""
+    base = free_port_base()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base))  # the publish port
+        taken.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "broker", "up", "--home", str(home), "--tcp", f"127.0.0.1:{base}"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"broker could not start (exited with status 1, 3 times): pryxbus: broker cannot bind" in done.stderr
+    assert "did not stop" not in done.stderr, done.stderr
+    assert "[event-log] pryxbus event-log stopped" in done.stderr, done.stderr
+    assert not list(home.glob("*.sock"))
+
+
 def test_up_gives_up_when_a_part_already_runs_in_the_home(home: Path, xprocess) -> None:
     """A session service left running in the home (its lock taken) is reported, not taken for ready."""
     other = start_part(xprocess, home, "session-service")
