@@ -54,8 +54,12 @@ def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
 
     SIGHUP is what a closed terminal or ssh session sends: by default it kills the process on the
     spot (``up`` without stopping its children in order, a part without removing its socket files).
+    A SIGHUP ignored from the start stays ignored: that is how ``nohup`` keeps a process running.
     """
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    signals = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        signals.append(signal.SIGHUP)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
 
     def handler(signum: int, frame: object) -> None:
         stop()

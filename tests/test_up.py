@@ -34,13 +34,14 @@ def alive(pid: int) -> bool:
 class Up:
     """``pryxbus up`` as a child of the test, its output collected by a reader thread."""
 
-    def __init__(self, home: Path, *args: str, cwd: Path | None = None) -> None:
+    def __init__(self, home: Path, *args: str, cwd: Path | None = None, preexec_fn=None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-u", "-m", "broker", "up", "--home", str(home), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             cwd=cwd,
+            preexec_fn=preexec_fn,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         self.lines: list[str] = []
@@ -152,6 +153,25 @@ def test_sighup_stops_up_cleanly_and_in_order(home: Path, up: Up) -> None:
     assert order == sorted(order), output
     assert not any(map(alive, children))
     assert not list(home.glob("*.sock"))
+
+
+def ignores(pid: int, sig: int) -> bool:
+    """Whether the process ignores ``sig`` (/proc/PID/status SigIgn)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(next(x for x in status.splitlines() if x.startswith("SigIgn:")).split()[1], 16)
+    return bool(mask & (1 << (sig - 1)))
+
+
+def test_under_nohup_sighup_stays_ignored(home: Path) -> None:
+    """``nohup pryxbus up &`` must outlive the terminal: a SIGHUP ignored from the start is not
+    turned into a stop."""
+    up = Up(home, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        up.wait_ready()
+        assert ignores(up.proc.pid, signal.SIGHUP)
+        assert up.stop() == 0
+    finally:
+        up.kill()
 
 
 def test_after_a_broker_crash_the_log_misses_nothing_a_subscriber_gets(home: Path, up: Up) -> None:
