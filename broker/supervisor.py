@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.logs import json_line
+from broker.process import lock_holder
 from schemas.endpoints import Endpoints
 
 log = logging.getLogger("pryxbus.up")
@@ -35,6 +36,8 @@ class ChildSpec:
     command: str
     extra: tuple[str, ...] = ()
     takes_tcp: bool = True
+    lock: str = ""
+    """The lock file the part holds in its home (``broker.lock``), if any."""
 
     @property
     def ready_line(self) -> str:
@@ -48,9 +51,9 @@ AWAIT_LOG = 3.0
 after a broker crash, subscribers that reconnect sooner than the log would get events it misses."""
 
 CHILDREN: tuple[ChildSpec, ...] = (
-    ChildSpec("broker", "broker", extra=("--await-log", f"{AWAIT_LOG:g}")),
-    ChildSpec("event-log", "event-log"),  # after the broker: it subscribes there
-    ChildSpec("session-service", "session-service"),
+    ChildSpec("broker", "broker", extra=("--await-log", f"{AWAIT_LOG:g}"), lock="broker.lock"),
+    ChildSpec("event-log", "event-log", lock="event-log.lock"),  # after the broker: it subscribes there
+    ChildSpec("session-service", "session-service", lock="sessions.lock"),
 )
 """Started in this order, stopped in reverse: the session service stops first, so the events it
 publishes as it stops are still stamped and logged; the broker takes none once the log is gone."""
@@ -59,6 +62,10 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 STABLE_AFTER = 30.0
 """A child up this long is healthy again: its next restart starts from BACKOFF_FIRST."""
+LOCK_WAIT = 10.0
+"""Seconds ``up`` waits at start for a part left by an earlier ``up`` (killed with -9: its children
+got SIGTERM and may still be stopping, say an event log writing its last batch) to release the
+part's lock, before it starts its own (which then reports the one still running)."""
 START_ATTEMPTS = 3
 """Times a child may exit before it was ever ready, while the stack starts, before ``up`` gives up
 (a part that cannot start, e.g. on a file that is not a database, will not start on a retry)."""
@@ -103,6 +110,7 @@ class Supervisor:
         tcp: str | None = None,
         children: tuple[ChildSpec, ...] = CHILDREN,
         stop_timeout: float = 10.0,
+        lock_wait: float = LOCK_WAIT,
         child_args: dict[str, tuple[str, ...]] | None = None,
         log_format: str = "human",
     ) -> None:
@@ -113,6 +121,7 @@ class Supervisor:
         self.log_format = log_format
         self.endpoints = Endpoints.parse_tcp(tcp) if tcp else Endpoints.ipc(home)
         self.stop_timeout = stop_timeout
+        self.lock_wait = lock_wait
         self.children = [Child(spec, self._argv(spec)) for spec in children]
         self._stopping = threading.Event()
 
@@ -203,6 +212,21 @@ class Supervisor:
             proc.kill()
             proc.wait()
 
+    def _await_locks(self) -> None:
+        """Wait (at most lock_wait seconds, or until ``stop()``) until no earlier process holds the
+        lock of a part we are about to start."""
+        deadline = time.monotonic() + self.lock_wait
+        told: set[str] = set()
+        for child in self.children:
+            if not child.spec.lock:
+                continue
+            while (pid := lock_holder(self.home / child.spec.lock)) is not None:
+                if child.spec.name not in told:
+                    told.add(child.spec.name)
+                    log.warning("waiting for the %s left running in %s (pid %s) to stop", child.spec.name, self.home, pid)
+                if time.monotonic() >= deadline or self._stopping.wait(0.05):
+                    return
+
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, on_ready: Callable[[], None] | None = None, tick: float = 0.1) -> None:
@@ -213,7 +237,10 @@ class Supervisor:
         """
         announced = False
         try:
+            self._await_locks()
             for child in self.children:
+                if self._stopping.is_set():
+                    return
                 self._spawn(child)
             while not self._stopping.wait(tick):
                 for child in self.children:

@@ -16,7 +16,7 @@ import sdk
 from schemas.endpoints import Endpoints
 from sdk.sessions import SessionClient
 from tests.conftest import REPO, start_part
-from tests.helpers import wait_for
+from tests.helpers import python_process, wait_for
 
 
 def pid_of(home: Path, part: str) -> int:
@@ -309,6 +309,36 @@ def test_up_gives_up_when_a_part_already_runs_in_the_home(home: Path, xprocess) 
         assert f"a session service is already running in {home} (pid {other.pid})" in done.stderr, done.stderr
     finally:
         other.stop()
+
+
+HOLD_LOCK = """
+import signal, sys
+from pathlib import Path
+from broker.process import home_lock
+with home_lock(Path(sys.argv[1]), "event-log"):
+    print("locked", flush=True)
+    signal.pause()  # until SIGTERM ends it
+"""
+
+
+def test_up_waits_for_a_part_an_earlier_up_left_stopping(home: Path) -> None:
+    """After a kill -9 of up its children get SIGTERM, but one may take a while to stop (an event
+    log writing its backlog): a new up waits for its lock instead of failing three quick starts."""
+    old = python_process(HOLD_LOCK, str(home))  # stands for the old event log, still stopping
+    try:
+        assert old.stdout is not None and old.stdout.readline() == "locked\n"
+        up = Up(home)
+        try:
+            up.wait_line(f"waiting for the event-log left running in {home} (pid {old.pid}) to stop")
+            old.send_signal(signal.SIGTERM)
+            up.wait_ready()
+            assert "exited with status" not in up.output, up.output
+            assert up.stop() == 0
+        finally:
+            up.kill()
+    finally:
+        old.kill()
+        old.wait(10)
 
 
 def test_second_up_in_the_same_home_refuses(home: Path, up: Up) -> None:
