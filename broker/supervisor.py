@@ -38,6 +38,9 @@ class ChildSpec:
     takes_tcp: bool = True
     lock: str = ""
     """The lock file the part holds in its home (``broker.lock``), if any."""
+    sockets: tuple[str, ...] = ()
+    """The endpoints it binds (fields of :class:`Endpoints`): their ipc files are removed after a
+    stop, if this part ever was up under this supervisor (and not another process's part)."""
 
     @property
     def ready_line(self) -> str:
@@ -51,9 +54,13 @@ AWAIT_LOG = 3.0
 after a broker crash, subscribers that reconnect sooner than the log would get events it misses."""
 
 CHILDREN: tuple[ChildSpec, ...] = (
-    ChildSpec("broker", "broker", extra=("--await-log", f"{AWAIT_LOG:g}"), lock="broker.lock"),
-    ChildSpec("event-log", "event-log", lock="event-log.lock"),  # after the broker: it subscribes there
-    ChildSpec("session-service", "session-service", lock="sessions.lock"),
+    ChildSpec(
+        "broker", "broker", extra=("--await-log", f"{AWAIT_LOG:g}"), lock="broker.lock",
+        sockets=("publish", "subscribe", "control", "log_feed"),
+    ),
+    # after the broker: it subscribes there
+    ChildSpec("event-log", "event-log", lock="event-log.lock", sockets=("log",)),
+    ChildSpec("session-service", "session-service", lock="sessions.lock", sockets=("sessions",)),
 )
 """Started in this order, stopped in reverse: the session service stops first, so the events it
 publishes as it stops are still stamped and logged; the broker takes none once the log is gone."""
@@ -87,6 +94,8 @@ class Child:
     restart_at: float | None = None
     failed_starts: int = 0
     """Exits in a row without having been ready."""
+    was_up: bool = False
+    """It was ready at least once: it bound its sockets (so they are ours to clean up)."""
     last_line: str = ""
     """The child's last line of output (its error, when it could not start)."""
 
@@ -160,6 +169,7 @@ class Supervisor:
             if not child.ready.is_set() and line.startswith(child.spec.ready_line):
                 log.info("%s is up (pid %d)", child.spec.name, proc.pid)
                 child.failed_starts = 0
+                child.was_up = True
                 child.ready.set()
                 continue
             child.last_line = line.strip() or child.last_line
@@ -223,7 +233,9 @@ class Supervisor:
             while (pid := lock_holder(self.home / child.spec.lock)) is not None:
                 if child.spec.name not in told:
                     told.add(child.spec.name)
-                    log.warning("waiting for the %s left running in %s (pid %s) to stop", child.spec.name, self.home, pid)
+                    log.warning(
+                        "waiting for the %s left running in %s (pid %s) to stop", child.spec.name, self.home, pid
+                    )
                 if time.monotonic() >= deadline or self._stopping.wait(0.05):
                     return
 
@@ -252,5 +264,10 @@ class Supervisor:
         finally:
             for child in reversed(self.children):
                 self._terminate(child)
-            for path in self.endpoints.ipc_paths():  # a child killed -9 leaves its socket file
-                path.unlink(missing_ok=True)
+            for child in self.children:  # a child killed -9 leaves its socket files
+                if not child.was_up:  # not those of a part another process runs in this home
+                    continue
+                for name in child.spec.sockets:
+                    endpoint = getattr(self.endpoints, name)
+                    if endpoint.startswith("ipc://"):
+                        Path(endpoint[len("ipc://"):]).unlink(missing_ok=True)

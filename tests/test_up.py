@@ -311,6 +311,25 @@ def test_up_gives_up_when_a_part_already_runs_in_the_home(home: Path, xprocess) 
         other.stop()
 
 
+def test_an_up_that_fails_leaves_the_sockets_of_a_part_it_did_not_start(home: Path, xprocess) -> None:
+    """A broker already runs alone in the home: up cannot start its own, and must not unlink the
+    running broker's socket files on its way out (the broker would be unreachable)."""
+    other = start_part(xprocess, home, "broker")
+    try:
+        sockets = sorted(p.name for p in home.glob("*.sock"))
+        done = subprocess.run(
+            [sys.executable, "-m", "broker", "up", "--home", str(home)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert f"a broker is already running in {home} (pid {other.pid})" in done.stderr
+        assert sorted(p.name for p in home.glob("*.sock")) == sockets
+        with sdk.connect(home, name="t", timeout=5) as bus:
+            assert bus.stats()["version"] == 0
+    finally:
+        other.stop()
+
+
 HOLD_LOCK = """
 import signal, sys
 from pathlib import Path
