@@ -2,9 +2,9 @@
 ones that die (with backoff), and stops them all, in reverse order, on SIGINT/SIGTERM/SIGHUP.
 
 The parts are a table (:data:`CHILDREN`): add a row to run another part. A child is *up* once it
-prints its own ready line (``pryxbus COMMAND ready ...``) on stdout; the supervisor swallows those lines (so that
-its own ``ready`` line, printed once every child is up, is the only one) and relays every other
-line of the child to its stderr, prefixed with the child's name.
+prints its own ready line (``pryxbus COMMAND ready ...``) on stdout; the supervisor swallows those
+lines (so that its own ``ready`` line, printed once every child is up, is the only one) and relays
+every other line of the child to its stderr, prefixed with the child's name.
 """
 
 from __future__ import annotations
