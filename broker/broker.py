@@ -138,6 +138,9 @@ class Broker:
         self.lifecycle_events = 0
         self.started = time.time()
         self._running = False
+        self._stop_requested = False
+        """stop() was called: a run() that starts afterwards returns at once (a SIGTERM that
+        arrived before the loop is not forgotten)."""
         self._reservation = Reservation(config.home) if config.home is not None else None
         self._reserved = 1 << 63 if self._reservation is None else self._reservation.mark
         self._reserve_retry_at: float | None = None
@@ -226,7 +229,9 @@ class Broker:
         self.close()
 
     def stop(self) -> None:
-        """Ask ``run()`` to return at its next turn (safe from a signal handler)."""
+        """Ask ``run()`` to return at its next turn, or at once if it has not started (safe from a
+        signal handler)."""
+        self._stop_requested = True
         self._running = False
 
     def close(self) -> None:
@@ -252,7 +257,7 @@ class Broker:
 
     def run(self, poll_interval: float = 0.1) -> None:
         """Forward and stamp until ``stop()``."""
-        self._running = True
+        self._running = not self._stop_requested
         self._emit("bus:started", {"pid": os.getpid(), "first_version": self.config.first_version})
         poller = self._poller = zmq.Poller()
         for sock in (self.xpub, self.control, self.in_monitor, self.out_monitor):

@@ -48,10 +48,35 @@ def path_lock(path: Path, taken: str) -> Iterator[None]:
         os.close(fd)
 
 
+def lock_holder(path: Path) -> str | None:
+    """The pid (as written in it) of the process holding the lock at ``path``, or None if nobody
+    holds it. Takes the lock for an instant when it is free; never creates the file."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        return None
+    finally:
+        os.close(fd)  # releases the lock if we took it
+
+
 @contextmanager
 def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """Call ``stop()`` on SIGINT or SIGTERM for the duration of the block."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """Call ``stop()`` on SIGINT, SIGTERM or SIGHUP for the duration of the block.
+
+    SIGHUP is what a closed terminal or ssh session sends: by default it kills the process on the
+    spot (``up`` without stopping its children in order, a part without removing its socket files).
+    A SIGHUP ignored from the start stays ignored: that is how ``nohup`` keeps a process running.
+    """
+    signals = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        signals.append(signal.SIGHUP)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
 
     def handler(signum: int, frame: object) -> None:
         stop()

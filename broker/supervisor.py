@@ -1,10 +1,10 @@
 """The supervisor behind ``pryxbus up``: runs every part of a stack as a child process, restarts the
-ones that die (with backoff), and stops them all, in reverse order, on SIGINT/SIGTERM.
+ones that die (with backoff), and stops them all, in reverse order, on SIGINT/SIGTERM/SIGHUP.
 
 The parts are a table (:data:`CHILDREN`): add a row to run another part. A child is *up* once it
-prints its own line containing ``ready`` on stdout; the supervisor swallows those lines (so that
-its own ``ready`` line, printed once every child is up, is the only one) and relays every other
-line of the child to its stderr, prefixed with the child's name.
+prints its own ready line (``pryxbus COMMAND ready ...``) on stdout; the supervisor swallows those
+lines (so that its own ``ready`` line, printed once every child is up, is the only one) and relays
+every other line of the child to its stderr, prefixed with the child's name.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.logs import json_line
+from broker.process import lock_holder
 from schemas.endpoints import Endpoints
 
 log = logging.getLogger("pryxbus.up")
@@ -35,6 +36,17 @@ class ChildSpec:
     command: str
     extra: tuple[str, ...] = ()
     takes_tcp: bool = True
+    lock: str = ""
+    """The lock file the part holds in its home (``broker.lock``), if any."""
+    sockets: tuple[str, ...] = ()
+    """The endpoints it binds (fields of :class:`Endpoints`): their ipc files are removed after a
+    stop, if this part ever was up under this supervisor (and not another process's part)."""
+
+    @property
+    def ready_line(self) -> str:
+        """How the part's ready line starts. Only that counts: its errors may contain "ready" too
+        ("Address already in use", "... is already running")."""
+        return f"pryxbus {self.command} ready"
 
 
 AWAIT_LOG = 3.0
@@ -42,9 +54,13 @@ AWAIT_LOG = 3.0
 after a broker crash, subscribers that reconnect sooner than the log would get events it misses."""
 
 CHILDREN: tuple[ChildSpec, ...] = (
-    ChildSpec("broker", "broker", extra=("--await-log", f"{AWAIT_LOG:g}")),
-    ChildSpec("event-log", "event-log"),  # after the broker: it subscribes there
-    ChildSpec("session-service", "session-service"),
+    ChildSpec(
+        "broker", "broker", extra=("--await-log", f"{AWAIT_LOG:g}"), lock="broker.lock",
+        sockets=("publish", "subscribe", "control", "log_feed"),
+    ),
+    # after the broker: it subscribes there
+    ChildSpec("event-log", "event-log", lock="event-log.lock", sockets=("log",)),
+    ChildSpec("session-service", "session-service", lock="sessions.lock", sockets=("sessions",)),
 )
 """Started in this order, stopped in reverse: the session service stops first, so the events it
 publishes as it stops are still stamped and logged; the broker takes none once the log is gone."""
@@ -53,6 +69,10 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 STABLE_AFTER = 30.0
 """A child up this long is healthy again: its next restart starts from BACKOFF_FIRST."""
+LOCK_WAIT = 10.0
+"""Seconds ``up`` waits at start for a part left by an earlier ``up`` (killed with -9: its children
+got SIGTERM and may still be stopping, say an event log writing its last batch) to release the
+part's lock, before it starts its own (which then reports the one still running)."""
 START_ATTEMPTS = 3
 """Times a child may exit before it was ever ready, while the stack starts, before ``up`` gives up
 (a part that cannot start, e.g. on a file that is not a database, will not start on a retry)."""
@@ -74,6 +94,8 @@ class Child:
     restart_at: float | None = None
     failed_starts: int = 0
     """Exits in a row without having been ready."""
+    was_up: bool = False
+    """It was ready at least once: it bound its sockets (so they are ours to clean up)."""
     last_line: str = ""
     """The child's last line of output (its error, when it could not start)."""
 
@@ -97,6 +119,7 @@ class Supervisor:
         tcp: str | None = None,
         children: tuple[ChildSpec, ...] = CHILDREN,
         stop_timeout: float = 10.0,
+        lock_wait: float = LOCK_WAIT,
         child_args: dict[str, tuple[str, ...]] | None = None,
         log_format: str = "human",
     ) -> None:
@@ -107,6 +130,7 @@ class Supervisor:
         self.log_format = log_format
         self.endpoints = Endpoints.parse_tcp(tcp) if tcp else Endpoints.ipc(home)
         self.stop_timeout = stop_timeout
+        self.lock_wait = lock_wait
         self.children = [Child(spec, self._argv(spec)) for spec in children]
         self._stopping = threading.Event()
 
@@ -142,9 +166,10 @@ class Supervisor:
     def _relay(self, child: Child, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            if "ready" in line and not child.ready.is_set():
+            if not child.ready.is_set() and line.startswith(child.spec.ready_line):
                 log.info("%s is up (pid %d)", child.spec.name, proc.pid)
                 child.failed_starts = 0
+                child.was_up = True
                 child.ready.set()
                 continue
             child.last_line = line.strip() or child.last_line
@@ -197,6 +222,23 @@ class Supervisor:
             proc.kill()
             proc.wait()
 
+    def _await_locks(self) -> None:
+        """Wait (at most lock_wait seconds, or until ``stop()``) until no earlier process holds the
+        lock of a part we are about to start."""
+        deadline = time.monotonic() + self.lock_wait
+        told: set[str] = set()
+        for child in self.children:
+            if not child.spec.lock:
+                continue
+            while (pid := lock_holder(self.home / child.spec.lock)) is not None:
+                if child.spec.name not in told:
+                    told.add(child.spec.name)
+                    log.warning(
+                        "waiting for the %s left running in %s (pid %s) to stop", child.spec.name, self.home, pid
+                    )
+                if time.monotonic() >= deadline or self._stopping.wait(0.05):
+                    return
+
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, on_ready: Callable[[], None] | None = None, tick: float = 0.1) -> None:
@@ -207,7 +249,10 @@ class Supervisor:
         """
         announced = False
         try:
+            self._await_locks()
             for child in self.children:
+                if self._stopping.is_set():
+                    return
                 self._spawn(child)
             while not self._stopping.wait(tick):
                 for child in self.children:
@@ -219,5 +264,10 @@ class Supervisor:
         finally:
             for child in reversed(self.children):
                 self._terminate(child)
-            for path in self.endpoints.ipc_paths():  # a child killed -9 leaves its socket file
-                path.unlink(missing_ok=True)
+            for child in self.children:  # a child killed -9 leaves its socket files
+                if not child.was_up:  # not those of a part another process runs in this home
+                    continue
+                for name in child.spec.sockets:
+                    endpoint = getattr(self.endpoints, name)
+                    if endpoint.startswith("ipc://"):
+                        Path(endpoint[len("ipc://"):]).unlink(missing_ok=True)

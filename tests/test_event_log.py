@@ -4,6 +4,7 @@ and the version carried across broker restarts (kill -9 included)."""
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -55,6 +56,34 @@ def test_event_log_nice_must_be_0_to_19(home: Path) -> None:
     )
     assert out.returncode == 2
     assert "--nice: must be a whole number from 0 to 19, not '-5'" in out.stderr
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether the process has a handler installed for ``sig`` (/proc/PID/status SigCgt)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(next(x for x in status.splitlines() if x.startswith("SigCgt:")).split()[1], 16)
+    return bool(mask & (1 << (sig - 1)))
+
+
+def test_an_event_log_waiting_for_its_broker_stops_on_sigterm(home: Path) -> None:
+    """No broker yet: the log waits for one (--wait, 30 s), and a SIGTERM (or Ctrl-C) in that time
+    stops it at once instead of being ignored until the wait ends."""
+    log = subprocess.Popen(
+        [sys.executable, "-m", "broker", "event-log", "--home", str(home), "--wait", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    try:
+        wait_for(lambda: log.poll() is None and catches(log.pid, signal.SIGTERM), bool, timeout=20,
+                 what="the event log's SIGTERM handler")
+        log.send_signal(signal.SIGTERM)
+        out, err = log.communicate(timeout=10)
+        assert log.returncode == 0, err
+        assert "pryxbus event-log stopped before the broker answered" in out
+        assert "ready" not in out
+    finally:
+        if log.poll() is None:
+            log.kill()
+            log.wait()
 
 
 def test_a_broker_awaiting_the_log_takes_events_once_it_subscribes(start) -> None:

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ import pytest
 import sdk
 from schemas.endpoints import Endpoints
 from sdk.sessions import SessionClient
-from tests.conftest import REPO
-from tests.helpers import wait_for
+from tests.conftest import REPO, start_part
+from tests.helpers import python_process, wait_for
 
 
 def pid_of(home: Path, part: str) -> int:
@@ -31,30 +32,58 @@ def alive(pid: int) -> bool:
 
 
 class Up:
-    """``pryxbus up`` as a child of the test, its output collected."""
+    """``pryxbus up`` as a child of the test, its output collected by a reader thread."""
 
-    def __init__(self, home: Path, *args: str) -> None:
+    def __init__(self, home: Path, *args: str, cwd: Path | None = None, preexec_fn=None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-u", "-m", "broker", "up", "--home", str(home), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            cwd=cwd,
+            preexec_fn=preexec_fn,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._eof = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def wait_ready(self) -> str:
+    def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:  # ends (and fails below) if up exits first
-            self.lines.append(line)
-            if "ready" in line:
-                return line
-        raise AssertionError("pryxbus up exited before it was ready:\n" + "".join(self.lines))
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
 
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=30)
-        self.lines.append(out)
+    def wait_line(self, text: str, timeout: float = 30.0) -> str:
+        """The first output line containing ``text``; fails if up exits or ``timeout`` passes first."""
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: any(text in x for x in self.lines) or self._eof, timeout=timeout
+            )
+            hit = next((x for x in self.lines if text in x), None)
+            if hit is not None:
+                return hit
+            why = "exited" if found else f"printed nothing with {text!r} within {timeout:g}s"
+            raise AssertionError(f"pryxbus up {why}:\n" + "".join(self.lines))
+
+    def wait_ready(self, timeout: float = 30.0) -> str:
+        return self.wait_line("ready", timeout)
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout)
+        self._reader.join(timeout)
         return self.proc.returncode
 
     def kill(self) -> None:
@@ -84,7 +113,7 @@ def test_up_serves_events_and_sessions_and_stops_cleanly(home: Path, up: Up) -> 
     children = [pid_of(home, "broker"), pid_of(home, "sessions")]
     assert all(map(alive, children))
     assert up.stop() == 0
-    output = "".join(up.lines)
+    output = up.output
     assert sum("ready" in x for x in output.splitlines()) == 1, output
     assert not any(map(alive, children))
     assert sorted(p.name for p in home.glob("*.sock")) == []
@@ -107,9 +136,42 @@ def test_up_restarts_a_killed_part(home: Path, up: Up) -> None:
         bus.publish("trace:event", {"name": "after restart"})
         assert sub.recv(timeout=5).payload == {"name": "after restart"}
     assert up.stop() == 0
-    output = "".join(up.lines)
+    output = up.output
     assert "session-service (pid %d) exited with status -9; restarting" % old in output
     assert "broker (pid %d) exited with status -9; restarting" % old_broker in output
+
+
+def test_sighup_stops_up_cleanly_and_in_order(home: Path, up: Up) -> None:
+    """Closing the terminal (or an ssh session) sends SIGHUP: up stops its children in order, as on
+    SIGTERM, instead of dying at once and leaving them to stop all together on its death."""
+    up.wait_ready()
+    children = [pid_of(home, "broker"), pid_of(home, "event-log"), pid_of(home, "sessions")]
+    assert up.stop(signal.SIGHUP) == 0
+    output = up.output
+    assert "pryxbus up stopped" in output, output
+    order = [output.index(f"[{name}] pryxbus {name} stopped") for name in ("session-service", "event-log", "broker")]
+    assert order == sorted(order), output
+    assert not any(map(alive, children))
+    assert not list(home.glob("*.sock"))
+
+
+def ignores(pid: int, sig: int) -> bool:
+    """Whether the process ignores ``sig`` (/proc/PID/status SigIgn)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(next(x for x in status.splitlines() if x.startswith("SigIgn:")).split()[1], 16)
+    return bool(mask & (1 << (sig - 1)))
+
+
+def test_under_nohup_sighup_stays_ignored(home: Path) -> None:
+    """``nohup pryxbus up &`` must outlive the terminal: a SIGHUP ignored from the start is not
+    turned into a stop."""
+    up = Up(home, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        up.wait_ready()
+        assert ignores(up.proc.pid, signal.SIGHUP)
+        assert up.stop() == 0
+    finally:
+        up.kill()
 
 
 def test_after_a_broker_crash_the_log_misses_nothing_a_subscriber_gets(home: Path, up: Up) -> None:
@@ -134,7 +196,7 @@ def test_after_a_broker_crash_the_log_misses_nothing_a_subscriber_gets(home: Pat
             what="the log holding the last event",
         )
     assert {e.version for e in got} - set(logged) == set()
-    assert "the event log subscribed; taking events" in "".join(up.lines)
+    assert "the event log subscribed; taking events" in up.output
 
 
 def free_port_base() -> int:
@@ -172,6 +234,130 @@ def test_up_on_tcp_writes_endpoints_for_the_home(home: Path) -> None:
         assert up.stop() == 0
     finally:
         up.kill()
+
+
+def test_up_on_ipc_after_up_on_tcp_forgets_the_tcp_ports(home: Path) -> None:
+    """A home that ran ``up --tcp`` keeps its endpoints.json; a later ``up`` on ipc sockets must not
+    leave it there: the event log (and every client given the home) would go to the old tcp ports."""
+    base = free_port_base()
+    first = Up(home, "--tcp", f"127.0.0.1:{base}")
+    try:
+        first.wait_ready()
+        assert first.stop() == 0
+    finally:
+        first.kill()
+    second = Up(home)
+    try:
+        second.wait_ready(timeout=20)
+        assert Endpoints.for_home(home) == Endpoints.ipc(home)
+        with sdk.connect(home, name="t", timeout=5) as bus:
+            bus.publish("trace:event", {"name": "on ipc"})
+            logged = wait_for(lambda: list(bus.replay("trace:*")), bool, timeout=10, what="the event logged")
+        assert [e.payload for e in logged] == [{"name": "on ipc"}]
+        assert second.stop() == 0
+        assert "did not subscribe" not in second.output
+    finally:
+        second.kill()
+
+
+def test_up_gives_up_when_a_port_is_taken(home: Path) -> None:
+    """The session service's port is held by another process: its error says "Address already in
+    use", which contains "ready"; it must not pass for the part's ready line."""
+    base = free_port_base()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base + 3))  # the sessions port
+        taken.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "broker", "up", "--home", str(home), "--tcp", f"127.0.0.1:{base}"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "ready" not in done.stdout
+    assert "session-service is up" not in done.stderr
+    assert "session-service could not start" in done.stderr and "3 times" in done.stderr, done.stderr
+    assert f"cannot bind tcp://127.0.0.1:{base + 3}: Address already in use" in done.stderr
+
+
+def test_up_gives_up_when_the_broker_port_is_taken_and_stops_the_waiting_log(home: Path) -> None:
+    """The broker cannot bind, so the event log is still waiting for it when up gives up: the log
+    must stop on up's SIGTERM at once, not be killed after up's stop timeout."""
+    base = free_port_base()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base))  # the publish port
+        taken.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "broker", "up", "--home", str(home), "--tcp", f"127.0.0.1:{base}"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"broker could not start (exited with status 1, 3 times): pryxbus: broker cannot bind" in done.stderr
+    assert "did not stop" not in done.stderr, done.stderr
+    assert "[event-log] pryxbus event-log stopped" in done.stderr, done.stderr
+    assert not list(home.glob("*.sock"))
+
+
+def test_up_gives_up_when_a_part_already_runs_in_the_home(home: Path, xprocess) -> None:
+    """A session service left running in the home (its lock taken) is reported, not taken for ready."""
+    other = start_part(xprocess, home, "session-service")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "broker", "up", "--home", str(home)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert "ready" not in done.stdout
+        assert f"a session service is already running in {home} (pid {other.pid})" in done.stderr, done.stderr
+    finally:
+        other.stop()
+
+
+def test_an_up_that_fails_leaves_the_sockets_of_a_part_it_did_not_start(home: Path, xprocess) -> None:
+    """A broker already runs alone in the home: up cannot start its own, and must not unlink the
+    running broker's socket files on its way out (the broker would be unreachable)."""
+    other = start_part(xprocess, home, "broker")
+    try:
+        sockets = sorted(p.name for p in home.glob("*.sock"))
+        done = subprocess.run(
+            [sys.executable, "-m", "broker", "up", "--home", str(home)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert f"a broker is already running in {home} (pid {other.pid})" in done.stderr
+        assert sorted(p.name for p in home.glob("*.sock")) == sockets
+        with sdk.connect(home, name="t", timeout=5) as bus:
+            assert bus.stats()["version"] == 0
+    finally:
+        other.stop()
+
+
+HOLD_LOCK = """
+import signal, sys
+from pathlib import Path
+from broker.process import home_lock
+with home_lock(Path(sys.argv[1]), "event-log"):
+    print("locked", flush=True)
+    signal.pause()  # until SIGTERM ends it
+"""
+
+
+def test_up_waits_for_a_part_an_earlier_up_left_stopping(home: Path) -> None:
+    """After a kill -9 of up its children get SIGTERM, but one may take a while to stop (an event
+    log writing its backlog): a new up waits for its lock instead of failing three quick starts."""
+    old = python_process(HOLD_LOCK, str(home))  # stands for the old event log, still stopping
+    try:
+        assert old.stdout is not None and old.stdout.readline() == "locked\n"
+        up = Up(home)
+        try:
+            up.wait_line(f"waiting for the event-log left running in {home} (pid {old.pid}) to stop")
+            old.send_signal(signal.SIGTERM)
+            up.wait_ready()
+            assert "exited with status" not in up.output, up.output
+            assert up.stop() == 0
+        finally:
+            up.kill()
+    finally:
+        old.kill()
+        old.wait(10)
 
 
 def test_second_up_in_the_same_home_refuses(home: Path, up: Up) -> None:

@@ -128,7 +128,9 @@ def run_event_log(args: argparse.Namespace) -> int:
                 return fail(f"cannot use {config.home / 'events.db'} as the event log: {e}")
             with service, stop_on_signals(service.stop):
                 try:
-                    service.await_broker(args.wait)
+                    if not service.await_broker(args.wait):  # stopped while waiting for the broker
+                        announce("pryxbus event-log stopped before the broker answered")
+                        return 0
                 except TimeoutError as e:
                     return fail(str(e))
                 announce(

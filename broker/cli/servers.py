@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "broker",
         help="run the broker alone (XSUB in, XPUB out, control)",
         description="Run the broker in the foreground. Prints a line containing 'ready' once it"
-        " accepts connections; stops cleanly on SIGINT/SIGTERM.",
+        " accepts connections; stops cleanly on SIGINT/SIGTERM/SIGHUP.",
     )
     add_home(p)
     add_tcp(p)

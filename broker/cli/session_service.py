@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "session-service",
         help="run the session service alone (sessions in SQLite over REQ/REP)",
         description="Run the session service in the foreground. Prints a line containing 'ready' once"
-        " it accepts requests; stops cleanly on SIGINT/SIGTERM. Publishes session:* events to the"
+        " it accepts requests; stops cleanly on SIGINT/SIGTERM/SIGHUP. Publishes session:* events to the"
         " broker of the same home (or --tcp ports) when one is running.",
     )
     add_home(p)

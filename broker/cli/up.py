@@ -11,7 +11,7 @@ from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
 from broker.supervisor import CHILDREN, StartFailed, Supervisor
-from schemas.endpoints import Endpoints
+from schemas.endpoints import ENDPOINTS_FILE, Endpoints
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"run the whole stack ({names}) in the foreground",
         description=f"Run every part of a stack ({names}) as child processes. Prints one line"
         " containing 'ready' once every part accepts connections, restarts a part that dies, and"
-        " stops them all cleanly on SIGINT/SIGTERM.",
+        " stops them all cleanly on SIGINT/SIGTERM/SIGHUP.",
     )
     add_home(p)
     add_tcp(p)
@@ -83,6 +83,8 @@ def _run_up(args: argparse.Namespace, home: Path, endpoints: Endpoints) -> int:
         with home_lock(home, "up"):
             if args.tcp:
                 endpoints.write(home)  # clients given only the home find the tcp ports here
+            else:  # an earlier `up --tcp` left its ports here: the event log and clients would use them
+                (home / ENDPOINTS_FILE).unlink(missing_ok=True)
             child_args = {spec.name: ("--log-format", args.log_format) for spec in CHILDREN}
             if args.lifecycle_events:
                 child_args["broker"] += ("--lifecycle-events",)

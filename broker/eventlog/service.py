@@ -96,6 +96,8 @@ class EventLog:
     def __init__(self, config: EventLogConfig) -> None:
         self.config = config
         self._running = False
+        self._stop_requested = False
+        """stop() was called: await_broker() gives up and a run() that starts afterwards returns."""
         self._pending: deque[list[bytes]] = deque()
         self._ctx = configure_context(zmq.Context())
         self.store: EventStore | None = None
@@ -124,12 +126,18 @@ class EventLog:
             {"events": config.retain_events, "seconds": config.retain_seconds},
         )
 
-    def await_broker(self, timeout: float) -> None:
-        """Block until the broker confirms our subscription. Raises TimeoutError."""
+    def await_broker(self, timeout: float) -> bool:
+        """Block until the broker confirms our subscription (True), or ``stop()`` is called (False).
+
+        Raises:
+            TimeoutError: the broker did not confirm it within ``timeout`` seconds.
+        """
         assert self.writer is not None
-        self.writer.await_live(timeout)
+        return self.writer.await_live(timeout, stopped=lambda: self._stop_requested)
 
     def stop(self) -> None:
+        """Ask ``run()`` (or ``await_broker()``) to return soon (safe from a signal handler)."""
+        self._stop_requested = True
         self._running = False
 
     def run(self, poll_interval: float = 0.1) -> None:
@@ -141,7 +149,7 @@ class EventLog:
         timeout_ms = int(poll_interval * 1000)
         next_trim = time.monotonic()
         retaining = self.config.retain_events is not None or self.config.retain_seconds is not None
-        self._running = True
+        self._running = not self._stop_requested
         reading = True
         while self._running:
             if reading != (writer.retry_at is None):  # a refused batch: read nothing until it is written

@@ -16,7 +16,7 @@ import sqlite3
 import struct
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
@@ -123,8 +123,10 @@ class LogWriter:
         self.sock.subscribe(b"")
         self.sock.subscribe(LOG_MARK)  # after everything: a broker with await_log waits for it
 
-    def await_live(self, timeout: float) -> None:
-        """Return once the broker has our subscription (it answers a sync topic sent after it).
+    def await_live(self, timeout: float, stopped: Callable[[], bool] = lambda: False) -> bool:
+        """Return True once the broker has our subscription (it answers a sync topic sent after it),
+        False as soon as ``stopped()`` (checked at least every 100 ms: a SIGTERM while the broker is
+        away must not wait out the whole timeout).
 
         Raises:
             TimeoutError: the broker did not answer in time.
@@ -134,11 +136,15 @@ class LogWriter:
         deadline = time.monotonic() + timeout
         try:
             while True:
+                if stopped():
+                    return False
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self.sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                if remaining <= 0:
                     raise TimeoutError(f"the broker did not confirm the log's subscription in {timeout:g}s")
+                if not self.sock.poll(min(int(remaining * 1000) + 1, 100), zmq.POLLIN):
+                    continue
                 if self.drain(stop_at=token):
-                    return
+                    return True
         finally:
             self.sock.unsubscribe(token)
 

@@ -133,6 +133,8 @@ class SessionService:
         self._storage_refused = 0
         """Writes refused in a row because the disk would not take them (logged once, not each)."""
         self._running = False
+        self._stop_requested = False
+        """stop() was called: a run() that starts afterwards returns at once."""
         self._replies: OrderedDict[str | bytes, bytes] = OrderedDict()
         self._gets: dict[str, bytes] = {}  # session id -> reply, since the last write turn
         self._pack = msgpack.Packer(use_bin_type=True).pack
@@ -184,7 +186,9 @@ class SessionService:
         self.close()
 
     def stop(self) -> None:
-        """Ask ``run()`` to return at its next turn (safe from a signal handler)."""
+        """Ask ``run()`` to return at its next turn, or at once if it has not started (safe from a
+        signal handler)."""
+        self._stop_requested = True
         self._running = False
 
     def close(self) -> None:
@@ -205,7 +209,7 @@ class SessionService:
 
     def run(self, poll_interval: float = 0.1) -> None:
         """Answer requests until ``stop()``."""
-        self._running = True
+        self._running = not self._stop_requested
         sock, events, spin = self.sock, self.events, self.config.spin
         # A blocking recv with a timeout costs less than a poll per request (no Poller object);
         # while session events are held, the timeout is when they are due.
