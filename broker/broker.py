@@ -151,7 +151,7 @@ class Broker:
             "health": self._op_ping,
             "stats": self._op_stats,
         }
-        self._ctx = configure_context(zmq.Context())
+        self._ctx = configure_context(zmq.Context(), config.endpoints)
         self._auth: Authenticator | None = None
         try:
             if config.curve is not None:  # before anything binds: fail closed

@@ -48,7 +48,7 @@ class Sampler:
     def __init__(self, endpoints: Endpoints, *, timeout: float = 0.5, curve: ClientKeys | None = None) -> None:
         self.endpoints = endpoints
         # With curve (a --curve stack): every request socket is a CURVE client (sdk/security.py).
-        self._ctx = secure_client_context(configure_context(zmq.Context()), curve)
+        self._ctx = secure_client_context(configure_context(zmq.Context(), endpoints), curve)
         where = {"broker": endpoints.control, "sessions": endpoints.sessions, "log": endpoints.log}
         self._clients = {
             part: Requester(self._ctx, endpoint, timeout=timeout, retries=0, what=part)

@@ -69,7 +69,14 @@ class Endpoints:
 
     @classmethod
     def tcp(cls, host: str, port: int) -> Endpoints:
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address, written as ZeroMQ endpoints (and URLs) need it
         return cls(**{name: f"tcp://{host}:{port + off}" for name, off in _TCP_OFFSETS.items()})
+
+    @property
+    def ipv6(self) -> bool:
+        """Whether these are tcp endpoints on an IPv6 address (ZeroMQ sockets need ``IPV6`` then)."""
+        return self.publish.startswith("tcp://[")
 
     @classmethod
     def parse_tcp(cls, spec: str) -> Endpoints:

@@ -87,7 +87,7 @@ class Bus:
         self.max_event_size = int(max_event_size or DEFAULT_MAX_EVENT_SIZE)
         """The broker's limit on an encoded event, asked again whenever a broker (re)subscribes."""
         self._asked_size = max_event_size is None
-        self._ctx = secure_client_context(configure_context(zmq.asyncio.Context()), self.curve)
+        self._ctx = secure_client_context(configure_context(zmq.asyncio.Context(), self.endpoints), self.curve)
         self._publisher: zmq.asyncio.Socket | None = None
         self._pub: zmq.asyncio.Socket | None = None
         """The publisher as publish sees it: None until it is open, and while a broker that

@@ -79,7 +79,7 @@ class Bus:
         self.publish_timeout = publish_timeout
         self.hwm = hwm
         self.validate = validate
-        self._ctx = secure_client_context(configure_context(zmq.Context()), self.curve)
+        self._ctx = secure_client_context(configure_context(zmq.Context(), self.endpoints), self.curve)
         self._lock = threading.Lock()
         self._pub: zmq.Socket | None = None
         self._watch_at = 0.0  # when publish next looks for the broker's (un)subscription

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import zmq
 
+from schemas.endpoints import Endpoints
+
 HEARTBEAT_IVL = 1.0
 """Seconds between two ZMTP PINGs on an otherwise quiet connection."""
 HEARTBEAT_TIMEOUT = 5.0
@@ -43,9 +45,16 @@ KEEPALIVE_CNT = 5
 """Unanswered probes, KEEPALIVE_INTVL seconds apart, after which the connection is dropped."""
 
 
-def configure_context(ctx: zmq.Context) -> zmq.Context:
-    """Set the shared options as defaults of ``ctx`` (before its sockets are created); returns it."""
+def configure_context(ctx: zmq.Context, endpoints: Endpoints | None = None) -> zmq.Context:
+    """Set the shared options as defaults of ``ctx`` (before its sockets are created); returns it.
+
+    With ``endpoints`` on an IPv6 address, its sockets get ``IPV6`` too. Not for every context:
+    with ``IPV6`` on, ZeroMQ resolves ``localhost`` to ``::1`` first, where a stack bound on
+    127.0.0.1 is not.
+    """
     ms = lambda seconds: int(seconds * 1000)  # noqa: E731
+    if endpoints is not None and endpoints.ipv6:
+        ctx.setsockopt(zmq.IPV6, 1)
     ctx.setsockopt(zmq.HEARTBEAT_IVL, ms(HEARTBEAT_IVL))
     ctx.setsockopt(zmq.HEARTBEAT_TIMEOUT, ms(HEARTBEAT_TIMEOUT))
     ctx.setsockopt(zmq.HEARTBEAT_TTL, ms(HEARTBEAT_TIMEOUT))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -199,19 +200,20 @@ def test_after_a_broker_crash_the_log_misses_nothing_a_subscriber_gets(home: Pat
     assert "the event log subscribed; taking events" in up.output
 
 
-def free_port_base() -> int:
+def free_port_base(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(50):
         socks = []
         try:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
+            with socket.socket(family) as probe:
+                probe.bind((host, 0))
                 base = probe.getsockname()[1]
             if base > 65000:
                 continue
             for off in range(6):  # publish .. log_feed
-                s = socket.socket()
+                s = socket.socket(family)
                 socks.append(s)
-                s.bind(("127.0.0.1", base + off))
+                s.bind((host, base + off))
             return base
         except OSError:
             continue
@@ -231,6 +233,30 @@ def test_up_on_tcp_writes_endpoints_for_the_home(home: Path) -> None:
             assert bus.sessions.ensure("tcp-1", "over tcp").title == "over tcp"
         with SessionClient.open(f"tcp://127.0.0.1:{base}") as direct:
             assert direct.get("tcp-1").title == "over tcp"
+        assert up.stop() == 0
+    finally:
+        up.kill()
+
+
+@pytest.mark.parametrize("spelling", ["[::1]", "::1"])
+def test_up_on_ipv6_loopback_serves_events_sessions_and_the_log(home: Path, spelling: str) -> None:
+    """ZeroMQ sockets take IPv6 addresses only with IPV6 set: every part and the SDK set it for them."""
+    base = free_port_base("::1")
+    up = Up(home, "--tcp", f"{spelling}:{base}")
+    try:
+        up.wait_ready()
+        assert Endpoints.for_home(home).publish == f"tcp://[::1]:{base}"
+        with sdk.connect(f"tcp://[::1]:{base}", name="v6", timeout=5) as bus, bus.subscribe("v6:*") as sub:
+            bus.publish("v6:hello", {"n": 1})
+            assert sub.recv(timeout=10).payload == {"n": 1}
+            assert bus.sessions.ensure("v6-1", "over IPv6").title == "over IPv6"
+            logged = wait_for(lambda: list(bus.replay("v6:*")), bool, timeout=10, what="the event logged")
+            assert [e.payload for e in logged] == [{"n": 1}]
+        done = subprocess.run(
+            [sys.executable, "-m", "broker", "stats", "--connect", f"tcp://[::1]:{base}"],
+            cwd=REPO, capture_output=True, text=True, timeout=30,
+        )
+        assert done.returncode == 0 and json.loads(done.stdout)["events_in"] >= 1, done.stderr
         assert up.stop() == 0
     finally:
         up.kill()

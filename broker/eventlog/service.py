@@ -99,7 +99,7 @@ class EventLog:
         self._stop_requested = False
         """stop() was called: await_broker() gives up and a run() that starts afterwards returns."""
         self._pending: deque[list[bytes]] = deque()
-        self._ctx = configure_context(zmq.Context())
+        self._ctx = configure_context(zmq.Context(), config.endpoints)
         self.store: EventStore | None = None
         self.writer: LogWriter | None = None
         self._auth: Authenticator | None = None

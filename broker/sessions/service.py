@@ -152,7 +152,7 @@ class SessionService:
         }
         self.store = SessionStore(config.db_path, busy_timeout=config.busy_timeout)
         self.events: SessionEvents | None = None
-        self._ctx = configure_context(zmq.Context())
+        self._ctx = configure_context(zmq.Context(), config.endpoints)
         self._auth: Authenticator | None = None
         try:
             if config.curve is not None:  # before the bind: fail closed
