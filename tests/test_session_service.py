@@ -578,3 +578,42 @@ def test_a_disk_that_refuses_writes_gets_a_clear_error_and_the_service_recovers(
     log = session_service.log
     assert "Traceback" not in log
     assert "the session database accepts writes again after 20 refused" in log
+
+
+def test_a_database_that_cannot_be_written_is_refused_at_start(home: Path) -> None:
+    """SQLite opens a file it may not write read-only, and the service used to start and then fail
+    every write as ``internal``; now it says at once what is wrong."""
+    from broker.sessions.store import SessionStore
+
+    db = home / "sessions.db"
+    SessionStore(db).close()
+    lock, unlock = (["chattr", "+i"], ["chattr", "-i"]) if os.geteuid() == 0 else (["chmod", "0444"], ["chmod", "0644"])
+    if subprocess.run([*lock, str(db)], capture_output=True).returncode != 0:
+        pytest.skip(f"{' '.join(lock)} is not available here (an immutable flag needs root on ext2/3/4)")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "broker", "session-service", "--home", str(home)],
+            cwd=REPO, capture_output=True, text=True, timeout=30,
+        )
+    finally:
+        subprocess.run([*unlock, str(db)], check=True)
+    assert done.returncode == 1, done.stderr
+    assert f"{db} cannot be written" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_database_turned_read_only_while_running_counts_as_storage() -> None:
+    """SQLITE_READONLY (a file system remounted read-only after an error) is a refused write, code
+    ``storage``, like a full disk: the real error, from a real read-only connection."""
+    import tempfile
+
+    from broker.sessions.service import _refused_by_disk
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "s.db"
+        sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
+        ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        with pytest.raises(sqlite3.OperationalError) as refused:
+            ro.execute("INSERT INTO t VALUES (1)")
+        ro.close()
+    assert refused.value.sqlite_errorname.startswith("SQLITE_READONLY")
+    assert _refused_by_disk(refused.value)

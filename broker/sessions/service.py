@@ -85,9 +85,10 @@ GET_CACHE = 4096
 
 
 def _refused_by_disk(e: sqlite3.OperationalError) -> bool:
-    """Whether SQLite failed because the disk would not take a write (full, or an I/O error)."""
+    """Whether SQLite failed because the disk would not take a write (full, an I/O error, or the
+    file or its file system turned read-only while the service ran)."""
     name = getattr(e, "sqlite_errorname", "")
-    return name.startswith(("SQLITE_FULL", "SQLITE_IOERR")) or "disk" in str(e).lower()
+    return name.startswith(("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY")) or "disk" in str(e).lower()
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,11 @@ class SessionStore:
         self._conn = conn
         self._transaction = _Transaction(conn)
         try:
+            if not os.access(self.path, os.W_OK):  # SQLite would open it read-only and fail each write
+                raise sqlite3.OperationalError(
+                    f"{self.path} cannot be written (its permissions, an immutable flag or a read-only"
+                    " mount): the session store must write it"
+                )
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL (journal_mode={mode})")
