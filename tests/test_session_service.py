@@ -304,7 +304,8 @@ def test_concurrent_ensure_from_processes_makes_one_row(client: SessionClient, h
 def test_kill_9_under_write_load_loses_no_acknowledged_session(start, home: Path) -> None:
     service = start("session-service")
     acked: list[list[str]] = [[] for _ in range(3)]
-    enough = threading.Event()
+    unanswered = [0] * 3  # creates that got no reply: each may or may not have been committed
+    enough, killed = threading.Event(), threading.Event()
 
     def writer(n: int) -> None:
         with SessionClient.open(home, timeout=1.0, retries=0) as c:
@@ -312,7 +313,10 @@ def test_kill_9_under_write_load_loses_no_acknowledged_session(start, home: Path
                 try:
                     s = c.create(f"load {n}")
                 except sdk.BusUnavailable:
-                    return
+                    unanswered[n] += 1
+                    if killed.is_set():
+                        return
+                    continue  # a service stalled for a second on a loaded machine, not yet killed
                 acked[n].append(s.id)
                 if sum(map(len, acked)) >= 300:
                     enough.set()
@@ -321,6 +325,7 @@ def test_kill_9_under_write_load_loses_no_acknowledged_session(start, home: Path
     for t in threads:
         t.start()
     assert enough.wait(30), f"only {sum(map(len, acked))} creates acknowledged"
+    killed.set()  # from here, a create without a reply is the kill's: its writer stops
     service.kill()
     for t in threads:
         t.join(10)
@@ -332,7 +337,9 @@ def test_kill_9_under_write_load_loses_no_acknowledged_session(start, home: Path
     all_acked = {sid for ids in acked for sid in ids}
     assert len(all_acked) == sum(map(len, acked))
     assert all_acked - stored == set()
-    assert len(stored - all_acked) <= 3  # at most the one in flight per writer
+    # at most the creates that got no reply: the one in flight per writer at the kill (and any that
+    # a stall before it left unanswered)
+    assert len(stored - all_acked) <= sum(unanswered)
     start("session-service")
     with SessionClient.open(home) as c:
         assert {s.id for s in c.iterate()} == stored
