@@ -100,26 +100,24 @@ def tcp_listen(text: str) -> str:
     return text
 
 
-def seconds(text: str) -> float:
-    """An argparse ``type``: a finite number of seconds above zero."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
-    return value
+def seconds_from(low: float, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number of seconds from ``low`` (above it, with ``above``)."""
+    bound = f" above {low:g}" if above else (", 0 or more" if low == 0 else f" from {low:g}")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (low < value if above else low <= value) or value == math.inf:
+            raise argparse.ArgumentTypeError(f"must be a number of seconds{bound}, not {text!r}")
+        return value
+
+    return parse
 
 
-def seconds_or_zero(text: str) -> float:
-    """An argparse ``type``: a finite number of seconds, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, not {text!r}")
-    return value
+seconds = seconds_from(0, above=True)
+seconds_or_zero = seconds_from(0)
 
 
 def target(args: argparse.Namespace) -> str | Path | None:

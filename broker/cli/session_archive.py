@@ -10,7 +10,7 @@ import argparse
 import math
 from pathlib import Path
 
-from broker.cli.common import add_target, fail_as, missing_socket, print_json, target
+from broker.cli.common import add_target, fail_as, missing_socket, print_json, seconds_from, target
 
 
 def register_actions(commands: argparse._SubParsersAction) -> None:
@@ -31,18 +31,7 @@ def register_actions(commands: argparse._SubParsersAction) -> None:
     sp.add_argument("--overwrite", action="store_true", help="replace a different session with the same id")
     sp = action("stats", "one session's analytics, or without ID the bus-wide view (JSON)")
     sp.add_argument("id", nargs="?", default=None)
-    sp.add_argument("--bucket", type=bucket_seconds, default=None, metavar="S", help="bus-wide: events per type per S seconds")
-
-
-def bucket_seconds(text: str) -> float:
-    """An argparse ``type``: a bucket of at least 0.001 s (the event log's smallest), finite."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.001 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0.001, not {text!r}")
-    return value
+    sp.add_argument("--bucket", type=seconds_from(0.001), default=None, metavar="S", help="bus-wide: events per type per S seconds")
 
 
 def run_archive(args: argparse.Namespace) -> int:
