@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import sdk
-from broker.broker import STATS_TOPICS
+from broker.config import STATS_TOPICS
 from helpers import collect, wait_for
 
 

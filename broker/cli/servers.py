@@ -7,7 +7,8 @@ import argparse
 import zmq
 
 from broker import reservation
-from broker.broker import MAX_TOPICS, Broker, BrokerConfig
+from broker.broker import Broker
+from broker.config import MAX_TOPICS, BrokerConfig
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
 from broker.cli.common import (

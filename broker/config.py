@@ -1,0 +1,62 @@
+"""A broker's tunables (:class:`BrokerConfig`, set from ``pryxbus broker``'s options) and the limits
+that keep its state and untrusted input bounded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from broker.security import ServerKeys
+from schemas.endpoints import Endpoints
+from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, MAX_RUN
+from schemas.topics import MAX_TYPE_LENGTH
+
+SUBSCRIPTION_MAX_SIZE = 1 + MAX_TYPE_LENGTH
+"""Largest subscription message (``\x01`` + prefix): a longer one disconnects its subscriber."""
+CURVE_SLACK = 256
+"""Bytes the subscription limit allows beyond that under CURVE (encryption, the handshake)."""
+CONTROL_MAX_SIZE = 65536
+"""Largest control request in bytes (MAXMSGSIZE of the control socket)."""
+CONTROL_UNPACK_LIMITS = {
+    "max_str_len": CONTROL_MAX_SIZE,
+    "max_bin_len": CONTROL_MAX_SIZE,
+    "max_array_len": 1024,
+    "max_map_len": 1024,
+}
+"""msgpack limits for decoding a control request (untrusted input stays bounded)."""
+MAX_TOPICS = 1_000_000
+"""Event types a broker keeps a sequence for (``--max-topics``); each costs it ~90 bytes."""
+STATS_TOPICS = 1000
+"""Types listed in a ``stats`` reply (the busiest): building a reply of a million stalls the loop ~0.7 s."""
+TOPIC_WARNING_INTERVAL = 60.0
+"""Seconds between warnings while events of new types are refused."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Tunables of one broker; all sizes in events or bytes, times in seconds."""
+
+    endpoints: Endpoints
+    sub_hwm: int = 10_000
+    """Per-subscriber queue at the broker: a subscriber this far behind starts losing events."""
+    in_hwm: int = 10_000
+    """Per-publisher queue into the broker: a publisher this far ahead blocks (never drops)."""
+    max_event_size: int = DEFAULT_MAX_EVENT_SIZE
+    first_version: int = 1
+    """Version of the next event: 1 for a new bus, last logged + 1 after a restart."""
+    log_hwm: int = 1_000_000
+    """Queue of the event log's connection (on ``endpoints.log_feed``): bursts wait, never drop."""
+    home: Path | None = None
+    """Where the reserved-version mark lives (broker/reservation.py); None keeps no mark."""
+    lifecycle_events: bool = False
+    """Publish ``bus:started`` and ``bus:{publisher,subscriber}_{connected,disconnected}`` (opt-in)."""
+    max_run: int = MAX_RUN
+    """Most events of one topic sent as one message (a run, PROTOCOL.md); 1 sends every event alone."""
+    await_log: float = 0.0
+    """Seconds a (re)started broker keeps publishers waiting for the event log to subscribe (its
+    ``LOG_MARK`` subscription), so the log misses nothing subscribers get; 0 opens at once. The
+    same wait starts whenever the log's subscription goes away (it crashed, or is restarting)."""
+    curve: ServerKeys | None = None
+    """CURVE keys (``--curve``): every bound socket is a CURVE server behind a ZAP allow-list."""
+    max_topics: int = MAX_TOPICS
+    """Event types with a sequence; an event of a new type beyond this many is refused (counted)."""
