@@ -15,7 +15,7 @@ import zmq
 from schemas.catalogue import SchemaError, validate as validate_payload
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, ENVELOPE_VERSION
 from schemas.topics import InvalidType, check_pattern, check_type
-from sdk.errors import BusUnavailable, InvalidEvent, MessageTooLarge, PublishTimeout
+from sdk.errors import BusUnavailable, InvalidEvent, MessageTooLarge, PublishTimeout, not_unicode
 from sdk.subscription import POLICIES
 
 _TOPIC_CACHE_LIMIT = 10_000
@@ -78,11 +78,9 @@ def unencodable(error: Exception, source: Any, session_id: Any) -> InvalidEvent:
     """Why an event could not be encoded: its source or session id when one is text that is not
     Unicode (a non-UTF-8 command-line argument), else its payload."""
     for field, text in (("source", source), ("session_id", session_id)):
-        if isinstance(text, str):
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as bad:
-                return InvalidEvent(f"{field} {text!r} is not valid Unicode text (a lone surrogate at position {bad.start})")
+        refused = not_unicode(f"{field} {text!r}", text)
+        if refused is not None:
+            return refused
     return InvalidEvent(f"payload cannot be encoded with msgpack: {error}")
 
 

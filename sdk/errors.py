@@ -37,6 +37,17 @@ class InvalidEvent(BusError, ValueError):
     """An event type, pattern or payload that cannot be published or subscribed to."""
 
 
+def not_unicode(label: str, text: object) -> InvalidEvent | None:
+    """An InvalidEvent saying ``label`` is not valid Unicode if ``text`` is a str holding a lone
+    surrogate (what Python makes of a non-UTF-8 command-line argument), else None."""
+    if isinstance(text, str):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as bad:
+            return InvalidEvent(f"{label} is not valid Unicode text (a lone surrogate at position {bad.start})")
+    return None
+
+
 class MessageTooLarge(InvalidEvent):
     """The encoded event is larger than the broker accepts; nothing was sent."""
 

@@ -14,7 +14,7 @@ import msgpack
 import zmq
 
 from sdk.errors import (
-    BusClosed, BusUnavailable, InvalidEvent, RemoteError, SessionConflict, SessionError, SessionNotFound,
+    BusClosed, BusUnavailable, InvalidEvent, RemoteError, SessionConflict, SessionError, SessionNotFound, not_unicode,
 )
 
 _send = zmq.backend.Socket.send  # the compiled send, without pyzmq's Python wrapper
@@ -110,13 +110,9 @@ def encoded(pack: Any, request: dict[str, Any], what: str) -> bytes:
     except (TypeError, ValueError, OverflowError) as e:  # UnicodeEncodeError is a ValueError
         for key, value in request.items():
             for text in value if isinstance(value, (list, tuple)) else [value]:
-                if isinstance(text, str):
-                    try:
-                        text.encode("utf-8")
-                    except UnicodeEncodeError as bad:
-                        raise InvalidEvent(
-                            f"{key!r} is not valid Unicode text (a lone surrogate at position {bad.start})"
-                        ) from None
+                refused = not_unicode(repr(key), text)
+                if refused is not None:
+                    raise refused from None
         raise InvalidEvent(f"cannot encode this request to the {what}: {e}") from None
 
 
