@@ -116,6 +116,15 @@ class Endpoints:
         tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
         os.replace(tmp, path)
 
+    def record(self, home: str | os.PathLike[str]) -> None:
+        """Make ``home`` point its clients at these endpoints: tcp ones are written down; for the
+        home's own ipc sockets (the default) an ``endpoints.json`` left by an earlier tcp run is
+        removed, or clients and the event log would follow it to the old ports."""
+        if any(e.startswith("tcp://") for e in asdict(self).values()):
+            self.write(home)
+        else:
+            (Path(home) / ENDPOINTS_FILE).unlink(missing_ok=True)
+
     def with_(self, **changes: str) -> Endpoints:
         return replace(self, **changes)
 

@@ -414,3 +414,15 @@ def test_up_gives_up_on_a_part_that_cannot_start(home: Path) -> None:
         pid = pid_of(home, part)
         assert pid and not alive(pid)
     assert not list(home.glob("*.sock"))
+
+
+def test_a_broker_alone_on_ipc_forgets_the_tcp_ports_of_an_earlier_run(home: Path, start) -> None:
+    """``pryxbus broker`` on its own (no ``up``) on the home's ipc sockets, after a tcp run in that
+    home: clients given the home reach it, not the old tcp ports."""
+    Endpoints.tcp("127.0.0.1", free_port_base()).write(home)  # what `broker --tcp` left
+    start("broker")
+    assert Endpoints.for_home(home) == Endpoints.ipc(home)
+    with sdk.connect(home, name="t", timeout=5) as bus:
+        with bus.subscribe("trace:*") as sub:
+            bus.publish("trace:event", {"name": "on ipc"})
+            assert sub.recv(timeout=10).payload == {"name": "on ipc"}

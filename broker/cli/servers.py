@@ -114,7 +114,7 @@ def run_broker(args: argparse.Namespace) -> int:
     curve = server_keys(args, home)
     try:
         with home_lock(home, "broker"):
-            endpoints.write(home) if args.tcp else None
+            endpoints.record(home)
             try:
                 # Continue after every version reserved or logged in this home (issue 4).
                 broker = Broker(broker_config(args, endpoints, reservation.first_version(home), home, curve))

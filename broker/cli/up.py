@@ -11,7 +11,7 @@ from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
 from broker.supervisor import CHILDREN, StartFailed, Supervisor
-from schemas.endpoints import ENDPOINTS_FILE, Endpoints
+from schemas.endpoints import Endpoints
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,10 +81,7 @@ def run_up(args: argparse.Namespace) -> int:
 def _run_up(args: argparse.Namespace, home: Path, endpoints: Endpoints) -> int:
     try:
         with home_lock(home, "up"):
-            if args.tcp:
-                endpoints.write(home)  # clients given only the home find the tcp ports here
-            else:  # an earlier `up --tcp` left its ports here: the event log and clients would use them
-                (home / ENDPOINTS_FILE).unlink(missing_ok=True)
+            endpoints.record(home)
             child_args = {spec.name: ("--log-format", args.log_format) for spec in CHILDREN}
             if args.lifecycle_events:
                 child_args["broker"] += ("--lifecycle-events",)
