@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from broker.sessions.store import (
     SessionStore,
     StoreError,
 )
-from schemas.sessions import MAX_TITLE_LENGTH, ProtocolError, decode_cursor, parse_ts
+from schemas.sessions import MAX_TITLE_LENGTH, ProtocolError, decode_cursor, format_ts, parse_ts
 
 
 @pytest.fixture
@@ -232,3 +233,18 @@ def test_remembered_write_replies_are_bounded(store: SessionStore) -> None:
     assert KEPT_REPLIES <= kept < KEPT_REPLIES + PRUNE_REPLIES
     assert store.remembered_reply("r0") is None
     assert store.remembered_reply(f"r{total - KEPT_REPLIES}") == b"%d" % (total - KEPT_REPLIES)
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new-id", "overwritten"])
+def test_writes_after_a_restore_from_ahead_stay_newer(store: SessionStore, overwrite: bool) -> None:
+    """A restored session may be dated ahead of this clock (another machine's, within the allowed
+    skew); the writes after it are still later, so ``list`` keeps the order of changes."""
+    if overwrite:
+        store.create("old", session_id="s-restored")
+    ahead = format_ts(datetime.now(timezone.utc) + timedelta(seconds=50))
+    store.restore(
+        {"id": "s-restored", "title": "from ahead", "created_at": ahead, "updated_at": ahead}, overwrite=overwrite
+    )
+    created = store.create("after the restore").session
+    assert created["updated_at"] > ahead
+    assert [s["id"] for s in store.list(2).sessions] == [created["id"], "s-restored"]

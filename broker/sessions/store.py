@@ -250,6 +250,13 @@ class SessionStore:
         self._last = now
         return format_ts(now)
 
+    def _keep_after(self, stamp: str) -> None:
+        """Make the next ``_now()`` later than ``stamp`` (a restored session's ``updated_at``), so
+        ``updated_at`` stays increasing across writes and ``list`` keeps the order of changes."""
+        restored = parse_ts(stamp)
+        if restored > self._last:
+            self._last = restored
+
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, session_id: str) -> Session:
@@ -385,6 +392,7 @@ class SessionStore:
                 (row["id"], row["title"], row["created_at"], row["updated_at"]),
             )
             if cur.rowcount == 1:
+                self._keep_after(row["updated_at"])
                 return Written(row, None)
             existing = self.get(row["id"])
             if existing == row:
@@ -395,6 +403,7 @@ class SessionStore:
                 "UPDATE sessions SET title = ?, created_at = ?, updated_at = ? WHERE id = ?",
                 (row["title"], row["created_at"], row["updated_at"], row["id"]),
             )
+            self._keep_after(row["updated_at"])
             return Written(row, None)
 
     def _update(self, assignment: str, params: tuple[str, ...], session_id: str) -> Written:
