@@ -85,9 +85,9 @@ class Endpoints:
         host, sep, port = text.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError(f"expected HOST:PORT, got {spec!r}")
-        if not 0 < int(port) < 65536 - len(_TCP_OFFSETS):  # the stack uses PORT and the ports after it
+        if not 0 < int(port) <= 65536 - len(_TCP_OFFSETS):  # the stack uses PORT and the ports after it
             raise ValueError(
-                f"PORT must be from 1 to {65535 - len(_TCP_OFFSETS)} (the stack uses PORT..PORT+"
+                f"PORT must be from 1 to {65536 - len(_TCP_OFFSETS)} (the stack uses PORT..PORT+"
                 f"{len(_TCP_OFFSETS) - 1}), got {spec!r}"
             )
         return cls.tcp(host, int(port))

@@ -237,7 +237,9 @@ class Bus:
             policy: ``"drop"`` ends the subscription with SlowSubscriberError on the first loss;
                 ``"count"`` keeps going and counts losses in ``Subscription.lost``;
                 ``"recover"`` fetches lost events from the event log (see :meth:`sdk.Bus.subscribe`).
-            hwm: how many events may wait for this subscriber before it starts losing them.
+            hwm: the size of this subscription's own receive queue, in broker messages (one
+                event, or under load a run of up to 32). The broker queues up to its
+                ``--sub-hwm`` messages more for it: events are lost once both are full.
             timeout: seconds to wait for the broker's confirmation (default: the bus's timeout).
             since: first every logged event above this version, then live ones, seamlessly.
 

@@ -228,7 +228,9 @@ class Bus:
                 ``"count"`` keeps going and counts losses in ``Subscription.lost``;
                 ``"recover"`` fetches lost events from the event log and delivers them in
                 version order (SlowSubscriberError only if the log cannot supply them).
-            hwm: how many events may wait for this subscriber before it starts losing them.
+            hwm: the size of this subscription's own receive queue, in broker messages (one
+                event, or under load a run of up to 32). The broker queues up to its
+                ``--sub-hwm`` messages more for it: events are lost once both are full.
             since: first deliver every logged event with a version above this one, then live
                 events, with no gap and no duplicate at the seam (needs the event log).
 

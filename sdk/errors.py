@@ -12,7 +12,7 @@
     ├── SlowSubscriberError       a subscription fell behind and lost events (.lost)
     ├── SessionError              the session service refused a request (.code)
     │   ├── SessionNotFound (KeyError)
-    │   └── SessionConflict       import found a different session with the same id
+    │   └── SessionConflict       a different session has that id (a create with another title, an import)
     └── RemoteError               a server answered with an error the SDK does not know (.code)
 """
 
@@ -105,7 +105,8 @@ class SessionNotFound(SessionError, KeyError):
 
 
 class SessionConflict(SessionError):
-    """An imported session conflicts with an existing one (pass ``overwrite=True`` to replace it)."""
+    """A different session already has this id: a ``create`` with that id and another title, or an
+    imported session that differs from the one here (pass ``overwrite=True`` to replace it)."""
 
     def __init__(self, message: str, code: str = "conflict") -> None:
         super().__init__(message, code)

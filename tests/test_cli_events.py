@@ -159,6 +159,15 @@ def test_out_of_range_values_are_usage_errors(home: Path, args: tuple[str, ...])
     assert result.returncode == 2 and "error: argument" in result.stderr, result.stderr
 
 
+def test_the_highest_tcp_base_port_is_accepted() -> None:
+    """The stack uses PORT..PORT+5, so 65530 is the highest PORT (65535 its last port)."""
+    from schemas.endpoints import Endpoints
+
+    assert Endpoints.parse_tcp("127.0.0.1:65530").log_feed == "tcp://127.0.0.1:65535"
+    with pytest.raises(ValueError, match="from 1 to 65530"):
+        Endpoints.parse_tcp("127.0.0.1:65531")
+
+
 @pytest.mark.parametrize("payload", ["NaN", "[1e999]", "[-Infinity]"])
 def test_pub_refuses_what_is_not_strict_json(home: Path, broker, payload: str) -> None:
     result = pryxbus("pub", "t:a", payload, home=home)
