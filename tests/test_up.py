@@ -32,8 +32,15 @@ def alive(pid: int) -> bool:
     return True
 
 
+def default_sighup() -> None:
+    """In the child before it runs up: SIGHUP back to its default, whatever the test run inherited
+    (under ``nohup`` or a CI runner that ignores it, up would rightly keep ignoring it)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 class Up:
-    """``pryxbus up`` as a child of the test, its output collected by a reader thread."""
+    """``pryxbus up`` as a child of the test, its output collected by a reader thread. It starts with
+    SIGHUP at its default unless ``preexec_fn`` says otherwise."""
 
     def __init__(self, home: Path, *args: str, cwd: Path | None = None, preexec_fn=None) -> None:
         self.proc = subprocess.Popen(
@@ -42,7 +49,7 @@ class Up:
             stderr=subprocess.STDOUT,
             text=True,
             cwd=cwd,
-            preexec_fn=preexec_fn,
+            preexec_fn=preexec_fn or default_sighup,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         self.lines: list[str] = []
@@ -83,7 +90,11 @@ class Up:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         self.proc.send_signal(sig)
-        self.proc.wait(timeout)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            why = f"pryxbus up did not exit within {timeout:g}s of signal {sig}"
+            raise AssertionError(f"{why}:\n{self.output}") from None
         self._reader.join(timeout)
         return self.proc.returncode
 
@@ -150,6 +161,7 @@ def test_sighup_stops_up_cleanly_and_in_order(home: Path, up: Up) -> None:
     """Closing the terminal (or an ssh session) sends SIGHUP: up stops its children in order, as on
     SIGTERM, instead of dying at once and leaving them to stop all together on its death."""
     up.wait_ready()
+    assert not ignores(up.proc.pid, signal.SIGHUP)  # Up resets it, whatever this run inherited
     children = [pid_of(home, "broker"), pid_of(home, "event-log"), pid_of(home, "sessions")]
     assert up.stop(signal.SIGHUP) == 0
     output = up.output
