@@ -132,7 +132,10 @@ class Supervisor:
         self.stop_timeout = stop_timeout
         self.lock_wait = lock_wait
         self.children = [Child(spec, self._argv(spec)) for spec in children]
-        self._stopping = threading.Event()
+        self._stop_requested = False
+        """Set by ``stop()``: a plain flag, because a signal handler must take no lock. It runs in the
+        main thread between two bytecodes, so ``threading.Event.set()`` there deadlocks whenever the
+        signal lands while ``run()`` is inside that Event's own ``wait()`` (which holds its lock)."""
 
     def _argv(self, spec: ChildSpec) -> list[str]:
         argv = [sys.executable, "-m", "broker", spec.command, "--home", str(self.home)]
@@ -141,7 +144,14 @@ class Supervisor:
         return argv + list(spec.extra) + list(self.child_args.get(spec.name, ()))
 
     def stop(self) -> None:
-        self._stopping.set()
+        """Ask ``run()`` to stop its children and return, within one tick (safe from a signal handler)."""
+        self._stop_requested = True
+
+    def _stopped_after(self, seconds: float) -> bool:
+        """Wait ``seconds`` unless ``stop()`` was called; whether it has been, then."""
+        if not self._stop_requested:
+            time.sleep(seconds)  # a signal's handler runs during it; the loop sees its flag next tick
+        return self._stop_requested
 
     # -- children ----------------------------------------------------------------------------
 
@@ -236,7 +246,7 @@ class Supervisor:
                     log.warning(
                         "waiting for the %s left running in %s (pid %s) to stop", child.spec.name, self.home, pid
                     )
-                if time.monotonic() >= deadline or self._stopping.wait(0.05):
+                if time.monotonic() >= deadline or self._stopped_after(0.05):
                     return
 
     # -- the loop ----------------------------------------------------------------------------
@@ -251,10 +261,10 @@ class Supervisor:
         try:
             self._await_locks()
             for child in self.children:
-                if self._stopping.is_set():
+                if self._stop_requested:
                     return
                 self._spawn(child)
-            while not self._stopping.wait(tick):
+            while not self._stopped_after(tick):
                 for child in self.children:
                     self._check(child, starting=not announced)
                 if not announced and all(c.ready.is_set() for c in self.children):
