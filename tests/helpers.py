@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -84,7 +85,6 @@ def collect(sub: Any, n: int, *, timeout: float = 5.0) -> list[Any]:
 def python_process(code: str, *args: str, stdin: bool = False) -> "subprocess.Popen[str]":
     """Start ``python -c code ARGS`` with the repo importable; stdout/stderr (and stdin) piped, text."""
     import os
-    import subprocess
     import sys
     from pathlib import Path
 

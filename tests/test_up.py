@@ -332,7 +332,7 @@ def test_up_gives_up_when_the_broker_port_is_taken_and_stops_the_waiting_log(hom
             capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
         )
     assert done.returncode == 1, done.stderr[-2000:]
-    assert f"broker could not start (exited with status 1, 3 times): pryxbus: broker cannot bind" in done.stderr
+    assert "broker could not start (exited with status 1, 3 times): pryxbus: broker cannot bind" in done.stderr
     assert "did not stop" not in done.stderr, done.stderr
     assert "[event-log] pryxbus event-log stopped" in done.stderr, done.stderr
     assert not list(home.glob("*.sock"))

@@ -7,7 +7,6 @@ These need the session service and the event log (not the broker). Exit status a
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from broker.cli.common import add_target, fail_as, missing_socket, print_json, seconds_from, target
