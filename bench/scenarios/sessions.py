@@ -28,8 +28,8 @@ gets as many commits, so that every store is measured in its steady state (``WAR
 
 WARM_UP = 0.2
 """Seconds each client repeats its operation before it is measured, every system alike. After 20
-calls, the first 500 gets of a fresh client still took ~1.4x as long as the rest (measured for
-pryxbus and the echo), which in a 6,000-get run is noise, not the steady state being compared."""
+calls, the first 500 gets of a fresh client still took ~1.3-1.5x as long as the rest (3 pryxbus
+clients of 3, 2 echo clients of 3): in a 6,000-get run, noise rather than the steady state compared."""
 
 SYSTEMS = {
     "get": ("pryxbus", "zmq.reqrep", "redis"),
