@@ -505,10 +505,12 @@ def test_tuning_options_must_be_whole_numbers_in_range(home: Path, option: str, 
         assert f"{option}: must be a whole number from 0 to {high}" in done.stderr
 
 
-def test_a_spinning_service_answers_streams_and_stragglers(home: Path, start) -> None:
-    """With --spin-us, back-to-back requests are found by busy-polling, the rest by waking up."""
+@pytest.mark.parametrize("spin", [(), ("--spin-us", "5000"), ("--spin-us", "0")], ids=["default", "5000", "off"])
+def test_a_spinning_service_answers_streams_and_stragglers(home: Path, start, spin: tuple[str, ...]) -> None:
+    """Back-to-back requests are found by busy-polling (when a CPU is spare), the rest by waking
+    up; with --spin-us 0 nothing spins (its first request once crashed the loop)."""
     start("broker")
-    start("session-service", "--spin-us", "5000")
+    start("session-service", *spin)
     with sdk.connect(home, name="test", timeout=5) as bus, bus.subscribe("session:created") as sub:
         made = [bus.sessions.create(f"spun {i}") for i in range(50)]  # back to back: spins
         assert [bus.sessions.get(s.id) for s in made] == made
@@ -518,6 +520,12 @@ def test_a_spinning_service_answers_streams_and_stragglers(home: Path, start) ->
         late = bus.sessions.create("after a pause")
         assert bus.sessions.get(late.id) == late
         assert sub.recv(timeout=5).session_id == late.id
+        stats = bus.sessions.stats()
+    assert stats["requests"]["create"] == 51
+    if spin == ("--spin-us", "0"):
+        assert stats["spin_seconds"] == 0.0
+    else:
+        assert stats["spin_seconds"] >= 0.0
 
 
 def test_service_runs_without_a_broker(client: SessionClient) -> None:

@@ -13,9 +13,9 @@ from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, path_lock, stop_on_signals
 from broker.sessions.events import DEFAULT_LINGER
+from broker.sessions.spare_cpu import DEFAULT_SPIN
 
 DB_FILE = "sessions.db"
-SPIN_US = 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,11 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--spin-us",
         type=whole_number(0, 10_000),
-        default=SPIN_US,
+        default=round(DEFAULT_SPIN * 1e6),
         metavar="US",
-        help="while requests come back to back (each within US microseconds of the last answer),"
-        " busy-poll up to US for the next one instead of sleeping: a client in a loop is answered"
-        " sooner; sporadic requests never spin (default %(default)s; 0 never spins)",
+        help="while requests come back to back (each within US microseconds of the last answer)"
+        " and the other processes leave a whole CPU unused, busy-poll up to US for the next one"
+        " instead of sleeping: a client in a loop is answered sooner; sporadic requests never spin,"
+        " nor does anything on a busy machine (default %(default)s; 0 never spins)",
     )
     p.set_defaults(func=run_session_service)
 

@@ -41,6 +41,7 @@ import zmq
 from broker.envelope import split_envelope
 from broker.security import Authenticator, ServerKeys, secure_server
 from broker.sessions.events import DEFAULT_LINGER, SessionEvents
+from broker.sessions.spare_cpu import DEFAULT_SPIN, SpareCpu
 from broker.sessions.store import SCHEMA_VERSION, SessionStore, Written
 from schemas.endpoints import Endpoints
 from sdk.transport import configure_context
@@ -100,9 +101,10 @@ class ServiceConfig:
     """Seconds a write waits for a lock held by another process before answering ``busy``."""
     event_linger: float = DEFAULT_LINGER
     """Seconds a burst of session events may wait to go to the broker together (0: each at once)."""
-    spin: float = 0.0
+    spin: float = DEFAULT_SPIN
     """Seconds to busy-poll for the next request after answering, when the last one came sooner
-    than that after the answer before it (0: never)."""
+    than that after the answer before it and the machine has a CPU to spare (0: never); see
+    ``broker/sessions/spare_cpu.py``."""
     curve: ServerKeys | None = None
     """CURVE keys (``--curve``): the socket is a CURVE server behind a ZAP allow-list, and the
     session events go to the broker with the home's client keypair."""
@@ -130,6 +132,8 @@ class SessionService:
         self.counts: Counter[str] = Counter()
         self.busy_seconds = 0.0
         """Time spent answering requests (from the first frame of a turn to its last reply)."""
+        self.spin_seconds = 0.0
+        """Time spent busy-polling for the next request (``spin``)."""
         self.errors: Counter[str] = Counter()
         self._storage_refused = 0
         """Writes refused in a row because the disk would not take them (logged once, not each)."""
@@ -152,6 +156,7 @@ class SessionService:
             "restore": self._op_restore,
         }
         self.store = SessionStore(config.db_path, busy_timeout=config.busy_timeout)
+        self._spare_cpu = SpareCpu() if config.spin > 0 else None
         self.events: SessionEvents | None = None
         self._ctx = configure_context(zmq.Context(), config.endpoints)
         self._auth: Authenticator | None = None
@@ -169,6 +174,8 @@ class SessionService:
                 self._auth.close()
             self._ctx.destroy(linger=0)
             self.store.close()
+            if self._spare_cpu is not None:
+                self._spare_cpu.close()
             raise
         if config.publish_events:
             self.events = SessionEvents(
@@ -205,6 +212,8 @@ class SessionService:
         if endpoint.startswith("ipc://"):
             Path(endpoint[len("ipc://") :]).unlink(missing_ok=True)
         self.store.close()
+        if self._spare_cpu is not None:
+            self._spare_cpu.close()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -212,12 +221,13 @@ class SessionService:
         """Answer requests until ``stop()``."""
         self._running = not self._stop_requested
         sock, events, spin = self.sock, self.events, self.config.spin
+        spare = self._spare_cpu.spare if self._spare_cpu is not None else None
         # A blocking recv with a timeout costs less than a poll per request (no Poller object);
         # while session events are held, the timeout is when they are due.
         idle_ms = timeout_ms = sock.rcvtimeo = int(poll_interval * 1000)
         recv, getsockopt = sock.recv, sock.getsockopt
         monotonic, perf_counter = time.monotonic, time.perf_counter
-        answered = gap = float("inf")  # when the last turn ended; how long the next request took
+        answered, gap = float("-inf"), float("inf")  # the last turn's end; the wait for the next request
         while self._running:
             try:
                 first = recv()
@@ -238,13 +248,15 @@ class SessionService:
             if first is None:
                 continue
             answered = perf_counter()
-            if gap < spin:
-                # Requests are coming back to back (a client in a loop): busy-poll for the next
-                # one before sleeping, which spares the wake-up of a sleeping thread (tens of
-                # microseconds on a virtual CPU that halts when idle). Sporadic requests never spin.
+            if spare is not None and gap < spin and spare(answered):
+                # Requests are coming back to back (a client in a loop) and a CPU would otherwise
+                # sit idle: busy-poll for the next one before sleeping, which spares the wake-up of
+                # a sleeping thread (tens of microseconds on a virtual CPU that halts when idle).
+                # Sporadic requests never spin, nor does anything while the machine is busy.
                 deadline = answered + spin
                 while not getsockopt(_EVENTS) & _POLLIN and perf_counter() < deadline:
                     pass
+                self.spin_seconds += perf_counter() - answered
 
     def _drain(self, first: bytes) -> list[_Request]:
         """The requests from the first write on, among this one and the others waiting (at most BATCH).
@@ -432,6 +444,7 @@ class SessionService:
             "requests": dict(self.counts),
             "errors": dict(self.errors),
             "busy_seconds": self.busy_seconds,
+            "spin_seconds": self.spin_seconds,
             "events_published": events.published if events else 0,
             "events_dropped": events.dropped if events else 0,
             "events_held": events.held if events else 0,

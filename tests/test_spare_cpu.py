@@ -1,0 +1,92 @@
+"""The session service's look for a spare CPU before it spins (broker/sessions/spare_cpu.py): on a
+stat file the test writes (the real /proc/stat cannot be made busy or idle on demand), and once on
+the real one. Times are passed in, ten seconds apart, as if that much had gone by."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from broker.sessions.spare_cpu import SPARE, SpareCpu
+
+TICKS = os.sysconf("SC_CLK_TCK")
+STEP = 10.0
+
+
+class Machine:
+    """A stat file whose busy ticks the test advances (spread over user, system and steal, as the
+    kernel would count them; guest time is inside user and must not count twice)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.busy, self.idle = path, 1000, 1000
+        self.write()
+
+    def write(self) -> None:
+        b = self.busy
+        user, system, steal = b // 2, b // 4, b - b // 2 - b // 4
+        self.path.write_text(
+            f"cpu  {user} 0 {system} {self.idle // 2} {self.idle - self.idle // 2} 0 0 {steal} {user} 0\n"
+            "cpu0 0 0 0 0 0 0 0 0 0 0\n"
+        )
+
+    def others_use(self, cpus: float, cpus_total: int) -> None:
+        """For the next STEP seconds, the other processes use ``cpus`` CPUs; the rest is idle."""
+        self.busy += round(cpus * STEP * TICKS)
+        self.idle += round((cpus_total - cpus) * STEP * TICKS)
+        self.write()
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> Machine:
+    return Machine(tmp_path / "stat")
+
+
+def test_spare_follows_what_the_other_processes_used(machine: Machine) -> None:
+    meter = SpareCpu(window=1.0, stat_path=str(machine.path))
+    cpus, t = meter.cpus, time.perf_counter()
+    cases = [
+        (0.0, cpus >= SPARE),  # an idle machine
+        (float(cpus), False),  # every CPU busy all along
+        (max(0.0, cpus - SPARE - 0.2), cpus >= SPARE + 0.2),  # a little more than SPARE left
+        (cpus - SPARE + 0.2, False),  # a little less
+    ]
+    for i, (used, spare) in enumerate(cases, start=1):
+        machine.others_use(used, cpus)
+        assert meter.spare(t + i * STEP) is spare, (used, spare)
+
+
+def test_the_answer_holds_until_the_window_ends(machine: Machine) -> None:
+    meter = SpareCpu(window=STEP / 2, stat_path=str(machine.path))
+    cpus, t = meter.cpus, time.perf_counter()
+    machine.others_use(0.0, cpus)
+    idle = meter.spare(t + STEP)
+    machine.others_use(float(cpus), cpus)
+    assert meter.spare(t + STEP + 1.0) is idle  # within the window: not looked at again
+    assert meter.spare(t + 2 * STEP) is False  # the next window sees the busy machine
+
+
+def test_without_a_stat_file_nothing_is_spare(tmp_path: Path) -> None:
+    meter = SpareCpu(window=0.0, stat_path=str(tmp_path / "missing"))
+    assert meter.spare(time.perf_counter() + STEP) is False
+    meter.close()
+    meter.close()  # idempotent
+
+
+def test_an_unreadable_stat_line_leaves_nothing_spare(machine: Machine) -> None:
+    meter = SpareCpu(window=0.0, stat_path=str(machine.path))
+    machine.path.write_text("cpu  not numbers at all\n")
+    assert meter.spare(time.perf_counter() + STEP) is False
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="no /proc/stat on this system (not Linux)")
+def test_the_real_proc_stat_is_read() -> None:
+    meter = SpareCpu(window=0.0)
+    try:
+        busy, own = meter._sample()
+        assert busy is not None and busy > 0
+        assert own > 0  # this process has run
+    finally:
+        meter.close()
