@@ -26,8 +26,9 @@ SEEDED = WARM_COMMITS
 """Sessions created in pryxbus before measuring (``list`` gets full pages); the SQLite peer's file
 gets as many commits, so that every store is measured in its steady state (``WARM_COMMITS``)."""
 
-WARM_UP = 0.2
-"""Seconds each client repeats its operation before it is measured, every system alike. After 20
+WARM_UP = (0.05, 0.2)
+"""Seconds (quick run, full run) each client repeats its operation before it is measured, every
+system alike; a quick run's counts are smaller, and it must stay under a minute. After 20
 calls, the first 500 gets of a fresh client still took ~1.3-1.5x as long as the rest (3 pryxbus
 clients of 3, 2 echo clients of 3): in a 6,000-get run, noise rather than the steady state compared."""
 
@@ -90,10 +91,12 @@ class _Ops:
             raise ValueError(f"no session operations for {system}")
 
 
-def client_side(conn: Any, system: str, op: str, wiring: dict[str, Any], seed: dict[str, Any], count: int) -> None:
+def client_side(
+    conn: Any, system: str, op: str, wiring: dict[str, Any], seed: dict[str, Any], count: int, warm_up: float
+) -> None:
     ops = _Ops(system, op, wiring, seed)
     try:
-        warm_until = time.monotonic() + WARM_UP
+        warm_until = time.monotonic() + warm_up
         while time.monotonic() < warm_until:
             ops.call()
         conn.send(("ready", None))
@@ -153,10 +156,11 @@ def _case(op: str, clients: int):
         seed = prepare(env)
         count = {"get": env.scale(1000, 6000), "list": env.scale(150, 1000), "create": env.scale(200, 1500)}[op]
         count = max(50, count // clients)
+        warm_up = WARM_UP[0] if env.quick else WARM_UP[1]
         sides: list[Side] = []
         try:
             for i in range(clients):
-                sides.append(Side(f"{op}-client-{i}", client_side, system, op, _wiring(system, env), seed, count))
+                sides.append(Side(f"{op}-client-{i}", client_side, system, op, _wiring(system, env), seed, count, warm_up))
             for s in sides:
                 s.expect("ready", READY_TIMEOUT)
             for s in sides:
