@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=round(DEFAULT_SPIN * 1e6),
         metavar="US",
         help="while requests come back to back (each within US microseconds of the last answer)"
-        " and the other processes leave a whole CPU unused, busy-poll up to US for the next one"
+        " and the other processes leave a CPU and a half unused, busy-poll up to US for the next one"
         " instead of sleeping: a client in a loop is answered sooner; sporadic requests never spin,"
         " nor does anything on a busy machine (default %(default)s; 0 never spins)",
     )

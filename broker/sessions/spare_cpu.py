@@ -30,7 +30,7 @@ beside four clients' gets; at 1.0, spinning beside those four cost them ~15% of 
 
 
 class SpareCpu:
-    """``spare(now)``: whether the other processes left a whole CPU unused in the last window."""
+    """``spare(now)``: whether the other processes left ``SPARE`` CPUs unused in the last window."""
 
     def __init__(self, window: float = WINDOW, *, stat_path: str = "/proc/stat") -> None:
         self.window = window
