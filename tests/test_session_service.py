@@ -528,6 +528,32 @@ def test_a_spinning_service_answers_streams_and_stragglers(home: Path, start, sp
         assert stats["spin_seconds"] >= 0.0
 
 
+def test_a_pipelining_dealer_gets_every_reply_past_a_full_batch(home: Path, start) -> None:
+    """Writes waiting on the socket are drained into one transaction, up to BATCH (256) of them.
+    A full batch once read the next request's first frame and left the rest on the socket: that
+    request's reply was lost and its remaining frames were taken for a request of their own (6-7
+    replies of 2,000 lost in every pipelined run)."""
+    start("session-service", "--no-events")
+    n = 2000
+    ctx = zmq.Context()
+    try:
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.linger = 0
+        dealer.connect(Endpoints.for_home(home).sessions)
+        for i in range(n):  # writes the service refuses (a title must be a string): all batched
+            dealer.send_multipart([b"", msgpack.packb({"op": "create", "title": i})])
+        replies = []
+        for _ in range(n):
+            assert dealer.poll(10_000), f"only {len(replies)} replies of {n}"
+            replies.append(msgpack.unpackb(dealer.recv_multipart()[-1], raw=False))
+        assert not dealer.poll(200)  # and nothing more
+    finally:
+        ctx.destroy(linger=0)
+    assert [r["code"] for r in replies] == ["bad_request"] * n
+    with SessionClient.open(home, timeout=5.0) as client:
+        assert client.stats()["errors"] == {"bad_request": n}
+
+
 def test_service_runs_without_a_broker(client: SessionClient) -> None:
     assert client.create("no broker").title == "no broker"
     assert client.ping()["status"] == "ok"
