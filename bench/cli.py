@@ -37,6 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``pryxbus bench``."""
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark pryxbus against pyzmq, zmq.proxy, Redis and NATS",
+        description="Run the benchmark harness: a table with ratios to the peers from the same run,"
+        " results.json and PNG charts in --out. Missing peers are skipped (`make bench-peers`).",
+    )
+    add_arguments(p)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.repeats is not None and args.repeats < 1:
         raise SystemExit("bench: --repeats must be at least 1")

@@ -1,1 +1,3 @@
-"""pryxbus server side: the broker, the session service, the supervisor and the ``pryxbus`` CLI."""
+"""pryxbus server side: one subpackage per process (``bus``, ``sessions``, ``eventlog``, ``supervisor``),
+beside the modules they share (``security``, ``process``, ``logs``, ``envelope``) and the ``pryxbus``
+command (``cli``)."""

@@ -1,7 +1,7 @@
 """``pryxbus demo``: the seed's Event Flow Example played by four processes through a real stack.
 
-A TUI-like sender, the runtime, a channel manager and an agent (``broker/cli/demo_roles.py``)
-each run as a process of their own; this command watches every event of the demo's session
+A TUI-like sender, the runtime, a channel manager and an agent (``examples/tui.py``,
+``runtime.py``, ``channel_manager.py``, ``agent.py``) each run as a process of their own; this command watches every event of the demo's session
 and prints it as it flows, one line per event with its version. If no stack answers in the
 home, it starts one (``pryxbus up``; else the broker and, if present, the session service) in a
 temporary home on its embedded defaults, and stops it afterwards.
@@ -10,6 +10,7 @@ temporary home on its embedded defaults, and stops it afterwards.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import queue
 import shutil
@@ -27,10 +28,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import sdk
-from broker.cli.common import add_home, fail
 from schemas.endpoints import Endpoints, default_home
+from sdk.cli.common import add_home, fail
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 30.0
 """Seconds to wait for a started process's ready line."""
 STEP_TIMEOUT = 20.0
@@ -87,14 +88,15 @@ class DemoFailed(Exception):
 
 
 class Child:
-    """A child process whose stdout (and stderr) lines are read by a thread, for ready lines."""
+    """A child process, ``python -m MODULE ARGS``, whose stdout (and stderr) lines are read by a
+    thread, for ready lines."""
 
-    def __init__(self, name: str, args: list[str], *, merge_stderr: bool) -> None:
+    def __init__(self, name: str, module: str, args: list[str], *, merge_stderr: bool) -> None:
         self.name = name
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "PYTHONPATH": path}  # the children import this very checkout
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", "broker", *args],
+            [sys.executable, "-u", "-m", module, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if merge_stderr else None,
             stdin=subprocess.DEVNULL,
@@ -153,7 +155,7 @@ def stack(home: Path | None) -> Iterator[tuple[Path, bool, str]]:
         yield home, running, f"the stack running in {home}"
         return
     temp = Path(tempfile.mkdtemp(prefix="pxb-demo-", dir="/tmp"))  # short: ipc paths are limited
-    parts = [Child("pryxbus up", ["up", "--home", str(temp)], merge_stderr=True)]
+    parts = [Child("pryxbus up", "broker", ["up", "--home", str(temp)], merge_stderr=True)]
     try:
         for part in parts:
             part.wait_ready()
@@ -261,10 +263,9 @@ def play(home: Path, has_sessions: bool, where: str, out: Callable[[str], None])
 
         cleanup.callback(stop_roles)
         role_args = ["--home", str(home), "--session", session]
-        if not has_sessions:
-            role_args.append("--local-sessions")
         for name in ("runtime", "channel-manager", "agent", "tui"):  # the sender last, once all listen
-            roles[name] = Child(name, ["demo", "--role", name, *role_args], merge_stderr=False)
+            extra = ["--local-sessions"] if name == "runtime" and not has_sessions else []
+            roles[name] = Child(name, role_module(name), [*role_args, *extra], merge_stderr=False)
             roles[name].wait_ready()
         out("")
         out(f"#  {'ver':<5}  {'type':<24}  {'source':<15}  {'payload':<34}  step of the seed's flow")
@@ -287,11 +288,17 @@ def play(home: Path, has_sessions: bool, where: str, out: Callable[[str], None])
     )
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    if args.role:
-        from broker.cli.demo_roles import run_role
+def role_module(role: str) -> str:
+    """The example program that plays ``role``."""
+    return f"examples.{role.replace('-', '_')}"
 
-        return run_role(args.role, args.home, args.session, args.local_sessions)
+
+def run_demo(args: argparse.Namespace) -> int:
+    if args.role:  # what the demo ran before the roles were programs of their own
+        role_args = [*(["--home", str(args.home)] if args.home else []), *(["--session", args.session] if args.session else [])]
+        if args.local_sessions and args.role == "runtime":
+            role_args.append("--local-sessions")
+        return importlib.import_module(role_module(args.role)).main(role_args)
 
     def out(line: str) -> None:
         print(line, flush=True)

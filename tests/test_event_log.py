@@ -15,7 +15,7 @@ import msgpack
 import zmq
 
 import sdk
-from broker.reservation import read_mark
+from broker.bus.reservation import read_mark
 from schemas.endpoints import Endpoints
 from tests.conftest import REPO
 from tests.helpers import wait_for

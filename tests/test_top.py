@@ -7,7 +7,7 @@ import json
 import pytest
 
 import sdk
-from broker.monitor import Sampler, figures
+from sdk.monitor import Sampler, figures
 from schemas.endpoints import Endpoints
 from tests.helpers import wait_for
 from tests.test_cli_events import pryxbus

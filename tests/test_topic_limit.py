@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import sdk
-from broker.config import STATS_TOPICS
+from broker.bus.config import STATS_TOPICS
 from helpers import collect, wait_for
 
 
@@ -60,7 +60,7 @@ def test_max_topics_must_be_a_whole_number_of_at_least_one(home: Path) -> None:
 
 def test_top_gives_no_rate_for_a_type_the_last_truncated_reply_did_not_list() -> None:
     """A type outside the busiest listed is not new: rating it from 0 would show a false burst."""
-    from broker.monitor import Sample, figures
+    from sdk.monitor import Sample, figures
 
     def reply(version: int, topics: dict[str, int], count: int) -> dict:
         return {"pid": 1, "version": version, "events_in": version, "topics": topics, "topic_count": count}

@@ -19,7 +19,7 @@ import msgpack
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from broker.config import (
+from broker.bus.config import (
     CONTROL_MAX_SIZE,
     CONTROL_UNPACK_LIMITS,
     CURVE_SLACK,
@@ -28,7 +28,7 @@ from broker.config import (
     TOPIC_WARNING_INTERVAL,
     BrokerConfig,
 )
-from broker.reservation import Reservation
+from broker.bus.reservation import Reservation
 from broker.security import Authenticator, secure_server
 from sdk.transport import configure_context, event_socket
 from schemas.envelope import (

@@ -6,17 +6,16 @@ import argparse
 
 import zmq
 
-from broker import reservation
-from broker.broker import Broker
-from broker.config import MAX_TOPICS, BrokerConfig
+from broker.bus import reservation
+from broker.bus.broker import Broker
+from broker.bus.config import MAX_TOPICS, BrokerConfig
+from broker.cli.options import add_tcp, server_endpoints, server_keys
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
-from broker.cli.common import (
-    add_home, add_tcp, fail, seconds_or_zero, server_endpoints, server_keys, whole_number,
-)
-from broker.security import SecurityError
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
+from broker.security import SecurityError
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, MAX_RUN
+from sdk.cli.common import add_home, fail, seconds_or_zero, whole_number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

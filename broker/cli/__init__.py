@@ -1,4 +1,4 @@
-"""The ``pryxbus`` command: one subcommand module per concern, registered in ``COMMANDS`` below."""
+"""The ``pryxbus`` command: each subcommand lives beside what it runs, listed in ``COMMANDS`` below."""
 
 from __future__ import annotations
 
@@ -7,23 +7,26 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# subcommand group module -> what it provides; each module has register(subparsers).
+# Command module -> the commands it adds; each module has register(subparsers). Listed in the order
+# `pryxbus --help` shows them: server commands beside their servers under broker/, client commands
+# under sdk/cli/ (they use only the SDK), the demo with its example programs, bench's own.
 COMMANDS = [
-    "broker.cli.servers",  # broker
-    "broker.cli.session_service",  # session-service
-    "broker.cli.up",  # up
-    "broker.cli.eventlog",  # event-log, log tail|query|stats
-    "broker.cli.events",  # pub, sub, stats
-    "broker.cli.top",  # top
-    "broker.cli.sessions",  # sessions ...
-    "broker.cli.demo",  # demo
-    "broker.cli.bench",  # bench
+    "broker.bus.cli",  # broker
+    "broker.sessions.cli",  # session-service
+    "broker.supervisor.cli",  # up
+    "broker.eventlog.cli",  # event-log
+    "sdk.cli.log",  # log tail|query|stats
+    "sdk.cli.events",  # pub, sub, stats
+    "sdk.cli.top",  # top
+    "sdk.cli.sessions",  # sessions ...
+    "examples.demo",  # demo
+    "bench.cli",  # bench
     "broker.cli.keys",  # keys generate|add
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from broker.cli.common import JsonErrorParser
+    from sdk.cli.common import JsonErrorParser
 
     parser = JsonErrorParser(  # usage errors of `sessions ... --json` are JSON on stdout too
         prog="pryxbus",
@@ -31,13 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue  # a command group not built yet
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 
@@ -47,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     words = list(sys.argv[1:] if argv is None else argv)
     try:
-        from broker.cli.common import JsonErrorParser  # imports sdk, zmq: Ctrl-C may come here too
+        from sdk.cli.common import JsonErrorParser  # imports sdk, zmq: Ctrl-C may come here too
 
         JsonErrorParser.wants_json = words[:1] == ["sessions"] and "--json" in words  # README: errors too
         parser = build_parser()  # imports every command module: ~0.2 s in which Ctrl-C may come

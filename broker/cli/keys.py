@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from broker.cli.common import add_home, fail
 from broker.security import SecurityError, add_client, generate
 from schemas.endpoints import default_home
+from sdk.cli.common import add_home, fail
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

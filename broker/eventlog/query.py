@@ -25,9 +25,9 @@ from typing import Any
 
 from broker.eventlog.store import EventStore
 from broker.eventlog.writer import LogWriter, envelope_header
+from schemas.eventlog import MAX_INT, MAX_PAGE
 from schemas.topics import InvalidType, check_pattern, check_type, compile_matcher, is_match_all
 
-MAX_PAGE = 20_000
 DEFAULT_PAGE = 5_000
 MIN_BUCKET = 0.001
 """Shortest summary bucket, in seconds."""
@@ -37,10 +37,6 @@ class BadRequest(Exception):
     def __init__(self, message: str, code: str = "bad_request") -> None:
         super().__init__(message)
         self.code = code
-
-
-MAX_INT = (1 << 63) - 1
-"""Largest version, count or limit a request may carry (SQLite's largest integer)."""
 
 
 def _int(msg: dict[str, Any], key: str, default: int | None, *, minimum: int = 0) -> int | None:

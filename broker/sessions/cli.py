@@ -8,12 +8,13 @@ from pathlib import Path
 
 import zmq
 
-from broker.cli.common import add_home, add_tcp, fail, server_endpoints, server_keys, whole_number
+from broker.cli.options import add_tcp, server_endpoints, server_keys
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, path_lock, stop_on_signals
 from broker.sessions.events import DEFAULT_LINGER
 from broker.sessions.spare_cpu import DEFAULT_SPIN
+from sdk.cli.common import add_home, fail, whole_number
 
 DB_FILE = "sessions.db"
 

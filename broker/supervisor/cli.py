@@ -6,12 +6,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from broker.cli.common import add_home, add_tcp, fail, server_endpoints, server_keys
+from broker.cli.options import add_tcp, server_endpoints, server_keys
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
-from broker.supervisor import CHILDREN, StartFailed, Supervisor
+from broker.supervisor.supervisor import CHILDREN, StartFailed, Supervisor
 from schemas.endpoints import Endpoints
+from sdk.cli.common import add_home, fail
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def metrics_address(text: str) -> str:
     """An argparse ``type``: ``HOST:PORT`` or ``[IPv6]:PORT``, as given."""
-    from broker.metrics import parse_address
+    from broker.supervisor.metrics import parse_address
 
     try:
         parse_address(text)
@@ -59,7 +60,7 @@ def run_up(args: argparse.Namespace) -> int:
     server_keys(args, home)  # --curve: refuse to start now rather than restart children that refuse
     stop_metrics = None
     if args.metrics:
-        from broker.metrics import MetricsUnavailable, serve
+        from broker.supervisor.metrics import MetricsUnavailable, serve
         from sdk.errors import BusUnavailable
         from sdk.security import resolve_client_keys
 

@@ -1,6 +1,6 @@
 """The Prometheus endpoint of ``pryxbus up --metrics HOST:PORT``: the figures ``pryxbus top`` shows.
 
-Each scrape asks every part for its ``stats`` (:class:`broker.monitor.Sampler`), so the values
+Each scrape asks every part for its ``stats`` (:class:`sdk.monitor.Sampler`), so the values
 are exact at scrape time; rates are left to Prometheus (``rate(pryxbus_events_total[1m])``).
 ``prometheus-client`` is an optional extra (``pip install pryxbus[metrics]``), imported only here.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from broker.monitor import PARTS, Sampler, figures
+from sdk.monitor import PARTS, Sampler, figures
 from schemas.endpoints import Endpoints
 from sdk.security import ClientKeys
 

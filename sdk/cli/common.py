@@ -1,4 +1,5 @@
-"""Options and helpers shared by the ``pryxbus`` subcommands."""
+"""Options and output helpers of the ``pryxbus`` commands: which stack to talk to, argument types,
+JSON and error output (the server commands use them too, beside options of their own)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from schemas.endpoints import Endpoints, default_home, ensure_home
+from schemas.endpoints import Endpoints
 from sdk.event import jsonable
 
 
@@ -24,50 +25,6 @@ def add_home(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_tcp(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tcp",
-        metavar="HOST:PORT",
-        type=tcp_listen,
-        default=None,
-        help="listen on tcp ports PORT..PORT+5 instead of ipc sockets (publish, subscribe, control,"
-        " sessions, log, log feed); use 127.0.0.1 unless other machines must connect",
-    )
-    add_curve(parser)  # every part that listens can require CURVE
-
-
-def add_curve(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--curve",
-        action="store_true",
-        help="encrypt and authenticate every connection with CURVE: only clients whose public key is"
-        " in HOME/keys/clients/ get in (create the keys with 'pryxbus keys generate')",
-    )
-
-
-def server_keys(args: argparse.Namespace, home: Path) -> Any:
-    """The loaded ``ServerKeys`` with ``--curve``, else None; exits with a clear message when the
-    keys or the allow-list are missing (a --curve server never serves unauthenticated)."""
-    if not getattr(args, "curve", False):
-        from sdk.security import KeyPaths
-
-        if KeyPaths.for_home(home).exist():
-            print(
-                f"pryxbus: warning: {home}/keys holds CURVE keys but --curve is off: clients given this"
-                " home use CURVE by default and will not get in (start with --curve, or connect with"
-                " curve=False)",
-                file=sys.stderr,
-            )
-        return None
-    from broker.security import SecurityError, ServerKeys
-
-    try:
-        return ServerKeys.load(home)
-    except SecurityError as e:
-        raise SystemExit(f"pryxbus: {e}") from None
-
-
-_LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 
 
 def add_target(
@@ -89,15 +46,6 @@ def tcp_target(text: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text if text.startswith("tcp://") else f"tcp://{text}"
-
-
-def tcp_listen(text: str) -> str:
-    """An argparse ``type``: ``HOST:PORT`` (or ``tcp://HOST:PORT``) a server can listen on, as given."""
-    try:
-        Endpoints.parse_tcp(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
 
 
 def seconds_from(low: float, *, above: bool = False) -> Callable[[str], float]:
@@ -122,38 +70,6 @@ seconds_or_zero = seconds_from(0)
 
 def target(args: argparse.Namespace) -> str | Path | None:
     return args.connect or args.home
-
-
-def server_home(args: argparse.Namespace) -> Path:
-    """The home a server part runs in (created, 0700); a clear exit if it cannot be."""
-    home = args.home or default_home()
-    try:
-        return ensure_home(home)
-    except OSError as e:
-        raise SystemExit(f"pryxbus: cannot use {home} as the home: {e.strerror or e}") from None
-
-
-def server_endpoints(args: argparse.Namespace) -> tuple[Path, Endpoints]:
-    """The home (created, 0700) and the endpoints a server part binds."""
-    home = server_home(args)
-    if getattr(args, "tcp", None):
-        try:
-            endpoints = Endpoints.parse_tcp(args.tcp)
-        except ValueError as e:
-            raise SystemExit(f"pryxbus: --tcp: {e}") from None
-        host = args.tcp.removeprefix("tcp://").rpartition(":")[0]
-        if not host.startswith(_LOOPBACK) and not getattr(args, "curve", False):
-            print(
-                f"pryxbus: warning: listening on {host} without --curve: anyone who can reach this"
-                " host can publish, read every event and change sessions",
-                file=sys.stderr,
-            )
-    else:
-        try:
-            endpoints = Endpoints.ipc(home)
-        except ValueError as e:
-            raise SystemExit(f"pryxbus: {e}") from None
-    return home, endpoints
 
 
 def whole_number(low: int, high: int) -> Callable[[str], int]:

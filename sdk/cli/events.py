@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import sdk
-from broker.cli.common import add_home, add_target, fail, print_json, seconds, target, tcp_target, whole_number
+from sdk.cli.common import add_home, add_target, fail, print_json, seconds, target, tcp_target, whole_number
 from schemas.topics import InvalidType, check_type
 from sdk.bus import resolve_endpoints
 from sdk.security import resolve_client_keys

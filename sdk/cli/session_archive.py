@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from broker.cli.common import add_target, fail_as, missing_socket, print_json, seconds_from, target
+from sdk.cli.common import add_target, fail_as, missing_socket, print_json, seconds_from, target
 
 
 def register_actions(commands: argparse._SubParsersAction) -> None:
-    from broker.cli.sessions import ATTEMPTS, TIMEOUT_HELP
+    from sdk.cli.sessions import ATTEMPTS, TIMEOUT_HELP
 
     def action(name: str, help: str) -> argparse.ArgumentParser:
         sp = commands.add_parser(name, help=help, description=help)

@@ -1,5 +1,5 @@
 """``pryxbus sessions list|get|create|ensure|rename|touch|delete``: sessions from the command line
-(``export``, ``import`` and ``stats`` are in :mod:`broker.cli.session_archive`).
+(``export``, ``import`` and ``stats`` are in :mod:`sdk.cli.session_archive`).
 
 Human-readable table by default, one JSON document with ``--json``. Exit status: 0 done,
 1 refused (not found, invalid title, ...), 2 usage, 3 the session service did not answer.
@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from broker.cli.common import add_target, fail_as, missing_socket, print_json, printable, target, whole_number
+from sdk.cli.common import add_target, fail_as, missing_socket, print_json, printable, target, whole_number
 
 ATTEMPTS = 3
 """Tries per request (Lazy Pirate); together they take at most ``--timeout``."""
@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp = action("delete", "delete a session (prints it as it was)")
     sp.add_argument("id")
 
-    from broker.cli.session_archive import register_actions
+    from sdk.cli.session_archive import register_actions
 
     register_actions(commands)  # export, import, stats (with the event log)
 

@@ -7,8 +7,8 @@ import sys
 import time
 from typing import Any
 
-from broker.cli.common import add_target, fail, print_json, seconds, target
-from broker.monitor import Sample, Sampler, figures
+from sdk.cli.common import add_target, fail, print_json, seconds, target
+from sdk.monitor import Sample, Sampler, figures
 from schemas.endpoints import Endpoints
 from sdk.errors import BusError
 from sdk.security import resolve_client_keys
@@ -81,7 +81,7 @@ def _us(ms: float | None) -> str:
 
 
 def render(f: dict[str, Any], endpoints: Endpoints) -> str:
-    """One frame of text (no escape codes) from :func:`broker.monitor.figures`."""
+    """One frame of text (no escape codes) from :func:`sdk.monitor.figures`."""
     lines = [f"pryxbus top  {time.strftime('%H:%M:%S')}  control={endpoints.control}", ""]
     b = f.get("broker")
     if b is None:

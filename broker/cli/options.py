@@ -1,0 +1,95 @@
+"""Options every server command shares: the home it runs in, ``--tcp`` and ``--curve``, its keys."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from broker.security import SecurityError, ServerKeys
+from schemas.endpoints import Endpoints, default_home, ensure_home
+from sdk.security import KeyPaths
+
+
+def add_tcp(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tcp",
+        metavar="HOST:PORT",
+        type=tcp_listen,
+        default=None,
+        help="listen on tcp ports PORT..PORT+5 instead of ipc sockets (publish, subscribe, control,"
+        " sessions, log, log feed); use 127.0.0.1 unless other machines must connect",
+    )
+    add_curve(parser)  # every part that listens can require CURVE
+
+
+def add_curve(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="encrypt and authenticate every connection with CURVE: only clients whose public key is"
+        " in HOME/keys/clients/ get in (create the keys with 'pryxbus keys generate')",
+    )
+
+
+def server_keys(args: argparse.Namespace, home: Path) -> ServerKeys | None:
+    """The loaded ``ServerKeys`` with ``--curve``, else None; exits with a clear message when the
+    keys or the allow-list are missing (a --curve server never serves unauthenticated)."""
+    if not getattr(args, "curve", False):
+        if KeyPaths.for_home(home).exist():
+            print(
+                f"pryxbus: warning: {home}/keys holds CURVE keys but --curve is off: clients given this"
+                " home use CURVE by default and will not get in (start with --curve, or connect with"
+                " curve=False)",
+                file=sys.stderr,
+            )
+        return None
+    try:
+        return ServerKeys.load(home)
+    except SecurityError as e:
+        raise SystemExit(f"pryxbus: {e}") from None
+
+
+_LOOPBACK = ("127.", "localhost", "::1", "[::1]")
+"""Hosts that only this machine reaches: listening there without --curve needs no warning."""
+
+
+def tcp_listen(text: str) -> str:
+    """An argparse ``type``: ``HOST:PORT`` (or ``tcp://HOST:PORT``) a server can listen on, as given."""
+    try:
+        Endpoints.parse_tcp(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def server_home(args: argparse.Namespace) -> Path:
+    """The home a server part runs in (created, 0700); a clear exit if it cannot be."""
+    home = args.home or default_home()
+    try:
+        return ensure_home(home)
+    except OSError as e:
+        raise SystemExit(f"pryxbus: cannot use {home} as the home: {e.strerror or e}") from None
+
+
+def server_endpoints(args: argparse.Namespace) -> tuple[Path, Endpoints]:
+    """The home (created, 0700) and the endpoints a server part binds."""
+    home = server_home(args)
+    if getattr(args, "tcp", None):
+        try:
+            endpoints = Endpoints.parse_tcp(args.tcp)
+        except ValueError as e:
+            raise SystemExit(f"pryxbus: --tcp: {e}") from None
+        host = args.tcp.removeprefix("tcp://").rpartition(":")[0]
+        if not host.startswith(_LOOPBACK) and not getattr(args, "curve", False):
+            print(
+                f"pryxbus: warning: listening on {host} without --curve: anyone who can reach this"
+                " host can publish, read every event and change sessions",
+                file=sys.stderr,
+            )
+    else:
+        try:
+            endpoints = Endpoints.ipc(home)
+        except ValueError as e:
+            raise SystemExit(f"pryxbus: {e}") from None
+    return home, endpoints
