@@ -54,7 +54,8 @@ def find_binary(name: str) -> str | None:
     return None
 
 
-def _module_version(module: str) -> str | None:
+def module_version(module: str) -> str | None:
+    """The version of the distribution that provides ``module`` ("?" if unknown), None if it is not installed."""
     if importlib.util.find_spec(module) is None:
         return None
     from importlib.metadata import PackageNotFoundError, version
@@ -85,7 +86,7 @@ def discover(peers: set[str]) -> dict[str, Availability]:
         if name not in peers:
             continue
         path = find_binary(binary)
-        missing = [m for m in modules if _module_version(m) is None]
+        missing = [m for m in modules if module_version(m) is None]
         if path is None:
             found[name] = Availability(name, False, reason=f"{binary} not found; {INSTALL_HINT}")
         elif missing:
@@ -93,7 +94,7 @@ def discover(peers: set[str]) -> dict[str, Availability]:
                 name, False, reason=f"Python module {', '.join(missing)} missing; {INSTALL_HINT}"
             )
         else:
-            client = _module_version(modules[0])
+            client = module_version(modules[0])
             found[name] = Availability(name, True, version=f"{binary} {_binary_version(path)}, {modules[0]} {client}")
     return found
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.histogram import Histogram
-from bench.peers import REPO, _module_version
+from bench.peers import REPO, module_version
 from bench.results import Measurement, ratio
 
 SYSTEM_LABELS = {
@@ -64,7 +64,7 @@ def machine(versions: dict[str, str]) -> dict[str, Any]:
         "python": platform.python_version(),
         "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(),
-        "msgpack": _module_version("msgpack") or "?",
+        "msgpack": module_version("msgpack") or "?",
         "sqlite": sqlite3.sqlite_version,
         "pryxbus_commit": commit,
         **versions,

@@ -192,7 +192,7 @@ def _available(case: Case, system: str, env: Env) -> str | None:
     return env.shared["skipped"].get(need, default)
 
 
-def _dead_server(case: Case, system: str, env: Env) -> str | None:
+def dead_server(case: Case, system: str, env: Env) -> str | None:
     """Why ``case`` cannot run on ``system`` any more (a server it needs has exited), else None."""
     for server in env.shared.get("servers", {}).get(_server_key(case, system), []):
         if not server.alive():
@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
                         progress.done += 1
                         continue
                     progress.show(f"{case.scenario} · {case.name} · {system} · run {rep + 1}/{repeats}")
-                    dead = _dead_server(case, system, env)
+                    dead = dead_server(case, system, env)
                     result = RunResult.failed(dead) if dead else _run_one(case, system, env)
                     progress.done += 1
                     for mt in case.metrics:

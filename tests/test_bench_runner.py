@@ -16,7 +16,7 @@ import pytest
 
 from bench import peers
 from bench.results import Case, check_document
-from bench.runner import _dead_server, prepare_out, select_scenarios
+from bench.runner import dead_server, prepare_out, select_scenarios
 from bench.scenarios.common import Env
 from tests.conftest import REPO
 from tests.helpers import wait_for
@@ -44,10 +44,10 @@ def test_cases_of_a_server_that_died_fail_with_its_exit_and_log(tmp_path: Path) 
     env = Env(quick=True, workdir=tmp_path)
     env.shared["servers"] = {"pryxbus.sessions": [peers.Server("pryxbus-session-service", process, log)]}
     sessions = Case("sessions", "get, 1 client", (), ("pryxbus",), lambda system, env: None)
-    why = _dead_server(sessions, "pryxbus", env)
+    why = dead_server(sessions, "pryxbus", env)
     assert why is not None and "exited with 7" in why and "something went badly wrong" in why
     throughput = Case("throughput", "1→1, 64 B", (), ("pryxbus",), lambda system, env: None)
-    assert _dead_server(throughput, "pryxbus", env) is None  # another server, not started here
+    assert dead_server(throughput, "pryxbus", env) is None  # another server, not started here
 
 
 def _bench_servers() -> dict[int, str]:

@@ -75,7 +75,7 @@ def test_a_database_turned_read_only_while_running_counts_as_storage() -> None:
     ``storage``, like a full disk: the real error, from a real read-only connection."""
     import tempfile
 
-    from broker.sessions.service import _refused_by_disk
+    from broker.sessions.service import refused_by_disk
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "s.db"
@@ -85,4 +85,4 @@ def test_a_database_turned_read_only_while_running_counts_as_storage() -> None:
             ro.execute("INSERT INTO t VALUES (1)")
         ro.close()
     assert refused.value.sqlite_errorname.startswith("SQLITE_READONLY")
-    assert _refused_by_disk(refused.value)
+    assert refused_by_disk(refused.value)

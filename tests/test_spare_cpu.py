@@ -85,7 +85,7 @@ def test_an_unreadable_stat_line_leaves_nothing_spare(machine: Machine) -> None:
 def test_the_real_proc_stat_is_read() -> None:
     meter = SpareCpu(window=0.0)
     try:
-        busy, own = meter._sample()
+        busy, own = meter.sample()
         assert busy is not None and busy > 0
         assert own > 0  # this process has run
     finally:

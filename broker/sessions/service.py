@@ -85,7 +85,7 @@ GET_CACHE = 4096
 """Replies to gets remembered until the next write (then all are forgotten)."""
 
 
-def _refused_by_disk(e: sqlite3.OperationalError) -> bool:
+def refused_by_disk(e: sqlite3.OperationalError) -> bool:
     """Whether SQLite failed because the disk would not take a write (full, an I/O error, or the
     file or its file system turned read-only while the service ran)."""
     name = getattr(e, "sqlite_errorname", "")
@@ -421,7 +421,7 @@ class SessionService:
     def _failure(self, e: Exception) -> bytes:
         if isinstance(e, sqlite3.OperationalError) and "locked" in str(e).lower():
             return self._error(BUSY, "the session database is locked by another process; nothing changed, retry")
-        if isinstance(e, sqlite3.OperationalError) and _refused_by_disk(e):
+        if isinstance(e, sqlite3.OperationalError) and refused_by_disk(e):
             # A full disk refuses every write until someone makes room: say so once, not with a
             # traceback per request (which, on the same disk, would make things worse).
             if not self._storage_refused:

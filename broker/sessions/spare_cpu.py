@@ -42,7 +42,7 @@ class SpareCpu:
             self._fd = None
         self._spare = False
         self._at = time.perf_counter()
-        self._busy, self._own = self._sample()
+        self._busy, self._own = self.sample()
 
     def close(self) -> None:
         if self._fd is not None:
@@ -52,14 +52,14 @@ class SpareCpu:
     def spare(self, now: float) -> bool:
         """Whether a CPU is spare (re-read at most once per window; ``now`` is ``perf_counter()``)."""
         if now - self._at >= self.window:
-            busy, own = self._sample()
+            busy, own = self.sample()
             if busy is not None and self._busy is not None:
                 others = (busy - self._busy) - (own - self._own)  # CPU-seconds
                 self._spare = self.cpus - others / (now - self._at) >= SPARE
             self._at, self._busy, self._own = now, busy, own
         return self._spare
 
-    def _sample(self) -> tuple[float | None, float]:
+    def sample(self) -> tuple[float | None, float]:
         """(CPU-seconds the whole machine was busy, CPU-seconds this process used) so far."""
         own = time.process_time()
         if self._fd is None:
