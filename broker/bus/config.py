@@ -47,7 +47,7 @@ class BrokerConfig:
     log_hwm: int = 1_000_000
     """Queue of the event log's connection (on ``endpoints.log_feed``): bursts wait, never drop."""
     home: Path | None = None
-    """Where the reserved-version mark lives (broker/reservation.py); None keeps no mark."""
+    """Where the reserved-version mark lives (broker/bus/reservation.py); None keeps no mark."""
     lifecycle_events: bool = False
     """Publish ``bus:started`` and ``bus:{publisher,subscriber}_{connected,disconnected}`` (opt-in)."""
     max_run: int = MAX_RUN
