@@ -10,7 +10,7 @@
 ...                 break
 
 The rules (types, patterns, size limit, publisher handshake, loss detection) are those of the
-sync SDK, shared through ``sdk._publish`` and ``sdk.subscription.EventDecoder``.
+sync SDK, shared through ``sdk._publish`` and the subscription core in ``sdk.core``.
 """
 
 from __future__ import annotations
