@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,11 +85,23 @@ class Envelope:
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
 
-def encode_body(payload: Any, *, source: str, session_id: str | None, ts: float | None = None) -> bytes:
-    """Encode the body frame of a publish. Raises TypeError for payloads msgpack cannot carry."""
-    return _packb(
-        (ENVELOPE_VERSION, time.time() if ts is None else ts, source, session_id, payload)
-    )
+def encode_body(
+    payload: Any,
+    *,
+    source: str,
+    session_id: str | None,
+    ts: float | None = None,
+    packb: Callable[[Any], bytes] = _packb,
+) -> bytes:
+    """Encode the body frame of a publish (``ts`` defaults to now).
+
+    ``packb`` is a ``msgpack.Packer(use_bin_type=True).pack`` of the caller's own: a Packer is not
+    thread-safe, so a publisher that sends from several threads passes one it guards.
+
+    Raises:
+        TypeError, ValueError, OverflowError: msgpack cannot carry the payload (or source, session id).
+    """
+    return packb((ENVELOPE_VERSION, time.time() if ts is None else ts, source, session_id, payload))
 
 
 def encode_publish(
@@ -108,6 +121,50 @@ def decode_body(body: bytes) -> tuple[float, str, str | None, Any]:
         raise MalformedEvent("body is not a version-1 envelope [1, ts, source, session_id, payload]")
     _, ts, source, session_id, payload = fields
     return ts, source, session_id, payload
+
+
+HEADER_PARSE_FROM = 512
+"""Bodies this long or longer have their header parsed by hand (payload left undecoded)."""
+_DOUBLE = struct.Struct(">d")
+
+
+def _str_at(body: bytes, pos: int) -> tuple[str | None, int]:
+    """A msgpack str or nil at ``pos``: (value, next position); raises ValueError otherwise."""
+    head = body[pos]
+    if 0xA0 <= head <= 0xBF:
+        n, pos = head & 0x1F, pos + 1
+    elif head == 0xC0:
+        return None, pos + 1
+    elif head == 0xD9:
+        n, pos = body[pos + 1], pos + 2
+    elif head == 0xDA:
+        n, pos = int.from_bytes(body[pos + 1 : pos + 3], "big"), pos + 3
+    else:
+        raise ValueError("not a str")
+    return body[pos : pos + n].decode("utf-8"), pos + n
+
+
+def decode_header(body: bytes) -> tuple[float, str, str | None]:
+    """``(ts, source, session_id)`` of a body without decoding its payload (what the event log keeps).
+
+    The SDK always writes ``[1, float64 ts, str source, str|nil session_id, payload]``; a long body
+    in that shape is read by hand up to the session id, anything else fully decoded.
+
+    Raises:
+        MalformedEvent: the body is not an envelope.
+    """
+    if len(body) >= HEADER_PARSE_FROM:  # msgpack's C decoder is faster on small bodies
+        try:
+            if body[1] == ENVELOPE_VERSION and body[2] == 0xCB:
+                ts = _DOUBLE.unpack_from(body, 3)[0]
+                source, pos = _str_at(body, 11)
+                session_id, _ = _str_at(body, pos)
+                if source is not None:
+                    return ts, source, session_id
+        except (IndexError, ValueError, UnicodeDecodeError):
+            pass
+    ts, source, session_id, _payload = decode_body(body)
+    return float(ts), str(source), session_id if isinstance(session_id, str) else None
 
 
 def stamp(version: int, topic_seq: int) -> bytes:
@@ -146,6 +203,20 @@ def split_run(stamp_frame: bytes, body: bytes) -> list[tuple[int, int, bytes]]:
         events.append((version + i, topic_seq + i, bytes(view[start : start + length])))
         start += length
     return events
+
+
+def decode_row(row: list[Any]) -> Envelope:
+    """Decode one event log row ``[version, topic_seq, type, body]`` (a ``replay`` or ``tail`` reply).
+
+    Raises:
+        MalformedEvent: the row or its body does not follow the layout.
+    """
+    try:
+        version, topic_seq, event_type, body = row
+    except (TypeError, ValueError) as e:
+        raise MalformedEvent("a log row is [version, topic_seq, type, body]") from e
+    ts, source, session_id, payload = decode_body(body)
+    return Envelope(event_type, payload, version, topic_seq, ts, source, session_id)
 
 
 def decode_deliver(frames: list[bytes]) -> list[Envelope]:

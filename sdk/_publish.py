@@ -6,14 +6,14 @@ socket's options and the errors both buses raise. Neither bus duplicates these r
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import zmq
 
 from schemas.catalogue import SchemaError, validate as validate_payload
-from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, ENVELOPE_VERSION
+from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
+from schemas.envelope import encode_body as codec_encode_body
 from schemas.topics import InvalidType, check_pattern, check_type
 from sdk.errors import BusUnavailable, InvalidEvent, MessageTooLarge, PublishTimeout, not_unicode
 from sdk.subscription import POLICIES
@@ -66,7 +66,7 @@ def encode_body(
         MessageTooLarge: the encoded body is over ``limit`` bytes (DESIGN.md §4.4).
     """
     try:
-        body = packb((ENVELOPE_VERSION, time.time(), source, session_id, payload))
+        body = codec_encode_body(payload, source=source, session_id=session_id, packb=packb)
     except (TypeError, ValueError, OverflowError) as e:
         raise unencodable(e, source, session_id) from None
     if len(body) > limit:

@@ -10,7 +10,7 @@
 ...                 break
 
 The rules (types, patterns, size limit, publisher handshake, loss detection) are those of the
-sync SDK, shared through ``sdk._publish`` and ``sdk.subscription.EventDecoder``.
+sync SDK, shared through ``sdk._publish`` and the subscription core in ``sdk.core``.
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ class Bus:
             self._ctx, self.endpoints.control, timeout=timeout, retries=1, what="broker"
         )
         self._sessions: AsyncSessionClient | None = None
-        self._side: Any = None  # sdk.aio_replay.LogSide: sync log/control clients for worker threads
+        self._side: Any = None  # sdk.aio_replay.LogSide: sync log/session clients for worker threads
+        self._log: AsyncRequester | None = None
 
     async def _start(self) -> Bus:
         """Ask the broker for its event size limit (this also proves it is there)."""
@@ -258,17 +259,12 @@ class Bus:
         async def open_subscription() -> Subscription:
             if self._closed:
                 raise BusClosed("bus is closed")
-            sub = Subscription(self, checked, policy=policy, hwm=self.hwm if hwm is None else hwm)
+            sub = Subscription(self, checked, policy=policy, hwm=self.hwm if hwm is None else hwm, since=since)
             self._subscriptions.add(sub)
+            wait = self.timeout if timeout is None else timeout
             try:
-                await sub._start(self.timeout if timeout is None else timeout)
-                if since is not None:
-                    from sdk.aio_replay import attach_history
-
-                    await attach_history(sub, self._log_side(), since, timeout=self.timeout if timeout is None else timeout)
+                await sub._start(wait, wait)
             except BaseException:
-                if since is not None:
-                    await sub.close()
                 self._subscriptions.discard(sub)
                 raise
             return sub
@@ -295,9 +291,26 @@ class Bus:
             )
         return self._sessions
 
-    # -- the event log (sdk/aio_replay.py runs the sync implementation in worker threads) ----
+    # -- the event log ----------------------------------------------------------------------
+
+    @property
+    def log(self) -> AsyncRequester:
+        """The asyncio event log client (``await bus.log.call({...})``, see schemas/PROTOCOL.md).
+
+        Raises:
+            BusUnavailable: the stack has no event log endpoint.
+            BusClosed: the bus was closed.
+        """
+        if self._log is None:
+            if self._closed:
+                raise BusClosed("bus is closed")
+            from sdk.aio_replay import log_client
+
+            self._log = log_client(self._ctx, self.endpoints.log, timeout=self.timeout)
+        return self._log
 
     def _log_side(self) -> Any:
+        """Sync log and session clients for worker threads (the session archive's cold paths)."""
         if self._side is None:
             if self._closed:
                 raise BusClosed("bus is closed")
@@ -325,8 +338,8 @@ class Bus:
 
         checked = check_subscription(patterns, "drop")
         return replay(
-            self._log_side(),
-            checked,
+            self,
+            patterns=checked,
             since=since,
             until=until,
             session_id=session_id,
@@ -336,16 +349,13 @@ class Bus:
 
     async def log_tail(self, *patterns: str, limit: int = 10, session_id: str | None = None) -> list[Event]:
         """See :meth:`sdk.Bus.log_tail`."""
-        from sdk.replay import tail
+        from sdk.aio_replay import tail
 
-        checked = check_subscription(patterns, "drop")
-        side = self._log_side()
-        return await asyncio.to_thread(tail, side.log, checked, limit=limit, session_id=session_id)
+        return await tail(self.log, check_subscription(patterns, "drop"), limit=limit, session_id=session_id)
 
     async def log_stats(self) -> dict[str, Any]:
         """See :meth:`sdk.Bus.log_stats`."""
-        side = self._log_side()
-        return await asyncio.to_thread(side.log.call, {"op": "stats"})
+        return await self.log.call({"op": "stats"})  # type: ignore[no-any-return]
 
     async def log_summary(
         self, *, bucket: float | None = None, ts_from: float | None = None, ts_until: float | None = None
@@ -382,6 +392,8 @@ class Bus:
             self._sessions.close()
         if self._side is not None:
             self._side.close()
+        if self._log is not None:
+            self._log.close()
         self.control.close()
         self._pub = None
         if self._publisher is not None:

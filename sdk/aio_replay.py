@@ -1,19 +1,15 @@
-"""The event log for asyncio: replay, ``since=``, ``policy="recover"`` and session archives.
+"""Reading the event log, asyncio front: replay pages and the newest events, awaited natively.
 
-Log requests are cold-path round trips, so the asyncio Bus runs the sync implementation
-(:mod:`sdk.replay`, :mod:`sdk.session_archive`) in worker threads, with sync clients on a shadow of
-its own ZeroMQ context (:class:`LogSide`); the event loop never blocks on the log. A recovering
-subscription learns of a gap inside its (sync) decoder: in asyncio the decoder raises
-:class:`GapFound` instead of fetching, and the subscription awaits the fetch in a thread.
+The paging is the core's flow :func:`sdk.core.flows.log_pages`, driven here with an
+:class:`sdk.aio_sessions.AsyncRequester`. :class:`LogSide` keeps sync clients for the one cold path
+still run in worker threads: the session archive (export, import, resume).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections import deque
 from collections.abc import AsyncIterator
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -21,18 +17,78 @@ import zmq.asyncio
 
 from schemas.endpoints import Endpoints
 from sdk import replay as sync_replay
-from sdk.errors import BusTimeout, BusUnavailable, SlowSubscriberError
+from sdk.aio_sessions import AsyncRequester
+from sdk.core.decoding import event_of_row
+from sdk.core.flows import Log, Sleep, log_pages, replay_request, tail_request
+from sdk.errors import BusUnavailable
 from sdk.event import Event
 from sdk.request import Requester
 
 if TYPE_CHECKING:
-    from sdk.aio_subscription import Subscription
+    from sdk.aio import Bus
     from sdk.sessions import SessionClient
 
 
+def log_client(ctx: zmq.asyncio.Context, endpoint: str, *, timeout: float) -> AsyncRequester:
+    """An asyncio Lazy Pirate client for the event log (every log request is a read, or idempotent).
+
+    Raises:
+        BusUnavailable: the stack has no event log endpoint.
+    """
+    if not endpoint:
+        raise BusUnavailable("this stack has no event log endpoint")
+    return AsyncRequester(ctx, endpoint, timeout=timeout, retries=2, what="event log")
+
+
+async def replay(
+    bus: Bus, *, patterns: tuple[str, ...], wait: bool = False, timeout: float = 5.0, **filters: Any
+) -> AsyncIterator[Event]:
+    """Logged events in version order (the options of :func:`sdk.replay.iter_rows`), a page per request.
+
+    Raises:
+        BusUnavailable: the event log did not answer.
+        BusTimeout: ``wait`` and the log did not reach ``until`` within ``timeout``.
+    """
+    log = bus.log
+    rows: list[list[Any]] = []
+    flow = log_pages(
+        replay_request(patterns, **filters),
+        wait=wait,
+        timeout=timeout,
+        on_page=lambda page, _next: rows.extend(page),
+    )
+    step = next(flow)
+    while True:
+        if type(step) is Log:
+            reply = await log.call(step.request)
+        else:
+            assert isinstance(step, Sleep)
+            await asyncio.sleep(step.seconds)
+            reply = None
+        try:
+            step = flow.send(reply)
+        except StopIteration:
+            step = None
+        for row in rows:
+            yield event_of_row(row)
+        rows.clear()
+        if step is None:
+            return
+
+
+async def tail(log: AsyncRequester, patterns: tuple[str, ...], *, limit: int, session_id: str | None = None) -> list[Event]:
+    """The newest ``limit`` logged events matching, oldest first.
+
+    Raises:
+        BusUnavailable: the event log did not answer.
+    """
+    reply = await log.call(tail_request(patterns, limit=limit, session_id=session_id))
+    return [event_of_row(row) for row in reply["events"]]
+
+
 class LogSide:
-    """Sync clients of the broker's control endpoint, the event log and the session service, for
-    worker threads. Shares the asyncio Bus's context (a shadow); closes only its own sockets."""
+    """Sync clients of the event log and the session service, for the session archive's worker
+    threads. Shares the asyncio Bus's context (a shadow); closes only its own sockets."""
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoints: Endpoints, *, timeout: float) -> None:
         self._ctx = zmq.Context.shadow(ctx.underlying)
@@ -41,7 +97,6 @@ class LogSide:
         self.endpoints = endpoints
         self.timeout = timeout
         self._lock = threading.Lock()
-        self.control = Requester(self._ctx, endpoints.control, timeout=timeout, retries=1, what="broker")
         self._log: Requester | None = None
         self._sessions: SessionClient | None = None
 
@@ -65,89 +120,7 @@ class LogSide:
 
     def close(self) -> None:
         """Close the sockets (call once no worker thread uses them)."""
-        self.control.close()
         if self._log is not None:
             self._log.close()
         if self._sessions is not None:
             self._sessions.close()
-
-
-async def replay(side: LogSide, patterns: tuple[str, ...], **options: Any) -> AsyncIterator[Event]:
-    """Logged events in version order; each page is fetched in a worker thread."""
-    rows = sync_replay.iter_rows(side.log, patterns=patterns, **options)
-    while True:
-        page = await asyncio.to_thread(lambda: list(islice(rows, sync_replay.PAGE)))
-        for row in page:
-            yield sync_replay.decode_row(row)
-        if len(page) < sync_replay.PAGE:
-            return
-
-
-async def attach_history(sub: Subscription, side: LogSide, since: int, *, timeout: float) -> None:
-    """The ``since=`` seam for an asyncio subscription (see :func:`sdk.replay.attach_history`)."""
-    await asyncio.to_thread(sync_replay.attach_history, sub, side, since, timeout=timeout)  # type: ignore[arg-type]
-
-
-class GapFound(Exception):
-    """Raised by an asyncio RecoveringDecoder: versions ``after+1 .. through`` must be fetched."""
-
-    def __init__(self, after: int, through: int) -> None:
-        super().__init__(after, through)
-        self.after = after
-        self.through = through
-
-
-def recovering_decoder(patterns: tuple[str, ...], side: LogSide, pending: deque[Event]) -> sync_replay.RecoveringDecoder:
-    """A RecoveringDecoder whose fetch raises GapFound (the subscription awaits :func:`fill`)."""
-
-    def fetch(after: int, through: int) -> list[Event]:
-        raise GapFound(after, through)
-
-    decoder = sync_replay.RecoveringDecoder(patterns, fetch, pending)
-    decoder.side = side  # type: ignore[attr-defined]
-    return decoder
-
-
-async def fill(sub: Subscription, gap: GapFound, frames: list[bytes]) -> None:
-    """Fetch a gap in a worker thread, then hand the decoder the events and the revealing frames
-    (again: in a run, the events before the gap were taken already and are skipped by version)."""
-    decoder = sub._decoder
-    side: LogSide = decoder.side  # type: ignore[attr-defined]
-    try:
-        recovered = await asyncio.to_thread(
-            lambda: list(
-                sync_replay.replay(
-                    side.log, patterns=sub.patterns, since=gap.after, until=gap.through, wait=True, timeout=side.timeout
-                )
-            )
-        )
-    except (BusTimeout, BusUnavailable) as e:
-        lost = gap.through - gap.after
-        decoder.lost += lost
-        raise SlowSubscriberError(lost, frames[0].decode("utf-8", "replace")) from e
-    original = decoder.fetch
-    decoder.fetch = lambda after, through: recovered
-    try:
-        decoder.feed(*frames, sub._pending.append)
-    finally:
-        decoder.fetch = original
-
-
-async def catch_up(sub: Subscription) -> Event | None:
-    """Idle asyncio recovering subscription: fetch what the broker stamped after our last event."""
-    decoder = sub._decoder
-    side: LogSide = decoder.side  # type: ignore[attr-defined]
-
-    def work() -> Event | None:
-        decoder.position = lambda: sync_replay.broker_position(side)  # type: ignore[arg-type]
-        original = decoder.fetch
-        decoder.fetch = lambda after, through: list(
-            sync_replay.replay(side.log, patterns=sub.patterns, since=after, until=through, wait=True, timeout=side.timeout)
-        )
-        try:
-            return decoder.catch_up()
-        finally:
-            decoder.fetch = original
-
-    return await asyncio.to_thread(work)
-

@@ -1,8 +1,13 @@
-"""A live subscription for asyncio: one ``zmq.asyncio`` SUB socket, decoded by the shared EventDecoder."""
+"""A live subscription, asyncio front: one ``zmq.asyncio`` SUB socket driving the core in :mod:`sdk.core`.
+
+It does what :class:`sdk.subscription.Subscription` does, with the same core: only receiving and
+performing the flows' steps (awaited, the log requests included) differ.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
@@ -11,26 +16,19 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import zmq
 import zmq.asyncio
 
-from sdk._publish import subscription_unconfirmed
-from sdk.errors import BusClosed, BusError, BusTimeout, SlowSubscriberError
+from sdk.core.decoding import EventDecoder, Policy, Resolve, decoder_for
+from sdk.core.flows import Control, Log, Receive, Sleep, Step, drive_async, sync_token
+from sdk.core.subscribing import handshake, seam
+from sdk.errors import BusClosed, BusTimeout, SlowSubscriberError
 from sdk.event import Event
-from sdk.subscription import (
-    EPOCH_QUESTION,
-    IDLE_LOOK_TIMEOUT,
-    EventDecoder,
-    Policy,
-    broker_epoch,
-    deadline_of,
-    sync_token,
-)
+from sdk.subscription import deadline_of
 from sdk.transport import event_socket
 
 if TYPE_CHECKING:
     from sdk.aio import Bus
 
 _NOBLOCK = int(zmq.NOBLOCK)
-_POLLIN = int(zmq.POLLIN)
-_IDLE_SLICE = 0.1  # how often a waiting receive sees whether a look for a restart is due
+_IDLE_SLICE = 0.1  # how often a waiting receive sees whether idle work (a restart look, a catch-up) is due
 
 
 class Subscription:
@@ -39,28 +37,25 @@ class Subscription:
     ``async for ev in sub`` or ``await sub.recv(timeout=)``. Closing it (or its Bus) ends iteration.
     """
 
-    def __init__(self, bus: Bus, patterns: tuple[str, ...], *, policy: Policy, hwm: int) -> None:
+    def __init__(
+        self, bus: Bus, patterns: tuple[str, ...], *, policy: Policy, hwm: int, since: int | None = None
+    ) -> None:
         self.patterns = patterns
         self._bus = bus
         self._closed = False
         self._failed: SlowSubscriberError | None = None
         self._pending: deque[Event] = deque()
-        self._recovering = policy == "recover"
-        if self._recovering:  # gaps are filled from the event log (sdk/aio_replay.py)
-            from sdk.aio_replay import recovering_decoder
-
-            self._decoder: EventDecoder = recovering_decoder(patterns, bus._log_side(), self._pending)
-        else:
-            self._decoder = EventDecoder(patterns, policy)
-        self._looks = False
-        """Whether a receive that waits asks the broker, about once a second, which run it is."""
+        self._decoder: EventDecoder = decoder_for(patterns, policy, since=since, timeout=bus.timeout)
+        self._since = since
+        self._idle = False
+        """Whether a waiting receive runs the decoder's idle flows (not during the handshake)."""
         sock = event_socket(bus._ctx.socket(zmq.SUB))
         sock.linger = 0
         sock.rcvhwm = hwm
         self._sock: zmq.asyncio.Socket = sock
 
-    async def _start(self, timeout: float) -> None:
-        """Connect, subscribe, and return once the broker has our filters (its sync reply arrived)."""
+    async def _start(self, timeout: float, seam_timeout: float) -> None:
+        """Connect, subscribe, return once the broker has our filters, then (``since=``) the seam."""
         sock = self._sock
         try:
             sock.connect(self._bus.endpoints.subscribe)
@@ -68,32 +63,36 @@ class Subscription:
                 sock.subscribe(prefix)
             token = sync_token()
             sock.subscribe(token)
-            deadline = time.monotonic() + timeout
-            while True:
-                frames = await self._next_frames(deadline)
-                if frames is None:
-                    raise subscription_unconfirmed(self._bus.endpoints.subscribe, timeout)
-                if len(frames) != 3:
-                    continue
-                topic, stamp, body = frames
-                if topic == token:
-                    break
-                if topic[:1] != b"\x00":  # an event that arrived before the sync reply: keep it
-                    self._decoder.feed(topic, stamp, body, self._pending.append)
+            endpoint = self._bus.endpoints.subscribe
+            await self._run(handshake(self._decoder, self._pending, token, endpoint=endpoint, timeout=timeout))
             sock.unsubscribe(token)
-            if not self._recovering:  # which broker we are listening to (see look_for_restart)
-                try:
-                    self._decoder.epoch = broker_epoch(await self._bus.control.call(EPOCH_QUESTION))
-                except BusError:
-                    pass
-                self._looks = True
+            if self._since is not None:
+                await self._run(seam(self._decoder, self._pending, self.patterns, self._since, timeout=seam_timeout))
+            self._idle = True
         except BaseException:
             self._closed = True
             sock.close(linger=0)
             raise
 
-    async def _next_frames(self, deadline: float | None) -> list[bytes] | None:
-        """The next delivered message, or None at the deadline.
+    async def _run(self, flow: Resolve) -> None:
+        await drive_async(flow, self._perform)
+
+    async def _perform(self, step: Step) -> Any:
+        """Do the I/O one step of a core flow asks for."""
+        kind = type(step)
+        if kind is Control:
+            return await self._bus.control.call(step.request, timeout=step.timeout, retries=step.retries)  # type: ignore[union-attr]
+        if kind is Log:
+            return await self._bus.log.call(step.request)  # type: ignore[union-attr]
+        if kind is Receive:
+            return await self._next_frames(step.deadline, idle=False)  # type: ignore[union-attr]
+        if kind is Sleep:
+            await asyncio.sleep(step.seconds)  # type: ignore[union-attr]
+            return None
+        raise TypeError(f"not a step: {step!r}")
+
+    async def _next_frames(self, deadline: float | None, *, idle: bool = True) -> list[bytes] | None:
+        """The next delivered message; None at the deadline; [] when an idle flow queued events.
 
         Raises:
             BusClosed: the subscription was closed (also while waiting).
@@ -106,6 +105,7 @@ class Subscription:
             return future.result()
         if not isinstance(future.exception(), zmq.Again):
             raise BusClosed("subscription is closed") from future.exception()
+        idle = idle and self._idle
         future = sock.recv_multipart()
         try:
             while True:
@@ -114,13 +114,19 @@ class Subscription:
                     future.cancel()
                     return None
                 wait = remaining
-                if self._looks:  # wait in slices, to look for a restarted broker while idle
+                if idle:  # wait in slices, to run the decoder's idle flows
                     wait = _IDLE_SLICE if remaining is None else min(remaining, _IDLE_SLICE)
                 done, _ = await asyncio.wait({future}, timeout=wait)
                 if done:
                     break
-                if self._looks:
-                    await self._look_for_restart(deadline)
+                if idle:
+                    now = time.monotonic()
+                    flow = self._decoder.idle(now, math.inf if deadline is None else deadline - now, self._pending.append)
+                    if flow is not None:
+                        await self._run(flow)
+                    if not future.done() and self._pending:
+                        future.cancel()
+                        return []
         except asyncio.CancelledError:
             future.cancel()  # never leave a receive behind that would swallow a message
             raise
@@ -131,18 +137,6 @@ class Subscription:
             raise BusClosed("subscription is closed") from error
         return future.result()
 
-    async def _look_for_restart(self, deadline: float | None) -> None:
-        """While no event arrives: is this still the same broker? (EventDecoder.look_for_restart)"""
-        decoder, now = self._decoder, time.monotonic()
-        left = IDLE_LOOK_TIMEOUT if deadline is None else min(IDLE_LOOK_TIMEOUT, deadline - now)
-        if left <= 0 or not decoder.look_due(now):
-            return
-        try:
-            reply = await self._bus.control.call(EPOCH_QUESTION, timeout=left, retries=0)
-        except BusError:  # no answer: looked at again later
-            return
-        decoder.looked(broker_epoch(reply))
-
     # -- receiving ---------------------------------------------------------------------------
 
     @property
@@ -151,10 +145,14 @@ class Subscription:
         return self._decoder.lost
 
     @property
+    def recovered(self) -> int:
+        """Events fetched from the event log to fill gaps (``policy="recover"`` only)."""
+        return self._decoder.recovered
+
+    @property
     def restarts(self) -> int:
         """Broker restarts this subscription rode through (seen as a topic sequence starting over,
-        or, as on a sync subscription with the ``drop`` or ``count`` policy, by asking the broker
-        about once a second while no event arrives)."""
+        or by asking the broker about once a second while no event arrives)."""
         return self._decoder.restarts
 
     @property
@@ -177,70 +175,33 @@ class Subscription:
             SlowSubscriberError: events were lost and the policy is ``"drop"``; the subscription is over.
             BusClosed: the subscription or its bus was closed.
         """
-        if self._pending:
-            return self._pending.popleft()
-        if self._failed is not None:
-            raise self._failed
-        if self._closed:
+        pending = self._pending
+        if pending:
+            return pending.popleft()
+        if self._closed and self._failed is None:
             raise BusClosed("subscription is closed")
         deadline = deadline_of(timeout)
-        feed, pending = self._decoder.feed, self._pending
+        decoder, append = self._decoder, pending.append
         while True:
             if pending:  # a recovered gap is queued ahead of the event that revealed it
                 return pending.popleft()
-            if self._recovering:
-                event = await self._recover_step(deadline)
-                if event is not None:
-                    return event
-                continue
+            if self._failed is not None:
+                raise self._failed
             frames = await self._next_frames(deadline)
             if frames is None:
                 raise BusTimeout(f"no event within {timeout:g}s")
+            if not frames:
+                continue
             if len(frames) != 3:
-                self._decoder.malformed += 1
+                decoder.malformed += 1
                 continue
             try:
-                feed(*frames, pending.append)
+                decoder.feed(*frames, append)
+                if decoder.held is not None:  # a gap: settled by a flow before reading on
+                    await self._run(decoder.resolve(append))
             except SlowSubscriberError as e:
                 self._failed = e
                 self._close_socket()
-                raise
-
-    async def _recover_step(self, deadline: float | None) -> Event | None:
-        """One receive of a ``policy="recover"`` subscription: a gap is fetched from the log, and
-        an idle slice asks the broker whether the newest events were lost (sdk/aio_replay.py).
-
-        Raises:
-            BusTimeout: the deadline passed.
-            SlowSubscriberError: the log could not supply a gap.
-        """
-        from sdk.aio_replay import GapFound, catch_up, fill
-
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            raise BusTimeout("no event in time")
-        slice_end = now + 0.1 if deadline is None else min(deadline, now + 0.1)
-        frames = await self._next_frames(slice_end)
-        if frames is None:
-            return await catch_up(self)
-        if len(frames) != 3:
-            self._decoder.malformed += 1
-            return None
-        try:
-            try:
-                self._decoder.feed(*frames, self._pending.append)
-            except GapFound as gap:
-                await fill(self, gap, frames)
-            return None
-        except SlowSubscriberError as e:
-            self._failed = e
-            self._close_socket()
-            raise
-
-    @property
-    def recovered(self) -> int:
-        """Events fetched from the event log to fill gaps (``policy="recover"`` only)."""
-        return getattr(self._decoder, "recovered", 0)
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._iterate()

@@ -248,15 +248,9 @@ class Bus:
             policy=policy,
             hwm=self.hwm if hwm is None else hwm,
             timeout=self.timeout if timeout is None else timeout,
+            since=since,
+            seam_timeout=sub_timeout(self, timeout),
         )
-        if since is not None:
-            from sdk.replay import attach_history
-
-            try:
-                attach_history(sub, self, since, timeout=sub_timeout(self, timeout))
-            except BaseException:
-                sub.close()
-                raise
         with self._lock:
             self._subscriptions.add(sub)
         return sub

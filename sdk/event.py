@@ -21,7 +21,8 @@ class Event:
         ts: when the publisher sent it, in seconds since the epoch (publisher's clock).
         source: the publishing component's ``name``.
         session_id: the session this event belongs to, if any.
-        seq: the per-topic sequence the broker stamped (1, 2, 3, ... per type).
+        seq: the per-topic sequence the broker stamped (1, 2, 3, ... per type): the wire's and
+            the log's ``topic_seq`` (also readable under that name).
     """
 
     type: str
@@ -31,6 +32,11 @@ class Event:
     source: str
     session_id: str | None = None
     seq: int = 0
+
+    @property
+    def topic_seq(self) -> int:
+        """The per-topic sequence under its wire name (PROTOCOL.md): the same as ``seq``."""
+        return self.seq
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what ``pryxbus sub`` prints)."""

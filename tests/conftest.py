@@ -129,6 +129,21 @@ def bus(home: Path, broker: Part) -> Iterator[sdk.Bus]:
         yield b
 
 
+@pytest.fixture(params=("sync", "asyncio"))
+def front(request: pytest.FixtureRequest) -> str:
+    """Which SDK front a test drives (see tests/fronts.py): every subscription test runs on both."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def front_bus(home: Path, broker: Part, front: str) -> Iterator[object]:
+    """A connected Bus of the ``front`` under test, with the blocking face of ``sdk.Bus``."""
+    from tests.fronts import connect
+
+    with connect(front, home, name="test", timeout=5.0) as b:
+        yield b
+
+
 @pytest.fixture
 def session_service(start) -> Part:
     """The session service alone (no broker: its session events are dropped)."""

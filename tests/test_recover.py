@@ -1,4 +1,5 @@
-"""``policy="recover"`` (issue 4): a subscriber that falls behind gets what it lost from the event log."""
+"""``policy="recover"`` (issue 4): a subscriber that falls behind gets what it lost from the event log
+(on both fronts, tests/fronts.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import sdk
+from tests.fronts import connect
 from tests.helpers import wait_for
 
 N = 20_000
@@ -27,10 +29,10 @@ def stalled_then_drained(bus: sdk.Bus, sub: sdk.Subscription, publish) -> list[s
     return got
 
 
-def test_a_stalled_subscriber_gets_every_version_exactly_once(start) -> None:
+def test_a_stalled_subscriber_gets_every_version_exactly_once(start, front: str) -> None:
     start("broker", "--sub-hwm", "50")
     log = start("event-log")
-    with sdk.connect(log.home, name="test") as bus:
+    with connect(front, log.home, name="test") as bus:
         with bus.subscribe(policy="recover", hwm=10) as sub:
             got = stalled_then_drained(bus, sub, lambda i: bus.publish("trace:event", {"i": i}))
             assert sub.recovered > 0  # the queues really overflowed
@@ -40,11 +42,11 @@ def test_a_stalled_subscriber_gets_every_version_exactly_once(start) -> None:
     assert [e.seq for e in got] == list(range(1, N + 1))
 
 
-def test_recover_keeps_to_the_patterns(start) -> None:
+def test_recover_keeps_to_the_patterns(start, front: str) -> None:
     start("broker", "--sub-hwm", "50")
     log = start("event-log")
     types = ["agent:spawned", "agent:completed", "channel:message"]  # the last event (N - 1) matches
-    with sdk.connect(log.home, name="test") as bus:
+    with connect(front, log.home, name="test") as bus:
         with bus.subscribe("agent:*", policy="recover", hwm=10) as sub:
             got = stalled_then_drained(bus, sub, lambda i: bus.publish(types[i % 3], i))
             assert sub.recovered > 0
@@ -54,9 +56,9 @@ def test_recover_keeps_to_the_patterns(start) -> None:
     assert [e.type for e in got] == [types[i % 3] for i in expected]
 
 
-def test_recover_without_a_log_ends_like_drop(home: Path, start) -> None:
+def test_recover_without_a_log_ends_like_drop(home: Path, start, front: str) -> None:
     start("broker", "--sub-hwm", "50")
-    with sdk.connect(home, name="test", timeout=0.3) as bus:
+    with connect(front, home, name="test", timeout=0.3) as bus:
         with bus.subscribe(policy="recover", hwm=10) as sub:
             for i in range(N):
                 bus.publish("trace:event", i)
@@ -73,10 +75,10 @@ def test_recover_without_a_log_ends_like_drop(home: Path, start) -> None:
                 sub.recv(timeout=0.1)
 
 
-def test_since_and_recover_together(home: Path, start) -> None:
+def test_since_and_recover_together(home: Path, start, front: str) -> None:
     start("broker", "--sub-hwm", "50")
     start("event-log")
-    with sdk.connect(home, name="test") as bus:
+    with connect(front, home, name="test") as bus:
         for i in range(100):
             bus.publish("trace:event", i)
         wait_for(bus.log_stats, lambda s: s["last"] == 100, what="100 logged")
@@ -89,27 +91,3 @@ def test_since_and_recover_together(home: Path, start) -> None:
                 sub.recv(timeout=0.1)
     assert [e.payload for e in got] == list(range(90, 100 + N))
     assert [e.version for e in got] == list(range(91, 101 + N))
-
-
-def test_asyncio_recover_gets_every_version_exactly_once(start) -> None:
-    import asyncio
-
-    import sdk.aio
-
-    start("broker", "--sub-hwm", "50")
-    log = start("event-log")
-
-    async def main() -> tuple[list[sdk.Event], int]:
-        async with sdk.aio.connect(log.home, name="aio") as bus:
-            async with bus.subscribe(policy="recover", hwm=10) as sub:
-                for i in range(N):
-                    await bus.publish("trace:event", i)
-                got = [await sub.recv(timeout=10) for _ in range(N)]
-                with pytest.raises(sdk.BusTimeout):
-                    await sub.recv(timeout=0.3)
-                return got, sub.recovered
-
-    got, recovered = asyncio.run(main())
-    assert recovered > 0
-    assert [e.version for e in got] == list(range(1, N + 1))
-    assert [e.payload for e in got] == list(range(N))

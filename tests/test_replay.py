@@ -17,12 +17,12 @@ TYPES = ["channel:message", "agent:spawned", "agent:completed", "trace:event"]
 
 
 @pytest.fixture
-def logged(home: Path, event_log, bus: sdk.Bus) -> sdk.Bus:
-    """40 events logged: event i has version i + 1, type TYPES[i % 4], session s-(i % 3) if i is even."""
+def logged(home: Path, event_log, front_bus: sdk.Bus) -> sdk.Bus:
+    """A Bus of each front (tests/fronts.py) with 40 events logged: event i has version i + 1, type TYPES[i % 4], session s-(i % 3) if i is even."""
     for i in range(40):
-        bus.publish(TYPES[i % 4], {"i": i}, session_id=f"s-{i % 3}" if i % 2 == 0 else None)
-    wait_for(bus.log_stats, lambda s: s["last"] == 40, what="40 events logged")
-    return bus
+        front_bus.publish(TYPES[i % 4], {"i": i}, session_id=f"s-{i % 3}" if i % 2 == 0 else None)
+    wait_for(front_bus.log_stats, lambda s: s["last"] == 40, what="40 events logged")
+    return front_bus
 
 
 def versions(events) -> list[int]:
@@ -153,22 +153,3 @@ def test_since_in_the_future_waits_for_live_events(logged: sdk.Bus) -> None:
         for i in range(3):
             logged.publish("trace:event", i)
         assert [sub.recv(timeout=5).version for _ in range(2)] == [42, 43]
-
-
-def test_asyncio_replay_tail_and_since(logged: sdk.Bus, home: Path) -> None:
-    import asyncio
-
-    import sdk.aio
-
-    async def main() -> None:
-        async with sdk.aio.connect(home, name="aio") as bus:
-            assert [e.version async for e in bus.replay("agent:*", since=30)] == [31, 34, 35, 38, 39]
-            assert [e.version async for e in bus.replay()] == list(range(1, 41))
-            assert [e.version for e in await bus.log_tail(limit=2)] == [39, 40]
-            assert (await bus.log_stats())["last"] == 40
-            async with bus.subscribe("trace:event", since=35) as sub:
-                await bus.publish("trace:event", {"live": True})
-                got = [await sub.recv(timeout=5) for _ in range(3)]
-            assert [e.version for e in got] == [36, 40, 41]
-
-    asyncio.run(main())

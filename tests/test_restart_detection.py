@@ -12,7 +12,8 @@ import pytest
 import sdk
 import sdk.aio
 from schemas.envelope import encode_body, stamp
-from sdk.subscription import EventDecoder
+from sdk.core.decoding import EventDecoder
+from sdk.core.flows import PING, Control, Step, drive
 
 BODY = encode_body({"n": 1}, source="test", session_id=None)
 
@@ -59,41 +60,81 @@ def test_an_asyncio_subscription_notices_a_restart_while_idle(home: Path, start,
 
     assert asyncio.run(asyncio.wait_for(main(), 60)) == (2, 1, 1, 0)
 
-def _decoder(policy: str, epochs: list[int]) -> EventDecoder:
-    decoder = EventDecoder(("t:*",), policy)  # type: ignore[arg-type]
+def _broker(epochs: list[int | None]):
+    """A scripted broker for the core's flows: each control request gets the next ``first_version``
+    (None: no answer)."""
     answers = iter(epochs)
-    decoder.epoch = 1
-    decoder.idle_probe = lambda timeout: next(answers)
-    decoder.probe = lambda: decoder.epoch  # asked on the gap: the broker we already know
-    return decoder
+
+    def perform(step: Step) -> dict[str, int]:
+        assert isinstance(step, Control) and step.request == PING
+        epoch = next(answers)
+        if epoch is None:
+            raise sdk.BusUnavailable("no answer")
+        return {"first_version": epoch, "version": epoch}
+
+    return perform
+
+
+def _feed(decoder: EventDecoder, perform, frames: tuple[bytes, bytes, bytes], got: list[sdk.Event]) -> None:
+    """What a front does with one message: feed it, and settle a gap through the decoder's flow."""
+    decoder.feed(*frames, got.append)
+    if decoder.held is not None:
+        drive(decoder.resolve(got.append), perform)
+
+
+def _look(decoder: EventDecoder, perform, now: float) -> None:
+    flow = decoder.idle(now, 5.0, lambda event: None)
+    if flow is not None:
+        drive(flow, perform)
 
 
 @pytest.mark.parametrize("policy", ["count", "drop"])
 def test_after_a_restart_seen_while_idle_the_next_event_shows_what_was_missed(policy: str) -> None:
-    decoder = _decoder(policy, [1, 7])
+    decoder = EventDecoder(("t:*",), policy)  # type: ignore[arg-type]
+    decoder.epoch = 1
+    perform = _broker([1, 7, 7])  # idle look, idle look (a new broker), the question on the gap
     got: list[sdk.Event] = []
-    decoder.feed(b"t:x", stamp(1, 1), BODY, got.append)
-    decoder.look_for_restart(0.0, 0.2)  # the same broker
+    _feed(decoder, perform, (b"t:x", stamp(1, 1), BODY), got)
+    _look(decoder, perform, 0.0)  # the same broker
     assert decoder.restarts == 0
-    decoder.look_for_restart(10.0, 0.2)  # a new one (first_version 7)
+    _look(decoder, perform, 10.0)  # a new one (first_version 7)
     assert decoder.restarts == 1
     if policy == "drop":
         with pytest.raises(sdk.SlowSubscriberError):
-            decoder.feed(b"t:x", stamp(9, 2), BODY, got.append)  # seq 2: seq 1 of the new broker was missed
+            _feed(decoder, perform, (b"t:x", stamp(9, 2), BODY), got)  # seq 2: seq 1 of the new broker was missed
+        assert [e.seq for e in got] == [1]
     else:
-        decoder.feed(b"t:x", stamp(9, 2), BODY, got.append)
+        _feed(decoder, perform, (b"t:x", stamp(9, 2), BODY), got)
         assert [e.seq for e in got] == [1, 2]
     assert decoder.lost == 1
 
 
 def test_looks_are_spaced_and_a_silent_broker_changes_nothing() -> None:
-    decoder = _decoder("count", [1])
-    decoder.look_for_restart(0.0, 0.2)
-    decoder.look_for_restart(0.5, 0.2)  # too soon: not asked (the answers would have run out)
-
-    def silent(timeout: float) -> int:
-        raise sdk.BusUnavailable("no answer")
-
-    decoder.idle_probe = silent
-    decoder.look_for_restart(5.0, 0.2)
+    decoder = EventDecoder(("t:*",), "count")
+    decoder.epoch = 1
+    perform = _broker([1, None])
+    _look(decoder, perform, 0.0)
+    _look(decoder, perform, 0.5)  # too soon: not asked (the answers would have run out)
+    _look(decoder, perform, 5.0)  # no answer
     assert (decoder.restarts, decoder.epoch) == (0, 1)
+
+
+@pytest.mark.parametrize("policy", ["count", "drop"])
+def test_a_forward_jump_asks_which_run_the_broker_is(policy: str) -> None:
+    """Issue 14: a sync subscription asked the broker on a forward jump, an asyncio one did not.
+    Both now settle a gap through the same flow: a new broker's jump counts a restart and loses
+    only what the new broker stamped before; the same broker's jump loses the difference."""
+    for epochs, restarts, lost in (([1], 0, 3), ([5], 1, 4)):
+        decoder = EventDecoder(("t:*",), policy)  # type: ignore[arg-type]
+        decoder.epoch = 1
+        perform = _broker(epochs)
+        got: list[sdk.Event] = []
+        _feed(decoder, perform, (b"t:x", stamp(1, 1), BODY), got)
+        if policy == "drop":
+            with pytest.raises(sdk.SlowSubscriberError) as error:
+                _feed(decoder, perform, (b"t:x", stamp(9, 5), BODY), got)
+            assert error.value.lost == lost
+        else:
+            _feed(decoder, perform, (b"t:x", stamp(9, 5), BODY), got)
+            assert [e.seq for e in got] == [1, 5]
+        assert (decoder.restarts, decoder.lost) == (restarts, lost)

@@ -1,4 +1,5 @@
-"""Subscription patterns through the broker: exact, ``*``, trailing ``**``, ``**``; each event once."""
+"""Subscription patterns through the broker: exact, ``*``, trailing ``**``, ``**``; each event once
+(on both fronts: ``front_bus``)."""
 
 from __future__ import annotations
 
@@ -28,24 +29,24 @@ def publish_all(bus: sdk.Bus) -> None:
     ],
     ids=lambda p: "|".join(p) if isinstance(p, tuple) else None,
 )
-def test_patterns_through_the_broker(bus: sdk.Bus, patterns: tuple[str, ...], expected: list[str]) -> None:
-    with bus.subscribe(*patterns, "end") as sub:
-        publish_all(bus)
+def test_patterns_through_the_broker(front_bus: sdk.Bus, patterns: tuple[str, ...], expected: list[str]) -> None:
+    with front_bus.subscribe(*patterns, "end") as sub:
+        publish_all(front_bus)
         got = collect(sub, len(expected) + 1)
     assert [e.type for e in got] == [*expected, "end"]
 
 
-def test_overlapping_patterns_deliver_once(bus: sdk.Bus) -> None:
-    with bus.subscribe("agent:spawned", "agent:*", "agent:**", "*:spawned", "end") as sub:
-        publish_all(bus)
+def test_overlapping_patterns_deliver_once(front_bus: sdk.Bus) -> None:
+    with front_bus.subscribe("agent:spawned", "agent:*", "agent:**", "*:spawned", "end") as sub:
+        publish_all(front_bus)
         got = collect(sub, 5)
     assert [e.type for e in got] == ["agent:spawned", "agent:completed", "agent:x:y", "agents:spawned", "end"]
     assert [e.version for e in got] == [1, 2, 3, 4, 9]
 
 
-def test_two_subscriptions_each_get_their_copy(bus: sdk.Bus) -> None:
-    with bus.subscribe("agent:*", "end") as one, bus.subscribe("agent:**", "agent:spawned", "end") as two:
-        publish_all(bus)
+def test_two_subscriptions_each_get_their_copy(front_bus: sdk.Bus) -> None:
+    with front_bus.subscribe("agent:*", "end") as one, front_bus.subscribe("agent:**", "agent:spawned", "end") as two:
+        publish_all(front_bus)
         got_one, got_two = collect(one, 3), collect(two, 4)
     assert [e.type for e in got_one] == ["agent:spawned", "agent:completed", "end"]
     assert [e.type for e in got_two] == ["agent:spawned", "agent:completed", "agent:x:y", "end"]

@@ -24,7 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.eventlog.store import EventStore
-from broker.eventlog.writer import LogWriter, envelope_header
+from broker.eventlog.writer import LogWriter
+from schemas.envelope import decode_header
 from schemas.eventlog import MAX_INT, MAX_PAGE
 from schemas.topics import InvalidType, check_pattern, check_type, compile_matcher, is_match_all
 
@@ -245,7 +246,7 @@ class LogQueries:
                 raise BadRequest("body must be bytes (the envelope as delivered)")
             try:
                 check_type(event_type)
-                ts, source, session_id = envelope_header(body)
+                ts, source, session_id = decode_header(body)
             except (InvalidType, ValueError) as e:
                 raise BadRequest(f"event {version}: {e}") from None
             rows.append((version, event_type, seq, ts, source, session_id, body))

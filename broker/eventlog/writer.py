@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import msgpack
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from broker.eventlog.store import EventStore, Row
-from schemas.envelope import CONTROL_PREFIX, LOG_MARK, STAMP, SYNC_PREFIX, MalformedEvent, split_run
+from schemas.envelope import CONTROL_PREFIX, LOG_MARK, STAMP, SYNC_PREFIX, MalformedEvent, decode_header, split_run
 from sdk.security import ClientKeys, secure_client
 from sdk.transport import event_socket
 
@@ -32,58 +30,11 @@ log = logging.getLogger("pryxbus.eventlog")
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _unpack_stamp = STAMP.unpack
-_DOUBLE = struct.Struct(">d")
 
 DEFAULT_RCVHWM = 1_000_000
-HEADER_PARSE_FROM = 512
-"""Bodies this long or longer are parsed by hand up to the session id (payload left undecoded)."""
 MAX_BATCH = 50_000
 WRITE_RETRY = 1.0
 """Seconds between tries of a batch the disk refused (full, I/O error); nothing is read meanwhile."""
-
-
-def _str_at(body: bytes, pos: int) -> tuple[str | None, int]:
-    """A msgpack str or nil at ``pos``: (value, next position); raises ValueError otherwise."""
-    head = body[pos]
-    if 0xA0 <= head <= 0xBF:
-        n, pos = head & 0x1F, pos + 1
-    elif head == 0xC0:
-        return None, pos + 1
-    elif head == 0xD9:
-        n, pos = body[pos + 1], pos + 2
-    elif head == 0xDA:
-        n, pos = int.from_bytes(body[pos + 1 : pos + 3], "big"), pos + 3
-    else:
-        raise ValueError("not a str")
-    return body[pos : pos + n].decode("utf-8"), pos + n
-
-
-def envelope_header(body: bytes) -> tuple[float, str, str | None]:
-    """``(ts, source, session_id)`` of a body without decoding its payload.
-
-    The SDK always writes ``[1, float64 ts, str source, str|nil session_id, payload]``; anything
-    else falls back to a full msgpack decode. Raises ValueError for a body that is not an envelope.
-    """
-    if len(body) < HEADER_PARSE_FROM:  # msgpack's C decoder is faster on small bodies
-        return _full_header(body)
-    try:
-        if body[1] == 1 and body[2] == 0xCB:
-            ts = _DOUBLE.unpack_from(body, 3)[0]
-            source, pos = _str_at(body, 11)
-            session_id, _ = _str_at(body, pos)
-            if source is not None:
-                return ts, source, session_id
-    except (IndexError, ValueError, UnicodeDecodeError):
-        pass
-    return _full_header(body)
-
-
-def _full_header(body: bytes) -> tuple[float, str, str | None]:
-    try:
-        _, ts, source, session_id, _payload = msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except Exception as e:
-        raise ValueError(f"body is not an envelope: {e}") from None
-    return float(ts), str(source), session_id if isinstance(session_id, str) else None
 
 
 class LogWriter:
@@ -206,7 +157,7 @@ class LogWriter:
                 try:
                     if event_type is None:
                         raise ValueError("the type is not UTF-8")
-                    ts, source, session_id = envelope_header(one)
+                    ts, source, session_id = decode_header(one)
                 except ValueError:
                     self.malformed += 1
                     continue

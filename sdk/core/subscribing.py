@@ -1,0 +1,69 @@
+"""The two flows that start a subscription: the handshake, and the ``since=`` seam."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from sdk.core.decoding import EventDecoder, FloorDecoder, RecoveringDecoder, Resolve, event_of_row
+from sdk.core.flows import PING, Control, Receive, broker_position, log_pages, replay_request, unconfirmed
+from sdk.event import Event
+
+
+def handshake(decoder: EventDecoder, pending: deque[Event], token: bytes, *, endpoint: str, timeout: float) -> Resolve:
+    """Return once the broker has our filters: it answers the sync topic ``token``, subscribed after
+    them. Events that arrive first are decoded into ``pending``; messages without exactly three
+    frames are counted in ``decoder.malformed`` and skipped. Then learn which run the broker is.
+
+    Raises:
+        BusUnavailable: no sync reply within ``timeout``.
+        SlowSubscriberError: under ``drop``, a gap among the events that came first.
+    """
+    deadline = time.monotonic() + timeout
+    append = pending.append
+    while True:
+        frames = yield Receive(deadline)
+        if frames is None:
+            raise unconfirmed(endpoint, timeout)
+        if len(frames) != 3:
+            decoder.malformed += 1
+            continue
+        topic, stamp, body = frames
+        if topic == token:
+            break
+        if topic[:1] != b"\x00":  # an event that arrived before the sync reply: keep it
+            decoder.feed(topic, stamp, body, append)
+            if decoder.held is not None:
+                yield from decoder.resolve(append)
+    yield from decoder.first_look()
+
+
+def seam(decoder: EventDecoder, pending: deque[Event], patterns: tuple[str, ...], since: int, *, timeout: float) -> Resolve:
+    """Put every logged event after ``since`` in front of a live subscription.
+
+    Subscribed first, we ask the broker for its current version B, replay ``(since, B]`` from the
+    log (waiting until the log has reached B) and deliver live events above B only: every event
+    above B is live (stamped after the subscription was confirmed), every event up to B is in the
+    replay: no gap, no duplicate.
+
+    Raises:
+        BusUnavailable: the broker or the event log did not answer.
+        BusTimeout: the log did not catch up with the broker within ``timeout``.
+    """
+    assert isinstance(decoder, (FloorDecoder, RecoveringDecoder))
+    target, stamped = broker_position((yield Control(PING)))
+    floor = max(since, target)
+    history: list[Event] = []
+
+    def take(rows: list[Any], _scanned: int) -> None:
+        history.extend(event_of_row(row) for row in rows)
+
+    if since < target:
+        request = replay_request(patterns, since=since, until=target)
+        yield from log_pages(request, wait=stamped, timeout=timeout, on_page=take)
+    decoder.set_floor(floor)
+    live = [e for e in pending if e.version > floor]
+    pending.clear()
+    pending.extend(history)
+    pending.extend(live)
