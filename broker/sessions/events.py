@@ -32,9 +32,8 @@ from sdk.security import ClientKeys, secure_client
 log = logging.getLogger("pryxbus.sessions.events")
 
 DEFAULT_LINGER = 0.010
-"""Seconds a burst of session events may wait to be sent together (``--event-linger``). One client
-creating sessions in a loop (spinning, README "--spin-us"): 246-266 us per create at 2 ms, 224-232
-us at 10 ms, 220-235 us with no events at all; each wake-up of the broker competes for the CPUs."""
+"""Seconds a burst of session events may wait to be sent together (``--event-linger``): each
+wake-up of the broker competes for the CPUs with the writes themselves (docs/performance.md)."""
 HOLD_LIMIT = 10_000
 """Events held while no broker is subscribed; beyond this the oldest are dropped."""
 RETRY = 0.1

@@ -9,8 +9,8 @@ hands the ``session:*`` events to ``SessionEvents``, which the loop lets send th
 writers share fsyncs instead of queueing for one each.
 
 Replies to ``get`` are remembered until the next write turn (any write clears them all), so a
-session read again and again costs a dictionary lookup instead of a SQLite read transaction
-(measured: ~12 us of the ~20 us a get spent here beyond a bare REQ/REP echo). That is only right
+session read again and again costs a dictionary lookup instead of a SQLite read transaction, the
+larger part of a get's cost after a wake-up (docs/performance.md). That is only right
 if nothing else writes the file: the CLI holds ``<db>.lock`` for the life of the service, so two
 services never share one database, and components reach sessions only through the service.
 

@@ -1,11 +1,9 @@
 """Whether the machine has a CPU to spare: the session service busy-polls only then (``--spin-us``).
 
 Busy-polling for the next request spares a client in a loop the wake-up of a sleeping thread on a
-virtual CPU that halts when idle (one client's ``get`` here: ~80 us without, ~50 us with), but it
-only pays while a CPU would otherwise sit idle. Beside a busy bus it takes a CPU from the broker
-and the very client it waits for: with a 1->1 event stream through the same broker, a service that
-spun whenever requests came back to back cut a closed-loop client's gets from ~10k to ~5.5k per
-second and the stream's rate by up to ~13% (README, ``--spin-us``).
+virtual CPU that halts when idle, but it only pays while a CPU would otherwise sit idle: beside a
+busy bus it takes a CPU from the broker and from the very client it waits for (the measurements
+are in docs/performance.md, "The session service's spin").
 
 So the service asks :class:`SpareCpu` first. It reads the machine's busy time from ``/proc/stat``
 (ticks of 1/100 s) once per window, takes away what this process used (its own spinning must not
@@ -24,9 +22,8 @@ WINDOW = 0.2
 """Seconds between two looks at ``/proc/stat`` (20 ticks per CPU: the share is known to ~5%)."""
 SPARE = 1.5
 """CPUs the other processes must have left unused in the last window for a spin to be allowed: one
-for the spin, half of one for the others' bursts. Measured here (2 CPUs), the others used 0.02-0.25
-CPU beside one client creating sessions in a loop, 0.3-0.5 beside one client's gets, 0.9-1.07
-beside four clients' gets; at 1.0, spinning beside those four cost them ~15% of their gets."""
+for the spin, half of one for the others' bursts (at 1.0, spinning beside four busy clients slowed
+them; docs/performance.md)."""
 
 
 class SpareCpu:

@@ -364,7 +364,7 @@ class SessionStore:
         return Written(_row(rows[0]), "deleted")
 
     def restore(self, session: dict[str, object], *, overwrite: bool = False) -> Written:
-        """Put back an exported session exactly (its timestamps too); for session import (issue 4).
+        """Put back an exported session exactly (its timestamps too); for session import.
 
         The same session already here is left alone; a different one is refused unless
         ``overwrite``. A restore is not a change in the conversation, so it emits no event.
