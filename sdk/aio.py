@@ -10,7 +10,7 @@
 ...                 break
 
 The rules (types, patterns, size limit, publisher handshake, loss detection) are those of the
-sync SDK, shared through ``sdk._publish`` and ``sdk.subscription.EventDecoder``.
+sync SDK, shared through ``sdk.wire`` and ``sdk.subscription.EventDecoder``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import zmq.asyncio
 from schemas.endpoints import Endpoints
 from sdk.transport import configure_context
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
-from sdk._publish import (
+from sdk.wire import (
     SIZE_QUESTION,
     check_event,
     check_subscription,

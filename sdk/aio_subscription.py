@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import zmq
 import zmq.asyncio
 
-from sdk._publish import subscription_unconfirmed
+from sdk.wire import subscription_unconfirmed
 from sdk.errors import BusClosed, BusError, BusTimeout, SlowSubscriberError
 from sdk.event import Event
 from sdk.subscription import (

@@ -14,7 +14,7 @@ import zmq
 from schemas.endpoints import Endpoints
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, ENVELOPE_VERSION
 from sdk.transport import configure_context
-from sdk._publish import (
+from sdk.wire import (
     SIZE_QUESTION,
     broker_subscribed,
     check_event,
@@ -188,7 +188,7 @@ class Bus:
         with self._lock:
             if self._closed:
                 raise BusClosed("bus is closed")
-            # sdk._publish.encode_body, inlined on the hot path (one call less per event)
+            # sdk.wire.encode_body, inlined on the hot path (one call less per event)
             now = time.time()
             try:
                 body = self._packb((ENVELOPE_VERSION, now, self.name, session_id, payload))
