@@ -131,7 +131,7 @@ class Bus(PublisherCore):
             sock = self._publisher
             if sock is None:
                 sock = await self._open_publisher()
-            elif now >= self._watch_at:
+            if now >= self._watch_at:
                 self._watch_at = now + WATCH_INTERVAL
                 if sock.getsockopt(_EVENTS) & _POLLIN:
                     self._pub = None
@@ -155,7 +155,6 @@ class Bus(PublisherCore):
             raise
         self._publisher = self._pub = sock
         self._looks = zmq.Socket.shadow(sock.underlying)  # non-blocking reads for the watch's LOOK
-        self._watch_at = time.monotonic() + WATCH_INTERVAL
         return sock
 
     async def _watch_io(self, step: Any) -> Any:
