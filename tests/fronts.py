@@ -85,7 +85,10 @@ class Blocking:
             yield self._wrap(item)
 
     def __getattr__(self, name: str) -> Any:
-        value = self._loop.run(lambda: getattr(self._target, name))
+        if inspect.isfunction(inspect.getattr_static(type(self._target), name, None)):
+            value = getattr(self._target, name)  # a plain method: binding it touches nothing asyncio
+        else:  # a property or data: read on the loop, as asyncio code would
+            value = self._loop.run(lambda: getattr(self._target, name))
         if not callable(value) or isinstance(value, type):
             return self._wrap(value)
 

@@ -449,9 +449,10 @@ def test_a_write_committed_before_a_crash_is_answered_the_same_when_retried_afte
 # -- events and CLI ------------------------------------------------------------------------------
 
 
-def test_session_events_appear_on_the_bus(home: Path, stack) -> None:
-    with sdk.connect(home, name="test", timeout=5) as bus, bus.subscribe("session:**") as sub:
+def test_session_events_appear_on_the_bus(home: Path, stack, front: Front) -> None:
+    with front.connect(home, name="test", timeout=5) as bus, bus.subscribe("session:**") as sub:
         s = bus.sessions.create("evented")
+        assert bus.sessions.get(s.id) == s  # a read: no event
         renamed = bus.sessions.rename(s.id, "renamed")
         touched = bus.sessions.touch(s.id)
         ensured_new = bus.sessions.ensure("e-1", "ensured")
