@@ -9,8 +9,10 @@
 ...                 print(ev.version, ev.type, ev.payload)
 ...                 break
 
-The rules (types, patterns, size limit, publisher handshake, loss detection) are those of the
-sync SDK, shared through ``sdk._publish`` and the subscription core in ``sdk.core``.
+The rules (types, patterns, size limit, publisher handshake and watch, loss detection, sessions,
+Lazy Pirate) are those of the sync SDK, written once: ``sdk.wire``, ``sdk.publisher``,
+``sdk.request``, ``sdk.session_archive`` and ``sdk.subscription.EventDecoder``; this module does
+only the asyncio I/O.
 """
 
 from __future__ import annotations
@@ -21,28 +23,27 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgpack
 import zmq
 import zmq.asyncio
 
 from schemas.endpoints import Endpoints
 from sdk.transport import configure_context
-from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
-from sdk._publish import (
+from sdk.wire import (
     SIZE_QUESTION,
-    check_event,
+    broker_subscribed,
     check_subscription,
     configure_publisher,
-    encode_body,
     publish_timed_out,
     publisher_unavailable,
     size_limit,
-    topic_of,
 )
-from sdk.aio_sessions import AsyncRequester, AsyncSessionClient
+from sdk.aio_sessions import AsyncSessionClient
 from sdk.aio_subscription import Pending, Subscription
 from sdk.bus import DEFAULT_HWM, resolve_endpoints
-from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge, translate
+from sdk.errors import BusClosed, BusUnavailable, InvalidEvent, translate
+from sdk.flow import arun
+from sdk.publisher import LOOK, WATCH_INTERVAL, PublisherCore, WaitForBroker
+from sdk.request import AsyncRequester
 from sdk.event import Event
 from sdk.security import KeyPaths, resolve_client_keys, secure_client_context
 from sdk.subscription import Policy
@@ -50,6 +51,7 @@ from sdk.subscription import Policy
 __all__ = ["Bus", "Subscription", "connect"]
 
 _POLLIN = int(zmq.POLLIN)
+_EVENTS = int(zmq.EVENTS)
 _DONTWAIT = int(zmq.DONTWAIT)
 _ROOM_PAUSE_MAX = 0.01
 """Longest pause between two tries of a publish waiting for room in a full queue (seconds)."""
@@ -58,7 +60,7 @@ ASYNC_POLICIES = ("drop", "count", "recover")
 """Policies of asyncio subscriptions (all of the sync SDK's)."""
 
 
-class Bus:
+class Bus(PublisherCore):
     """A connection to a running pryxbus stack, for asyncio. Create with :func:`sdk.aio.connect`.
 
     Use it from one event loop; concurrent tasks may publish, subscribe and call sessions.
@@ -79,31 +81,26 @@ class Bus:
         self.endpoints = resolve_endpoints(home)
         self.curve = resolve_client_keys(curve, home)
         """The CURVE client keys every socket of this bus uses, or None (plain)."""
-        self.name = name
+        self._init_publisher(
+            name=name, publish_timeout=publish_timeout, validate=validate, max_event_size=max_event_size
+        )
         self.timeout = timeout
-        self.publish_timeout = publish_timeout
         self.hwm = hwm
-        self.validate = validate
-        self.max_event_size = int(max_event_size or DEFAULT_MAX_EVENT_SIZE)
-        """The broker's limit on an encoded event, asked again whenever a broker (re)subscribes."""
-        self._asked_size = max_event_size is None
         self._ctx = secure_client_context(configure_context(zmq.asyncio.Context(), self.endpoints), self.curve)
         self._publisher: zmq.asyncio.Socket | None = None
         self._pub: zmq.asyncio.Socket | None = None
-        """The publisher as publish sees it: None until it is open, and while a broker that
-        subscribed again is asked for its limit (publish then waits for ``_pub_lock``)."""
-        self._watch: asyncio.Task[None] | None = None
+        """The publisher as publish sees it: None until it is open, and while the watch runs
+        (publish then waits for ``_pub_lock``)."""
+        self._looks: zmq.Socket | None = None  # a sync shadow of the publisher, for non-blocking reads
         self._pub_lock = asyncio.Lock()
-        self._topics: dict[str, bytes] = {}
-        self._packb = msgpack.Packer(use_bin_type=True).pack
         self._subscriptions: set[Subscription] = set()
         self._closed = False
         self.control = AsyncRequester(
             self._ctx, self.endpoints.control, timeout=timeout, retries=1, what="broker"
         )
         self._sessions: AsyncSessionClient | None = None
-        self._side: Any = None  # sdk.aio_replay.LogSide: sync log/session clients for worker threads
         self._log: AsyncRequester | None = None
+        self._side: Any = None  # sdk.aio_replay.LogSide: sync log/control clients for worker threads
 
     async def _start(self) -> Bus:
         """Ask the broker for its event size limit (this also proves it is there)."""
@@ -117,74 +114,80 @@ class Bus:
 
     # -- publishing --------------------------------------------------------------------------
 
-    async def _open_publisher(self) -> zmq.asyncio.Socket:
-        """Connect the publisher and wait until the broker's subscription arrives (trap §4.1)."""
+    async def _ready_publisher(self, now: float) -> zmq.asyncio.Socket:
+        """The publisher, opened if it is not yet, after the broker watch if a look is due.
+
+        Other tasks' publishes wait meanwhile (``_pub`` is None), so none sends into an XPUB the
+        broker has left, where it would be dropped.
+
+        Raises:
+            BusUnavailable: the broker's subscription did not reach a new publisher in time.
+            PublishTimeout: the broker was gone and did not come back within ``publish_timeout``.
+            BusClosed: the bus was closed.
+        """
         async with self._pub_lock:
-            if self._pub is not None:
-                return self._pub
             if self._closed:
                 raise BusClosed("bus is closed")
-            sock = self._ctx.socket(zmq.XPUB)
-            configure_publisher(sock, timeout=self.timeout, publish_timeout=self.publish_timeout, hwm=self.hwm)
-            try:
-                sock.connect(self.endpoints.publish)
-                if not await sock.poll(int(self.timeout * 1000), _POLLIN):
-                    raise publisher_unavailable(self.endpoints.publish, self.timeout)
-                await sock.recv()  # the broker's subscription
-            except BaseException:
-                sock.close(linger=0)
-                raise
-            self._publisher = self._pub = sock
-            if self._asked_size:
-                self._watch = asyncio.get_running_loop().create_task(self._watch_broker(sock))
+            sock = self._publisher
+            if sock is None:
+                sock = await self._open_publisher()
+            if now >= self._watch_at:
+                self._watch_at = now + WATCH_INTERVAL
+                if sock.getsockopt(_EVENTS) & _POLLIN:
+                    self._pub = None
+                    try:
+                        await arun(self._watch(), self._server, self._watch_io)
+                    finally:
+                        self._pub = sock
             return sock
 
-    async def _watch_broker(self, sock: zmq.asyncio.Socket) -> None:
-        """Ask a broker that subscribes again for its event size limit, as ``sdk.Bus`` does.
+    async def _open_publisher(self) -> zmq.asyncio.Socket:
+        """Connect the publisher and wait until the broker's subscription arrives (trap §4.1)."""
+        sock = self._ctx.socket(zmq.XPUB)
+        configure_publisher(sock, timeout=self.timeout, publish_timeout=self.publish_timeout, hwm=self.hwm)
+        try:
+            sock.connect(self.endpoints.publish)
+            if not await sock.poll(int(self.timeout * 1000), _POLLIN):
+                raise publisher_unavailable(self.endpoints.publish, self.timeout)
+            await sock.recv()  # the broker's subscription
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        self._publisher = self._pub = sock
+        self._looks = zmq.Socket.shadow(sock.underlying)  # non-blocking reads for the watch's LOOK
+        return sock
 
-        A restarted broker with a smaller ``--max-event-size`` would drop this connection (and
-        what is queued on it) for a bigger event. While it is asked, publish waits (``_pub`` is
-        None); without an answer the old limit stays. Runs until close() cancels it.
-        """
-        while True:
-            try:
-                subscription = await sock.recv()
-            except zmq.ZMQError:
-                return
-            if subscription[:1] != b"\x01":
-                continue
-            async with self._pub_lock:
-                self._pub = None
-                try:
-                    self.max_event_size = size_limit(await self.control.call(SIZE_QUESTION, retries=0))
-                except BusError:
-                    pass
-                finally:
-                    self._pub = sock
+    async def _watch_io(self, step: Any) -> Any:
+        """The watch's own steps (see :mod:`sdk.publisher`) on the asyncio publisher."""
+        sock = self._publisher
+        assert sock is not None
+        if step is LOOK:
+            return broker_subscribed(self._looks) if sock.getsockopt(_EVENTS) & _POLLIN else None
+        assert isinstance(step, WaitForBroker)
+        return bool(await sock.poll(int(step.timeout * 1000) + 1, _POLLIN))
 
     async def publish(self, event_type: str, payload: Any = None, *, session_id: str | None = None) -> None:
         """Publish one event. The broker stamps its version.
 
-        Waits while the broker is behind (high-water mark reached), at most ``publish_timeout``.
+        Waits while the broker is behind (high-water mark reached) or gone, at most ``publish_timeout``.
 
         Raises:
             InvalidEvent: bad type, a payload msgpack cannot encode, or (with ``validate=True``)
                 a payload that does not match the catalogue.
             MessageTooLarge: the encoded event is over the broker's limit; nothing was sent.
-            PublishTimeout: the broker stayed behind for ``publish_timeout``; nothing was sent.
+            PublishTimeout: the broker stayed behind (or away) for ``publish_timeout``; nothing was sent.
             BusUnavailable: the broker could not be reached.
             BusClosed: the bus was closed.
         """
-        topic = topic_of(event_type, self._topics)
-        check_event(event_type, payload, session_id, validate=self.validate)
+        topic = self._checked_topic(event_type, payload, session_id)
         if self._closed:
             raise BusClosed("bus is closed")
-        body = encode_body(self._packb, self.name, session_id, payload, self.max_event_size)
+        body = self._body(payload, session_id)
         sock = self._pub
-        if sock is None:  # not open yet, or a broker that subscribed again is being asked its limit
-            sock = await self._open_publisher()
-            if len(body) > self.max_event_size:  # a new broker's limit, learnt just now
-                raise MessageTooLarge(len(body), self.max_event_size)
+        now = time.monotonic()
+        if sock is None or now >= self._watch_at:
+            sock = await self._ready_publisher(now)
+            self._check_size(body)  # a new broker's limit, learnt just now
         try:
             await sock.send_multipart((topic, body), _DONTWAIT)  # whole at once: tasks never interleave
         except zmq.Again:  # the queue is full: the broker is behind
@@ -287,15 +290,13 @@ class Bus:
             if self._closed:
                 raise BusClosed("bus is closed")
             self._sessions = AsyncSessionClient(
-                self._ctx, self.endpoints.sessions, timeout=self.timeout, archive=lambda: self._log_side().sessions
+                self._ctx, self.endpoints.sessions, timeout=self.timeout, log=lambda: self.log
             )
         return self._sessions
 
-    # -- the event log ----------------------------------------------------------------------
-
     @property
     def log(self) -> AsyncRequester:
-        """The asyncio event log client (``await bus.log.call({...})``, see schemas/PROTOCOL.md).
+        """The event log client: ``await bus.log.call({"op": ...}, timeout=, retries=)`` returns the result.
 
         Raises:
             BusUnavailable: the stack has no event log endpoint.
@@ -304,10 +305,17 @@ class Bus:
         if self._log is None:
             if self._closed:
                 raise BusClosed("bus is closed")
-            from sdk.aio_replay import log_client
-
-            self._log = log_client(self._ctx, self.endpoints.log, timeout=self.timeout)
+            if not self.endpoints.log:
+                raise BusUnavailable("this stack has no event log endpoint")
+            # every log request is a read, or idempotent: as sdk.replay.log_client
+            self._log = AsyncRequester(self._ctx, self.endpoints.log, timeout=self.timeout, retries=2, what="event log")
         return self._log
+
+    def _server(self, name: str) -> AsyncRequester:
+        """The client of a server a flow asks (``"control"``, ``"log"``)."""
+        return self.control if name == "control" else self.log
+
+    # -- the event log (sdk/aio_replay.py runs the sync implementation in worker threads) ----
 
     def _log_side(self) -> Any:
         """Sync log and session clients for worker threads (the session archive's cold paths)."""
@@ -348,23 +356,36 @@ class Bus:
         )
 
     async def log_tail(self, *patterns: str, limit: int = 10, session_id: str | None = None) -> list[Event]:
-        """See :meth:`sdk.Bus.log_tail`."""
-        from sdk.aio_replay import tail
+        """See :meth:`sdk.Bus.log_tail`.
 
-        return await tail(self.log, check_subscription(patterns, "drop"), limit=limit, session_id=session_id)
+        Raises:
+            InvalidEvent: an invalid pattern.
+            BusUnavailable: the event log did not answer.
+        """
+        from sdk.session_archive import log_tail
+
+        checked = check_subscription(patterns, "drop")
+        return await arun(log_tail(checked, limit=limit, session_id=session_id), self._server)
 
     async def log_stats(self) -> dict[str, Any]:
-        """See :meth:`sdk.Bus.log_stats`."""
+        """See :meth:`sdk.Bus.log_stats`.
+
+        Raises:
+            BusUnavailable: the event log did not answer.
+        """
         return await self.log.call({"op": "stats"})  # type: ignore[no-any-return]
 
     async def log_summary(
         self, *, bucket: float | None = None, ts_from: float | None = None, ts_until: float | None = None
     ) -> dict[str, Any]:
-        """See :meth:`sdk.Bus.log_summary`."""
+        """See :meth:`sdk.Bus.log_summary`.
+
+        Raises:
+            BusUnavailable: the event log did not answer.
+        """
         from sdk.session_archive import bus_summary
 
-        side = self._log_side()
-        return await asyncio.to_thread(bus_summary, side.log, bucket=bucket, ts_from=ts_from, ts_until=ts_until)
+        return await arun(bus_summary(bucket=bucket, ts_from=ts_from, ts_until=ts_until), self._server)
 
     async def stats(self) -> dict[str, Any]:
         """The broker's counters (events in/out, per topic, rejects, peers).
@@ -382,18 +403,14 @@ class Bus:
         if self._closed:
             return
         self._closed = True
-        if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.wait({self._watch})
-            self._watch = None
         for sub in list(self._subscriptions):
             await sub.close()
         if self._sessions is not None:
             self._sessions.close()
-        if self._side is not None:
-            self._side.close()
         if self._log is not None:
             self._log.close()
+        if self._side is not None:
+            self._side.close()
         self.control.close()
         self._pub = None
         if self._publisher is not None:

@@ -1,101 +1,33 @@
 """The asyncio session client: the same calls as ``SessionClient``, as coroutines, on ``zmq.asyncio``.
 
-Requests and replies go through the same pure builders (``sdk.sessions.SessionCalls``) and the
-same reply check (``sdk.request``) as the synchronous client; only the Lazy Pirate loop is async.
+Requests and replies go through the same pure builders (``sdk.sessions.SessionCalls``), the same
+Lazy Pirate flow (``sdk.request``) and the same event-log flows (``sdk.session_archive``) as the
+synchronous client; only the driver differs (:func:`sdk.flow.arun`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import msgpack
 import zmq
 import zmq.asyncio
 
+from schemas.endpoints import Endpoints
 from schemas.sessions import MAX_LIST_LIMIT
-from sdk.errors import BusClosed, BusUnavailable, RemoteError
+from sdk.errors import BusUnavailable, RemoteError
 from sdk.event import Session
-from sdk.request import _result, connected, encoded, unanswered
+from sdk.flow import arun
+from sdk.request import AsyncRequester
 from sdk.sessions import DEFAULT_RETRIES, Call, SessionCalls, SessionPage, translated
+
+if TYPE_CHECKING:
+    from sdk.session_archive import SessionHistory
 
 T = TypeVar("T")
 
-
-def _packb(request: Any) -> bytes:
-    return msgpack.packb(request, use_bin_type=True)
-
-
-class AsyncRequester:
-    """Lazy Pirate over an asyncio REQ socket: time out, rebuild the socket, retry, then give up.
-
-    Calls from several tasks are serialised (one REQ socket has one request in flight). A call
-    that is cancelled discards its socket, so the next call starts clean.
-    """
-
-    def __init__(
-        self,
-        ctx: zmq.asyncio.Context,
-        endpoint: str,
-        *,
-        timeout: float = 5.0,
-        retries: int = DEFAULT_RETRIES,
-        what: str = "server",
-    ) -> None:
-        self._ctx = ctx
-        self.endpoint = endpoint
-        self.timeout = timeout
-        self.retries = retries
-        self.what = what
-        self._lock = asyncio.Lock()
-        self._sock: zmq.asyncio.Socket | None = None
-        self._closed = False
-
-    def _discard(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-
-    async def call(self, request: dict[str, Any], *, timeout: float | None = None, retries: int | None = None) -> Any:
-        """Send ``request`` and return the reply's ``result``.
-
-        Raises:
-            BusUnavailable: no reply after every retry.
-            SessionNotFound, SessionConflict, RemoteError: the server said no.
-            BusClosed: the client was closed.
-        """
-        payload = encoded(_packb, request, self.what)
-        timeout_ms = int((self.timeout if timeout is None else timeout) * 1000)
-        attempts = 1 + (self.retries if retries is None else retries)
-        async with self._lock:
-            for _ in range(attempts):
-                if self._closed:
-                    raise BusClosed(f"{self.what} client is closed")
-                if self._sock is None:
-                    sock = self._ctx.socket(zmq.REQ)
-                    sock.linger = 0
-                    self._sock = connected(sock, self.endpoint, self.what)
-                try:
-                    await self._sock.send(payload)
-                    if await self._sock.poll(timeout_ms, zmq.POLLIN):
-                        reply = await self._sock.recv()
-                        break
-                except zmq.ZMQError:
-                    pass
-                except BaseException:  # cancelled mid-request: the REQ state is unknown
-                    self._discard()
-                    raise
-                self._discard()
-            else:
-                raise unanswered(self.what, self.endpoint, attempts, timeout_ms)
-        return _result(reply, self.what)
-
-    def close(self) -> None:
-        """Close the socket; idempotent."""
-        self._closed = True
-        self._discard()
+__all__ = ["AsyncRequester", "AsyncSessionClient"]
 
 
 class AsyncSessionClient:
@@ -111,11 +43,38 @@ class AsyncSessionClient:
         *,
         timeout: float = 5.0,
         retries: int = DEFAULT_RETRIES,
-        archive: Callable[[], Any] | None = None,
+        log: Callable[[], AsyncRequester] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._requester = AsyncRequester(ctx, endpoint, timeout=timeout, retries=retries, what="session service")
-        self._archive = archive  # a sync SessionClient with the event log, run in worker threads
+        self._log = log  # the event log client, for resume/export/import_/stats(id)
+        self._own_ctx: zmq.asyncio.Context | None = None
+
+    @classmethod
+    def open(
+        cls,
+        home: str | os.PathLike[str] | Endpoints | None = None,
+        *,
+        timeout: float = 5.0,
+        retries: int = DEFAULT_RETRIES,
+        curve: Any = None,
+    ) -> AsyncSessionClient:
+        """A standalone client (its own context); see :meth:`sdk.sessions.SessionClient.open`.
+
+        ``async with AsyncSessionClient.open(home) as sessions:`` or call :meth:`close`.
+
+        Raises:
+            InvalidEvent: ``home`` is not a home directory or ``tcp://HOST:PORT``.
+            BusUnavailable: CURVE keys were asked for and cannot be loaded.
+        """
+        from sdk.bus import resolve_endpoints
+        from sdk.security import resolve_client_keys, secure_client_context
+
+        endpoints = resolve_endpoints(home)
+        ctx = secure_client_context(zmq.asyncio.Context(), resolve_client_keys(curve, home))
+        client = cls(ctx, endpoints.sessions, timeout=timeout, retries=retries)
+        client._own_ctx = ctx
+        return client
 
     async def _do(self, call: Call[T], **options: Any) -> T:
         try:
@@ -175,32 +134,50 @@ class AsyncSessionClient:
         """See :meth:`sdk.sessions.SessionClient.stats`."""
         if id is None:
             return await self._do(SessionCalls.stats())
-        return await self._in_thread("stats", id)
+        from sdk import session_archive
 
-    # -- with the event log (issue 4): the sync implementation, in a worker thread ------------
+        return await arun(session_archive.session_stats(id), self._server)
 
-    async def _in_thread(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        if self._archive is None:
+    # -- with the event log (issue 4): flows of sdk/session_archive.py ----------------------
+
+    def _server(self, name: str) -> AsyncRequester:
+        if name == "sessions":
+            return self._requester
+        if self._log is None:
             raise BusUnavailable("this session client has no event log; use bus.sessions from sdk.aio.connect()")
-        client = self._archive()
-        return await asyncio.to_thread(getattr(client, method), *args, **kwargs)
+        return self._log()
 
     async def restore(self, session: dict[str, str], *, overwrite: bool = False) -> Session:
         """See :meth:`sdk.sessions.SessionClient.restore`."""
         return await self._do(SessionCalls.restore(session, overwrite))
 
-    async def resume(self, id: str) -> Any:
+    async def resume(self, id: str) -> SessionHistory:
         """See :meth:`sdk.sessions.SessionClient.resume`."""
-        return await self._in_thread("resume", id)
+        from sdk import session_archive
+
+        return await arun(session_archive.resume(id), self._server)
 
     async def export(self, id: str, path: str | os.PathLike[str]) -> int:
         """See :meth:`sdk.sessions.SessionClient.export`."""
-        return await self._in_thread("export", id, path)
+        from sdk import session_archive
+
+        return await arun(session_archive.export(id, path), self._server)
 
     async def import_(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Session:
         """See :meth:`sdk.sessions.SessionClient.import_`."""
-        return await self._in_thread("import_", path, overwrite=overwrite)
+        from sdk import session_archive
+
+        return await arun(session_archive.import_(path, overwrite=overwrite), self._server)
 
     def close(self) -> None:
-        """Close the socket; idempotent."""
+        """Close the socket (and the context if :meth:`open` made it); idempotent."""
         self._requester.close()
+        if self._own_ctx is not None:
+            self._own_ctx.term()
+            self._own_ctx = None
+
+    async def __aenter__(self) -> AsyncSessionClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()

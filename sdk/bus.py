@@ -14,7 +14,7 @@ import zmq
 from schemas.endpoints import Endpoints
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, ENVELOPE_VERSION
 from sdk.transport import configure_context
-from sdk._publish import (
+from sdk.wire import (
     SIZE_QUESTION,
     broker_subscribed,
     check_event,
@@ -28,6 +28,8 @@ from sdk._publish import (
 )
 from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge
 from sdk.event import Event
+from sdk.flow import run
+from sdk.publisher import LOOK, WATCH_INTERVAL, PublisherCore, WaitForBroker
 from sdk.request import Requester, connected
 from sdk.security import KeyPaths, resolve_client_keys, secure_client_context
 from sdk.subscription import Policy, Subscription
@@ -39,8 +41,6 @@ _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
 
 DEFAULT_HWM = 10_000
-WATCH_INTERVAL = 0.005
-"""Seconds between two looks (one getsockopt) at whether the broker is still subscribed."""
 
 
 def resolve_endpoints(home: str | os.PathLike[str] | Endpoints | None) -> Endpoints:
@@ -53,7 +53,7 @@ def resolve_endpoints(home: str | os.PathLike[str] | Endpoints | None) -> Endpoi
         raise InvalidEvent(str(e)) from e
 
 
-class Bus:
+class Bus(PublisherCore):
     """A connection to a running pryxbus stack. Create with :func:`sdk.connect`.
 
     Thread-safe: publish, subscribe and session calls may come from several threads.
@@ -74,27 +74,19 @@ class Bus:
         self.endpoints = resolve_endpoints(home)
         self.curve = resolve_client_keys(curve, home)
         """The CURVE client keys every socket of this bus uses, or None (plain)."""
-        self.name = name
+        self._init_publisher(
+            name=name, publish_timeout=publish_timeout, validate=validate, max_event_size=max_event_size
+        )
         self.timeout = timeout
-        self.publish_timeout = publish_timeout
         self.hwm = hwm
-        self.validate = validate
         self._ctx = secure_client_context(configure_context(zmq.Context(), self.endpoints), self.curve)
         self._lock = threading.Lock()
         self._pub: zmq.Socket | None = None
-        self._watch_at = 0.0  # when publish next looks for the broker's (un)subscription
-        self.broker_outages = 0
-        """Times a publish found the broker gone and waited for it to come back."""
-        self._topics: dict[str, bytes] = {}
-        self._packb = msgpack.Packer(use_bin_type=True).pack
         self._subscriptions: set[Subscription] = set()
         self._closed = False
         self.control = Requester(self._ctx, self.endpoints.control, timeout=timeout, retries=1, what="broker")
         self._sessions: Any = None
         self._log: Requester | None = None
-        self.max_event_size = int(max_event_size or DEFAULT_MAX_EVENT_SIZE)
-        """The broker's limit on an encoded event, asked again whenever a broker (re)subscribes."""
-        self._asked_size = max_event_size is None
         if self._asked_size:
             try:
                 self.max_event_size = size_limit(self.control.call(SIZE_QUESTION))
@@ -121,44 +113,24 @@ class Bus:
         return sock
 
     def _watch_broker(self, sock: zmq.Socket, now: float) -> None:
-        """Block while the broker is gone (its subscription withdrawn), at most ``publish_timeout``.
+        """Run the publisher's watch (:meth:`PublisherCore._watch`) if (un)subscriptions are pending.
 
-        A connecting XPUB keeps its queue across a reconnect, so events published while the
-        broker restarts wait for the new one (until the queue is full, then publish blocks). But
-        an XPUB with no subscriber at all silently drops what it is given: should the broker's
-        subscription be withdrawn (an unsubscribe, ``\\x00``), wait for a broker to subscribe
-        again (``\\x01``). Called at most every WATCH_INTERVAL, so the hot path pays one float
-        comparison per event.
+        Called at most every WATCH_INTERVAL, so the hot path pays one float comparison per event.
 
         Raises:
-            PublishTimeout: the broker did not come back within ``publish_timeout``.
+            PublishTimeout: the broker was gone and did not come back within ``publish_timeout``.
         """
         self._watch_at = now + WATCH_INTERVAL
         if not sock.getsockopt(_EVENTS) & _POLLIN:
             return
-        if broker_subscribed(sock):
-            self._relearn_limit()
-            return
-        self.broker_outages += 1
-        deadline = time.monotonic() + self.publish_timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, _POLLIN):
-                raise publish_timed_out(self.publish_timeout)
-            if broker_subscribed(sock):
-                self._relearn_limit()
-                return
 
-    def _relearn_limit(self) -> None:
-        """A broker subscribed again: perhaps a restarted one with a smaller ``--max-event-size``,
-        whose MAXMSGSIZE would drop this connection (and what is queued on it) for a bigger event.
-        Ask it; without an answer the old limit stays (the next subscription asks again)."""
-        if not self._asked_size:
-            return
-        try:
-            self.max_event_size = size_limit(self.control.call(SIZE_QUESTION, retries=0))
-        except BusError:
-            pass
+        def io(step: Any) -> Any:
+            if step is LOOK:
+                return broker_subscribed(sock) if sock.getsockopt(_EVENTS) & _POLLIN else None
+            assert isinstance(step, WaitForBroker)
+            return bool(sock.poll(int(step.timeout * 1000) + 1, _POLLIN))
+
+        run(self._watch(), lambda _server: self.control, io)
 
     def _topic(self, event_type: str) -> bytes:
         topic = self._topics.get(event_type)
@@ -188,7 +160,7 @@ class Bus:
         with self._lock:
             if self._closed:
                 raise BusClosed("bus is closed")
-            # sdk._publish.encode_body, inlined on the hot path (one call less per event)
+            # sdk.wire.encode_body, inlined on the hot path (one call less per event)
             now = time.time()
             try:
                 body = self._packb((ENVELOPE_VERSION, now, self.name, session_id, payload))
@@ -310,9 +282,10 @@ class Bus:
             InvalidEvent: an invalid pattern.
             BusUnavailable: the event log did not answer.
         """
-        from sdk.replay import tail
+        from sdk.session_archive import log_tail
 
-        return tail(self.log, check_subscription(patterns, "drop"), limit=limit, session_id=session_id)
+        checked = check_subscription(patterns, "drop")
+        return run(log_tail(checked, limit=limit, session_id=session_id), self._server)
 
     def log_summary(
         self, *, bucket: float | None = None, ts_from: float | None = None, ts_until: float | None = None
@@ -325,7 +298,7 @@ class Bus:
         """
         from sdk.session_archive import bus_summary
 
-        return bus_summary(self.log, bucket=bucket, ts_from=ts_from, ts_until=ts_until)
+        return run(bus_summary(bucket=bucket, ts_from=ts_from, ts_until=ts_until), self._server)
 
     def log_stats(self) -> dict[str, Any]:
         """The event log's counters: events kept, first/last version, gaps and losses, retention.
@@ -334,6 +307,10 @@ class Bus:
             BusUnavailable: the event log did not answer.
         """
         return self.log.call({"op": "stats"})
+
+    def _server(self, name: str) -> Requester:
+        """The client of a server a flow asks (``"control"``, ``"log"``)."""
+        return self.control if name == "control" else self.log
 
     def _forget(self, sub: Subscription) -> None:
         with self._lock:

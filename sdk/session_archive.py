@@ -10,6 +10,9 @@ JSON Lines (``schemas/PROTOCOL.md``, "Session export file")::
 ``body`` is the event's envelope exactly as the broker delivered it (base64 of the msgpack bytes):
 import uses it, so payloads JSON cannot express (bytes, non-string keys) survive the round trip;
 ``payload`` is there for people and tools that read the file.
+
+Each operation is a flow (:mod:`sdk.flow`): written once, driven by the sync session client and
+natively by the asyncio one.
 """
 
 from __future__ import annotations
@@ -18,23 +21,23 @@ import base64
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sdk.errors import InvalidEvent
+from sdk.errors import InvalidEvent, RemoteError
 from sdk.event import Event, Session, jsonable
-from sdk.replay import iter_rows
-from sdk.request import Requester
-
-if TYPE_CHECKING:
-    from sdk.sessions import SessionClient
+from sdk.flow import Ask, Flow, Work
+from sdk.replay import PAGE, decode_row
+from sdk.sessions import Call, SessionCalls, translated
 
 FORMAT = 1
 MAGIC = "session-export"
-_IMPORT_CHUNK = 2_000
-_IMPORT_BYTES = 16 << 20
+IMPORT_CHUNK = 2_000
+"""Most events in one ``import`` request to the log."""
+IMPORT_BYTES = 16 << 20
+"""Most bytes of bodies in one ``import`` request (one event alone may be bigger)."""
 MESSAGE_TYPES = ("channel:message", "channel:outbound_message")
 
 
@@ -54,31 +57,54 @@ class SessionHistory:
     version: int
 
 
-def _decode(row: list[Any]) -> Event:
-    from sdk.replay import decode_row
-
-    return decode_row(row)
-
-
-def resume(sessions: SessionClient, log: Requester, session_id: str) -> SessionHistory:
-    session = sessions.get(session_id)
-    version = int(log.call({"op": "ping"})["last"])
-    rows = iter_rows(log, session_id=session_id, until=version) if version else iter([])
-    return SessionHistory(session, [_decode(r) for r in rows], version)
+def session_call(call: Call[Any]) -> Flow[Any]:
+    """One session-service request as a flow step: its parsed result, or its SessionError."""
+    try:
+        result = yield Ask("sessions", call.request)
+    except RemoteError as e:
+        raise translated(e) from None
+    return call.parse(result)
 
 
+def log_rows(*, session_id: str, until: int | None = None) -> Flow[list[list[Any]]]:
+    """Every logged row ``[version, topic_seq, type, body]`` of one session (up to ``until``), page by page."""
+    request: dict[str, Any] = {"op": "replay", "since": 0, "limit": PAGE, "session_id": session_id}
+    if until is not None:
+        request["until"] = until
+    rows: list[list[Any]] = []
+    while True:
+        result = yield Ask("log", dict(request))
+        rows += result["events"]
+        if result["done"] or (not result["events"] and result.get("exhausted", True)):
+            return rows
+        request["since"] = result["next"]
 
-def export(sessions: SessionClient, log: Requester, session_id: str, path: str | os.PathLike[str]) -> int:
-    session = sessions.get(session_id)
-    rows = list(iter_rows(log, session_id=session_id))
+
+def resume(session_id: str) -> Flow[SessionHistory]:
+    """The session and its logged events, and the log's newest version when they were read."""
+    session = yield from session_call(SessionCalls.get(session_id))
+    version = int((yield Ask("log", {"op": "ping"}))["last"])
+    rows = (yield from log_rows(session_id=session_id, until=version)) if version else []
+    return SessionHistory(session, [decode_row(r) for r in rows], version)
+
+
+def export(session_id: str, path: str | os.PathLike[str]) -> Flow[int]:
+    """Write the session and its events to ``path``; returns how many events."""
+    session = yield from session_call(SessionCalls.get(session_id))
+    rows = yield from log_rows(session_id=session_id)
+    yield Work(lambda: write_export(path, session, rows))
+    return len(rows)
+
+
+def write_export(path: str | os.PathLike[str], session: Session, rows: list[list[Any]]) -> None:
+    """Write an export file atomically (a temporary file renamed over ``path``)."""
     tmp = f"{os.fspath(path)}.tmp"
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             header = {"pryxbus": MAGIC, "format": FORMAT, "session": session.to_dict(), "events": len(rows)}
             f.write(json.dumps(header, ensure_ascii=False) + "\n")
             for row in rows:
-                event = _decode(row)
-                line = event.to_dict()
+                line = decode_row(row).to_dict()
                 line["payload"] = jsonable(line["payload"])
                 line["body"] = base64.b64encode(row[3]).decode("ascii")
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
@@ -87,7 +113,6 @@ def export(sessions: SessionClient, log: Requester, session_id: str, path: str |
         with contextlib.suppress(OSError):
             os.unlink(tmp)  # no half-written file left behind (path itself is untouched)
         raise
-    return len(rows)
 
 
 def read_export(path: str | os.PathLike[str]) -> tuple[dict[str, str], list[list[Any]]]:
@@ -116,23 +141,22 @@ def read_export(path: str | os.PathLike[str]) -> tuple[dict[str, str], list[list
     return header["session"], rows
 
 
-def import_(
-    sessions: SessionClient, log: Requester, path: str | os.PathLike[str], *, overwrite: bool = False
-) -> Session:
-    session, rows = read_export(path)
-    restored = sessions.restore(session, overwrite=overwrite)
-    for chunk in _import_chunks(rows):
-        log.call({"op": "import", "events": chunk})
+def import_(path: str | os.PathLike[str], *, overwrite: bool = False) -> Flow[Session]:
+    """Restore the session of an export file, then its events into the log."""
+    session, rows = yield Work(lambda: read_export(path))
+    restored = yield from session_call(SessionCalls.restore(session, overwrite))
+    for chunk in import_chunks(rows):
+        yield Ask("log", {"op": "import", "events": chunk})
     return restored
 
 
-def _import_chunks(rows: list[list[Any]]) -> Iterator[list[list[Any]]]:
-    """``rows`` in requests of at most _IMPORT_CHUNK events and _IMPORT_BYTES of bodies (one
+def import_chunks(rows: list[list[Any]]) -> Iterator[list[list[Any]]]:
+    """``rows`` in requests of at most IMPORT_CHUNK events and IMPORT_BYTES of bodies (one
     event alone may be bigger): the log refuses a request over 64 MiB, however few its events."""
     chunk: list[list[Any]] = []
     size = 0
     for row in rows:
-        if chunk and (len(chunk) == _IMPORT_CHUNK or size + len(row[3]) > _IMPORT_BYTES):
+        if chunk and (len(chunk) == IMPORT_CHUNK or size + len(row[3]) > IMPORT_BYTES):
             yield chunk
             chunk, size = [], 0
         chunk.append(row)
@@ -145,9 +169,10 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat()
 
 
-def session_stats(sessions: SessionClient, log: Requester, session_id: str) -> dict[str, Any]:
-    session = sessions.get(session_id)
-    summary = log.call({"op": "summary", "session_id": session_id})
+def session_stats(session_id: str) -> Flow[dict[str, Any]]:
+    """One session's analytics from the event log (see ``SessionClient.stats``)."""
+    session = yield from session_call(SessionCalls.get(session_id))
+    summary = yield Ask("log", {"op": "summary", "session_id": session_id})
     stamps = [session.created_at.timestamp(), session.updated_at.timestamp()]
     stamps += [t for t in (summary["first_ts"], summary["last_ts"]) if t is not None]
     first, last = min(stamps), max(stamps)
@@ -165,13 +190,19 @@ def session_stats(sessions: SessionClient, log: Requester, session_id: str) -> d
 
 
 def bus_summary(
-    log: Requester, *, bucket: float | None = None, ts_from: float | None = None, ts_until: float | None = None
-) -> dict[str, Any]:
+    *, bucket: float | None = None, ts_from: float | None = None, ts_until: float | None = None
+) -> Flow[dict[str, Any]]:
+    """Bus-wide analytics from the event log (see ``Bus.log_summary``)."""
     request: dict[str, Any] = {"op": "summary"}
     for key, value in (("bucket", bucket), ("ts_from", ts_from), ("ts_until", ts_until)):
         if value is not None:
             request[key] = value
-    return log.call(request)
+    return (yield Ask("log", request))
 
 
-LogGetter = Callable[[], Requester]
+def log_tail(patterns: tuple[str, ...], *, limit: int, session_id: str | None = None) -> Flow[list[Event]]:
+    """The newest ``limit`` logged events matching ``patterns``, oldest first (see ``Bus.log_tail``)."""
+    request: dict[str, Any] = {"op": "tail", "limit": limit, "patterns": list(patterns)}
+    if session_id is not None:
+        request["session_id"] = session_id
+    return [decode_row(row) for row in (yield Ask("log", request))["events"]]

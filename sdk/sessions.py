@@ -1,8 +1,10 @@
 """The session client: ``bus.sessions.create/get/list/ensure/rename/touch/delete`` over REQ/REP.
 
 Requests are built and replies parsed by pure functions (:class:`SessionCalls`), shared by this
-synchronous client and the asyncio one (``sdk/aio_sessions.py``); only the transport differs.
-Both retry with the Lazy Pirate pattern (``sdk/request.py``), and every request is safe to retry:
+synchronous client and the asyncio one (``sdk/aio_sessions.py``); only the I/O differs.
+The operations that also read the event log (resume, export, import, a session's stats) are
+flows (``sdk/session_archive.py``) that each client drives with its own I/O. Both retry with the
+Lazy Pirate pattern (``sdk/request.py``), and every request is safe to retry:
 ``create`` carries a client-made UUIDv4, and writes carry a request id whose reply the service
 remembers, so a retry never applies a change twice.
 """
@@ -13,7 +15,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import zmq
 
@@ -31,7 +33,11 @@ from schemas.sessions import (
 )
 from sdk.errors import BusError, BusUnavailable, RemoteError, SessionError, SessionNotFound
 from sdk.event import Session
+from sdk.flow import run
 from sdk.request import Requester
+
+if TYPE_CHECKING:
+    from sdk.session_archive import SessionHistory
 
 T = TypeVar("T")
 
@@ -353,11 +359,13 @@ class SessionClient:
             return self._do(SessionCalls.stats())
         from sdk import session_archive
 
-        return session_archive.session_stats(self, self._log_client(), id)
+        return run(session_archive.session_stats(id), self._server)
 
-    # -- with the event log (issue 4) -------------------------------------------------------
+    # -- with the event log (issue 4): flows of sdk/session_archive.py ----------------------
 
-    def _log_client(self) -> Requester:
+    def _server(self, name: str) -> Requester:
+        if name == "sessions":
+            return self._requester
         if self._log is None:
             raise BusUnavailable("this session client has no event log; use bus.sessions from sdk.connect()")
         return self._log()
@@ -371,7 +379,7 @@ class SessionClient:
         """
         return self._do(SessionCalls.restore(session, overwrite))
 
-    def resume(self, id: str) -> Any:
+    def resume(self, id: str) -> SessionHistory:
         """The session and its logged events (``sdk.session_archive.SessionHistory``), to carry on
         a conversation after a crash: ``bus.subscribe(..., since=history.version)`` continues it.
 
@@ -381,7 +389,7 @@ class SessionClient:
         """
         from sdk import session_archive
 
-        return session_archive.resume(self, self._log_client(), id)
+        return run(session_archive.resume(id), self._server)
 
     def export(self, id: str, path: str | os.PathLike[str]) -> int:
         """Write the session and its events to ``path`` (JSON Lines); returns how many events.
@@ -392,7 +400,7 @@ class SessionClient:
         """
         from sdk import session_archive
 
-        return session_archive.export(self, self._log_client(), id, path)
+        return run(session_archive.export(id, path), self._server)
 
     def import_(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Session:
         """Restore a session and its events from an export file. Idempotent.
@@ -405,7 +413,7 @@ class SessionClient:
         """
         from sdk import session_archive
 
-        return session_archive.import_(self, self._log_client(), path, overwrite=overwrite)
+        return run(session_archive.import_(path, overwrite=overwrite), self._server)
 
     def close(self) -> None:
         """Close the socket (and the context if :meth:`open` made it); idempotent."""

@@ -21,6 +21,7 @@ from xprocess import ProcessStarter
 
 import sdk
 from schemas.endpoints import Endpoints
+from tests.fronts import Front, front  # noqa: F401  (front: the fixture every SDK test runs on both fronts with)
 
 REPO = Path(__file__).resolve().parent.parent
 _names = itertools.count()
@@ -129,18 +130,10 @@ def bus(home: Path, broker: Part) -> Iterator[sdk.Bus]:
         yield b
 
 
-@pytest.fixture(params=("sync", "asyncio"))
-def front(request: pytest.FixtureRequest) -> str:
-    """Which SDK front a test drives (see tests/fronts.py): every subscription test runs on both."""
-    return request.param  # type: ignore[no-any-return]
-
-
 @pytest.fixture
-def front_bus(home: Path, broker: Part, front: str) -> Iterator[object]:
+def front_bus(home: Path, broker: Part, front: Front) -> Iterator[object]:
     """A connected Bus of the ``front`` under test, with the blocking face of ``sdk.Bus``."""
-    from tests.fronts import connect
-
-    with connect(front, home, name="test", timeout=5.0) as b:
+    with front.connect(home, name="test", timeout=5.0) as b:
         yield b
 
 

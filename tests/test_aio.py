@@ -274,25 +274,6 @@ def test_stats_answer(home: Path, broker) -> None:
     assert isinstance(stats, dict) and stats
 
 
-def test_sessions_through_the_session_service(start, home: Path) -> None:
-    start("broker")
-    start("session-service")
-
-    async def main():
-        async with sdk.aio.connect(home) as bus:
-            async with bus.subscribe("session:**") as sub:
-                created = await bus.sessions.create("Chat with User")
-                got = await bus.sessions.get(created.id)
-                event = await sub.recv(timeout=5)
-                with pytest.raises(sdk.SessionNotFound):
-                    await bus.sessions.get("no-such-session")
-                return created, got, event
-
-    created, got, event = run(main())
-    assert got == created and created.title == "Chat with User"
-    assert (event.type, event.payload["id"]) == ("session:created", created.id)
-
-
 def test_concurrent_publishing_tasks_each_keep_their_order(home: Path, broker) -> None:
     async def main():
         async with sdk.aio.connect(home) as bus, bus.subscribe("load:*") as sub:

@@ -19,6 +19,7 @@ import sdk.aio
 from schemas.endpoints import Endpoints
 from schemas.envelope import STAMP, encode_body
 from sdk.transport import HEARTBEAT_TIMEOUT
+from tests.fronts import Front
 
 HWM = 10  # each subscriber's own queue
 BROKER_HWM = 100  # per subscriber at the broker: small, with room for the fast one's in-flight batch
@@ -156,9 +157,9 @@ def test_gap_counts_are_exact(home: Path, policy: str, seqs: list[int], received
         fake.close()
 
 
-def test_publisher_blocks_then_times_out_when_the_broker_is_stopped(start, home: Path) -> None:
+def test_publisher_blocks_then_times_out_when_the_broker_is_stopped(start, home: Path, front: Front) -> None:
     broker = start("broker", "--in-hwm", str(HWM))
-    with sdk.connect(home, name="blocked", hwm=HWM, publish_timeout=0.3) as bus, bus.subscribe("stall:x") as sub:
+    with front.connect(home, name="blocked", hwm=HWM, publish_timeout=0.3) as bus, bus.subscribe("stall:x") as sub:
         bus.publish("stall:x", {"i": 0})
         assert sub.recv(timeout=5).payload == {"i": 0}
         broker.signal(signal.SIGSTOP)

@@ -172,7 +172,7 @@ def test_the_event_logs_header_parse_agrees_with_decode_body() -> None:
 
 
 def test_publish_and_the_session_service_encode_with_the_codec() -> None:
-    from sdk._publish import encode_body as publish_body
+    from sdk.wire import encode_body as publish_body
 
     packb = msgpack.Packer(use_bin_type=True).pack
     ts, source, session_id, payload = decode_body(publish_body(packb, "src", "s-1", {"a": [1]}, 1 << 20))

@@ -158,13 +158,13 @@ def test_a_request_of_countless_containers_is_refused_not_decoded(home: Path, ev
 
 def test_an_import_goes_in_requests_the_log_takes() -> None:
     """The log refuses a request over 64 MiB whatever its event count: an import is cut by bytes too."""
-    from sdk.session_archive import _IMPORT_BYTES, _IMPORT_CHUNK, _import_chunks
+    from sdk.session_archive import IMPORT_BYTES, IMPORT_CHUNK, import_chunks
 
     small = [[v, v, "a:b", b"x" * 10] for v in range(1, 4500)]
-    assert [len(c) for c in _import_chunks(small)] == [_IMPORT_CHUNK, _IMPORT_CHUNK, 499]
+    assert [len(c) for c in import_chunks(small)] == [IMPORT_CHUNK, IMPORT_CHUNK, 499]
     big = [[v, v, "a:b", b"x" * (100 * 1024)] for v in range(1, 701)]  # 70 MB: one request used to hold it all
-    chunks = list(_import_chunks(big))
+    chunks = list(import_chunks(big))
     assert [r for c in chunks for r in c] == big
-    assert all(sum(len(r[3]) for r in c) <= _IMPORT_BYTES for c in chunks) and len(chunks) == 5
-    huge = [[1, 1, "a:b", b"x" * (_IMPORT_BYTES + 1)], [2, 2, "a:b", b"y"]]  # one event alone may be bigger
-    assert [len(c) for c in _import_chunks(huge)] == [1, 1]
+    assert all(sum(len(r[3]) for r in c) <= IMPORT_BYTES for c in chunks) and len(chunks) == 5
+    huge = [[1, 1, "a:b", b"x" * (IMPORT_BYTES + 1)], [2, 2, "a:b", b"y"]]  # one event alone may be bigger
+    assert [len(c) for c in import_chunks(huge)] == [1, 1]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import sdk
-from tests.fronts import connect
+from tests.fronts import Front
 from tests.helpers import wait_for
 
 N = 20_000
@@ -29,10 +29,10 @@ def stalled_then_drained(bus: sdk.Bus, sub: sdk.Subscription, publish) -> list[s
     return got
 
 
-def test_a_stalled_subscriber_gets_every_version_exactly_once(start, front: str) -> None:
+def test_a_stalled_subscriber_gets_every_version_exactly_once(start, front: Front) -> None:
     start("broker", "--sub-hwm", "50")
     log = start("event-log")
-    with connect(front, log.home, name="test") as bus:
+    with front.connect(log.home, name="test") as bus:
         with bus.subscribe(policy="recover", hwm=10) as sub:
             got = stalled_then_drained(bus, sub, lambda i: bus.publish("trace:event", {"i": i}))
             assert sub.recovered > 0  # the queues really overflowed
@@ -42,11 +42,11 @@ def test_a_stalled_subscriber_gets_every_version_exactly_once(start, front: str)
     assert [e.seq for e in got] == list(range(1, N + 1))
 
 
-def test_recover_keeps_to_the_patterns(start, front: str) -> None:
+def test_recover_keeps_to_the_patterns(start, front: Front) -> None:
     start("broker", "--sub-hwm", "50")
     log = start("event-log")
     types = ["agent:spawned", "agent:completed", "channel:message"]  # the last event (N - 1) matches
-    with connect(front, log.home, name="test") as bus:
+    with front.connect(log.home, name="test") as bus:
         with bus.subscribe("agent:*", policy="recover", hwm=10) as sub:
             got = stalled_then_drained(bus, sub, lambda i: bus.publish(types[i % 3], i))
             assert sub.recovered > 0
@@ -56,9 +56,9 @@ def test_recover_keeps_to_the_patterns(start, front: str) -> None:
     assert [e.type for e in got] == [types[i % 3] for i in expected]
 
 
-def test_recover_without_a_log_ends_like_drop(home: Path, start, front: str) -> None:
+def test_recover_without_a_log_ends_like_drop(home: Path, start, front: Front) -> None:
     start("broker", "--sub-hwm", "50")
-    with connect(front, home, name="test", timeout=0.3) as bus:
+    with front.connect(home, name="test", timeout=0.3) as bus:
         with bus.subscribe(policy="recover", hwm=10) as sub:
             for i in range(N):
                 bus.publish("trace:event", i)
@@ -75,10 +75,10 @@ def test_recover_without_a_log_ends_like_drop(home: Path, start, front: str) -> 
                 sub.recv(timeout=0.1)
 
 
-def test_since_and_recover_together(home: Path, start, front: str) -> None:
+def test_since_and_recover_together(home: Path, start, front: Front) -> None:
     start("broker", "--sub-hwm", "50")
     start("event-log")
-    with connect(front, home, name="test") as bus:
+    with front.connect(home, name="test") as bus:
         for i in range(100):
             bus.publish("trace:event", i)
         wait_for(bus.log_stats, lambda s: s["last"] == 100, what="100 logged")

@@ -1,4 +1,7 @@
-"""Sessions with their logged events (issue 4): resume, export -> delete -> import, stats, CLI."""
+"""Sessions with their logged events (issue 4): resume, export -> delete -> import, stats, CLI.
+
+The SDK tests run on both fronts (``front``: sync and asyncio, tests/fronts.py).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +14,27 @@ import pytest
 
 import sdk
 from tests.conftest import REPO
+from tests.fronts import Front
 from tests.helpers import wait_for
 
 
-@pytest.fixture
-def full(home: Path, start) -> sdk.Bus:
+def _stack(start) -> None:
     start("broker")
     start("event-log")
     start("session-service")
+
+
+@pytest.fixture
+def full(home: Path, start, front: Front) -> sdk.Bus:
+    """A stack with the event log, and a bus on it (sync, or asyncio behind a blocking facade)."""
+    _stack(start)
+    with front.connect(home, name="test") as bus:
+        yield bus
+
+
+@pytest.fixture
+def full_sync(home: Path, start) -> sdk.Bus:
+    _stack(start)
     with sdk.connect(home, name="test") as bus:
         yield bus
 
@@ -151,7 +167,8 @@ def test_stats_count_what_was_published(full: sdk.Bus) -> None:
     assert sum(n for _, _, n in whole["buckets"]) == whole["events"]
 
 
-def test_cli_export_import_stats(full: sdk.Bus, home: Path) -> None:
+def test_cli_export_import_stats(full_sync: sdk.Bus, home: Path) -> None:
+    full = full_sync
     session = conversation(full)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -187,26 +204,3 @@ def test_cli_export_import_stats(full: sdk.Bus, home: Path) -> None:
         # the path given, not the temporary file beside it ("HOME.tmp: Is a directory" said it was one)
         assert json.loads(out.stdout) == {"ok": False, "code": "file", "message": f"cannot write {bad}: {why}"}
     assert not (home.parent / f"{home.name}.tmp").exists()  # nothing half-written left behind
-
-
-def test_asyncio_resume_export_import_stats(full: sdk.Bus, home: Path) -> None:
-    import asyncio
-
-    import sdk.aio
-
-    session = conversation(full)
-    before = full.sessions.resume(session.id)
-
-    async def main() -> None:
-        async with sdk.aio.connect(home, name="aio") as bus:
-            history = await bus.sessions.resume(session.id)
-            assert (history.session, history.events) == (before.session, before.events)
-            path = home / "aio.jsonl"
-            assert await bus.sessions.export(session.id, path) == 7
-            assert await bus.sessions.import_(path) == session
-            assert (await bus.sessions.stats(session.id))["messages"] == 5
-            assert (await bus.log_summary())["events"] == TOTAL
-            with pytest.raises(sdk.SessionNotFound):
-                await bus.sessions.resume("nope")
-
-    asyncio.run(main())

@@ -20,6 +20,7 @@ import sdk
 from schemas.endpoints import Endpoints
 from schemas.sessions import MAX_TITLE_LENGTH
 from sdk.sessions import SessionClient
+from tests.fronts import Front, sync_only
 from tests.conftest import REPO, Part
 from tests.helpers import wait_for
 
@@ -35,8 +36,9 @@ HOSTILE_TITLES = [
 
 
 @pytest.fixture
-def client(home: Path, session_service: Part):
-    with SessionClient.open(home, timeout=5.0) as c:
+def client(home: Path, session_service: Part, front: Front):
+    """A standalone session client on each front (sync, asyncio behind a blocking facade)."""
+    with front.open_sessions(home, timeout=5.0) as c:
         yield c
 
 
@@ -148,6 +150,7 @@ def test_create_with_a_taken_id_and_another_title_conflicts(client: SessionClien
         client.create("theirs", id="fixed")
 
 
+@sync_only
 @pytest.mark.parametrize("title", HOSTILE_TITLES, ids=range(len(HOSTILE_TITLES)))
 def test_hostile_titles_round_trip(client: SessionClient, home: Path, title: str) -> None:
     s = client.create(title)
@@ -160,6 +163,7 @@ def test_hostile_titles_round_trip(client: SessionClient, home: Path, title: str
     db.close()
 
 
+@sync_only
 def test_over_long_title_is_refused_by_client_and_service(client: SessionClient, home: Path) -> None:
     with pytest.raises(sdk.SessionError) as e:
         client.create("x" * (MAX_TITLE_LENGTH + 1))
@@ -218,6 +222,7 @@ GARBAGE = [
 ]
 
 
+@sync_only
 def test_garbage_requests_all_get_structured_errors(client: SessionClient, home: Path) -> None:
     for body, code in GARBAGE:
         reply = raw_request(home, body)
@@ -230,6 +235,7 @@ def test_garbage_requests_all_get_structured_errors(client: SessionClient, home:
     assert [s.title for s in client.list()] == ["still fine"]
 
 
+@sync_only
 def test_odd_framing_is_answered_and_does_not_desync(client: SessionClient, home: Path) -> None:
     ctx = zmq.Context.instance()
     dealer = ctx.socket(zmq.DEALER)
@@ -271,6 +277,7 @@ with SessionClient.open(home, timeout=10) as c:
 """
 
 
+@sync_only
 def test_concurrent_ensure_from_processes_makes_one_row(client: SessionClient, home: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
@@ -348,8 +355,8 @@ def test_kill_9_under_write_load_loses_no_acknowledged_session(start, home: Path
 # -- Lazy Pirate ---------------------------------------------------------------------------------
 
 
-def test_no_service_raises_bus_unavailable_in_bounded_time(home: Path) -> None:
-    with SessionClient.open(home, timeout=0.2, retries=2) as c:
+def test_no_service_raises_bus_unavailable_in_bounded_time(home: Path, front: Front) -> None:
+    with front.open_sessions(home, timeout=0.2, retries=2) as c:
         began = time.monotonic()
         with pytest.raises(sdk.BusUnavailable):
             c.create("nobody listens")
@@ -370,11 +377,13 @@ def _in_thread(call):
     return t, result
 
 
-def test_stalled_service_is_retried_and_the_change_made_once(client: SessionClient, home: Path, session_service: Part) -> None:
+def test_stalled_service_is_retried_and_the_change_made_once(
+    client: SessionClient, home: Path, session_service: Part, front: Front
+) -> None:
     victim = client.create("to delete")
     session_service.signal(signal.SIGSTOP)
     try:
-        with SessionClient.open(home, timeout=0.3, retries=20) as retrying:
+        with front.open_sessions(home, timeout=0.3, retries=20) as retrying:
             t1, created = _in_thread(lambda: retrying.create("made while stalled"))
             time.sleep(1.0)  # sync-ok: let several attempts time out and be retried while stopped
             session_service.signal(signal.SIGCONT)
@@ -440,9 +449,10 @@ def test_a_write_committed_before_a_crash_is_answered_the_same_when_retried_afte
 # -- events and CLI ------------------------------------------------------------------------------
 
 
-def test_session_events_appear_on_the_bus(home: Path, stack) -> None:
-    with sdk.connect(home, name="test", timeout=5) as bus, bus.subscribe("session:**") as sub:
+def test_session_events_appear_on_the_bus(home: Path, stack, front: Front) -> None:
+    with front.connect(home, name="test", timeout=5) as bus, bus.subscribe("session:**") as sub:
         s = bus.sessions.create("evented")
+        assert bus.sessions.get(s.id) == s  # a read: no event
         renamed = bus.sessions.rename(s.id, "renamed")
         touched = bus.sessions.touch(s.id)
         ensured_new = bus.sessions.ensure("e-1", "ensured")

@@ -19,14 +19,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-import msgpack
 import zmq
 
 from schemas.endpoints import Endpoints
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
 from schemas.sessions import SESSION_EVENTS
-from sdk._publish import broker_subscribed, encode_body
-from sdk.errors import BusError
+from schemas.envelope import encode_body
+from sdk.wire import broker_subscribed
 from sdk.security import ClientKeys, secure_client
 
 log = logging.getLogger("pryxbus.sessions.events")
@@ -72,7 +71,6 @@ class SessionEvents:
         self._subscribed = False
         self._waiting_since: float | None = None  # when the broker's subscription went missing
         self._warned = False
-        self._packb = msgpack.Packer(use_bin_type=True).pack
         sock = self._sock = ctx.socket(zmq.XPUB)  # heartbeats kept, as for the SDK's publisher
         sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full queue refuses (Again) instead of dropping
         sock.sndhwm = hwm
@@ -84,8 +82,10 @@ class SessionEvents:
     def emit(self, change: str, session: dict[str, str]) -> None:
         """Hold ``session:<change>`` (the session as payload) for :meth:`send_due`; never blocks."""
         try:
-            body = encode_body(self._packb, self.name, session["id"], session, DEFAULT_MAX_EVENT_SIZE)
-        except BusError as e:  # cannot happen with checked titles; counted if it ever does
+            body = encode_body(session, source=self.name, session_id=session["id"])
+            if len(body) > DEFAULT_MAX_EVENT_SIZE:
+                raise ValueError(f"{len(body)} bytes, over {DEFAULT_MAX_EVENT_SIZE}")
+        except (TypeError, ValueError, OverflowError) as e:  # cannot happen with checked titles; counted if it ever does
             self.dropped += 1
             log.error("session event not encodable, dropped: %s", e)
             return

@@ -1,7 +1,8 @@
-"""The socket-free half of publishing and subscribing, shared by the sync and the asyncio Bus.
+"""The rules of the wire that both SDK fronts and the servers' own publishers follow (public).
 
 Type and pattern checks, payload validation, body encoding with the size check, the publisher
-socket's options and the errors both buses raise. Neither bus duplicates these rules.
+socket's options, reading the broker's (un)subscriptions on a publisher, and the errors both buses
+raise. Neither bus duplicates these rules; the session service's publisher uses them too.
 """
 
 from __future__ import annotations

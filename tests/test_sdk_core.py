@@ -1,0 +1,105 @@
+"""The SDK core without sockets: the Lazy Pirate flow, the publisher's watch, and the two fronts' parity."""
+
+from __future__ import annotations
+
+import inspect
+
+import msgpack
+import pytest
+
+import sdk
+import sdk.aio
+from sdk.aio_sessions import AsyncSessionClient
+from sdk.flow import Ask
+from sdk.publisher import LOOK, PublisherCore, WaitForBroker
+from sdk.request import REBUILD, Exchange, lazy_pirate
+from sdk.sessions import SessionClient
+
+
+def reply(**fields: object) -> bytes:
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def test_lazy_pirate_rebuilds_after_each_lost_reply_then_gives_up() -> None:
+    flow = lazy_pirate(b"req", timeout_ms=250, attempts=3, what="session service", endpoint="ipc://x")
+    assert next(flow) == Exchange(b"req", 250)
+    assert flow.send(None) is REBUILD
+    assert flow.send(None) == Exchange(b"req", 250)
+    with pytest.raises(StopIteration) as done:
+        flow.send(reply(ok=True, result={"n": 1}))
+    assert done.value.value == {"n": 1}
+
+    flow = lazy_pirate(b"req", timeout_ms=250, attempts=2, what="broker", endpoint="ipc://x")
+    steps = [next(flow), flow.send(None), flow.send(None), flow.send(None)]
+    assert steps == [Exchange(b"req", 250), REBUILD, Exchange(b"req", 250), REBUILD]
+    with pytest.raises(sdk.BusUnavailable, match=r"broker at ipc://x did not answer \(2 attempt\(s\), 0.25s each\)"):
+        flow.send(None)
+
+
+def test_lazy_pirate_raises_the_servers_error() -> None:
+    flow = lazy_pirate(b"req", timeout_ms=100, attempts=1, what="session service", endpoint="ipc://x")
+    next(flow)
+    with pytest.raises(sdk.SessionNotFound):
+        flow.send(reply(ok=False, code="not_found", message="no such session"))
+
+
+class Publisher(PublisherCore):
+    def __init__(self, *, publish_timeout: float = 5.0, max_event_size: int | None = None) -> None:
+        self._init_publisher(name="p", publish_timeout=publish_timeout, validate=False, max_event_size=max_event_size)
+
+
+def test_the_watch_waits_for_a_broker_that_left_counts_the_outage_and_relearns_the_limit() -> None:
+    pub = Publisher()
+    flow = pub._watch()
+    assert next(flow) is LOOK
+    step = flow.send(False)  # the newest (un)subscription: the broker withdrew
+    assert isinstance(step, WaitForBroker) and 0 < step.timeout <= 5.0
+    assert pub.broker_outages == 1
+    assert flow.send(True) is LOOK  # something came
+    assert flow.send(True) == Ask("control", {"op": "ping"}, retries=0)  # a broker is back: its limit?
+    with pytest.raises(StopIteration):
+        flow.send({"max_event_size": 500})
+    assert pub.max_event_size == 500
+
+
+def test_the_watch_times_out_and_keeps_the_limit_it_was_given() -> None:
+    pub = Publisher(max_event_size=800)
+    flow = pub._watch()
+    next(flow)
+    flow.send(False)
+    with pytest.raises(sdk.PublishTimeout):
+        flow.send(False)  # the wait ended with nothing
+    flow = pub._watch()
+    next(flow)
+    with pytest.raises(StopIteration):  # subscribed again, but a limit given to connect() is kept
+        flow.send(True)
+    assert (pub.max_event_size, pub.broker_outages) == (800, 1)
+
+
+def test_a_watch_with_nothing_pending_does_nothing() -> None:
+    pub = Publisher()
+    flow = pub._watch()
+    next(flow)
+    with pytest.raises(StopIteration):
+        flow.send(None)
+    assert pub.broker_outages == 0
+
+
+def public(cls: type) -> dict[str, list[str]]:
+    """Public methods and properties of ``cls`` with their parameter names."""
+    members: dict[str, list[str]] = {}
+    for name, value in inspect.getmembers(cls):
+        if name.startswith("_"):
+            continue
+        if isinstance(value, property):
+            members[name] = ["<property>"]
+        elif callable(value):
+            members[name] = list(inspect.signature(value).parameters)
+    return members
+
+
+@pytest.mark.parametrize(
+    "sync, aio", [(sdk.Bus, sdk.aio.Bus), (SessionClient, AsyncSessionClient)], ids=["Bus", "SessionClient"]
+)
+def test_the_asyncio_front_has_every_method_of_the_sync_one(sync: type, aio: type) -> None:
+    assert public(aio) == public(sync)
