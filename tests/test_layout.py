@@ -49,10 +49,6 @@ def test_the_example_roles_use_only_the_sdk() -> None:
     assert wrong == []
 
 
-# The SDK branches of issue 14 replace sdk._publish by a public module; then this goes.
-PENDING = {"broker/sessions/events.py: from sdk._publish import broker_subscribed, encode_body"}
-
-
 def private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__")
 
@@ -64,4 +60,4 @@ def test_no_module_imports_the_privates_of_another_package() -> None:
         for module, names in imports(path):
             if module.split(".")[0] != package and (any(map(private, names)) or any(map(private, module.split(".")))):
                 wrong.append(f"{path.relative_to(REPO)}: from {module} import {', '.join(names) or '...'}")
-    assert [w for w in wrong if w not in PENDING] == []
+    assert wrong == []
