@@ -20,7 +20,7 @@ from sdk.sessions import SessionClient
 from sdk.security import KeyPaths
 from tests.conftest import REPO
 from tests.helpers import wait_for
-from tests.test_up import free_port_base
+from tests.helpers import free_port_base
 
 REFUSED_TIMEOUT = 0.3
 """Seconds a refused client waits per attempt (a refused CURVE handshake never answers)."""

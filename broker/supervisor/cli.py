@@ -10,9 +10,9 @@ from broker.cli.options import add_tcp, server_endpoints, server_keys
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
-from broker.supervisor.supervisor import CHILDREN, StartFailed, Supervisor
+from broker.supervisor.supervisor import CHILDREN, StartFailed, Supervisor, Waits
 from schemas.endpoints import Endpoints
-from sdk.cli.common import add_home, fail
+from sdk.cli.common import add_home, fail, seconds, seconds_or_zero, whole_number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +40,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="the broker publishes bus:started and bus:{publisher,subscriber}_{connected,disconnected}",
     )
+    add_wait_options(p)
     p.set_defaults(func=run_up)
+
+
+def add_wait_options(p: argparse.ArgumentParser) -> None:
+    """How long ``up`` waits and how often it retries (the defaults suit a real stack; tests shorten them)."""
+    w = Waits()
+    g = p.add_argument_group("waits and restarts")
+    g.add_argument(
+        "--lock-wait", type=seconds_or_zero, default=w.lock_wait, metavar="S",
+        help="at start, wait up to S seconds for a part an earlier up left stopping to release its"
+        " lock in the home (default %(default)g)",
+    )
+    g.add_argument(
+        "--start-attempts", type=whole_number(1, 1000), default=w.start_attempts, metavar="N",
+        help="give up when a part exits N times before the stack is first ready (default %(default)d)",
+    )
+    g.add_argument(
+        "--restart-backoff", type=seconds_or_zero, default=w.backoff_first, metavar="S",
+        help="wait S seconds before restarting a part that died, twice as long on each restart in a"
+        " row (default %(default)g)",
+    )
+    g.add_argument(
+        "--restart-backoff-max", type=seconds_or_zero, default=w.backoff_max, metavar="S",
+        help="the longest wait between restarts (default %(default)g)",
+    )
+    g.add_argument(
+        "--stable-after", type=seconds_or_zero, default=w.stable_after, metavar="S",
+        help="a part up for S seconds is healthy again: its next restart waits --restart-backoff"
+        " (default %(default)g)",
+    )
+    g.add_argument(
+        "--stop-timeout", type=seconds, default=w.stop_timeout, metavar="S",
+        help="kill a part that has not stopped S seconds after SIGTERM (default %(default)g)",
+    )
+    g.add_argument(
+        "--await-log", type=seconds_or_zero, default=w.await_log, metavar="S",
+        help="a (re)started broker keeps publishers waiting up to S seconds for the event log, so"
+        " that the log misses nothing subscribers get (the broker's --await-log; default %(default)g)",
+    )
+
+
+def waits(args: argparse.Namespace) -> Waits:
+    """The ``Waits`` the options give."""
+    return Waits(
+        lock_wait=args.lock_wait,
+        start_attempts=args.start_attempts,
+        backoff_first=args.restart_backoff,
+        backoff_max=max(args.restart_backoff, args.restart_backoff_max),
+        stable_after=args.stable_after,
+        stop_timeout=args.stop_timeout,
+        await_log=args.await_log,
+    )
 
 
 def metrics_address(text: str) -> str:
@@ -88,7 +140,9 @@ def _run_up(args: argparse.Namespace, home: Path, endpoints: Endpoints) -> int:
                 child_args["broker"] += ("--lifecycle-events",)
             if args.curve:
                 child_args = {name: (*extra, "--curve") for name, extra in child_args.items()}
-            supervisor = Supervisor(home, tcp=args.tcp, child_args=child_args, log_format=args.log_format)
+            supervisor = Supervisor(
+                home, tcp=args.tcp, waits=waits(args), child_args=child_args, log_format=args.log_format
+            )
 
             def ready() -> None:
                 announce(

@@ -36,6 +36,8 @@ class ChildSpec:
     command: str
     extra: tuple[str, ...] = ()
     takes_tcp: bool = True
+    takes_await_log: bool = False
+    """It is the broker: it gets ``--await-log`` (see :attr:`Waits.await_log`)."""
     lock: str = ""
     """The lock file the part holds in its home (``broker.lock``), if any."""
     sockets: tuple[str, ...] = ()
@@ -49,13 +51,9 @@ class ChildSpec:
         return f"pryxbus {self.command} ready"
 
 
-AWAIT_LOG = 3.0
-"""Seconds a (re)started broker keeps publishers waiting for the event log (``--await-log``):
-after a broker crash, subscribers that reconnect sooner than the log would get events it misses."""
-
 CHILDREN: tuple[ChildSpec, ...] = (
     ChildSpec(
-        "broker", "broker", extra=("--await-log", f"{AWAIT_LOG:g}"), lock="broker.lock",
+        "broker", "broker", takes_await_log=True, lock="broker.lock",
         sockets=("publish", "subscribe", "control", "log_feed"),
     ),
     # after the broker: it subscribes there
@@ -65,32 +63,45 @@ CHILDREN: tuple[ChildSpec, ...] = (
 """Started in this order, stopped in reverse: the session service stops first, so the events it
 publishes as it stops are still stamped and logged; the broker takes none once the log is gone."""
 
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 10.0
-STABLE_AFTER = 30.0
-"""A child up this long is healthy again: its next restart starts from BACKOFF_FIRST."""
-LOCK_WAIT = 10.0
-"""Seconds ``up`` waits at start for a part left by an earlier ``up`` (killed with -9: its children
-got SIGTERM and may still be stopping, say an event log writing its last batch) to release the
-part's lock, before it starts its own (which then reports the one still running)."""
-START_ATTEMPTS = 3
-"""Times a child may exit before it was ever ready, while the stack starts, before ``up`` gives up
-(a part that cannot start, e.g. on a file that is not a database, will not start on a retry)."""
+@dataclass(frozen=True)
+class Waits:
+    """How long the supervisor waits, and how often it retries: each is an option of ``pryxbus up``
+    (tests pass small ones; the defaults suit a real stack)."""
+
+    lock_wait: float = 10.0
+    """Seconds ``up`` waits at start for a part left by an earlier ``up`` (killed with -9: its children
+    got SIGTERM and may still be stopping, say an event log writing its last batch) to release the
+    part's lock, before it starts its own (which then reports the one still running)."""
+    start_attempts: int = 3
+    """Times a child may exit before it was ever ready, while the stack starts, before ``up`` gives up
+    (a part that cannot start, e.g. on a file that is not a database, will not start on a retry)."""
+    backoff_first: float = 0.5
+    """Seconds before the first restart of a child that died; doubled on each restart in a row."""
+    backoff_max: float = 10.0
+    """The longest wait between restarts."""
+    stable_after: float = 30.0
+    """A child up this long is healthy again: its next restart waits ``backoff_first``."""
+    stop_timeout: float = 10.0
+    """Seconds a child has to stop after SIGTERM before it is killed."""
+    await_log: float = 3.0
+    """Seconds a (re)started broker keeps publishers waiting for the event log (``--await-log``):
+    after a broker crash, subscribers that reconnect sooner than the log would get events it misses."""
 
 
 class StartFailed(RuntimeError):
-    """A child exited START_ATTEMPTS times before the stack was first ready."""
+    """A child exited ``Waits.start_attempts`` times before the stack was first ready."""
 
 
 @dataclass
 class Child:
     spec: ChildSpec
     argv: list[str]
+    backoff: float
+    """Seconds before its next restart."""
     proc: subprocess.Popen[str] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     started: float = 0.0
     restarts: int = 0
-    backoff: float = BACKOFF_FIRST
     restart_at: float | None = None
     failed_starts: int = 0
     """Exits in a row without having been ready."""
@@ -118,8 +129,7 @@ class Supervisor:
         *,
         tcp: str | None = None,
         children: tuple[ChildSpec, ...] = CHILDREN,
-        stop_timeout: float = 10.0,
-        lock_wait: float = LOCK_WAIT,
+        waits: Waits = Waits(),
         child_args: dict[str, tuple[str, ...]] | None = None,
         log_format: str = "human",
     ) -> None:
@@ -129,9 +139,8 @@ class Supervisor:
         """Extra command-line arguments per child name (``{"broker": ("--lifecycle-events",)}``)."""
         self.log_format = log_format
         self.endpoints = Endpoints.parse_tcp(tcp) if tcp else Endpoints.ipc(home)
-        self.stop_timeout = stop_timeout
-        self.lock_wait = lock_wait
-        self.children = [Child(spec, self._argv(spec)) for spec in children]
+        self.waits = waits
+        self.children = [Child(spec, self._argv(spec), backoff=waits.backoff_first) for spec in children]
         self._stop_requested = False
         """Set by ``stop()``: a plain flag, because a signal handler must take no lock. It runs in the
         main thread between two bytecodes, so ``threading.Event.set()`` there deadlocks whenever the
@@ -141,6 +150,8 @@ class Supervisor:
         argv = [sys.executable, "-m", "broker", spec.command, "--home", str(self.home)]
         if self.tcp and spec.takes_tcp:
             argv += ["--tcp", self.tcp]
+        if spec.takes_await_log:
+            argv += ["--await-log", f"{self.waits.await_log:g}"]
         return argv + list(spec.extra) + list(self.child_args.get(spec.name, ()))
 
     def stop(self) -> None:
@@ -195,7 +206,7 @@ class Supervisor:
         """Restart a child that exited (after its backoff).
 
         Raises:
-            StartFailed: while the stack is ``starting``, the child exited START_ATTEMPTS times
+            StartFailed: while the stack is ``starting``, the child exited ``waits.start_attempts`` times
                 without ever being ready.
         """
         proc = child.proc
@@ -203,19 +214,19 @@ class Supervisor:
         if proc is not None and proc.poll() is not None and child.restart_at is None:
             if not child.ready.is_set():
                 child.failed_starts += 1
-                if starting and child.failed_starts >= START_ATTEMPTS:
+                if starting and child.failed_starts >= self.waits.start_attempts:
                     raise StartFailed(
                         f"{child.spec.name} could not start (exited with status {proc.returncode},"
                         f" {child.failed_starts} times): {child.last_line or 'no output'}"
                     )
-            if now - child.started > STABLE_AFTER:
-                child.backoff = BACKOFF_FIRST
+            if now - child.started > self.waits.stable_after:
+                child.backoff = self.waits.backoff_first
             log.warning(
                 "%s (pid %d) exited with status %s; restarting it in %.1fs (restart %d)",
                 child.spec.name, proc.pid, proc.returncode, child.backoff, child.restarts + 1,
             )
             child.restart_at = now + child.backoff
-            child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+            child.backoff = min(child.backoff * 2, self.waits.backoff_max)
         if child.restart_at is not None and now >= child.restart_at:
             child.restarts += 1
             self._spawn(child)
@@ -226,16 +237,16 @@ class Supervisor:
             return
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(self.stop_timeout)
+            proc.wait(self.waits.stop_timeout)
         except subprocess.TimeoutExpired:
-            log.error("%s (pid %d) did not stop in %gs; killing it", child.spec.name, proc.pid, self.stop_timeout)
+            log.error("%s (pid %d) did not stop in %gs; killing it", child.spec.name, proc.pid, self.waits.stop_timeout)
             proc.kill()
             proc.wait()
 
     def _await_locks(self) -> None:
-        """Wait (at most lock_wait seconds, or until ``stop()``) until no earlier process holds the
+        """Wait (at most ``waits.lock_wait`` seconds, or until ``stop()``) until no earlier process holds the
         lock of a part we are about to start."""
-        deadline = time.monotonic() + self.lock_wait
+        deadline = time.monotonic() + self.waits.lock_wait
         told: set[str] = set()
         for child in self.children:
             if not child.spec.lock:
@@ -255,7 +266,7 @@ class Supervisor:
         """Start every child, call ``on_ready()`` once all are up, supervise until ``stop()``.
 
         Raises:
-            StartFailed: a child could not start (see START_ATTEMPTS); every child is stopped first.
+            StartFailed: a child could not start (see ``Waits.start_attempts``); every child is stopped first.
         """
         announced = False
         try:
