@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import sdk
-from schemas.endpoints import Endpoints
+from schemas.endpoints import ENDPOINT_NAMES, Endpoints
 from sdk.sessions import SessionClient
 from tests.helpers import (
     FAST_UP, Up, alive, free_port_base, pid_of, pryxbus, python_process, start_part, wait_for,
@@ -142,17 +142,37 @@ def test_after_a_broker_crash_the_log_misses_nothing_a_subscriber_gets(home: Pat
     assert "the event log subscribed; taking events" in up.output
 
 
-def test_up_on_tcp_writes_endpoints_for_the_home(home: Path) -> None:
-    base = free_port_base()
-    up = Up(home, "--tcp", f"127.0.0.1:{base}")
+def ready_endpoints(line: str) -> dict[str, str]:
+    """The ``NAME=ENDPOINT`` words of a ready line."""
+    return dict(word.split("=", 1) for word in line.split() if word.split("=", 1)[0] in ENDPOINT_NAMES)
+
+
+def test_up_on_tcp_port_0_names_the_ports_and_a_restarted_part_keeps_them(home: Path) -> None:
+    """``--tcp HOST:0``: every part binds a port the system chooses; the ready line and the home's
+    endpoints.json name them, and a part restarted after a crash binds the same ones again."""
+    up = Up(home, "--tcp", "127.0.0.1:0", "--restart-backoff", "0.05")
     try:
-        up.wait_ready()
-        assert Endpoints.for_home(home) == Endpoints.tcp("127.0.0.1", base)
+        named = ready_endpoints(up.wait_ready())
+        endpoints = Endpoints.for_home(home)
+        assert named == {n: getattr(endpoints, n) for n in ("publish", "subscribe", "sessions")}
+        ports = [e.rpartition(":")[2] for e in endpoints.names().values()]
+        assert all(e.startswith("tcp://127.0.0.1:") for e in endpoints.names().values()), endpoints
+        assert "0" not in ports and len(set(ports)) == 6, endpoints
         with sdk.connect(home, timeout=5) as bus:
             assert bus.sessions.ensure("tcp-1", "over tcp").title == "over tcp"
-        with SessionClient.open(f"tcp://127.0.0.1:{base}") as direct:
+        with SessionClient.open(endpoints, timeout=1.0, retries=20) as direct:
             assert direct.get("tcp-1").title == "over tcp"
+            for part in ("sessions", "broker"):
+                old = pid_of(home, part)
+                os.kill(old, signal.SIGKILL)
+                wait_for(lambda: pid_of(home, part), lambda p: p not in (0, old), timeout=15, what=f"a new {part}")
+            assert direct.get("tcp-1").title == "over tcp"  # the restarted service, on the same port
+        assert Endpoints.for_home(home) == endpoints
+        with sdk.connect(home, timeout=5) as bus, bus.subscribe("trace:*") as sub:
+            bus.publish("trace:event", {"name": "after restart"})
+            assert sub.recv(timeout=10).payload == {"name": "after restart"}
         assert up.stop() == 0
+        assert "broker (pid" in up.output and "exited with status -9; restarting" in up.output
     finally:
         up.kill()
 
@@ -160,18 +180,17 @@ def test_up_on_tcp_writes_endpoints_for_the_home(home: Path) -> None:
 @pytest.mark.parametrize("spelling", ["[::1]", "::1"])
 def test_up_on_ipv6_loopback_serves_events_sessions_and_the_log(home: Path, spelling: str) -> None:
     """ZeroMQ sockets take IPv6 addresses only with IPV6 set: every part and the SDK set it for them."""
-    base = free_port_base("::1")
-    up = Up(home, "--tcp", f"{spelling}:{base}")
+    up = Up(home, "--tcp", f"{spelling}:0")
     try:
-        up.wait_ready()
-        assert Endpoints.for_home(home).publish == f"tcp://[::1]:{base}"
-        with sdk.connect(f"tcp://[::1]:{base}", name="v6", timeout=5) as bus, bus.subscribe("v6:*") as sub:
+        publish = ready_endpoints(up.wait_ready())["publish"]
+        assert publish.startswith("tcp://[::1]:") and Endpoints.for_home(home).publish == publish
+        with sdk.connect(home, name="v6", timeout=5) as bus, bus.subscribe("v6:*") as sub:
             bus.publish("v6:hello", {"n": 1})
             assert sub.recv(timeout=10).payload == {"n": 1}
             assert bus.sessions.ensure("v6-1", "over IPv6").title == "over IPv6"
             logged = wait_for(lambda: list(bus.replay("v6:*")), bool, timeout=10, what="the event logged")
             assert [e.payload for e in logged] == [{"n": 1}]
-        done = pryxbus("stats", "--connect", f"tcp://[::1]:{base}")
+        done = pryxbus("stats", home=home)  # the CLI, on the IPv6 endpoints the home names
         assert done.returncode == 0 and json.loads(done.stdout)["events_in"] >= 1, done.stderr
         assert up.stop() == 0
     finally:
@@ -181,13 +200,13 @@ def test_up_on_ipv6_loopback_serves_events_sessions_and_the_log(home: Path, spel
 def test_up_on_ipc_after_up_on_tcp_forgets_the_tcp_ports(home: Path) -> None:
     """A home that ran ``up --tcp`` keeps its endpoints.json; a later ``up`` on ipc sockets must not
     leave it there: the event log (and every client given the home) would go to the old tcp ports."""
-    base = free_port_base()
-    first = Up(home, "--tcp", f"127.0.0.1:{base}")
+    first = Up(home, "--tcp", "127.0.0.1:0")
     try:
         first.wait_ready()
         assert first.stop() == 0
     finally:
         first.kill()
+    assert Endpoints.for_home(home).publish.startswith("tcp://")
     second = Up(home)
     try:
         second.wait_ready(timeout=20)
@@ -313,7 +332,7 @@ def test_up_gives_up_on_a_part_that_cannot_start(home: Path) -> None:
 def test_a_broker_alone_on_ipc_forgets_the_tcp_ports_of_an_earlier_run(home: Path, start) -> None:
     """``pryxbus broker`` on its own (no ``up``) on the home's ipc sockets, after a tcp run in that
     home: clients given the home reach it, not the old tcp ports."""
-    Endpoints.tcp("127.0.0.1", free_port_base()).write(home)  # what `broker --tcp` left
+    Endpoints.tcp("127.0.0.1", 9).write(home)  # what `broker --tcp` left (nothing listens on port 9)
     start("broker")
     assert Endpoints.for_home(home) == Endpoints.ipc(home)
     with sdk.connect(home, name="t", timeout=5) as bus:

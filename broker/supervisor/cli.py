@@ -134,7 +134,8 @@ def run_up(args: argparse.Namespace) -> int:
 def _run_up(args: argparse.Namespace, home: Path, endpoints: Endpoints) -> int:
     try:
         with home_lock(home, "up"):
-            endpoints.record(home)
+            if not endpoints.unbound:  # else once the parts named their ports
+                endpoints.record(home)
             child_args = {spec.name: ("--log-format", args.log_format) for spec in CHILDREN}
             if args.lifecycle_events:
                 child_args["broker"] += ("--lifecycle-events",)
@@ -145,9 +146,12 @@ def _run_up(args: argparse.Namespace, home: Path, endpoints: Endpoints) -> int:
             )
 
             def ready() -> None:
+                bound = supervisor.endpoints  # with the ports the parts chose, on --tcp HOST:0
+                if endpoints.unbound:
+                    bound.record(home)
                 announce(
-                    f"pryxbus up ready home={home} publish={endpoints.publish}"
-                    f" subscribe={endpoints.subscribe} sessions={endpoints.sessions}"
+                    f"pryxbus up ready home={home} publish={bound.publish}"
+                    f" subscribe={bound.subscribe} sessions={bound.sessions}"
                 )
 
             with stop_on_signals(supervisor.stop):

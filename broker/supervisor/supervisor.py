@@ -43,6 +43,9 @@ class ChildSpec:
     sockets: tuple[str, ...] = ()
     """The endpoints it binds (fields of :class:`Endpoints`): their ipc files are removed after a
     stop, if this part ever was up under this supervisor (and not another process's part)."""
+    connects: tuple[str, ...] = ()
+    """The endpoints of other parts it connects to: on ``--tcp HOST:0`` it starts once a part that
+    binds them has named their ports in its ready line."""
 
     @property
     def ready_line(self) -> str:
@@ -57,8 +60,8 @@ CHILDREN: tuple[ChildSpec, ...] = (
         sockets=("publish", "subscribe", "control", "log_feed"),
     ),
     # after the broker: it subscribes there
-    ChildSpec("event-log", "event-log", lock="event-log.lock", sockets=("log",)),
-    ChildSpec("session-service", "session-service", lock="sessions.lock", sockets=("sessions",)),
+    ChildSpec("event-log", "event-log", lock="event-log.lock", sockets=("log",), connects=("log_feed",)),
+    ChildSpec("session-service", "session-service", lock="sessions.lock", sockets=("sessions",), connects=("publish",)),
 )
 """Started in this order, stopped in reverse: the session service stops first, so the events it
 publishes as it stops are still stamped and logged; the broker takes none once the log is gone."""
@@ -139,8 +142,10 @@ class Supervisor:
         """Extra command-line arguments per child name (``{"broker": ("--lifecycle-events",)}``)."""
         self.log_format = log_format
         self.endpoints = Endpoints.parse_tcp(tcp) if tcp else Endpoints.ipc(home)
+        """Where the parts listen: on ``--tcp HOST:0``, filled in from their ready lines."""
+        self._choose_ports = bool(self.endpoints.unbound)
         self.waits = waits
-        self.children = [Child(spec, self._argv(spec), backoff=waits.backoff_first) for spec in children]
+        self.children = [Child(spec, [], backoff=waits.backoff_first) for spec in children]
         self._stop_requested = False
         """Set by ``stop()``: a plain flag, because a signal handler must take no lock. It runs in the
         main thread between two bytecodes, so ``threading.Event.set()`` there deadlocks whenever the
@@ -152,6 +157,9 @@ class Supervisor:
             argv += ["--tcp", self.tcp]
         if spec.takes_await_log:
             argv += ["--await-log", f"{self.waits.await_log:g}"]
+        if self._choose_ports and spec.takes_tcp:  # the ports bound so far: a restart binds its own again
+            unbound = self.endpoints.unbound
+            argv += [f"--endpoint={name}={e}" for name, e in self.endpoints.names().items() if name not in unbound]
         return argv + list(spec.extra) + list(self.child_args.get(spec.name, ()))
 
     def stop(self) -> None:
@@ -166,7 +174,17 @@ class Supervisor:
 
     # -- children ----------------------------------------------------------------------------
 
+    def _can_start(self, child: Child) -> bool:
+        """Whether every endpoint the child connects to is known (always, but on ``--tcp HOST:0``)."""
+        return not set(child.spec.connects) & set(self.endpoints.unbound)
+
+    def _learn_endpoints(self, line: str) -> None:
+        """Take the ports a part's ready line names (``publish=tcp://127.0.0.1:40123 ...``)."""
+        named = dict(word.split("=", 1) for word in line.split() if "=" in word)
+        self.endpoints = self.endpoints.with_(**{name: named[name] for name in self.endpoints.unbound if name in named})
+
     def _spawn(self, child: Child) -> None:
+        child.argv = self._argv(child.spec)
         child.ready.clear()
         child.started = time.monotonic()
         child.restart_at = None
@@ -189,6 +207,8 @@ class Supervisor:
         for line in proc.stdout:
             if not child.ready.is_set() and line.startswith(child.spec.ready_line):
                 log.info("%s is up (pid %d)", child.spec.name, proc.pid)
+                if self._choose_ports:
+                    self._learn_endpoints(line)
                 child.failed_starts = 0
                 child.was_up = True
                 child.ready.set()
@@ -271,17 +291,18 @@ class Supervisor:
         announced = False
         try:
             self._await_locks()
-            for child in self.children:
-                if self._stop_requested:
-                    return
-                self._spawn(child)
-            while not self._stopped_after(tick):
+            while not self._stop_requested:
                 for child in self.children:
+                    if child.proc is None:  # not started yet: it waits for the ports it connects to
+                        if self._can_start(child):
+                            self._spawn(child)
+                        continue
                     self._check(child, starting=not announced)
                 if not announced and all(c.ready.is_set() for c in self.children):
                     announced = True
                     if on_ready is not None:
                         on_ready()
+                self._stopped_after(tick)
         finally:
             for child in reversed(self.children):
                 self._terminate(child)
