@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from broker.cli.options import add_tcp, server_endpoints, server_keys
@@ -33,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=metrics_address,
         default=None,
         help="serve Prometheus metrics (the figures of `pryxbus top`) at http://HOST:PORT/metrics"
-        " (an IPv6 host in brackets: [::1]:9100); needs the 'metrics' extra (prometheus-client)",
+        " (an IPv6 host in brackets: [::1]:9100; PORT 0: a port the system chooses, named in the"
+        " ready line); needs the 'metrics' extra (prometheus-client)",
     )
     p.add_argument(
         "--lifecycle-events",
@@ -106,32 +108,52 @@ def metrics_address(text: str) -> str:
     return text
 
 
+class MetricsFailed(RuntimeError):
+    """``--metrics`` cannot be served (the message says why)."""
+
+
+def start_metrics(args: argparse.Namespace, home: Path, endpoints: Endpoints) -> tuple[str, Callable[[], None]]:
+    """Serve ``--metrics`` for the stack at ``endpoints``: its ``HOST:PORT`` and a function that stops it.
+
+    Raises:
+        MetricsFailed: prometheus-client is missing, or the address cannot be served.
+    """
+    from broker.supervisor.metrics import MetricsUnavailable, serve
+    from sdk.errors import BusUnavailable
+    from sdk.security import resolve_client_keys
+
+    try:
+        curve = resolve_client_keys(True, home) if args.curve else None  # scrape as a client
+        address, stop = serve(args.metrics, endpoints, curve=curve)
+    except MetricsUnavailable as e:
+        raise MetricsFailed(str(e)) from None
+    except (ValueError, OSError, BusUnavailable) as e:
+        raise MetricsFailed(f"--metrics {args.metrics}: {e}") from None
+    logging.getLogger("pryxbus.up").info("metrics at http://%s/metrics", address)
+    return address, stop
+
+
 def run_up(args: argparse.Namespace) -> int:
     configure_logging(args.log_format)
     home, endpoints = server_endpoints(args)
     server_keys(args, home)  # --curve: refuse to start now rather than restart children that refuse
-    stop_metrics = None
-    if args.metrics:
-        from broker.supervisor.metrics import MetricsUnavailable, serve
-        from sdk.errors import BusUnavailable
-        from sdk.security import resolve_client_keys
-
+    metrics = None
+    if args.metrics and not endpoints.unbound:  # else once the parts named their ports
         try:
-            curve = resolve_client_keys(True, home) if args.curve else None  # scrape as a client
-            stop_metrics = serve(args.metrics, endpoints, curve=curve)
-        except MetricsUnavailable as e:
+            metrics = start_metrics(args, home, endpoints)
+        except MetricsFailed as e:
             return fail(str(e))
-        except (ValueError, OSError, BusUnavailable) as e:
-            return fail(f"--metrics {args.metrics}: {e}")
-        logging.getLogger("pryxbus.up").info("metrics at http://%s/metrics", args.metrics)
     try:
-        return _run_up(args, home, endpoints)
+        return _run_up(args, home, endpoints, metrics)
     finally:
-        if stop_metrics is not None:
-            stop_metrics()
+        if metrics is not None:
+            metrics[1]()
 
 
-def _run_up(args: argparse.Namespace, home: Path, endpoints: Endpoints) -> int:
+def _run_up(
+    args: argparse.Namespace, home: Path, endpoints: Endpoints, metrics: tuple[str, Callable[[], None]] | None
+) -> int:
+    failed: list[str] = []
     try:
         with home_lock(home, "up"):
             if not endpoints.unbound:  # else once the parts named their ports
@@ -146,16 +168,31 @@ def _run_up(args: argparse.Namespace, home: Path, endpoints: Endpoints) -> int:
             )
 
             def ready() -> None:
+                nonlocal metrics
                 bound = supervisor.endpoints  # with the ports the parts chose, on --tcp HOST:0
                 if endpoints.unbound:
                     bound.record(home)
+                    if args.metrics:
+                        try:
+                            metrics = start_metrics(args, home, bound)
+                        except MetricsFailed as e:
+                            failed.append(str(e))
+                            supervisor.stop()
+                            return
                 announce(
                     f"pryxbus up ready home={home} publish={bound.publish}"
                     f" subscribe={bound.subscribe} sessions={bound.sessions}"
+                    + (f" metrics=http://{metrics[0]}/metrics" if metrics else "")
                 )
 
-            with stop_on_signals(supervisor.stop):
-                supervisor.run(on_ready=ready)
+            try:
+                with stop_on_signals(supervisor.stop):
+                    supervisor.run(on_ready=ready)
+            finally:
+                if endpoints.unbound and metrics is not None:
+                    metrics[1]()
+            if failed:
+                return fail(failed[0])
             announce("pryxbus up stopped")
     except (AlreadyRunning, StartFailed) as e:
         return fail(str(e))
