@@ -17,7 +17,7 @@ import sdk
 from schemas.endpoints import Endpoints
 from tests.helpers import REPO, Part, start_part
 
-__all__ = ["REPO", "Part", "start_part"]  # test modules of other branches still import them from here
+__all__ = ["REPO", "Part", "start_part"]  # re-exported: a few test modules still import them from here
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

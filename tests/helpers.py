@@ -139,6 +139,11 @@ def raw_publisher(ctx: zmq.Context, endpoint: str, *, timeout: float = 5.0) -> z
     return sock
 
 
+def wait_logged(bus: Any, version: int) -> dict[str, Any]:
+    """Poll the event log's stats until it holds ``version``."""
+    return wait_for(lambda: bus.log_stats(), lambda s: s["last"] >= version, what=f"log at version {version}")
+
+
 def collect(sub: Any, n: int, *, timeout: float = 5.0) -> list[Any]:
     """Receive exactly ``n`` events from an SDK subscription (each receive has a timeout)."""
     return [sub.recv(timeout=timeout) for _ in range(n)]

@@ -18,8 +18,7 @@ import zmq.auth
 import sdk
 from sdk.sessions import SessionClient
 from sdk.security import KeyPaths
-from tests.conftest import REPO
-from tests.helpers import wait_for
+from tests.helpers import REPO, wait_for
 
 REFUSED_TIMEOUT = 0.3
 """Seconds a refused client waits per attempt (a refused CURVE handshake never answers)."""
