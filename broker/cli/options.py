@@ -11,7 +11,9 @@ from schemas.endpoints import ENDPOINT_NAMES, Endpoints, default_home, ensure_ho
 from sdk.security import KeyPaths
 
 
-def add_tcp(parser: argparse.ArgumentParser) -> None:
+def add_tcp(parser: argparse.ArgumentParser, *, endpoint_option: bool = True) -> None:
+    """``--tcp`` and ``--curve``, and ``--endpoint`` unless ``endpoint_option`` is off (for ``up``,
+    which learns its parts' ports from their ready lines)."""
     parser.add_argument(
         "--tcp",
         metavar="HOST:PORT",
@@ -21,6 +23,12 @@ def add_tcp(parser: argparse.ArgumentParser) -> None:
         " sessions, log, log feed), or on ports the system chooses with PORT 0 (the ready line names"
         " them); use 127.0.0.1 unless other machines must connect",
     )
+    if endpoint_option:
+        add_endpoint(parser)
+    add_curve(parser)  # every part that listens can require CURVE
+
+
+def add_endpoint(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--endpoint",
         metavar="NAME=ENDPOINT",
@@ -31,7 +39,6 @@ def add_tcp(parser: argparse.ArgumentParser) -> None:
         " of what --tcp gives: the part binds it if it is its own, else connects there (repeatable;"
         " pryxbus up passes the ports its parts bound with --tcp HOST:0)",
     )
-    add_curve(parser)  # every part that listens can require CURVE
 
 
 def endpoint_override(text: str) -> tuple[str, str]:

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " stops them all cleanly on SIGINT/SIGTERM/SIGHUP.",
     )
     add_home(p)
-    add_tcp(p)
+    add_tcp(p, endpoint_option=False)
     add_log_format(p)
     p.add_argument(
         "--metrics",
