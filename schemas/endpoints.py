@@ -1,8 +1,9 @@
 """Where a stack listens: the endpoint layout shared by the broker, the session service and the SDK.
 
 A stack lives in a *home* directory (mode 0700). By default every part binds an ipc socket there;
-with ``--tcp HOST:PORT`` the parts bind consecutive tcp ports from PORT instead, and the stack
-writes ``endpoints.json`` in its home so that clients given only the home find them.
+with ``--tcp HOST:PORT`` the parts bind consecutive tcp ports from PORT instead (``HOST:0``: a port
+of the system's choosing for each), and the stack writes ``endpoints.json`` in its home so that
+clients given only the home find them.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class Endpoints:
     def tcp(cls, host: str, port: int) -> Endpoints:
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"  # an IPv6 address, written as ZeroMQ endpoints (and URLs) need it
-        return cls(**{name: f"tcp://{host}:{port + off}" for name, off in _TCP_OFFSETS.items()})
+        return cls(**{name: f"tcp://{host}:{port + off if port else 0}" for name, off in _TCP_OFFSETS.items()})
 
     @property
     def ipv6(self) -> bool:
@@ -85,12 +86,17 @@ class Endpoints:
         host, sep, port = text.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError(f"expected HOST:PORT, got {spec!r}")
-        if not 0 < int(port) <= 65536 - len(_TCP_OFFSETS):  # the stack uses PORT and the ports after it
+        if not 0 <= int(port) <= 65536 - len(_TCP_OFFSETS):  # the stack uses PORT and the ports after it
             raise ValueError(
-                f"PORT must be from 1 to {65536 - len(_TCP_OFFSETS)} (the stack uses PORT..PORT+"
-                f"{len(_TCP_OFFSETS) - 1}), got {spec!r}"
+                f"PORT must be 0 (any free ports) or from 1 to {65536 - len(_TCP_OFFSETS)} (the stack uses"
+                f" PORT..PORT+{len(_TCP_OFFSETS) - 1}), got {spec!r}"
             )
         return cls.tcp(host, int(port))
+
+    @property
+    def unbound(self) -> list[str]:
+        """The names of the endpoints on tcp port 0, whose port is known only once a part binds them."""
+        return [name for name, e in asdict(self).items() if e.startswith("tcp://") and e.endswith(":0")]
 
     @classmethod
     def for_home(cls, home: str | os.PathLike[str] | None) -> Endpoints:
@@ -125,9 +131,29 @@ class Endpoints:
         else:
             (Path(home) / ENDPOINTS_FILE).unlink(missing_ok=True)
 
+    def record_chosen(self, home: str | os.PathLike[str], names: list[str]) -> None:
+        """Write into ``home``'s ``endpoints.json`` the endpoints ``names`` (those a part bound on
+        ports the system chose, ``--tcp HOST:0``), keeping the others the file names, if any."""
+        if not names:
+            return
+        path = Path(home) / ENDPOINTS_FILE
+        try:
+            known = type(self)(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            known = self
+        known.with_(**{name: getattr(self, name) for name in names}).write(home)
+
     def with_(self, **changes: str) -> Endpoints:
         return replace(self, **changes)
+
+    def names(self) -> dict[str, str]:
+        """Every endpoint by its name (``publish``, ..., ``log_feed``)."""
+        return asdict(self)
 
     def ipc_paths(self) -> list[Path]:
         """The socket files these endpoints create (to clean up after a stop)."""
         return [Path(e[len("ipc://"):]) for e in asdict(self).values() if e.startswith("ipc://")]
+
+
+ENDPOINT_NAMES = tuple(_TCP_OFFSETS)
+"""The endpoints' names, as in ``endpoints.json`` and in the parts' ready lines."""

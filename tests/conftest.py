@@ -6,25 +6,17 @@ paths must stay under ~100 bytes) and is ready when it prints its ``ready`` line
 
 from __future__ import annotations
 
-import itertools
-import os
 import shutil
-import signal
-import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from xprocess import ProcessStarter
 
 import sdk
 from schemas.endpoints import Endpoints
 from tests.fronts import Front, front  # noqa: F401  (front: the fixture every SDK test runs on both fronts with)
-
-REPO = Path(__file__).resolve().parent.parent
-_names = itertools.count()
+from tests.helpers import Part, start_part
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,53 +30,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "soak" in item.keywords:
             item.add_marker(skip)
-
-
-@dataclass
-class Part:
-    """A running server process started by :func:`start_part`."""
-
-    name: str
-    pid: int
-    home: Path
-    xprocess: object
-
-    def stop(self) -> None:
-        """SIGTERM, and wait (what a clean shutdown looks like)."""
-        self.xprocess.getinfo(self.name).terminate()
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    def kill(self) -> None:
-        """SIGKILL (a crash)."""
-        self.signal(signal.SIGKILL)
-        self.xprocess.getinfo(self.name).terminate()
-
-    @property
-    def log(self) -> str:
-        return Path(self.xprocess.getinfo(self.name).logpath).read_text(errors="replace")
-
-
-def start_part(xprocess, home: Path, *args: str, pattern: str = "ready", name: str | None = None) -> Part:
-    """Start ``pryxbus ARGS --home HOME`` and wait for its ready line."""
-    # The pid keeps names unique across concurrent pytest runs sharing one xprocess cache: xprocess
-    # would otherwise "reuse" another run's live process of the same name instead of starting ours.
-    name = name or f"{args[0]}-{os.getpid()}-{next(_names)}"
-    command = [sys.executable, "-u", "-m", "broker", *args, "--home", str(home)]
-
-    ready_pattern = pattern
-
-    class Starter(ProcessStarter):
-        timeout = 30
-        terminate_on_interrupt = True
-        max_read_lines = 500
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        args = command
-        pattern = ready_pattern
-
-    pid, _log = xprocess.ensure(name, Starter)
-    return Part(name=name, pid=pid, home=home, xprocess=xprocess)
 
 
 @pytest.fixture

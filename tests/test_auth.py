@@ -18,9 +18,7 @@ import zmq.auth
 import sdk
 from sdk.sessions import SessionClient
 from sdk.security import KeyPaths
-from tests.conftest import REPO
-from tests.helpers import wait_for
-from tests.test_up import free_port_base
+from tests.helpers import REPO, wait_for
 
 REFUSED_TIMEOUT = 0.3
 """Seconds a refused client waits per attempt (a refused CURVE handshake never answers)."""
@@ -41,7 +39,7 @@ def generate(home: Path) -> None:
 def curve_stack(request, home: Path, start) -> Path:
     """A --curve broker and session service in ``home`` (over ipc, or tcp on 127.0.0.1)."""
     generate(home)
-    tcp = ("--tcp", f"127.0.0.1:{free_port_base()}") if request.param == "tcp" else ()
+    tcp = ("--tcp", "127.0.0.1:0") if request.param == "tcp" else ()  # each records its ports in the home
     start("broker", "--curve", *tcp)
     start("session-service", "--curve", "--no-events", *tcp)
     return home

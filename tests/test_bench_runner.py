@@ -18,7 +18,7 @@ from bench import peers
 from bench.results import Case, check_document
 from bench.runner import dead_server, prepare_out, select_scenarios
 from bench.scenarios.common import Env
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.helpers import wait_for
 
 

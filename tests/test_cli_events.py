@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-def pryxbus(*args: str | bytes, home: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args, "--home", str(home)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=ENV,
-    )
-
+from tests.helpers import ENV, cli, pryxbus
 
 def start_sub(*args: str, home: Path) -> subprocess.Popen[str]:
     """``pryxbus sub ARGS``, returned once it says its subscription is live."""
@@ -108,8 +93,8 @@ def test_bad_input_is_one_clear_line(home: Path, broker, args, stdin, message) -
 
 
 @pytest.mark.parametrize("command", [("pub", "agent:spawned", "{}"), ("sub",), ("stats",)])
-def test_missing_broker_is_a_clear_error(home: Path, command) -> None:
-    result = pryxbus(*command, home=home)
+def test_missing_broker_is_a_clear_error(home: Path, command, capsys) -> None:
+    result = cli(capsys, *command, home=home)
     assert result.returncode == 1
     assert result.stderr == (
         f"pryxbus: no broker running in {home} (no con.sock); start one with `pryxbus up --home {home}`\n"
@@ -117,8 +102,8 @@ def test_missing_broker_is_a_clear_error(home: Path, command) -> None:
 
 
 @pytest.mark.parametrize("command", ["pub", "sub", "stats"])
-def test_help(command: str, tmp_path: Path) -> None:
-    result = pryxbus(command, "--help", home=tmp_path)
+def test_help(command: str, tmp_path: Path, capsys) -> None:
+    result = cli(capsys, command, "--help", home=tmp_path)
     assert result.returncode == 0 and f"usage: pryxbus {command}" in result.stdout
 
 
@@ -154,8 +139,8 @@ def test_sub_prints_strict_json_whatever_the_payload(home: Path, broker, bus) ->
     ("broker", "--max-event-size", "0"), ("broker", "--await-log", "nan"), ("broker", "--await-log", "-1"),
     ("stats", "--connect", "127.0.0.1:65533"),
 ])
-def test_out_of_range_values_are_usage_errors(home: Path, args: tuple[str, ...]) -> None:
-    result = pryxbus(*args, home=home)
+def test_out_of_range_values_are_usage_errors(home: Path, args: tuple[str, ...], capsys) -> None:
+    result = cli(capsys, *args, home=home)
     assert result.returncode == 2 and "error: argument" in result.stderr, result.stderr
 
 

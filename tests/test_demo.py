@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 LINE = re.compile(r"^(\d)  v(\d+)\s+(\S+)\s+(\S+)\s+")
 STEPS = [

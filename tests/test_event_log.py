@@ -17,12 +17,7 @@ import zmq
 import sdk
 from broker.bus.reservation import read_mark
 from schemas.endpoints import Endpoints
-from tests.conftest import REPO
-from tests.helpers import wait_for
-
-
-def wait_logged(bus: sdk.Bus, version: int) -> dict:
-    return wait_for(lambda: bus.log_stats(), lambda s: s["last"] >= version, what=f"log at version {version}")
+from tests.helpers import REPO, wait_for, wait_logged
 
 
 def test_every_event_is_logged_with_its_envelope(home: Path, event_log, bus: sdk.Bus) -> None:

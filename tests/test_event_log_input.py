@@ -16,8 +16,7 @@ import zmq
 
 import sdk
 from schemas.endpoints import Endpoints
-from tests.conftest import REPO
-from tests.test_event_log import wait_logged
+from tests.helpers import REPO, wait_logged
 
 
 def pryxbus(*args: str | bytes) -> subprocess.CompletedProcess[str]:

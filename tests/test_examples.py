@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import sdk
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.helpers import collect
 
 TIMEOUT = 10.0

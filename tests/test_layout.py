@@ -8,7 +8,7 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 ROLES = ("tui", "runtime", "channel_manager", "agent")
 

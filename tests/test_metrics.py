@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -11,16 +12,16 @@ from pathlib import Path
 import pytest
 
 import sdk
-from tests.conftest import REPO
-from tests.helpers import wait_for
+from tests.helpers import REPO, Part, cli, pryxbus, wait_for
 
 pytest.importorskip("prometheus_client", reason="prometheus-client (the 'metrics' extra) is not installed")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def metrics_address(up: Part) -> str:
+    """The ``HOST:PORT`` of the metrics an ``up --metrics HOST:0`` serves, from its ready line."""
+    found = re.search(r"^pryxbus up ready .* metrics=http://(\S+)/metrics$", up.log, re.MULTILINE)
+    assert found, up.log
+    return found.group(1)
 
 
 def scrape(address: str) -> dict[str, float]:
@@ -36,8 +37,7 @@ def scrape(address: str) -> dict[str, float]:
 
 
 def test_metrics_count_events_peers_log_and_sessions_exactly(home: Path, start) -> None:
-    address = f"127.0.0.1:{_free_port()}"
-    start("up", "--metrics", address)
+    address = metrics_address(start("up", "--metrics", "127.0.0.1:0"))
     with sdk.connect(home, name="metrics-test") as bus:
         for i in range(7):
             bus.publish("app:tick", {"i": i})
@@ -78,7 +78,7 @@ def test_metrics_without_prometheus_client_is_a_clear_error(home: Path) -> None:
     code = (
         "import sys; sys.modules['prometheus_client'] = None\n"  # as if it were not installed
         "from broker.cli import main\n"
-        f"sys.exit(main(['up', '--metrics', '127.0.0.1:{_free_port()}', '--home', {str(home)!r}]))"
+        f"sys.exit(main(['up', '--metrics', '127.0.0.1:0', '--home', {str(home)!r}]))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=REPO
@@ -88,46 +88,47 @@ def test_metrics_without_prometheus_client_is_a_clear_error(home: Path) -> None:
     assert not (home / "up.lock").exists()  # refused before anything started
 
 
-def test_bad_metrics_address_is_refused(home: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "broker", "up", "--metrics", "nowhere", "--home", str(home)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-    )
+def test_bad_metrics_address_is_refused(home: Path, capsys) -> None:
+    result = cli(capsys, "up", "--metrics", "nowhere", home=home)
     assert result.returncode == 2  # a usage error, as every bad option value
     assert result.stderr.strip().endswith("pryxbus up: error: argument --metrics: expected HOST:PORT or [IPv6]:PORT, got 'nowhere'")
 
 
-def _free_port6() -> int | None:
+def has_ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as s:
             s.bind(("::1", 0))
-            return s.getsockname()[1]
+        return True
     except OSError:
-        return None
+        return False
 
 
 def test_metrics_on_an_ipv6_address(home: Path, start) -> None:
-    port = _free_port6()
-    if port is None:
+    if not has_ipv6_loopback():
         pytest.skip("this machine has no IPv6 loopback (::1)")
-    start("up", "--metrics", f"[::1]:{port}")
+    address = metrics_address(start("up", "--metrics", "[::1]:0"))
+    assert address.startswith("[::1]:")
     with sdk.connect(home, name="metrics-test") as bus:
         bus.publish("app:tick", {})
         wait_for(bus.stats, lambda s: s["version"] == 1, what="one event stamped")
-    assert scrape(f"[::1]:{port}")["pryxbus_version"] == 1
+    assert scrape(address)["pryxbus_version"] == 1
 
 
 def test_metrics_of_a_curve_stack(home: Path, start) -> None:
-    keys = subprocess.run(
-        [sys.executable, "-m", "broker", "keys", "generate", "--home", str(home)],
-        capture_output=True, text=True, timeout=30, cwd=REPO,
-    )
+    keys = pryxbus("keys", "generate", home=home)
     assert keys.returncode == 0, keys.stderr
-    address = f"127.0.0.1:{_free_port()}"
-    start("up", "--curve", "--metrics", address)
+    address = metrics_address(start("up", "--curve", "--metrics", "127.0.0.1:0"))
     m = scrape(address)  # the endpoint scrapes the parts as a CURVE client of the home's keys
     assert [m[f'pryxbus_up{{part="{part}"}}'] for part in ("broker", "sessions", "log")] == [1, 1, 1]
     assert m["pryxbus_events_total"] == 0
+
+
+def test_metrics_with_tcp_port_0_scrape_the_ports_the_parts_chose(home: Path, start) -> None:
+    """On ``--tcp HOST:0`` the metrics start once the parts named their ports, and scrape those."""
+    address = metrics_address(start("up", "--tcp", "127.0.0.1:0", "--metrics", "127.0.0.1:0"))
+    with sdk.connect(home, name="metrics-test") as bus:
+        bus.publish("app:tick", {})
+        wait_for(bus.stats, lambda s: s["version"] == 1, what="one event stamped")
+    m = scrape(address)
+    assert [m[f'pryxbus_up{{part="{part}"}}'] for part in ("broker", "sessions", "log")] == [1, 1, 1]
+    assert m["pryxbus_version"] == 1

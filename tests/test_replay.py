@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import sdk
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.helpers import wait_for
 
 TYPES = ["channel:message", "agent:spawned", "agent:completed", "trace:event"]

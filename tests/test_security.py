@@ -6,7 +6,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from tests.conftest import start_part
+from tests.helpers import start_part
 
 
 def test_ipc_sockets_live_in_a_0700_home(xprocess) -> None:

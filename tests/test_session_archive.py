@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import sdk
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.fronts import Front
 from tests.helpers import wait_for
 

@@ -21,8 +21,7 @@ from schemas.endpoints import Endpoints
 from schemas.sessions import MAX_TITLE_LENGTH
 from sdk.sessions import SessionClient
 from tests.fronts import Front, sync_only
-from tests.conftest import REPO, Part
-from tests.helpers import wait_for
+from tests.helpers import ENV, REPO, Part, cli, pryxbus, raw_request, wait_for
 
 HOSTILE_TITLES = [
     "'); DROP TABLE sessions;--",
@@ -40,16 +39,6 @@ def client(home: Path, session_service: Part, front: Front):
     """A standalone session client on each front (sync, asyncio behind a blocking facade)."""
     with front.open_sessions(home, timeout=5.0) as c:
         yield c
-
-
-def pryxbus(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "broker", *args, "--home", str(home)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
 
 
 # -- seed semantics ------------------------------------------------------------------------------
@@ -118,13 +107,10 @@ def test_one_database_has_one_service(home: Path, session_service: Part, tmp_pat
     other = tmp_path / "other-home"
     other.mkdir()
     db = home / "sessions.db"
-    done = subprocess.run(
-        [sys.executable, "-m", "broker", "session-service", "--home", str(other), "--db", str(db)],
-        capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    done = pryxbus("session-service", "--db", str(db), home=other)
     assert done.returncode == 1
     assert f"another session service is using {db} (pid {session_service.pid})" in done.stderr
-    missing = pryxbus(home, "session-service", "--db", str(tmp_path / "nowhere" / "s.db"))
+    missing = pryxbus("session-service", "--db", str(tmp_path / "nowhere" / "s.db"), home=home)
     assert (missing.returncode, missing.stderr.strip()) == (
         1, f"pryxbus: --db: the directory {tmp_path / 'nowhere'} does not exist"
     )
@@ -173,19 +159,6 @@ def test_over_long_title_is_refused_by_client_and_service(client: SessionClient,
 
 
 # -- garbage -------------------------------------------------------------------------------------
-
-
-def raw_request(home: Path, body: bytes, *, timeout: float = 5.0) -> dict:
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.REQ)
-    sock.linger = 0
-    try:
-        sock.connect(Endpoints.for_home(home).sessions)
-        sock.send(body)
-        assert sock.poll(int(timeout * 1000), zmq.POLLIN), f"no reply to {body[:40]!r}"
-        return msgpack.unpackb(sock.recv(), raw=False)
-    finally:
-        sock.close()
 
 
 GARBAGE = [
@@ -279,7 +252,7 @@ with SessionClient.open(home, timeout=10) as c:
 
 @sync_only
 def test_concurrent_ensure_from_processes_makes_one_row(client: SessionClient, home: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = ENV
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", ENSURER, str(home), "shared-id", f"title {i}"],
@@ -508,9 +481,9 @@ def test_changes_made_before_any_broker_runs_are_announced_once_one_does(home: P
 
 
 @pytest.mark.parametrize(("option", "high"), [("--event-linger", 1000), ("--spin-us", 10_000)])
-def test_tuning_options_must_be_whole_numbers_in_range(home: Path, option: str, high: int) -> None:
+def test_tuning_options_must_be_whole_numbers_in_range(home: Path, capsys, option: str, high: int) -> None:
     for bad in ("-1", str(high + 1), "0.5", "soon"):
-        done = pryxbus(home, "session-service", option, bad)
+        done = cli(capsys, "session-service", option, bad, home=home)
         assert done.returncode == 2
         assert f"{option}: must be a whole number from 0 to {high}" in done.stderr
 
@@ -569,23 +542,23 @@ def test_service_runs_without_a_broker(client: SessionClient) -> None:
     assert client.ping()["status"] == "ok"
 
 
-def test_cli(home: Path, session_service: Part) -> None:
-    made = pryxbus(home, "sessions", "create", "From the CLI", "--json")
+def test_cli(home: Path, session_service: Part, capsys) -> None:
+    made = cli(capsys, "sessions", "create", "From the CLI", "--json", home=home)
     assert made.returncode == 0, made.stderr
     s = json.loads(made.stdout)
     assert s["title"] == "From the CLI"
-    assert pryxbus(home, "sessions", "ensure", "cli-2", "Second", "--json").returncode == 0
-    listed = json.loads(pryxbus(home, "sessions", "list", "--json").stdout)
+    assert cli(capsys, "sessions", "ensure", "cli-2", "Second", "--json", home=home).returncode == 0
+    listed = json.loads(cli(capsys, "sessions", "list", "--json", home=home).stdout)
     assert [x["id"] for x in listed["sessions"]] == ["cli-2", s["id"]]
     assert listed["next_cursor"] is None
-    table = pryxbus(home, "sessions", "list").stdout.splitlines()
+    table = cli(capsys, "sessions", "list", home=home).stdout.splitlines()
     assert table[0].split() == ["ID", "TITLE", "UPDATED_AT", "CREATED_AT"]
     assert [line.split()[0] for line in table[1:]] == ["cli-2", s["id"]]
-    assert json.loads(pryxbus(home, "sessions", "rename", "cli-2", "New", "--json").stdout)["title"] == "New"
-    assert pryxbus(home, "sessions", "touch", "cli-2").returncode == 0
-    assert json.loads(pryxbus(home, "sessions", "get", s["id"], "--json").stdout) == s
-    assert json.loads(pryxbus(home, "sessions", "delete", s["id"], "--json").stdout) == s
-    missing = pryxbus(home, "sessions", "get", s["id"])
+    assert json.loads(cli(capsys, "sessions", "rename", "cli-2", "New", "--json", home=home).stdout)["title"] == "New"
+    assert cli(capsys, "sessions", "touch", "cli-2", home=home).returncode == 0
+    assert json.loads(cli(capsys, "sessions", "get", s["id"], "--json", home=home).stdout) == s
+    assert json.loads(cli(capsys, "sessions", "delete", s["id"], "--json", home=home).stdout) == s
+    missing = cli(capsys, "sessions", "get", s["id"], home=home)
     assert (missing.returncode, missing.stdout) == (1, "")
     assert "not_found" in missing.stderr
 

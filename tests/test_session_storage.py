@@ -12,7 +12,7 @@ import pytest
 
 import sdk
 from sdk.sessions import SessionClient
-from tests.conftest import REPO, Part
+from tests.helpers import REPO, Part
 
 
 def test_a_disk_that_refuses_writes_gets_a_clear_error_and_the_service_recovers(

@@ -9,8 +9,7 @@ import pytest
 import sdk
 from sdk.monitor import Sampler, figures
 from schemas.endpoints import Endpoints
-from tests.helpers import wait_for
-from tests.test_cli_events import pryxbus
+from tests.helpers import pryxbus, wait_for
 
 
 def _stats_after(bus: sdk.Bus, version: int) -> dict:

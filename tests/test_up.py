@@ -6,107 +6,21 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 import sdk
-from schemas.endpoints import Endpoints
+from schemas.endpoints import ENDPOINT_NAMES, Endpoints
 from sdk.sessions import SessionClient
-from tests.conftest import REPO, start_part
-from tests.helpers import python_process, wait_for
-
-
-def pid_of(home: Path, part: str) -> int:
-    return int((home / f"{part}.lock").read_text().strip() or 0)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def default_sighup() -> None:
-    """In the child before it runs up: SIGHUP back to its default, whatever the test run inherited
-    (under ``nohup`` or a CI runner that ignores it, up would rightly keep ignoring it)."""
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-
-
-class Up:
-    """``pryxbus up`` as a child of the test, its output collected by a reader thread. It starts with
-    SIGHUP at its default unless ``preexec_fn`` says otherwise."""
-
-    def __init__(self, home: Path, *args: str, cwd: Path | None = None, preexec_fn=None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-m", "broker", "up", "--home", str(home), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=cwd,
-            preexec_fn=preexec_fn or default_sighup,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._eof = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-        with self._changed:
-            self._eof = True
-            self._changed.notify_all()
-
-    def wait_line(self, text: str, timeout: float = 30.0) -> str:
-        """The first output line containing ``text``; fails if up exits or ``timeout`` passes first."""
-        with self._changed:
-            found = self._changed.wait_for(
-                lambda: any(text in x for x in self.lines) or self._eof, timeout=timeout
-            )
-            hit = next((x for x in self.lines if text in x), None)
-            if hit is not None:
-                return hit
-            why = "exited" if found else f"printed nothing with {text!r} within {timeout:g}s"
-            raise AssertionError(f"pryxbus up {why}:\n" + "".join(self.lines))
-
-    def wait_ready(self, timeout: float = 30.0) -> str:
-        return self.wait_line("ready", timeout)
-
-    @property
-    def output(self) -> str:
-        with self._changed:
-            return "".join(self.lines)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            why = f"pryxbus up did not exit within {timeout:g}s of signal {sig}"
-            raise AssertionError(f"{why}:\n{self.output}") from None
-        self._reader.join(timeout)
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+from tests.helpers import (
+    FAST_UP, Up, alive, free_port_base, pid_of, pryxbus, python_process, start_part, wait_for,
+)
 
 
 @pytest.fixture
 def up(home: Path):
-    running = Up(home)
+    running = Up(home, "--restart-backoff", "0.05")
     yield running
     running.kill()
 
@@ -228,40 +142,37 @@ def test_after_a_broker_crash_the_log_misses_nothing_a_subscriber_gets(home: Pat
     assert "the event log subscribed; taking events" in up.output
 
 
-def free_port_base(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(50):
-        socks = []
-        try:
-            with socket.socket(family) as probe:
-                probe.bind((host, 0))
-                base = probe.getsockname()[1]
-            if base > 65000:
-                continue
-            for off in range(6):  # publish .. log_feed
-                s = socket.socket(family)
-                socks.append(s)
-                s.bind((host, base + off))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    pytest.skip("no six consecutive free loopback ports")
+def ready_endpoints(line: str) -> dict[str, str]:
+    """The ``NAME=ENDPOINT`` words of a ready line."""
+    return dict(word.split("=", 1) for word in line.split() if word.split("=", 1)[0] in ENDPOINT_NAMES)
 
 
-def test_up_on_tcp_writes_endpoints_for_the_home(home: Path) -> None:
-    base = free_port_base()
-    up = Up(home, "--tcp", f"127.0.0.1:{base}")
+def test_up_on_tcp_port_0_names_the_ports_and_a_restarted_part_keeps_them(home: Path) -> None:
+    """``--tcp HOST:0``: every part binds a port the system chooses; the ready line and the home's
+    endpoints.json name them, and a part restarted after a crash binds the same ones again."""
+    up = Up(home, "--tcp", "127.0.0.1:0", "--restart-backoff", "0.05")
     try:
-        up.wait_ready()
-        assert Endpoints.for_home(home) == Endpoints.tcp("127.0.0.1", base)
+        named = ready_endpoints(up.wait_ready())
+        endpoints = Endpoints.for_home(home)
+        assert named == {n: getattr(endpoints, n) for n in ("publish", "subscribe", "sessions")}
+        ports = [e.rpartition(":")[2] for e in endpoints.names().values()]
+        assert all(e.startswith("tcp://127.0.0.1:") for e in endpoints.names().values()), endpoints
+        assert "0" not in ports and len(set(ports)) == 6, endpoints
         with sdk.connect(home, timeout=5) as bus:
             assert bus.sessions.ensure("tcp-1", "over tcp").title == "over tcp"
-        with SessionClient.open(f"tcp://127.0.0.1:{base}") as direct:
+        with SessionClient.open(endpoints, timeout=1.0, retries=20) as direct:
             assert direct.get("tcp-1").title == "over tcp"
+            for part in ("sessions", "broker"):
+                old = pid_of(home, part)
+                os.kill(old, signal.SIGKILL)
+                wait_for(lambda: pid_of(home, part), lambda p: p not in (0, old), timeout=15, what=f"a new {part}")
+            assert direct.get("tcp-1").title == "over tcp"  # the restarted service, on the same port
+        assert Endpoints.for_home(home) == endpoints
+        with sdk.connect(home, timeout=5) as bus, bus.subscribe("trace:*") as sub:
+            bus.publish("trace:event", {"name": "after restart"})
+            assert sub.recv(timeout=10).payload == {"name": "after restart"}
         assert up.stop() == 0
+        assert "broker (pid" in up.output and "exited with status -9; restarting" in up.output
     finally:
         up.kill()
 
@@ -269,21 +180,17 @@ def test_up_on_tcp_writes_endpoints_for_the_home(home: Path) -> None:
 @pytest.mark.parametrize("spelling", ["[::1]", "::1"])
 def test_up_on_ipv6_loopback_serves_events_sessions_and_the_log(home: Path, spelling: str) -> None:
     """ZeroMQ sockets take IPv6 addresses only with IPV6 set: every part and the SDK set it for them."""
-    base = free_port_base("::1")
-    up = Up(home, "--tcp", f"{spelling}:{base}")
+    up = Up(home, "--tcp", f"{spelling}:0")
     try:
-        up.wait_ready()
-        assert Endpoints.for_home(home).publish == f"tcp://[::1]:{base}"
-        with sdk.connect(f"tcp://[::1]:{base}", name="v6", timeout=5) as bus, bus.subscribe("v6:*") as sub:
+        publish = ready_endpoints(up.wait_ready())["publish"]
+        assert publish.startswith("tcp://[::1]:") and Endpoints.for_home(home).publish == publish
+        with sdk.connect(home, name="v6", timeout=5) as bus, bus.subscribe("v6:*") as sub:
             bus.publish("v6:hello", {"n": 1})
             assert sub.recv(timeout=10).payload == {"n": 1}
             assert bus.sessions.ensure("v6-1", "over IPv6").title == "over IPv6"
             logged = wait_for(lambda: list(bus.replay("v6:*")), bool, timeout=10, what="the event logged")
             assert [e.payload for e in logged] == [{"n": 1}]
-        done = subprocess.run(
-            [sys.executable, "-m", "broker", "stats", "--connect", f"tcp://[::1]:{base}"],
-            cwd=REPO, capture_output=True, text=True, timeout=30,
-        )
+        done = pryxbus("stats", home=home)  # the CLI, on the IPv6 endpoints the home names
         assert done.returncode == 0 and json.loads(done.stdout)["events_in"] >= 1, done.stderr
         assert up.stop() == 0
     finally:
@@ -293,13 +200,13 @@ def test_up_on_ipv6_loopback_serves_events_sessions_and_the_log(home: Path, spel
 def test_up_on_ipc_after_up_on_tcp_forgets_the_tcp_ports(home: Path) -> None:
     """A home that ran ``up --tcp`` keeps its endpoints.json; a later ``up`` on ipc sockets must not
     leave it there: the event log (and every client given the home) would go to the old tcp ports."""
-    base = free_port_base()
-    first = Up(home, "--tcp", f"127.0.0.1:{base}")
+    first = Up(home, "--tcp", "127.0.0.1:0")
     try:
         first.wait_ready()
         assert first.stop() == 0
     finally:
         first.kill()
+    assert Endpoints.for_home(home).publish.startswith("tcp://")
     second = Up(home)
     try:
         second.wait_ready(timeout=20)
@@ -321,10 +228,7 @@ def test_up_gives_up_when_a_port_is_taken(home: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", base + 3))  # the sessions port
         taken.listen()
-        done = subprocess.run(
-            [sys.executable, "-m", "broker", "up", "--home", str(home), "--tcp", f"127.0.0.1:{base}"],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
+        done = pryxbus("up", *FAST_UP, "--tcp", f"127.0.0.1:{base}", home=home)
     assert done.returncode == 1, done.stderr[-2000:]
     assert "ready" not in done.stdout
     assert "session-service is up" not in done.stderr
@@ -339,10 +243,7 @@ def test_up_gives_up_when_the_broker_port_is_taken_and_stops_the_waiting_log(hom
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", base))  # the publish port
         taken.listen()
-        done = subprocess.run(
-            [sys.executable, "-m", "broker", "up", "--home", str(home), "--tcp", f"127.0.0.1:{base}"],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
+        done = pryxbus("up", *FAST_UP, "--tcp", f"127.0.0.1:{base}", home=home)
     assert done.returncode == 1, done.stderr[-2000:]
     assert "broker could not start (exited with status 1, 3 times): pryxbus: broker cannot bind" in done.stderr
     assert "did not stop" not in done.stderr, done.stderr
@@ -354,10 +255,7 @@ def test_up_gives_up_when_a_part_already_runs_in_the_home(home: Path, xprocess) 
     """A session service left running in the home (its lock taken) is reported, not taken for ready."""
     other = start_part(xprocess, home, "session-service")
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "broker", "up", "--home", str(home)],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
+        done = pryxbus("up", *FAST_UP, home=home)
         assert done.returncode == 1, done.stderr[-2000:]
         assert "ready" not in done.stdout
         assert f"a session service is already running in {home} (pid {other.pid})" in done.stderr, done.stderr
@@ -371,10 +269,7 @@ def test_an_up_that_fails_leaves_the_sockets_of_a_part_it_did_not_start(home: Pa
     other = start_part(xprocess, home, "broker")
     try:
         sockets = sorted(p.name for p in home.glob("*.sock"))
-        done = subprocess.run(
-            [sys.executable, "-m", "broker", "up", "--home", str(home)],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
+        done = pryxbus("up", *FAST_UP, home=home)
         assert done.returncode == 1, done.stderr[-2000:]
         assert f"a broker is already running in {home} (pid {other.pid})" in done.stderr
         assert sorted(p.name for p in home.glob("*.sock")) == sockets
@@ -416,20 +311,14 @@ def test_up_waits_for_a_part_an_earlier_up_left_stopping(home: Path) -> None:
 
 def test_second_up_in_the_same_home_refuses(home: Path, up: Up) -> None:
     up.wait_ready()
-    second = subprocess.run(
-        [sys.executable, "-m", "broker", "up", "--home", str(home)],
-        capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    second = pryxbus("up", *FAST_UP, home=home)
     assert second.returncode == 1
     assert f"pryxbus up is already running in {home}" in second.stderr, second.stderr
 
 
 def test_up_gives_up_on_a_part_that_cannot_start(home: Path) -> None:
     (home / "sessions.db").write_text("this is not a database\n" * 50)
-    done = subprocess.run(
-        [sys.executable, "-m", "broker", "up", "--home", str(home)],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    done = pryxbus("up", *FAST_UP, home=home)
     assert done.returncode == 1, done.stderr[-2000:]
     assert "session-service could not start" in done.stderr and "3 times" in done.stderr
     assert "as the session database" in done.stderr  # the part's own reason
@@ -443,7 +332,7 @@ def test_up_gives_up_on_a_part_that_cannot_start(home: Path) -> None:
 def test_a_broker_alone_on_ipc_forgets_the_tcp_ports_of_an_earlier_run(home: Path, start) -> None:
     """``pryxbus broker`` on its own (no ``up``) on the home's ipc sockets, after a tcp run in that
     home: clients given the home reach it, not the old tcp ports."""
-    Endpoints.tcp("127.0.0.1", free_port_base()).write(home)  # what `broker --tcp` left
+    Endpoints.tcp("127.0.0.1", 9).write(home)  # what `broker --tcp` left (nothing listens on port 9)
     start("broker")
     assert Endpoints.for_home(home) == Endpoints.ipc(home)
     with sdk.connect(home, name="t", timeout=5) as bus:

@@ -30,6 +30,7 @@ from broker.bus.config import (
 )
 from broker.bus.reservation import Reservation
 from broker.security import Authenticator, secure_server
+from broker.sockets import bind
 from sdk.transport import configure_context, event_socket
 from schemas.envelope import (
     BODY_MARK,
@@ -133,7 +134,7 @@ class Broker:
             secure_server(self.xsub, cfg.curve)
         self.xsub.rcvhwm = cfg.in_hwm
         self.xsub.maxmsgsize = self.max_msg_size
-        self.xsub.bind(ep.publish)
+        bound = {"publish": bind(self.xsub, ep.publish)}
 
         self.xpub = event_socket(ctx.socket(zmq.XPUB))  # the log feed's bind copies its options
         self.xpub.linger = 0
@@ -148,12 +149,12 @@ class Broker:
         # its metadata, is ~300 bytes), so it leaves room for them: at 256 every CURVE subscriber
         # was disconnected during its handshake.
         self.xpub.maxmsgsize = SUBSCRIPTION_MAX_SIZE + (CURVE_SLACK if cfg.curve is not None else 0)
-        self.xpub.bind(ep.subscribe)
+        bound["subscribe"] = bind(self.xpub, ep.subscribe)
         if ep.log_feed:
             # A listener copies the socket's options when it binds, so connections to this second
             # endpoint (the event log's) get a deeper queue than every other subscriber's.
             self.xpub.sndhwm = cfg.log_hwm
-            self.xpub.bind(ep.log_feed)
+            bound["log_feed"] = bind(self.xpub, ep.log_feed)
             self.xpub.sndhwm = cfg.sub_hwm
 
         self.control = ctx.socket(zmq.ROUTER)
@@ -161,7 +162,9 @@ class Broker:
         if cfg.curve is not None:
             secure_server(self.control, cfg.curve)
         self.control.maxmsgsize = CONTROL_MAX_SIZE
-        self.control.bind(ep.control)
+        bound["control"] = bind(self.control, ep.control)
+        self.endpoints = ep.with_(**bound)
+        """The endpoints, with the ports the system chose for any given as ``tcp://HOST:0``."""
 
         # Trap §4.1: a bound XSUB does not replay its subscription to publishers that connect
         # later, so re-send it on every new publisher connection.
@@ -580,5 +583,5 @@ class Broker:
                 "max_event_size": self.config.max_event_size,
                 "max_topics": self.config.max_topics,
             },
-            "endpoints": vars(self.config.endpoints),
+            "endpoints": vars(self.endpoints),
         }

@@ -113,7 +113,6 @@ def run_broker(args: argparse.Namespace) -> int:
     curve = server_keys(args, home)
     try:
         with home_lock(home, "broker"):
-            endpoints.record(home)
             try:
                 # Continue after every version reserved or logged in this home (issue 4).
                 broker = Broker(broker_config(args, endpoints, reservation.first_version(home), home, curve))
@@ -122,9 +121,14 @@ def run_broker(args: argparse.Namespace) -> int:
             except SecurityError as e:
                 return fail(str(e))
             with broker, stop_on_signals(broker.stop):
+                bound = broker.endpoints  # with the ports the system chose, on --tcp HOST:0
+                if chosen := [name for name in endpoints.unbound if name not in ("sessions", "log")]:
+                    bound.record_chosen(home, chosen)
+                else:
+                    bound.record(home)
                 announce(
-                    f"pryxbus broker ready publish={endpoints.publish} subscribe={endpoints.subscribe}"
-                    f" control={endpoints.control}{' curve=on' if curve else ''}"
+                    f"pryxbus broker ready publish={bound.publish} subscribe={bound.subscribe}"
+                    f" control={bound.control} log_feed={bound.log_feed}{' curve=on' if curve else ''}"
                 )
                 broker.run()
             announce(f"pryxbus broker stopped at version {broker.version}")

@@ -7,20 +7,55 @@ import sys
 from pathlib import Path
 
 from broker.security import SecurityError, ServerKeys
-from schemas.endpoints import Endpoints, default_home, ensure_home
+from schemas.endpoints import ENDPOINT_NAMES, Endpoints, default_home, ensure_home
 from sdk.security import KeyPaths
 
 
-def add_tcp(parser: argparse.ArgumentParser) -> None:
+def add_tcp(parser: argparse.ArgumentParser, *, endpoint_option: bool = True) -> None:
+    """``--tcp`` and ``--curve``, and ``--endpoint`` unless ``endpoint_option`` is off (for ``up``,
+    which learns its parts' ports from their ready lines)."""
     parser.add_argument(
         "--tcp",
         metavar="HOST:PORT",
         type=tcp_listen,
         default=None,
         help="listen on tcp ports PORT..PORT+5 instead of ipc sockets (publish, subscribe, control,"
-        " sessions, log, log feed); use 127.0.0.1 unless other machines must connect",
+        " sessions, log, log feed), or on ports the system chooses with PORT 0 (the ready line names"
+        " them); use 127.0.0.1 unless other machines must connect",
     )
+    if endpoint_option:
+        add_endpoint(parser)
     add_curve(parser)  # every part that listens can require CURVE
+
+
+def add_endpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--endpoint",
+        metavar="NAME=ENDPOINT",
+        type=endpoint_override,
+        action="append",
+        default=[],
+        help="use ENDPOINT (tcp://HOST:PORT) for NAME (one of " + ", ".join(ENDPOINT_NAMES) + ") instead"
+        " of what --tcp gives: the part binds it if it is its own, else connects there (repeatable;"
+        " pryxbus up passes the ports its parts bound with --tcp HOST:0)",
+    )
+
+
+def endpoint_override(text: str) -> tuple[str, str]:
+    """An argparse ``type``: ``NAME=[tcp://]HOST:PORT`` with NAME one of the endpoints' names; gives
+    (NAME, ``tcp://HOST:PORT``), an IPv6 host in brackets."""
+    name, sep, endpoint = text.partition("=")
+    host, colon, port = endpoint.removeprefix("tcp://").rpartition(":")
+    if not sep or name not in ENDPOINT_NAMES or not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=tcp://HOST:PORT with NAME one of {', '.join(ENDPOINT_NAMES)}, got {text!r}"
+        )
+    return name, Endpoints.tcp(host, 0).publish.removesuffix(":0") + f":{int(port)}"
+
+
+def with_overrides(args: argparse.Namespace, endpoints: Endpoints) -> Endpoints:
+    """``endpoints`` with the ``--endpoint NAME=ENDPOINT`` options applied."""
+    return endpoints.with_(**dict(getattr(args, "endpoint", [])))
 
 
 def add_curve(parser: argparse.ArgumentParser) -> None:
@@ -92,4 +127,4 @@ def server_endpoints(args: argparse.Namespace) -> tuple[Path, Endpoints]:
             endpoints = Endpoints.ipc(home)
         except ValueError as e:
             raise SystemExit(f"pryxbus: {e}") from None
-    return home, endpoints
+    return home, with_overrides(args, endpoints)

@@ -8,7 +8,7 @@ import sqlite3
 
 import zmq
 
-from broker.cli.options import add_tcp, server_home, server_keys
+from broker.cli.options import add_tcp, server_home, server_keys, with_overrides
 from broker.eventlog.service import EventLog, EventLogConfig
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
@@ -76,6 +76,7 @@ def run_event_log(args: argparse.Namespace) -> int:
                 endpoints = endpoints.with_(log=Endpoints.ipc(home).log)
         except ValueError as e:
             return fail(str(e))
+    endpoints = with_overrides(args, endpoints)
     config = EventLogConfig(
         home=home,
         endpoints=endpoints,
@@ -97,6 +98,7 @@ def run_event_log(args: argparse.Namespace) -> int:
             except sqlite3.DatabaseError as e:  # not a SQLite file, a damaged one, or another schema
                 return fail(f"cannot use {config.home / 'events.db'} as the event log: {e}")
             with service, stop_on_signals(service.stop):
+                service.endpoints.record_chosen(home, [n for n in endpoints.unbound if n == "log"])
                 try:
                     if not service.await_broker(args.wait):  # stopped while waiting for the broker
                         announce("pryxbus event-log stopped before the broker answered")
@@ -104,7 +106,7 @@ def run_event_log(args: argparse.Namespace) -> int:
                 except TimeoutError as e:
                     return fail(str(e))
                 announce(
-                    f"pryxbus event-log ready log={endpoints.log} db={config.home / 'events.db'}"
+                    f"pryxbus event-log ready log={service.endpoints.log} db={config.home / 'events.db'}"
                     f"{' curve=on' if config.curve else ''}"
                 )
                 service.run()

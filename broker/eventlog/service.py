@@ -21,6 +21,7 @@ from broker.security import Authenticator, ServerKeys, secure_server
 from broker.eventlog.query import LogQueries
 from broker.eventlog.store import EventStore, db_path
 from broker.eventlog.writer import DEFAULT_RCVHWM, LogWriter
+from broker.sockets import bind
 from schemas.endpoints import Endpoints
 from sdk.transport import configure_context
 
@@ -116,7 +117,8 @@ class EventLog:
             self.router.maxmsgsize = MAX_REQUEST_SIZE
             if config.curve is not None:
                 secure_server(self.router, config.curve)
-            self.router.bind(config.endpoints.log)
+            self.endpoints = config.endpoints.with_(log=bind(self.router, config.endpoints.log))
+            """The endpoints, with the port the system chose for a log endpoint ``tcp://HOST:0``."""
         except BaseException:
             self.close()
             raise

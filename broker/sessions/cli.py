@@ -87,8 +87,9 @@ def run_session_service(args: argparse.Namespace) -> int:
             except sqlite3.DatabaseError as e:  # not a SQLite file, or a damaged one
                 return fail(f"cannot use {db_path} as the session database: {e}")
             with service, stop_on_signals(service.stop):
+                service.endpoints.record_chosen(home, [n for n in endpoints.unbound if n == "sessions"])
                 announce(
-                    f"pryxbus session-service ready sessions={endpoints.sessions} db={db_path}"
+                    f"pryxbus session-service ready sessions={service.endpoints.sessions} db={db_path}"
                     f"{' curve=on' if curve else ''}"
                 )
                 service.run()

@@ -43,6 +43,7 @@ from broker.security import Authenticator, ServerKeys, secure_server
 from broker.sessions.events import DEFAULT_LINGER, SessionEvents
 from broker.sessions.spare_cpu import DEFAULT_SPIN, SpareCpu
 from broker.sessions.store import SCHEMA_VERSION, SessionStore, Written
+from broker.sockets import bind
 from schemas.endpoints import Endpoints
 from sdk.transport import configure_context
 from schemas.sessions import (
@@ -168,7 +169,8 @@ class SessionService:
             self.sock.maxmsgsize = MAX_REQUEST_SIZE
             if config.curve is not None:
                 secure_server(self.sock, config.curve)
-            self.sock.bind(config.endpoints.sessions)
+            self.endpoints = config.endpoints.with_(sessions=bind(self.sock, config.endpoints.sessions))
+            """The endpoints, with the port the system chose for a sessions endpoint ``tcp://HOST:0``."""
         except BaseException:
             if self._auth is not None:
                 self._auth.close()

@@ -24,7 +24,7 @@ def parse_address(spec: str) -> tuple[str, int]:
     host, sep, port = spec.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"expected HOST:PORT or [IPv6]:PORT, got {spec!r}")
     return host, int(port)
 
@@ -120,8 +120,9 @@ class StackCollector:
 
 def serve(
     address: str, endpoints: Endpoints, *, timeout: float = 0.5, curve: ClientKeys | None = None
-) -> Callable[[], None]:
-    """Serve ``/metrics`` on ``HOST:PORT`` in a background thread; returns a function that stops it.
+) -> tuple[str, Callable[[], None]]:
+    """Serve ``/metrics`` on ``HOST:PORT`` in a background thread; returns the ``HOST:PORT`` it
+    listens on (PORT 0: the port the system chose) and a function that stops it.
 
     ``curve``: CURVE client keys for a ``--curve`` stack.
 
@@ -147,4 +148,5 @@ def serve(
         thread.join(5.0)
         sampler.close()
 
-    return stop
+    bound_port = server.server_address[1]
+    return (f"[{host}]" if ":" in host else host) + f":{bound_port}", stop

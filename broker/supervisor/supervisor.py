@@ -36,11 +36,16 @@ class ChildSpec:
     command: str
     extra: tuple[str, ...] = ()
     takes_tcp: bool = True
+    takes_await_log: bool = False
+    """It is the broker: it gets ``--await-log`` (see :attr:`Waits.await_log`)."""
     lock: str = ""
     """The lock file the part holds in its home (``broker.lock``), if any."""
     sockets: tuple[str, ...] = ()
     """The endpoints it binds (fields of :class:`Endpoints`): their ipc files are removed after a
     stop, if this part ever was up under this supervisor (and not another process's part)."""
+    connects: tuple[str, ...] = ()
+    """The endpoints of other parts it connects to: on ``--tcp HOST:0`` it starts once a part that
+    binds them has named their ports in its ready line."""
 
     @property
     def ready_line(self) -> str:
@@ -49,48 +54,57 @@ class ChildSpec:
         return f"pryxbus {self.command} ready"
 
 
-AWAIT_LOG = 3.0
-"""Seconds a (re)started broker keeps publishers waiting for the event log (``--await-log``):
-after a broker crash, subscribers that reconnect sooner than the log would get events it misses."""
-
 CHILDREN: tuple[ChildSpec, ...] = (
     ChildSpec(
-        "broker", "broker", extra=("--await-log", f"{AWAIT_LOG:g}"), lock="broker.lock",
+        "broker", "broker", takes_await_log=True, lock="broker.lock",
         sockets=("publish", "subscribe", "control", "log_feed"),
     ),
     # after the broker: it subscribes there
-    ChildSpec("event-log", "event-log", lock="event-log.lock", sockets=("log",)),
-    ChildSpec("session-service", "session-service", lock="sessions.lock", sockets=("sessions",)),
+    ChildSpec("event-log", "event-log", lock="event-log.lock", sockets=("log",), connects=("log_feed",)),
+    ChildSpec("session-service", "session-service", lock="sessions.lock", sockets=("sessions",), connects=("publish",)),
 )
 """Started in this order, stopped in reverse: the session service stops first, so the events it
 publishes as it stops are still stamped and logged; the broker takes none once the log is gone."""
 
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 10.0
-STABLE_AFTER = 30.0
-"""A child up this long is healthy again: its next restart starts from BACKOFF_FIRST."""
-LOCK_WAIT = 10.0
-"""Seconds ``up`` waits at start for a part left by an earlier ``up`` (killed with -9: its children
-got SIGTERM and may still be stopping, say an event log writing its last batch) to release the
-part's lock, before it starts its own (which then reports the one still running)."""
-START_ATTEMPTS = 3
-"""Times a child may exit before it was ever ready, while the stack starts, before ``up`` gives up
-(a part that cannot start, e.g. on a file that is not a database, will not start on a retry)."""
+@dataclass(frozen=True)
+class Waits:
+    """How long the supervisor waits, and how often it retries: each is an option of ``pryxbus up``
+    (tests pass small ones; the defaults suit a real stack)."""
+
+    lock_wait: float = 10.0
+    """Seconds ``up`` waits at start for a part left by an earlier ``up`` (killed with -9: its children
+    got SIGTERM and may still be stopping, say an event log writing its last batch) to release the
+    part's lock, before it starts its own (which then reports the one still running)."""
+    start_attempts: int = 3
+    """Times a child may exit before it was ever ready, while the stack starts, before ``up`` gives up
+    (a part that cannot start, e.g. on a file that is not a database, will not start on a retry)."""
+    backoff_first: float = 0.5
+    """Seconds before the first restart of a child that died; doubled on each restart in a row."""
+    backoff_max: float = 10.0
+    """The longest wait between restarts."""
+    stable_after: float = 30.0
+    """A child up this long is healthy again: its next restart waits ``backoff_first``."""
+    stop_timeout: float = 10.0
+    """Seconds a child has to stop after SIGTERM before it is killed."""
+    await_log: float = 3.0
+    """Seconds a (re)started broker keeps publishers waiting for the event log (``--await-log``):
+    after a broker crash, subscribers that reconnect sooner than the log would get events it misses."""
 
 
 class StartFailed(RuntimeError):
-    """A child exited START_ATTEMPTS times before the stack was first ready."""
+    """A child exited ``Waits.start_attempts`` times before the stack was first ready."""
 
 
 @dataclass
 class Child:
     spec: ChildSpec
     argv: list[str]
+    backoff: float
+    """Seconds before its next restart."""
     proc: subprocess.Popen[str] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     started: float = 0.0
     restarts: int = 0
-    backoff: float = BACKOFF_FIRST
     restart_at: float | None = None
     failed_starts: int = 0
     """Exits in a row without having been ready."""
@@ -118,8 +132,7 @@ class Supervisor:
         *,
         tcp: str | None = None,
         children: tuple[ChildSpec, ...] = CHILDREN,
-        stop_timeout: float = 10.0,
-        lock_wait: float = LOCK_WAIT,
+        waits: Waits = Waits(),
         child_args: dict[str, tuple[str, ...]] | None = None,
         log_format: str = "human",
     ) -> None:
@@ -129,9 +142,10 @@ class Supervisor:
         """Extra command-line arguments per child name (``{"broker": ("--lifecycle-events",)}``)."""
         self.log_format = log_format
         self.endpoints = Endpoints.parse_tcp(tcp) if tcp else Endpoints.ipc(home)
-        self.stop_timeout = stop_timeout
-        self.lock_wait = lock_wait
-        self.children = [Child(spec, self._argv(spec)) for spec in children]
+        """Where the parts listen: on ``--tcp HOST:0``, filled in from their ready lines."""
+        self._choose_ports = bool(self.endpoints.unbound)
+        self.waits = waits
+        self.children = [Child(spec, [], backoff=waits.backoff_first) for spec in children]
         self._stop_requested = False
         """Set by ``stop()``: a plain flag, because a signal handler must take no lock. It runs in the
         main thread between two bytecodes, so ``threading.Event.set()`` there deadlocks whenever the
@@ -141,6 +155,11 @@ class Supervisor:
         argv = [sys.executable, "-m", "broker", spec.command, "--home", str(self.home)]
         if self.tcp and spec.takes_tcp:
             argv += ["--tcp", self.tcp]
+        if spec.takes_await_log:
+            argv += ["--await-log", f"{self.waits.await_log:g}"]
+        if self._choose_ports and spec.takes_tcp:  # the ports bound so far: a restart binds its own again
+            unbound = self.endpoints.unbound
+            argv += [f"--endpoint={name}={e}" for name, e in self.endpoints.names().items() if name not in unbound]
         return argv + list(spec.extra) + list(self.child_args.get(spec.name, ()))
 
     def stop(self) -> None:
@@ -155,7 +174,17 @@ class Supervisor:
 
     # -- children ----------------------------------------------------------------------------
 
+    def _can_start(self, child: Child) -> bool:
+        """Whether every endpoint the child connects to is known (always, but on ``--tcp HOST:0``)."""
+        return not set(child.spec.connects) & set(self.endpoints.unbound)
+
+    def _learn_endpoints(self, line: str) -> None:
+        """Take the ports a part's ready line names (``publish=tcp://127.0.0.1:40123 ...``)."""
+        named = dict(word.split("=", 1) for word in line.split() if "=" in word)
+        self.endpoints = self.endpoints.with_(**{name: named[name] for name in self.endpoints.unbound if name in named})
+
     def _spawn(self, child: Child) -> None:
+        child.argv = self._argv(child.spec)
         child.ready.clear()
         child.started = time.monotonic()
         child.restart_at = None
@@ -178,6 +207,8 @@ class Supervisor:
         for line in proc.stdout:
             if not child.ready.is_set() and line.startswith(child.spec.ready_line):
                 log.info("%s is up (pid %d)", child.spec.name, proc.pid)
+                if self._choose_ports:
+                    self._learn_endpoints(line)
                 child.failed_starts = 0
                 child.was_up = True
                 child.ready.set()
@@ -195,7 +226,7 @@ class Supervisor:
         """Restart a child that exited (after its backoff).
 
         Raises:
-            StartFailed: while the stack is ``starting``, the child exited START_ATTEMPTS times
+            StartFailed: while the stack is ``starting``, the child exited ``waits.start_attempts`` times
                 without ever being ready.
         """
         proc = child.proc
@@ -203,19 +234,19 @@ class Supervisor:
         if proc is not None and proc.poll() is not None and child.restart_at is None:
             if not child.ready.is_set():
                 child.failed_starts += 1
-                if starting and child.failed_starts >= START_ATTEMPTS:
+                if starting and child.failed_starts >= self.waits.start_attempts:
                     raise StartFailed(
                         f"{child.spec.name} could not start (exited with status {proc.returncode},"
                         f" {child.failed_starts} times): {child.last_line or 'no output'}"
                     )
-            if now - child.started > STABLE_AFTER:
-                child.backoff = BACKOFF_FIRST
+            if now - child.started > self.waits.stable_after:
+                child.backoff = self.waits.backoff_first
             log.warning(
                 "%s (pid %d) exited with status %s; restarting it in %.1fs (restart %d)",
                 child.spec.name, proc.pid, proc.returncode, child.backoff, child.restarts + 1,
             )
             child.restart_at = now + child.backoff
-            child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+            child.backoff = min(child.backoff * 2, self.waits.backoff_max)
         if child.restart_at is not None and now >= child.restart_at:
             child.restarts += 1
             self._spawn(child)
@@ -226,16 +257,16 @@ class Supervisor:
             return
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(self.stop_timeout)
+            proc.wait(self.waits.stop_timeout)
         except subprocess.TimeoutExpired:
-            log.error("%s (pid %d) did not stop in %gs; killing it", child.spec.name, proc.pid, self.stop_timeout)
+            log.error("%s (pid %d) did not stop in %gs; killing it", child.spec.name, proc.pid, self.waits.stop_timeout)
             proc.kill()
             proc.wait()
 
     def _await_locks(self) -> None:
-        """Wait (at most lock_wait seconds, or until ``stop()``) until no earlier process holds the
+        """Wait (at most ``waits.lock_wait`` seconds, or until ``stop()``) until no earlier process holds the
         lock of a part we are about to start."""
-        deadline = time.monotonic() + self.lock_wait
+        deadline = time.monotonic() + self.waits.lock_wait
         told: set[str] = set()
         for child in self.children:
             if not child.spec.lock:
@@ -255,22 +286,23 @@ class Supervisor:
         """Start every child, call ``on_ready()`` once all are up, supervise until ``stop()``.
 
         Raises:
-            StartFailed: a child could not start (see START_ATTEMPTS); every child is stopped first.
+            StartFailed: a child could not start (see ``Waits.start_attempts``); every child is stopped first.
         """
         announced = False
         try:
             self._await_locks()
-            for child in self.children:
-                if self._stop_requested:
-                    return
-                self._spawn(child)
-            while not self._stopped_after(tick):
+            while not self._stop_requested:
                 for child in self.children:
+                    if child.proc is None:  # not started yet: it waits for the ports it connects to
+                        if self._can_start(child):
+                            self._spawn(child)
+                        continue
                     self._check(child, starting=not announced)
                 if not announced and all(c.ready.is_set() for c in self.children):
                     announced = True
                     if on_ready is not None:
                         on_ready()
+                self._stopped_after(tick)
         finally:
             for child in reversed(self.children):
                 self._terminate(child)
