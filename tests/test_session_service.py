@@ -21,7 +21,7 @@ from schemas.endpoints import Endpoints
 from schemas.sessions import MAX_TITLE_LENGTH
 from sdk.sessions import SessionClient
 from tests.fronts import Front, sync_only
-from tests.helpers import ENV, REPO, Part, cli, pryxbus, raw_request, wait_for
+from tests.helpers import ENV, Part, cli, pryxbus, raw_request, wait_for
 
 HOSTILE_TITLES = [
     "'); DROP TABLE sessions;--",
