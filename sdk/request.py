@@ -132,7 +132,9 @@ class Requester(_RequesterBase):
             sock = self._sock = self._socket()
         try:
             if self._rcvtimeo != step.timeout_ms:
-                sock.rcvtimeo = self._rcvtimeo = step.timeout_ms
+                # The send is bounded too: a REQ with no live connection (a CURVE handshake the
+                # server refused) blocks in send, not in recv.
+                sock.rcvtimeo = sock.sndtimeo = self._rcvtimeo = step.timeout_ms
             _send(sock, step.payload)
             return sock.recv()  # Again after rcvtimeo: cheaper than a poll per call
         except zmq.ZMQError:
@@ -194,6 +196,8 @@ class AsyncRequester(_RequesterBase):
         if sock is None:
             sock = self._sock = self._socket()
         try:
+            if not await sock.poll(step.timeout_ms, zmq.POLLOUT):  # no live connection to send on
+                return None
             await sock.send(step.payload)
             if await sock.poll(step.timeout_ms, zmq.POLLIN):
                 return await sock.recv()
