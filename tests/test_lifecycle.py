@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import sdk
-from conftest import REPO
+from tests.helpers import REPO
 from helpers import wait_for
 
 
