@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 import sdk
-from conftest import Part
+from tests.helpers import Part
 from helpers import wait_for
 from test_raw_interop import raw_subscriber
 
