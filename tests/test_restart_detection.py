@@ -13,7 +13,7 @@ import sdk
 import sdk.aio
 from schemas.envelope import encode_body, stamp
 from sdk.core.decoding import EventDecoder
-from sdk.core.flows import PING, Control, Step, drive
+from sdk.core.flows import PING, drive
 
 BODY = encode_body({"n": 1}, source="test", session_id=None)
 
@@ -61,18 +61,24 @@ def test_an_asyncio_subscription_notices_a_restart_while_idle(home: Path, start,
     assert asyncio.run(asyncio.wait_for(main(), 60)) == (2, 1, 1, 0)
 
 def _broker(epochs: list[int | None]):
-    """A scripted broker for the core's flows: each control request gets the next ``first_version``
-    (None: no answer)."""
+    """A scripted broker for the core's flows (its servers): each control request gets the next
+    ``first_version`` (None: no answer)."""
     answers = iter(epochs)
 
-    def perform(step: Step) -> dict[str, int]:
-        assert isinstance(step, Control) and step.request == PING
-        epoch = next(answers)
-        if epoch is None:
-            raise sdk.BusUnavailable("no answer")
-        return {"first_version": epoch, "version": epoch}
+    class Control:
+        @staticmethod
+        def call(request: dict, *, timeout: float | None = None, retries: int | None = None) -> dict[str, int]:
+            assert request == PING
+            epoch = next(answers)
+            if epoch is None:
+                raise sdk.BusUnavailable("no answer")
+            return {"first_version": epoch, "version": epoch}
 
-    return perform
+    def servers(name: str) -> type[Control]:
+        assert name == "control"
+        return Control
+
+    return servers
 
 
 def _feed(decoder: EventDecoder, perform, frames: tuple[bytes, bytes, bytes], got: list[sdk.Event]) -> None:
