@@ -157,7 +157,7 @@ class Bus(PublisherCore):
         return sock
 
     async def _watch_io(self, step: Any) -> Any:
-        """The watch's own steps (see :mod:`sdk.publisher`) on the asyncio publisher."""
+        """The watch's own steps (see :mod:`sdk.core.publishing`) on the asyncio publisher."""
         sock = self._publisher
         assert sock is not None
         if step is LOOK:
