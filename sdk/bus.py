@@ -8,11 +8,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import msgpack
 import zmq
 
 from schemas.endpoints import Endpoints
-from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, ENVELOPE_VERSION
+from schemas.envelope import ENVELOPE_VERSION
 from sdk.transport import configure_context
 from sdk.wire import (
     SIZE_QUESTION,
