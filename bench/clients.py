@@ -214,7 +214,7 @@ class PryxbusClient(SyncClient):
         except self._timeout_error:
             return None
         except self._slow_error as e:
-            raise Loss(e.lost, self.sub._decoder.received) from None
+            raise Loss(e.lost, self.sub.received) from None
         return self._channel[ev.type], ev.payload
 
     def blast(self, payload: bytes, n: int) -> None:

@@ -9,10 +9,10 @@
 ...                 print(ev.version, ev.type, ev.payload)
 ...                 break
 
-The rules (types, patterns, size limit, publisher handshake and watch, loss detection, sessions,
-Lazy Pirate) are those of the sync SDK, written once: ``sdk.wire``, ``sdk.publisher``,
-``sdk.request``, ``sdk.session_archive`` and ``sdk.subscription.EventDecoder``; this module does
-only the asyncio I/O.
+The rules (types, patterns, size limit, publisher handshake and watch, loss detection and
+recovery, sessions, replay, Lazy Pirate) are those of the sync SDK, written once: ``sdk.wire``,
+the core in ``sdk.core``, ``sdk.request``, ``sdk.replay`` and ``sdk.session_archive``; this module
+does only the asyncio I/O.
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ from sdk.wire import (
 from sdk.aio_sessions import AsyncSessionClient
 from sdk.aio_subscription import Pending, Subscription
 from sdk.bus import DEFAULT_HWM, resolve_endpoints
-from sdk.errors import BusClosed, BusUnavailable, InvalidEvent, translate
-from sdk.flow import arun
-from sdk.publisher import LOOK, WATCH_INTERVAL, PublisherCore, WaitForBroker
+from sdk.errors import BusClosed, InvalidEvent, translate
+from sdk.core.flows import drive_async
+from sdk.core.publishing import LOOK, WATCH_INTERVAL, PublisherCore, WaitForBroker
 from sdk.request import AsyncRequester
 from sdk.event import Event
 from sdk.security import KeyPaths, resolve_client_keys, secure_client_context
-from sdk.subscription import Policy
+from sdk.core.decoding import Policy
 
 __all__ = ["Bus", "Subscription", "connect"]
 
@@ -100,7 +100,6 @@ class Bus(PublisherCore):
         )
         self._sessions: AsyncSessionClient | None = None
         self._log: AsyncRequester | None = None
-        self._side: Any = None  # sdk.aio_replay.LogSide: sync log/control clients for worker threads
 
     async def _start(self) -> Bus:
         """Ask the broker for its event size limit (this also proves it is there)."""
@@ -136,7 +135,7 @@ class Bus(PublisherCore):
                 if sock.getsockopt(_EVENTS) & _POLLIN:
                     self._pub = None
                     try:
-                        await arun(self._watch(), self._server, self._watch_io)
+                        await drive_async(self._watch(), self._server, self._watch_io)
                     finally:
                         self._pub = sock
             return sock
@@ -158,7 +157,7 @@ class Bus(PublisherCore):
         return sock
 
     async def _watch_io(self, step: Any) -> Any:
-        """The watch's own steps (see :mod:`sdk.publisher`) on the asyncio publisher."""
+        """The watch's own steps (see :mod:`sdk.core.publishing`) on the asyncio publisher."""
         sock = self._publisher
         assert sock is not None
         if step is LOOK:
@@ -305,27 +304,16 @@ class Bus(PublisherCore):
         if self._log is None:
             if self._closed:
                 raise BusClosed("bus is closed")
-            if not self.endpoints.log:
-                raise BusUnavailable("this stack has no event log endpoint")
-            # every log request is a read, or idempotent: as sdk.replay.log_client
-            self._log = AsyncRequester(self._ctx, self.endpoints.log, timeout=self.timeout, retries=2, what="event log")
+            from sdk.replay import log_client
+
+            self._log = log_client(AsyncRequester, self._ctx, self.endpoints.log, timeout=self.timeout)
         return self._log
 
     def _server(self, name: str) -> AsyncRequester:
         """The client of a server a flow asks (``"control"``, ``"log"``)."""
         return self.control if name == "control" else self.log
 
-    # -- the event log (sdk/aio_replay.py runs the sync implementation in worker threads) ----
-
-    def _log_side(self) -> Any:
-        """Sync log and session clients for worker threads (the session archive's cold paths)."""
-        if self._side is None:
-            if self._closed:
-                raise BusClosed("bus is closed")
-            from sdk.aio_replay import LogSide
-
-            self._side = LogSide(self._ctx, self.endpoints, timeout=self.timeout)
-        return self._side
+    # -- the event log -----------------------------------------------------------------------
 
     def replay(
         self,
@@ -342,12 +330,12 @@ class Bus(PublisherCore):
             InvalidEvent: an invalid pattern (at once).
             BusUnavailable: the event log did not answer.
         """
-        from sdk.aio_replay import replay
+        from sdk.replay import areplay
 
         checked = check_subscription(patterns, "drop")
-        return replay(
-            self,
-            patterns=checked,
+        return areplay(
+            self.log,
+            checked,
             since=since,
             until=until,
             session_id=session_id,
@@ -365,7 +353,7 @@ class Bus(PublisherCore):
         from sdk.session_archive import log_tail
 
         checked = check_subscription(patterns, "drop")
-        return await arun(log_tail(checked, limit=limit, session_id=session_id), self._server)
+        return await drive_async(log_tail(checked, limit=limit, session_id=session_id), self._server)
 
     async def log_stats(self) -> dict[str, Any]:
         """See :meth:`sdk.Bus.log_stats`.
@@ -385,7 +373,7 @@ class Bus(PublisherCore):
         """
         from sdk.session_archive import bus_summary
 
-        return await arun(bus_summary(bucket=bucket, ts_from=ts_from, ts_until=ts_until), self._server)
+        return await drive_async(bus_summary(bucket=bucket, ts_from=ts_from, ts_until=ts_until), self._server)
 
     async def stats(self) -> dict[str, Any]:
         """The broker's counters (events in/out, per topic, rejects, peers).
@@ -409,8 +397,6 @@ class Bus(PublisherCore):
             self._sessions.close()
         if self._log is not None:
             self._log.close()
-        if self._side is not None:
-            self._side.close()
         self.control.close()
         self._pub = None
         if self._publisher is not None:

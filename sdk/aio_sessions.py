@@ -2,7 +2,7 @@
 
 Requests and replies go through the same pure builders (``sdk.sessions.SessionCalls``), the same
 Lazy Pirate flow (``sdk.request``) and the same event-log flows (``sdk.session_archive``) as the
-synchronous client; only the driver differs (:func:`sdk.flow.arun`).
+synchronous client; only the driver differs (:func:`sdk.core.flows.drive_async`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from schemas.endpoints import Endpoints
 from schemas.sessions import MAX_LIST_LIMIT
 from sdk.errors import BusUnavailable, RemoteError
 from sdk.event import Session
-from sdk.flow import arun
+from sdk.core.flows import drive_async
 from sdk.request import AsyncRequester
 from sdk.sessions import DEFAULT_RETRIES, Call, SessionCalls, SessionPage, translated
 
@@ -136,7 +136,7 @@ class AsyncSessionClient:
             return await self._do(SessionCalls.stats())
         from sdk import session_archive
 
-        return await arun(session_archive.session_stats(id), self._server)
+        return await drive_async(session_archive.session_stats(id), self._server)
 
     # -- with the event log (issue 4): flows of sdk/session_archive.py ----------------------
 
@@ -155,19 +155,19 @@ class AsyncSessionClient:
         """See :meth:`sdk.sessions.SessionClient.resume`."""
         from sdk import session_archive
 
-        return await arun(session_archive.resume(id), self._server)
+        return await drive_async(session_archive.resume(id), self._server)
 
     async def export(self, id: str, path: str | os.PathLike[str]) -> int:
         """See :meth:`sdk.sessions.SessionClient.export`."""
         from sdk import session_archive
 
-        return await arun(session_archive.export(id, path), self._server)
+        return await drive_async(session_archive.export(id, path), self._server)
 
     async def import_(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Session:
         """See :meth:`sdk.sessions.SessionClient.import_`."""
         from sdk import session_archive
 
-        return await arun(session_archive.import_(path, overwrite=overwrite), self._server)
+        return await drive_async(session_archive.import_(path, overwrite=overwrite), self._server)
 
     def close(self) -> None:
         """Close the socket (and the context if :meth:`open` made it); idempotent."""

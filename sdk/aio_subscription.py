@@ -17,7 +17,7 @@ import zmq
 import zmq.asyncio
 
 from sdk.core.decoding import EventDecoder, Policy, Resolve, decoder_for
-from sdk.core.flows import Control, Log, Receive, Sleep, Step, drive_async, sync_token
+from sdk.core.flows import Receive, drive_async, sync_token
 from sdk.core.subscribing import handshake, seam
 from sdk.errors import BusClosed, BusTimeout, SlowSubscriberError
 from sdk.event import Event
@@ -75,21 +75,15 @@ class Subscription:
             raise
 
     async def _run(self, flow: Resolve) -> None:
-        await drive_async(flow, self._perform)
+        await drive_async(flow, self._server, self._receive)
 
-    async def _perform(self, step: Step) -> Any:
-        """Do the I/O one step of a core flow asks for."""
-        kind = type(step)
-        if kind is Control:
-            return await self._bus.control.call(step.request, timeout=step.timeout, retries=step.retries)  # type: ignore[union-attr]
-        if kind is Log:
-            return await self._bus.log.call(step.request)  # type: ignore[union-attr]
-        if kind is Receive:
-            return await self._next_frames(step.deadline, idle=False)  # type: ignore[union-attr]
-        if kind is Sleep:
-            await asyncio.sleep(step.seconds)  # type: ignore[union-attr]
-            return None
-        raise TypeError(f"not a step: {step!r}")
+    def _server(self, name: str) -> Any:
+        """The requester of a server a core flow asks (the bus's)."""
+        return self._bus.control if name == "control" else self._bus.log
+
+    async def _receive(self, step: Receive) -> list[bytes] | None:
+        """A core flow's Receive: the next message's frames, or None at its deadline."""
+        return await self._next_frames(step.deadline, idle=False)
 
     async def _next_frames(self, deadline: float | None, *, idle: bool = True) -> list[bytes] | None:
         """The next delivered message; None at the deadline; [] when an idle flow queued events.
@@ -143,6 +137,11 @@ class Subscription:
     def lost(self) -> int:
         """Events lost so far (with ``policy="count"``; with ``"drop"`` the first loss ends it)."""
         return self._decoder.lost
+
+    @property
+    def received(self) -> int:
+        """Events decoded for this subscription so far (delivered, or queued for ``recv``)."""
+        return self._decoder.received
 
     @property
     def recovered(self) -> int:

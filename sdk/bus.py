@@ -8,11 +8,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import msgpack
 import zmq
 
 from schemas.endpoints import Endpoints
-from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, ENVELOPE_VERSION
+from schemas.envelope import ENVELOPE_VERSION
 from sdk.transport import configure_context
 from sdk.wire import (
     SIZE_QUESTION,
@@ -28,8 +27,8 @@ from sdk.wire import (
 )
 from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge
 from sdk.event import Event
-from sdk.flow import run
-from sdk.publisher import LOOK, WATCH_INTERVAL, PublisherCore, WaitForBroker
+from sdk.core.flows import drive
+from sdk.core.publishing import LOOK, WATCH_INTERVAL, PublisherCore, WaitForBroker
 from sdk.request import Requester, connected
 from sdk.security import KeyPaths, resolve_client_keys, secure_client_context
 from sdk.subscription import Policy, Subscription
@@ -130,7 +129,7 @@ class Bus(PublisherCore):
             assert isinstance(step, WaitForBroker)
             return bool(sock.poll(int(step.timeout * 1000) + 1, _POLLIN))
 
-        run(self._watch(), lambda _server: self.control, io)
+        drive(self._watch(), self._server, io)
 
     def _topic(self, event_type: str) -> bytes:
         topic = self._topics.get(event_type)
@@ -231,13 +230,17 @@ class Bus(PublisherCore):
 
     @property
     def log(self) -> Requester:
-        """The event log client (see :mod:`sdk.replay`); raises BusUnavailable without a log endpoint."""
+        """The event log client: ``bus.log.call({"op": ...}, timeout=, retries=)`` returns the result.
+
+        Raises:
+            BusUnavailable: the stack has no event log endpoint.
+        """
         if self._log is None:
             from sdk.replay import log_client
 
             with self._lock:
                 if self._log is None:
-                    self._log = log_client(self._ctx, self.endpoints.log, timeout=self.timeout)
+                    self._log = log_client(Requester, self._ctx, self.endpoints.log, timeout=self.timeout)
         return self._log
 
     def replay(
@@ -267,7 +270,7 @@ class Bus(PublisherCore):
         checked = check_subscription(patterns, "drop")
         return replay(
             self.log,
-            patterns=checked,
+            checked,
             since=since,
             until=until,
             session_id=session_id,
@@ -285,7 +288,7 @@ class Bus(PublisherCore):
         from sdk.session_archive import log_tail
 
         checked = check_subscription(patterns, "drop")
-        return run(log_tail(checked, limit=limit, session_id=session_id), self._server)
+        return drive(log_tail(checked, limit=limit, session_id=session_id), self._server)
 
     def log_summary(
         self, *, bucket: float | None = None, ts_from: float | None = None, ts_until: float | None = None
@@ -298,7 +301,7 @@ class Bus(PublisherCore):
         """
         from sdk.session_archive import bus_summary
 
-        return run(bus_summary(bucket=bucket, ts_from=ts_from, ts_until=ts_until), self._server)
+        return drive(bus_summary(bucket=bucket, ts_from=ts_from, ts_until=ts_until), self._server)
 
     def log_stats(self) -> dict[str, Any]:
         """The event log's counters: events kept, first/last version, gaps and losses, retention.

@@ -11,8 +11,8 @@ JSON Lines (``schemas/PROTOCOL.md``, "Session export file")::
 import uses it, so payloads JSON cannot express (bytes, non-string keys) survive the round trip;
 ``payload`` is there for people and tools that read the file.
 
-Each operation is a flow (:mod:`sdk.flow`): written once, driven by the sync session client and
-natively by the asyncio one.
+Each operation is a flow (:mod:`sdk.core.flows`): written once, driven by the sync session client
+and natively by the asyncio one (a file is read or written in a worker thread there).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from sdk.core.decoding import event_of_row
+from sdk.core.flows import Ask, Flow, Work, log_pages, replay_request, tail_request
 from sdk.errors import InvalidEvent, RemoteError
 from sdk.event import Event, Session, jsonable
-from sdk.flow import Ask, Flow, Work
-from sdk.replay import PAGE, decode_row
 from sdk.sessions import Call, SessionCalls, translated
 
 FORMAT = 1
@@ -66,32 +66,26 @@ def session_call(call: Call[Any]) -> Flow[Any]:
     return call.parse(result)
 
 
-def log_rows(*, session_id: str, until: int | None = None) -> Flow[list[list[Any]]]:
+def session_rows(session_id: str, *, until: int | None = None) -> Flow[list[list[Any]]]:
     """Every logged row ``[version, topic_seq, type, body]`` of one session (up to ``until``), page by page."""
-    request: dict[str, Any] = {"op": "replay", "since": 0, "limit": PAGE, "session_id": session_id}
-    if until is not None:
-        request["until"] = until
     rows: list[list[Any]] = []
-    while True:
-        result = yield Ask("log", dict(request))
-        rows += result["events"]
-        if result["done"] or (not result["events"] and result.get("exhausted", True)):
-            return rows
-        request["since"] = result["next"]
+    request = replay_request(session_id=session_id, until=until)
+    yield from log_pages(request, wait=False, timeout=0.0, on_page=lambda page, _: rows.extend(page))
+    return rows
 
 
 def resume(session_id: str) -> Flow[SessionHistory]:
     """The session and its logged events, and the log's newest version when they were read."""
     session = yield from session_call(SessionCalls.get(session_id))
     version = int((yield Ask("log", {"op": "ping"}))["last"])
-    rows = (yield from log_rows(session_id=session_id, until=version)) if version else []
-    return SessionHistory(session, [decode_row(r) for r in rows], version)
+    rows = (yield from session_rows(session_id, until=version)) if version else []
+    return SessionHistory(session, [event_of_row(r) for r in rows], version)
 
 
 def export(session_id: str, path: str | os.PathLike[str]) -> Flow[int]:
     """Write the session and its events to ``path``; returns how many events."""
     session = yield from session_call(SessionCalls.get(session_id))
-    rows = yield from log_rows(session_id=session_id)
+    rows = yield from session_rows(session_id)
     yield Work(lambda: write_export(path, session, rows))
     return len(rows)
 
@@ -104,7 +98,7 @@ def write_export(path: str | os.PathLike[str], session: Session, rows: list[list
             header = {"pryxbus": MAGIC, "format": FORMAT, "session": session.to_dict(), "events": len(rows)}
             f.write(json.dumps(header, ensure_ascii=False) + "\n")
             for row in rows:
-                line = decode_row(row).to_dict()
+                line = event_of_row(row).to_dict()
                 line["payload"] = jsonable(line["payload"])
                 line["body"] = base64.b64encode(row[3]).decode("ascii")
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
@@ -202,7 +196,5 @@ def bus_summary(
 
 def log_tail(patterns: tuple[str, ...], *, limit: int, session_id: str | None = None) -> Flow[list[Event]]:
     """The newest ``limit`` logged events matching ``patterns``, oldest first (see ``Bus.log_tail``)."""
-    request: dict[str, Any] = {"op": "tail", "limit": limit, "patterns": list(patterns)}
-    if session_id is not None:
-        request["session_id"] = session_id
-    return [decode_row(row) for row in (yield Ask("log", request))["events"]]
+    reply = yield Ask("log", tail_request(patterns, limit=limit, session_id=session_id))
+    return [event_of_row(row) for row in reply["events"]]

@@ -33,7 +33,7 @@ from schemas.sessions import (
 )
 from sdk.errors import BusError, BusUnavailable, RemoteError, SessionError, SessionNotFound
 from sdk.event import Session
-from sdk.flow import run
+from sdk.core.flows import drive
 from sdk.request import Requester
 
 if TYPE_CHECKING:
@@ -359,7 +359,7 @@ class SessionClient:
             return self._do(SessionCalls.stats())
         from sdk import session_archive
 
-        return run(session_archive.session_stats(id), self._server)
+        return drive(session_archive.session_stats(id), self._server)
 
     # -- with the event log (issue 4): flows of sdk/session_archive.py ----------------------
 
@@ -389,7 +389,7 @@ class SessionClient:
         """
         from sdk import session_archive
 
-        return run(session_archive.resume(id), self._server)
+        return drive(session_archive.resume(id), self._server)
 
     def export(self, id: str, path: str | os.PathLike[str]) -> int:
         """Write the session and its events to ``path`` (JSON Lines); returns how many events.
@@ -400,7 +400,7 @@ class SessionClient:
         """
         from sdk import session_archive
 
-        return run(session_archive.export(id, path), self._server)
+        return drive(session_archive.export(id, path), self._server)
 
     def import_(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Session:
         """Restore a session and its events from an export file. Idempotent.
@@ -413,7 +413,7 @@ class SessionClient:
         """
         from sdk import session_archive
 
-        return run(session_archive.import_(path, overwrite=overwrite), self._server)
+        return drive(session_archive.import_(path, overwrite=overwrite), self._server)
 
     def close(self) -> None:
         """Close the socket (and the context if :meth:`open` made it); idempotent."""

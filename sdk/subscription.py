@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from sdk.core.decoding import POLICIES, EventDecoder, Policy, Resolve, decoder_for
-from sdk.core.flows import Control, Log, Receive, Sleep, Step, drive, sync_token
+from sdk.core.flows import Receive, drive, sync_token
 from sdk.core.subscribing import handshake, seam
 from sdk.errors import BusClosed, BusTimeout, SlowSubscriberError
 from sdk.event import Event
@@ -94,24 +94,18 @@ class Subscription:
             raise
 
     def _run(self, flow: Resolve) -> None:
-        drive(flow, self._perform)
+        drive(flow, self._server, self._receive)
 
-    def _perform(self, step: Step) -> Any:
-        """Do the I/O one step of a core flow asks for."""
-        kind = type(step)
-        if kind is Control:
-            return self._bus.control.call(step.request, timeout=step.timeout, retries=step.retries)  # type: ignore[union-attr]
-        if kind is Log:
-            return self._bus.log.call(step.request)  # type: ignore[union-attr]
-        if kind is Receive:
-            remaining = step.deadline - time.monotonic()  # type: ignore[union-attr]
-            if remaining <= 0 or not self._sock.poll(int(remaining * 1000) + 1, _POLLIN):
-                return None
-            return self._sock.recv_multipart()
-        if kind is Sleep:
-            time.sleep(step.seconds)  # type: ignore[union-attr]  # sync-ok: a flow polls the log's progress
+    def _server(self, name: str) -> Any:
+        """The requester of a server a core flow asks (the bus's)."""
+        return self._bus.control if name == "control" else self._bus.log
+
+    def _receive(self, step: Receive) -> list[bytes] | None:
+        """A core flow's Receive: the next message's frames, or None at its deadline."""
+        remaining = step.deadline - time.monotonic()
+        if remaining <= 0 or not self._sock.poll(int(remaining * 1000) + 1, _POLLIN):
             return None
-        raise TypeError(f"not a step: {step!r}")
+        return self._sock.recv_multipart()
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -119,6 +113,11 @@ class Subscription:
     def lost(self) -> int:
         """Events lost so far (with ``policy="count"``; with ``"drop"`` the first loss ends it)."""
         return self._decoder.lost
+
+    @property
+    def received(self) -> int:
+        """Events decoded for this subscription so far (delivered, or queued for ``recv``)."""
+        return self._decoder.received
 
     @property
     def recovered(self) -> int:

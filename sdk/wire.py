@@ -17,7 +17,7 @@ from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
 from schemas.envelope import encode_body as codec_encode_body
 from schemas.topics import InvalidType, check_pattern, check_type
 from sdk.errors import BusUnavailable, InvalidEvent, MessageTooLarge, PublishTimeout, not_unicode
-from sdk.subscription import POLICIES
+from sdk.core.decoding import POLICIES
 
 _TOPIC_CACHE_LIMIT = 10_000
 
@@ -159,9 +159,3 @@ def publish_timed_out(publish_timeout: float) -> PublishTimeout:
     """The error when the broker stayed behind for the whole publish timeout."""
     return PublishTimeout(f"the broker stayed behind for {publish_timeout:g}s; event not sent")
 
-
-def subscription_unconfirmed(endpoint: str, timeout: float) -> BusUnavailable:
-    """The error when the broker did not answer a subscription's sync token in time."""
-    return BusUnavailable(
-        f"the broker at {endpoint} did not confirm the subscription within {timeout:g}s (is it running?)"
-    )

@@ -1,4 +1,7 @@
-"""The asyncio SDK (``sdk.aio``) against a real broker: the sync API's behaviours, awaited."""
+"""What only the asyncio SDK (``sdk.aio``) has, against a real broker: ``await`` or ``async with``
+(``Pending``), ``async for``, tasks closing or publishing concurrently, errors raised before anything
+is awaited. Everything the two fronts share is tested on both with the ``front`` fixture
+(tests/fronts.py)."""
 
 from __future__ import annotations
 
@@ -49,31 +52,6 @@ def test_await_forms_and_versions_increase_by_one(home: Path, broker) -> None:
     assert [e.payload["attrs"]["i"] for e in events] == list(range(50))
 
 
-def test_topic_filtering_and_wildcards(home: Path, broker) -> None:
-    async def main():
-        async with sdk.aio.connect(home) as bus:
-            async with bus.subscribe("agent:*") as agents, bus.subscribe("channel:message") as channel:
-                for event_type in ("channel:message", "agent:spawned", "session:created", "agent:completed"):
-                    await bus.publish(event_type, {})
-                got_agents = [(await agents.recv(timeout=5)).type for _ in range(2)]
-                got_channel = (await channel.recv(timeout=5)).type
-                with pytest.raises(sdk.BusTimeout):
-                    await channel.recv(timeout=0.2)
-                return got_agents, got_channel
-
-    assert run(main()) == (["agent:spawned", "agent:completed"], "channel:message")
-
-
-def test_two_subscribers_both_receive(home: Path, broker) -> None:
-    async def main():
-        async with sdk.aio.connect(home) as bus:
-            async with bus.subscribe() as a, bus.subscribe() as b:
-                await bus.publish("agent:spawned", {"agent_id": "a1"})
-                return (await a.recv(timeout=5)).version, (await b.recv(timeout=5)).version
-
-    assert run(main()) == (1, 1)
-
-
 def test_async_for_ends_when_the_subscription_is_closed(home: Path, broker) -> None:
     async def main():
         async with sdk.aio.connect(home) as bus:
@@ -118,37 +96,6 @@ def test_close_from_another_task_wakes_a_waiting_receiver(home: Path, broker) ->
     assert run(main()) == []
 
 
-def test_recv_timeout_is_a_timeout_error(home: Path, broker) -> None:
-    async def main():
-        async with sdk.aio.connect(home) as bus, bus.subscribe("nothing:here") as sub:
-            with pytest.raises(TimeoutError) as info:
-                await sub.recv(timeout=0.1)
-            return info.value
-
-    assert isinstance(run(main()), sdk.BusTimeout)
-
-
-def test_close_is_idempotent_and_bus_close_closes_subscriptions(home: Path, broker) -> None:
-    async def main():
-        bus = await sdk.aio.connect(home)
-        sub = await bus.subscribe()
-        await sub.close()
-        await sub.close()
-        other = await bus.subscribe("agent:*")
-        await bus.close()
-        await bus.close()
-        assert other.closed and bus.closed
-        with pytest.raises(sdk.BusClosed):
-            await other.recv(timeout=1)
-        with pytest.raises(sdk.BusClosed):
-            await bus.publish("agent:spawned", {})
-        with pytest.raises(sdk.BusClosed):
-            await bus.subscribe()
-        return True
-
-    assert run(main())
-
-
 def test_invalid_input_raises_clear_errors(home: Path, broker) -> None:
     async def main():
         async with sdk.aio.connect(home, validate=True) as bus:
@@ -172,106 +119,6 @@ def test_invalid_input_raises_clear_errors(home: Path, broker) -> None:
     error, event = run(main())
     assert error.limit == 1024 * 1024 and error.size > error.limit
     assert event.version == 1
-
-
-def test_connect_without_a_broker_is_bus_unavailable(home: Path) -> None:
-    async def main():
-        with pytest.raises(sdk.BusUnavailable, match="did not answer"):
-            await sdk.aio.connect(home, timeout=0.3)
-        return True
-
-    assert run(main())
-
-
-def test_slow_subscriber_is_dropped_with_the_lost_count(start, home: Path) -> None:
-    start("broker", "--sub-hwm", "10")
-    n = 3000
-    payload = {"blob": "x" * 2000}  # ~6 MB in all: far past the HWMs and the kernel buffers
-
-    async def main():
-        async with sdk.aio.connect(home) as bus:
-            dropping = await bus.subscribe("load:x", hwm=10)
-            counting = await bus.subscribe("load:x", hwm=10, policy="count")
-            marks = await bus.subscribe("mark:done")  # filtered at the broker: never behind
-            for _ in range(n):
-                await bus.publish("load:x", payload)
-            await bus.publish("mark:done")
-            await marks.recv(timeout=30)  # the broker has stamped (and kept or dropped) all n
-            received = []
-            with pytest.raises(sdk.SlowSubscriberError) as info:
-                for _ in range(n + 100):
-                    try:
-                        received.append((await dropping.recv(timeout=2)).seq)
-                    except sdk.BusTimeout:
-                        # Drained, and its loss came at the very end of the burst: only a later
-                        # event shows the gap.
-                        await bus.publish("load:x", {"after": True})
-            with pytest.raises(sdk.SlowSubscriberError):
-                await dropping.recv(timeout=5)  # the subscription is over
-            # The counting one keeps going. Drain what it holds, then publish one more event until
-            # one gets through (once, unless the machine is starved): its sequence closes the books.
-            count = 0
-            with pytest.raises(sdk.BusTimeout):
-                while True:
-                    await counting.recv(timeout=0.5)
-                    count += 1
-            for attempt in range(10):
-                await bus.publish("load:x", {"final": attempt})
-                try:
-                    while True:
-                        last = await counting.recv(timeout=2)
-                        count += 1
-                        if last.payload == {"final": attempt}:
-                            return info.value, received, count, counting.lost, last.seq
-                except sdk.BusTimeout:
-                    continue
-            raise AssertionError(f"no final event got through; received {count}, lost {counting.lost}")
-
-    error, received, count, lost, last_seq = run(main())
-    assert received == list(range(1, len(received) + 1))
-    assert error.lost >= 1 and error.topic == "load:x"
-    assert last_seq > n and lost >= 1
-    assert count + lost == last_seq  # every sequence number was either received or counted lost
-
-
-def test_a_broker_restart_is_counted_in_restarts(start, home: Path) -> None:
-    """``sub.restarts``, as on a sync subscription (the README names it for both)."""
-    broker = start("broker")
-
-    async def main():
-        async with sdk.aio.connect(home, name="aio") as bus:
-            async with bus.subscribe("t:*", policy="count") as sub:
-                for i in range(50):
-                    await bus.publish("t:x", i)
-                assert [(await sub.recv(timeout=5)).seq for _ in range(50)] == list(range(1, 51))
-                assert sub.restarts == 0
-                broker.stop()
-                start("broker")
-                for attempt in range(40):  # until the subscription is back at the new broker
-                    await bus.publish("t:x", "after")
-                    try:
-                        event = await sub.recv(timeout=0.5)
-                        break
-                    except sdk.BusTimeout:
-                        continue
-                else:
-                    raise AssertionError("no event from the restarted broker after 40 publishes")
-                return event.seq, sub.restarts
-
-    seq, restarts = run(main())
-    assert seq < 50 and restarts == 1  # the sequence went backwards: a new broker
-
-
-def test_stats_answer(home: Path, broker) -> None:
-    async def main():
-        async with sdk.aio.connect(home) as bus:
-            async with bus.subscribe() as sub:
-                await bus.publish("agent:spawned", {"agent_id": "a"})
-                await sub.recv(timeout=5)
-            return await bus.stats()
-
-    stats = run(main())
-    assert isinstance(stats, dict) and stats
 
 
 def test_concurrent_publishing_tasks_each_keep_their_order(home: Path, broker) -> None:

@@ -31,9 +31,10 @@ BATCH = 5  # the fast subscriber confirms every BATCH events: it never falls beh
 
 
 @pytest.fixture
-def small_bus(start, home: Path):
+def small_bus(start, home: Path, front: Front):
+    """A bus of each front on a broker with a small ``--sub-hwm``."""
     start("broker", "--sub-hwm", str(BROKER_HWM))
-    with sdk.connect(home, name="bp", timeout=5.0) as bus:
+    with front.connect(home, name="bp", timeout=5.0) as bus:
         yield bus
 
 
@@ -137,14 +138,15 @@ class FakeBroker:
         ("count", [5, 6, 1, 2, 4], [5, 6, 1, 2, 4], 1),  # a lower seq is a broker restart, not a loss
     ],
 )
-def test_gap_counts_are_exact(home: Path, policy: str, seqs: list[int], received: list[int], lost: int) -> None:
+def test_gap_counts_are_exact(home: Path, front: Front, policy: str, seqs: list[int], received: list[int], lost: int) -> None:
     endpoints = Endpoints.ipc(home)
     fake = FakeBroker(endpoints.subscribe)
     try:
         # No control endpoint answers here: the subscription's questions to the broker (which run
-        # is this?) go unanswered, so a short timeout keeps them from costing seconds each.
-        with sdk.connect(endpoints, max_event_size=1000, timeout=0.5) as bus:
-            sub = bus.subscribe("gap:x", policy=policy)  # type: ignore[arg-type]
+        # is this?) go unanswered, so a short timeout keeps them from costing seconds each; the
+        # fake broker's answer to the handshake gets the usual time.
+        with front.connect(endpoints, max_event_size=1000, timeout=0.2) as bus:
+            sub = bus.subscribe("gap:x", policy=policy, timeout=5.0)  # type: ignore[arg-type]
             fake.deliver(b"gap:x", seqs)
             got = []
             try:

@@ -14,28 +14,44 @@ import pytest
 import sdk
 from tests.helpers import REPO
 from helpers import wait_for
+from tests.fronts import Front
 
 
-def test_closing_a_subscription_twice_is_safe(bus: sdk.Bus) -> None:
-    sub = bus.subscribe("a")
+def test_closing_a_subscription_twice_is_safe(front_bus: sdk.Bus) -> None:
+    sub = front_bus.subscribe("a")
     sub.close()
     sub.close()
     assert sub.closed
     with pytest.raises(sdk.BusClosed):
         sub.recv(timeout=0.1)
-    bus.publish("a", None)  # the bus is unaffected
+    front_bus.publish("a", None)  # the bus is unaffected
+    wait_for(front_bus.stats, lambda s: s["events_in"] == 1, what="the event counted")
 
 
-def test_closing_the_bus_twice_is_safe(home: Path, broker) -> None:
-    bus = sdk.connect(home)
+def test_closing_the_bus_twice_is_safe(home: Path, broker, front: Front) -> None:
+    bus = front.connect(home)
     sub = bus.subscribe()
     bus.close()
     bus.close()
     assert bus.closed and sub.closed
     with pytest.raises(sdk.BusClosed):
+        sub.recv(timeout=1)
+    with pytest.raises(sdk.BusClosed):
         bus.publish("a", None)
     with pytest.raises(sdk.BusClosed):
         bus.subscribe("a")
+
+
+def test_recv_timeout_is_a_timeout_error(front_bus: sdk.Bus) -> None:
+    with front_bus.subscribe("nothing:here") as sub:
+        with pytest.raises(TimeoutError) as info:
+            sub.recv(timeout=0.1)
+    assert isinstance(info.value, sdk.BusTimeout)
+
+
+def test_connect_without_a_broker_is_unavailable(home: Path, front: Front) -> None:
+    with pytest.raises(sdk.BusUnavailable, match="did not answer"):
+        front.connect(home, timeout=0.3)
 
 
 def test_closing_the_bus_ends_iteration_in_another_thread(home: Path, broker) -> None:

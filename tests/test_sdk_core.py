@@ -10,8 +10,8 @@ import pytest
 import sdk
 import sdk.aio
 from sdk.aio_sessions import AsyncSessionClient
-from sdk.flow import Ask
-from sdk.publisher import LOOK, PublisherCore, WaitForBroker
+from sdk.core.flows import Ask
+from sdk.core.publishing import LOOK, PublisherCore, WaitForBroker
 from sdk.request import REBUILD, Exchange, lazy_pirate
 from sdk.sessions import SessionClient
 
@@ -99,7 +99,9 @@ def public(cls: type) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize(
-    "sync, aio", [(sdk.Bus, sdk.aio.Bus), (SessionClient, AsyncSessionClient)], ids=["Bus", "SessionClient"]
+    "sync, aio",
+    [(sdk.Bus, sdk.aio.Bus), (sdk.Subscription, sdk.aio.Subscription), (SessionClient, AsyncSessionClient)],
+    ids=["Bus", "Subscription", "SessionClient"],
 )
 def test_the_asyncio_front_has_every_method_of_the_sync_one(sync: type, aio: type) -> None:
     assert public(aio) == public(sync)

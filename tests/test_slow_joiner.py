@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import sdk
-from helpers import PUBLISHER, finish, python_process
+from helpers import finish, python_process
+from tests.fronts import Front
 
 # Waits for one line on stdin before publishing, so the test decides when "after subscribe" is.
 PUBLISH_ON_CUE = """
@@ -19,13 +20,13 @@ with sdk.connect(sys.argv[1], name="cue") as bus:
 """
 
 
-def test_event_from_another_process_right_after_subscribe(home: Path, bus: sdk.Bus) -> None:
+def test_event_from_another_process_right_after_subscribe(home: Path, front_bus: sdk.Bus) -> None:
     proc = python_process(PUBLISH_ON_CUE, str(home), stdin=True)
     try:
         assert proc.stdout.readline() == "ready\n"
         for n in range(10):
             # A fresh subscription each time: the cue goes out the moment subscribe() returns.
-            with bus.subscribe("cue:event") as sub:
+            with front_bus.subscribe("cue:event") as sub:
                 proc.stdin.write(f"{n}\n")
                 proc.stdin.flush()
                 event = sub.recv(timeout=5)
@@ -38,9 +39,11 @@ def test_event_from_another_process_right_after_subscribe(home: Path, bus: sdk.B
             proc.wait()
 
 
-def test_first_event_after_connect_is_never_lost(home: Path, bus: sdk.Bus) -> None:
-    with bus.subscribe("fresh:**") as sub:
+def test_first_event_after_connect_is_never_lost(home: Path, front_bus: sdk.Bus, front: Front) -> None:
+    """Each round a new bus (its own context, so a new connection to the broker) publishes once."""
+    with front_bus.subscribe("fresh:**") as sub:
         for round_ in range(5):
-            finish(python_process(PUBLISHER, str(home), f"fresh{round_}", "1", f"fresh:{round_}"))
+            with front.connect(home, name=f"fresh{round_}") as publisher:
+                publisher.publish(f"fresh:{round_}", {"i": 0})
             event = sub.recv(timeout=5)
-            assert (event.type, event.source, event.payload) == (f"fresh:{round_}", f"fresh{round_}", {"pub": f"fresh{round_}", "i": 0})
+            assert (event.type, event.source, event.payload) == (f"fresh:{round_}", f"fresh{round_}", {"i": 0})

@@ -11,14 +11,14 @@ inline the codec of :mod:`schemas.envelope`; tests/test_codec.py checks that the
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgpack
 
 from schemas.envelope import ENVELOPE_VERSION, STAMP, Envelope, MalformedEvent, decode_body, decode_row, split_run
 from schemas.topics import compile_matcher, zmq_prefixes
-from sdk.core.flows import PING, Control, Step, broker_epoch, broker_position, log_pages, replay_request
+from sdk.core.flows import PING, Ask, Flow, broker_epoch, broker_position, log_pages, replay_request
 from sdk.errors import BusError, BusTimeout, BusUnavailable, SlowSubscriberError
 from sdk.event import Event
 
@@ -31,7 +31,7 @@ IDLE_LOOK_TIMEOUT = 0.2
 """Longest such a question may hold up a receive (a broker that does not answer is looked at later)."""
 
 Append = Callable[[Event], None]
-Resolve = Generator[Step, Any, None]
+Resolve = Flow[None]
 
 _unpack_stamp = STAMP.unpack
 _unpack_run = struct.unpack
@@ -235,7 +235,7 @@ class EventDecoder:
         topic_seq = _unpack_stamp(stamp[:16])[1]
         last = self.last_topic_seq.get(topic, 0)
         try:
-            epoch: int | None = broker_epoch((yield Control(PING)))
+            epoch: int | None = broker_epoch((yield Ask("control", PING)))
         except BusError:
             epoch = None
         if topic_seq <= last:
@@ -258,7 +258,7 @@ class EventDecoder:
     def first_look(self) -> Resolve:
         """Right after the handshake: learn which broker (run) we are listening to."""
         try:
-            self.epoch = broker_epoch((yield Control(PING)))
+            self.epoch = broker_epoch((yield Ask("control", PING)))
         except BusError:
             pass
 
@@ -280,7 +280,7 @@ class EventDecoder:
 
     def _look(self, timeout: float) -> Resolve:
         try:
-            reply = yield Control(PING, timeout=timeout, retries=0)
+            reply = yield Ask("control", PING, timeout=timeout, retries=0)
         except BusError:  # no answer: looked at again later
             return
         self.looked(broker_epoch(reply))
@@ -407,7 +407,7 @@ class RecoveringDecoder(EventDecoder):
 
     def _catch_up(self, append: Append) -> Resolve:
         try:
-            version, stamped = broker_position((yield Control(PING)))
+            version, stamped = broker_position((yield Ask("control", PING)))
             if stamped and self.last_version is not None and version > self.last_version:
                 yield from self._fetch(self.last_version, version, append)
         except (BusTimeout, BusUnavailable):

@@ -1,13 +1,16 @@
-"""The cold paths of subscribing and reading the log, as flows that only *ask* for I/O.
+"""Flows: the SDK's operations of several I/O steps, written once, socket-free, and their two drivers.
 
-A flow is a generator: it yields a step (:class:`Control`, :class:`Log`, :class:`Receive`,
-:class:`Sleep`), is sent the step's result, or has the step's :class:`~sdk.errors.BusError` thrown
-into it, and returns its value. The sync front drives flows with :func:`drive`, the asyncio front
-with :func:`drive_async`; neither holds any of the logic (httpx drives its auth flows the same way).
+A flow is a generator: it yields a step saying what I/O it needs (:class:`Ask` a server,
+:class:`Receive` a delivered message, :class:`Sleep`, :class:`Work`: call a blocking local
+function), is sent the step's result or has its error thrown into it, and returns its value.
+:func:`drive` performs the steps with blocking I/O, :func:`drive_async` with asyncio; neither
+holds any of the logic (httpx drives its auth flows the same way). The flows of subscribing and
+reading the log are here and in :mod:`sdk.core.decoding` and :mod:`sdk.core.subscribing`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from schemas.envelope import SYNC_PREFIX
-from sdk.errors import BusError, BusTimeout, BusUnavailable
+from sdk.errors import BusTimeout, BusUnavailable
 
 PAGE = 5_000
 """Rows asked for per log request (a replay, a gap fill, a catch-up)."""
@@ -25,21 +28,19 @@ LOG_WAIT = 0.005
 PING = {"op": "ping"}
 """The control request whose reply names the broker's ``version`` and ``first_version`` (its run)."""
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True)
-class Control:
-    """Ask the broker's control endpoint ``request``; the result is the reply's ``result``."""
+class Ask:
+    """Send ``request`` to the server named ``server`` (``"control"``: the broker, ``"log"``: the
+    event log, ``"sessions"``: the session service) with its Lazy Pirate client; the result is the
+    reply's ``result``. ``timeout`` and ``retries`` replace the client's own for this request."""
 
+    server: str
     request: dict[str, Any]
     timeout: float | None = None
     retries: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Log:
-    """Ask the event log ``request``; the result is the reply's ``result``."""
-
-    request: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,41 +57,90 @@ class Sleep:
     seconds: float
 
 
-Step = Control | Log | Receive | Sleep
-Flow = Generator[Step, Any, Any]
-T = TypeVar("T")
+@dataclass(frozen=True, slots=True)
+class Work:
+    """Call ``function()``, which blocks on something local (a file); the result is what it returns.
+    The asyncio front runs it in a worker thread, so the event loop never waits on a disk."""
+
+    function: Callable[[], Any]
 
 
-def drive(flow: Generator[Step, Any, T], perform: Callable[[Step], Any]) -> T:
-    """Run ``flow`` to its end, performing each step with the blocking ``perform``.
+Step = Ask | Receive | Sleep | Work
+Flow = Generator[Any, Any, T]
+"""A generator yielding steps (those above, or a front's own, such as the publisher's watch steps)
+and returning a T."""
 
-    A BusError from ``perform`` is thrown into the flow, which decides what it means.
+Servers = Callable[[str], Any]
+"""The client (a ``Requester``, or an ``AsyncRequester`` in asyncio) of a server named in an Ask."""
+
+
+def perform(step: Any, servers: Servers, io: Callable[[Any], Any] | None = None) -> Any:
+    """Do one step with blocking I/O: an Ask, a Sleep or a Work here, any other step by ``io(step)``."""
+    kind = type(step)
+    if kind is Ask:
+        return servers(step.server).call(step.request, timeout=step.timeout, retries=step.retries)
+    if kind is Sleep:
+        time.sleep(step.seconds)  # sync-ok: a flow polling the log's progress, bounded by its deadline
+        return None
+    if kind is Work:
+        return step.function()
+    if io is None:
+        raise TypeError(f"no I/O for the step {step!r}")
+    return io(step)
+
+
+async def perform_async(step: Any, servers: Servers, io: Callable[[Any], Awaitable[Any]] | None = None) -> Any:
+    """:func:`perform` in asyncio: the request and the sleep awaited, a Work in a worker thread."""
+    kind = type(step)
+    if kind is Ask:
+        return await servers(step.server).call(step.request, timeout=step.timeout, retries=step.retries)
+    if kind is Sleep:
+        await asyncio.sleep(step.seconds)
+        return None
+    if kind is Work:
+        return await asyncio.to_thread(step.function)
+    if io is None:
+        raise TypeError(f"no I/O for the step {step!r}")
+    return await io(step)
+
+
+def drive(flow: Flow[T], servers: Servers, io: Callable[[Any], Any] | None = None) -> T:
+    """Run ``flow`` to its end with blocking I/O (:func:`perform`) and return its value.
+
+    An error of a step is thrown into the flow, which decides what it means.
+
+    Raises:
+        Whatever the flow raises (a step's error it does not catch comes back out through it).
     """
     result: Any = None
-    error: BusError | None = None
+    error: Exception | None = None
     while True:
         try:
             step = flow.send(result) if error is None else flow.throw(error)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
         try:
-            result, error = perform(step), None
-        except BusError as e:
+            result, error = perform(step, servers, io), None
+        except Exception as e:
             result, error = None, e
 
 
-async def drive_async(flow: Generator[Step, Any, T], perform: Callable[[Step], Awaitable[Any]]) -> T:
-    """:func:`drive` for asyncio: each step is awaited."""
+async def drive_async(flow: Flow[T], servers: Servers, io: Callable[[Any], Awaitable[Any]] | None = None) -> T:
+    """:func:`drive` for asyncio (:func:`perform_async`).
+
+    Raises:
+        Whatever the flow raises (a step's error it does not catch comes back out through it).
+    """
     result: Any = None
-    error: BusError | None = None
+    error: Exception | None = None
     while True:
         try:
             step = flow.send(result) if error is None else flow.throw(error)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
         try:
-            result, error = await perform(step), None
-        except BusError as e:
+            result, error = await perform_async(step, servers, io), None
+        except Exception as e:
             result, error = None, e
 
 
@@ -146,7 +196,7 @@ def tail_request(patterns: tuple[str, ...], *, limit: int, session_id: str | Non
 
 def log_pages(
     request: dict[str, Any], *, wait: bool, timeout: float, on_page: Callable[[list[Any], int], None]
-) -> Generator[Step, Any, None]:
+) -> Flow[None]:
     """Page through a ``replay`` request, handing each page's rows (and how far the log scanned) to
     ``on_page``. With ``wait`` (and an ``until``), keep asking until the log has written up to it.
 
@@ -157,7 +207,7 @@ def log_pages(
     request = dict(request)  # never the caller's
     deadline = time.monotonic() + timeout
     while True:
-        result = yield Log(request)
+        result = yield Ask("log", request)
         on_page(result["events"], result["next"])
         if result["done"]:
             return

@@ -7,7 +7,7 @@ from collections import deque
 from typing import Any
 
 from sdk.core.decoding import EventDecoder, FloorDecoder, RecoveringDecoder, Resolve, event_of_row
-from sdk.core.flows import PING, Control, Receive, broker_position, log_pages, replay_request, unconfirmed
+from sdk.core.flows import PING, Ask, Receive, broker_position, log_pages, replay_request, unconfirmed
 from sdk.event import Event
 
 
@@ -52,7 +52,7 @@ def seam(decoder: EventDecoder, pending: deque[Event], patterns: tuple[str, ...]
         BusTimeout: the log did not catch up with the broker within ``timeout``.
     """
     assert isinstance(decoder, (FloorDecoder, RecoveringDecoder))
-    target, stamped = broker_position((yield Control(PING)))
+    target, stamped = broker_position((yield Ask("control", PING)))
     floor = max(since, target)
     history: list[Event] = []
 

@@ -3,9 +3,9 @@
 Everything publish does besides the send itself: the topic cache and checks, encoding with the
 size limit, and watching the broker — when the publisher's XPUB shows the broker's subscription
 withdrawn, wait for a broker to subscribe again (counting the outage), and ask a broker that
-(re)subscribed for its event size limit. The watch is a flow (:mod:`sdk.flow`) that yields
-:data:`LOOK`, :class:`WaitForBroker` and an :class:`~sdk.flow.Ask` of the control endpoint; each
-bus runs it with its own sockets. The sync bus inlines the encoding on its hot path.
+(re)subscribed for its event size limit. The watch is a flow (:mod:`sdk.core.flows`) that yields
+:data:`LOOK`, :class:`WaitForBroker` and an :class:`~sdk.core.flows.Ask` of the control endpoint;
+each bus drives it with its own sockets. The sync bus inlines the encoding on its hot path.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import msgpack
 
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
 from sdk.errors import BusError, MessageTooLarge
-from sdk.flow import Ask, Flow
+from sdk.core.flows import Ask, Flow
 from sdk.wire import SIZE_QUESTION, check_event, encode_body, publish_timed_out, size_limit, topic_of
 
 WATCH_INTERVAL = 0.005
