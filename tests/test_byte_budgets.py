@@ -3,7 +3,7 @@
 The broker's memory (VmHWM, its peak, and VmRSS, from /proc) is compared with a bound derived from
 the budgets it runs with: its RSS once warm, plus each queue's budget, plus SLACK. The scenarios are
 the issue's, scaled down (small budgets and events) so each runs in seconds; ``--soak`` runs them at
-full size on the defaults.
+full size with the budgets operations.md gives (BOUNDED_BYTES).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import zmq
 
 import sdk
 from broker.bus.cli import add_broker_options
-from broker.bus.config import IN_BYTES, SUB_BYTES
+from broker.bus.config import BOUNDED_BYTES
 from schemas.endpoints import Endpoints
 from tests.helpers import stats, wait_for, wait_stats
 
@@ -100,9 +100,9 @@ def test_stalled_subscribers_hold_no_more_than_their_byte_budget(start, home: Pa
 
 @pytest.mark.soak
 def test_20_stalled_subscribers_and_1_mib_events_stay_under_256_mib(start, home: Path, ctx: zmq.Context) -> None:
-    """The issue's figures on the defaults: 20 stalled subscribers, 3,000 x 1 MB events."""
+    """The issue's figures: 20 stalled subscribers, 3,000 x 1 MB events, the budgets operations.md gives."""
     stalled_subscribers(start, home, ctx, size=1_000_000, subscribers=20, each=150,
-                        sub_bytes=SUB_BYTES, in_bytes=IN_BYTES, max_event_size=1024 * 1024)
+                        sub_bytes=BOUNDED_BYTES, in_bytes=BOUNDED_BYTES, max_event_size=1024 * 1024)
 
 
 def test_memory_returns_when_a_stalled_subscriber_goes(start, home: Path, ctx: zmq.Context) -> None:
@@ -187,4 +187,4 @@ def test_a_stalled_event_log_blocks_publishers_within_budget(start, home: Path, 
 @needs_log_budget
 def test_a_stalled_event_log_and_40000_events_of_16_kib(start, home: Path, ctx: zmq.Context) -> None:
     """The issue's figures: 40,000 x 16 KiB events with the event log stopped (broke 696 MB)."""
-    stalled_log(start, home, ctx, size=16 * 1024, log_budget=64 * MiB, in_bytes=IN_BYTES, events=40_000)
+    stalled_log(start, home, ctx, size=16 * 1024, log_budget=64 * MiB, in_bytes=BOUNDED_BYTES, events=40_000)

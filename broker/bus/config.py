@@ -12,11 +12,14 @@ from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, MAX_RUN, MAX_RUN_BYTES, RUN
 from schemas.topics import MAX_TYPE_LENGTH
 
 MiB = 1024 * 1024
-SUB_BYTES = 8 * MiB
-"""Default byte budget of one subscriber's queue at the broker (``--sub-bytes``): 20 stalled
-subscribers, each holding different 1 MiB events, cost the broker at most 160 MiB."""
-IN_BYTES = 8 * MiB
-"""Default byte budget of one publisher's queue into the broker (``--in-bytes``)."""
+BOUNDED_BYTES = 8 * MiB
+"""The byte budget per queue that keeps 20 stalled subscribers, each holding other 1 MiB events,
+under 256 MiB (operations.md, "Memory"). Not the default: with 1 MiB events allowed it leaves the
+broker 7 messages per subscriber, and under load on 2 cores fast subscribers then lose events."""
+SUB_BYTES = 0
+"""Default byte budget of one subscriber's queue at the broker (``--sub-bytes``): none."""
+IN_BYTES = 0
+"""Default byte budget of one publisher's queue into the broker (``--in-bytes``): none."""
 TRIM_DELAY = 0.5
 """Seconds after a peer disconnects before the broker hands freed memory back to the system: libzmq
 frees a closed connection's queue when its pipe terminates, shortly after the monitor reports it."""
