@@ -185,7 +185,7 @@ def test_an_asyncio_publisher_waits_for_room_in_a_full_queue(start, home: Path) 
     waits for room (at most ``publish_timeout``), as the sync one blocks. Before, zmq.asyncio's
     wait for room ended at once (an XPUB always reports room), so the first full queue raised
     PublishTimeout without waiting."""
-    start("broker")
+    start("broker", "--sub-bytes", "0")  # the broker's queue of 10000 takes the burst for the reader
     burst = 5000
 
     async def main() -> tuple[list[object], int]:
@@ -220,7 +220,7 @@ def test_a_subscriber_that_stops_reading_for_longer_than_a_heartbeat_survives(st
     subscriber process died with SIGABRT at its first receive after the stall."""
     from tests.helpers import finish, python_process, wait_for
 
-    start("broker")
+    start("broker", "--sub-bytes", "0")  # the broker's queue of 10000 keeps the marker behind the flood
     child = python_process(STALLED_SUBSCRIBER, str(home), stdin=True)
     try:
         assert child.stdout is not None and child.stdin is not None

@@ -94,7 +94,7 @@ def test_a_burst_comes_out_in_runs_and_every_consumer_sees_each_version_once(
 
 
 def test_max_run_1_sends_every_event_alone(home: Path, start) -> None:
-    broker = start("broker", "--max-run", "1")
+    broker = start("broker", "--max-run", "1", "--sub-bytes", "0")  # every event alone: more than 7 messages
     ctx = zmq.Context()
     try:
         raw = raw_subscriber(ctx, home, [b"tick:"])

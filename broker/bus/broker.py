@@ -8,6 +8,7 @@ and skipped without desynchronising the stream.
 
 from __future__ import annotations
 
+import ctypes
 import heapq
 import logging
 import os
@@ -26,6 +27,7 @@ from broker.bus.config import (
     STATS_TOPICS,
     SUBSCRIPTION_MAX_SIZE,
     TOPIC_WARNING_INTERVAL,
+    TRIM_DELAY,
     BrokerConfig,
 )
 from broker.bus.reservation import Reservation
@@ -41,7 +43,7 @@ from schemas.envelope import (
     encode_body,
     run_stamp,
 )
-from schemas.topics import MAX_TYPE_LENGTH, is_valid_type
+from schemas.topics import is_valid_type
 
 log = logging.getLogger("pryxbus.broker")
 
@@ -74,6 +76,20 @@ RESERVE_RETRY = 1.0
 """Seconds between tries to write the version mark while the disk refuses it."""
 _LOG_ARRIVED = b"\x01" + LOG_MARK
 _LOG_LEFT = b"\x00" + LOG_MARK
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+_trim = _malloc_trim()
 
 
 class Broker:
@@ -124,7 +140,7 @@ class Broker:
         cfg, ep, ctx = self.config, self.config.endpoints, self._ctx
         # Headroom over the body limit for the topic frame; an oversized message disconnects
         # its sender (DESIGN.md §4.4), which is why the SDK refuses oversized events first.
-        self.max_msg_size = cfg.max_event_size + MAX_TYPE_LENGTH + 64
+        self.max_msg_size = cfg.largest_in()
         self.max_run = max(1, cfg.max_run)
         self.max_run_body = MAX_RUN_BYTES if self.max_run > 1 else 0
 
@@ -132,7 +148,13 @@ class Broker:
         self.xsub.linger = 0
         if cfg.curve is not None:
             secure_server(self.xsub, cfg.curve)
-        self.xsub.rcvhwm = cfg.in_hwm
+        # libzmq counts messages; the byte budgets cap these counts (BrokerConfig.sub_queue).
+        self.sub_queue, self.in_queue = cfg.sub_queue(), cfg.in_queue()
+        if self.sub_queue != cfg.sub_hwm or self.in_queue != cfg.in_hwm:
+            log.info("queues capped by their byte budgets: %d messages per subscriber (of up to %d bytes),"
+                     " %d per publisher (of up to %d bytes)", self.sub_queue, cfg.largest_out(),
+                     self.in_queue, cfg.largest_in())
+        self.xsub.rcvhwm = self.in_queue
         self.xsub.maxmsgsize = self.max_msg_size
         bound = {"publish": bind(self.xsub, ep.publish)}
 
@@ -140,7 +162,7 @@ class Broker:
         self.xpub.linger = 0
         if cfg.curve is not None:
             secure_server(self.xpub, cfg.curve)
-        self.xpub.sndhwm = cfg.sub_hwm
+        self.xpub.sndhwm = self.sub_queue
         self.xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every sync subscription, duplicates too
         # Subscribers only send subscriptions, and none longer than a topic can match anything. libzmq
         # keeps ~48 bytes of trie per subscribed byte, so this bounds what one subscription costs
@@ -155,7 +177,7 @@ class Broker:
             # endpoint (the event log's) get a deeper queue than every other subscriber's.
             self.xpub.sndhwm = cfg.log_hwm
             bound["log_feed"] = bind(self.xpub, ep.log_feed)
-            self.xpub.sndhwm = cfg.sub_hwm
+            self.xpub.sndhwm = self.sub_queue
 
         self.control = ctx.socket(zmq.ROUTER)
         self.control.linger = 0
@@ -171,6 +193,7 @@ class Broker:
         watched = zmq.EVENT_ACCEPTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         self.in_monitor = self.xsub.get_monitor_socket(watched)
         self.out_monitor = self.xpub.get_monitor_socket(watched)
+        self._trim_at: float | None = None  # while set, freed memory goes back to the system then
         self._closed_until: float | None = None  # while set, publishers wait for the event log
         self._held: list[tuple[str, dict[str, Any]]] = []  # the broker's own events, meanwhile
         self._poller: zmq.Poller | None = None
@@ -237,6 +260,9 @@ class Broker:
                 self._open()
             if self._reserve_retry_at is not None and time.monotonic() >= self._reserve_retry_at:
                 self._reserve(self.version + BATCH)
+            if self._trim_at is not None and time.monotonic() >= self._trim_at:
+                self._trim_at = None
+                _trim(0)  # type: ignore[misc]  (only set where there is one)
             if not ready:
                 continue
             if xsub in ready:
@@ -474,6 +500,10 @@ class Broker:
                 if event["value"] in peers:
                     change = "disconnected"
                 peers.discard(event["value"])
+                # glibc keeps what a closed connection's queue freed (up to the byte budgets) in
+                # its arenas unless asked; one trim serves every disconnect within TRIM_DELAY.
+                if _trim is not None and self._trim_at is None:
+                    self._trim_at = time.monotonic() + TRIM_DELAY
             elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED and inbound and self._closed_until is None:
                 self.xsub.send(SUBSCRIBE_ALL)
             if change and self.config.lifecycle_events:
@@ -578,8 +608,11 @@ class Broker:
             "publishers": self.publishers,
             "subscribers": self.subscribers,
             "config": {
-                "sub_hwm": self.config.sub_hwm,
-                "in_hwm": self.config.in_hwm,
+                "sub_hwm": self.sub_queue,
+                "in_hwm": self.in_queue,
+                "sub_bytes": self.config.sub_bytes,
+                "in_bytes": self.config.in_bytes,
+                "log_hwm": self.config.log_hwm,
                 "max_event_size": self.config.max_event_size,
                 "max_topics": self.config.max_topics,
             },

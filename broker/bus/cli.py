@@ -8,7 +8,7 @@ import zmq
 
 from broker.bus import reservation
 from broker.bus.broker import Broker
-from broker.bus.config import MAX_TOPICS, BrokerConfig
+from broker.bus.config import BOUNDED_BYTES, IN_BYTES, MAX_TOPICS, SUB_BYTES, BrokerConfig
 from broker.cli.options import add_tcp, server_endpoints, server_keys
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
@@ -50,6 +50,23 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
         type=whole_number(0, 2**31 - 1),
         default=10_000,
         help="events queued per publisher before its publish blocks (default 10000)",
+    )
+    p.add_argument(
+        "--sub-bytes",
+        type=whole_number(0, 2**62),
+        default=SUB_BYTES,
+        metavar="BYTES",
+        help=f"bytes queued per subscriber at the broker: caps --sub-hwm at BYTES / the largest message"
+        f" the broker sends (--max-event-size plus headers), as ZeroMQ counts messages (default"
+        f" {SUB_BYTES}: no cap; {BOUNDED_BYTES} keeps 20 stalled subscribers under 256 MiB)",
+    )
+    p.add_argument(
+        "--in-bytes",
+        type=whole_number(0, 2**62),
+        default=IN_BYTES,
+        metavar="BYTES",
+        help=f"bytes queued per publisher into the broker: caps --in-hwm at BYTES / the largest message"
+        f" a publisher may send (default {IN_BYTES}: no cap)",
     )
     p.add_argument(
         "--max-event-size",
@@ -97,6 +114,8 @@ def broker_config(
         endpoints=endpoints,
         sub_hwm=args.sub_hwm,
         in_hwm=args.in_hwm,
+        sub_bytes=args.sub_bytes,
+        in_bytes=args.in_bytes,
         max_event_size=args.max_event_size,
         log_hwm=args.log_hwm,
         max_run=args.max_run,

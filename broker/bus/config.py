@@ -8,8 +8,21 @@ from pathlib import Path
 
 from broker.security import ServerKeys
 from schemas.endpoints import Endpoints
-from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, MAX_RUN
+from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, MAX_RUN, MAX_RUN_BYTES, RUN_LENGTH, STAMP
 from schemas.topics import MAX_TYPE_LENGTH
+
+MiB = 1024 * 1024
+BOUNDED_BYTES = 8 * MiB
+"""The byte budget per queue that keeps 20 stalled subscribers, each holding other 1 MiB events,
+under 256 MiB (operations.md, "Memory"). Not the default: with 1 MiB events allowed it leaves the
+broker 7 messages per subscriber, and under load on 2 cores fast subscribers then lose events."""
+SUB_BYTES = 0
+"""Default byte budget of one subscriber's queue at the broker (``--sub-bytes``): none."""
+IN_BYTES = 0
+"""Default byte budget of one publisher's queue into the broker (``--in-bytes``): none."""
+TRIM_DELAY = 0.5
+"""Seconds after a peer disconnects before the broker hands freed memory back to the system: libzmq
+frees a closed connection's queue when its pipe terminates, shortly after the monitor reports it."""
 
 SUBSCRIPTION_MAX_SIZE = 1 + MAX_TYPE_LENGTH
 """Largest subscription message (``\x01`` + prefix): a longer one disconnects its subscriber."""
@@ -60,3 +73,40 @@ class BrokerConfig:
     """CURVE keys (``--curve``): every bound socket is a CURVE server behind a ZAP allow-list."""
     max_topics: int = MAX_TOPICS
     """Event types with a sequence; an event of a new type beyond this many is refused (counted)."""
+    sub_bytes: int = SUB_BYTES
+    """Bytes queued per subscriber at the broker: caps ``sub_hwm`` at this many largest messages
+    (:meth:`largest_out`); 0 leaves ``sub_hwm`` alone."""
+    in_bytes: int = IN_BYTES
+    """Bytes queued per publisher into the broker: caps ``in_hwm`` at this many largest messages
+    (:meth:`largest_in`); 0 leaves ``in_hwm`` alone."""
+
+    def largest_in(self) -> int:
+        """Largest message a publisher may send: an event, its topic, and headroom (the broker
+        disconnects a publisher that sends more)."""
+        return self.max_event_size + MAX_TYPE_LENGTH + 64
+
+    def largest_out(self) -> int:
+        """Largest message the broker sends a subscriber: an event alone (a stamp) or a run (a stamp
+        and its lengths, bodies up to MAX_RUN_BYTES), with its topic."""
+        runs = max(1, self.max_run) > 1
+        body = max(self.max_event_size, MAX_RUN_BYTES if runs else 0)
+        stamp = STAMP.size + (RUN_LENGTH.size * self.max_run if runs else 0)
+        return MAX_TYPE_LENGTH + stamp + body
+
+    def sub_queue(self) -> int:
+        """The high-water mark each subscriber's queue at the broker gets (libzmq counts messages)."""
+        return queue_limit(self.sub_hwm, self.sub_bytes, self.largest_out())
+
+    def in_queue(self) -> int:
+        """The high-water mark each publisher's queue into the broker gets."""
+        return queue_limit(self.in_hwm, self.in_bytes, self.largest_in())
+
+
+def queue_limit(messages: int, budget: int, largest: int) -> int:
+    """A libzmq high-water mark (0: none) that holds at most ``messages`` messages and, with a
+    ``budget`` (0: none), at most ``budget`` bytes of messages of up to ``largest`` bytes (at least 1:
+    a queue of 0 is unbounded to libzmq)."""
+    if not budget:
+        return messages
+    by_bytes = max(1, budget // largest)
+    return by_bytes if messages == 0 else min(messages, by_bytes)
