@@ -117,3 +117,25 @@ def test_recover_delivers_every_version_once_and_keeps_to_its_timeout(start, hom
         assert got == list(range(2, n + 1, 2))
         with pytest.raises(sdk.BusTimeout):
             sub.recv(timeout=0.6)  # nothing twice
+
+
+def test_seqs_pages_through_the_matching_types(bus: sdk.Bus) -> None:
+    """The broker's ``seqs`` op (PROTOCOL.md §8): every matching type once over its pages, none other."""
+    n = 10_005
+    for i in range(n):
+        bus.publish(f"page:t{i}", i)
+    bus.publish("page:t0", "again")
+    bus.publish("other:x", 0)
+    wait_for(bus.stats, lambda s: s["version"] == n + 2, what="the broker stamping every event")
+    seen: dict[str, int] = {}
+    pages, after = 0, 0
+    while after is not None:
+        request = {"op": "seqs", "patterns": ["page:*"]} | ({"after": after} if after else {})
+        result = bus.control.call(request)
+        assert not seen.keys() & result["seqs"].keys()
+        seen.update(result["seqs"])
+        pages, after = pages + 1, result["next"]
+    assert (pages, len(seen), seen["page:t0"], seen["page:t1"]) == (2, n, 2, 1)
+    assert result["version"] == n + 2 and "other:x" not in seen
+    with pytest.raises(sdk.RemoteError, match="bad_request|segment"):
+        bus.control.call({"op": "seqs", "patterns": ["no spaces"]})
