@@ -139,3 +139,36 @@ def test_seqs_pages_through_the_matching_types(bus: sdk.Bus) -> None:
     assert result["version"] == n + 2 and "other:x" not in seen
     with pytest.raises(sdk.RemoteError, match="bad_request|segment"):
         bus.control.call({"op": "seqs", "patterns": ["no spaces"]})
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("policy", ["drop", "count", "recover"])
+def test_the_issues_full_burst(start, home: Path, policy: str) -> None:
+    """Issue 15's measurement: 1.2M events on the broker's defaults, read only once stamped. ``drop``
+    ends within 1 s of the queue running dry, ``count`` is exact, ``recover`` gets all and no recv
+    holds past its timeout + 0.5 s."""
+    n, timeout = 1_200_000, 1.0
+    start("broker")
+    if policy == "recover":
+        start("event-log")
+    with sdk.connect(home, name="soak") as bus, bus.subscribe("soak:*", policy=policy) as sub:  # type: ignore[arg-type]
+        for i in range(n):
+            bus.publish("soak:a", i)
+        wait_for(bus.stats, lambda s: s["version"] == n, timeout=300, what="the burst stamped")
+        if policy == "recover":
+            wait_for(bus.log_stats, lambda s: s["last"] == n, timeout=300, what="the burst logged")
+        got, longest, last_at = 0, 0.0, time.monotonic()
+        while got + sub.lost < n:
+            began = time.monotonic()
+            try:
+                sub.recv(timeout=timeout)
+                got, last_at = got + 1, time.monotonic()
+            except sdk.BusTimeout:
+                assert time.monotonic() - last_at < 30, f"{got} received, {sub.lost} lost"
+            except sdk.SlowSubscriberError as e:
+                assert policy == "drop" and got + e.lost == n
+                assert time.monotonic() - last_at <= timeout + 0.5
+                return
+            longest = max(longest, time.monotonic() - began)
+        assert policy != "drop" and got + sub.lost == n and longest <= timeout + 0.5
+        assert sub.lost == 0 or policy == "count"
