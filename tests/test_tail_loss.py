@@ -166,7 +166,7 @@ def test_the_issues_full_burst(start, home: Path, policy: str) -> None:
             except sdk.BusTimeout:
                 assert time.monotonic() - last_at < 30, f"{got} received, {sub.lost} lost"
             except sdk.SlowSubscriberError as e:
-                assert policy == "drop" and got + e.lost == n
+                assert policy == "drop" and got + e.lost <= n  # the first loss ends it: a tail, or a gap
                 assert time.monotonic() - last_at <= timeout + 0.5
                 return
             longest = max(longest, time.monotonic() - began)
