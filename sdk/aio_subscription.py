@@ -17,7 +17,7 @@ import zmq
 import zmq.asyncio
 
 from sdk.core.decoding import EventDecoder, Policy, Resolve, decoder_for
-from sdk.core.flows import Receive, drive_async, sync_token
+from sdk.core.flows import PAGE, Filter, Receive, drive_async, sync_token
 from sdk.core.subscribing import handshake, seam
 from sdk.errors import BusClosed, BusTimeout, SlowSubscriberError
 from sdk.event import Event
@@ -45,7 +45,9 @@ class Subscription:
         self._closed = False
         self._failed: SlowSubscriberError | None = None
         self._pending: deque[Event] = deque()
-        self._decoder: EventDecoder = decoder_for(patterns, policy, since=since, timeout=bus.timeout)
+        self._decoder: EventDecoder = decoder_for(
+            patterns, policy, since=since, timeout=bus.timeout, page=min(PAGE, max(hwm, 1000))
+        )
         self._since = since
         self._idle = False
         """Whether a waiting receive runs the decoder's idle flows (not during the handshake)."""
@@ -75,14 +77,18 @@ class Subscription:
             raise
 
     async def _run(self, flow: Resolve) -> None:
-        await drive_async(flow, self._server, self._receive)
+        await drive_async(flow, self._server, self._io)
 
     def _server(self, name: str) -> Any:
         """The requester of a server a core flow asks (the bus's)."""
         return self._bus.control if name == "control" else self._bus.log
 
-    async def _receive(self, step: Receive) -> list[bytes] | None:
-        """A core flow's Receive: the next message's frames, or None at its deadline."""
+    async def _io(self, step: Receive | Filter) -> list[bytes] | None:
+        """A core flow's Receive (the next message's frames, or None at its deadline) or Filter."""
+        if type(step) is Filter:
+            if not self._sock.closed:
+                self._sock.setsockopt(zmq.SUBSCRIBE if step.on else zmq.UNSUBSCRIBE, step.prefix)
+            return None
         return await self._next_frames(step.deadline, idle=False)
 
     async def _next_frames(self, deadline: float | None, *, idle: bool = True) -> list[bytes] | None:
@@ -115,12 +121,21 @@ class Subscription:
                     break
                 if idle:
                     now = time.monotonic()
-                    flow = self._decoder.idle(now, math.inf if deadline is None else deadline - now, self._pending.append)
+                    decoder = self._decoder
+                    flow = decoder.idle(now, math.inf if deadline is None else deadline - now, self._pending.append)
                     if flow is not None:
-                        await self._run(flow)
-                    if not future.done() and self._pending:
-                        future.cancel()
-                        return []
+                        future.cancel()  # not done (no await since): the flow may receive itself
+                        try:
+                            await self._run(flow)
+                        except SlowSubscriberError as e:
+                            self._failed = e
+                            self._close_socket()
+                            return []
+                        if self._pending or decoder.busy:
+                            return []
+                        if sock.closed:
+                            raise BusClosed("subscription is closed")
+                        future = sock.recv_multipart()
         except asyncio.CancelledError:
             future.cancel()  # never leave a receive behind that would swallow a message
             raise
@@ -186,6 +201,15 @@ class Subscription:
                 return pending.popleft()
             if self._failed is not None:
                 raise self._failed
+            if decoder.busy:  # a recover fill, a page per turn: the deadline holds between pages
+                try:
+                    await self._run(decoder.resolve(append))
+                except SlowSubscriberError as e:
+                    self._failed = e
+                    self._close_socket()
+                if not pending and deadline is not None and time.monotonic() >= deadline:
+                    raise BusTimeout(f"no event within {timeout:g}s")
+                continue
             frames = await self._next_frames(deadline)
             if frames is None:
                 raise BusTimeout(f"no event within {timeout:g}s")

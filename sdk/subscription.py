@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from sdk.core.decoding import POLICIES, EventDecoder, Policy, Resolve, decoder_for
-from sdk.core.flows import Receive, drive, sync_token
+from sdk.core.flows import PAGE, Filter, Receive, drive, sync_token
 from sdk.core.subscribing import handshake, seam
 from sdk.errors import BusClosed, BusTimeout, SlowSubscriberError
 from sdk.event import Event
@@ -68,7 +68,9 @@ class Subscription:
     ) -> None:
         self.patterns = patterns
         self._pending: deque[Event] = deque()
-        self._decoder: EventDecoder = decoder_for(patterns, policy, since=since, timeout=bus.timeout)
+        self._decoder: EventDecoder = decoder_for(
+            patterns, policy, since=since, timeout=bus.timeout, page=min(PAGE, max(hwm, 1000))
+        )
         self._bus = bus
         self._lock = threading.Lock()
         self._closed = False
@@ -94,14 +96,18 @@ class Subscription:
             raise
 
     def _run(self, flow: Resolve) -> None:
-        drive(flow, self._server, self._receive)
+        drive(flow, self._server, self._io)
 
     def _server(self, name: str) -> Any:
         """The requester of a server a core flow asks (the bus's)."""
         return self._bus.control if name == "control" else self._bus.log
 
-    def _receive(self, step: Receive) -> list[bytes] | None:
-        """A core flow's Receive: the next message's frames, or None at its deadline."""
+    def _io(self, step: Receive | Filter) -> list[bytes] | None:
+        """A core flow's Receive (the next message's frames, or None at its deadline) or Filter."""
+        if type(step) is Filter:
+            if not self._sock.closed:
+                self._sock.setsockopt(zmq.SUBSCRIBE if step.on else zmq.UNSUBSCRIBE, step.prefix)
+            return None
         remaining = step.deadline - time.monotonic()
         if remaining <= 0 or not self._sock.poll(int(remaining * 1000) + 1, _POLLIN):
             return None
@@ -156,11 +162,17 @@ class Subscription:
             if self._closed:
                 raise BusClosed("subscription is closed")
             deadline = deadline_of(timeout)
+            decoder = self._decoder
             while True:
                 if pending:  # filled by _drain, or by the recover policy's log fetches
                     return pending.popleft()
                 if self._failed is not None:
                     raise self._failed
+                if decoder.busy:  # a recover fill, a page per turn: the deadline holds between pages
+                    self._settle(decoder.resolve(pending.append))
+                    if not pending and deadline is not None and time.monotonic() >= deadline:
+                        raise BusTimeout(f"no event within {timeout:g}s")
+                    continue
                 if self._drain():
                     continue
                 if self._closed:
@@ -175,9 +187,17 @@ class Subscription:
                 if not self._sock.poll(wait_ms, _POLLIN):  # idle: is this still the same broker?
                     now = time.monotonic()
                     left = math.inf if deadline is None else deadline - now
-                    flow = self._decoder.idle(now, left, pending.append)
+                    flow = decoder.idle(now, left, pending.append)
                     if flow is not None:
-                        self._run(flow)
+                        self._settle(flow)
+
+    def _settle(self, flow: Resolve) -> None:
+        """Run a cold flow; a loss under ``policy="drop"`` ends the subscription."""
+        try:
+            self._run(flow)
+        except SlowSubscriberError as e:
+            self._failed = e
+            self._close_socket()
 
     def _drain(self) -> int:
         """Decode what has already arrived (up to _DRAIN messages) into the pending queue.
@@ -202,10 +222,14 @@ class Subscription:
                         append(event)
                     elif decoder.held is not None:  # a gap: settled by a flow before reading on
                         self._run(decoder.resolve(append))
+                        if decoder.busy:
+                            return n  # filled a page at a time, by recv()
                 else:
                     feed(topic, stamp, body, append)
                     if decoder.held is not None:
                         self._run(decoder.resolve(append))
+                        if decoder.busy:
+                            return n
             except SlowSubscriberError as e:
                 self._failed = e
                 self._close_socket()

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import sdk
-from schemas.envelope import encode_body, stamp
+from schemas.envelope import STAMP, encode_body, stamp
 from sdk.core.decoding import EventDecoder
-from sdk.core.flows import PING, drive
+from sdk.core.flows import PING, Filter, Receive, drive
 from tests.fronts import Front
 
 BODY = encode_body({"n": 1}, source="test", session_id=None)
@@ -67,11 +67,11 @@ def _broker(epochs: list[int | None]):
     class Control:
         @staticmethod
         def call(request: dict, *, timeout: float | None = None, retries: int | None = None) -> dict[str, int]:
-            assert request == PING
+            assert request == PING or request["op"] == "seqs"
             epoch = next(answers)
             if epoch is None:
                 raise sdk.BusUnavailable("no answer")
-            return {"first_version": epoch, "version": epoch}
+            return {"first_version": epoch, "version": epoch, "seqs": {}, "next": None}
 
     def servers(name: str) -> type[Control]:
         assert name == "control"
@@ -88,9 +88,18 @@ def _feed(decoder: EventDecoder, perform, frames: tuple[bytes, bytes, bytes], go
 
 
 def _look(decoder: EventDecoder, perform, now: float) -> None:
+    """An idle turn; a look for a lost tail gets its sync token answered at once."""
+    tokens: list[bytes] = []
+
+    def io(step: Filter | Receive) -> list[bytes] | None:
+        if isinstance(step, Filter):
+            tokens.append(step.prefix)
+            return None
+        return [tokens[-1], STAMP.pack(0, 0), b""]
+
     flow = decoder.idle(now, 5.0, lambda event: None)
     if flow is not None:
-        drive(flow, perform)
+        drive(flow, perform, io)
 
 
 @pytest.mark.parametrize("policy", ["count", "drop"])

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import heapq
+import itertools
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Callable
 
@@ -24,6 +26,8 @@ from broker.bus.config import (
     CONTROL_MAX_SIZE,
     CONTROL_UNPACK_LIMITS,
     CURVE_SLACK,
+    SEQS_CACHED,
+    SEQS_PAGE,
     STATS_TOPICS,
     SUBSCRIPTION_MAX_SIZE,
     TOPIC_WARNING_INTERVAL,
@@ -43,7 +47,7 @@ from schemas.envelope import (
     encode_body,
     run_stamp,
 )
-from schemas.topics import is_valid_type
+from schemas.topics import compile_matcher, is_valid_type
 
 log = logging.getLogger("pryxbus.broker")
 
@@ -92,6 +96,16 @@ def _malloc_trim() -> Callable[[int], int] | None:
 _trim = _malloc_trim()
 
 
+@dataclass(slots=True)
+class _Matched:
+    """The topics matching one pattern set, in the order the broker first saw them."""
+
+    matches: Callable[[bytes], bool]
+    topics: list[bytes] = field(default_factory=list)
+    scanned: int = 0
+    """How many of the broker's topics (in ``topic_seq``'s order) were already looked at."""
+
+
 class Broker:
     """One broker process's sockets and loop. Use as a context manager; ``run()`` until ``stop()``."""
 
@@ -123,7 +137,10 @@ class Broker:
             "ping": self._op_ping,
             "health": self._op_ping,
             "stats": self._op_stats,
+            "seqs": self._op_seqs,
         }
+        self._matched: dict[tuple[str, ...], _Matched] = {}
+        """The topics found matching each pattern set of recent ``seqs`` requests."""
         self._ctx = configure_context(zmq.Context(), config.endpoints)
         self._auth: Authenticator | None = None
         try:
@@ -576,7 +593,10 @@ class Broker:
                 "code": "unknown_op",
                 "message": f"unknown op {msg['op']!r}; known: {sorted(self._handlers)}",
             }
-        return {"ok": True, "result": handler(msg)}
+        try:
+            return {"ok": True, "result": handler(msg)}
+        except ValueError as e:  # a field of the request is wrong (an invalid pattern, too)
+            return {"ok": False, "code": "bad_request", "message": str(e)}
 
     def _op_ping(self, _msg: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -585,6 +605,39 @@ class Broker:
             "version": self.version,
             "first_version": self.config.first_version,
             "max_event_size": self.config.max_event_size,
+        }
+
+    def _op_seqs(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """The current sequence of each topic matching ``patterns``, a page of SEQS_PAGE at a time
+        (PROTOCOL.md §8): a subscriber compares them with the last it received to see a lost tail.
+
+        Topics are never forgotten during a run, so the topics matching a pattern set are found
+        once and the list only grows: a request scans only the topics new since the last one.
+
+        Raises:
+            ValueError: the request's fields are not a list of patterns and an index.
+        """
+        patterns, after = msg.get("patterns", []), msg.get("after", 0)
+        if not isinstance(patterns, list) or type(after) is not int or after < 0:
+            raise ValueError("seqs takes 'patterns' (a list of patterns) and 'after' (an index >= 0)")
+        key = tuple(patterns)
+        found = self._matched.pop(key, None)  # put back last: the dict's order is its recency
+        if found is None:
+            found = _Matched(compile_matcher(patterns))
+            if len(self._matched) >= SEQS_CACHED:
+                del self._matched[next(iter(self._matched))]
+        self._matched[key] = found
+        seqs = self.topic_seq
+        matches = found.matches
+        found.topics.extend(t for t in itertools.islice(seqs, found.scanned, None) if matches(t))
+        found.scanned = len(seqs)
+        page = found.topics[after:after + SEQS_PAGE]
+        end = after + len(page)
+        return {
+            "version": self.version,
+            "first_version": self.config.first_version,
+            "seqs": {t.decode(): seqs[t] for t in page},
+            "next": end if end < len(found.topics) else None,
         }
 
     def _op_stats(self, _msg: dict[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,10 @@ MAX_TOPICS = 1_000_000
 """Event types a broker keeps a sequence for (``--max-topics``); each costs it ~90 bytes."""
 STATS_TOPICS = 1000
 """Types listed in a ``stats`` reply (the busiest): building a reply of a million stalls the loop ~0.7 s."""
+SEQS_PAGE = 10_000
+"""Topics listed in one ``seqs`` reply; a subscription matching more pages through them (``after``)."""
+SEQS_CACHED = 64
+"""Pattern sets whose matching topics the broker remembers between ``seqs`` requests."""
 TOPIC_WARNING_INTERVAL = 60.0
 """Seconds between warnings while events of new types are refused."""
 

@@ -11,6 +11,7 @@ inline the codec of :mod:`schemas.envelope`; tests/test_codec.py checks that the
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -18,7 +19,21 @@ import msgpack
 
 from schemas.envelope import ENVELOPE_VERSION, STAMP, Envelope, MalformedEvent, decode_body, decode_row, split_run
 from schemas.topics import compile_matcher, zmq_prefixes
-from sdk.core.flows import PING, Ask, Flow, broker_epoch, broker_position, log_pages, replay_request
+from sdk.core.flows import (
+    LOG_WAIT,
+    PAGE,
+    PING,
+    Ask,
+    Filter,
+    Flow,
+    Receive,
+    Sleep,
+    broker_epoch,
+    broker_position,
+    replay_request,
+    seqs_request,
+    sync_token,
+)
 from sdk.errors import BusError, BusTimeout, BusUnavailable, SlowSubscriberError
 from sdk.event import Event
 
@@ -29,6 +44,11 @@ IDLE_LOOK = 1.0
 """Seconds between two questions to the broker, while no event arrives, about whether it restarted."""
 IDLE_LOOK_TIMEOUT = 0.2
 """Longest such a question may hold up a receive (a broker that does not answer is looked at later)."""
+TAIL_LOOK = 0.5
+"""Seconds between two looks for a lost tail (PROTOCOL.md §9), made while the queue is dry and only
+if events arrived since the last one; such a look also answers the idle question above."""
+TAIL_LOOK_TIMEOUT = 0.4
+"""Longest a look for a lost tail may hold up a receive (one left unproven is made again later)."""
 
 Append = Callable[[Event], None]
 Resolve = Flow[None]
@@ -71,6 +91,7 @@ class EventDecoder:
             raise ValueError(f"policy must be 'drop' or 'count' here, not {policy!r}")
         self.matches: Callable[[bytes], bool] = compile_matcher(patterns)
         self.prefixes = zmq_prefixes(patterns)
+        self.patterns = patterns
         self.policy: Policy = policy
         self.last_topic_seq: dict[bytes, int] = {}
         self.lost = 0
@@ -82,8 +103,17 @@ class EventDecoder:
         """A message that does not follow on, kept back until ``resolve`` settles the gap."""
         self.epoch: int | None = None
         """The broker's ``first_version`` when last asked: a new value means a new broker."""
+        self.base: dict[bytes, int] | None = None
+        """Each matching topic's sequence when the subscription started (None: unknown, or more
+        than one ``seqs`` page): a topic with no event received since is short of the broker's
+        sequence by what it lost of that topic."""
+        self.busy = False
+        """A flow is half done (a recover fill, a page at a time): run ``resolve`` again before
+        reading on."""
         self._names: dict[bytes, str] = {}
         self._next_look = 0.0
+        self._next_tail = 0.0
+        self._seen = 0  # ``received`` at the last look for a lost tail
 
     # -- the hot paths -----------------------------------------------------------------------
 
@@ -245,6 +275,7 @@ class EventDecoder:
         if restarted:
             self.restarts += 1
             self.last_topic_seq.clear()
+            self.base = {}
             lost = topic_seq - 1
         else:
             lost = topic_seq - last - 1
@@ -256,11 +287,15 @@ class EventDecoder:
         self.feed(topic, stamp, body, append)
 
     def first_look(self) -> Resolve:
-        """Right after the handshake: learn which broker (run) we are listening to."""
+        """Right after the handshake: learn which broker (run) we are listening to, and the
+        matching topics' sequences (``base``) if they fit in one page."""
         try:
-            self.epoch = broker_epoch((yield Ask("control", PING)))
+            reply = yield Ask("control", seqs_request(self.patterns))
         except BusError:
-            pass
+            return
+        self.epoch = broker_epoch(reply)
+        if reply.get("next") is None:
+            self.base = {topic.encode(): seq for topic, seq in reply["seqs"].items()}
 
     def idle(self, now: float, left: float, append: Append) -> Resolve | None:
         """The flow to run while no event arrives (``left``: seconds until the receive's deadline),
@@ -272,11 +307,93 @@ class EventDecoder:
         here sets every topic's last sequence to 0, and the next event of each topic shows how many
         of its events the new broker stamped before we were back (``lost``, or SlowSubscriberError
         under ``drop``, as for any gap).
+
+        A subscription that received events since the last look asks instead, every TAIL_LOOK
+        seconds at most, for the tail it may have lost (:meth:`tail_look`): one question for both.
         """
-        if left <= 0 or now < self._next_look:
+        if left <= 0:
+            return None
+        if self.received != self._seen and now >= self._next_tail:
+            self._seen = self.received
+            self._next_tail = now + TAIL_LOOK
+            self._next_look = now + IDLE_LOOK
+            return self.tail_look(min(TAIL_LOOK_TIMEOUT, left), append)
+        if now < self._next_look:
             return None
         self._next_look = now + IDLE_LOOK
         return self._look(min(IDLE_LOOK_TIMEOUT, left))
+
+    def tail_look(self, timeout: float, append: Append) -> Resolve:
+        """See whether the tail of what the broker sent was lost (PROTOCOL.md §9), exactly.
+
+        A loss shows as a gap only when a later event of the topic arrives; a burst's lost tail
+        shows nothing while the topic stays quiet. So: ask the broker for the current sequence of
+        every matching topic (``seqs``), then prove in band that everything it stamped before that
+        answer has reached us or was dropped on the way (a sync token on the data socket, answered
+        after all it sent before), decoding what arrives meanwhile. A topic whose last received
+        sequence is still short of the broker's lost its tail. Unanswered or unproven within
+        ``timeout``: no conclusion, looked at again later.
+
+        Raises:
+            SlowSubscriberError: events were lost and the policy is ``drop``.
+        """
+        deadline = time.monotonic() + timeout
+        seqs: dict[str, int] = {}
+        request = seqs_request(self.patterns)
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                reply = yield Ask("control", request, timeout=left, retries=0)
+                seqs.update(reply["seqs"])
+                if reply.get("next") is None:
+                    break
+                request = seqs_request(self.patterns, reply["next"])
+        except BusError:  # no answer (or a broker without ``seqs``): looked at again later
+            return
+        self.looked(broker_epoch(reply))
+        token = sync_token()
+        yield Filter(token, True)
+        try:
+            while True:
+                frames = yield Receive(deadline)
+                if frames is None:
+                    return  # not proven in time: no conclusion
+                if len(frames) != 3:
+                    self.malformed += 1
+                    continue
+                topic, stamp, body = frames
+                if topic == token:
+                    break
+                if topic[:1] != b"\x00":
+                    self.feed(topic, stamp, body, append)
+                    if self.held is not None:
+                        yield from self.resolve(append)
+        finally:
+            yield Filter(token, False)
+        self._tail_lost(seqs)
+
+    def _tail_lost(self, seqs: dict[str, int]) -> None:
+        """Count what each topic's last received sequence is short of the broker's ``seqs`` (all
+        of it reached us or was dropped), and move the last sequence up to it."""
+        last_topic_seq, base = self.last_topic_seq, self.base
+        lost, first = 0, ""
+        for name, seq in seqs.items():
+            topic = name.encode()
+            last = last_topic_seq.get(topic)
+            if last is None:  # nothing received of it: short of where it was when we started
+                if base is None:
+                    continue
+                last = base.get(topic, 0)
+            if seq > last:
+                lost += seq - last
+                first = first or name
+                last_topic_seq[topic] = seq
+        if lost:
+            self.lost += lost
+            if self.policy == "drop":
+                raise SlowSubscriberError(lost, first)
 
     def _look(self, timeout: float) -> Resolve:
         try:
@@ -290,6 +407,7 @@ class EventDecoder:
         every topic's last sequence to 0."""
         if self._new_epoch(epoch):
             self.restarts += 1
+            self.base = {}  # the new broker numbered every topic from 1
             last_topic_seq = self.last_topic_seq
             for topic in last_topic_seq:
                 last_topic_seq[topic] = 0
@@ -331,17 +449,22 @@ class RecoveringDecoder(EventDecoder):
 
     It subscribes to every event (``prefixes = [b""]``) because versions are contiguous only over
     the whole stream; filtering by pattern happens here. A gap's events are appended, in version
-    order, ahead of the event that revealed it.
+    order, ahead of the event that revealed it. A gap is filled a page at a time (``busy`` until
+    it is filled), so one receive never waits for a whole gap, nor holds it in memory.
     """
 
-    def __init__(self, patterns: tuple[str, ...], *, timeout: float) -> None:
+    def __init__(self, patterns: tuple[str, ...], *, timeout: float, page: int = PAGE) -> None:
         super().__init__(patterns, "count")
         self.policy = "recover"
-        self.patterns = patterns
         self.prefixes = [b""]
         self.timeout = timeout
         """Longest a gap fill waits for the log to reach the versions it needs."""
+        self.page = page
+        """Rows fetched from the log per step of a fill."""
         self.last_version: int | None = None
+        self._fill_to: int | None = None
+        """While set, the versions up to it are being fetched from the log (``held`` waits)."""
+        self._log_behind_since: float | None = None
 
     feed = EventDecoder.feed_each
 
@@ -375,69 +498,101 @@ class RecoveringDecoder(EventDecoder):
         self.last_version = floor
 
     def resolve(self, append: Append) -> Resolve:
-        """Fetch the held message's gap from the log, page by page, then decode it (a flow).
+        """One step of filling the gap before the held message (or a catch-up) from the log: one
+        page, or one short wait for a log that has not yet written the versions; the held message
+        is decoded once the gap is filled. ``busy`` says whether more steps are needed.
 
         Raises:
-            SlowSubscriberError: the log could not supply the gap (it lost them too, or is down).
+            SlowSubscriberError: the log could not supply the gap (it lost them too, is down, or
+                did not reach the versions within ``timeout``).
         """
-        assert self.held is not None and self.last_version is not None
-        topic, stamp, body = self.held
-        self.held = None
-        version = _unpack_stamp(stamp[:16])[0]
+        assert self.last_version is not None
+        if self.held is not None:
+            version = _unpack_stamp(self.held[1][:16])[0]
+            self._fill_to = max(self._fill_to or 0, version - 1)
         try:
-            yield from self._fetch(self.last_version, version - 1, append)
+            yield from self._fill_step(append)
         except (BusTimeout, BusUnavailable) as e:
-            lost = version - 1 - self.last_version
+            self._fill_to = self._log_behind_since = None
+            self.busy = False
+            if self.held is None:
+                return  # a catch-up: a gap seen later is filled then
+            topic, stamp, _ = self.held
+            self.held = None
+            lost = _unpack_stamp(stamp[:16])[0] - 1 - self.last_version
             self.lost += lost
             raise SlowSubscriberError(lost, topic.decode("utf-8", "replace")) from e
-        self.feed(topic, stamp, body, append)
+        if self._fill_to is None and self.held is not None:
+            held, self.held = self.held, None
+            self.feed(*held, append)  # a run's events: a new gap may show among them (held again)
+            if self.held is not None:
+                self._fill_to = _unpack_stamp(self.held[1][:16])[0] - 1
+        self.busy = self._fill_to is not None
+
+    def _fill_step(self, append: Append) -> Resolve:
+        """Fetch one page of the logged events ``last_version < version <= _fill_to`` matching."""
+        through, after = self._fill_to, self.last_version
+        assert through is not None and after is not None
+        if after >= through:
+            self._fill_to = None
+            return
+        request = replay_request(self.patterns, since=after, until=through, page=self.page)
+        result = yield Ask("log", request)
+        rows = result["events"]
+        for row in rows:
+            append(event_of_row(row))
+        self.recovered += len(rows)
+        self.received += len(rows)
+        self.last_version = max(after, min(result["next"], through))
+        if result["done"] or self.last_version >= through:
+            self.last_version = through
+            self._fill_to = self._log_behind_since = None
+            return
+        if rows or not result.get("exhausted", True):
+            self._log_behind_since = None
+            return
+        # The log holds nothing more yet: it has not written up to ``through``.
+        now = time.monotonic()
+        if self._log_behind_since is None:
+            self._log_behind_since = now
+        elif now - self._log_behind_since >= self.timeout:
+            raise BusTimeout(f"the event log reached version {result['last']}, not {through}, within {self.timeout:g}s")
+        yield Sleep(LOG_WAIT)
 
     def idle(self, now: float, left: float, append: Append) -> Resolve | None:
-        """While idle: fetch what the broker stamped after our last event (a loss at the very end of
-        a burst shows no gap until the next event arrives). Live copies of what is fetched arrive
-        later and are dropped as duplicates; failures are left to the next gap."""
-        if self.last_version is None:
+        """While idle, at most every TAIL_LOOK seconds: fetch what the broker stamped after our
+        last event (a loss at the very end of a burst shows no gap until the next event arrives).
+        Live copies of what is fetched arrive later and are dropped as duplicates."""
+        if self.last_version is None or left <= 0 or now < self._next_tail:
             return None  # nothing received: nothing was queued, so nothing was dropped
-        return self._catch_up(append)
+        self._next_tail = now + TAIL_LOOK
+        return self._catch_up(min(IDLE_LOOK_TIMEOUT, left))
 
     def first_look(self) -> Resolve:
         """A recovering subscription follows versions, not runs: nothing to learn."""
         return
         yield  # a generator with no step
 
-    def _catch_up(self, append: Append) -> Resolve:
+    def _catch_up(self, timeout: float) -> Resolve:
         try:
-            version, stamped = broker_position((yield Ask("control", PING)))
-            if stamped and self.last_version is not None and version > self.last_version:
-                yield from self._fetch(self.last_version, version, append)
-        except (BusTimeout, BusUnavailable):
-            pass
-
-    def _fetch(self, after: int, through: int, append: Append) -> Resolve:
-        """Append the logged events ``after < version <= through`` matching, page by page; each
-        page moves ``last_version`` on, so a fill cut short keeps what it delivered."""
-
-        def take(rows: list[Any], scanned: int) -> None:
-            for row in rows:
-                append(event_of_row(row))
-            self.recovered += len(rows)
-            self.received += len(rows)
-            self.last_version = max(self.last_version or 0, min(scanned, through))
-
-        request = replay_request(self.patterns, since=after, until=through)
-        yield from log_pages(request, wait=True, timeout=self.timeout, on_page=take)
-        self.last_version = max(self.last_version or 0, through)
+            version, stamped = broker_position((yield Ask("control", PING, timeout=timeout, retries=0)))
+        except BusError:
+            return
+        if stamped and self.last_version is not None and version > self.last_version:
+            self._fill_to = max(self._fill_to or 0, version)
+            self.busy = True  # the front fills it a page per step, as it does a gap
 
 
-
-def decoder_for(patterns: tuple[str, ...], policy: Policy, *, since: int | None, timeout: float) -> EventDecoder:
+def decoder_for(
+    patterns: tuple[str, ...], policy: Policy, *, since: int | None, timeout: float, page: int = PAGE
+) -> EventDecoder:
     """The decoder a subscription with these options uses (chosen once, never swapped).
 
     Raises:
         ValueError: an unknown policy.
     """
     if policy == "recover":
-        return RecoveringDecoder(patterns, timeout=timeout)
+        return RecoveringDecoder(patterns, timeout=timeout, page=page)
     if since is not None:
         return FloorDecoder(patterns, policy)
     return EventDecoder(patterns, policy)

@@ -1,7 +1,7 @@
 """Flows: the SDK's operations of several I/O steps, written once, socket-free, and their two drivers.
 
 A flow is a generator: it yields a step saying what I/O it needs (:class:`Ask` a server,
-:class:`Receive` a delivered message, :class:`Sleep`, :class:`Work`: call a blocking local
+:class:`Receive` a delivered message, :class:`Filter` the subscription's socket, :class:`Sleep`, :class:`Work`: call a blocking local
 function), is sent the step's result or has its error thrown into it, and returns its value.
 :func:`drive` performs the steps with blocking I/O, :func:`drive_async` with asyncio; neither
 holds any of the logic (httpx drives its auth flows the same way). The flows of subscribing and
@@ -51,6 +51,15 @@ class Receive:
 
 
 @dataclass(frozen=True, slots=True)
+class Filter:
+    """Subscribe the subscription's socket to ``prefix`` (``on``), or unsubscribe it: a flow's own
+    sync token (:func:`sync_token`), to prove in band what the broker has sent."""
+
+    prefix: bytes
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Sleep:
     """Wait ``seconds`` (a flow polling the log's progress)."""
 
@@ -65,7 +74,7 @@ class Work:
     function: Callable[[], Any]
 
 
-Step = Ask | Receive | Sleep | Work
+Step = Ask | Receive | Filter | Sleep | Work
 Flow = Generator[Any, Any, T]
 """A generator yielding steps (those above, or a front's own, such as the publisher's watch steps)
 and returning a T."""
@@ -156,6 +165,15 @@ def broker_position(reply: dict[str, Any]) -> tuple[int, bool]:
     """The broker's current version in a ping reply, and whether it stamped anything since it started."""
     version = int(reply["version"])
     return version, version >= broker_epoch(reply)
+
+
+def seqs_request(patterns: tuple[str, ...], after: int = 0) -> dict[str, Any]:
+    """The broker's ``seqs`` request: the current sequence of every topic matching ``patterns``,
+    from the ``after``-th on (a page; the reply's ``next`` says where the next one starts)."""
+    request: dict[str, Any] = {"op": "seqs", "patterns": list(patterns)}
+    if after:
+        request["after"] = after
+    return request
 
 
 def sync_token() -> bytes:
