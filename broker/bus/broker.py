@@ -28,11 +28,16 @@ from broker.bus.config import (
     TOPIC_WARNING_INTERVAL,
     BrokerConfig,
 )
+from broker.bus.durable import CONFIRM_DELAY, LOG_BUDGET_EVENTS, Durable, Run
 from broker.bus.reservation import Reservation
 from broker.security import Authenticator, secure_server
+from sdk.security import secure_client
 from sdk.transport import configure_context, event_socket
 from schemas.envelope import (
     BODY_MARK,
+    CONFIRM,
+    IDENT,
+    LOG_ACK,
     LOG_MARK,
     MAX_RUN_BYTES,
     STAMP,
@@ -59,6 +64,15 @@ _COUNT = itemgetter(1)  # a (topic, count) pair's count
 _pack_stamp = STAMP.pack
 
 
+def _ident_of(frame: zmq.Frame) -> bytes | None:
+    """The ident of an identified publish (PROTOCOL.md §4.1), or None: 16 bytes whose byte 8 (the
+    number's top byte) is 0x00 or 0x80, which no topic's byte is."""
+    if len(frame) != IDENT.size:
+        return None
+    ident = frame.bytes
+    return ident if not ident[8] & 0x7F else None
+
+
 def _is_body(frame: zmq.Frame) -> bool:
     """Does the frame start with BODY_MARK? (Copying a small body beats making a memoryview.)"""
     size = len(frame)
@@ -71,6 +85,12 @@ BATCH = 4096
 SUBSCRIBE_ALL = b"\x01"
 RESERVE_RETRY = 1.0
 """Seconds between tries to write the version mark while the disk refuses it."""
+SEED_WINDOW = 4 * LOG_BUDGET_EVENTS
+"""Versions before the log's hello a restarted broker asks the log about (``publishers``): an event
+its predecessor stamped but had not confirmed lies within its unlogged buffer of the log's end."""
+CONFIRM_POLL_MS = max(1, int(CONFIRM_DELAY * 1000))
+SEED_TIMEOUT = 5.0
+"""Seconds a starting broker waits for the log's ``publishers`` answer before it opens anyway."""
 _LOG_ARRIVED = b"\x01" + LOG_MARK
 _LOG_LEFT = b"\x00" + LOG_MARK
 
@@ -113,6 +133,7 @@ class Broker:
             if config.curve is not None:  # before anything binds: fail closed
                 self._auth = Authenticator(self._ctx, config.curve)
             self._bind()
+            self._durable = self._durable_path()
         except BaseException:
             if self._auth is not None:
                 self._auth.close()
@@ -176,6 +197,19 @@ class Broker:
         else:
             self.xsub.send(SUBSCRIBE_ALL)
 
+    def _durable_path(self) -> Durable:
+        """Dedup, confirmations and the unlogged buffer (durable.py). A broker told to await the
+        event log expects its acks from the start: nothing is confirmed before the log has it."""
+        cfg = self.config
+        events = cfg.log_budget_events if cfg.log_hwm <= 0 else min(cfg.log_budget_events, cfg.log_hwm)
+        durable = Durable(
+            self.xsub, self.xpub, self._send_run,
+            budget_bytes=cfg.log_budget, budget_events=events, max_publishers=cfg.max_publishers,
+        )
+        durable.logging = cfg.await_log > 0
+        self._seed_pending = cfg.await_log > 0 and bool(cfg.endpoints.log)
+        return durable
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def __enter__(self) -> Broker:
@@ -221,9 +255,12 @@ class Broker:
         self._read()
         xsub, xpub, control = self.xsub, self.xpub, self.control
         timeout_ms = int(poll_interval * 1000)
+        durable = self._durable
         while self._running:
+            if durable.confirming:
+                durable.send_confirmations()
             try:
-                ready = dict(poller.poll(timeout_ms))
+                ready = dict(poller.poll(CONFIRM_POLL_MS if durable.confirming else timeout_ms))
             except zmq.ZMQError as e:
                 if e.errno == zmq.EINTR:
                     continue
@@ -231,6 +268,7 @@ class Broker:
             if self._closed_until is not None and time.monotonic() >= self._closed_until:
                 log.warning("the event log did not subscribe within %gs; taking events without it",
                             self.config.await_log)
+                self._durable.without_log()
                 self._open()
             if self._reserve_retry_at is not None and time.monotonic() >= self._reserve_retry_at:
                 self._reserve(self.version + BATCH)
@@ -275,9 +313,13 @@ class Broker:
         seqs = self.topic_seq
         version = self.version
         max_run, max_body = self.max_run, self.max_run_body
+        admit = self._durable.admit
         carried: bytes | None = None  # a frame already read that starts the next message
-        budget = BATCH
+        room_events, room_bytes = self._durable.room()  # what the unlogged buffer still takes
+        budget = min(BATCH, room_events)
         first = True
+        runs: list[Run] = []  # delivered together once the batch is drained (durable.py)
+        runs_append = runs.append
         # The run being gathered: its topic, first version and sequence, bodies and their sizes.
         run_topic: bytes | None = None
         run_version = run_seq = run_bytes = 0
@@ -295,19 +337,28 @@ class Broker:
                     topic, carried = carried, None
                 seq = seqs.get(topic)
                 if seq is None:  # the exact path: RCVMORE still describes the topic frame
+                    ident: bytes | None = None
                     if not getsockopt(_RCVMORE):
                         self.malformed += 1
                         continue
                     body_frame = recv(_NOBLOCK, False)
                     if body_frame.more:
-                        self._skip_rest()
-                        continue
+                        ident = _ident_of(body_frame)
+                        if ident is None:
+                            self._skip_rest()
+                            continue
+                        body_frame = recv(_NOBLOCK, False)
+                        if body_frame.more:
+                            self._skip_rest()
+                            continue
                     if not is_valid_type(topic) or not _is_body(body_frame):
                         self.rejected += 1
                         continue
                     if len(seqs) >= self.config.max_topics:
                         self._refuse_topic(topic)
                         continue
+                    if ident is not None and not admit(ident, version + 1):
+                        continue  # a (publisher, number) already stamped: confirmed again instead
                     seq = 0
                 else:
                     try:
@@ -315,15 +366,26 @@ class Broker:
                     except zmq.Again:
                         self.malformed += 1  # a known topic alone, and nothing after it
                         break
-                    if not _is_body(body_frame):
-                        if body_frame.more:  # the topic came alone; this frame starts the next
-                            self.malformed += 1
-                            carried = body_frame.bytes
-                        else:
-                            self.rejected += 1  # two frames, the second not an envelope
-                        continue
-                    if body_frame.more:
-                        self._skip_rest()
+                    if body_frame.more:  # an identified publish, or malformed
+                        ident = _ident_of(body_frame)
+                        if ident is None:
+                            if _is_body(body_frame):
+                                self._skip_rest()
+                            else:  # the topic came alone; this frame starts the next
+                                self.malformed += 1
+                                carried = body_frame.bytes
+                            continue
+                        body_frame = recv(_NOBLOCK, False)
+                        if body_frame.more:
+                            self._skip_rest()
+                            continue
+                        if not _is_body(body_frame):
+                            self.rejected += 1
+                            continue
+                        if not admit(ident, version + 1):
+                            continue  # a (publisher, number) already stamped: confirmed again instead
+                    elif not _is_body(body_frame):
+                        self.rejected += 1  # two frames, the second not an envelope
                         continue
                 seq += 1
                 version += 1
@@ -335,7 +397,10 @@ class Broker:
                     run_bytes += size
                     continue
                 if bodies:
-                    self._send_run(run_topic, run_version, run_seq, bodies, sizes)  # type: ignore[arg-type]
+                    runs_append((run_topic, run_version, run_seq, bodies, sizes, run_bytes))  # type: ignore[arg-type]
+                    room_bytes -= run_bytes
+                    if room_bytes <= 0:  # the unlogged buffer is full: this batch ends here
+                        budget = 0
                 run_topic, run_version, run_seq, run_bytes = topic, version, seq, size
                 bodies = [body_frame]
                 sizes = [size]
@@ -346,7 +411,11 @@ class Broker:
         finally:
             self.version = version
             if bodies:
-                self._send_run(run_topic, run_version, run_seq, bodies, sizes)  # type: ignore[arg-type]
+                runs_append((run_topic, run_version, run_seq, bodies, sizes, run_bytes))  # type: ignore[arg-type]
+            if runs or self._durable.batch or self._durable.has_news:
+                self._durable.deliver(runs)
+                if self._durable.full:
+                    self._read()
 
     def _refuse_topic(self, topic: bytes) -> None:
         """Count an event of a new type past ``max_topics``; warn at first and then once a minute."""
@@ -392,7 +461,7 @@ class Broker:
     def _read(self) -> None:
         """Watch xsub for events unless the log is awaited or the disk refuses the version mark
         (then publishers wait, once their queues are full)."""
-        on = self._closed_until is None and self._reserve_retry_at is None
+        on = self._closed_until is None and self._reserve_retry_at is None and not self._durable.full
         if self._poller is not None and on != self._reading:
             if on:
                 self._poller.register(self.xsub, zmq.POLLIN)
@@ -442,16 +511,82 @@ class Broker:
                 msg = self.xpub.recv(_NOBLOCK)
             except zmq.Again:
                 return
-            if msg == _LOG_ARRIVED and self._closed_until is not None:
-                log.info("the event log subscribed; taking events")
-                self._open()
-            elif msg == _LOG_LEFT and self._closed_until is None and self.config.await_log > 0:
-                self._hold()
+            if msg[:1] == CONFIRM:
+                self._log_ack(msg)
+                continue
+            if msg == _LOG_ARRIVED:
+                self._log_arrived()
+            elif msg == _LOG_LEFT:
+                self._log_left()
             if msg[:1] == b"\x01" and msg[1:].startswith(SYNC_PREFIX):
                 self.syncs += 1
                 self.xpub.send(msg[1:], _SNDMORE)
                 self.xpub.send(STAMP.pack(0, 0), _SNDMORE)
                 self.xpub.send(b"")
+
+    # -- the event log's acks (PROTOCOL.md §4.2) ------------------------------------------------
+
+    def _log_arrived(self) -> None:
+        """The log subscribed: from now on events are confirmed at its acks. A broker that waits
+        for it stays closed until its hello says what it has (then sends it the rest again)."""
+        durable = self._durable
+        durable.logging = True
+        if self._closed_until is not None:
+            log.info("the event log is back; waiting for its hello to say what it has")
+            durable.awaiting_hello = True
+
+    def _log_left(self) -> None:
+        durable = self._durable
+        durable.awaiting_hello = False
+        if self.config.await_log <= 0:
+            durable.without_log()  # no log to wait for: what was stamped counts as confirmed
+            self._read()
+        elif self._closed_until is None:
+            self._hold()  # the unlogged events are kept for the log's return
+
+    def _log_ack(self, msg: bytes) -> None:
+        """``CONFIRM + !Q``: the log has every version through this one on disk."""
+        durable = self._durable
+        if len(msg) != LOG_ACK.size or not durable.logging:
+            return
+        version = LOG_ACK.unpack(msg)[1]
+        was_full = durable.full
+        durable.ack(version)
+        if durable.awaiting_hello:
+            durable.awaiting_hello = False
+            durable.resend(version)
+            if self._seed_pending:
+                self._seed(version)
+            if self._closed_until is not None:
+                log.info("the event log subscribed; taking events (it has everything through version %d)", version)
+                self._open()
+        elif was_full and not durable.full:
+            self._read()
+
+    def _seed(self, through: int) -> None:
+        """Ask the log who published its recent events (``publishers``), so that an event stamped
+        by a broker killed before it confirmed it, and sent again, is not stamped twice."""
+        self._seed_pending = False
+        cfg = self.config
+        sock = self._ctx.socket(zmq.REQ)
+        sock.linger = 0
+        try:
+            if cfg.curve is not None:
+                secure_client(sock, cfg.curve.client)
+            sock.connect(cfg.endpoints.log)
+            request = {"op": "publishers", "since": max(0, through - SEED_WINDOW), "limit": cfg.max_publishers}
+            sock.send(msgpack.packb(request, use_bin_type=True))
+            if not sock.poll(int(SEED_TIMEOUT * 1000), zmq.POLLIN):
+                log.warning("the event log did not say who published its recent events within %gs;"
+                            " publishers re-sending events may get some stamped twice", SEED_TIMEOUT)
+                return
+            reply = msgpack.unpackb(sock.recv(), raw=False)
+            rows = reply["result"]["publishers"] if reply.get("ok") else []
+            log.info("remembering %d publisher(s) from the event log", self._durable.seed(rows))
+        except (zmq.ZMQError, ValueError, TypeError, KeyError) as e:
+            log.warning("cannot ask the event log who published its recent events: %s", e)
+        finally:
+            sock.close(linger=0)
 
     def _handle_monitor(self, monitor: zmq.Socket, inbound: bool) -> None:
         # Peers are counted by connection (fd): a disconnect of a connection that never finished
@@ -510,9 +645,8 @@ class Broker:
         self.topic_seq[topic] = seq
         self.version += 1
         self.lifecycle_events += 1
-        _send(self.xpub, topic, _SNDMORE)
-        _send(self.xpub, STAMP.pack(self.version, seq), _SNDMORE)
-        _send(self.xpub, encode_body(payload, source="broker", session_id=None), 0)
+        body = encode_body(payload, source="broker", session_id=None)
+        self._durable.deliver([(topic, self.version, seq, [body], [len(body)], len(body))])
 
     # -- control -----------------------------------------------------------------------------
 
@@ -574,6 +708,7 @@ class Broker:
             "lifecycle_events": self.lifecycle_events,
             "publishers": self.publishers,
             "subscribers": self.subscribers,
+            "durable": self._durable.stats(),
             "config": {
                 "sub_hwm": self.config.sub_hwm,
                 "in_hwm": self.config.in_hwm,

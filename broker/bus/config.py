@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker.bus.durable import LOG_BUDGET, LOG_BUDGET_EVENTS, MAX_PUBLISHERS
 from broker.security import ServerKeys
 from schemas.endpoints import Endpoints
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, MAX_RUN
@@ -60,3 +61,10 @@ class BrokerConfig:
     """CURVE keys (``--curve``): every bound socket is a CURVE server behind a ZAP allow-list."""
     max_topics: int = MAX_TOPICS
     """Event types with a sequence; an event of a new type beyond this many is refused (counted)."""
+    log_budget: int = LOG_BUDGET
+    """Bytes of stamped events kept until the event log acks them (``--log-budget``): when full,
+    the broker reads no publisher until the log catches up."""
+    log_budget_events: int = LOG_BUDGET_EVENTS
+    """The same bound in events (never above ``log_hwm``, so the log's queue cannot overflow)."""
+    max_publishers: int = MAX_PUBLISHERS
+    """Publisher ids whose highest number is remembered for dedup (least recently seen forgotten)."""
