@@ -100,6 +100,7 @@ class Durable:
         self.unconfirmed: deque[Identified] = deque()
         self.identified = 0
         self.duplicates = 0
+        self.out_of_order = 0
         self.confirmations = 0
         self.confirm_dropped = 0
         self.resent = 0
@@ -108,7 +109,9 @@ class Durable:
 
     def admit(self, ident: bytes, version: int) -> bool:
         """Should this identified event be stamped (with ``version``)? False for a (publisher,
-        number) already stamped: it is confirmed again instead, never stamped twice."""
+        number) already stamped (it is confirmed again instead, never stamped twice) and for a
+        number past the next one expected of a known publisher (refused: it must send again from
+        its confirmed number on, in order)."""
         pid, number = _IDENT.unpack(ident)
         flagged = number >> 63
         number &= _NUMBER
@@ -122,6 +125,13 @@ class Durable:
             pubs[pid] = entry
             self.duplicates += 1
             self._dups.append((pid, number, flagged))
+            return False
+        elif number != entry[0] + 1:
+            # A hole: what came between was lost (a connection keeps its queue across a broker's
+            # restart, so events sent after the lost ones arrive first). Stamped now, the lost ones
+            # would pass for repeats when sent again; refused, they are all sent again in order.
+            pubs[pid] = entry
+            self.out_of_order += 1
             return False
         else:
             entry[0] = number
@@ -254,6 +264,7 @@ class Durable:
         return {
             "identified": self.identified,
             "duplicates": self.duplicates,
+            "out_of_order": self.out_of_order,
             "confirmations": self.confirmations,
             "confirmations_dropped": self.confirm_dropped,
             "publishers_known": len(self.pubs),
