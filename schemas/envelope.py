@@ -264,7 +264,8 @@ def run_stamp(version: int, topic_seq: int, lengths: list[int]) -> bytes:
 
 
 def split_run(stamp_frame: bytes, body: bytes) -> list[tuple[int, int, bytes]]:
-    """``(version, topic_seq, body)`` of every event in a delivered message, single or run.
+    """``(version, topic_seq, body)`` of every event in a delivered message, single or run (none
+    for a longer stamp whose version is 0: an event re-sent to the log, PROTOCOL.md "Event log").
 
     Raises:
         MalformedEvent: the stamp has a wrong size, or the lengths do not add up to the body.
@@ -273,6 +274,8 @@ def split_run(stamp_frame: bytes, body: bytes) -> list[tuple[int, int, bytes]]:
     if size == STAMP.size:
         version, topic_seq = STAMP.unpack(stamp_frame)
         return [(version, topic_seq, body)]
+    if stamp_frame[: len(RESEND_STAMP_PAD)] == RESEND_STAMP_PAD:  # version 0: for the log only
+        return []
     n, rest = divmod(size - STAMP.size, RUN_LENGTH.size)
     if size < STAMP.size or rest or n < 2:
         raise MalformedEvent(f"stamp frame must be 16 + 4n bytes (n >= 2), got {size}")
