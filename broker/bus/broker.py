@@ -89,6 +89,8 @@ SEED_WINDOW = 4 * LOG_BUDGET_EVENTS
 """Versions before the log's hello a restarted broker asks the log about (``publishers``): an event
 its predecessor stamped but had not confirmed lies within its unlogged buffer of the log's end."""
 CONFIRM_POLL_MS = max(1, int(CONFIRM_DELAY * 1000))
+HELLO_WAIT = 3.0
+"""Seconds a broker that kept events for a returning log waits for its hello before taking events."""
 SEED_TIMEOUT = 5.0
 """Seconds a starting broker waits for the log's ``publishers`` answer before it opens anyway."""
 _LOG_ARRIVED = b"\x01" + LOG_MARK
@@ -207,6 +209,7 @@ class Broker:
             budget_bytes=cfg.log_budget, budget_events=events, max_publishers=cfg.max_publishers,
         )
         durable.logging = cfg.await_log > 0
+        self._log_present = False  # the log's LOG_MARK subscription is in place
         self._seed_pending = cfg.await_log > 0 and bool(cfg.endpoints.log)
         return durable
 
@@ -266,10 +269,7 @@ class Broker:
                     continue
                 raise
             if self._closed_until is not None and time.monotonic() >= self._closed_until:
-                log.warning("the event log did not subscribe within %gs; taking events without it",
-                            self.config.await_log)
-                self._durable.without_log()
-                self._open()
+                self._log_late()
             if self._reserve_retry_at is not None and time.monotonic() >= self._reserve_retry_at:
                 self._reserve(self.version + BATCH)
             if not ready:
@@ -415,7 +415,7 @@ class Broker:
             if runs or self._durable.batch or self._durable.has_news:
                 self._durable.deliver(runs)
                 if self._durable.full:
-                    self._read()
+                    self._buffer_full()
 
     def _refuse_topic(self, topic: bytes) -> None:
         """Count an event of a new type past ``max_topics``; warn at first and then once a minute."""
@@ -527,22 +527,55 @@ class Broker:
     # -- the event log's acks (PROTOCOL.md §4.2) ------------------------------------------------
 
     def _log_arrived(self) -> None:
-        """The log subscribed: from now on events are confirmed at its acks. A broker that waits
-        for it stays closed until its hello says what it has (then sends it the rest again)."""
+        """The log subscribed: from now on events are confirmed at its acks. If it may lack some
+        (the broker waited for it, or kept events it has not acked), the broker takes no event
+        until its hello says what it has, and sends it the rest again first: sent live before
+        them, newer events would show the log a gap that the re-sent ones then fill."""
         durable = self._durable
+        self._log_present = True
         durable.logging = True
-        if self._closed_until is not None:
+        if self._closed_until is not None or durable.unlogged:
             log.info("the event log is back; waiting for its hello to say what it has")
             durable.awaiting_hello = True
+            # From now on the wait is for the hello (a log that subscribed late still gets it).
+            hello_by = time.monotonic() + HELLO_WAIT
+            if self._closed_until is None or self._closed_until < hello_by:
+                self._closed_until = hello_by
+            self._read()
 
     def _log_left(self) -> None:
         durable = self._durable
+        self._log_present = False
         durable.awaiting_hello = False
         if self.config.await_log <= 0:
             durable.without_log()  # no log to wait for: what was stamped counts as confirmed
             self._read()
         elif self._closed_until is None:
             self._hold()  # the unlogged events are kept for the log's return
+
+    def _log_late(self) -> None:
+        """The wait for the log (or its hello) is over: take events. A log that subscribed but
+        sent no hello does not ack (an older one): confirm at stamping. One that is still away
+        gets what is kept for it when it comes back, as long as the buffer holds it."""
+        if self._log_present:
+            log.warning("the event log subscribed but sent no ack within the wait; taking events,"
+                        " confirmed once stamped")
+            self._durable.without_log()
+        else:
+            log.warning("the event log did not subscribe within %gs; taking events without it,"
+                        " keeping up to --log-budget of them for its return", self.config.await_log)
+        self._open()
+
+    def _buffer_full(self) -> None:
+        """The unlogged buffer is full: with the log there, publishers wait for its acks; with
+        the log away, waiting could last forever, so the kept events are given up (the log will
+        record them as a gap) and confirmed at stamping from now on."""
+        if self._log_present or self._closed_until is not None:
+            self._read()
+            return
+        log.warning("the event log is away and %d events wait for it (--log-budget); confirming"
+                    " without it from now on", self._durable.unlogged_events)
+        self._durable.without_log()
 
     def _log_ack(self, msg: bytes) -> None:
         """``CONFIRM + !Q``: the log has every version through this one on disk."""
