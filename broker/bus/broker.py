@@ -252,10 +252,10 @@ class Broker(LogLink):
         timeout_ms = int(poll_interval * 1000)
         durable = self._durable
         while self._running:
-            if durable.confirming:
+            if durable.news:
                 durable.send_confirmations()
             try:
-                ready = dict(poller.poll(CONFIRM_POLL_MS if durable.confirming else timeout_ms))
+                ready = dict(poller.poll(CONFIRM_POLL_MS if durable.news else timeout_ms))
             except zmq.ZMQError as e:
                 if e.errno == zmq.EINTR:
                     continue
@@ -305,10 +305,14 @@ class Broker(LogLink):
         seqs = self.topic_seq
         version = self.version
         max_run, max_body = self.max_run, self.max_run_body
-        admit = self._durable.admit
+        durable = self._durable
+        admit = durable.admit
         carried: bytes | None = None  # a frame already read that starts the next message
-        room_events, room_bytes = self._durable.room()  # what the unlogged buffer still takes
-        budget = min(BATCH, room_events)
+        keep = durable.logging  # for the event log: the batch is kept, and sent once drained
+        budget, room_bytes = BATCH, 0
+        if keep:  # what the unlogged buffer still takes
+            room_events, room_bytes = durable.room()
+            budget = min(BATCH, room_events)
         first = True
         runs: list[Run] = []  # delivered together once the batch is drained (durable.py)
         runs_append = runs.append
@@ -359,8 +363,8 @@ class Broker(LogLink):
                         self.malformed += 1  # a known topic alone, and nothing after it
                         break
                     if body_frame.more:  # an identified publish, or malformed
-                        ident = _ident_of(body_frame)
-                        if ident is None:
+                        ident = body_frame.bytes if len(body_frame) == 16 else None
+                        if ident is None or ident[8] & 0x7F:  # not an ident (see _ident_of)
                             if _is_body(body_frame):
                                 self._skip_rest()
                             else:  # the topic came alone; this frame starts the next
@@ -389,10 +393,13 @@ class Broker(LogLink):
                     run_bytes += size
                     continue
                 if bodies:
-                    runs_append((run_topic, run_version, run_seq, bodies, sizes, run_bytes))  # type: ignore[arg-type]
-                    room_bytes -= run_bytes
-                    if room_bytes <= 0:  # the unlogged buffer is full: this batch ends here
-                        budget = 0
+                    if keep:
+                        runs_append((run_topic, run_version, run_seq, bodies, sizes, run_bytes))  # type: ignore[arg-type]
+                        room_bytes -= run_bytes
+                        if room_bytes <= 0:  # the unlogged buffer is full: this batch ends here
+                            budget = 0
+                    else:
+                        self._send_run(run_topic, run_version, run_seq, bodies, sizes)  # type: ignore[arg-type]
                 run_topic, run_version, run_seq, run_bytes = topic, version, seq, size
                 bodies = [body_frame]
                 sizes = [size]
@@ -402,12 +409,18 @@ class Broker(LogLink):
                         break
         finally:
             self.version = version
-            if bodies:
-                runs_append((run_topic, run_version, run_seq, bodies, sizes, run_bytes))  # type: ignore[arg-type]
-            if runs or self._durable.batch or self._durable.has_news:
-                self._durable.deliver(runs)
-                if self._durable.full:
-                    self._buffer_full()
+            if not keep:
+                if bodies:
+                    self._send_run(run_topic, run_version, run_seq, bodies, sizes)  # type: ignore[arg-type]
+                if durable.batch or durable.has_news:
+                    durable.deliver(runs)  # confirmations only: the runs went as they were made
+            else:
+                if bodies:
+                    runs_append((run_topic, run_version, run_seq, bodies, sizes, run_bytes))  # type: ignore[arg-type]
+                if runs or durable.batch or durable.has_news:
+                    durable.deliver(runs)
+                    if durable.full:
+                        self._buffer_full()
 
     def _refuse_topic(self, topic: bytes) -> None:
         """Count an event of a new type past ``max_topics``; warn at first and then once a minute."""
