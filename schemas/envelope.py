@@ -19,6 +19,15 @@ or, for a *run* of n >= 2 consecutive events of one topic that the broker had in
 
 Event i of a run (from 0) has version + i and topic_seq + i; its body is the next length bytes.
 
+An *identified* publish (PROTOCOL.md §4.1) has 3 frames, the publisher's identity between the two::
+
+    [0] topic  as above
+    [1] ident  16 bytes, IDENT = "!QQ": (publisher id, number | WANT_VERSION)
+    [2] body   as above
+
+Confirmations (broker -> publishers, upstream) and the event log's acks (log -> broker, upstream)
+are one frame each, starting with CONFIRM; see ``pack_confirm`` and ``LOG_ACK``.
+
 ``schemas/PROTOCOL.md`` is the full description; this module is its executable form.
 """
 
@@ -63,6 +72,78 @@ publishers waiting until it sees it, so the log misses nothing a subscriber gets
 SYNC_PREFIX = b"\x00sync:"
 """A subscriber subscribes to SYNC_PREFIX + token; the broker answers on that topic, proving
 that every subscription sent before it on the same connection is live."""
+
+
+IDENT = struct.Struct("!QQ")
+"""The ident frame of an identified publish: publisher id (random, non-zero), number (from 1)."""
+
+WANT_VERSION = 1 << 63
+"""Set in an ident's number: the publisher wants this event's version in its confirmation."""
+
+NUMBER_LIMIT = 1 << 56
+"""Numbers stay below this: byte 8 of an ident frame is then 0x00 or 0x80, which no topic has, so
+the broker tells an ident from a topic sent alone by one byte."""
+
+CONFIRM = b"\x02"
+"""First byte of an upstream user message (neither an (un)subscription, 0x00/0x01, nor a frame
+libzmq would take for one): a confirmation to publishers, or the event log's ack to the broker."""
+
+CONFIRM_ENTRY = struct.Struct("!QQH")
+"""A confirmation entry's head: publisher id, confirmed-through number, count of version pairs."""
+
+CONFIRM_PAIR = struct.Struct("!QQ")
+"""A (number, version) pair in a confirmation entry: a WANT_VERSION event's stamped version."""
+
+CONFIRM_MAX_BYTES = 64 * 1024
+"""A confirmation message is split before it grows past this many bytes."""
+
+LOG_ACK = struct.Struct("!cQ")
+"""The event log's ack, upstream on its data connection: (CONFIRM, durable-through version)."""
+
+LOG_IDS = LOG_MARK + b".ids"
+"""Topic of the broker's message to the log naming the publisher of each identified event in the
+events that follow it (stamp version 0; body: LOG_ID entries)."""
+
+LOG_ID = struct.Struct("!QQQ")
+"""One entry of a LOG_IDS body: version, publisher id, number (without WANT_VERSION)."""
+
+LOG_RESEND = LOG_MARK + b":"
+"""Prefix of the topic of an event the broker sends the log again (after the log reconnected);
+its stamp frame is RESEND_STAMP_PAD followed by the original stamp, so it reads as version 0."""
+
+RESEND_STAMP_PAD = bytes(8)
+
+
+def confirm_entry(publisher: int, through: int, pairs: list[tuple[int, int]]) -> bytes:
+    """One publisher's entry in a confirmation: ``through`` and the versions of flagged events."""
+    head = CONFIRM_ENTRY.pack(publisher, through, len(pairs))
+    if not pairs:
+        return head
+    return head + b"".join(CONFIRM_PAIR.pack(n, v) for n, v in pairs)
+
+
+def parse_confirm(message: bytes) -> list[tuple[int, int, list[tuple[int, int]]]]:
+    """``(publisher id, confirmed-through number, [(number, version), ...])`` of each entry of a
+    confirmation message (its CONFIRM byte included).
+
+    Raises:
+        MalformedEvent: the message does not follow the layout.
+    """
+    if message[:1] != CONFIRM:
+        raise MalformedEvent("a confirmation starts with 0x02")
+    entries, pos, size = [], 1, len(message)
+    while pos < size:
+        if pos + CONFIRM_ENTRY.size > size:
+            raise MalformedEvent("a confirmation entry is cut short")
+        publisher, through, n = CONFIRM_ENTRY.unpack_from(message, pos)
+        pos += CONFIRM_ENTRY.size
+        end = pos + n * CONFIRM_PAIR.size
+        if end > size:
+            raise MalformedEvent("a confirmation entry's pairs are cut short")
+        pairs = [CONFIRM_PAIR.unpack_from(message, p) for p in range(pos, end, CONFIRM_PAIR.size)]
+        entries.append((publisher, through, pairs))
+        pos = end
+    return entries
 
 
 class MalformedEvent(ValueError):
@@ -183,7 +264,8 @@ def run_stamp(version: int, topic_seq: int, lengths: list[int]) -> bytes:
 
 
 def split_run(stamp_frame: bytes, body: bytes) -> list[tuple[int, int, bytes]]:
-    """``(version, topic_seq, body)`` of every event in a delivered message, single or run.
+    """``(version, topic_seq, body)`` of every event in a delivered message, single or run (none
+    for a longer stamp whose version is 0: an event re-sent to the log, PROTOCOL.md "Event log").
 
     Raises:
         MalformedEvent: the stamp has a wrong size, or the lengths do not add up to the body.
@@ -192,6 +274,8 @@ def split_run(stamp_frame: bytes, body: bytes) -> list[tuple[int, int, bytes]]:
     if size == STAMP.size:
         version, topic_seq = STAMP.unpack(stamp_frame)
         return [(version, topic_seq, body)]
+    if stamp_frame[: len(RESEND_STAMP_PAD)] == RESEND_STAMP_PAD:  # version 0: for the log only
+        return []
     n, rest = divmod(size - STAMP.size, RUN_LENGTH.size)
     if size < STAMP.size or rest or n < 2:
         raise MalformedEvent(f"stamp frame must be 16 + 4n bytes (n >= 2), got {size}")

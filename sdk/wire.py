@@ -143,9 +143,11 @@ def broker_subscribed(sock: zmq.Socket) -> bool:
     last = b"\x01"
     while True:
         try:
-            last = sock.recv(zmq.NOBLOCK)
+            message = sock.recv(zmq.NOBLOCK)
         except zmq.Again:
             return last[:1] == b"\x01"
+        if message[:1] != b"\x02":  # a confirmation (PROTOCOL.md §4.1) says nothing of that
+            last = message
 
 
 def publisher_unavailable(endpoint: str, timeout: float) -> BusUnavailable:

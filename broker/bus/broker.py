@@ -34,12 +34,16 @@ from broker.bus.config import (
     TRIM_DELAY,
     BrokerConfig,
 )
+from broker.bus.durable import CONFIRM_DELAY, Durable, Run
+from broker.bus.loglink import LogLink
 from broker.bus.reservation import Reservation
 from broker.security import Authenticator, secure_server
 from broker.sockets import bind
 from sdk.transport import configure_context, event_socket
 from schemas.envelope import (
     BODY_MARK,
+    CONFIRM,
+    IDENT,
     LOG_MARK,
     MAX_RUN_BYTES,
     STAMP,
@@ -66,6 +70,15 @@ _COUNT = itemgetter(1)  # a (topic, count) pair's count
 _pack_stamp = STAMP.pack
 
 
+def _ident_of(frame: zmq.Frame) -> bytes | None:
+    """The ident of an identified publish (PROTOCOL.md §4.1), or None: 16 bytes whose byte 8 (the
+    number's top byte) is 0x00 or 0x80, which no topic's byte is."""
+    if len(frame) != IDENT.size:
+        return None
+    ident = frame.bytes
+    return ident if not ident[8] & 0x7F else None
+
+
 def _is_body(frame: zmq.Frame) -> bool:
     """Does the frame start with BODY_MARK? (Copying a small body beats making a memoryview.)"""
     size = len(frame)
@@ -78,6 +91,7 @@ BATCH = 4096
 SUBSCRIBE_ALL = b"\x01"
 RESERVE_RETRY = 1.0
 """Seconds between tries to write the version mark while the disk refuses it."""
+CONFIRM_POLL_MS = max(1, int(CONFIRM_DELAY * 1000))
 _LOG_ARRIVED = b"\x01" + LOG_MARK
 _LOG_LEFT = b"\x00" + LOG_MARK
 
@@ -106,7 +120,7 @@ class _Matched:
     """How many of the broker's topics (in ``topic_seq``'s order) were already looked at."""
 
 
-class Broker:
+class Broker(LogLink):
     """One broker process's sockets and loop. Use as a context manager; ``run()`` until ``stop()``."""
 
     def __init__(self, config: BrokerConfig) -> None:
@@ -147,6 +161,7 @@ class Broker:
             if config.curve is not None:  # before anything binds: fail closed
                 self._auth = Authenticator(self._ctx, config.curve)
             self._bind()
+            self._durable = self._durable_path()
         except BaseException:
             if self._auth is not None:
                 self._auth.close()
@@ -219,6 +234,20 @@ class Broker:
         else:
             self.xsub.send(SUBSCRIBE_ALL)
 
+    def _durable_path(self) -> Durable:
+        """Dedup, confirmations and the unlogged buffer (durable.py). A broker told to await the
+        event log expects its acks from the start: nothing is confirmed before the log has it."""
+        cfg = self.config
+        events = cfg.log_budget_events if cfg.log_hwm <= 0 else min(cfg.log_budget_events, cfg.log_hwm)
+        durable = Durable(
+            self.xsub, self.xpub, self._send_run,
+            budget_bytes=cfg.log_budget, budget_events=events, max_publishers=cfg.max_publishers,
+        )
+        durable.logging = cfg.await_log > 0
+        self._log_present = False  # the log's LOG_MARK subscription is in place
+        self._seed_pending = cfg.await_log > 0 and bool(cfg.endpoints.log)
+        return durable
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def __enter__(self) -> Broker:
@@ -264,17 +293,18 @@ class Broker:
         self._read()
         xsub, xpub, control = self.xsub, self.xpub, self.control
         timeout_ms = int(poll_interval * 1000)
+        durable = self._durable
         while self._running:
+            if durable.news:
+                durable.send_confirmations()
             try:
-                ready = dict(poller.poll(timeout_ms))
+                ready = dict(poller.poll(CONFIRM_POLL_MS if durable.news else timeout_ms))
             except zmq.ZMQError as e:
                 if e.errno == zmq.EINTR:
                     continue
                 raise
             if self._closed_until is not None and time.monotonic() >= self._closed_until:
-                log.warning("the event log did not subscribe within %gs; taking events without it",
-                            self.config.await_log)
-                self._open()
+                self._log_late()
             if self._reserve_retry_at is not None and time.monotonic() >= self._reserve_retry_at:
                 self._reserve(self.version + BATCH)
             if self._trim_at is not None and time.monotonic() >= self._trim_at:
@@ -321,9 +351,17 @@ class Broker:
         seqs = self.topic_seq
         version = self.version
         max_run, max_body = self.max_run, self.max_run_body
+        durable = self._durable
+        admit = durable.admit
         carried: bytes | None = None  # a frame already read that starts the next message
-        budget = BATCH
+        keep = durable.logging  # for the event log: the batch is kept, and sent once drained
+        budget, room_bytes = BATCH, 0
+        if keep:  # what the unlogged buffer still takes
+            room_events, room_bytes = durable.room()
+            budget = min(BATCH, room_events)
         first = True
+        runs: list[Run] = []  # delivered together once the batch is drained (durable.py)
+        runs_append = runs.append
         # The run being gathered: its topic, first version and sequence, bodies and their sizes.
         run_topic: bytes | None = None
         run_version = run_seq = run_bytes = 0
@@ -341,19 +379,28 @@ class Broker:
                     topic, carried = carried, None
                 seq = seqs.get(topic)
                 if seq is None:  # the exact path: RCVMORE still describes the topic frame
+                    ident: bytes | None = None
                     if not getsockopt(_RCVMORE):
                         self.malformed += 1
                         continue
                     body_frame = recv(_NOBLOCK, False)
                     if body_frame.more:
-                        self._skip_rest()
-                        continue
+                        ident = _ident_of(body_frame)
+                        if ident is None:
+                            self._skip_rest()
+                            continue
+                        body_frame = recv(_NOBLOCK, False)
+                        if body_frame.more:
+                            self._skip_rest()
+                            continue
                     if not is_valid_type(topic) or not _is_body(body_frame):
                         self.rejected += 1
                         continue
                     if len(seqs) >= self.config.max_topics:
                         self._refuse_topic(topic)
                         continue
+                    if ident is not None and not admit(ident, version + 1):
+                        continue  # a (publisher, number) already stamped: confirmed again instead
                     seq = 0
                 else:
                     try:
@@ -361,15 +408,26 @@ class Broker:
                     except zmq.Again:
                         self.malformed += 1  # a known topic alone, and nothing after it
                         break
-                    if not _is_body(body_frame):
-                        if body_frame.more:  # the topic came alone; this frame starts the next
-                            self.malformed += 1
-                            carried = body_frame.bytes
-                        else:
-                            self.rejected += 1  # two frames, the second not an envelope
-                        continue
-                    if body_frame.more:
-                        self._skip_rest()
+                    if body_frame.more:  # an identified publish, or malformed
+                        ident = body_frame.bytes if len(body_frame) == 16 else None
+                        if ident is None or ident[8] & 0x7F:  # not an ident (see _ident_of)
+                            if _is_body(body_frame):
+                                self._skip_rest()
+                            else:  # the topic came alone; this frame starts the next
+                                self.malformed += 1
+                                carried = body_frame.bytes
+                            continue
+                        body_frame = recv(_NOBLOCK, False)
+                        if body_frame.more:
+                            self._skip_rest()
+                            continue
+                        if not _is_body(body_frame):
+                            self.rejected += 1
+                            continue
+                        if not admit(ident, version + 1):
+                            continue  # a (publisher, number) already stamped: confirmed again instead
+                    elif not _is_body(body_frame):
+                        self.rejected += 1  # two frames, the second not an envelope
                         continue
                 seq += 1
                 version += 1
@@ -381,7 +439,13 @@ class Broker:
                     run_bytes += size
                     continue
                 if bodies:
-                    self._send_run(run_topic, run_version, run_seq, bodies, sizes)  # type: ignore[arg-type]
+                    if keep:
+                        runs_append((run_topic, run_version, run_seq, bodies, sizes, run_bytes))  # type: ignore[arg-type]
+                        room_bytes -= run_bytes
+                        if room_bytes <= 0:  # the unlogged buffer is full: this batch ends here
+                            budget = 0
+                    else:
+                        self._send_run(run_topic, run_version, run_seq, bodies, sizes)  # type: ignore[arg-type]
                 run_topic, run_version, run_seq, run_bytes = topic, version, seq, size
                 bodies = [body_frame]
                 sizes = [size]
@@ -391,8 +455,18 @@ class Broker:
                         break
         finally:
             self.version = version
-            if bodies:
-                self._send_run(run_topic, run_version, run_seq, bodies, sizes)  # type: ignore[arg-type]
+            if not keep:
+                if bodies:
+                    self._send_run(run_topic, run_version, run_seq, bodies, sizes)  # type: ignore[arg-type]
+                if durable.batch or durable.has_news:
+                    durable.deliver(runs)  # confirmations only: the runs went as they were made
+            else:
+                if bodies:
+                    runs_append((run_topic, run_version, run_seq, bodies, sizes, run_bytes))  # type: ignore[arg-type]
+                if runs or durable.batch or durable.has_news:
+                    durable.deliver(runs)
+                    if durable.full:
+                        self._buffer_full()
 
     def _refuse_topic(self, topic: bytes) -> None:
         """Count an event of a new type past ``max_topics``; warn at first and then once a minute."""
@@ -438,7 +512,7 @@ class Broker:
     def _read(self) -> None:
         """Watch xsub for events unless the log is awaited or the disk refuses the version mark
         (then publishers wait, once their queues are full)."""
-        on = self._closed_until is None and self._reserve_retry_at is None
+        on = self._closed_until is None and self._reserve_retry_at is None and not self._durable.full
         if self._poller is not None and on != self._reading:
             if on:
                 self._poller.register(self.xsub, zmq.POLLIN)
@@ -488,11 +562,13 @@ class Broker:
                 msg = self.xpub.recv(_NOBLOCK)
             except zmq.Again:
                 return
-            if msg == _LOG_ARRIVED and self._closed_until is not None:
-                log.info("the event log subscribed; taking events")
-                self._open()
-            elif msg == _LOG_LEFT and self._closed_until is None and self.config.await_log > 0:
-                self._hold()
+            if msg[:1] == CONFIRM:
+                self._log_ack(msg)
+                continue
+            if msg == _LOG_ARRIVED:
+                self._log_arrived()
+            elif msg == _LOG_LEFT:
+                self._log_left()
             if msg[:1] == b"\x01" and msg[1:].startswith(SYNC_PREFIX):
                 self.syncs += 1
                 self.xpub.send(msg[1:], _SNDMORE)
@@ -560,9 +636,8 @@ class Broker:
         self.topic_seq[topic] = seq
         self.version += 1
         self.lifecycle_events += 1
-        _send(self.xpub, topic, _SNDMORE)
-        _send(self.xpub, STAMP.pack(self.version, seq), _SNDMORE)
-        _send(self.xpub, encode_body(payload, source="broker", session_id=None), 0)
+        body = encode_body(payload, source="broker", session_id=None)
+        self._durable.deliver([(topic, self.version, seq, [body], [len(body)], len(body))])
 
     # -- control -----------------------------------------------------------------------------
 
@@ -660,6 +735,7 @@ class Broker:
             "lifecycle_events": self.lifecycle_events,
             "publishers": self.publishers,
             "subscribers": self.subscribers,
+            "durable": self._durable.stats(),
             "config": {
                 "sub_hwm": self.sub_queue,
                 "in_hwm": self.in_queue,

@@ -9,6 +9,7 @@ import zmq
 from broker.bus import reservation
 from broker.bus.broker import Broker
 from broker.bus.config import BOUNDED_BYTES, IN_BYTES, MAX_TOPICS, SUB_BYTES, BrokerConfig
+from broker.bus.durable import LOG_BUDGET, LOG_BUDGET_EVENTS
 from broker.cli.options import add_tcp, server_endpoints, server_keys
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
@@ -89,6 +90,15 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
         " misses nothing subscribers get (pryxbus up: 3; default 0: take events at once)",
     )
     p.add_argument(
+        "--log-budget",
+        type=whole_number(1, 2**62),
+        default=LOG_BUDGET,
+        metavar="BYTES",
+        help=f"bytes of stamped events kept until the event log has them on disk, to send it again"
+        f" after it restarts; when full, publishers wait (default {LOG_BUDGET}, at most"
+        f" {LOG_BUDGET_EVENTS} events)",
+    )
+    p.add_argument(
         "--max-topics",
         type=whole_number(1, 1_000_000_000),
         default=MAX_TOPICS,
@@ -120,6 +130,7 @@ def broker_config(
         log_hwm=args.log_hwm,
         max_run=args.max_run,
         max_topics=args.max_topics,
+        log_budget=getattr(args, "log_budget", LOG_BUDGET),
         await_log=max(0.0, args.await_log),
         lifecycle_events=getattr(args, "lifecycle_events", False),
         first_version=first_version,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker.bus.durable import LOG_BUDGET, LOG_BUDGET_EVENTS, MAX_PUBLISHERS
 from broker.security import ServerKeys
 from schemas.endpoints import Endpoints
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, MAX_RUN, MAX_RUN_BYTES, RUN_LENGTH, STAMP
@@ -83,6 +84,14 @@ class BrokerConfig:
     in_bytes: int = IN_BYTES
     """Bytes queued per publisher into the broker: caps ``in_hwm`` at this many largest messages
     (:meth:`largest_in`); 0 leaves ``in_hwm`` alone."""
+
+    log_budget: int = LOG_BUDGET
+    """Bytes of stamped events kept until the event log acks them (``--log-budget``): when full,
+    the broker reads no publisher until the log catches up."""
+    log_budget_events: int = LOG_BUDGET_EVENTS
+    """The same bound in events (never above ``log_hwm``, so the log's queue cannot overflow)."""
+    max_publishers: int = MAX_PUBLISHERS
+    """Publisher ids whose highest number is remembered for dedup (least recently seen forgotten)."""
 
     def largest_in(self) -> int:
         """Largest message a publisher may send: an event, its topic, and headroom (the broker

@@ -13,6 +13,8 @@ Ops (``schemas/PROTOCOL.md`` has the field list):
 - ``summary``: counts by type, first/last activity, optional time buckets; for one session or all.
 - ``import``: rows ``[version, topic_seq, type, body]`` inserted unless that version is already logged.
 - ``delete_session``: drop the events of one session (what a session export can bring back).
+- ``publishers``: for the identified events above ``since``, each publisher's highest number and
+  its version (what a restarted broker needs to stamp no (publisher, number) twice).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from schemas.eventlog import MAX_INT, MAX_PAGE
 from schemas.topics import InvalidType, check_pattern, check_type, compile_matcher, is_match_all
 
 DEFAULT_PAGE = 5_000
+MAX_PUBLISHERS = 100_000
+"""Most publishers one ``publishers`` reply lists (the most recently seen)."""
 MIN_BUCKET = 0.001
 """Shortest summary bucket, in seconds."""
 
@@ -102,6 +106,7 @@ class LogQueries:
             "summary": self.op_summary,
             "import": self.op_import,
             "delete_session": self.op_delete_session,
+            "publishers": self.op_publishers,
         }
 
     def handle(self, msg: Any) -> dict[str, Any]:
@@ -126,10 +131,13 @@ class LogQueries:
 
     def op_stats(self, _msg: dict[str, Any]) -> dict[str, Any]:
         store = self.store
+        gap_records, missing = store.gap_totals()
         return {
             "pid": os.getpid(),
             "uptime": time.time() - self.started,
             "events": store.count(),
+            "gap_records": gap_records,
+            "missing": missing,
             "first": store.first_version(),
             "last": self.writer.last_version,
             **self.writer.stats(),
@@ -249,7 +257,7 @@ class LogQueries:
                 ts, source, session_id = decode_header(body)
             except (InvalidType, ValueError) as e:
                 raise BadRequest(f"event {version}: {e}") from None
-            rows.append((version, event_type, seq, ts, source, session_id, body))
+            rows.append((version, event_type, seq, ts, source, session_id, body, None, None))
         # Only versions this bus has already handed out: a higher one would collide with a live
         # event later. A version already logged must hold the same event (idempotent re-import).
         last = self.writer.last_version
@@ -276,6 +284,12 @@ class LogQueries:
         self.store.append([r for r in rows if r[0] not in existing])
         inserted = self.store.conn.total_changes - before
         return {"inserted": inserted, "existing": len(rows) - inserted}
+
+    def op_publishers(self, msg: dict[str, Any]) -> dict[str, Any]:
+        since = _int(msg, "since", 0)
+        limit = _int(msg, "limit", MAX_PUBLISHERS, minimum=1)
+        assert since is not None and limit is not None
+        return {"publishers": self.store.publishers(since=since, limit=min(limit, MAX_PUBLISHERS)), "last": self.writer.last_version}
 
     def op_delete_session(self, msg: dict[str, Any]) -> dict[str, Any]:
         session_id = _str(msg, "session_id")

@@ -170,6 +170,7 @@ class EventLog:
                 writer.handle_monitor()
             if writer.sock in ready or not reading:
                 writer.drain()  # while not reading: retries the refused batch when due
+            writer.ack_if_due()
             if router in ready or self._pending:
                 self._answer()
             if retaining and time.monotonic() >= next_trim:
@@ -177,6 +178,7 @@ class EventLog:
                 next_trim = time.monotonic() + self.config.retain_interval
         while writer.retry_at is None and writer.sock.poll(0, zmq.POLLIN):  # keep what already arrived
             writer.drain()
+        writer.ack_if_due()
 
     def trim(self) -> int:
         assert self.store is not None

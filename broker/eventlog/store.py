@@ -18,10 +18,22 @@ import sqlite_utils
 
 DB_FILE = "events.db"
 
-EVENT_COLUMNS = ("version", "type", "topic_seq", "ts", "source", "session_id", "body")
-_INSERT = f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+EVENT_COLUMNS = ("version", "type", "topic_seq", "ts", "source", "session_id", "body", "pub_id", "pub_num")
+_INSERT = f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
-Row = tuple[int, str, int, float, str, "str | None", bytes]
+Row = tuple[int, str, int, float, str, "str | None", bytes, "int | None", "int | None"]
+"""An event as appended; ``pub_id`` (the publisher id as a signed 64-bit integer, SQLite's) and
+``pub_num`` are None for an anonymous publish."""
+_SIGN = 1 << 63
+
+
+def signed_id(publisher: int) -> int:
+    """A u64 publisher id as SQLite stores it (a signed 64-bit integer)."""
+    return publisher - (1 << 64) if publisher >= _SIGN else publisher
+
+
+def unsigned_id(stored: int) -> int:
+    return stored + (1 << 64) if stored < 0 else stored
 
 
 def db_path(home: str | Path) -> Path:
@@ -73,10 +85,22 @@ class EventStore:
                     "source": str,
                     "session_id": str,
                     "body": bytes,
+                    "pub_id": int,
+                    "pub_num": int,
                 },
                 pk="version",
                 not_null={"type", "topic_seq", "body"},
             )
+        else:  # a log written before identified publishing: the columns start out NULL
+            have = {row[1] for row in self.conn.execute("PRAGMA table_info(events)")}
+            for column in ("pub_id", "pub_num"):
+                if column not in have:
+                    self.conn.execute(f"ALTER TABLE events ADD COLUMN {column} INTEGER")
+        # For ``publishers``: the identified events of a version range, without a look at the rest.
+        db.execute(
+            "CREATE INDEX IF NOT EXISTS events_pub ON events (version, pub_id, pub_num)"
+            " WHERE pub_id IS NOT NULL"
+        )
         # Partial index: events without a session cost nothing extra on append.
         db.execute(
             "CREATE INDEX IF NOT EXISTS events_session ON events (session_id, version)"
@@ -153,6 +177,21 @@ class EventStore:
 
     def count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def publishers(self, *, since: int, limit: int) -> list[list[int]]:
+        """``[[publisher id, highest number, its version], ...]`` of the publishers of the events
+        above ``since``: the ``limit`` most recently seen, oldest first."""
+        rows = self.conn.execute(
+            "SELECT pub_id, max(pub_num), max(version) AS last FROM events"
+            " WHERE version > ? AND pub_id IS NOT NULL GROUP BY pub_id ORDER BY last DESC LIMIT ?",
+            (since, limit),
+        ).fetchall()
+        return [[unsigned_id(p), n, v] for p, n, v in reversed(rows)]
+
+    def gap_totals(self) -> tuple[int, int]:
+        """(gap records, versions missing) over the log's whole life, every restart included."""
+        row = self.conn.execute("SELECT count(*), coalesce(sum(missing), 0) FROM gaps").fetchone()
+        return int(row[0]), int(row[1])
 
     def gaps(self, limit: int = 20) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM gaps ORDER BY id DESC LIMIT ?", [limit]))

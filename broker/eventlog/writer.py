@@ -1,9 +1,11 @@
 """The event log's ingest side: a subscriber to every event that appends them to the store in batches.
 
-It connects to the broker's XPUB like any subscriber (a SUB with a large receive queue, so the
+It connects to the broker's XPUB like any subscriber (an XSUB with a large receive queue, so the
 broker's per-subscriber high-water mark is backed by ours), decodes the stamp and just the envelope
 header it indexes (ts, source, session_id), and keeps the body bytes as they came. One transaction
-per drained batch. Versions are contiguous within one broker run, so any jump is a gap: recorded
+per drained batch; after each, an ack upstream tells the broker what is on disk (PROTOCOL.md §4.2:
+the broker confirms publishers at these acks, and sends the log again what it lacks after a
+reconnect, on LOG_RESEND topics). The publisher of an identified event (LOG_IDS) is kept with it. Versions are contiguous within one broker run, so any jump is a gap: recorded
 in the ``gaps`` table as ``lost`` (the log fell behind) or ``reconnect`` (the first jump after the log (re)connected: a
 broker restart skips versions it had reserved, and events published while the log was not
 connected are not in it).
@@ -22,7 +24,22 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from broker.eventlog.store import EventStore, Row
-from schemas.envelope import CONTROL_PREFIX, LOG_MARK, STAMP, SYNC_PREFIX, MalformedEvent, decode_header, split_run
+from broker.eventlog.store import signed_id
+from schemas.envelope import (
+    CONTROL_PREFIX,
+    CONFIRM,
+    LOG_ACK,
+    LOG_ID,
+    LOG_IDS,
+    LOG_MARK,
+    LOG_RESEND,
+    RESEND_STAMP_PAD,
+    STAMP,
+    SYNC_PREFIX,
+    MalformedEvent,
+    decode_header,
+    split_run,
+)
 from sdk.security import ClientKeys, secure_client
 from sdk.transport import event_socket
 
@@ -33,6 +50,8 @@ _unpack_stamp = STAMP.unpack
 
 DEFAULT_RCVHWM = 1_000_000
 MAX_BATCH = 50_000
+ACK_INTERVAL = 1.0
+"""Seconds between acks while nothing new is written (a broker awaiting our hello gets it)."""
 WRITE_RETRY = 1.0
 """Seconds between tries of a batch the disk refused (full, I/O error); nothing is read meanwhile."""
 
@@ -59,20 +78,29 @@ class LogWriter:
         self.reconnects = 0
         self._reconnected = True  # the first event after start may follow a restart's jump
         self.write_errors = 0
+        self.resent = 0
+        self.acks = 0
+        self._acked = -1
+        self._acked_at = 0.0
+        self.hello_due = True
+        """Send an ack as soon as what has arrived is written: the broker awaits it after we
+        (re)connect (our hello), to send us again what we lack."""
+        self._ids: dict[int, tuple[int, int]] = {}  # version -> (publisher id, number), from LOG_IDS
         self._unwritten: list[Row] = []
         self._unwritten_last = self.last_version
         self.retry_at: float | None = None
         """While set (time.monotonic()), a batch waits for the disk: nothing more is read until it
         is written, so the events wait in ZeroMQ's queues (and are counted lost if those overflow)."""
-        self.sock = event_socket(ctx.socket(zmq.SUB))
+        # XSUB, not SUB: it can send the broker user messages (our acks) besides subscriptions.
+        self.sock = event_socket(ctx.socket(zmq.XSUB))
         self.sock.linger = 0
         self.sock.rcvhwm = rcvhwm
         if curve is not None:  # a --curve broker lets in the home's client keypair
             secure_client(self.sock, curve)
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.sock.connect(subscribe)
-        self.sock.subscribe(b"")
-        self.sock.subscribe(LOG_MARK)  # after everything: a broker with await_log waits for it
+        self.sock.send(b"\x01")  # everything (an XSUB replays its subscriptions on a reconnect)
+        self.sock.send(b"\x01" + LOG_MARK)  # after everything: a broker with await_log waits for it
 
     def await_live(self, timeout: float, stopped: Callable[[], bool] = lambda: False) -> bool:
         """Return True once the broker has our subscription (it answers a sync topic sent after it),
@@ -83,7 +111,7 @@ class LogWriter:
             TimeoutError: the broker did not answer in time.
         """
         token = SYNC_PREFIX + uuid.uuid4().hex.encode()
-        self.sock.subscribe(token)
+        self.sock.send(b"\x01" + token)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -97,7 +125,7 @@ class LogWriter:
                 if self.drain(stop_at=token):
                     return True
         finally:
-            self.sock.unsubscribe(token)
+            self.sock.send(b"\x00" + token)
 
     def handle_monitor(self) -> None:
         while True:
@@ -107,6 +135,25 @@ class LogWriter:
                 return
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._reconnected = True
+                self.hello_due = True
+
+    def send_ack(self) -> None:
+        """Tell the broker every version through ``last_version`` is on disk (also our hello)."""
+        self.hello_due = False
+        if self.retry_at is not None:  # a refused batch: what we have is not on disk yet
+            return
+        self._acked_at = time.monotonic()
+        self._acked = self.last_version
+        try:
+            self.sock.send(LOG_ACK.pack(CONFIRM, self.last_version), _NOBLOCK)
+            self.acks += 1
+        except zmq.Again:  # the broker reads acks at once; a later one says the same and more
+            pass
+
+    def ack_if_due(self) -> None:
+        """After a commit, a (re)connect, or ACK_INTERVAL without one: a lost hello is repeated."""
+        if self.hello_due or self.last_version > self._acked or time.monotonic() - self._acked_at >= ACK_INTERVAL:
+            self.send_ack()
 
     def drain(self, stop_at: bytes | None = None) -> bool:
         """Receive what is queued (up to a batch), append it in one transaction.
@@ -117,6 +164,7 @@ class LogWriter:
             if time.monotonic() < self.retry_at or not self._write(self._unwritten, self._unwritten_last):
                 return False
         recv = self.sock.recv
+        ids = self._ids
         rows: list[Row] = []
         append = rows.append
         last = self.last_version
@@ -131,9 +179,16 @@ class LogWriter:
             stamp = recv()
             body = recv()
             if topic[:1] == CONTROL_PREFIX:
-                if topic == stop_at:
-                    seen_stop = True
-                continue
+                if topic.startswith(LOG_RESEND):  # an event sent again: its stamp after the pad
+                    topic, stamp = topic[len(LOG_RESEND) :], stamp[len(RESEND_STAMP_PAD) :]
+                    self.resent += 1
+                elif topic == LOG_IDS:
+                    self._take_ids(body)
+                    continue
+                else:
+                    if topic == stop_at:
+                        seen_stop = True
+                    continue
             if len(stamp) == STAMP.size:
                 version, topic_seq = _unpack_stamp(stamp)
                 pieces: Iterable[tuple[int, int, bytes]] = ((version, topic_seq, body),)
@@ -161,12 +216,29 @@ class LogWriter:
                 except ValueError:
                     self.malformed += 1
                     continue
-                append((version, event_type, topic_seq, ts, source, session_id, one))
+                pub = ids.pop(version, None) if ids else None
+                if pub is None:
+                    append((version, event_type, topic_seq, ts, source, session_id, one, None, None))
+                else:
+                    append((version, event_type, topic_seq, ts, source, session_id, one, *pub))
+        if ids:  # ids of events that never came (the broker refuses nothing it named): forget them
+            for version in [v for v in ids if v <= last]:
+                del ids[version]
         if rows:
             self._write(rows, last)
         else:
             self.last_version = last
         return seen_stop
+
+    def _take_ids(self, body: bytes) -> None:
+        """Note the publisher of each identified event named in a LOG_IDS message (they follow)."""
+        if len(body) % LOG_ID.size:
+            self.malformed += 1
+            return
+        ids, last = self._ids, self.last_version
+        for version, publisher, number in LOG_ID.iter_unpack(body):
+            if version > last:
+                ids[version] = (signed_id(publisher), number)
 
     def _write(self, rows: list[Row], last: int) -> bool:
         """Append a batch; if the disk refuses it, keep it for a retry in WRITE_RETRY seconds.
@@ -222,6 +294,8 @@ class LogWriter:
             "last_version": self.last_version,
             "write_errors": self.write_errors,
             "unwritten": len(self._unwritten),
+            "resent": self.resent,
+            "acks": self.acks,
         }
 
     def close(self) -> None:
