@@ -8,7 +8,6 @@ full size with the budgets operations.md gives (BOUNDED_BYTES).
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ import pytest
 import zmq
 
 import sdk
-from broker.bus.cli import add_broker_options
 from broker.bus.config import BOUNDED_BYTES
 from schemas.endpoints import Endpoints
 from tests.helpers import stats, wait_for, wait_stats
@@ -126,19 +124,11 @@ def test_memory_returns_when_a_stalled_subscriber_goes(start, home: Path, ctx: z
           f" {after / MiB:.0f} MiB after the subscriber went")
 
 
-def has_log_budget() -> bool:
-    """Does the broker bound its events not yet in the log in bytes (``--log-budget``, issue 15 A)?"""
-    parser = argparse.ArgumentParser()
-    add_broker_options(parser)
-    return any("--log-budget" in action.option_strings for action in parser._actions)
-
-
 def stalled_log(start, home: Path, ctx: zmq.Context, *, size: int, log_budget: int, in_bytes: int, events: int) -> None:
     """Stop the event log (SIGSTOP) under a broker that awaits it, as ``pryxbus up`` runs them, and
     publish: the broker must stop taking events once its budget for the log is spent, so the
     publisher blocks (PublishTimeout), instead of queueing everything for the log."""
-    budget = ("--log-budget", str(log_budget)) if has_log_budget() else ()
-    broker = start("broker", "--await-log", "10", "--in-bytes", str(in_bytes), *budget)
+    broker = start("broker", "--await-log", "10", "--in-bytes", str(in_bytes), "--log-budget", str(log_budget))
     event_log = start("event-log")
     control = Endpoints.for_home(home).control
     with sdk.connect(home, name="budget", timeout=5.0, publish_timeout=2.0, hwm=100) as bus:
@@ -171,20 +161,11 @@ def stalled_log(start, home: Path, ctx: zmq.Context, *, size: int, log_budget: i
     assert blocked, "the publisher never blocked"
 
 
-needs_log_budget = pytest.mark.xfail(
-    not has_log_budget(), strict=True,
-    reason="the broker stops taking events for a stalled log only once it bounds what the log has not"
-    " acknowledged (issue 15 A's --log-budget); until then it queues them for the log",
-)
-
-
-@needs_log_budget
 def test_a_stalled_event_log_blocks_publishers_within_budget(start, home: Path, ctx: zmq.Context) -> None:
     stalled_log(start, home, ctx, size=16 * 1024, log_budget=4 * MiB, in_bytes=2 * MiB, events=4000)
 
 
 @pytest.mark.soak
-@needs_log_budget
 def test_a_stalled_event_log_and_40000_events_of_16_kib(start, home: Path, ctx: zmq.Context) -> None:
     """The issue's figures: 40,000 x 16 KiB events with the event log stopped (broke 696 MB)."""
     stalled_log(start, home, ctx, size=16 * 1024, log_budget=64 * MiB, in_bytes=BOUNDED_BYTES, events=40_000)
