@@ -131,6 +131,8 @@ def read_export(path: str | os.PathLike[str]) -> tuple[dict[str, str], list[list
     header = lines[0]
     if header.get("format") != FORMAT:
         raise InvalidEvent(f"unknown session export format {header.get('format')!r} (this pryxbus reads {FORMAT})")
+    if not (isinstance(header.get("session"), dict) and isinstance(header["session"].get("id"), str)):
+        raise InvalidEvent(f"{os.fspath(path)!r} is not a pryxbus session export: its header names no session id")
     events = lines[1:]
     if header.get("events") != len(events):
         raise InvalidEvent(f"session export is truncated: {len(events)} of {header.get('events')} events")
@@ -142,11 +144,17 @@ def read_export(path: str | os.PathLike[str]) -> tuple[dict[str, str], list[list
 
 
 def import_(path: str | os.PathLike[str], *, overwrite: bool = False) -> Flow[Session]:
-    """Restore the session of an export file, then its events into the log."""
+    """Restore the session of an export file, then its events into the log.
+
+    The log checks every event first, so a file it refuses changes nothing (not even the session).
+    """
     session, rows = yield Work(lambda: read_export(path))
+    session_id = session["id"]
+    for chunk in import_chunks(rows):
+        yield Ask("log", {"op": "import", "session_id": session_id, "events": chunk, "check": True})
     restored = yield from session_call(SessionCalls.restore(session, overwrite))
     for chunk in import_chunks(rows):
-        yield Ask("log", {"op": "import", "events": chunk})
+        yield Ask("log", {"op": "import", "session_id": session_id, "events": chunk})
     return restored
 
 

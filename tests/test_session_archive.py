@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -204,3 +205,26 @@ def test_cli_export_import_stats(full_sync: sdk.Bus, home: Path) -> None:
         # the path given, not the temporary file beside it ("HOME.tmp: Is a directory" said it was one)
         assert json.loads(out.stdout) == {"ok": False, "code": "file", "message": f"cannot write {bad}: {why}"}
     assert not (home.parent / f"{home.name}.tmp").exists()  # nothing half-written left behind
+
+
+def edited_export(full: sdk.Bus, session: sdk.Session, path: Path, change: Callable[[list[dict]], None]) -> None:
+    """Export ``session`` to ``path``, then let ``change`` edit its lines (header first)."""
+    full.sessions.export(session.id, path)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    change(lines)
+    lines[0]["events"] = len(lines) - 1
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_a_refused_import_changes_nothing(full: sdk.Bus, home: Path) -> None:
+    """Issue 16: an import the log refuses used to leave the restored session behind."""
+    session = conversation(full)
+    path = home / "chat.jsonl"
+    edited_export(full, session, path, lambda lines: lines[2].update(type="channel:edited"))
+    full.sessions.delete(session.id)
+    count = len(full.sessions.list())
+    with pytest.raises(sdk.SessionConflict, match="other events under versions"):
+        full.sessions.import_(path)
+    with pytest.raises(sdk.SessionNotFound):
+        full.sessions.get(session.id)
+    assert len(full.sessions.list()) == count
