@@ -5,6 +5,7 @@ The SDK tests run on both fronts (``front``: sync and asyncio, tests/fronts.py).
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -228,3 +229,41 @@ def test_a_refused_import_changes_nothing(full: sdk.Bus, home: Path) -> None:
     with pytest.raises(sdk.SessionNotFound):
         full.sessions.get(session.id)
     assert len(full.sessions.list()) == count
+
+
+def test_an_import_cannot_forge_history(full: sdk.Bus, home: Path) -> None:
+    """Issue 16: an export file is anyone's to write. Its events must belong to its session, may
+    only fill versions the log held for that session, and stay marked as imported."""
+    from schemas.envelope import encode_body
+
+    victim = conversation(full)
+    carrier = full.sessions.create("carrier")
+    full.publish("channel:message", {"text": "mine"}, session_id=carrier.id)
+    logged_through(full, TOTAL + 2)
+    free = full.log.call({"op": "replay", "session_id": carrier.id})["events"][-1][0]
+    kept = home / "carrier.jsonl"
+    full.sessions.export(carrier.id, kept)
+    full.log.call({"op": "delete_session", "session_id": carrier.id})  # `free` is now vacated (by carrier)
+
+    def forged(session_id: str) -> Callable[[list[dict]], None]:
+        body = encode_body({"text": "forged"}, source="admin", session_id=session_id)
+        line = {"version": free, "seq": 1, "type": "channel:message", "body": base64.b64encode(body).decode()}
+        return lambda lines: lines.append(line)
+
+    path = home / "forged.jsonl"
+    edited_export(full, carrier, path, forged(victim.id))  # a carrier file with a victim's event
+    with pytest.raises(sdk.BusError, match="belongs to session"):
+        full.sessions.import_(path)
+    edited_export(full, victim, path, forged(victim.id))  # the victim's own file, at carrier's version
+    with pytest.raises(sdk.SessionConflict, match="never held versions"):
+        full.sessions.import_(path)
+    assert "forged" not in str([e.payload for e in full.replay(session_id=victim.id)])
+
+    # what an import does put back is distinguishable from what the bus delivered live
+    before = full.log.call({"op": "replay", "session_id": carrier.id})
+    assert before["events"] == [] and before["imported"] == []
+    full.sessions.import_(kept)
+    page = full.log.call({"op": "replay", "session_id": carrier.id})
+    assert page["imported"] == [row[0] for row in page["events"]] and free in page["imported"]
+    assert full.log.call({"op": "summary", "session_id": carrier.id})["imported"] == len(page["events"])
+    assert full.log.call({"op": "summary", "session_id": victim.id})["imported"] == 0
