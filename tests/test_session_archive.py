@@ -267,3 +267,28 @@ def test_an_import_cannot_forge_history(full: sdk.Bus, home: Path) -> None:
     assert page["imported"] == [row[0] for row in page["events"]] and free in page["imported"]
     assert full.log.call({"op": "summary", "session_id": carrier.id})["imported"] == len(page["events"])
     assert full.log.call({"op": "summary", "session_id": victim.id})["imported"] == 0
+
+
+def test_import_reads_hostile_files_within_bounds(full_sync: sdk.Bus, home: Path) -> None:
+    """Issue 16: a 100k-deep header was a RecursionError traceback; a 200 MB line grew the client by
+    195 MB before 'event log did not answer'. The file is streamed, its lines and size are bounded,
+    and each refusal is a clear error (exit 1) that changes nothing."""
+    from sdk.export_file import MAX_FILE, MAX_LINE
+
+    header = {"pryxbus": "session-export", "format": 1, "events": 1, "session": {
+        "id": "hostile", "title": "t", "created_at": "2024-01-01T00:00:00.000000Z", "updated_at": "2024-01-01T00:00:00.000000Z"}}
+    deep, long, huge = home / "deep.jsonl", home / "long.jsonl", home / "huge.jsonl"
+    deep.write_text('{"pryxbus": "session-export", "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with long.open("w") as f:
+        f.write(json.dumps(header) + "\n" + '{"body": "' + "A" * MAX_LINE + '"}\n')
+    with huge.open("w") as f:  # sparse: the size is refused before anything is read
+        f.write(json.dumps(header) + "\n")
+        f.truncate(MAX_FILE + 1)
+    for path, why in ((deep, "line 1 nests too deep to parse"), (long, f"line 2 of session export {str(long)!r} is longer than 64 MiB"),
+                      (huge, "is larger than 16 GiB")):
+        out = subprocess.run([sys.executable, "-m", "broker", "sessions", "import", str(path), "--home", str(home)],
+                             capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert out.returncode == 1 and why in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert json.loads(out.stdout)["code"] == "invalid"
+    with pytest.raises(sdk.SessionNotFound):
+        full_sync.sessions.get("hostile")
