@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from schemas.endpoints import Endpoints
+from schemas.endpoints import Endpoints, HomeNotOwned
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, ENVELOPE_VERSION
 from sdk.transport import configure_context
 from sdk.wire import (
@@ -26,7 +26,7 @@ from sdk.wire import (
     topic_of,
     unencodable,
 )
-from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge
+from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge, UnsafeHome
 from sdk.event import Event
 from sdk.flow import run
 from sdk.publisher import LOOK, WATCH_INTERVAL, PublisherCore, WaitForBroker
@@ -49,6 +49,8 @@ def resolve_endpoints(home: str | os.PathLike[str] | Endpoints | None) -> Endpoi
         return home
     try:
         return Endpoints.resolve(home)
+    except HomeNotOwned as e:
+        raise UnsafeHome(str(e)) from None
     except ValueError as e:
         raise InvalidEvent(str(e)) from e
 
@@ -383,5 +385,6 @@ def connect(
     Raises:
         BusUnavailable: the broker did not answer within ``timeout`` (a ``--curve`` broker that
             does not let these keys in never answers), or CURVE keys cannot be loaded.
+        UnsafeHome: ``home`` belongs to another user, or other users can write it.
     """
     return Bus(home, name=name, **options)
