@@ -96,6 +96,8 @@ class LogQueries:
         self.bad_requests = 0
         self.trimmed = 0
         self.imports = SessionImports(store, lambda: writer.last_version)
+        self.curve_refused: Callable[[], int] = lambda: 0
+        """Connections the log's CURVE authenticator refused (set by the service that has one)."""
         self._handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self.op_ping,
             "stats": self.op_stats,
@@ -140,6 +142,7 @@ class LogQueries:
             "retention": self.retention,
             "requests": self.requests,
             "bad_requests": self.bad_requests,
+            "curve_refused": self.curve_refused(),
             "path": str(store.path),
         }
 
