@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 
 MAX_TYPE_LENGTH = 255
 """Longest event type, in UTF-8 bytes."""
+MAX_PATTERNS = 10_000
+"""Most patterns in one subscription: each is a subscription the broker keeps for that subscriber."""
 
 _SEGMENT = r"[A-Za-z0-9_.\-]+"
 _TYPE_RE = re.compile(rf"{_SEGMENT}(?::{_SEGMENT})*")
@@ -116,7 +118,8 @@ def zmq_prefixes(patterns: Iterable[str]) -> list[bytes]:
         return [b""]
     prefixes = sorted({zmq_prefix(p) for p in patterns})
     kept: list[bytes] = []
-    for prefix in prefixes:  # sorted, so a covering prefix comes before what it covers
-        if not any(prefix.startswith(k) for k in kept):
+    for prefix in prefixes:
+        # Sorted, so what a prefix covers follows it at once: only the last one kept can cover this.
+        if not (kept and prefix.startswith(kept[-1])):
             kept.append(prefix)
     return kept

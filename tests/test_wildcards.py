@@ -78,3 +78,20 @@ def test_invalid_types_raise_and_send_nothing(bus: sdk.Bus) -> None:
 def test_invalid_policy_raises(bus: sdk.Bus) -> None:
     with pytest.raises(sdk.InvalidEvent):
         bus.subscribe("a", policy="ignore")  # type: ignore[arg-type]
+
+
+def test_any_number_of_patterns_up_to_the_limit_works(front_bus: sdk.Bus) -> None:
+    """Issue 16: 1,000 patterns or more overflowed the SUB socket's send HWM, so the sync
+    subscription was lost and subscribe failed with 'is it running?'. Up to MAX_PATTERNS work;
+    one more is refused at once."""
+    from schemas.topics import MAX_PATTERNS
+
+    patterns = [f"many:p{i}" for i in range(MAX_PATTERNS)]
+    with front_bus.subscribe(*patterns) as sub:
+        front_bus.publish("many:other", 0)
+        front_bus.publish(patterns[-1], 1)
+        front_bus.publish(patterns[0], 2)
+        assert [(e.type, e.payload) for e in collect(sub, 2)] == [(patterns[-1], 1), (patterns[0], 2)]
+    with pytest.raises(sdk.InvalidEvent, match=f"at most {MAX_PATTERNS} patterns, not {MAX_PATTERNS + 1}"):
+        front_bus.subscribe(*patterns, "many:one-more")
+
