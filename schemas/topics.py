@@ -71,12 +71,19 @@ def is_match_all(patterns: Iterable[str]) -> bool:
     return not patterns or "**" in patterns
 
 
+MAX_PREFIX = 246
+"""Longest subscription prefix in bytes. ZMTP 3.1 sends a subscription as a SUBSCRIBE command, 10
+bytes before the prefix, and the broker drops a subscriber whose subscription exceeds 256 bytes
+(1 + MAX_TYPE_LENGTH, its bound on the memory one subscription costs); a longer type is
+subscribed by its first MAX_PREFIX bytes and matched precisely on arrival, as every pattern is."""
+
+
 def zmq_prefix(pattern: str) -> bytes:
     """The ZeroMQ subscription prefix that covers ``pattern`` (a superset: match precisely after)."""
     if pattern == "**":
         return b""
     head = pattern.split("*", 1)[0]
-    return head.encode("utf-8")
+    return head.encode("utf-8")[:MAX_PREFIX]
 
 
 def _pattern_regex(pattern: str) -> str:

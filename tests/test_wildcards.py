@@ -95,3 +95,16 @@ def test_any_number_of_patterns_up_to_the_limit_works(front_bus: sdk.Bus) -> Non
     with pytest.raises(sdk.InvalidEvent, match=f"at most {MAX_PATTERNS} patterns, not {MAX_PATTERNS + 1}"):
         front_bus.subscribe(*patterns, "many:one-more")
 
+
+@pytest.mark.parametrize("length", [246, 247, 255])
+def test_every_valid_type_can_be_subscribed_to(front_bus: sdk.Bus, length: int) -> None:
+    """Issue 16: a type of 247-255 bytes gave a SUBSCRIBE frame (10 bytes + prefix, ZMTP 3.1) over
+    the broker's subscription limit, so subscribing to it timed out though ``**`` got its events.
+    Its prefix is now cut to MAX_PREFIX bytes; a type sharing those bytes is not delivered."""
+    event_type = "long:" + "x" * (length - 5)
+    sibling = event_type[:-1] + "y"
+    with front_bus.subscribe(event_type) as sub, front_bus.subscribe("long:*") as wide:
+        front_bus.publish(sibling, 0)
+        front_bus.publish(event_type, length)
+        assert [e.payload for e in collect(wide, 2)] == [0, length]
+        assert sub.recv(timeout=5).payload == length
