@@ -197,7 +197,8 @@ class Bus(PublisherCore):
         this returns is delivered (unless the subscription falls behind).
 
         Args:
-            patterns: exact types, ``*`` for one segment, a final ``**`` for one or more.
+            patterns: exact types, ``*`` for one segment, a final ``**`` for one or more; at most
+                ``schemas.topics.MAX_PATTERNS`` (10,000).
             policy: ``"drop"`` ends the subscription with SlowSubscriberError on the first loss;
                 ``"count"`` keeps going and counts losses in ``Subscription.lost``;
                 ``"recover"`` fetches lost events from the event log and delivers them in
@@ -209,7 +210,7 @@ class Bus(PublisherCore):
                 events, with no gap and no duplicate at the seam (needs the event log).
 
         Raises:
-            InvalidEvent: an invalid pattern, policy, hwm or since.
+            InvalidEvent: an invalid pattern (or more than 10,000), policy, hwm or since.
             BusUnavailable: the broker (or, with ``since``, the event log) did not answer in time.
             BusTimeout: with ``since``, the event log did not catch up with the broker in time.
         """
