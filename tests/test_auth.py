@@ -211,19 +211,21 @@ def test_refused_connections_are_logged_and_counted(home: Path, start) -> None:
     stranger_public, stranger_secret = other_keys(home)
     public, secret = zmq.auth.load_certificate(stranger_secret)
     ctx = zmq.Context()
+    strangers = []  # open until their one attempt each has been refused
     try:
         for endpoint in (endpoints.control, endpoints.control, endpoints.control, endpoints.sessions):
             sock = ctx.socket(zmq.DEALER)
+            strangers.append(sock)
             sock.linger = 0
             sock.reconnect_ivl = -1  # one attempt, so one refusal
             sock.curve_publickey, sock.curve_secretkey = public, secret
             sock.curve_serverkey = zmq.auth.load_certificate(KeyPaths.for_home(home).server_public)[0]
             sock.connect(endpoint)
+        with sdk.connect(home, timeout=5.0) as bus:
+            wait_for(bus.stats, lambda s: s["curve_refused"] == 3, what="3 refusals at the broker")
+            wait_for(bus.sessions.stats, lambda s: s["curve_refused"] == 1, what="1 refusal at the session service")
     finally:
         ctx.destroy(linger=0)
-    with sdk.connect(home, timeout=5.0) as bus:
-        wait_for(bus.stats, lambda s: s["curve_refused"] == 3, what="3 refusals at the broker")
-        wait_for(bus.sessions.stats, lambda s: s["curve_refused"] == 1, what="1 refusal at the session service")
     lines = [line for line in parts["broker"].log.splitlines() if "refused a CURVE connection" in line]
     assert len(lines) == 1 and "Unknown key" in lines[0] and "1 refused in all" in lines[0], lines
     top = subprocess.run([sys.executable, "-m", "broker", "top", "--once", "--home", str(home)],

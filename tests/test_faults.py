@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -333,17 +335,23 @@ def test_sustained_load_4x4_with_a_slow_subscriber(home: Path, start, seconds: i
 
 
 def _page(path: Path) -> int:
+    """The database's page size, from its header."""
     size = int.from_bytes(path.read_bytes()[16:18], "big")
     return 65536 if size == 1 else size
+
+
+def _overwrite_page(path: Path, which: Callable[[int], int], fill: bytes) -> None:
+    """Replace page ``which(pages)`` (0-based) of the file with ``fill`` repeated to a page."""
+    data, page = path.read_bytes(), _page(path)
+    start = which(len(data) // page) * page
+    path.write_bytes(data[:start] + (fill * page)[:page] + data[start + page :])
 
 
 DAMAGES: dict[str, Callable[[Path], None]] = {
     "emptied": lambda p: p.write_bytes(b""),
     "header-garbage": lambda p: p.write_bytes(b"\xa5" * 100 + p.read_bytes()[100:]),
-    "middle-page-garbage": lambda p: (lambda b, n: p.write_bytes(b[:n] + bytes(range(256)) * (_page(p) // 256) + b[n + _page(p):]))(
-        p.read_bytes(), p.stat().st_size // 2 // _page(p) * _page(p)
-    ),
-    "last-page-zeroed": lambda p: p.write_bytes(p.read_bytes()[: -_page(p)] + b"\0" * _page(p)),
+    "middle-page-garbage": lambda p: _overwrite_page(p, lambda pages: pages // 2, bytes(range(256))),
+    "last-page-zeroed": lambda p: _overwrite_page(p, lambda pages: pages - 1, b"\0"),
     "truncated-half": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2 // _page(p) * _page(p)]),
 }
 """How a database file gets damaged: each must be refused at start, the file left as it was."""
@@ -376,9 +384,6 @@ def test_a_damaged_database_is_refused_at_start_and_left_untouched(
 ) -> None:
     """Issue 16: SQLite opens a damaged file (or an emptied one, as a new database) without a word;
     the part runs ``PRAGMA quick_check`` first, and refuses to start, saying what to do."""
-    import subprocess
-    import sys
-
     path = home / db
     path.write_bytes(sound_databases[db])
     DAMAGES[damage](path)
