@@ -96,7 +96,10 @@ def check_home_files(home: Path) -> None:
             except OSError:
                 continue  # a dangling link: nothing to read through it
             if not path.is_dir() and info.st_mode & 0o077 and info.st_uid == os.geteuid():
-                os.chmod(path, 0o600)
+                try:
+                    os.chmod(path, 0o600)
+                except OSError:
+                    pass  # an immutable file, a read-only mount: the part that uses it says so
 
 
 def server_endpoints(args: argparse.Namespace) -> tuple[Path, Endpoints]:
