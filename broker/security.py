@@ -14,8 +14,10 @@ import logging
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.auth
@@ -33,9 +35,12 @@ from sdk.security import (
 )
 
 log = logging.getLogger("pryxbus.security")
+refusals = logging.getLogger("pryxbus.security.refused")
 
 ZAP_DOMAIN = "pryxbus"
 """The ZAP domain of every CURVE server socket; the allow-list is configured for it."""
+REFUSAL_LOG_INTERVAL = 10.0
+"""Seconds between two log lines about refused connections (a scan must not flood the log)."""
 WATCHDOG_INTERVAL = 0.2
 """Seconds between two looks at whether the authenticator thread still runs."""
 
@@ -157,6 +162,37 @@ def secure_server(sock: zmq.Socket, keys: ServerKeys) -> None:
     sock.curve_server = True
 
 
+class _CountingAuthenticator(ThreadAuthenticator):
+    """pyzmq's ZAP handler, counting and logging (rate-limited) the connections it refuses."""
+
+    def __init__(self, ctx: zmq.Context, log: logging.Logger) -> None:
+        super().__init__(ctx, log=log)
+        self.refused = 0
+        self._peer = "?"
+        self._logged_at: float | None = None
+        self._unlogged = 0
+
+    def handle_zap_message(self, msg: list[bytes]) -> Any:
+        # Sync in older pyzmq, a coroutine in newer: either way the reply follows for this peer.
+        self._peer = msg[3].decode("utf-8", "replace") if len(msg) > 3 else "?"
+        return super().handle_zap_message(msg)
+
+    def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes, user_id: str = "anonymous") -> None:
+        if status_code != b"200":
+            self.refused += 1
+            now = time.monotonic()
+            if self._logged_at is None or now - self._logged_at >= REFUSAL_LOG_INTERVAL:
+                more = f" (and {self._unlogged} more since the last such line)" if self._unlogged else ""
+                refusals.warning(
+                    "refused a CURVE connection from %s: %s%s; %d refused in all",
+                    self._peer or "?", status_text.decode("utf-8", "replace"), more, self.refused,
+                )
+                self._logged_at, self._unlogged = now, 0
+            else:
+                self._unlogged += 1
+        super()._send_zap_reply(request_id, status_code, status_text, user_id)
+
+
 class Authenticator:
     """The ZAP handler of one server context, started before anything binds; fails closed.
 
@@ -166,7 +202,7 @@ class Authenticator:
 
     def __init__(self, ctx: zmq.Context, keys: ServerKeys) -> None:
         self._closing = threading.Event()
-        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("pryxbus.zap"))
+        self._auth = _CountingAuthenticator(ctx, logging.getLogger("pryxbus.zap"))
         try:
             self._auth.start()
             # pyzmq only logs a directory it cannot read; the check in ServerKeys.load ran first.
@@ -181,6 +217,11 @@ class Authenticator:
         log.info("CURVE on: %d client key(s) allowed from %s", listed, keys.allow)
         self._watchdog = threading.Thread(target=self._watch, name="zap-watchdog", daemon=True)
         self._watchdog.start()
+
+    @property
+    def refused(self) -> int:
+        """Connections refused so far (a key not in the allow-list, or no CURVE at all)."""
+        return self._auth.refused
 
     def _watch(self) -> None:
         while not self._closing.wait(WATCHDOG_INTERVAL):

@@ -22,6 +22,45 @@ IPC_PATH_MAX = 107
 """Longest ipc socket path in bytes (a sockaddr_un holds 108, with the terminating NUL)."""
 
 
+class HomeNotOwned(PermissionError):
+    """A home, or a file in it, that another user owns or can write: that user could replace its
+    sockets (and capture every request) or read its databases. Refused, as ssh refuses ``~/.ssh``."""
+
+
+def _user(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def check_owned(path: Path, what: str = "home", *, writable: bool = True) -> None:
+    """Refuse ``path`` (if it exists) when neither we nor root own it, or (with ``writable``) a
+    directory other users can write. Root's own files are trusted, as ssh trusts them.
+
+    Raises:
+        HomeNotOwned: with a message naming the owner and what to do.
+    """
+    try:
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    me = os.geteuid()
+    if info.st_uid not in (me, 0):
+        harm, remedy = (
+            ("replace its sockets or read its files", "Use a directory of your own (--home or $PRYXBUS_HOME)")
+            if path.is_dir() else ("read or change it", "Remove it, or use a home of your own")
+        )
+        raise HomeNotOwned(f"the {what} {path} belongs to {_user(info.st_uid)}, not to {_user(me)}: its owner could {harm}. {remedy}")
+    if writable and path.is_dir() and info.st_mode & 0o022 and not info.st_mode & 0o1000:
+        raise HomeNotOwned(
+            f"the {what} {path} can be written by other users (mode {info.st_mode & 0o777:o}): they could"
+            f" replace its sockets. Make it private (chmod 700 {path})"
+        )
+
+
 def default_home() -> Path:
     """``$PRYXBUS_HOME``, else ``$XDG_STATE_HOME/pryxbus``, else ``~/.local/state/pryxbus``."""
     env = os.environ.get("PRYXBUS_HOME")
@@ -32,9 +71,14 @@ def default_home() -> Path:
 
 
 def ensure_home(home: str | os.PathLike[str] | None) -> Path:
-    """Create the home directory if needed and make it private to its owner (0700)."""
+    """Create the home directory if needed and make it private to its owner (0700).
+
+    Raises:
+        HomeNotOwned: the directory belongs to another user.
+    """
     path = Path(home).expanduser() if home else default_home()
     path.mkdir(parents=True, exist_ok=True)
+    check_owned(path, writable=False)  # root's chmod would succeed, yet the owner could still replace any file
     os.chmod(path, 0o700)
     return path
 
@@ -100,8 +144,13 @@ class Endpoints:
 
     @classmethod
     def for_home(cls, home: str | os.PathLike[str] | None) -> Endpoints:
-        """The endpoints of the stack in ``home``: its ``endpoints.json`` if any, else ipc."""
+        """The endpoints of the stack in ``home``: its ``endpoints.json`` if any, else ipc.
+
+        Raises:
+            HomeNotOwned: ``home`` belongs to another user (see :func:`check_owned`).
+        """
         path = Path(home).expanduser() if home else default_home()
+        check_owned(path)
         try:
             data = json.loads((path / ENDPOINTS_FILE).read_text())
             return cls(**{k: data[k] for k in _TCP_OFFSETS if k in data or k not in ("log", "log_feed")})

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 
 MAX_TYPE_LENGTH = 255
 """Longest event type, in UTF-8 bytes."""
+MAX_PATTERNS = 10_000
+"""Most patterns in one subscription: each is a subscription the broker keeps for that subscriber."""
 
 _SEGMENT = r"[A-Za-z0-9_.\-]+"
 _TYPE_RE = re.compile(rf"{_SEGMENT}(?::{_SEGMENT})*")
@@ -69,12 +71,19 @@ def is_match_all(patterns: Iterable[str]) -> bool:
     return not patterns or "**" in patterns
 
 
+MAX_PREFIX = 246
+"""Longest subscription prefix in bytes. ZMTP 3.1 sends a subscription as a SUBSCRIBE command, 10
+bytes before the prefix, and the broker drops a subscriber whose subscription exceeds 256 bytes
+(1 + MAX_TYPE_LENGTH, its bound on the memory one subscription costs); a longer type is
+subscribed by its first MAX_PREFIX bytes and matched precisely on arrival, as every pattern is."""
+
+
 def zmq_prefix(pattern: str) -> bytes:
     """The ZeroMQ subscription prefix that covers ``pattern`` (a superset: match precisely after)."""
     if pattern == "**":
         return b""
     head = pattern.split("*", 1)[0]
-    return head.encode("utf-8")
+    return head.encode("utf-8")[:MAX_PREFIX]
 
 
 def _pattern_regex(pattern: str) -> str:
@@ -116,7 +125,8 @@ def zmq_prefixes(patterns: Iterable[str]) -> list[bytes]:
         return [b""]
     prefixes = sorted({zmq_prefix(p) for p in patterns})
     kept: list[bytes] = []
-    for prefix in prefixes:  # sorted, so a covering prefix comes before what it covers
-        if not any(prefix.startswith(k) for k in kept):
+    for prefix in prefixes:
+        # Sorted, so what a prefix covers follows it at once: only the last one kept can cover this.
+        if not (kept and prefix.startswith(kept[-1])):
             kept.append(prefix)
     return kept

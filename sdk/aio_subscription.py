@@ -61,6 +61,7 @@ class Subscription:
         sock = self._sock
         try:
             sock.connect(self._bus.endpoints.subscribe)
+            sock.sndhwm = len(self._decoder.prefixes) + 1  # every subscription frame fits (issue 16)
             for prefix in self._decoder.prefixes:
                 sock.subscribe(prefix)
             token = sync_token()

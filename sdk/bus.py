@@ -10,7 +10,7 @@ from typing import Any
 
 import zmq
 
-from schemas.endpoints import Endpoints
+from schemas.endpoints import Endpoints, HomeNotOwned
 from schemas.envelope import ENVELOPE_VERSION
 from sdk.transport import configure_context
 from sdk.wire import (
@@ -25,7 +25,7 @@ from sdk.wire import (
     topic_of,
     unencodable,
 )
-from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge
+from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge, UnsafeHome
 from sdk.event import Event
 from sdk.core.flows import drive
 from sdk.core.publishing import LOOK, WATCH_INTERVAL, PublisherCore, WaitForBroker
@@ -48,6 +48,8 @@ def resolve_endpoints(home: str | os.PathLike[str] | Endpoints | None) -> Endpoi
         return home
     try:
         return Endpoints.resolve(home)
+    except HomeNotOwned as e:
+        raise UnsafeHome(str(e)) from None
     except ValueError as e:
         raise InvalidEvent(str(e)) from e
 
@@ -194,7 +196,8 @@ class Bus(PublisherCore):
         this returns is delivered (unless the subscription falls behind).
 
         Args:
-            patterns: exact types, ``*`` for one segment, a final ``**`` for one or more.
+            patterns: exact types, ``*`` for one segment, a final ``**`` for one or more; at most
+                ``schemas.topics.MAX_PATTERNS`` (10,000).
             policy: ``"drop"`` ends the subscription with SlowSubscriberError on the first loss;
                 ``"count"`` keeps going and counts losses in ``Subscription.lost``;
                 ``"recover"`` fetches lost events from the event log and delivers them in
@@ -206,7 +209,7 @@ class Bus(PublisherCore):
                 events, with no gap and no duplicate at the seam (needs the event log).
 
         Raises:
-            InvalidEvent: an invalid pattern, policy, hwm or since.
+            InvalidEvent: an invalid pattern (or more than 10,000), policy, hwm or since.
             BusUnavailable: the broker (or, with ``since``, the event log) did not answer in time.
             BusTimeout: with ``since``, the event log did not catch up with the broker in time.
         """
@@ -386,5 +389,6 @@ def connect(
     Raises:
         BusUnavailable: the broker did not answer within ``timeout`` (a ``--curve`` broker that
             does not let these keys in never answers), or CURVE keys cannot be loaded.
+        UnsafeHome: ``home`` belongs to another user, or other users can write it.
     """
     return Bus(home, name=name, **options)

@@ -5,6 +5,7 @@
     BusError
     ├── BusUnavailable            the broker or session service did not answer
     ├── BusClosed                 the Bus or Subscription was already closed
+    ├── UnsafeHome (PermissionError) the home belongs to, or can be written by, another user
     ├── InvalidEvent (ValueError) bad type, pattern or payload (see .reason)
     │   └── MessageTooLarge       encoded event over the broker's limit (.size, .limit)
     ├── BusTimeout (TimeoutError) a receive or publish did not complete in time
@@ -31,6 +32,11 @@ class BusUnavailable(BusError):
 
 class BusClosed(BusError):
     """The Bus or Subscription was used after ``close()``."""
+
+
+class UnsafeHome(BusError, PermissionError):
+    """The home belongs to another user, or others can write it: whoever can replace its sockets
+    would receive every request, so the SDK refuses it (as ssh refuses such a ``~/.ssh``)."""
 
 
 class InvalidEvent(BusError, ValueError):

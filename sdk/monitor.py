@@ -128,6 +128,7 @@ def figures(current: Sample, previous: Sample | None = None) -> dict[str, Any]:
             "topics": dict(b.get("topics", {})),
             "topic_count": b.get("topic_count", len(b.get("topics", {}))),
             "topics_refused": b.get("topics_refused", 0),
+            "curve_refused": b.get("curve_refused", 0),
             "rate": None,
             "topic_rates": {},
         }
@@ -151,6 +152,7 @@ def figures(current: Sample, previous: Sample | None = None) -> dict[str, Any]:
             "written": lg.get("written", 0),
             "lost": lg.get("lost", 0),
             "gaps": lg.get("gaps", 0),
+            "curve_refused": lg.get("curve_refused", 0),
             "lag": max(b.get("version", 0) - last, 0) if b is not None else None,
         }
 
@@ -164,6 +166,7 @@ def figures(current: Sample, previous: Sample | None = None) -> dict[str, Any]:
             "requests_total": sum(requests.values()),
             "errors": dict(s.get("errors", {})),
             "errors_total": sum(s.get("errors", {}).values()),
+            "curve_refused": s.get("curve_refused", 0),
             "commits": counts.get("commits", 0),
             "rate": None,
             "service_ms": _per_request_ms(s.get("busy_seconds", 0.0), _served(counts)),

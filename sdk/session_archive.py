@@ -21,19 +21,18 @@ import base64
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from sdk.core.decoding import event_of_row
 from sdk.core.flows import Ask, Flow, Work, log_pages, replay_request, tail_request
-from sdk.errors import InvalidEvent, RemoteError
+from sdk.errors import RemoteError
 from sdk.event import Event, Session, jsonable
+from sdk.export_file import FORMAT, MAGIC, ExportReader
 from sdk.sessions import Call, SessionCalls, translated
 
-FORMAT = 1
-MAGIC = "session-export"
 IMPORT_CHUNK = 2_000
 """Most events in one ``import`` request to the log."""
 IMPORT_BYTES = 16 << 20
@@ -113,38 +112,44 @@ def read_export(path: str | os.PathLike[str]) -> tuple[dict[str, str], list[list
     """The session (wire form) and the log rows ``[version, seq, type, body]`` of an export file.
 
     Raises:
-        InvalidEvent: the file is not a pryxbus session export.
+        InvalidEvent: the file is not a pryxbus session export, or is beyond the reader's bounds.
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = [json.loads(line) for line in f if line.strip()]
-    except (OSError, ValueError) as e:
-        raise InvalidEvent(f"cannot read session export {os.fspath(path)!r}: {e}") from None
-    if not lines or not isinstance(lines[0], dict) or lines[0].get("pryxbus") != MAGIC:
-        raise InvalidEvent(f"{os.fspath(path)!r} is not a pryxbus session export")
-    header = lines[0]
-    if header.get("format") != FORMAT:
-        raise InvalidEvent(f"unknown session export format {header.get('format')!r} (this pryxbus reads {FORMAT})")
-    events = lines[1:]
-    if header.get("events") != len(events):
-        raise InvalidEvent(f"session export is truncated: {len(events)} of {header.get('events')} events")
-    try:
-        rows = [[int(e["version"]), int(e["seq"]), str(e["type"]), base64.b64decode(e["body"], validate=True)] for e in events]
-    except (KeyError, TypeError, ValueError) as e:
-        raise InvalidEvent(f"bad event line in session export: {e}") from None
-    return header["session"], rows
+    with ExportReader(path) as export:
+        return export.session, list(export.rows())
 
 
 def import_(path: str | os.PathLike[str], *, overwrite: bool = False) -> Flow[Session]:
-    """Restore the session of an export file, then its events into the log."""
-    session, rows = yield Work(lambda: read_export(path))
+    """Restore the session of an export file, then its events into the log.
+
+    The file is streamed, a request at a time, twice: first the log checks every event, so a file
+    it refuses changes nothing (not even the session); then the session is restored and the
+    events imported.
+    """
+    session = (yield Work(lambda: _header(path))).session
+    yield from _send_events(path, session["id"], check=True)
     restored = yield from session_call(SessionCalls.restore(session, overwrite))
-    for chunk in import_chunks(rows):
-        yield Ask("log", {"op": "import", "events": chunk})
+    yield from _send_events(path, session["id"], check=False)
     return restored
 
 
-def import_chunks(rows: list[list[Any]]) -> Iterator[list[list[Any]]]:
+def _send_events(path: str | os.PathLike[str], session_id: str, *, check: bool) -> Flow[None]:
+    """One pass over the file's events: each request of them imported (or, with ``check``, checked)."""
+    export = yield Work(lambda: ExportReader(path))
+    try:
+        chunks = import_chunks(export.rows())
+        while (chunk := (yield Work(lambda: next(chunks, None)))) is not None:
+            request = {"op": "import", "session_id": session_id, "events": chunk}
+            yield Ask("log", {**request, "check": True} if check else request)
+    finally:
+        export.close()
+
+
+def _header(path: str | os.PathLike[str]) -> ExportReader:
+    with ExportReader(path) as export:
+        return export
+
+
+def import_chunks(rows: Iterable[list[Any]]) -> Iterator[list[list[Any]]]:
     """``rows`` in requests of at most IMPORT_CHUNK events and IMPORT_BYTES of bodies (one
     event alone may be bigger): the log refuses a request over 64 MiB, however few its events."""
     chunk: list[list[Any]] = []

@@ -81,6 +81,7 @@ class Subscription:
         self._sock = sock
         try:
             sock.connect(bus.endpoints.subscribe)
+            sock.sndhwm = len(self._decoder.prefixes) + 1  # every subscription frame fits (issue 16)
             for prefix in self._decoder.prefixes:
                 sock.subscribe(prefix)
             token = sync_token()

@@ -15,7 +15,7 @@ import zmq
 from schemas.catalogue import SchemaError, validate as validate_payload
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
 from schemas.envelope import encode_body as codec_encode_body
-from schemas.topics import InvalidType, check_pattern, check_type
+from schemas.topics import MAX_PATTERNS, InvalidType, check_pattern, check_type
 from sdk.errors import BusUnavailable, InvalidEvent, MessageTooLarge, PublishTimeout, not_unicode
 from sdk.core.decoding import POLICIES
 
@@ -96,6 +96,8 @@ def check_subscription(
     Raises:
         InvalidEvent: an invalid pattern, policy, high-water mark or version.
     """
+    if len(patterns) > MAX_PATTERNS:
+        raise InvalidEvent(f"a subscription takes at most {MAX_PATTERNS} patterns, not {len(patterns)}")
     try:
         checked = tuple(check_pattern(p) for p in patterns)
     except InvalidType as e:

@@ -196,3 +196,36 @@ def test_a_curve_socket_without_an_authenticator_refuses_even_a_listed_key(home:
         assert server.poll(1000) == 0  # the handshake never completes: nothing arrives
     finally:
         ctx.destroy(linger=0)
+
+
+def test_refused_connections_are_logged_and_counted(home: Path, start) -> None:
+    """Issue 16: a --curve stack refused strangers without a word. Each refusal is counted in the
+    parts' stats (and so in top and /metrics) and logged, at most one line per interval."""
+    from schemas.endpoints import Endpoints
+
+    generate(home)
+    parts = {"broker": start("broker", "--curve"), "sessions": start("session-service", "--curve", "--no-events")}
+    endpoints = Endpoints.for_home(home)
+    stranger_public, stranger_secret = other_keys(home)
+    public, secret = zmq.auth.load_certificate(stranger_secret)
+    ctx = zmq.Context()
+    strangers = []  # open until their one attempt each has been refused
+    try:
+        for endpoint in (endpoints.control, endpoints.control, endpoints.control, endpoints.sessions):
+            sock = ctx.socket(zmq.DEALER)
+            strangers.append(sock)
+            sock.linger = 0
+            sock.reconnect_ivl = -1  # one attempt, so one refusal
+            sock.curve_publickey, sock.curve_secretkey = public, secret
+            sock.curve_serverkey = zmq.auth.load_certificate(KeyPaths.for_home(home).server_public)[0]
+            sock.connect(endpoint)
+        with sdk.connect(home, timeout=5.0) as bus:
+            wait_for(bus.stats, lambda s: s["curve_refused"] == 3, what="3 refusals at the broker")
+            wait_for(bus.sessions.stats, lambda s: s["curve_refused"] == 1, what="1 refusal at the session service")
+    finally:
+        ctx.destroy(linger=0)
+    lines = [line for line in parts["broker"].log.splitlines() if "refused a CURVE connection" in line]
+    assert len(lines) == 1 and "Unknown key" in lines[0] and "1 refused in all" in lines[0], lines
+    top = subprocess.run([sys.executable, "-m", "broker", "top", "--once", "--home", str(home)],
+                         capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert "curve         4 connections refused (broker 3, sessions 1)" in top.stdout, top.stdout + top.stderr

@@ -153,6 +153,15 @@ def test_the_highest_tcp_base_port_is_accepted() -> None:
         Endpoints.parse_tcp("127.0.0.1:65531")
 
 
+def test_pub_refuses_json_nested_too_deep_to_parse(home: Path, broker) -> None:
+    """Issue 16: 50,000 levels of brackets printed a RecursionError traceback."""
+    deep = "[" * 50_000 + "]" * 50_000
+    for result in (pryxbus("pub", "t:a", deep, home=home), pryxbus("pub", "t:a", "-", home=home, stdin=f"[1]\n{deep}\n")):
+        assert result.returncode == 1 and "nests too deep to parse" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert "stdin line 2" in result.stderr and "(1 event(s) published before it)" in result.stderr
+
+
 @pytest.mark.parametrize("payload", ["NaN", "[1e999]", "[-Infinity]"])
 def test_pub_refuses_what_is_not_strict_json(home: Path, broker, payload: str) -> None:
     result = pryxbus("pub", "t:a", payload, home=home)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -327,3 +329,71 @@ def test_sustained_load_4x4_with_a_slow_subscriber(home: Path, start, seconds: i
         f"\nload {seconds}s: published={total} ({total / seconds:.0f}/s) slow lost={slow_lost}"
         f" broker RSS KiB before={rss_before} during={rss_during} after={rss_after}"
     )
+
+
+# -- damaged databases (issue 16) ----------------------------------------------------------------
+
+
+def _page(path: Path) -> int:
+    """The database's page size, from its header."""
+    size = int.from_bytes(path.read_bytes()[16:18], "big")
+    return 65536 if size == 1 else size
+
+
+def _overwrite_page(path: Path, which: Callable[[int], int], fill: bytes) -> None:
+    """Replace page ``which(pages)`` (0-based) of the file with ``fill`` repeated to a page."""
+    data, page = path.read_bytes(), _page(path)
+    start = which(len(data) // page) * page
+    path.write_bytes(data[:start] + (fill * page)[:page] + data[start + page :])
+
+
+DAMAGES: dict[str, Callable[[Path], None]] = {
+    "emptied": lambda p: p.write_bytes(b""),
+    "header-garbage": lambda p: p.write_bytes(b"\xa5" * 100 + p.read_bytes()[100:]),
+    "middle-page-garbage": lambda p: _overwrite_page(p, lambda pages: pages // 2, bytes(range(256))),
+    "last-page-zeroed": lambda p: _overwrite_page(p, lambda pages: pages - 1, b"\0"),
+    "truncated-half": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2 // _page(p) * _page(p)]),
+}
+"""How a database file gets damaged: each must be refused at start, the file left as it was."""
+
+
+@pytest.fixture(scope="module")
+def sound_databases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """A sessions.db and an events.db holding data, written by the real stores (checkpointed)."""
+    from broker.eventlog.store import EventStore
+    from broker.sessions.store import SessionStore
+    from schemas.envelope import encode_body
+
+    tmp = tmp_path_factory.mktemp("sound")
+    with SessionStore(tmp / "sessions.db") as store:
+        for i in range(2000):
+            store.create(f"session {i}")
+    with EventStore(tmp / "events.db") as store:
+        body = encode_body({"n": "x" * 100}, source="t", session_id="s")
+        store.append([(v, "t:e", v, 1.0, "t", "s", body) for v in range(1, 3001)])
+    return {name: (tmp / name).read_bytes() for name in ("sessions.db", "events.db")}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+@pytest.mark.parametrize("part, db, what", [
+    ("session-service", "sessions.db", "as the session database"),
+    ("event-log", "events.db", "as the event log"),
+])
+def test_a_damaged_database_is_refused_at_start_and_left_untouched(
+    home: Path, sound_databases: dict[str, bytes], damage: str, part: str, db: str, what: str
+) -> None:
+    """Issue 16: SQLite opens a damaged file (or an emptied one, as a new database) without a word;
+    the part runs ``PRAGMA quick_check`` first, and refuses to start, saying what to do."""
+    path = home / db
+    path.write_bytes(sound_databases[db])
+    DAMAGES[damage](path)
+    damaged = path.read_bytes()
+    done = subprocess.run(
+        [sys.executable, "-m", "broker", part, "--home", str(home), *(["--wait", "0.1"] if part == "event-log" else [])],
+        capture_output=True, text=True, timeout=30, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert what in done.stderr and "restore it from a backup" in done.stderr, done.stderr
+    assert ("is empty (0 bytes)" if damage == "emptied" else "is damaged (SQLite quick_check") in done.stderr
+    assert "Traceback" not in done.stderr and "ready" not in done.stdout
+    assert path.read_bytes() == damaged

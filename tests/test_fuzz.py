@@ -17,7 +17,7 @@ import zmq
 
 import sdk
 from schemas.endpoints import Endpoints
-from tests.helpers import raw_publisher, stats, wait_stats
+from tests.helpers import raw_publisher, stats, wait_for, wait_stats
 
 GOOD_BODY = msgpack.packb([1, 1.0, "raw", None, {"ok": True}], use_bin_type=True)
 
@@ -151,3 +151,56 @@ def test_session_service_fuzz_while_a_client_works(home: Path, start) -> None:
         print(f"\nsession fuzz: {n} bad requests -> {codes}; 100 raw connections; {len(created)} good sessions intact")
     finally:
         ctx.destroy(linger=0)
+
+
+def forged_import(rng: random.Random, held: list[int], last: int) -> dict:
+    """One hostile ``import`` request for the event log (issue 16): each must be refused."""
+    from schemas.envelope import encode_body
+
+    def row(version: int, session: str | None = "victim") -> list:
+        return [version, 1, "channel:message", encode_body({"text": "forged"}, source="admin", session_id=session)]
+
+    kind = rng.randrange(6)
+    if kind == 0:  # a carrier file holding another session's event
+        return {"op": "import", "session_id": "carrier", "events": [row(rng.randrange(1, last + 1))]}
+    if kind == 1:  # the victim's own id, at a version the log holds for it (other content)
+        return {"op": "import", "session_id": "victim", "events": [row(rng.choice(held))]}
+    if kind == 2:  # above the last version: it would collide with a live event
+        return {"op": "import", "session_id": "victim", "events": [row(last + rng.randrange(1, 10**6))]}
+    if kind == 3:  # no session named
+        return {"op": "import", "events": [row(rng.choice(held))]}
+    if kind == 4:  # rows of the wrong shape
+        return {"op": "import", "session_id": "victim", "events": [[rng.randrange(-5, 5), "x"]] * rng.randrange(1, 4)}
+    return {"op": "import", "session_id": "victim", "events": rng.choice([None, 7, "rows", {"a": 1}])}
+
+
+def test_forged_imports_change_nothing_in_the_log(home: Path, start) -> None:
+    """Hundreds of forged session imports (issue 16): each refused with a code, counted, and the
+    log's events unchanged."""
+    start("broker")
+    log = start("event-log")
+    rng = random.Random(16)
+    with sdk.connect(home, name="good") as bus:
+        for i in range(20):
+            bus.publish("channel:message", {"text": f"real {i}"}, session_id="victim" if i % 2 else "carrier")
+        wait_for(bus.log_stats, lambda s: s["last"] == 20, what="the log at version 20")
+        before = list(bus.replay())
+        held = [e.version for e in before if e.session_id == "victim"]
+        replies: list[dict] = []
+        ctx = zmq.Context()
+        try:
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.linger = 0
+            dealer.connect(Endpoints.for_home(home).log)
+            n = 300
+            for _ in range(n):
+                dealer.send_multipart([b"", msgpack.packb(forged_import(rng, held, len(before)), use_bin_type=True)])
+            for _ in range(n):
+                assert dealer.poll(10_000), f"only {len(replies)} replies of {n}"
+                replies.append(msgpack.unpackb(dealer.recv_multipart()[-1], raw=False))
+        finally:
+            ctx.destroy(linger=0)
+        assert all(r["ok"] is False and r["code"] in ("bad_request", "conflict") for r in replies), replies
+        assert list(bus.replay()) == before
+        s = bus.log_stats()
+        assert s["bad_requests"] == n and s["pid"] == log.pid

@@ -121,6 +121,26 @@ def test_metrics_of_a_curve_stack(home: Path, start) -> None:
     m = scrape(address)  # the endpoint scrapes the parts as a CURVE client of the home's keys
     assert [m[f'pryxbus_up{{part="{part}"}}'] for part in ("broker", "sessions", "log")] == [1, 1, 1]
     assert m["pryxbus_events_total"] == 0
+    assert m['pryxbus_curve_refused_total{part="broker"}'] == 0
+
+    import zmq  # a client with a key not let in, once (issue 16: refusals are counted, not silent)
+    import zmq.auth
+
+    from schemas.endpoints import Endpoints
+    from sdk.security import KeyPaths
+
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger, sock.reconnect_ivl = 0, -1
+        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+        sock.curve_serverkey = zmq.auth.load_certificate(KeyPaths.for_home(home).server_public)[0]
+        sock.connect(Endpoints.for_home(home).control)
+        key = 'pryxbus_curve_refused_total{part="broker"}'
+        m = wait_for(lambda: scrape(address), lambda m: m[key] == 1, what="the refusal in /metrics")
+        assert m['pryxbus_curve_refused_total{part="sessions"}'] == m['pryxbus_curve_refused_total{part="log"}'] == 0
+    finally:
+        ctx.destroy(linger=0)
 
 
 def test_metrics_with_tcp_port_0_scrape_the_ports_the_parts_chose(home: Path, start) -> None:

@@ -5,10 +5,12 @@ The SDK tests run on both fronts (``front``: sync and asyncio, tests/fronts.py).
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -204,3 +206,89 @@ def test_cli_export_import_stats(full_sync: sdk.Bus, home: Path) -> None:
         # the path given, not the temporary file beside it ("HOME.tmp: Is a directory" said it was one)
         assert json.loads(out.stdout) == {"ok": False, "code": "file", "message": f"cannot write {bad}: {why}"}
     assert not (home.parent / f"{home.name}.tmp").exists()  # nothing half-written left behind
+
+
+def edited_export(full: sdk.Bus, session: sdk.Session, path: Path, change: Callable[[list[dict]], None]) -> None:
+    """Export ``session`` to ``path``, then let ``change`` edit its lines (header first)."""
+    full.sessions.export(session.id, path)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    change(lines)
+    lines[0]["events"] = len(lines) - 1
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_a_refused_import_changes_nothing(full: sdk.Bus, home: Path) -> None:
+    """Issue 16: an import the log refuses used to leave the restored session behind."""
+    session = conversation(full)
+    path = home / "chat.jsonl"
+    edited_export(full, session, path, lambda lines: lines[2].update(type="channel:edited"))
+    full.sessions.delete(session.id)
+    count = len(full.sessions.list())
+    with pytest.raises(sdk.SessionConflict, match="other events under versions"):
+        full.sessions.import_(path)
+    with pytest.raises(sdk.SessionNotFound):
+        full.sessions.get(session.id)
+    assert len(full.sessions.list()) == count
+
+
+def test_an_import_cannot_forge_history(full: sdk.Bus, home: Path) -> None:
+    """Issue 16: an export file is anyone's to write. Its events must belong to its session, may
+    only fill versions the log held for that session, and stay marked as imported."""
+    from schemas.envelope import encode_body
+
+    victim = conversation(full)
+    carrier = full.sessions.create("carrier")
+    full.publish("channel:message", {"text": "mine"}, session_id=carrier.id)
+    logged_through(full, TOTAL + 2)
+    free = full.log.call({"op": "replay", "session_id": carrier.id})["events"][-1][0]
+    kept = home / "carrier.jsonl"
+    full.sessions.export(carrier.id, kept)
+    full.log.call({"op": "delete_session", "session_id": carrier.id})  # `free` is now vacated (by carrier)
+
+    def forged(session_id: str) -> Callable[[list[dict]], None]:
+        body = encode_body({"text": "forged"}, source="admin", session_id=session_id)
+        line = {"version": free, "seq": 1, "type": "channel:message", "body": base64.b64encode(body).decode()}
+        return lambda lines: lines.append(line)
+
+    path = home / "forged.jsonl"
+    edited_export(full, carrier, path, forged(victim.id))  # a carrier file with a victim's event
+    with pytest.raises(sdk.BusError, match="belongs to session"):
+        full.sessions.import_(path)
+    edited_export(full, victim, path, forged(victim.id))  # the victim's own file, at carrier's version
+    with pytest.raises(sdk.SessionConflict, match="never held versions"):
+        full.sessions.import_(path)
+    assert "forged" not in str([e.payload for e in full.replay(session_id=victim.id)])
+
+    # what an import does put back is distinguishable from what the bus delivered live
+    before = full.log.call({"op": "replay", "session_id": carrier.id})
+    assert before["events"] == [] and before["imported"] == []
+    full.sessions.import_(kept)
+    page = full.log.call({"op": "replay", "session_id": carrier.id})
+    assert page["imported"] == [row[0] for row in page["events"]] and free in page["imported"]
+    assert full.log.call({"op": "summary", "session_id": carrier.id})["imported"] == len(page["events"])
+    assert full.log.call({"op": "summary", "session_id": victim.id})["imported"] == 0
+
+
+def test_import_reads_hostile_files_within_bounds(full_sync: sdk.Bus, home: Path) -> None:
+    """Issue 16: a 100k-deep header was a RecursionError traceback; a 200 MB line grew the client by
+    195 MB before 'event log did not answer'. The file is streamed, its lines and size are bounded,
+    and each refusal is a clear error (exit 1) that changes nothing."""
+    from sdk.export_file import MAX_FILE, MAX_LINE
+
+    header = {"pryxbus": "session-export", "format": 1, "events": 1, "session": {
+        "id": "hostile", "title": "t", "created_at": "2024-01-01T00:00:00.000000Z", "updated_at": "2024-01-01T00:00:00.000000Z"}}
+    deep, long, huge = home / "deep.jsonl", home / "long.jsonl", home / "huge.jsonl"
+    deep.write_text('{"pryxbus": "session-export", "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with long.open("w") as f:
+        f.write(json.dumps(header) + "\n" + '{"body": "' + "A" * MAX_LINE + '"}\n')
+    with huge.open("w") as f:  # sparse: the size is refused before anything is read
+        f.write(json.dumps(header) + "\n")
+        f.truncate(MAX_FILE + 1)
+    for path, why in ((deep, "line 1 nests too deep to parse"), (long, f"line 2 of session export {str(long)!r} is longer than 64 MiB"),
+                      (huge, "is larger than 16 GiB")):
+        out = subprocess.run([sys.executable, "-m", "broker", "sessions", "import", str(path), "--home", str(home)],
+                             capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert out.returncode == 1 and why in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert json.loads(out.stdout)["code"] == "invalid"
+    with pytest.raises(sdk.SessionNotFound):
+        full_sync.sessions.get("hostile")

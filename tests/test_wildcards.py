@@ -78,3 +78,33 @@ def test_invalid_types_raise_and_send_nothing(bus: sdk.Bus) -> None:
 def test_invalid_policy_raises(bus: sdk.Bus) -> None:
     with pytest.raises(sdk.InvalidEvent):
         bus.subscribe("a", policy="ignore")  # type: ignore[arg-type]
+
+
+def test_any_number_of_patterns_up_to_the_limit_works(front_bus: sdk.Bus) -> None:
+    """Issue 16: 1,000 patterns or more overflowed the SUB socket's send HWM, so the sync
+    subscription was lost and subscribe failed with 'is it running?'. Up to MAX_PATTERNS work;
+    one more is refused at once."""
+    from schemas.topics import MAX_PATTERNS
+
+    patterns = [f"many:p{i}" for i in range(MAX_PATTERNS)]
+    with front_bus.subscribe(*patterns) as sub:
+        front_bus.publish("many:other", 0)
+        front_bus.publish(patterns[-1], 1)
+        front_bus.publish(patterns[0], 2)
+        assert [(e.type, e.payload) for e in collect(sub, 2)] == [(patterns[-1], 1), (patterns[0], 2)]
+    with pytest.raises(sdk.InvalidEvent, match=f"at most {MAX_PATTERNS} patterns, not {MAX_PATTERNS + 1}"):
+        front_bus.subscribe(*patterns, "many:one-more")
+
+
+@pytest.mark.parametrize("length", [246, 247, 255])
+def test_every_valid_type_can_be_subscribed_to(front_bus: sdk.Bus, length: int) -> None:
+    """Issue 16: a type of 247-255 bytes gave a SUBSCRIBE frame (10 bytes + prefix, ZMTP 3.1) over
+    the broker's subscription limit, so subscribing to it timed out though ``**`` got its events.
+    Its prefix is now cut to MAX_PREFIX bytes; a type sharing those bytes is not delivered."""
+    event_type = "long:" + "x" * (length - 5)
+    sibling = event_type[:-1] + "y"
+    with front_bus.subscribe(event_type) as sub, front_bus.subscribe("long:*") as wide:
+        front_bus.publish(sibling, 0)
+        front_bus.publish(event_type, length)
+        assert [e.payload for e in collect(wide, 2)] == [0, length]
+        assert sub.recv(timeout=5).payload == length

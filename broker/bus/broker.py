@@ -730,6 +730,7 @@ class Broker(LogLink):
             "topics_refused": self.topics_refused,
             "malformed": self.malformed,
             "rejected": self.rejected,
+            "curve_refused": self._auth.refused if self._auth is not None else 0,
             "syncs": self.syncs,
             "taking_events": self._closed_until is None,
             "lifecycle_events": self.lifecycle_events,

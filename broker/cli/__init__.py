@@ -50,6 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()  # imports every command module: ~0.2 s in which Ctrl-C may come
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
+    except PermissionError as e:  # sdk.UnsafeHome, schemas.endpoints.HomeNotOwned: another user's home
+        if e.errno is not None:
+            raise
+        print(f"pryxbus: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

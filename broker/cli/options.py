@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from broker.security import SecurityError, ServerKeys
-from schemas.endpoints import ENDPOINT_NAMES, Endpoints, default_home, ensure_home
+from schemas.endpoints import ENDPOINT_NAMES, Endpoints, HomeNotOwned, check_owned, default_home, ensure_home
 from sdk.security import KeyPaths
 
 
@@ -101,10 +102,39 @@ def tcp_listen(text: str) -> str:
 def server_home(args: argparse.Namespace) -> Path:
     """The home a server part runs in (created, 0700); a clear exit if it cannot be."""
     home = args.home or default_home()
+    os.umask(0o077)  # every file a server creates (databases, sockets, locks, keys) is its user's alone
     try:
-        return ensure_home(home)
+        home = ensure_home(home)
+        check_home_files(home)
+        return home
+    except HomeNotOwned as e:
+        raise SystemExit(f"pryxbus: {e}") from None
     except OSError as e:
         raise SystemExit(f"pryxbus: cannot use {home} as the home: {e.strerror or e}") from None
+
+
+def check_home_files(home: Path) -> None:
+    """Refuse a home holding files (sockets, databases, locks, keys) that another user owns, and
+    make our own private (0600): created before this check existed, they may be readable by all.
+
+    Raises:
+        HomeNotOwned: a file in ``home`` (or ``home/keys``) belongs to another user.
+    """
+    for directory in (home, home / "keys", home / "keys" / "clients"):
+        if not directory.is_dir():
+            continue
+        check_owned(directory, "directory")
+        for path in directory.iterdir():
+            check_owned(path, "directory" if path.is_dir() else "file", writable=False)  # a link: by its target
+            try:
+                info = path.stat()
+            except OSError:
+                continue  # a dangling link: nothing to read through it
+            if not path.is_dir() and info.st_mode & 0o077 and info.st_uid == os.geteuid():
+                try:
+                    os.chmod(path, 0o600)
+                except OSError:
+                    pass  # an immutable file, a read-only mount: the part that uses it says so
 
 
 def server_endpoints(args: argparse.Namespace) -> tuple[Path, Endpoints]:

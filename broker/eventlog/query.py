@@ -11,7 +11,8 @@ Ops (``schemas/PROTOCOL.md`` has the field list):
   ask again with ``since=next`` until ``done``.
 - ``tail``: the last ``limit`` events matching ``patterns``/``session_id``, oldest first.
 - ``summary``: counts by type, first/last activity, optional time buckets; for one session or all.
-- ``import``: rows ``[version, topic_seq, type, body]`` inserted unless that version is already logged.
+- ``import``: one session's rows ``[version, topic_seq, type, body]`` put back (``check``: only
+  say whether they would be); the rules are in :mod:`broker.eventlog.imports`.
 - ``delete_session``: drop the events of one session (what a session export can bring back).
 - ``publishers``: for the identified events above ``since``, each publisher's highest number and
   its version (what a restarted broker needs to stamp no (publisher, number) twice).
@@ -25,11 +26,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from broker.eventlog.imports import ImportRefused, SessionImports
 from broker.eventlog.store import EventStore
 from broker.eventlog.writer import LogWriter
-from schemas.envelope import decode_header
 from schemas.eventlog import MAX_INT, MAX_PAGE
-from schemas.topics import InvalidType, check_pattern, check_type, compile_matcher, is_match_all
+from schemas.topics import InvalidType, check_pattern, compile_matcher, is_match_all
 
 DEFAULT_PAGE = 5_000
 MAX_PUBLISHERS = 100_000
@@ -98,6 +99,9 @@ class LogQueries:
         self.requests = 0
         self.bad_requests = 0
         self.trimmed = 0
+        self.imports = SessionImports(store, lambda: writer.last_version)
+        self.curve_refused: Callable[[], int] = lambda: 0
+        """Connections the log's CURVE authenticator refused (set by the service that has one)."""
         self._handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self.op_ping,
             "stats": self.op_stats,
@@ -146,6 +150,7 @@ class LogQueries:
             "retention": self.retention,
             "requests": self.requests,
             "bad_requests": self.bad_requests,
+            "curve_refused": self.curve_refused(),
             "path": str(store.path),
         }
 
@@ -169,7 +174,10 @@ class LogQueries:
         done = exhausted and (until is None or last >= until)
         if exhausted and until is not None and last >= until:
             next_since = until
-        return {"events": rows, "next": next_since, "done": done, "exhausted": exhausted, "last": last}
+        return {
+            "events": rows, "next": next_since, "done": done, "exhausted": exhausted, "last": last,
+            "imported": self.imports.imported_among([r[0] for r in rows]),
+        }
 
     def op_tail(self, msg: dict[str, Any]) -> dict[str, Any]:
         limit = min(_int(msg, "limit", 10, minimum=1) or 10, MAX_PAGE)
@@ -226,6 +234,7 @@ class LogQueries:
             "duration": (last_ts - first_ts) if count else 0.0,
             "first_version": first_v,
             "last_version": last_v,
+            "imported": self.imports.imported_count(session_id),
         }
         if bucket is not None:
             result["bucket"] = bucket
@@ -240,50 +249,13 @@ class LogQueries:
         return result
 
     def op_import(self, msg: dict[str, Any]) -> dict[str, Any]:
-        events = msg.get("events")
-        if not isinstance(events, list):
-            raise BadRequest("'events' must be a list of [version, topic_seq, type, body]")
-        rows = []
-        for item in events:
-            if not (isinstance(item, list) and len(item) == 4):
-                raise BadRequest("each event must be [version, topic_seq, type, body]")
-            version, seq, event_type, body = item
-            if not (isinstance(version, int) and version > 0 and isinstance(seq, int)):
-                raise BadRequest("version and topic_seq must be positive integers")
-            if not isinstance(body, bytes):
-                raise BadRequest("body must be bytes (the envelope as delivered)")
-            try:
-                check_type(event_type)
-                ts, source, session_id = decode_header(body)
-            except (InvalidType, ValueError) as e:
-                raise BadRequest(f"event {version}: {e}") from None
-            rows.append((version, event_type, seq, ts, source, session_id, body, None, None))
-        # Only versions this bus has already handed out: a higher one would collide with a live
-        # event later. A version already logged must hold the same event (idempotent re-import).
-        last = self.writer.last_version
-        future = [r[0] for r in rows if r[0] > last]
-        if future:
-            raise BadRequest(
-                f"versions {future[0]}.. are above this log's last version {last}: importing them would"
-                " collide with live events", "conflict"
-            )
-        versions = [r[0] for r in rows]
-        existing: dict[int, tuple[str, bytes]] = {}
-        for start in range(0, len(versions), 500):
-            chunk = versions[start : start + 500]
-            existing.update(
-                (v, (t, b))
-                for v, t, b in self.store.conn.execute(
-                    f"SELECT version, type, body FROM events WHERE version IN ({', '.join('?' * len(chunk))})", chunk
-                )
-            )
-        clash = [r[0] for r in rows if r[0] in existing and existing[r[0]] != (r[1], r[6])]
-        if clash:
-            raise BadRequest(f"the log holds other events under versions {clash[:5]}", "conflict")
-        before = self.store.conn.total_changes
-        self.store.append([r for r in rows if r[0] not in existing])
-        inserted = self.store.conn.total_changes - before
-        return {"inserted": inserted, "existing": len(rows) - inserted}
+        session_id = _str(msg, "session_id")
+        if not session_id:
+            raise BadRequest("'session_id' is required: the session the imported events belong to")
+        try:
+            return self.imports.import_(session_id, msg.get("events"), check=msg.get("check") is True)
+        except ImportRefused as e:
+            raise BadRequest(str(e), e.code) from None
 
     def op_publishers(self, msg: dict[str, Any]) -> dict[str, Any]:
         since = _int(msg, "since", 0)
@@ -295,6 +267,4 @@ class LogQueries:
         session_id = _str(msg, "session_id")
         if not session_id:
             raise BadRequest("'session_id' is required")
-        with self.store.conn:
-            deleted = self.store.conn.execute("DELETE FROM events WHERE session_id = ?", (session_id,)).rowcount
-        return {"deleted": deleted}
+        return {"deleted": self.imports.delete_session(session_id)}

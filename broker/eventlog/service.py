@@ -127,6 +127,9 @@ class EventLog:
             self.writer,
             {"events": config.retain_events, "seconds": config.retain_seconds},
         )
+        if self._auth is not None:
+            auth = self._auth
+            self.queries.curve_refused = lambda: auth.refused
 
     def await_broker(self, timeout: float) -> bool:
         """Block until the broker confirms our subscription (True), or ``stop()`` is called (False).

@@ -16,6 +16,8 @@ from typing import Any
 
 import sqlite_utils
 
+from broker.dbcheck import check_database
+
 DB_FILE = "events.db"
 
 EVENT_COLUMNS = ("version", "type", "topic_seq", "ts", "source", "session_id", "body", "pub_id", "pub_num")
@@ -62,6 +64,7 @@ class EventStore:
 
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)
+        check_database(self.path, "logged events")
         self.db = sqlite_utils.Database(self.path)
         self.conn = self.db.conn
         # Bigger pages and fewer checkpoints make appends cheaper; page_size only applies to a new file.

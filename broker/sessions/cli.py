@@ -14,6 +14,7 @@ from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, path_lock, stop_on_signals
 from broker.sessions.events import DEFAULT_LINGER
 from broker.sessions.spare_cpu import DEFAULT_SPIN
+from schemas.endpoints import HomeNotOwned, check_owned
 from sdk.cli.common import add_home, fail, whole_number
 
 DB_FILE = "sessions.db"
@@ -64,6 +65,11 @@ def run_session_service(args: argparse.Namespace) -> int:
     db_path = args.db or home / DB_FILE
     if not db_path.parent.is_dir():
         return fail(f"--db: the directory {db_path.parent} does not exist")
+    try:  # a --db outside the home: another user must not own it (or its directory)
+        check_owned(db_path.parent, "directory of the database")
+        check_owned(db_path, "database", writable=False)
+    except HomeNotOwned as e:
+        return fail(str(e))
     curve = server_keys(args, home)
     config = ServiceConfig(
         endpoints=endpoints,

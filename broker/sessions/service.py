@@ -454,6 +454,7 @@ class SessionService:
             "events_held": events.held if events else 0,
             "db": str(self.config.db_path),
             "schema_version": SCHEMA_VERSION,
+            "curve_refused": self._auth.refused if self._auth is not None else 0,
         }
 
     def _op_get(self, msg: dict[str, Any]) -> dict[str, str]:

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import sqlite_utils
 from sqlite_utils.db import DescIndex
 
+from broker.dbcheck import check_database
 from schemas.sessions import (
     BAD_REQUEST,
     CONFLICT,
@@ -174,6 +175,7 @@ class SessionStore:
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
+        check_database(self.path, "sessions")
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout)
         self.db = sqlite_utils.Database(conn)
         self._conn = conn

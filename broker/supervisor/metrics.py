@@ -117,6 +117,14 @@ class StackCollector:
                     value=s["service_ms"] / 1000,
                 )
 
+        refused = CounterMetricFamily(
+            "pryxbus_curve_refused", "connections a --curve part refused (a key not allowed, or no CURVE)", labels=["part"]
+        )
+        for part in ("broker", "log", "sessions"):
+            if f.get(part) is not None:
+                refused.add_metric([part], f[part].get("curve_refused", 0))
+        yield refused
+
 
 def serve(
     address: str, endpoints: Endpoints, *, timeout: float = 0.5, curve: ClientKeys | None = None

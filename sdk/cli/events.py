@@ -121,6 +121,8 @@ def _parse(text: str, where: str) -> Any:
         return json.loads(text, parse_constant=_not_json, parse_float=_finite)  # strict: no NaN, no Infinity
     except ValueError as e:  # JSONDecodeError is one
         raise CliError(f"{where} is not valid JSON: {e}") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise CliError(f"{where} nests too deep to parse (at most about {sys.getrecursionlimit() - 50} levels)") from None
 
 
 def _stdin_payloads() -> Iterator[tuple[str, Any]]:

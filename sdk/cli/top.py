@@ -117,6 +117,10 @@ def render(f: dict[str, Any], endpoints: Endpoints) -> str:
             f"  errors      {s['errors_total']} ({errors})",
             f"  service     {_us(s.get('service_ms'))} per request",
         ]
+    refused = {part: f[part]["curve_refused"] for part in ("broker", "log", "sessions") if f.get(part, {}).get("curve_refused")}
+    if refused:
+        parts = ", ".join(f"{part} {n}" for part, n in refused.items())
+        lines.append(f"curve         {sum(refused.values())} connections refused ({parts})")
     if b is not None and b["topics"]:
         lines += ["", f"  {'TOPIC':<40} {'EVENTS':>12} {'RATE':>12}"]
         busiest = sorted(b["topics"].items(), key=lambda kv: (-(b["topic_rates"].get(kv[0]) or 0), -kv[1]))
