@@ -370,7 +370,7 @@ def sound_databases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes
             store.create(f"session {i}")
     with EventStore(tmp / "events.db") as store:
         body = encode_body({"n": "x" * 100}, source="t", session_id="s")
-        store.append([(v, "t:e", v, 1.0, "t", "s", body) for v in range(1, 3001)])
+        store.append([(v, "t:e", v, 1.0, "t", "s", body, None, None) for v in range(1, 3001)])
     return {name: (tmp / name).read_bytes() for name in ("sessions.db", "events.db")}
 
 

@@ -11,7 +11,7 @@ import sdk
 from tests.fronts import Front
 from tests.helpers import wait_for
 
-N = 5_000  # far past the 10 + 50 messages of queue a stalled subscription has here
+N = 20_000
 
 
 def stalled_then_drained(bus: sdk.Bus, sub: sdk.Subscription, publish) -> list[sdk.Event]:
