@@ -20,8 +20,12 @@ demo: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/pryxbus up
 
+# Two pytest workers (pytest-xdist): the suite mostly waits on real processes. TEST_WORKERS=0 runs
+# it in one process (as plain `pytest` does).
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Benchmarks (bench/): `make bench-peers` once (root: Debian's redis-server and nats-server, plus
 # the Python clients and matplotlib), then `make bench-quick` (< 1 min, 3 runs per figure) or
