@@ -16,6 +16,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import msgpack
@@ -66,7 +67,8 @@ class Resend(NamedTuple):
     messages: list[tuple[bytes, bytes, bytes]]
 
 
-class PublishStats(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class PublishStats:
     """A bus's publishing counters (``bus.publish_stats``).
 
     Attributes:
