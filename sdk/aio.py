@@ -227,7 +227,7 @@ class Bus(PublisherCore):
         if sock is None or now >= self._watch_at:
             sock = await self._ready_publisher(now)
             self._check_size(body)  # a new broker's limit, learnt just now
-        if self._unconfirmed_bytes + len(body) > self.publish_buffer:
+        if self._sent_bytes + len(body) > self._bytes_limit:
             await self._drive_publisher(self._room(len(body)))
             sock = await self._ready_publisher(now)
         number = await self._send_event(sock, topic, body, wait)

@@ -206,7 +206,8 @@ class Bus(PublisherCore):
                 self._watch_broker(sock, now)
                 if len(body) > self.max_event_size:  # a new broker's limit, learnt just now
                     raise MessageTooLarge(len(body), self.max_event_size)
-            if self._unconfirmed_bytes + len(body) > self.publish_buffer:
+            sent_bytes = self._sent_bytes + len(body)
+            if sent_bytes > self._bytes_limit:
                 drive(self._room(len(body)), self._server, self._io)
             # PublisherCore._next_ident and _sent, inlined on the hot path
             number = self._number + 1
@@ -218,8 +219,8 @@ class Bus(PublisherCore):
             _send(sock, ident, _SNDMORE)  # the rest of a multipart message never blocks
             _send(sock, body)
             self._number = number
-            self._unconfirmed.append((number, topic, ident, body))
-            self._unconfirmed_bytes += len(body)
+            self._sent_bytes = sent_bytes
+            self._kept.append((topic, ident, body, sent_bytes))
             if wait:
                 self._wanted[number] = 0
                 return drive(self._version(number), self._server, self._io)

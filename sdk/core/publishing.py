@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -119,8 +118,12 @@ class PublisherCore:
         self._watch_at = 0.0  # when publish next looks at what the broker sent
         self._number = 0  # the last number given to an event
         self._through = 0  # every number up to this one is confirmed
-        self._unconfirmed: deque[tuple[int, bytes, bytes, bytes]] = deque()  # (number, topic, ident, body)
-        self._unconfirmed_bytes = 0
+        # The unconfirmed events, (topic, ident, body, _sent_bytes after it), the first numbered
+        # _through + 1: confirming is one slice, whatever it covers.
+        self._kept: list[tuple[bytes, bytes, bytes, int]] = []
+        self._sent_bytes = 0  # body bytes of every event published
+        self._confirmed_bytes = 0  # ... of every event confirmed
+        self._bytes_limit = self.publish_buffer  # _sent_bytes may not pass this while events are kept
         self._resent = 0
         self._wanted: dict[int, int] = {}  # number -> version (0 until confirmed) of wait=True events
 
@@ -128,7 +131,7 @@ class PublisherCore:
     def publish_stats(self) -> PublishStats:
         """Counters of this bus's publishing: sent, confirmed, resent, unconfirmed (events, bytes)."""
         return PublishStats(
-            self._number, self._through, self._resent, len(self._unconfirmed), self._unconfirmed_bytes
+            self._number, self._through, self._resent, len(self._kept), self._sent_bytes - self._confirmed_bytes
         )
 
     def _checked_topic(self, event_type: str, payload: Any, session_id: str | None) -> bytes:
@@ -166,8 +169,8 @@ class PublisherCore:
     def _sent(self, number: int, topic: bytes, ident: bytes, body: bytes) -> None:
         """Keep an event just sent until the broker confirms it."""
         self._number = number
-        self._unconfirmed.append((number, topic, ident, body))
-        self._unconfirmed_bytes += len(body)
+        self._sent_bytes += len(body)
+        self._kept.append((topic, ident, body, self._sent_bytes))
 
     def _absorb(self, messages: list[bytes]) -> bool | None:
         """Take in what the XPUB received: apply confirmations; return whether the newest
@@ -192,11 +195,12 @@ class PublisherCore:
                     number, version = CONFIRM_PAIR.unpack_from(message, pos + i * CONFIRM_PAIR.size)
                     if number in self._wanted:
                         self._wanted[number] = version
-                if through > self._through:
-                    self._through = min(through, self._number)
-                    kept = self._unconfirmed
-                    while kept and kept[0][0] <= self._through:
-                        self._unconfirmed_bytes -= len(kept.popleft()[3])
+                count = min(through, self._number) - self._through
+                if count > 0:
+                    self._confirmed_bytes = self._kept[count - 1][3]
+                    self._bytes_limit = self._confirmed_bytes + self.publish_buffer
+                    del self._kept[:count]
+                    self._through += count
             pos += n * CONFIRM_PAIR.size
 
     # -- flows ------------------------------------------------------------------------------------
@@ -226,8 +230,8 @@ class PublisherCore:
                     raise publish_timed_out(self.publish_timeout)
                 there = bool(self._absorb((yield LOOK)))
         yield from self._relearn_limit()
-        if self._unconfirmed:
-            messages = [(topic, ident, body) for _, topic, ident, body in self._unconfirmed]
+        if self._kept:
+            messages = [(topic, ident, body) for topic, ident, body, _ in self._kept]
             yield Resend(messages)
             self._resent += len(messages)
 
@@ -265,7 +269,7 @@ class PublisherCore:
         """
 
         def fits() -> bool:
-            return not self._unconfirmed or self._unconfirmed_bytes + size <= self.publish_buffer
+            return not self._kept or self._sent_bytes + size <= self._bytes_limit
 
         yield from self._until(
             fits, self.publish_timeout, f"the broker confirmed too little to free {size} bytes of publish_buffer"
