@@ -115,7 +115,10 @@ def kill_broker_under_load(home: Path, publishers: list[FullSpeed], kills: int) 
         wait_for(lambda: alive(pid), lambda a: not a, timeout=10, what="the broker's death")
 
 
-def test_broker_kill_9_three_times_every_event_is_logged_exactly_once(home: Path, front: Front) -> None:
+@pytest.mark.parametrize("kills", [pytest.param(3, id="3-kills"), pytest.param(10, id="10-kills", marks=pytest.mark.soak)])
+def test_broker_kill_9_under_up_every_event_is_logged_exactly_once(home: Path, front: Front, kills: int) -> None:
+    """Two buses publish at full speed while the broker is killed ``kills`` times; after flush()
+    the log holds each event once, in version order."""
     up = Up(home, "--restart-backoff", "0.05", "--stable-after", "0.5")
     try:
         up.wait_ready()
@@ -140,7 +143,7 @@ def test_broker_kill_9_three_times_every_event_is_logged_exactly_once(home: Path
             reading.start()
             publishers = [FullSpeed(b0, "p0"), FullSpeed(b1, "p1")]
             try:
-                kill_broker_under_load(home, publishers, kills=3)
+                kill_broker_under_load(home, publishers, kills=kills)
             finally:
                 for p in publishers:
                     p.stop()
