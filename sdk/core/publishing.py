@@ -26,7 +26,6 @@ from schemas.envelope import (
     CONFIRM_PAIR,
     DEFAULT_MAX_EVENT_SIZE,
     IDENT,
-    NUMBER_LIMIT,
     WANT_VERSION,
 )
 from sdk.errors import BusError, MessageTooLarge, PublishTimeout
