@@ -162,3 +162,20 @@ def public(cls: type) -> dict[str, list[str]]:
 )
 def test_the_asyncio_front_has_every_method_of_the_sync_one(sync: type, aio: type) -> None:
     assert public(aio) == public(sync)
+
+
+def test_seqs_requests_stay_within_the_brokers_control_limits() -> None:
+    """A subscription's 10,000 patterns went to the broker in one ``seqs`` request, over its 1,024
+    items and 64 KiB: the broker dropped it and the tail was never checked (the look timed out)."""
+    from schemas.topics import MAX_PATTERNS
+    from sdk.core.flows import SEQS_PATTERN_BYTES, SEQS_PATTERNS, seqs_chunks
+
+    short = tuple(f"many:p{i}" for i in range(MAX_PATTERNS))
+    long = tuple(f"long:{i:04d}" + "x" * 240 for i in range(1000))
+    for patterns in (short, long):
+        chunks = list(seqs_chunks(patterns))
+        assert [p for chunk in chunks for p in chunk] == list(patterns)
+        for chunk in chunks:
+            assert 0 < len(chunk) <= SEQS_PATTERNS
+            assert len(msgpack.packb({"op": "seqs", "patterns": list(chunk)})) <= SEQS_PATTERN_BYTES + 64
+    assert list(seqs_chunks(())) == [()]  # no patterns: one request, every topic

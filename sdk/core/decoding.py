@@ -31,6 +31,7 @@ from sdk.core.flows import (
     broker_epoch,
     broker_position,
     replay_request,
+    seqs_chunks,
     seqs_request,
     sync_token,
 )
@@ -289,13 +290,19 @@ class EventDecoder:
     def first_look(self) -> Resolve:
         """Right after the handshake: learn which broker (run) we are listening to, and the
         matching topics' sequences (``base``) if they fit in one page."""
+        base: dict[bytes, int] = {}
+        whole = True
         try:
-            reply = yield Ask("control", seqs_request(self.patterns))
+            for chunk in seqs_chunks(self.patterns):
+                reply = yield Ask("control", seqs_request(chunk))
+                whole = whole and reply.get("next") is None
+                for topic, seq in reply["seqs"].items():
+                    base[topic.encode()] = max(seq, base.get(topic.encode(), 0))
         except BusError:
             return
         self.epoch = broker_epoch(reply)
-        if reply.get("next") is None:
-            self.base = {topic.encode(): seq for topic, seq in reply["seqs"].items()}
+        if whole:
+            self.base = base
 
     def idle(self, now: float, left: float, append: Append) -> Resolve | None:
         """The flow to run while no event arrives (``left``: seconds until the receive's deadline),
@@ -339,17 +346,19 @@ class EventDecoder:
         """
         deadline = time.monotonic() + timeout
         seqs: dict[str, int] = {}
-        request = seqs_request(self.patterns)
         try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                reply = yield Ask("control", request, timeout=left, retries=0)
-                seqs.update(reply["seqs"])
-                if reply.get("next") is None:
-                    break
-                request = seqs_request(self.patterns, reply["next"])
+            for chunk in seqs_chunks(self.patterns):  # a topic two groups match: either answer holds
+                request = seqs_request(chunk)
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    reply = yield Ask("control", request, timeout=left, retries=0)
+                    for topic, seq in reply["seqs"].items():
+                        seqs[topic] = max(seq, seqs.get(topic, 0))
+                    if reply.get("next") is None:
+                        break
+                    request = seqs_request(chunk, reply["next"])
         except BusError:  # no answer (or a broker without ``seqs``): looked at again later
             return
         self.looked(broker_epoch(reply))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -165,6 +165,26 @@ def broker_position(reply: dict[str, Any]) -> tuple[int, bool]:
     """The broker's current version in a ping reply, and whether it stamped anything since it started."""
     version = int(reply["version"])
     return version, version >= broker_epoch(reply)
+
+
+SEQS_PATTERNS = 1000
+SEQS_PATTERN_BYTES = 48 * 1024
+"""Patterns per ``seqs`` request, in number and bytes: the broker decodes a control request of at
+most 1,024 items and 64 KiB, and a subscription may have 10,000 patterns (schemas.topics)."""
+
+
+def seqs_chunks(patterns: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    """``patterns`` in groups that each fit one ``seqs`` request (one empty group for none: every topic)."""
+    chunk: list[str] = []
+    size = 0
+    for pattern in patterns:
+        length = len(pattern.encode("utf-8", "surrogatepass")) + 3  # msgpack's str header, at most
+        if chunk and (len(chunk) == SEQS_PATTERNS or size + length > SEQS_PATTERN_BYTES):
+            yield tuple(chunk)
+            chunk, size = [], 0
+        chunk.append(pattern)
+        size += length
+    yield tuple(chunk)
 
 
 def seqs_request(patterns: tuple[str, ...], after: int = 0) -> dict[str, Any]:
