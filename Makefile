@@ -20,9 +20,9 @@ demo: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/pryxbus up
 
-# Two pytest workers (pytest-xdist): the suite mostly waits on real processes. TEST_WORKERS=0 runs
-# it in one process (as plain `pytest` does).
-TEST_WORKERS ?= 2
+# Three pytest workers (pytest-xdist): the suite mostly waits on real processes, so a third worker
+# still shortens it on two cores. TEST_WORKERS=0 runs it in one process (as plain `pytest` does).
+TEST_WORKERS ?= 3
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
