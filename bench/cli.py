@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-SCENARIO_NAMES = ("throughput", "fanout", "fanin", "latency", "isolation", "sessions", "eventlog", "confirmed")
+SCENARIO_NAMES = ("throughput", "fanout", "fanin", "latency", "isolation", "sessions", "eventlog")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

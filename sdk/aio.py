@@ -30,7 +30,7 @@ from schemas.endpoints import Endpoints
 from sdk.transport import configure_context
 from sdk.wire import (
     SIZE_QUESTION,
-    pending_messages,
+    broker_subscribed,
     check_subscription,
     configure_publisher,
     publish_timed_out,
@@ -42,7 +42,7 @@ from sdk.aio_subscription import Pending, Subscription
 from sdk.bus import DEFAULT_HWM, resolve_endpoints
 from sdk.errors import BusClosed, InvalidEvent, translate
 from sdk.core.flows import drive_async
-from sdk.core.publishing import DEFAULT_PUBLISH_BUFFER, LOOK, WATCH_INTERVAL, PublisherCore, Resend, WaitForBroker
+from sdk.core.publishing import LOOK, WATCH_INTERVAL, PublisherCore, WaitForBroker
 from sdk.request import AsyncRequester
 from sdk.event import Event
 from sdk.security import KeyPaths, resolve_client_keys, secure_client_context
@@ -77,17 +77,12 @@ class Bus(PublisherCore):
         validate: bool = False,
         max_event_size: int | None = None,
         curve: bool | KeyPaths | None = None,
-        publish_buffer: int = DEFAULT_PUBLISH_BUFFER,
     ) -> None:
         self.endpoints = resolve_endpoints(home)
         self.curve = resolve_client_keys(curve, home)
         """The CURVE client keys every socket of this bus uses, or None (plain)."""
         self._init_publisher(
-            name=name,
-            publish_timeout=publish_timeout,
-            validate=validate,
-            max_event_size=max_event_size,
-            publish_buffer=publish_buffer,
+            name=name, publish_timeout=publish_timeout, validate=validate, max_event_size=max_event_size
         )
         self.timeout = timeout
         self.hwm = hwm
@@ -138,31 +133,12 @@ class Bus(PublisherCore):
             if now >= self._watch_at:
                 self._watch_at = now + WATCH_INTERVAL
                 if sock.getsockopt(_EVENTS) & _POLLIN:
-                    await self._drive_locked(sock, self._watch())
+                    self._pub = None
+                    try:
+                        await drive_async(self._watch(), self._server, self._watch_io)
+                    finally:
+                        self._pub = sock
             return sock
-
-    async def _drive_locked(self, sock: zmq.asyncio.Socket, flow: Any) -> Any:
-        """Drive a publisher flow (``_pub_lock`` held) while publishes wait (``_pub`` is None), so
-        none sends before the events it re-sends, or into an XPUB the broker has left."""
-        self._pub = None
-        try:
-            return await drive_async(flow, self._server, self._watch_io)
-        finally:
-            self._pub = sock
-
-    async def _drive_publisher(self, flow: Any) -> Any:
-        """Drive a publisher flow that waits for confirmations, the publisher open.
-
-        Raises:
-            BusClosed: the bus was closed.
-        """
-        async with self._pub_lock:
-            if self._closed:
-                raise BusClosed("bus is closed")
-            sock = self._publisher
-            if sock is None:
-                sock = await self._open_publisher()
-            return await self._drive_locked(sock, flow)
 
     async def _open_publisher(self) -> zmq.asyncio.Socket:
         """Connect the publisher and wait until the broker's subscription arrives (trap §4.1)."""
@@ -185,36 +161,20 @@ class Bus(PublisherCore):
         sock = self._publisher
         assert sock is not None
         if step is LOOK:
-            return pending_messages(self._looks) if sock.getsockopt(_EVENTS) & _POLLIN else []
-        if isinstance(step, Resend):
-            for frames in step.messages:
-                await self._send_whole(sock, frames)
-            return None
+            return broker_subscribed(self._looks) if sock.getsockopt(_EVENTS) & _POLLIN else None
         assert isinstance(step, WaitForBroker)
         return bool(await sock.poll(int(step.timeout * 1000) + 1, _POLLIN))
 
-    async def publish(
-        self, event_type: str, payload: Any = None, *, session_id: str | None = None, wait: bool = False
-    ) -> int | None:
+    async def publish(self, event_type: str, payload: Any = None, *, session_id: str | None = None) -> None:
         """Publish one event. The broker stamps its version.
 
-        The bus numbers the event and keeps it until the broker confirms it, sending it again
-        if the broker restarts before that (see :meth:`sdk.Bus.publish`). Waits while the broker
-        is behind (high-water mark reached) or gone, or while ``publish_buffer`` bytes are
-        unconfirmed, at most ``publish_timeout``.
-
-        Args:
-            wait: wait until the broker confirms this event and return its version.
-
-        Returns:
-            None, or with ``wait=True`` the version the broker stamped on the event.
+        Waits while the broker is behind (high-water mark reached) or gone, at most ``publish_timeout``.
 
         Raises:
             InvalidEvent: bad type, a payload msgpack cannot encode, or (with ``validate=True``)
                 a payload that does not match the catalogue.
             MessageTooLarge: the encoded event is over the broker's limit; nothing was sent.
-            PublishTimeout: the broker stayed behind (or away) for ``publish_timeout``; nothing was
-                sent. With ``wait=True``: sent, but not confirmed within ``publish_timeout``.
+            PublishTimeout: the broker stayed behind (or away) for ``publish_timeout``; nothing was sent.
             BusUnavailable: the broker could not be reached.
             BusClosed: the bus was closed.
         """
@@ -227,66 +187,18 @@ class Bus(PublisherCore):
         if sock is None or now >= self._watch_at:
             sock = await self._ready_publisher(now)
             self._check_size(body)  # a new broker's limit, learnt just now
-        if self._sent_bytes + len(body) > self._bytes_limit:
-            await self._drive_publisher(self._room(len(body)))
-            sock = await self._ready_publisher(now)
-        number = await self._send_event(sock, topic, body, wait)
-        if wait:
-            return await self._drive_publisher(self._version(number))  # type: ignore[no-any-return]
-        return None
+        try:
+            await sock.send_multipart((topic, body), _DONTWAIT)  # whole at once: tasks never interleave
+        except zmq.Again:  # the queue is full: the broker is behind
+            await self._send_when_room(sock, topic, body)
+        except zmq.ZMQError as e:
+            raise translate(e, "publish") from e
 
-    async def _send_event(self, sock: zmq.asyncio.Socket, topic: bytes, body: bytes, wait: bool) -> int:
-        """Number and send one event, waiting for room in a full queue at most ``publish_timeout``.
-
-        Sent whole, so tasks never interleave frames; numbered at the try that succeeds, with no
-        await in between, so numbers go out in order and never twice. zmq.asyncio's own wait for
-        room cannot be used: an XPUB always reports room (POLLOUT), so that wait ends at once
-        with EAGAIN. Only a publish that found the queue full pauses.
-
-        Raises:
-            PublishTimeout: still no room after ``publish_timeout``; nothing was sent.
-        """
-        frames = [topic, b"", body]
-        deadline = 0.0
-        pause = 0.0005
-        while True:
-            number, frames[1] = self._next_ident(wait)
-            try:
-                await sock.send_multipart(frames, _DONTWAIT)
-            except zmq.Again:  # the queue is full: the broker is behind
-                now = time.monotonic()
-                deadline = deadline or now + self.publish_timeout
-                if now >= deadline:
-                    raise publish_timed_out(self.publish_timeout) from None
-                await asyncio.sleep(min(pause, deadline - now))  # sync-ok: polling for room, bounded
-                pause = min(pause * 2, _ROOM_PAUSE_MAX)
-                # A watch may have run meanwhile (re-sending): wait for it to end before sending.
-                sock = self._pub or await self._ready_publisher(time.monotonic())
-                continue
-            except zmq.ZMQError as e:
-                raise translate(e, "publish") from e
-            self._sent(number, topic, frames[1], body)
-            if wait:
-                self._wanted[number] = 0
-            return number
-
-    async def flush(self, timeout: float | None = None) -> None:
-        """See :meth:`sdk.Bus.flush`.
-
-        Raises:
-            PublishTimeout: some were not confirmed within ``timeout`` (default ``publish_timeout``).
-            BusClosed: the bus was closed.
-        """
-        if self._closed:
-            raise BusClosed("bus is closed")
-        if self._publisher is not None:
-            await self._drive_publisher(self._flush(timeout))
-
-    async def _send_whole(self, sock: zmq.asyncio.Socket, frames: Any) -> None:
-        """Send a message, waiting for room in a full queue at most ``publish_timeout``, pausing in between.
+    async def _send_when_room(self, sock: zmq.asyncio.Socket, topic: bytes, body: bytes) -> None:
+        """Try again until the queue has room, at most ``publish_timeout``, pausing in between.
 
         zmq.asyncio's own wait for room cannot be used: an XPUB always reports room (POLLOUT),
-        so that wait ends at once with EAGAIN.
+        so that wait ends at once with EAGAIN. Only a publish that found the queue full gets here.
 
         Raises:
             PublishTimeout: still no room after ``publish_timeout``; nothing was sent.
@@ -294,18 +206,18 @@ class Bus(PublisherCore):
         deadline = time.monotonic() + self.publish_timeout
         pause = 0.0005
         while True:
-            try:
-                await sock.send_multipart(frames, _DONTWAIT)
-                return
-            except zmq.Again:
-                pass
-            except zmq.ZMQError as e:
-                raise translate(e, "publish") from e
             left = deadline - time.monotonic()
             if left <= 0:
                 raise publish_timed_out(self.publish_timeout)
             await asyncio.sleep(min(pause, left))  # sync-ok: polling for room, bounded by the deadline
             pause = min(pause * 2, _ROOM_PAUSE_MAX)
+            try:
+                await sock.send_multipart((topic, body), _DONTWAIT)
+                return
+            except zmq.Again:
+                continue
+            except zmq.ZMQError as e:
+                raise translate(e, "publish") from e
 
     # -- subscribing -------------------------------------------------------------------------
 

@@ -395,13 +395,9 @@ class Broker(LogLink):
                             continue
                     if not is_valid_type(topic) or not _is_body(body_frame):
                         self.rejected += 1
-                        if ident is not None:
-                            durable.skip(ident, version)
                         continue
                     if len(seqs) >= self.config.max_topics:
                         self._refuse_topic(topic)
-                        if ident is not None:
-                            durable.skip(ident, version)
                         continue
                     if ident is not None and not admit(ident, version + 1):
                         continue  # a (publisher, number) already stamped: confirmed again instead
@@ -427,7 +423,6 @@ class Broker(LogLink):
                             continue
                         if not _is_body(body_frame):
                             self.rejected += 1
-                            durable.skip(ident, version)
                             continue
                         if not admit(ident, version + 1):
                             continue  # a (publisher, number) already stamped: confirmed again instead

@@ -150,21 +150,6 @@ class Durable:
         self.batch.append((version, pid, number))
         return True
 
-    def skip(self, ident: bytes, version: int) -> None:
-        """An identified event refused before stamping (not valid, or of a new type past
-        ``max_topics``): its number is used up, so the publisher's next one is not taken for a
-        hole and refused too. It is never confirmed by itself; a later event's confirmation
-        covers it (cumulative), as for any number below the one confirmed."""
-        pid, number = _IDENT.unpack(ident)
-        plain = number & _NUMBER
-        entry = self.pubs.get(pid)
-        if entry is None:
-            if len(self.pubs) >= self.max_publishers:
-                del self.pubs[next(iter(self.pubs))]
-            self.pubs[pid] = [plain, 0, 0, version]
-        elif plain == entry[0] + 1:
-            entry[0] = plain
-
     def room(self) -> tuple[int, int]:
         """(events, bytes) the next batch may take before the unlogged buffer is full."""
         if not self.logging:
