@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import zmq
 import zmq.asyncio
 
-from sdk.core.decoding import EventDecoder, Policy, Resolve, decoder_for
+from sdk.core.decoding import EventDecoder, Policy, Resolve
+from sdk.core.subscribing import decoder_for
 from sdk.core.flows import PAGE, Filter, Receive, drive_async, sync_token
 from sdk.core.subscribing import handshake, seam
 from sdk.errors import BusClosed, BusTimeout, SlowSubscriberError

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from sdk.core.decoding import POLICIES, EventDecoder, Policy, Resolve, decoder_for
+from sdk.core.decoding import POLICIES, EventDecoder, Policy, Resolve
+from sdk.core.subscribing import decoder_for
 from sdk.core.flows import PAGE, Filter, Receive, drive, sync_token
 from sdk.core.subscribing import handshake, seam
 from sdk.errors import BusClosed, BusTimeout, SlowSubscriberError

@@ -129,7 +129,8 @@ def test_malformed_deliveries_raise(frames: list[bytes]) -> None:
 # -- production agrees with the codec ---------------------------------------------------------
 # The SDK's hot paths inline the codec for speed; these pin them to it.
 
-from sdk.core.decoding import EventDecoder, RecoveringDecoder, event_of, event_of_row  # noqa: E402
+from sdk.core.decoding import EventDecoder, event_of, event_of_row  # noqa: E402
+from sdk.core.recovering import RecoveringDecoder  # noqa: E402
 
 
 def _deliveries() -> list[list[bytes]]:

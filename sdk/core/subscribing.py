@@ -6,8 +6,9 @@ import time
 from collections import deque
 from typing import Any
 
-from sdk.core.decoding import EventDecoder, FloorDecoder, RecoveringDecoder, Resolve, event_of_row
-from sdk.core.flows import PING, Ask, Receive, broker_position, log_pages, replay_request, unconfirmed
+from sdk.core.decoding import EventDecoder, FloorDecoder, Policy, Resolve, event_of_row
+from sdk.core.flows import PAGE, PING, Ask, Receive, broker_position, log_pages, replay_request, unconfirmed
+from sdk.core.recovering import RecoveringDecoder
 from sdk.event import Event
 
 
@@ -67,3 +68,18 @@ def seam(decoder: EventDecoder, pending: deque[Event], patterns: tuple[str, ...]
     pending.clear()
     pending.extend(history)
     pending.extend(live)
+
+
+def decoder_for(
+    patterns: tuple[str, ...], policy: Policy, *, since: int | None, timeout: float, page: int = PAGE
+) -> EventDecoder:
+    """The decoder a subscription with these options uses (chosen once, never swapped).
+
+    Raises:
+        ValueError: an unknown policy.
+    """
+    if policy == "recover":
+        return RecoveringDecoder(patterns, timeout=timeout, page=page)
+    if since is not None:
+        return FloorDecoder(patterns, policy)
+    return EventDecoder(patterns, policy)
