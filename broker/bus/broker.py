@@ -8,34 +8,25 @@ and skipped without desynchronising the stream.
 
 from __future__ import annotations
 
-import ctypes
-import heapq
-import itertools
 import logging
 import os
 import time
-from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any, Callable
 
-import msgpack
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from broker.bus.config import (
     CONTROL_MAX_SIZE,
-    CONTROL_UNPACK_LIMITS,
     CURVE_SLACK,
-    SEQS_CACHED,
-    SEQS_PAGE,
-    STATS_TOPICS,
     SUBSCRIPTION_MAX_SIZE,
     TOPIC_WARNING_INTERVAL,
-    TRIM_DELAY,
     BrokerConfig,
 )
+from broker.bus.control import Control
 from broker.bus.durable import CONFIRM_DELAY, Durable, Run
 from broker.bus.loglink import LogLink
+from broker.bus.memory import trim
+from broker.bus.peers import SUBSCRIBE_ALL, Peers
 from broker.bus.reservation import Reservation
 from broker.security import Authenticator, secure_server
 from broker.sockets import bind
@@ -51,7 +42,7 @@ from schemas.envelope import (
     encode_body,
     run_stamp,
 )
-from schemas.topics import compile_matcher, is_valid_type
+from schemas.topics import is_valid_type
 
 log = logging.getLogger("pryxbus.broker")
 
@@ -66,7 +57,6 @@ _MARK = BODY_MARK[0]
 # pyzmq's Python-level Socket.send (type checks for str, routing ids, groups) costs ~0.1 us per
 # frame on top of the compiled one; the hot loop calls the compiled send directly.
 _send = zmq.backend.Socket.send
-_COUNT = itemgetter(1)  # a (topic, count) pair's count
 _pack_stamp = STAMP.pack
 
 
@@ -88,7 +78,6 @@ def _is_body(frame: zmq.Frame) -> bool:
 BATCH = 4096
 """Events drained per poll before the broker looks at its other sockets."""
 
-SUBSCRIBE_ALL = b"\x01"
 RESERVE_RETRY = 1.0
 """Seconds between tries to write the version mark while the disk refuses it."""
 CONFIRM_POLL_MS = max(1, int(CONFIRM_DELAY * 1000))
@@ -96,31 +85,7 @@ _LOG_ARRIVED = b"\x01" + LOG_MARK
 _LOG_LEFT = b"\x00" + LOG_MARK
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
-
-
-_trim = _malloc_trim()
-
-
-@dataclass(slots=True)
-class _Matched:
-    """The topics matching one pattern set, in the order the broker first saw them."""
-
-    matches: Callable[[bytes], bool]
-    topics: list[bytes] = field(default_factory=list)
-    scanned: int = 0
-    """How many of the broker's topics (in ``topic_seq``'s order) were already looked at."""
-
-
-class Broker(LogLink):
+class Broker(LogLink, Control, Peers):
     """One broker process's sockets and loop. Use as a context manager; ``run()`` until ``stop()``."""
 
     def __init__(self, config: BrokerConfig) -> None:
@@ -153,8 +118,7 @@ class Broker(LogLink):
             "stats": self._op_stats,
             "seqs": self._op_seqs,
         }
-        self._matched: dict[tuple[str, ...], _Matched] = {}
-        """The topics found matching each pattern set of recent ``seqs`` requests."""
+        self._matched = {}  # the topics matching recent seqs requests (control.py)
         self._ctx = configure_context(zmq.Context(), config.endpoints)
         self._auth: Authenticator | None = None
         try:
@@ -309,7 +273,7 @@ class Broker(LogLink):
                 self._reserve(self.version + BATCH)
             if self._trim_at is not None and time.monotonic() >= self._trim_at:
                 self._trim_at = None
-                _trim(0)  # type: ignore[misc]  (only set where there is one)
+                trim()
             if not ready:
                 continue
             if xsub in ready:
@@ -575,51 +539,6 @@ class Broker(LogLink):
                 self.xpub.send(STAMP.pack(0, 0), _SNDMORE)
                 self.xpub.send(b"")
 
-    def _handle_monitor(self, monitor: zmq.Socket, inbound: bool) -> None:
-        # Peers are counted by connection (fd): a disconnect of a connection that never finished
-        # its handshake (raw garbage) must not drive a count below zero.
-        peers = self._peers_in if inbound else self._peers_out
-        while True:
-            try:
-                event = parse_monitor_message(monitor.recv_multipart(_NOBLOCK))
-            except zmq.Again:
-                break
-            kind = event["event"]
-            change = ""
-            if kind == zmq.EVENT_ACCEPTED:
-                peers.add(event["value"])
-                change = "connected"
-            elif kind == zmq.EVENT_DISCONNECTED:
-                if event["value"] in peers:
-                    change = "disconnected"
-                peers.discard(event["value"])
-                # glibc keeps what a closed connection's queue freed (up to the byte budgets) in
-                # its arenas unless asked; one trim serves every disconnect within TRIM_DELAY.
-                if _trim is not None and self._trim_at is None:
-                    self._trim_at = time.monotonic() + TRIM_DELAY
-            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED and inbound and self._closed_until is None:
-                self.xsub.send(SUBSCRIBE_ALL)
-            if change and self.config.lifecycle_events:
-                self.publishers = len(self._peers_in)
-                self.subscribers = len(self._peers_out)
-                self._lifecycle(change, event, inbound)
-        self.publishers = len(self._peers_in)
-        self.subscribers = len(self._peers_out)
-
-    def _lifecycle(self, change: str, event: dict[str, Any], inbound: bool) -> None:
-        """Publish ``bus:{publisher,subscriber}_{connected,disconnected}`` for one connection (by
-        accepted connection: libzmq's handshake events do not say which connection they are for)."""
-        endpoint = event.get("endpoint", b"")
-        self._emit(
-            f"bus:{'publisher' if inbound else 'subscriber'}_{change}",
-            {
-                "connection": event["value"],
-                "endpoint": endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else str(endpoint),
-                "publishers": self.publishers,
-                "subscribers": self.subscribers,
-            },
-        )
-
     def _emit(self, event_type: str, payload: dict[str, Any]) -> None:
         """Publish an event of the broker's own, stamped in the same version and topic sequences as
         every forwarded event (only with ``lifecycle_events``; never on the hot loop)."""
@@ -638,113 +557,3 @@ class Broker(LogLink):
         self.lifecycle_events += 1
         body = encode_body(payload, source="broker", session_id=None)
         self._durable.deliver([(topic, self.version, seq, [body], [len(body)], len(body))])
-
-    # -- control -----------------------------------------------------------------------------
-
-    def _handle_control(self) -> None:
-        while True:
-            try:
-                frames = self.control.recv_multipart(_NOBLOCK)
-            except zmq.Again:
-                return
-            # ROUTER: [identity, (empty delimiter from REQ), request]
-            if len(frames) < 2:
-                continue
-            head, request = frames[:-1], frames[-1]
-            reply = self._dispatch(request)
-            self.control.send_multipart([*head, msgpack.packb(reply, use_bin_type=True)])
-
-    def _dispatch(self, request: bytes) -> dict[str, Any]:
-        try:
-            msg = msgpack.unpackb(request, raw=False, **CONTROL_UNPACK_LIMITS)
-        except Exception:
-            return {"ok": False, "code": "bad_request", "message": "request is not valid msgpack"}
-        if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
-            return {"ok": False, "code": "bad_request", "message": "request must be a map with an 'op'"}
-        handler = self._handlers.get(msg["op"])
-        if handler is None:
-            return {
-                "ok": False,
-                "code": "unknown_op",
-                "message": f"unknown op {msg['op']!r}; known: {sorted(self._handlers)}",
-            }
-        try:
-            return {"ok": True, "result": handler(msg)}
-        except ValueError as e:  # a field of the request is wrong (an invalid pattern, too)
-            return {"ok": False, "code": "bad_request", "message": str(e)}
-
-    def _op_ping(self, _msg: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "pid": os.getpid(),
-            "version": self.version,
-            "first_version": self.config.first_version,
-            "max_event_size": self.config.max_event_size,
-        }
-
-    def _op_seqs(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """The current sequence of each topic matching ``patterns``, a page of SEQS_PAGE at a time
-        (PROTOCOL.md §8): a subscriber compares them with the last it received to see a lost tail.
-
-        Topics are never forgotten during a run, so the topics matching a pattern set are found
-        once and the list only grows: a request scans only the topics new since the last one.
-
-        Raises:
-            ValueError: the request's fields are not a list of patterns and an index.
-        """
-        patterns, after = msg.get("patterns", []), msg.get("after", 0)
-        if not isinstance(patterns, list) or type(after) is not int or after < 0:
-            raise ValueError("seqs takes 'patterns' (a list of patterns) and 'after' (an index >= 0)")
-        key = tuple(patterns)
-        found = self._matched.pop(key, None)  # put back last: the dict's order is its recency
-        if found is None:
-            found = _Matched(compile_matcher(patterns))
-            if len(self._matched) >= SEQS_CACHED:
-                del self._matched[next(iter(self._matched))]
-        self._matched[key] = found
-        seqs = self.topic_seq
-        matches = found.matches
-        found.topics.extend(t for t in itertools.islice(seqs, found.scanned, None) if matches(t))
-        found.scanned = len(seqs)
-        page = found.topics[after:after + SEQS_PAGE]
-        end = after + len(page)
-        return {
-            "version": self.version,
-            "first_version": self.config.first_version,
-            "seqs": {t.decode(): seqs[t] for t in page},
-            "next": end if end < len(found.topics) else None,
-        }
-
-    def _op_stats(self, _msg: dict[str, Any]) -> dict[str, Any]:
-        first = self.config.first_version
-        seqs = self.topic_seq
-        listed = seqs.items() if len(seqs) <= STATS_TOPICS else heapq.nlargest(STATS_TOPICS, seqs.items(), key=_COUNT)
-        return {
-            "pid": os.getpid(),
-            "uptime": time.time() - self.started,
-            "version": self.version,
-            "events_in": self.version - first + 1,
-            "events_out": self.version - first + 1,
-            "topics": {t.decode(): n for t, n in listed},
-            "topic_count": len(seqs),
-            "topics_refused": self.topics_refused,
-            "malformed": self.malformed,
-            "rejected": self.rejected,
-            "curve_refused": self._auth.refused if self._auth is not None else 0,
-            "syncs": self.syncs,
-            "taking_events": self._closed_until is None,
-            "lifecycle_events": self.lifecycle_events,
-            "publishers": self.publishers,
-            "subscribers": self.subscribers,
-            "durable": self._durable.stats(),
-            "config": {
-                "sub_hwm": self.sub_queue,
-                "in_hwm": self.in_queue,
-                "sub_bytes": self.config.sub_bytes,
-                "in_bytes": self.config.in_bytes,
-                "log_hwm": self.config.log_hwm,
-                "max_event_size": self.config.max_event_size,
-                "max_topics": self.config.max_topics,
-            },
-            "endpoints": vars(self.endpoints),
-        }
