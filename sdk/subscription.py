@@ -82,7 +82,7 @@ class Subscription:
         self._sock = sock
         try:
             sock.connect(bus.endpoints.subscribe)
-            sock.sndhwm = len(self._decoder.prefixes) + 1  # every subscription frame fits (issue 16)
+            sock.sndhwm = 0  # no limit: a SUB sends only subscriptions, and one dropped is never sent again
             for prefix in self._decoder.prefixes:
                 sock.subscribe(prefix)
             token = sync_token()
