@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from broker.eventlog.store import last_logged_version
-
 FILE = "broker.version"
 STEP = 1 << 20
 """Versions reserved per write: the jump after a crash; one fsync per this many events."""
@@ -28,6 +26,8 @@ def read_mark(home: str | Path) -> int:
 
 def first_version(home: str | Path) -> int:
     """Where a broker starting in ``home`` begins: after everything reserved or logged."""
+    from broker.eventlog.store import last_logged_version  # sqlite_utils: 0.1 s a broker start does not need
+
     return max(read_mark(home), last_logged_version(home)) + 1
 
 
