@@ -15,6 +15,7 @@ COMMANDS = [
     "broker.sessions.cli",  # session-service
     "broker.supervisor.cli",  # up
     "broker.eventlog.cli",  # event-log
+    "broker.backbone.cli",  # cluster up
     "sdk.cli.log",  # log tail|query|stats
     "sdk.cli.events",  # pub, sub, stats
     "sdk.cli.top",  # top
