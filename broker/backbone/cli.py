@@ -1,4 +1,5 @@
-"""``pryxbus cluster up``: a local NATS JetStream cluster on loopback, for trying a backbone on one machine."""
+"""``pryxbus cluster up`` (a local NATS JetStream cluster on loopback, for trying a backbone on one
+machine) and ``pryxbus edge`` (one host's edge on a backbone; ``pryxbus up --backbone`` runs it)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " ports the system chooses, named in the ready line)",
     )
     up.set_defaults(func=run_cluster_up)
+    register_edge(subparsers)
 
 
 def run_cluster_up(args: argparse.Namespace) -> int:
@@ -65,4 +67,121 @@ def run_cluster_up(args: argparse.Namespace) -> int:
         finally:
             cluster.stop()
     announce("pryxbus cluster stopped")
+    return 0
+
+
+def add_backbone_options(p: argparse.ArgumentParser, *, required: bool) -> None:
+    """``--backbone`` and the stream's options, shared by ``pryxbus edge`` and ``pryxbus up``."""
+    from broker.backbone.stream import DEFAULT_STREAM
+
+    g = p.add_argument_group("backbone (NATS JetStream, docs/backbone.md)")
+    g.add_argument(
+        "--backbone", metavar="URLS", type=server_list, required=required, default=None,
+        help="run an edge on this NATS JetStream cluster instead of a stamping broker: its servers,"
+        " nats://HOST:PORT[,nats://HOST:PORT...]",
+    )
+    g.add_argument(
+        "--stream", type=stream_name, default=DEFAULT_STREAM,
+        help="the stream every edge of this bus shares, created if absent (default %(default)s)",
+    )
+    g.add_argument(
+        "--replicas", type=whole_number(1, 5), default=3, metavar="N",
+        help="the stream's replicas when the edge creates it (default %(default)d)",
+    )
+    g.add_argument("--creds", metavar="FILE", default=None, help="a NATS credentials file to connect with")
+
+
+def server_list(text: str) -> list[str]:
+    urls = [u.strip() for u in text.split(",") if u.strip()]
+    if not urls or not all(u.startswith(("nats://", "tls://")) for u in urls):
+        raise argparse.ArgumentTypeError(f"expected nats://HOST:PORT[,nats://HOST:PORT...], got {text!r}")
+    return urls
+
+
+def stream_name(text: str) -> str:
+    from broker.backbone.stream import STREAM_NAME
+
+    if not STREAM_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"a stream name is 1 to 64 of A-Z a-z 0-9 _ -, got {text!r}")
+    return text
+
+
+def register_edge(subparsers: argparse._SubParsersAction) -> None:
+    from broker.cli.options import add_tcp
+    from broker.logs import add_log_format
+    from sdk.cli.common import add_home
+
+    p = subparsers.add_parser(
+        "edge",
+        help="run an edge alone: the broker's endpoints, on a NATS JetStream backbone",
+        description="Run an edge in the foreground: the broker's publish, subscribe and control"
+        " endpoints and the event log's, backed by a JetStream stream that every edge of the bus"
+        " shares (docs/backbone.md). Prints a line containing 'ready' once it has caught up with the"
+        " stream; stops on SIGINT/SIGTERM/SIGHUP.",
+    )
+    add_home(p)
+    add_tcp(p)
+    add_log_format(p)
+    add_backbone_options(p, required=True)
+    p.add_argument(
+        "--window", type=whole_number(1, 1_000_000), default=4000, metavar="N",
+        help="publishes in flight to JetStream at most, then publishers wait (default %(default)d)",
+    )
+    p.add_argument(
+        "--checkpoint-every", type=whole_number(1, 10**9), default=10_000, metavar="N",
+        help="checkpoint the per-topic sequences every N events (default %(default)d)",
+    )
+    p.add_argument(
+        "--sub-hwm", type=whole_number(0, 2**31 - 1), default=10_000, metavar="N",
+        help="events queued per subscriber before that subscriber starts losing them (default %(default)d)",
+    )
+    p.set_defaults(func=run_edge)
+
+
+def run_edge(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from broker.backbone.edge import Edge, EdgeConfig
+    from broker.cli.options import server_endpoints
+    from broker.logs import configure as configure_logging
+    from broker.process import AlreadyRunning, home_lock
+
+    configure_logging(args.log_format)
+    home, endpoints = server_endpoints(args)
+    if args.curve:
+        return fail("an edge does not serve --curve yet (docs/backbone.md)")
+    config = EdgeConfig(
+        servers=args.backbone, stream=args.stream, replicas=args.replicas, creds=args.creds,
+        endpoints=endpoints, window=args.window, checkpoint_every=args.checkpoint_every, sub_hwm=args.sub_hwm,
+    )
+
+    def ready(edge: Edge) -> None:
+        bound = edge.endpoints
+        if chosen := [name for name in endpoints.unbound if name in ("publish", "subscribe", "control", "log")]:
+            bound.record_chosen(home, chosen)
+        else:
+            bound.record(home)
+        announce(
+            f"pryxbus edge ready publish={bound.publish} subscribe={bound.subscribe} control={bound.control}"
+            f" log={bound.log} stream={config.stream} version={edge.version}"
+        )
+
+    async def main() -> Edge:
+        edge = Edge(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, edge.stop)
+        await edge.run(ready)
+        return edge
+
+    try:
+        with home_lock(home, "broker"):
+            try:
+                edge = asyncio.run(main())
+            except OSError as e:
+                return fail(f"edge: {e}")
+    except AlreadyRunning as e:
+        return fail(str(e))
+    announce(f"pryxbus edge stopped at version {edge.version}")
     return 0

@@ -11,7 +11,7 @@ from broker.cli.options import add_tcp, server_endpoints, server_keys
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, stop_on_signals
-from broker.supervisor.supervisor import CHILDREN, StartFailed, Supervisor, Waits
+from broker.supervisor.supervisor import CHILDREN, ChildSpec, StartFailed, Supervisor, Waits
 from schemas.endpoints import Endpoints
 from sdk.cli.common import add_home, fail, seconds, seconds_or_zero, whole_number
 
@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the broker publishes bus:started and bus:{publisher,subscriber}_{connected,disconnected}",
     )
     add_wait_options(p)
+    from broker.backbone.cli import add_backbone_options
+
+    add_backbone_options(p, required=False)
     p.set_defaults(func=run_up)
 
 
@@ -108,6 +111,16 @@ def metrics_address(text: str) -> str:
     return text
 
 
+def backbone_children(args: argparse.Namespace) -> tuple[ChildSpec, ...]:
+    """``up --backbone``: an edge in place of the broker and the event log (the stream is the log),
+    then the session service."""
+    extra = ("--backbone", ",".join(args.backbone), "--stream", args.stream, "--replicas", str(args.replicas))
+    if args.creds:
+        extra += ("--creds", args.creds)
+    edge = ChildSpec("edge", "edge", extra=extra, lock="broker.lock", sockets=("publish", "subscribe", "control", "log"))
+    return (edge, *(spec for spec in CHILDREN if spec.name == "session-service"))
+
+
 class MetricsFailed(RuntimeError):
     """``--metrics`` cannot be served (the message says why)."""
 
@@ -158,13 +171,15 @@ def _run_up(
         with home_lock(home, "up"):
             if not endpoints.unbound:  # else once the parts named their ports
                 endpoints.record(home)
-            child_args = {spec.name: ("--log-format", args.log_format) for spec in CHILDREN}
-            if args.lifecycle_events:
+            children = CHILDREN if args.backbone is None else backbone_children(args)
+            child_args = {spec.name: ("--log-format", args.log_format) for spec in children}
+            if args.lifecycle_events and "broker" in child_args:
                 child_args["broker"] += ("--lifecycle-events",)
             if args.curve:
                 child_args = {name: (*extra, "--curve") for name, extra in child_args.items()}
             supervisor = Supervisor(
-                home, tcp=args.tcp, waits=waits(args), child_args=child_args, log_format=args.log_format
+                home, tcp=args.tcp, children=children, waits=waits(args), child_args=child_args,
+                log_format=args.log_format,
             )
 
             def ready() -> None:

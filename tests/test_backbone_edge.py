@@ -1,0 +1,181 @@
+"""The edge on a NATS JetStream backbone (issue 19): homes on one stream see the same (version, seq)
+stream, an edge restart keeps the per-topic sequences, replay/since/recover come from the stream,
+identified publishes are stored once and confirmed with their stream sequence."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+import sdk
+from schemas.endpoints import Endpoints
+from schemas.envelope import CONFIRM, IDENT, WANT_VERSION, parse_confirm
+from tests.backbone import cluster  # noqa: F401  (the module's 3-node cluster)
+from tests.helpers import control, start_part, stats, wait_for
+
+_streams = itertools.count()
+
+
+@pytest.fixture
+def stream() -> str:
+    """A fresh stream name per test: tests share the module's cluster."""
+    return f"T{os.getpid()}x{next(_streams)}"
+
+
+@pytest.fixture
+def homes():
+    """Factory of fresh, short homes (ipc paths stay short)."""
+    made = []
+
+    def make() -> Path:
+        path = Path(tempfile.mkdtemp(prefix="pxb-", dir="/tmp"))
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def edge(xprocess, home: Path, cluster, stream: str, *extra: str, command: str = "edge"):
+    return start_part(xprocess, home, command, "--backbone", cluster.servers, "--stream", stream, *extra)
+
+
+def received(sub, n: int) -> list[tuple[int, int, str, object]]:
+    return [(e.version, e.seq, e.type, e.payload) for e in (sub.recv(timeout=10) for _ in range(n))]
+
+
+def test_two_homes_on_one_backbone_see_identical_version_and_seq_streams(xprocess, cluster, stream, homes) -> None:
+    a, b = homes(), homes()
+    up = edge(xprocess, a, cluster, stream, command="up")  # up --backbone: the edge under the supervisor
+    other = edge(xprocess, b, cluster, stream)
+    try:
+        with sdk.connect(a, name="pa", timeout=5.0) as bus_a, sdk.connect(b, name="pb", timeout=5.0) as bus_b:
+            with bus_a.subscribe() as sub_a, bus_b.subscribe() as sub_b:
+                for i in range(60):  # both homes publish, interleaved, on shared and own types
+                    bus_a.publish("chat:msg" if i % 2 else "a:only", {"from": "a", "i": i})
+                    bus_b.publish("chat:msg" if i % 3 else "b:only", {"from": "b", "i": i})
+                seen_a, seen_b = received(sub_a, 120), received(sub_b, 120)
+        assert seen_a == seen_b
+        assert [v for v, *_ in seen_a] == list(range(1, 121))
+        for topic in ("chat:msg", "a:only", "b:only"):
+            seqs = [s for _, s, t, _ in seen_a if t == topic]
+            assert seqs == list(range(1, len(seqs) + 1))
+        assert sorted((p["from"], p["i"]) for *_, p in seen_a) == sorted(
+            [("a", i) for i in range(60)] + [("b", i) for i in range(60)]
+        )
+    finally:
+        up.stop()
+        other.stop()
+
+
+def test_an_edge_restart_keeps_the_topic_sequences(xprocess, cluster, stream, homes) -> None:
+    a, b = homes(), homes()
+    first = edge(xprocess, a, cluster, stream, "--checkpoint-every", "7", "--replicas", "1")
+    stays = edge(xprocess, b, cluster, stream)
+    with sdk.connect(a, name="pa", timeout=5.0) as bus:
+        with bus.subscribe() as sub:
+            for i in range(20):
+                bus.publish("x:y", {"i": i})
+            before = received(sub, 20)
+    first.stop()
+    with sdk.connect(b, name="pb", timeout=5.0) as bus:  # events while home a's edge is down
+        for i in range(20, 25):
+            bus.publish("x:y", {"i": i})
+    second = edge(xprocess, a, cluster, stream, "--checkpoint-every", "7", "--replicas", "1")
+    try:
+        with sdk.connect(a, name="pa2", timeout=5.0) as bus, sdk.connect(b, name="pb2", timeout=5.0) as bus_b:
+            assert bus.stats()["backbone"]["counted_from"] > 0  # it started from a checkpoint
+            with bus.subscribe() as sub, bus_b.subscribe() as sub_b:
+                for i in range(25, 30):
+                    bus.publish("x:y", {"i": i})
+                after, after_b = received(sub, 5), received(sub_b, 5)
+        assert [(v, s) for v, s, *_ in before] == [(v, v) for v in range(1, 21)]
+        assert after == after_b == [(v, v, "x:y", {"i": v - 1}) for v in range(26, 31)]
+    finally:
+        second.stop()
+        stays.stop()
+
+
+def test_since_replay_and_recover_come_from_the_stream(xprocess, cluster, stream, homes) -> None:
+    home = homes()
+    part = edge(xprocess, home, cluster, stream, "--sub-hwm", "20", "--checkpoint-every", "100", "--replicas", "1")
+    n = 2000
+    try:
+        with sdk.connect(home, name="t", timeout=5.0) as bus:
+            with bus.subscribe("trace:*", policy="recover", hwm=10) as slow:
+                for i in range(n):
+                    bus.publish("trace:event" if i % 4 else "other:event", {"i": i})
+                wait_for(bus.stats, lambda s: s["version"] == n, timeout=30, what="every event in the stream")
+                got = [slow.recv(timeout=10) for _ in range(n - n // 4)]
+                assert slow.recovered > 0  # the queues overflowed: recovered from the stream
+                assert slow.lost == 0
+            expected = [(i + 1, i) for i in range(n) if i % 4]
+            assert [(e.version, e.payload["i"]) for e in got] == expected
+            assert [e.seq for e in got] == list(range(1, len(expected) + 1))
+
+            with bus.subscribe("other:*", since=n - 40) as late:
+                caught = received(late, 10)
+            assert caught == [(v, v // 4 + 1, "other:event", {"i": v - 1}) for v in range(n - 39, n + 1) if v % 4 == 1]
+
+            replayed = list(bus.replay("other:event", since=0, until=400))  # counted again from checkpoints
+            assert [(e.version, e.seq) for e in replayed] == [(v, v // 4 + 1) for v in range(1, 401) if v % 4 == 1]
+    finally:
+        part.stop()
+
+
+def _identified_body(payload: object, publisher: int, number: int) -> bytes:
+    """The identity contract's 7-element body: publisher id and number always as msgpack uint64."""
+    head = b"\x97" + b"".join(msgpack.packb(x, use_bin_type=True) for x in (1, time.time(), "raw", None, payload))
+    return head + b"\xcf" + publisher.to_bytes(8, "big") + b"\xcf" + number.to_bytes(8, "big")
+
+
+def test_identified_events_are_stored_once_and_confirmed_with_their_version(xprocess, cluster, stream, homes) -> None:
+    home = homes()
+    part = edge(xprocess, home, cluster, stream)
+    ep = Endpoints.for_home(home)
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.linger = 0
+    pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+    pub.connect(ep.publish)
+    try:
+        assert pub.poll(5000) and pub.recv() == b"\x01"  # the edge's subscription: publishing is live
+        a, b = 0x1111, 0x2222
+        frames = [
+            [b"id:ev", IDENT.pack(a, 1), msgpack.packb([1, time.time(), "raw", None, "a1"])],
+            [b"id:ev", IDENT.pack(a, 2 | WANT_VERSION), msgpack.packb([1, time.time(), "raw", None, "a2"])],
+            [b"id:ev", _identified_body("b1", b, 1 | WANT_VERSION)],
+            [b"id:ev", _identified_body("b2", b, 2)],
+        ]
+        for f in frames + frames:  # everything sent twice, as a publisher resends after a reconnect
+            pub.send_multipart(f)
+        confirmed: dict[int, int] = {}
+        versions: dict[tuple[int, int], int] = {}
+        deadline = time.monotonic() + 10
+        while confirmed != {a: 2, b: 2}:
+            assert pub.poll(max(1, int((deadline - time.monotonic()) * 1000))), f"confirmed so far: {confirmed}"
+            msg = pub.recv()
+            if msg[:1] != CONFIRM:
+                continue
+            for publisher, through, pairs in parse_confirm(msg):
+                confirmed[publisher] = max(confirmed.get(publisher, 0), through)
+                for number, version in pairs:
+                    versions.setdefault((publisher, number), version)
+        wait_for(lambda: stats(ctx, ep.control), lambda s: s["events_in"] == 8, what="all eight sends taken")
+        reply = control(ctx, ep.log, {"op": "replay", "patterns": ["id:ev"]})  # raw: 7-element bodies too
+        stored = [(v, s, msgpack.unpackb(body)[4]) for v, s, _, body in reply["result"]["events"]]
+        assert stored == [(1, 1, "a1"), (2, 2, "a2"), (3, 3, "b1"), (4, 4, "b2")]  # each once
+        assert versions[(a, 2)] == 2 and versions[(b, 1)] == 3
+    finally:
+        pub.close()
+        ctx.term()
+        part.stop()
