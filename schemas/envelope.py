@@ -25,6 +25,15 @@ An *identified* publish (PROTOCOL.md §4.1) has 3 frames, the publisher's identi
     [1] ident  16 bytes, IDENT = "!QQ": (publisher id, number | WANT_VERSION)
     [2] body   as above
 
+A *batch* (PROTOCOL.md §4.2) publishes a run of events of one type as one message, 3 frames::
+
+    [0] topic    BATCH_PREFIX + the UTF-8 event type
+    [1] lengths  n >= 1 body lengths (struct "!I" each), n <= MAX_BATCH_EVENTS
+    [2] bodies   the n bodies, each an ordinary body, one after the other
+
+The broker stamps it with n consecutive versions and topic sequences and delivers it as a run
+(n >= 2) or a single event (n = 1): subscribers see no difference from events published one by one.
+
 Confirmations (broker -> publishers, upstream) and the event log's acks (log -> broker, upstream)
 are one frame each, starting with CONFIRM; see ``pack_confirm`` and ``LOG_ACK``.
 
@@ -55,6 +64,15 @@ MAX_RUN = 32
 
 MAX_RUN_BYTES = 16 * 1024
 """Most body bytes in one run; a bigger body travels alone."""
+
+BATCH_PREFIX = b"\x03"
+"""First byte of a batch's topic frame (no event type starts with it)."""
+
+MAX_BATCH_EVENTS = 4096
+"""Most events in one batch; the broker refuses a batch with more."""
+
+BATCH_BYTES = 128 * 1024
+"""Body bytes the SDK puts in one batch at most (and never more than the broker's event size limit)."""
 
 BODY_MARK = b"\x95"
 """First byte of every valid body: the msgpack header of a 5-element array."""
@@ -261,6 +279,15 @@ def run_stamp(version: int, topic_seq: int, lengths: list[int]) -> bytes:
     n = len(lengths)
     packer = _RUN_STAMPS[n] if n <= MAX_RUN else struct.Struct(f"!QQ{n}I")
     return packer.pack(version, topic_seq, *lengths)
+
+
+def encode_batch(event_type: str, bodies: list[bytes]) -> list[bytes]:
+    """The three frames of a batch of ``bodies`` (encoded bodies of one type, 1 to MAX_BATCH_EVENTS)."""
+    n = len(bodies)
+    if not 1 <= n <= MAX_BATCH_EVENTS:
+        raise ValueError(f"a batch has 1 to {MAX_BATCH_EVENTS} events, not {n}")
+    lengths = struct.pack(f"!{n}I", *map(len, bodies))
+    return [BATCH_PREFIX + event_type.encode("utf-8"), lengths, b"".join(bodies)]
 
 
 def split_run(stamp_frame: bytes, body: bytes) -> list[tuple[int, int, bytes]]:

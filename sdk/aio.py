@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import zmq
@@ -194,7 +194,44 @@ class Bus(PublisherCore):
         except zmq.ZMQError as e:
             raise translate(e, "publish") from e
 
-    async def _send_when_room(self, sock: zmq.asyncio.Socket, topic: bytes, body: bytes) -> None:
+    async def publish_many(self, events: Iterable[Any]) -> int:
+        """Publish events, ``(type, payload)`` or ``(type, payload, session_id)`` each, in order,
+        as batches (see :meth:`sdk.Bus.publish_many`). Returns how many events were published.
+
+        Raises:
+            InvalidEvent, MessageTooLarge: as for :meth:`publish`, for any of the events; every
+                event is checked before any is sent, so then nothing was sent.
+            PublishTimeout: the broker stayed behind for ``publish_timeout``; the batches before
+                the one that timed out were sent.
+            BusUnavailable: the broker could not be reached.
+            BusClosed: the bus was closed.
+        """
+        messages = self._batches(events)
+        if self._closed:
+            raise BusClosed("bus is closed")
+        count = 0
+        for frames in messages:
+            sock = self._pub
+            now = time.monotonic()
+            if sock is None or now >= self._watch_at:
+                sock = await self._ready_publisher(now)
+                self._check_size(frames[2])
+            try:
+                await sock.send_multipart(frames, _DONTWAIT)
+            except zmq.Again:
+                await self._send_when_room(sock, *frames)
+            except zmq.ZMQError as e:
+                raise translate(e, "publish") from e
+            count += len(frames[1]) >> 2
+        return count
+
+    def batch(self, flush_every: int = 4096) -> AsyncBatch:
+        """Gather events and publish them as batches: ``async with bus.batch() as batch:``
+        ``batch.publish(type, payload)`` (not awaited); sent when the block ends (and at each
+        ``await batch.flush()``). An exception in the block discards what is not sent yet."""
+        return AsyncBatch(self, flush_every)
+
+    async def _send_when_room(self, sock: zmq.asyncio.Socket, *frames: bytes) -> None:
         """Try again until the queue has room, at most ``publish_timeout``, pausing in between.
 
         zmq.asyncio's own wait for room cannot be used: an XPUB always reports room (POLLOUT),
@@ -212,7 +249,7 @@ class Bus(PublisherCore):
             await asyncio.sleep(min(pause, left))  # sync-ok: polling for room, bounded by the deadline
             pause = min(pause * 2, _ROOM_PAUSE_MAX)
             try:
-                await sock.send_multipart((topic, body), _DONTWAIT)
+                await sock.send_multipart(frames, _DONTWAIT)
                 return
             except zmq.Again:
                 continue
@@ -434,3 +471,31 @@ def connect(
         return await Bus(home, name=name, **options)._start()
 
     return Pending(open_bus)
+
+
+class AsyncBatch:
+    """Events gathered for :meth:`Bus.publish_many` (see :meth:`Bus.batch`). One task's."""
+
+    def __init__(self, bus: Bus, flush_every: int) -> None:
+        self._bus = bus
+        self.flush_every = flush_every
+        self.events: list[tuple[str, Any, str | None]] = []
+
+    def publish(self, event_type: str, payload: Any = None, *, session_id: str | None = None) -> None:
+        """Add an event (published at the next flush or when the block ends)."""
+        self.events.append((event_type, payload, session_id))
+
+    async def flush(self) -> None:
+        """Publish what was gathered now (errors as for ``publish_many``)."""
+        events, self.events = self.events, []
+        for start in range(0, len(events), self.flush_every):
+            await self._bus.publish_many(events[start : start + self.flush_every])
+
+    async def __aenter__(self) -> AsyncBatch:
+        return self
+
+    async def __aexit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            await self.flush()
+        else:
+            self.events = []

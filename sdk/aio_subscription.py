@@ -46,6 +46,7 @@ class Subscription:
         self._closed = False
         self._failed: SlowSubscriberError | None = None
         self._pending: deque[Event] = deque()
+        self._nowait: zmq.Socket | None = None
         self._decoder: EventDecoder = decoder_for(
             patterns, policy, since=since, timeout=bus.timeout, page=min(PAGE, max(hwm, 1000))
         )
@@ -227,6 +228,47 @@ class Subscription:
             except SlowSubscriberError as e:
                 self._failed = e
                 self._close_socket()
+
+    async def recv_many(self, max: int = 1024, timeout: float | None = None) -> list[Event]:
+        """Every matching event that has arrived, up to ``max``, in one call (a list, oldest first).
+
+        Waits up to ``timeout`` seconds (None: until an event arrives or the subscription closes)
+        for the first; an empty list if none came in time. Losses and errors as for :meth:`recv`.
+        """
+        if max < 1:
+            raise ValueError(f"max must be at least 1, not {max!r}")
+        pending = self._pending
+        if not pending:
+            try:
+                pending.appendleft(await self.recv(timeout))
+            except BusTimeout:
+                return []
+        decoder, append, sock = self._decoder, pending.append, self._sock
+        while len(pending) < max and not (self._failed or decoder.busy or sock.closed):
+            if self._nowait is None:  # a sync shadow of the socket: what has arrived, no waiting
+                self._nowait = zmq.Socket.shadow(sock.underlying)
+            try:
+                frames = self._nowait.recv_multipart(_NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError:
+                break
+            if len(frames) != 3:
+                decoder.malformed += 1
+                continue
+            try:
+                decoder.feed(*frames, append)
+                if decoder.held is not None:
+                    await self._run(decoder.resolve(append))
+            except SlowSubscriberError as e:
+                self._failed = e
+                self._close_socket()
+        if len(pending) <= max:
+            out = list(pending)
+            pending.clear()
+            return out
+        popleft = pending.popleft
+        return [popleft() for _ in range(max)]
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._iterate()

@@ -193,6 +193,32 @@ class Subscription:
                     if flow is not None:
                         self._settle(flow)
 
+    def recv_many(self, max: int = 1024, timeout: float | None = None) -> list[Event]:
+        """Every matching event that has arrived, up to ``max``, in one call (a list, oldest first).
+
+        Waits up to ``timeout`` seconds (None: until an event arrives or the subscription closes)
+        for the first; an empty list if none came in time. Losses and errors as for :meth:`recv`.
+        """
+        if max < 1:
+            raise ValueError(f"max must be at least 1, not {max!r}")
+        pending = self._pending
+        if not pending:
+            try:
+                pending.appendleft(self.recv(timeout))
+            except BusTimeout:
+                return []
+        if len(pending) < max:
+            with self._lock:
+                while len(pending) < max and not (self._closed or self._failed or self._decoder.busy):
+                    if not self._drain():
+                        break
+        if len(pending) <= max:
+            out = list(pending)
+            pending.clear()
+            return out
+        popleft = pending.popleft
+        return [popleft() for _ in range(max)]
+
     def _settle(self, flow: Resolve) -> None:
         """Run a cold flow; a loss under ``policy="drop"`` ends the subscription."""
         try:

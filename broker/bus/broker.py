@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import time
+from itertools import accumulate
+from operator import itemgetter
 from typing import Any, Callable
 
 import zmq
@@ -32,10 +35,12 @@ from broker.security import Authenticator, secure_server
 from broker.sockets import bind
 from sdk.transport import configure_context, event_socket
 from schemas.envelope import (
+    BATCH_PREFIX,
     BODY_MARK,
     CONFIRM,
     IDENT,
     LOG_MARK,
+    MAX_BATCH_EVENTS,
     MAX_RUN_BYTES,
     STAMP,
     SYNC_PREFIX,
@@ -76,7 +81,12 @@ def _is_body(frame: zmq.Frame) -> bool:
 
 
 BATCH = 4096
-"""Events drained per poll before the broker looks at its other sockets."""
+"""Events drained per poll before the broker looks at its other sockets (a batch that starts
+within them is taken whole)."""
+REACH = BATCH + MAX_BATCH_EVENTS
+"""Most versions one drain stamps: reserved before it starts."""
+_BATCH_MARK = BATCH_PREFIX[0]
+_MARKS = frozenset(BODY_MARK)
 
 RESERVE_RETRY = 1.0
 """Seconds between tries to write the version mark while the disk refuses it."""
@@ -270,14 +280,14 @@ class Broker(LogLink, Control, Peers):
             if self._closed_until is not None and time.monotonic() >= self._closed_until:
                 self._log_late()
             if self._reserve_retry_at is not None and time.monotonic() >= self._reserve_retry_at:
-                self._reserve(self.version + BATCH)
+                self._reserve(self.version + REACH)
             if self._trim_at is not None and time.monotonic() >= self._trim_at:
                 self._trim_at = None
                 trim()
             if not ready:
                 continue
             if xsub in ready:
-                if self.version + BATCH <= self._reserved or self._reserve(self.version + BATCH):
+                if self.version + REACH <= self._reserved or self._reserve(self.version + REACH):
                     self._forward_batch()
             if xpub in ready:
                 self._handle_subscriptions()
@@ -342,6 +352,38 @@ class Broker(LogLink, Control, Peers):
                 else:
                     topic, carried = carried, None
                 seq = seqs.get(topic)
+                if seq is None and topic[:1] == BATCH_PREFIX:  # a batch (PROTOCOL.md §4.2)
+                    batch = self._read_batch(topic)
+                    if batch is None:
+                        continue
+                    topic, body_frame, lengths = batch
+                    seq = seqs.get(topic)
+                    if seq is None:
+                        if len(seqs) >= self.config.max_topics:
+                            self._refuse_topic(topic)
+                            continue
+                        seq = 0
+                    if bodies:  # the run being gathered goes first
+                        if keep:
+                            runs_append((run_topic, run_version, run_seq, bodies, sizes, run_bytes))  # type: ignore[arg-type]
+                            room_bytes -= run_bytes
+                        else:
+                            self._send_run(run_topic, run_version, run_seq, bodies, sizes)  # type: ignore[arg-type]
+                        run_topic, bodies, sizes = None, [], []
+                    n = len(lengths)
+                    seqs[topic] = seq + n
+                    size = len(body_frame)
+                    if keep:
+                        runs_append((topic, version + 1, seq + 1, [body_frame], lengths, size))
+                        room_bytes -= size
+                        if room_bytes <= 0:
+                            budget = 0
+                    else:
+                        self._send_run(topic, version + 1, seq + 1, [body_frame], lengths)
+                    version += n
+                    budget = max(budget - n + 1, 0)
+                    first = False
+                    continue
                 if seq is None:  # the exact path: RCVMORE still describes the topic frame
                     ident: bytes | None = None
                     if not getsockopt(_RCVMORE):
@@ -445,15 +487,52 @@ class Broker(LogLink, Control, Peers):
             )
 
     def _send_run(self, topic: bytes, version: int, seq: int, bodies: list[zmq.Frame], sizes: list[int]) -> None:
-        """Send one event (zero copy: the body goes out as it came) or a run of them."""
+        """Send one event or a batch (zero copy: the body goes out as it came), or a run of events."""
         xpub = self.xpub
         _send(xpub, topic, _SNDMORE)
-        if len(bodies) == 1:
+        if len(sizes) == 1:
             _send(xpub, _pack_stamp(version, seq), _SNDMORE)
+            _send(xpub, bodies[0], 0, False)
+        elif len(bodies) == 1:
+            _send(xpub, run_stamp(version, seq, sizes), _SNDMORE)
             _send(xpub, bodies[0], 0, False)
         else:
             _send(xpub, run_stamp(version, seq, sizes), _SNDMORE)
             _send(xpub, b"".join(bodies), 0)
+
+    def _read_batch(self, topic: bytes) -> tuple[bytes, zmq.Frame, list[int]] | None:
+        """The rest of a batch whose topic frame was read: ``(event type, bodies frame, lengths)``,
+        or None (counted) if it is not a valid batch (PROTOCOL.md §4.2)."""
+        xsub = self.xsub
+        if not xsub.getsockopt(_RCVMORE):
+            self.malformed += 1
+            return None
+        lengths_frame = xsub.recv(_NOBLOCK, False)
+        if not lengths_frame.more:
+            self.malformed += 1
+            return None
+        body = xsub.recv(_NOBLOCK, False)
+        if body.more:
+            self._skip_rest()
+            return None
+        event_type = topic[1:]
+        n, rest = divmod(len(lengths_frame), 4)
+        if rest or not 0 < n <= MAX_BATCH_EVENTS or not is_valid_type(event_type):
+            self.rejected += max(n, 1)
+            return None
+        lengths = list(struct.unpack(f"!{n}I", lengths_frame.bytes))
+        if sum(lengths) != len(body) or not min(lengths):
+            self.rejected += n
+            return None
+        view = body.buffer
+        if n == 1:
+            good = view[0] in _MARKS
+        else:  # every body's first byte, read in C
+            good = set(itemgetter(*accumulate(lengths[:-1], initial=0))(view)) <= _MARKS
+        if not good:
+            self.rejected += n
+            return None
+        return event_type, body, lengths
 
     def _skip_rest(self) -> None:
         """Drain the remaining frames of a message with too many frames, and count it once."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from broker.bus.durable import LOG_BUDGET, LOG_BUDGET_EVENTS, MAX_PUBLISHERS
 from broker.security import ServerKeys
 from schemas.endpoints import Endpoints
-from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, MAX_RUN, MAX_RUN_BYTES, RUN_LENGTH, STAMP
+from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, MAX_BATCH_EVENTS, MAX_RUN, MAX_RUN_BYTES, RUN_LENGTH, STAMP
 from schemas.topics import MAX_TYPE_LENGTH
 
 MiB = 1024 * 1024
@@ -99,11 +99,12 @@ class BrokerConfig:
         return self.max_event_size + MAX_TYPE_LENGTH + 64
 
     def largest_out(self) -> int:
-        """Largest message the broker sends a subscriber: an event alone (a stamp) or a run (a stamp
-        and its lengths, bodies up to MAX_RUN_BYTES), with its topic."""
+        """Largest message the broker sends a subscriber: an event alone (a stamp), a run (a stamp
+        and its lengths, bodies up to MAX_RUN_BYTES) or a batch (a stamp and up to MAX_BATCH_EVENTS
+        lengths, bodies up to the event size limit), with its topic."""
         runs = max(1, self.max_run) > 1
         body = max(self.max_event_size, MAX_RUN_BYTES if runs else 0)
-        stamp = STAMP.size + (RUN_LENGTH.size * self.max_run if runs else 0)
+        stamp = STAMP.size + RUN_LENGTH.size * max(self.max_run if runs else 0, MAX_BATCH_EVENTS)
         return MAX_TYPE_LENGTH + stamp + body
 
     def sub_queue(self) -> int:

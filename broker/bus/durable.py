@@ -47,7 +47,8 @@ RUN_OVERHEAD = 256
 """Bytes a kept run costs beyond its bodies (the tuple, its lists, a Frame per body), roughly."""
 
 Run = tuple[bytes, int, int, list[Any], list[int], int]
-"""A delivered message: topic, first version, first topic sequence, bodies, their sizes, bytes."""
+"""A delivered message: topic, first version, first topic sequence, bodies, the sizes of its
+events, bytes. A batch is one body frame holding all its events (one size per event)."""
 Identified = tuple[int, bytes, int]
 """An identified event stamped: version, publisher id (8 bytes), number (WANT_VERSION included)."""
 
@@ -179,10 +180,10 @@ class Durable:
             events = size = 0
             for topic, version, seq, bodies, sizes, nbytes in runs:
                 send_run(topic, version, seq, bodies, sizes)
-                events += len(bodies)
+                events += len(sizes)
                 size += nbytes + RUN_OVERHEAD
             if runs:
-                last = runs[-1][1] + len(runs[-1][3]) - 1
+                last = runs[-1][1] + len(runs[-1][4]) - 1
                 self.unlogged.append((last, size, events, ids, runs))
                 self.unlogged_bytes += size
                 self.unlogged_events += events
@@ -227,16 +228,19 @@ class Durable:
             if ids is not None:
                 self._send_ids(ids)
             for topic, version, seq, bodies, sizes, _nbytes in runs:
-                if version + len(bodies) - 1 <= above:
+                if version + len(sizes) - 1 <= above:
                     continue
                 _send(xpub, LOG_RESEND + topic, _SNDMORE)
-                if len(bodies) == 1:
+                if len(sizes) == 1:
                     _send(xpub, RESEND_STAMP_PAD + STAMP.pack(version, seq), _SNDMORE)
+                    _send(xpub, bodies[0], 0, False)
+                elif len(bodies) == 1:  # a batch
+                    _send(xpub, RESEND_STAMP_PAD + run_stamp(version, seq, sizes), _SNDMORE)
                     _send(xpub, bodies[0], 0, False)
                 else:
                     _send(xpub, RESEND_STAMP_PAD + run_stamp(version, seq, sizes), _SNDMORE)
                     _send(xpub, b"".join(bodies), 0)
-                sent += len(bodies)
+                sent += len(sizes)
         self.resent += sent
         if sent:
             log.info("sent the event log again %d event(s) above version %d", sent, above)

@@ -10,15 +10,23 @@ each bus drives it with its own sockets. The sync bus inlines the encoding on it
 
 from __future__ import annotations
 
+import struct
 import time
+from collections.abc import Iterable
 from typing import Any, Final, NamedTuple
 
 import msgpack
 
-from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
-from sdk.errors import BusError, MessageTooLarge
+from schemas.envelope import (
+    BATCH_BYTES,
+    BATCH_PREFIX,
+    DEFAULT_MAX_EVENT_SIZE,
+    ENVELOPE_VERSION,
+    MAX_BATCH_EVENTS,
+)
+from sdk.errors import BusError, InvalidEvent, MessageTooLarge
 from sdk.core.flows import Ask, Flow
-from sdk.wire import SIZE_QUESTION, check_event, encode_body, publish_timed_out, size_limit, topic_of
+from sdk.wire import SIZE_QUESTION, check_event, encode_body, publish_timed_out, size_limit, topic_of, unencodable
 
 WATCH_INTERVAL = 0.005
 """Seconds between two looks (one getsockopt) at whether the broker is still subscribed."""
@@ -82,6 +90,56 @@ class PublisherCore:
         """
         return encode_body(self._packb, self.name, session_id, payload, self.max_event_size)
 
+    def _batches(self, events: Iterable[Any]) -> list[list[bytes]]:
+        """The messages that publish ``events`` (``(type, payload)`` or ``(type, payload,
+        session_id)`` each), all encoded and checked before any is sent: each run of consecutive
+        events of one type becomes batches (PROTOCOL.md §4.2) of up to MAX_BATCH_EVENTS events
+        and BATCH_BYTES of bodies (never more than the event size limit).
+
+        Raises:
+            InvalidEvent: an event that is not such a tuple, a bad type or session id, a payload
+                msgpack cannot encode, or (with ``validate``) one the catalogue refuses.
+            MessageTooLarge: an encoded event is over the broker's limit.
+        """
+        limit, most = self.max_event_size, min(BATCH_BYTES, self.max_event_size)
+        packb, name, topics, validate = self._packb, self.name, self._topics, self.validate
+        now = time.time()
+        messages: list[list[bytes]] = []
+        topic: bytes | None = None
+        bodies: list[bytes] = []
+        size = 0
+        for event in events:
+            session_id = None
+            try:
+                if len(event) == 2:
+                    event_type, payload = event
+                else:
+                    event_type, payload, session_id = event
+            except (TypeError, ValueError):
+                raise InvalidEvent(f"an event to publish_many is (type, payload[, session_id]), not {event!r:.80}") from None
+            try:
+                this = topics.get(event_type) or topic_of(event_type, topics)
+            except TypeError:
+                this = topic_of(event_type, topics)
+            if validate or (session_id is not None and not isinstance(session_id, str)):
+                check_event(event_type, payload, session_id, validate=validate)
+            try:
+                body = packb((ENVELOPE_VERSION, now, name, session_id, payload))
+            except (TypeError, ValueError, OverflowError) as e:
+                raise unencodable(e, name, session_id) from None
+            length = len(body)
+            if length > limit:
+                raise MessageTooLarge(length, limit)
+            if this != topic or size + length > most or len(bodies) >= MAX_BATCH_EVENTS:
+                if bodies:
+                    messages.append(_batch(topic, bodies))  # type: ignore[arg-type]
+                topic, bodies, size = this, [], 0
+            bodies.append(body)
+            size += length
+        if bodies:
+            messages.append(_batch(topic, bodies))  # type: ignore[arg-type]
+        return messages
+
     def _check_size(self, body: bytes) -> None:
         """Raise MessageTooLarge if a new broker's limit, learnt just now, refuses ``body``."""
         if len(body) > self.max_event_size:
@@ -121,3 +179,42 @@ class PublisherCore:
             self.max_event_size = size_limit((yield Ask("control", SIZE_QUESTION, retries=0)))
         except BusError:
             pass
+
+
+def _batch(topic: bytes, bodies: list[bytes]) -> list[bytes]:
+    """The three frames of one batch (PROTOCOL.md §4.2)."""
+    return [BATCH_PREFIX + topic, struct.pack(f"!{len(bodies)}I", *map(len, bodies)), b"".join(bodies)]
+
+
+class Batch:
+    """Events gathered for :meth:`sdk.Bus.publish_many`: ``with bus.batch() as batch:
+    batch.publish(...)``. What the block gathered is published when it ends (every
+    ``flush_every`` events on the way); an exception in the block discards what is not sent yet.
+    One thread's: give each thread its own."""
+
+    def __init__(self, publish_many: Any, flush_every: int) -> None:
+        self._publish_many = publish_many
+        self.flush_every = flush_every
+        self.events: list[tuple[str, Any, str | None]] = []
+
+    def publish(self, event_type: str, payload: Any = None, *, session_id: str | None = None) -> None:
+        """Add an event; publish what was gathered once it holds ``flush_every`` events."""
+        events = self.events
+        events.append((event_type, payload, session_id))
+        if len(events) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Publish what was gathered now (errors as for ``publish_many``)."""
+        events, self.events = self.events, []
+        if events:
+            self._publish_many(events)
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.flush()
+        else:
+            self.events = []
