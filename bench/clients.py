@@ -25,6 +25,8 @@ HWM = 1_000_000
 """Queue limit for throughput runs: large enough that no measured run loses an event to an HWM."""
 PIPELINE = 1000
 """Redis publishes per pipeline, NATS publishes per flush."""
+BATCH_BYTES = 128 * 1024
+"""Payload bytes per message when events are sent in batches (as pryxbus batches them)."""
 
 _PROBE = struct.Struct("!I")
 
@@ -96,6 +98,14 @@ class SyncClient:
         for _ in range(n):
             send("data", payload)
         self.flush()
+
+    def blast_batched(self, payload: bytes, n: int) -> None:
+        """Send ``n`` events in batches, as this system's client batches them (else one by one)."""
+        self.blast(payload, n)
+
+    def count_batched(self, n: int, idle: float, size: int) -> tuple[int, int]:
+        """:meth:`count` for events sent by :meth:`blast_batched` (``size``: payload bytes)."""
+        return self.count(n, idle)
 
     def count(self, n: int, idle: float) -> tuple[int, int]:
         """Receive until ``n`` data messages arrived or none for ``idle`` s: ``(received, end_ns)``."""
@@ -222,6 +232,28 @@ class PryxbusClient(SyncClient):
         for _ in range(n):
             publish(topic, payload)
 
+    def blast_batched(self, payload: bytes, n: int) -> None:
+        publish_many, event = self.bus.publish_many, (self.topics["data"], payload)
+        per = 4096
+        for start in range(0, n, per):
+            publish_many([event] * min(per, n - start))
+
+    def count_batched(self, n: int, idle: float, size: int) -> tuple[int, int]:
+        got = 0
+        recv_many = self.sub.recv_many
+        try:
+            while got < n:
+                events = recv_many(4096, idle)
+                if not events:
+                    break
+                got += len(events)  # the bench's only subscribed types are data and warm
+                for e in events:
+                    if e.type != self.topics["data"]:
+                        got -= 1
+        except self._slow_error as e:
+            raise Loss(e.lost, got) from None
+        return got, time.monotonic_ns()
+
     def count(self, n: int, idle: float) -> tuple[int, int]:
         got = 0
         recv, data = self.sub.recv, self.topics["data"]
@@ -319,6 +351,31 @@ class ZmqClient(SyncClient):
         send, topic = self.pubs["data"].send_multipart, self._btopics["data"]
         for _ in range(n):
             send([topic, payload])
+
+    def blast_batched(self, payload: bytes, n: int) -> None:
+        """Events concatenated into frames of up to BATCH_BYTES (fixed size: no lengths needed)."""
+        send, topic = self.pubs["data"].send_multipart, self._btopics["data"]
+        per = max(1, BATCH_BYTES // max(len(payload), 1))
+        full = payload * per
+        for start in range(0, n, per):
+            k = min(per, n - start)
+            send([topic, full if k == per else payload * k])
+
+    def count_batched(self, n: int, idle: float, size: int) -> tuple[int, int]:
+        sock = self.sub
+        sock.rcvtimeo = int(idle * 1000)
+        recv, data, again = sock.recv_multipart, self._btopics["data"], self.zmq.Again
+        got = 0
+        try:
+            while got < n:
+                topic, frame = recv()
+                if topic == data:
+                    got += len(frame) // size
+        except again:
+            pass
+        finally:
+            sock.rcvtimeo = -1
+        return got, time.monotonic_ns()
 
     def count(self, n: int, idle: float) -> tuple[int, int]:
         sock = self.sub

@@ -161,6 +161,20 @@ TARGETS = (
            ("throughput", "1→1, 64 B", "pryxbus", "rate"), ("throughput", "1→1, 64 B", "nats", "rate"), 1.3),
     Target(5, "1→1 throughput ≥ 1.5× Redis pub/sub (64 B)",
            ("throughput", "1→1, 64 B", "pryxbus", "rate"), ("throughput", "1→1, 64 B", "redis", "rate"), 1.5),
+    Target(18, "1→1 throughput ≥ 1.0× pyzmq PUB→SUB without a broker (1 KiB)",
+           ("throughput", "1→1, 1 KiB", "pryxbus", "rate"), ("throughput", "1→1, 1 KiB", "zmq", "rate"), 1.0),
+    Target(18, "1→1 throughput ≥ 0.9× pyzmq PUB→SUB without a broker (16 KiB)",
+           ("throughput", "1→1, 16 KiB", "pryxbus", "rate"), ("throughput", "1→1, 16 KiB", "zmq", "rate"), 0.9),
+    Target(18, "1→1 throughput ≥ 1.2× NATS (16 KiB)",
+           ("throughput", "1→1, 16 KiB", "pryxbus", "rate"), ("throughput", "1→1, 16 KiB", "nats", "rate"), 1.2),
+    Target(18, "batched 1→1 throughput ≥ 1,000,000 events/s (64 B)",
+           ("throughput", "1→1, 64 B, batched", "pryxbus", "rate"), None, 1_000_000),
+    Target(18, "batched 1→1 with the event log on ≥ 0.8× 1,000,000 events/s (64 B)",
+           ("eventlog", "1→1, 64 B, batched, log on", "pryxbus", "rate"), None, 800_000),
+    Target(18, "1→1 throughput ≥ 1.5× NATS (64 B)",
+           ("throughput", "1→1, 64 B", "pryxbus", "rate"), ("throughput", "1→1, 64 B", "nats", "rate"), 1.5),
+    Target(18, "1→1 throughput ≥ 2× Redis pub/sub (64 B)",
+           ("throughput", "1→1, 64 B", "pryxbus", "rate"), ("throughput", "1→1, 64 B", "redis", "rate"), 2.0),
 )
 
 

@@ -8,8 +8,8 @@ from bench.scenarios import eventlog, isolation, latency, sessions, throughput
 
 SCENARIOS: dict[str, tuple[ModuleType, str]] = {
     "throughput": (throughput, "1→1 at 64 B / 1 KiB / 16 KiB"),
-    "fanout": (throughput, "1→4 subscribers"),
-    "fanin": (throughput, "4→1 publishers"),
+    "fanout": (throughput, "1→4 subscribers at 64 B / 1 KiB / 16 KiB"),
+    "fanin": (throughput, "4→1 publishers at 64 B / 1 KiB / 16 KiB"),
     "latency": (latency, "round trip at 1k/s and at 50% of capacity"),
     "isolation": (isolation, "fast subscribers with and without a stalled one"),
     "sessions": (sessions, "get/list/create per second, 1 and 4 clients"),

@@ -61,8 +61,9 @@ def subscriber_side(
     expected: int,
     mode: str,
     hwm: int | None = None,
+    size: int = 0,
 ) -> None:
-    """Count (``mode="count"``), time (``"record"``) or ignore (``"stall"``) the data channel."""
+    """Count (``mode="count"``, ``"batched"``), time (``"record"``) or ignore (``"stall"``) the data channel."""
     roles = _roles(wiring, (), ("data", "warm"), bind)
     if hwm is not None:
         roles["hwm"] = hwm
@@ -80,6 +81,8 @@ def subscriber_side(
             if mode == "record":
                 got, end, h = client.record(expected, IDLE)
                 hist = h.to_dict()
+            elif mode == "batched":
+                got, end = client.count_batched(expected, IDLE, size)
             else:
                 got, end = client.count(expected, IDLE)
         except Loss as e:
@@ -98,6 +101,7 @@ def publisher_side(
     payload_size: int,
     count: int,
     rate: float,
+    batched: bool = False,
 ) -> None:
     """Probe until ``go``, then send ``count`` events: as fast as possible (rate 0) or on a schedule."""
     client = open_client(wiring, **_roles(wiring, ("data", "warm"), (), bind))
@@ -109,6 +113,8 @@ def publisher_side(
         late = 0
         if rate:
             late = client.paced(Schedule(rate, count), payload_size)
+        elif batched:
+            client.blast_batched(b"x" * payload_size, count)
         else:
             client.blast(b"x" * payload_size, count)
         t1 = time.monotonic_ns()
@@ -148,6 +154,7 @@ def run_pubsub(
     mode: str = "count",
     stalled: int = 0,
     stalled_hwm: int = 1000,
+    batched: bool = False,
 ) -> PubSubOutcome | RunResult:
     """One run of ``publishers`` → ``subscribers`` (+ ``stalled`` that never read).
 
@@ -159,7 +166,8 @@ def run_pubsub(
     sides: list[Side] = []
     try:
         subs = [
-            Side(f"subscriber-{i}", subscriber_side, wiring, sub_binds, publishers, expected, mode)
+            Side(f"subscriber-{i}", subscriber_side, wiring, sub_binds, publishers, expected,
+                 "batched" if batched else mode, None, payload_size)
             for i in range(subscribers)
         ]
         stalls = [
@@ -170,7 +178,8 @@ def run_pubsub(
         for s in subs + stalls:
             s.expect("ready", READY_TIMEOUT)
         pubs = [
-            Side(f"publisher-{i}", publisher_side, wiring, direct and not sub_binds, i, payload_size, per_publisher, rate)
+            Side(f"publisher-{i}", publisher_side, wiring, direct and not sub_binds, i, payload_size, per_publisher, rate,
+                 batched)
             for i in range(publishers)
         ]
         sides += pubs

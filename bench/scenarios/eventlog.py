@@ -32,12 +32,14 @@ def log_stats(home: str) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
-def _throughput(stack: str):
+def _throughput(stack: str, batched: bool = False):
     def run(system: str, env: Env) -> RunResult:
         n = env.scale(100_000, 150_000)  # as throughput 1→1: shorter runs measure start-up
+        if batched:
+            n *= 10
         wiring = env.wirings[stack]
         before = log_stats(wiring["home"]) if stack == "pryxbus.log" else None
-        out = run_pubsub(wiring, publishers=1, subscribers=1, per_publisher=n, payload_size=64)
+        out = run_pubsub(wiring, publishers=1, subscribers=1, per_publisher=n, payload_size=64, batched=batched)
         if isinstance(out, RunResult):
             return out
         loss = out.loss()
@@ -102,5 +104,7 @@ def cases(env: Env) -> list[Case]:
     return [
         Case("eventlog", "1→1, 64 B, log off", (RATE,), ("pryxbus",), _throughput("pryxbus")),
         Case("eventlog", "1→1, 64 B, log on", (RATE,), ("pryxbus",), _throughput("pryxbus.log")),
+        Case("eventlog", "1→1, 64 B, batched, log off", (RATE,), ("pryxbus",), _throughput("pryxbus", True)),
+        Case("eventlog", "1→1, 64 B, batched, log on", (RATE,), ("pryxbus",), _throughput("pryxbus.log", True)),
         Case("eventlog", "replay, warm log", (REPLAY,), ("pryxbus",), _replay),
     ]

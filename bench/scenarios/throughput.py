@@ -1,4 +1,4 @@
-"""Throughput: 1 → 1 at 64 B / 1 KiB / 16 KiB, fan-out 1 → 4 and fan-in 4 → 1.
+"""Throughput at 64 B / 1 KiB / 16 KiB: 1 → 1, fan-out 1 → 4 and fan-in 4 → 1.
 
 Rates are events delivered per second, from the first publisher's first send to the subscriber's
 last receive (so queued-but-undelivered events never count).
@@ -25,10 +25,18 @@ def counts(env: Env, size: int) -> int:
     return min(base, (env.scale(48, 160) << 20) // max(size, 512))
 
 
-def _one_to_one(size: int):
+BATCHED = ("pryxbus", "zmq")
+"""Systems measured with events sent in batches: pryxbus's publish_many/recv_many, and plain pyzmq
+with fixed-size events concatenated into 128 KiB frames (what Python moves over ZeroMQ at best)."""
+
+
+def _one_to_one(size: int, batched: bool = False):
     def run(system: str, env: Env) -> RunResult:
         n = counts(env, size)
-        out = run_pubsub(env.wiring(system), publishers=1, subscribers=1, per_publisher=n, payload_size=size)
+        if batched:  # ten times as many, within ~100 MB (quick) / 320 MB of payload
+            n = min(10 * n, (env.scale(96, 320) << 20) // size)
+        out = run_pubsub(env.wiring(system), publishers=1, subscribers=1, per_publisher=n, payload_size=size,
+                         batched=batched)
         if isinstance(out, RunResult):
             return out
         return _finish(out, {"rate": rate(n, out.t0, out.subs[0]["end"])})
@@ -43,42 +51,57 @@ def _finish(out: PubSubOutcome, values: dict[str, float]) -> RunResult:
     return RunResult(values=values, details={"events": out.expected})
 
 
-def _fan_out(system: str, env: Env) -> RunResult:
-    n = env.scale(8_000, 60_000)
-    out = run_pubsub(env.wiring(system), publishers=1, subscribers=4, per_publisher=n, payload_size=64)
-    if isinstance(out, RunResult):
-        return out
-    ends = [s["end"] for s in out.subs]
-    return _finish(
-        out,
-        {
-            "per_sub": median(rate(n, out.t0, e) for e in ends),
-            "total": rate(4 * n, out.t0, max(ends)),
-        },
-    )
+def fan_counts(env: Env, size: int, quick: int, full: int) -> int:
+    """Events per publisher in a fan-out or fan-in run: at most ~16 MB (quick) / 64 MB of payload each."""
+    return min(env.scale(quick, full), (env.scale(16, 64) << 20) // max(size, 512))
 
 
-def _fan_in(system: str, env: Env) -> RunResult:
-    n = env.scale(4_000, 40_000)
-    out = run_pubsub(env.wiring(system), publishers=4, subscribers=1, per_publisher=n, payload_size=64)
-    if isinstance(out, RunResult):
-        return out
-    end = out.subs[0]["end"]
-    return _finish(
-        out,
-        {
-            "total": rate(4 * n, out.t0, end),
-            "per_pub": median(rate(n, p["t0"], end) for p in out.pubs),
-        },
-    )
+def _fan_out(size: int):
+    def run(system: str, env: Env) -> RunResult:
+        n = fan_counts(env, size, 8_000, 60_000)
+        out = run_pubsub(env.wiring(system), publishers=1, subscribers=4, per_publisher=n, payload_size=size)
+        if isinstance(out, RunResult):
+            return out
+        ends = [s["end"] for s in out.subs]
+        return _finish(
+            out,
+            {
+                "per_sub": median(rate(n, out.t0, e) for e in ends),
+                "total": rate(4 * n, out.t0, max(ends)),
+            },
+        )
+
+    return run
+
+
+def _fan_in(size: int):
+    def run(system: str, env: Env) -> RunResult:
+        n = fan_counts(env, size, 4_000, 40_000)
+        out = run_pubsub(env.wiring(system), publishers=4, subscribers=1, per_publisher=n, payload_size=size)
+        if isinstance(out, RunResult):
+            return out
+        end = out.subs[0]["end"]
+        return _finish(
+            out,
+            {
+                "total": rate(4 * n, out.t0, end),
+                "per_pub": median(rate(n, p["t0"], end) for p in out.pubs),
+            },
+        )
+
+    return run
 
 
 def cases(env: Env) -> list[Case]:
     out = [
-        Case("throughput", f"1→1, {label}", (RATE,), PUBSUB, _one_to_one(size), full_only=size == 1024)
+        Case("throughput", f"1→1, {label}", (RATE,), PUBSUB, _one_to_one(size))
         for size, label in SIZES
     ]
-    out.append(Case("fanout", "1→4, 64 B", (PER_SUB, TOTAL), PUBSUB, _fan_out))
-    out.append(Case("fanin", "4→1, 64 B", (TOTAL, PER_PUB), PUBSUB, _fan_in))
+    out += [
+        Case("throughput", f"1→1, {label}, batched", (RATE,), BATCHED, _one_to_one(size, batched=True))
+        for size, label in SIZES
+    ]
+    out += [Case("fanout", f"1→4, {label}", (PER_SUB, TOTAL), PUBSUB, _fan_out(size)) for size, label in SIZES]
+    out += [Case("fanin", f"4→1, {label}", (TOTAL, PER_PUB), PUBSUB, _fan_in(size)) for size, label in SIZES]
     return out
 
