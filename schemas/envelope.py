@@ -290,6 +290,25 @@ def encode_batch(event_type: str, bodies: list[bytes]) -> list[bytes]:
     return [BATCH_PREFIX + event_type.encode("utf-8"), lengths, b"".join(bodies)]
 
 
+def split_batch(lengths: bytes, bodies: bytes) -> list[bytes]:
+    """The bodies in a batch's frames 1 and 2 (PROTOCOL.md §4.2); what each holds is not checked.
+
+    Raises:
+        MalformedEvent: the lengths are not whole, 0, too many, or do not add up to ``bodies``.
+    """
+    n, rest = divmod(len(lengths), RUN_LENGTH.size)
+    if rest or not 0 < n <= MAX_BATCH_EVENTS:
+        raise MalformedEvent(f"a batch has 1 to {MAX_BATCH_EVENTS} lengths of 4 bytes, not {len(lengths)} bytes")
+    sizes = struct.unpack(f"!{n}I", lengths)
+    if sum(sizes) != len(bodies) or not min(sizes):
+        raise MalformedEvent("a batch's lengths must be non-zero and add up to its bodies")
+    out, start, view = [], 0, memoryview(bodies)
+    for size in sizes:
+        out.append(bytes(view[start : start + size]))
+        start += size
+    return out
+
+
 def split_run(stamp_frame: bytes, body: bytes) -> list[tuple[int, int, bytes]]:
     """``(version, topic_seq, body)`` of every event in a delivered message, single or run (none
     for a longer stamp whose version is 0: an event re-sent to the log, PROTOCOL.md "Event log").

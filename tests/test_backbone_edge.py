@@ -179,3 +179,19 @@ def test_identified_events_are_stored_once_and_confirmed_with_their_version(xpro
         pub.close()
         ctx.term()
         part.stop()
+
+
+def test_batches_reach_the_stream_event_by_event(xprocess, cluster, stream, homes) -> None:
+    home = homes()
+    part = edge(xprocess, home, cluster, stream)
+    try:
+        with sdk.connect(home, name="batcher", timeout=5.0) as bus, bus.subscribe() as sub:
+            events = [("b:one" if i % 50 < 40 else "b:two", i) for i in range(300)]  # runs of 40 and 10
+            assert bus.publish_many(events) == 300
+            seen = received(sub, 300)
+    finally:
+        part.stop()
+    assert [v for v, *_ in seen] == list(range(1, 301))
+    assert [p for *_, p in seen] == list(range(300))
+    for topic in ("b:one", "b:two"):
+        assert [s for _, s, t, _ in seen if t == topic] == list(range(1, (240 if topic == "b:one" else 60) + 1))

@@ -34,6 +34,7 @@ from broker.backbone import stream as layout
 from broker.sockets import bind
 from schemas.endpoints import Endpoints
 from schemas.envelope import (
+    BATCH_PREFIX,
     CONFIRM,
     CONFIRM_MAX_BYTES,
     DEFAULT_MAX_EVENT_SIZE,
@@ -41,8 +42,10 @@ from schemas.envelope import (
     STAMP,
     SYNC_PREFIX,
     WANT_VERSION,
+    MalformedEvent,
     confirm_entry,
     decode_header,
+    split_batch,
 )
 from schemas.topics import compile_matcher, is_valid_type
 
@@ -358,6 +361,16 @@ class Edge:
                 await self._send(frames)
 
     async def _send(self, frames: list[bytes]) -> None:
+        if len(frames) == 3 and frames[0][:1] == BATCH_PREFIX:  # a batch (PROTOCOL.md §4.2): event by event
+            try:
+                bodies = split_batch(frames[1], frames[2])
+            except MalformedEvent:
+                self.counters["rejected"] += 1
+                return
+            topic = frames[0][1:]
+            for body in bodies:
+                await self._send([topic, body])
+            return
         if len(frames) == 2:
             topic, body = frames
             ident = None
