@@ -131,6 +131,13 @@ its stamp frame is RESEND_STAMP_PAD followed by the original stamp, so it reads 
 
 RESEND_STAMP_PAD = bytes(8)
 
+DURABLE = CONTROL_PREFIX + b"durable"
+"""Topic of the broker's durable mark (stamp version 0): its body is DURABLE_MARK, the version
+through which the event log has every event on disk, or empty while no event log acks (nothing is
+held back for one). Sent after each of the log's acks, so it follows every event it covers."""
+
+DURABLE_MARK = struct.Struct("!Q")
+
 
 def confirm_entry(publisher: int, through: int, pairs: list[tuple[int, int]]) -> bytes:
     """One publisher's entry in a confirmation: ``through`` and the versions of flagged events."""

@@ -106,6 +106,7 @@ class Control:
             "version": self.version,
             "first_version": self.config.first_version,
             "max_event_size": self.config.max_event_size,
+            "durable": self._durable.durable if self._durable.logging else None,
         }
 
     def _op_seqs(self, msg: dict[str, Any]) -> dict[str, Any]:

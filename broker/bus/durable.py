@@ -21,6 +21,8 @@ from schemas.envelope import (
     CONFIRM,
     CONFIRM_MAX_BYTES,
     CONFIRM_PAIR,
+    DURABLE,
+    DURABLE_MARK,
     LOG_ID,
     LOG_IDS,
     LOG_RESEND,
@@ -202,8 +204,10 @@ class Durable:
     # -- the event log -----------------------------------------------------------------------
 
     def ack(self, version: int) -> None:
-        """The log has everything through ``version`` on disk: drop it, confirm it."""
+        """The log has everything through ``version`` on disk: drop it, confirm it, and tell the
+        subscribers (each ack, repeats included: a mark a full queue dropped is made up for)."""
         if version <= self.durable:
+            self.send_mark()
             return
         self.durable = version
         unlogged = self.unlogged
@@ -217,6 +221,19 @@ class Durable:
             while unconfirmed and unconfirmed[0][0] <= version:
                 done.append(unconfirmed.popleft())
             self._confirm(done)
+        self.send_mark()
+
+    def send_mark(self) -> None:
+        """The durable mark (PROTOCOL.md "Read-committed"): through which version the log has every
+        event, or nothing while no log acks. After the events it covers on every connection, so a
+        subscriber holding live events back releases those at or below it."""
+        xpub = self.xpub
+        try:
+            _send(xpub, DURABLE, _SNDMORE | _NOBLOCK)
+            _send(xpub, _ZERO_STAMP, _SNDMORE)
+            _send(xpub, DURABLE_MARK.pack(self.durable) if self.logging else b"", 0)
+        except zmq.Again:  # an XPUB drops at a full queue rather than block: never raised
+            pass
 
     def resend(self, above: int) -> None:
         """Send the log again every kept event above ``above`` (its hello), on LOG_RESEND topics
@@ -254,6 +271,7 @@ class Durable:
             done = list(self.unconfirmed)
             self.unconfirmed.clear()
             self._confirm(done)
+        self.send_mark()
 
     def seed(self, publishers: list[list[int]]) -> int:
         """Remember what the log has of each publisher: ``[[id, number, version], ...]``, oldest
