@@ -7,6 +7,8 @@ import pytest
 
 from schemas.envelope import (
     BODY_MARK,
+    DURABLE,
+    DURABLE_MARK,
     ENVELOPE_VERSION,
     STAMP,
     Envelope,
@@ -143,7 +145,14 @@ def _deliveries() -> list[list[bytes]]:
     ]
 
 
-@pytest.mark.parametrize("decoder", [EventDecoder(("t:*",), "count"), RecoveringDecoder(("t:*",), timeout=1.0)], ids=type)
+def _uncommitted() -> RecoveringDecoder:
+    """A recover decoder under a broker without an event log: it delivers events as they come."""
+    decoder = RecoveringDecoder(("t:*",), timeout=1.0)
+    decoder.durable = None
+    return decoder
+
+
+@pytest.mark.parametrize("decoder", [EventDecoder(("t:*",), "count"), _uncommitted()], ids=type)
 def test_the_sdk_decoders_agree_with_decode_deliver(decoder: EventDecoder) -> None:
     got: list[object] = []
     expected: list[object] = []
@@ -154,6 +163,30 @@ def test_the_sdk_decoders_agree_with_decode_deliver(decoder: EventDecoder) -> No
     assert got == expected
     assert [e.version for e in got] == [1, 2, 3, 4, 5, 6]  # type: ignore[attr-defined]
     assert [e.seq for e in got] == [e.topic_seq for e in got] == [1, 1, 2, 3, 4, 2]  # type: ignore[attr-defined]
+
+
+def test_a_recover_decoder_delivers_what_the_durable_mark_covers() -> None:
+    """Read-committed (PROTOCOL.md §9): live events wait for the broker's durable mark; a mark
+    releases those it covers, in order; an empty mark (no log acks) releases the rest."""
+    decoder = RecoveringDecoder(("t:*",), timeout=1.0)
+    got: list[object] = []
+
+    def mark(body: bytes) -> None:
+        decoder.feed(DURABLE, stamp(0, 0), body, got.append)
+        while decoder.busy:
+            for _step in decoder.resolve(got.append):
+                raise AssertionError("a release needs no I/O")
+
+    for frames in _deliveries():
+        decoder.feed(*frames, got.append)
+    assert (got, decoder.busy) == ([], False)
+    mark(DURABLE_MARK.pack(3))
+    assert [e.version for e in got] == [1, 2, 3]  # type: ignore[attr-defined]
+    mark(DURABLE_MARK.pack(3))
+    assert len(got) == 3
+    mark(b"")
+    assert [e.version for e in got] == [1, 2, 3, 4, 5, 6]  # type: ignore[attr-defined]
+    assert decoder.last_version == 6 and not decoder.waiting
 
 
 def test_log_rows_decode_as_deliveries() -> None:

@@ -107,17 +107,19 @@ class LogLink:
             return
         version = LOG_ACK.unpack(msg)[1]
         was_full = durable.full
-        durable.ack(version)
         if durable.awaiting_hello:
             durable.awaiting_hello = False
             durable.resend(version)
+            durable.ack(version)  # its durable mark after what was sent again: the log's answer
             if self._seed_pending:
                 self._seed(version)
             if self._closed_until is not None:
                 log.info("the event log subscribed; taking events (it has everything through version %d)", version)
                 self._open()
-        elif was_full and not durable.full:
-            self._read()
+        else:
+            durable.ack(version)
+            if was_full and not durable.full:
+                self._read()
 
     def _seed(self, through: int) -> None:
         """Ask the log who published its recent events (``publishers``), so that an event stamped

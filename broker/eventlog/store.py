@@ -131,13 +131,44 @@ class EventStore:
         with self.conn:
             self.conn.executemany(_INSERT, rows)
 
-    def record_gap(self, kind: str, first_missing: int, last_missing: int) -> None:
+    def record_gap(self, kind: str, first_missing: int, last_missing: int) -> int:
+        """Record a gap; returns its id."""
         with self.conn:
-            self.conn.execute(
+            cursor = self.conn.execute(
                 "INSERT INTO gaps (kind, first_missing, last_missing, missing, detected_at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (kind, first_missing, last_missing, last_missing - first_missing + 1, time.time()),
             )
+        return int(cursor.lastrowid or 0)
+
+    def fill_gaps(self, low: int, high: int) -> list[tuple[int, str, int, bool]]:
+        """Gap records overlapping ``[low, high]`` in which events are now present (sent again by
+        the broker) are replaced by the ranges still missing. Returns, for each record changed,
+        (id, kind, versions filled, whether none is missing any more)."""
+        changed = []
+        with self.conn:
+            gaps = self.conn.execute(
+                "SELECT id, kind, first_missing, last_missing, detected_at FROM gaps"
+                " WHERE last_missing >= ? AND first_missing <= ?",
+                (low, high),
+            ).fetchall()
+            for gap_id, kind, first, last, detected_at in gaps:
+                present = [v for (v,) in self.conn.execute(
+                    "SELECT version FROM events WHERE version BETWEEN ? AND ? ORDER BY version", (first, last))]
+                if not present:
+                    continue
+                self.conn.execute("DELETE FROM gaps WHERE id = ?", (gap_id,))
+                start = first
+                for version in [*present, last + 1]:
+                    if version > start:
+                        self.conn.execute(
+                            "INSERT INTO gaps (kind, first_missing, last_missing, missing, detected_at)"
+                            " VALUES (?, ?, ?, ?, ?)",
+                            (kind, start, version - 1, version - start, detected_at),
+                        )
+                    start = version + 1
+                changed.append((gap_id, kind, len(present), len(present) == last - first + 1))
+        return changed
 
     def trim(self, *, keep: int | None = None, max_age: float | None = None) -> int:
         """Delete the oldest events beyond ``keep`` and those older than ``max_age`` seconds.

@@ -28,6 +28,7 @@ from broker.eventlog.store import signed_id
 from schemas.envelope import (
     CONTROL_PREFIX,
     CONFIRM,
+    DURABLE,
     LOG_ACK,
     LOG_ID,
     LOG_IDS,
@@ -52,6 +53,9 @@ DEFAULT_RCVHWM = 1_000_000
 MAX_BATCH = 50_000
 ACK_INTERVAL = 1.0
 """Seconds between acks while nothing new is written (a broker awaiting our hello gets it)."""
+HOLE_WAIT = 5.0
+"""Seconds after our hello that acks stay below a gap seen since we (re)connected, if the broker's
+durable mark (the end of what it sends again) does not come first."""
 WRITE_RETRY = 1.0
 """Seconds between tries of a batch the disk refused (full, I/O error); nothing is read meanwhile."""
 
@@ -85,6 +89,14 @@ class LogWriter:
         self.hello_due = True
         """Send an ack as soon as what has arrived is written: the broker awaits it after we
         (re)connect (our hello), to send us again what we lack."""
+        self._hole: int | None = None
+        """The first version of the first gap seen since we (re)connected: events can reach us live
+        before the broker knows we are back, so the gap may be what it keeps for us. Acks (the
+        hello first) stay below it until the broker has answered the hello (its durable mark)."""
+        self._hello_at: float | None = None
+        """When the first ack since the (re)connect went (None: not yet, or answered)."""
+        self._mine: set[int] = set()
+        """Ids of the gap records this process made (its counters count them)."""
         self._ids: dict[int, tuple[int, int]] = {}  # version -> (publisher id, number), from LOG_IDS
         self._unwritten: list[Row] = []
         self._unwritten_last = self.last_version
@@ -136,23 +148,39 @@ class LogWriter:
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._reconnected = True
                 self.hello_due = True
+                self._hello_at = None
 
     def send_ack(self) -> None:
         """Tell the broker every version through ``last_version`` is on disk (also our hello)."""
         self.hello_due = False
         if self.retry_at is not None:  # a refused batch: what we have is not on disk yet
             return
-        self._acked_at = time.monotonic()
-        self._acked = self.last_version
+        self._acked_at = now = time.monotonic()
+        if self._hello_at is None:
+            self._hello_at = now
+        self._acked = through = self._through()
         try:
-            self.sock.send(LOG_ACK.pack(CONFIRM, self.last_version), _NOBLOCK)
+            self.sock.send(LOG_ACK.pack(CONFIRM, through), _NOBLOCK)
             self.acks += 1
         except zmq.Again:  # the broker reads acks at once; a later one says the same and more
             pass
 
+    def _through(self) -> int:
+        """What an ack says: every version up to it is on disk (or lost for good, and recorded)."""
+        hole = self._hole
+        return self.last_version if hole is None else min(self.last_version, hole - 1)
+
+    def _answered(self) -> None:
+        """The broker answered our hello (or did not within HOLE_WAIT): what it kept for us has
+        come, so a gap still open is lost for good, and acks go on from what we have."""
+        self._hole = None
+
     def ack_if_due(self) -> None:
         """After a commit, a (re)connect, or ACK_INTERVAL without one: a lost hello is repeated."""
-        if self.hello_due or self.last_version > self._acked or time.monotonic() - self._acked_at >= ACK_INTERVAL:
+        now = time.monotonic()
+        if self._hole is not None and self._hello_at is not None and now - self._hello_at >= HOLE_WAIT:
+            self._answered()
+        if self.hello_due or self._through() > self._acked or now - self._acked_at >= ACK_INTERVAL:
             self.send_ack()
 
     def drain(self, stop_at: bytes | None = None) -> bool:
@@ -169,6 +197,7 @@ class LogWriter:
         append = rows.append
         last = self.last_version
         seen_stop = False
+        refill: list[int] = []  # the lowest and highest version sent again
         for _ in range(MAX_BATCH):
             try:
                 topic = recv(_NOBLOCK)
@@ -182,8 +211,15 @@ class LogWriter:
                 if topic.startswith(LOG_RESEND):  # an event sent again: its stamp after the pad
                     topic, stamp = topic[len(LOG_RESEND) :], stamp[len(RESEND_STAMP_PAD) :]
                     self.resent += 1
+                    first = _unpack_stamp(stamp[: STAMP.size])[0]
+                    end = first + max(1, (len(stamp) - STAMP.size) // 4) - 1  # a run's last version
+                    refill = [min(refill[0], first), max(refill[1], end)] if refill else [first, end]
                 elif topic == LOG_IDS:
                     self._take_ids(body)
+                    continue
+                elif topic == DURABLE:
+                    if self._hello_at is not None:  # what the broker sends again for our hello came first
+                        self._answered()
                     continue
                 else:
                     if topic == stop_at:
@@ -225,20 +261,34 @@ class LogWriter:
             for version in [v for v in ids if v <= last]:
                 del ids[version]
         if rows:
-            self._write(rows, last)
+            if self._write(rows, last) and refill:
+                self._refilled(*refill)
         else:
             self.last_version = last
         return seen_stop
+
+    def _refilled(self, low: int, high: int) -> None:
+        """Events sent again filled (part of) gaps recorded before: the records keep what is still
+        missing, and this process's counters no longer count what was filled."""
+        for gap_id, kind, filled, whole in self.store.fill_gaps(low, high):
+            log.info("events sent again filled %d missing version(s) of a %s gap", filled, kind)
+            if gap_id not in self._mine:
+                continue
+            if kind == "lost":
+                self.lost = max(0, self.lost - filled)
+            if whole:
+                self.gap_count = max(0, self.gap_count - 1)
+                if kind == "reconnect":
+                    self.reconnects = max(0, self.reconnects - 1)
 
     def _take_ids(self, body: bytes) -> None:
         """Note the publisher of each identified event named in a LOG_IDS message (they follow)."""
         if len(body) % LOG_ID.size:
             self.malformed += 1
             return
-        ids, last = self._ids, self.last_version
-        for version, publisher, number in LOG_ID.iter_unpack(body):
-            if version > last:
-                ids[version] = (signed_id(publisher), number)
+        ids = self._ids
+        for version, publisher, number in LOG_ID.iter_unpack(body):  # sent again too: a gap's
+            ids[version] = (signed_id(publisher), number)
 
     def _write(self, rows: list[Row], last: int) -> bool:
         """Append a batch; if the disk refuses it, keep it for a retry in WRITE_RETRY seconds.
@@ -278,8 +328,10 @@ class LogWriter:
             log.warning("event log lost versions %d..%d", last + 1, version - 1)
         self._reconnected = False
         self.gap_count += 1
+        if self._hello_at is None or self._hole is not None:  # since the (re)connect, unanswered
+            self._hole = last + 1 if self._hole is None else min(self._hole, last + 1)
         try:
-            self.store.record_gap(kind, last + 1, version - 1)
+            self._mine.add(self.store.record_gap(kind, last + 1, version - 1))
         except sqlite3.OperationalError as e:  # a full disk: the count above still says it
             log.error("cannot record the %s gap %d..%d: %s", kind, last + 1, version - 1, e)
 
