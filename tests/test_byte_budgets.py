@@ -84,6 +84,8 @@ def stalled_subscribers(
             for sub in stalled:
                 sub.close()
     sent = subscribers * each * size
+    print(f"\nbroker: {before / MiB:.0f} MiB warm, peak {peak / MiB:.0f} MiB, bound {bound / MiB:.0f} MiB;"
+          f" {subscribers} stalled subscribers, {sent / MiB:.0f} MiB sent in events of {size} bytes")
     assert sent > 2 * (bound - before), "the scenario must send more than twice what the bound allows"
     assert peak <= bound, (
         f"the broker peaked at {peak / MiB:.0f} MiB, over its bound of {bound / MiB:.0f} MiB"
@@ -153,6 +155,8 @@ def stalled_log(start, home: Path, ctx: zmq.Context, *, size: int, log_budget: i
             peak = memory(broker.pid, "VmHWM")
         finally:
             os.kill(event_log.pid, signal.SIGCONT)
+    print(f"\nbroker: {before / MiB:.0f} MiB warm, peak {peak / MiB:.0f} MiB, bound {bound / MiB:.0f} MiB;"
+          f" the stopped log's publisher blocked: {blocked}, after {published} events of {size} bytes")
     assert events * size > 2 * (bound - before), "the scenario must send more than twice what the bound allows"
     assert peak <= bound, (
         f"the broker peaked at {peak / MiB:.0f} MiB, over its bound of {bound / MiB:.0f} MiB"
