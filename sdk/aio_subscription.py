@@ -225,6 +225,8 @@ class Subscription:
                 decoder.feed(*frames, append)
                 if decoder.held is not None:  # a gap: settled by a flow before reading on
                     await self._run(decoder.resolve(append))
+                    if not pending and deadline is not None and time.monotonic() >= deadline:
+                        raise BusTimeout(f"no event within {timeout:g}s")
             except SlowSubscriberError as e:
                 self._failed = e
                 self._close_socket()

@@ -175,7 +175,9 @@ class Subscription:
                     if not pending and deadline is not None and time.monotonic() >= deadline:
                         raise BusTimeout(f"no event within {timeout:g}s")
                     continue
-                if self._drain():
+                if self._drain():  # a gap fill or a run of filtered events: the deadline holds too
+                    if not pending and deadline is not None and time.monotonic() >= deadline:
+                        raise BusTimeout(f"no event within {timeout:g}s")
                     continue
                 if self._closed:
                     raise BusClosed("subscription is closed")
@@ -250,14 +252,12 @@ class Subscription:
                         append(event)
                     elif decoder.held is not None:  # a gap: settled by a flow before reading on
                         self._run(decoder.resolve(append))
-                        if decoder.busy:
-                            return n  # filled a page at a time, by recv()
+                        return n  # at most one page per turn: recv() looks at its deadline
                 else:
                     feed(topic, stamp, body, append)
                     if decoder.held is not None:
                         self._run(decoder.resolve(append))
-                        if decoder.busy:
-                            return n
+                        return n
             except SlowSubscriberError as e:
                 self._failed = e
                 self._close_socket()
