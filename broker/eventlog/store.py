@@ -227,6 +227,11 @@ class EventStore:
         row = self.conn.execute("SELECT count(*), coalesce(sum(missing), 0) FROM gaps").fetchone()
         return int(row[0]), int(row[1])
 
+    def first_missing(self, above: int) -> int | None:
+        """The lowest version missing in a gap record that reaches above ``above``, or None."""
+        row = self.conn.execute("SELECT min(first_missing) FROM gaps WHERE last_missing > ?", (above,)).fetchone()
+        return None if row[0] is None else int(row[0])
+
     def gaps(self, limit: int = 20) -> list[dict[str, Any]]:
         return list(self.db.query("SELECT * FROM gaps ORDER BY id DESC LIMIT ?", [limit]))
 

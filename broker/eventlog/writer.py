@@ -53,6 +53,10 @@ DEFAULT_RCVHWM = 1_000_000
 MAX_BATCH = 50_000
 ACK_INTERVAL = 1.0
 """Seconds between acks while nothing new is written (a broker awaiting our hello gets it)."""
+HOLE_WINDOW = 2_000_000
+"""Versions below its last that a starting log asks the broker to send again from, if a gap it
+recorded reaches into them: a log killed while the broker was sending it a gap again still lacks
+it, and the broker keeps it until an ack covers it (at most 500,000 events, plus a restart's jump)."""
 HOLE_WAIT = 5.0
 """Seconds after our hello that acks stay below a gap seen since we (re)connected, if the broker's
 durable mark (the end of what it sends again) does not come first."""
@@ -89,10 +93,11 @@ class LogWriter:
         self.hello_due = True
         """Send an ack as soon as what has arrived is written: the broker awaits it after we
         (re)connect (our hello), to send us again what we lack."""
-        self._hole: int | None = None
-        """The first version of the first gap seen since we (re)connected: events can reach us live
-        before the broker knows we are back, so the gap may be what it keeps for us. Acks (the
-        hello first) stay below it until the broker has answered the hello (its durable mark)."""
+        self._hole: int | None = store.first_missing(self.last_version - HOLE_WINDOW)
+        """The first version of the first gap seen since we (re)connected, or recorded before we
+        started: events can reach us live before the broker knows we are back, and we may have been
+        killed while it sent a gap again, so the gap may be what it keeps for us. Acks (the hello
+        first) stay below it until the broker has answered the hello (its durable mark)."""
         self._hello_at: float | None = None
         """When the first ack since the (re)connect went (None: not yet, or answered)."""
         self._mine: set[int] = set()
