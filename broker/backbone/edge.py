@@ -60,8 +60,8 @@ ACK_TIMEOUT = 5.0
 """Seconds a publish waits for JetStream's ack before it is sent again (same Msg-Id)."""
 RETRY_FIRST, RETRY_MAX = 0.05, 2.0
 """Backoff between retries of a publish: doubled each time, up to RETRY_MAX."""
-DRAIN = 1000
-"""Events read from publishers per turn before the loop looks at anything else."""
+DRAIN = 256
+"""Events read from publishers per turn before the loop lets its other tasks run."""
 SEQS_PAGE = 10_000
 STATS_TOPICS = 1000
 MAX_PAGE = 20_000
@@ -359,6 +359,9 @@ class Edge:
                 except zmq.Again:
                     break
                 await self._send(frames)
+            # A receive that finds a message waiting never yields to the loop: without this, nats-py's
+            # flusher would not write a publish until the window filled.
+            await asyncio.sleep(0)
 
     async def _send(self, frames: list[bytes]) -> None:
         if len(frames) == 3 and frames[0][:1] == BATCH_PREFIX:  # a batch (PROTOCOL.md §4.2): event by event
