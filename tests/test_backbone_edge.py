@@ -195,3 +195,91 @@ def test_batches_reach_the_stream_event_by_event(xprocess, cluster, stream, home
     assert [p for *_, p in seen] == list(range(300))
     for topic in ("b:one", "b:two"):
         assert [s for _, s, t, _ in seen if t == topic] == list(range(1, (240 if topic == "b:one" else 60) + 1))
+
+
+def _leader(cluster, stream: str) -> str:
+    import asyncio
+
+    async def ask() -> str:
+        import nats
+
+        nc = await nats.connect(cluster.servers.split(","), connect_timeout=5)
+        try:
+            return (await nc.jetstream(timeout=10).stream_info(stream)).cluster.leader
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+def _replicas_settled(cluster, stream: str) -> tuple[int, list[tuple[str, bool, int]]]:
+    import asyncio
+
+    async def ask() -> tuple[int, list[tuple[str, bool, int]]]:
+        import nats
+
+        nc = await nats.connect(cluster.servers.split(","), connect_timeout=5)
+        try:
+            info = await nc.jetstream(timeout=10).stream_info(stream)
+            return info.state.last_seq, sorted((r.name, bool(r.current), r.lag or 0) for r in info.cluster.replicas or [])
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+def _kill_the_leader_under_load(xprocess, cluster, stream: str, home: Path, n: int, kill_at: int) -> None:
+    """Publish ``n`` identified events through an edge, kill -9 the stream's leader after
+    ``kill_at`` were confirmed, and check: every event confirmed and stored once, versions gapless
+    and delivered in order to a subscriber, the replicas equal once the node is back."""
+    part = edge(xprocess, home, cluster, stream, "--replicas", "3")
+    ep = Endpoints.for_home(home)
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.linger = 0
+    pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+    pub.sndhwm = 0
+    pub.connect(ep.publish)
+    killed = None
+    try:
+        with sdk.connect(home, name="t", timeout=5.0) as bus, bus.subscribe("load:*") as sub:
+            assert pub.poll(5000) and pub.recv() == b"\x01"
+            publisher, through, sent = 0x5EED, 0, 0
+            deadline = time.monotonic() + 120
+            while through < n:
+                while sent < n and sent - through < 200:  # a window of unconfirmed events in flight
+                    sent += 1
+                    pub.send_multipart([b"load:ev", IDENT.pack(publisher, sent), msgpack.packb([1, time.time(), "t", None, sent])])
+                if killed is None and through >= kill_at:
+                    name = _leader(cluster, stream)
+                    killed = next(node for node in cluster.members if node.name == name)
+                    cluster.kill(killed)
+                assert pub.poll(max(1, int((deadline - time.monotonic()) * 1000))), f"confirmed through {through} of {n}"
+                msg = pub.recv()
+                if msg[:1] == CONFIRM:
+                    through = max([through] + [t for p, t, _ in parse_confirm(msg) if p == publisher])
+            got = [sub.recv(timeout=30) for _ in range(n)]
+        assert [e.version for e in got] == list(range(1, n + 1))  # gapless, none reused, in order
+        assert sorted(e.payload for e in got) == list(range(1, n + 1))  # each event once
+        reply = control(ctx, ep.log, {"op": "replay", "limit": 20_000})["result"]
+        assert [row[0] for row in reply["events"]] == list(range(1, n + 1)) and reply["done"]
+        cluster.start_node(killed)
+        settled = wait_for(lambda: _replicas_settled(cluster, stream), lambda s: s[0] == n and len(s[1]) == 2
+                           and all(current and lag == 0 for _, current, lag in s[1]), timeout=60,
+                           what="the replicas caught up")
+        assert settled[0] == n
+    finally:
+        pub.close()
+        ctx.term()
+        part.stop()
+        if killed is not None and killed.proc is not None and killed.proc.poll() is not None:
+            cluster.start_node(killed)
+
+
+def test_a_leader_kill_9_under_load_loses_and_repeats_nothing(xprocess, cluster, stream, homes) -> None:
+    _kill_the_leader_under_load(xprocess, cluster, stream, homes(), n=300, kill_at=100)
+
+
+@pytest.mark.soak
+def test_a_leader_kill_9_under_heavy_load_loses_and_repeats_nothing(xprocess, cluster, stream, homes) -> None:
+    _kill_the_leader_under_load(xprocess, cluster, stream, homes(), n=50_000, kill_at=20_000)
