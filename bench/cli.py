@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-SCENARIO_NAMES = ("throughput", "fanout", "fanin", "latency", "isolation", "sessions", "eventlog")
+SCENARIO_NAMES = ("throughput", "fanout", "fanin", "latency", "isolation", "sessions", "eventlog", "backbone")
+OPT_IN = ("backbone",)
+"""Run only when named: the backbone needs the 'cluster' extra and a NATS cluster of its own."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         choices=SCENARIO_NAMES,
         metavar="NAME",
-        help=f"run only this scenario (repeatable): {', '.join(SCENARIO_NAMES)}",
+        help=f"run only this scenario (repeatable): {', '.join(SCENARIO_NAMES)} (backbone only when"
+        " named: edges on a local NATS JetStream cluster against nats-py, docs/backbone.md)",
     )
     p.add_argument(
         "--out", default="bench-results", metavar="DIR",
@@ -51,6 +54,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.repeats is not None and args.repeats < 1:
         raise SystemExit("bench: --repeats must be at least 1")
+    named = args.scenario or []
+    if any(name in OPT_IN for name in named):
+        from pathlib import Path
+
+        from bench.backbone import run as run_backbone
+
+        code = run_backbone(args.quick, Path(args.out))
+        args.scenario = [name for name in named if name not in OPT_IN]
+        if not args.scenario or code:
+            return code
     from bench.runner import run as run_bench
 
     return run_bench(args)
