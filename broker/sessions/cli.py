@@ -52,6 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         " instead of sleeping: a client in a loop is answered sooner; sporadic requests never spin,"
         " nor does anything on a busy machine (default %(default)s; 0 never spins)",
     )
+    p.add_argument(
+        "--store", choices=("sqlite", "nats-kv"), default="sqlite",
+        help="where sessions live: sqlite (HOME/sessions.db, default) or nats-kv (a JetStream"
+        " key-value bucket on --backbone, shared by every home of the bus: docs/backbone.md)",
+    )
+    from broker.backbone.cli import add_backbone_options
+
+    add_backbone_options(p, required=False)
     p.set_defaults(func=run_session_service)
 
 
@@ -61,6 +69,10 @@ def run_session_service(args: argparse.Namespace) -> int:
     from broker.sessions.store import SchemaTooNew
 
     configure_logging(args.log_format)
+    if args.store == "nats-kv":
+        from broker.backbone.cli import run_kv_sessions
+
+        return run_kv_sessions(args)
     home, endpoints = server_endpoints(args)
     db_path = args.db or home / DB_FILE
     if not db_path.parent.is_dir():

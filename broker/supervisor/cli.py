@@ -113,12 +113,16 @@ def metrics_address(text: str) -> str:
 
 def backbone_children(args: argparse.Namespace) -> tuple[ChildSpec, ...]:
     """``up --backbone``: an edge in place of the broker and the event log (the stream is the log),
-    then the session service."""
+    then the session service on the backbone's key-value bucket (shared by every home)."""
     extra = ("--backbone", ",".join(args.backbone), "--stream", args.stream, "--replicas", str(args.replicas))
     if args.creds:
         extra += ("--creds", args.creds)
     edge = ChildSpec("edge", "edge", extra=extra, lock="broker.lock", sockets=("publish", "subscribe", "control", "log"))
-    return (edge, *(spec for spec in CHILDREN if spec.name == "session-service"))
+    sessions = ChildSpec(
+        "session-service", "session-service", extra=("--store", "nats-kv", *extra), lock="sessions.lock",
+        sockets=("sessions",),
+    )
+    return edge, sessions
 
 
 class MetricsFailed(RuntimeError):

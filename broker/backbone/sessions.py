@@ -1,0 +1,427 @@
+"""The session service on a JetStream key-value bucket (``session-service --store nats-kv``): the
+same REQ/REP protocol as the SQLite service (PROTOCOL.md "Session service"), for every home of a
+backbone at once.
+
+- Writes are compare-and-swap on the bucket: ``create`` is create-if-absent; ``rename``, ``touch``,
+  ``ensure`` and ``delete`` read the session and write at its revision, and read again when another
+  writer got there first. Nothing is lost between homes writing the same session.
+- ``list`` (by ``updated_at``, then ``id``, descending) reads an index kept from the bucket's own
+  stream, which every service follows; ``get`` reads the bucket.
+- ``session:*`` events come from that same stream, so they follow the write by construction: each
+  change (a bucket revision) is published to the bus's stream with ``Nats-Msg-Id`` ``kv:REVISION``,
+  so the services of every home together publish it once; a shared cursor (the last revision
+  published) lets a restarted service publish what it had not, across a ``kill -9`` between write
+  and event. A restore publishes nothing, as in SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import bisect
+import logging
+import os
+import time
+import uuid
+from collections import OrderedDict
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+import msgpack
+import zmq
+import zmq.asyncio
+
+from broker.backbone import stream as layout
+from broker.sockets import bind
+from schemas.envelope import encode_body
+from schemas.sessions import (
+    BAD_REQUEST,
+    CONFLICT,
+    INTERNAL,
+    NOT_FOUND,
+    SESSION_EVENTS,
+    UNKNOWN_OP,
+    ProtocolError,
+    check_id,
+    check_limit,
+    check_offset,
+    check_rid,
+    check_title,
+    decode_cursor,
+    encode_cursor,
+    error_reply,
+    format_ts,
+    parse_request,
+    parse_ts,
+)
+
+log = logging.getLogger("pryxbus.sessions.kv")
+
+CURSOR_KEY = "sessions-evented"
+"""In the checkpoint bucket: the last bucket revision whose session event was published."""
+REPLY_CACHE = 10_000
+CAS_TRIES = 100
+SCHEMA_VERSION = 3
+
+
+def bucket_name(stream: str) -> str:
+    return f"pryxbus-{stream}-sessions"
+
+
+def key_of(session_id: str) -> str:
+    """A bucket key for any session id (keys allow only ``[-/_=.A-Za-z0-9]``)."""
+    return "s." + base64.urlsafe_b64encode(session_id.encode("utf-8", "surrogatepass")).decode().rstrip("=")
+
+
+class KvSessionService:
+    """One service process: its ROUTER socket, NATS connection and index. ``await run(on_ready)``."""
+
+    def __init__(self, servers: list[str], stream: str, *, endpoint: str, replicas: int = 3,
+                 creds: str | None = None, publish_events: bool = True) -> None:
+        self.servers, self.stream, self.replicas, self.creds = servers, stream, replicas, creds
+        self.endpoint = endpoint
+        self.publish_events = publish_events
+        self.subject = layout.subject(stream)
+        self.index: dict[str, dict[str, str]] = {}
+        self.order: list[tuple[str, str]] = []  # (updated_at, id) ascending, of every live session
+        self.counts: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self.cas_retries = 0
+        self.events_published = 0
+        self.revision = 0  # the bucket stream's last sequence applied to the index
+        self._replies: OrderedDict[Any, bytes] = OrderedDict()
+        self._last = datetime.now(timezone.utc)
+        self._stopping = asyncio.Event()
+        self._applied = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.started = time.time()
+        self.nc: Any = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, on_ready: Callable[[KvSessionService], None]) -> None:
+        import nats
+        from nats.js.api import KeyValueConfig, StorageType
+
+        try:
+            options: dict[str, Any] = dict(servers=self.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+            if self.creds:
+                options["user_credentials"] = self.creds
+            self.nc = await nats.connect(**options)
+            self.js = self.nc.jetstream(timeout=5)
+            try:
+                self.kv = await self.js.key_value(bucket_name(self.stream))
+            except Exception:
+                self.kv = await self.js.create_key_value(KeyValueConfig(
+                    bucket=bucket_name(self.stream), history=1, replicas=self.replicas, storage=StorageType.FILE))
+            try:
+                self.marks = await self.js.key_value(layout.checkpoint_bucket(self.stream))
+            except Exception:
+                self.marks = await self.js.create_key_value(KeyValueConfig(
+                    bucket=layout.checkpoint_bucket(self.stream), history=64, replicas=self.replicas,
+                    storage=StorageType.FILE))
+            await self._follow()
+            ctx = self.ctx = zmq.asyncio.Context()
+            self.sock = ctx.socket(zmq.ROUTER)
+            self.sock.linger = 0
+            self.endpoint = bind(self.sock, self.endpoint)
+            self._tasks.append(asyncio.create_task(self._serve()))
+            on_ready(self)
+            await self._stopping.wait()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            if self.nc is not None:
+                await self.nc.close()
+            if getattr(self, "ctx", None) is not None:
+                self.ctx.destroy(linger=0)
+                if self.endpoint.startswith("ipc://"):
+                    try:
+                        os.unlink(self.endpoint[len("ipc://"):])
+                    except FileNotFoundError:
+                        pass
+
+    # -- the bucket's stream: the index and the events -----------------------------------------
+
+    async def _follow(self) -> None:
+        """Follow the bucket's stream from its start (one message per live key: history 1)."""
+        from nats.js.api import DeliverPolicy
+
+        info = await self.js.stream_info(f"KV_{bucket_name(self.stream)}")
+        self._catch_up_to = info.state.last_seq
+        self._evented = await self._cursor()
+        if self._catch_up_to == 0:
+            self._applied.set()
+        self._watch = await self.js.subscribe(
+            f"$KV.{bucket_name(self.stream)}.>", cb=self._apply, ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL, pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30,
+        )
+        await self._applied.wait()
+
+    async def _cursor(self) -> int:
+        try:
+            entry = await self.marks.get(CURSOR_KEY)
+            return int(entry.value or 0)
+        except Exception:
+            return 0
+
+    async def _apply(self, msg: Any) -> None:
+        revision = msg.metadata.sequence.stream
+        session_id = self._id_of(msg.subject)
+        operation = (msg.headers or {}).get("KV-Operation")
+        old = self.index.pop(session_id, None)
+        if old is not None:
+            at = bisect.bisect_left(self.order, (old["updated_at"], old["id"]))
+            if at < len(self.order) and self.order[at] == (old["updated_at"], old["id"]):
+                del self.order[at]
+        session, change = old, None
+        if operation not in ("DEL", "PURGE") and msg.data:
+            value = msgpack.unpackb(msg.data, raw=False)
+            session, change = value["session"], value.get("change")
+            if not value.get("gone"):
+                self.index[session_id] = session
+                bisect.insort(self.order, (session["updated_at"], session["id"]))
+        self.revision = revision
+        if change is not None and session is not None and revision > self._evented and self.publish_events:
+            await self._publish_event(change, session, revision)
+        if revision >= self._catch_up_to and not self._applied.is_set():
+            self._applied.set()
+
+    def _id_of(self, subject: str) -> str:
+        key = subject.split(".", 2)[2]
+        b64 = key[2:]
+        return base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).decode("utf-8", "surrogatepass")
+
+    async def _publish_event(self, change: str, session: dict[str, str], revision: int) -> None:
+        topic = SESSION_EVENTS[change].encode()
+        body = encode_body(session, source="session-service", session_id=session["id"])
+        delay = 0.05
+        while True:
+            try:
+                await self.js.publish(self.subject, layout.pack(topic, body), timeout=5,
+                                      headers={layout.MSG_ID: f"kv:{bucket_name(self.stream)}:{revision}"})
+                break
+            except Exception as e:
+                log.warning("session event not published yet (%s); retrying", e)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 2.0)
+        self.events_published += 1
+        await self._advance_cursor(revision)
+
+    async def _advance_cursor(self, revision: int) -> None:
+        from nats.js.errors import KeyNotFoundError
+
+        for _ in range(CAS_TRIES):
+            try:
+                entry = await self.marks.get(CURSOR_KEY)
+                if int(entry.value or 0) >= revision:
+                    return
+                await self.marks.update(CURSOR_KEY, str(revision).encode(), last=entry.revision)
+                return
+            except KeyNotFoundError:
+                try:
+                    await self.marks.create(CURSOR_KEY, str(revision).encode())
+                    return
+                except Exception:
+                    continue
+            except Exception:
+                self.cas_retries += 1
+                continue
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart()
+            asyncio.get_running_loop().create_task(self._answer(frames))
+
+    async def _answer(self, frames: list[bytes]) -> None:
+        *head, body = frames
+        try:
+            request = parse_request(body)
+            op = request["op"]
+            self.counts[op] = self.counts.get(op, 0) + 1
+            rid = check_rid(request.get("rid")) if op in _WRITES else None
+            if rid is not None and rid in self._replies:
+                reply = self._replies[rid]
+            else:
+                handler = _OPS.get(op)
+                if handler is None:
+                    raise ProtocolError(UNKNOWN_OP, f"unknown op {op!r}")
+                result = await handler(self, request)
+                reply = msgpack.packb({"ok": True, "result": result}, use_bin_type=True)
+                if rid is not None:
+                    self._replies[rid] = reply
+                    if len(self._replies) > REPLY_CACHE:
+                        self._replies.popitem(last=False)
+        except ProtocolError as e:
+            self.errors[e.code] = self.errors.get(e.code, 0) + 1
+            reply = msgpack.packb(error_reply(e.code, e.message), use_bin_type=True)
+        except Exception as e:
+            log.exception("session request failed")
+            self.errors[INTERNAL] = self.errors.get(INTERNAL, 0) + 1
+            reply = msgpack.packb(error_reply(INTERNAL, f"internal error ({type(e).__name__}); retry"), use_bin_type=True)
+        try:
+            await self.sock.send_multipart([*head, reply])
+        except zmq.ZMQError:
+            pass
+
+    def _now(self) -> str:
+        """Now, but after the last timestamp this service wrote (``list`` keeps the order of changes)."""
+        now = datetime.now(timezone.utc)
+        if now <= self._last:
+            now = self._last + _TICK
+        self._last = now
+        return format_ts(now)
+
+    async def _entry(self, session_id: str) -> tuple[dict[str, str] | None, int | None]:
+        """(the session or None if deleted, its key's revision or None if it never existed)."""
+        from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
+        try:
+            entry = await self.kv.get(key_of(session_id))
+        except (KeyNotFoundError, KeyDeletedError):
+            return None, None
+        if entry.value is None:
+            return None, entry.revision
+        value = msgpack.unpackb(entry.value, raw=False)
+        return (None if value.get("gone") else value["session"]), entry.revision
+
+    async def _put(self, session: dict[str, str], change: str | None, revision: int | None, *, gone: bool = False) -> bool:
+        """Write at ``revision`` (None: only if the key never existed); False if another writer got
+        there first (the caller reads again)."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        value = msgpack.packb({"session": session, "change": change, "gone": gone}, use_bin_type=True)
+        try:
+            if revision is None:
+                await self.kv.create(key_of(session["id"]), value)
+            else:
+                await self.kv.update(key_of(session["id"]), value, last=revision)
+            return True
+        except KeyWrongLastSequenceError:
+            self.cas_retries += 1
+            return False
+
+    async def _change(self, session_id: str, edit: Callable[[dict[str, str]], dict[str, str]]) -> dict[str, str]:
+        for _ in range(CAS_TRIES):
+            session, revision = await self._entry(session_id)
+            if session is None:
+                raise ProtocolError(NOT_FOUND, f"no session with id {session_id!r}")
+            changed = edit(dict(session))
+            if await self._put(changed, "updated", revision):
+                return changed
+        raise ProtocolError(CONFLICT, f"session {session_id!r} kept changing; retry")
+
+    async def op_get(self, request: dict[str, Any]) -> dict[str, str]:
+        session_id = check_id(request.get("id"))
+        session, _ = await self._entry(session_id)
+        if session is None:
+            raise ProtocolError(NOT_FOUND, f"no session with id {session_id!r}")
+        return session
+
+    async def op_create(self, request: dict[str, Any]) -> dict[str, str]:
+        """Create-if-absent: the same id with the same title is the session as it is (a retried
+        create), with another title a ``conflict``."""
+        title = check_title(request.get("title"))
+        given = request.get("id")
+        session_id = check_id(given) if given is not None else str(uuid.uuid4())
+        for _ in range(CAS_TRIES):
+            session, revision = await self._entry(session_id)
+            if session is not None:
+                if session["title"] != title:
+                    raise ProtocolError(CONFLICT, f"a session with id {session_id!r} already exists with another title")
+                return session
+            now = self._now()
+            new = {"id": session_id, "title": title, "created_at": now, "updated_at": now}
+            if await self._put(new, "created", revision):
+                return new
+        raise ProtocolError(CONFLICT, f"session {session_id!r} kept changing; retry")
+
+    async def op_ensure(self, request: dict[str, Any]) -> dict[str, str]:
+        session_id, title = check_id(request.get("id")), check_title(request.get("title"))
+        for _ in range(CAS_TRIES):
+            session, revision = await self._entry(session_id)
+            now = self._now()
+            if session is None:
+                new, change = {"id": session_id, "title": title, "created_at": now, "updated_at": now}, "created"
+            else:
+                new, change = {**session, "updated_at": now}, "updated"
+            if await self._put(new, change, revision):
+                return new
+        raise ProtocolError(CONFLICT, f"session {session_id!r} kept changing; retry")
+
+    async def op_rename(self, request: dict[str, Any]) -> dict[str, str]:
+        title = check_title(request.get("title"))
+        return await self._change(check_id(request.get("id")), lambda s: {**s, "title": title, "updated_at": self._now()})
+
+    async def op_touch(self, request: dict[str, Any]) -> dict[str, str]:
+        return await self._change(check_id(request.get("id")), lambda s: {**s, "updated_at": self._now()})
+
+    async def op_delete(self, request: dict[str, Any]) -> dict[str, str]:
+        """Deleted = a value marked gone (the event needs the session; a KV delete carries none)."""
+        session_id = check_id(request.get("id"))
+        for _ in range(CAS_TRIES):
+            session, revision = await self._entry(session_id)
+            if session is None:
+                raise ProtocolError(NOT_FOUND, f"no session with id {session_id!r}")
+            if await self._put(session, "deleted", revision, gone=True):
+                return session
+        raise ProtocolError(CONFLICT, f"session {session_id!r} kept changing; retry")
+
+    async def op_restore(self, request: dict[str, Any]) -> dict[str, str]:
+        session = request.get("session")
+        if not isinstance(session, dict):
+            raise ProtocolError(BAD_REQUEST, "'session' must be a map {id, title, created_at, updated_at}")
+        try:
+            row = {"id": check_id(session.get("id")), "title": check_title(session.get("title")),
+                   "created_at": format_ts(parse_ts(str(session["created_at"]))),
+                   "updated_at": format_ts(parse_ts(str(session["updated_at"])))}
+        except (KeyError, ValueError) as e:
+            raise ProtocolError(BAD_REQUEST, f"not an exported session: {e}") from None
+        for _ in range(CAS_TRIES):
+            existing, revision = await self._entry(row["id"])
+            if existing == row:
+                return row
+            if existing is not None and request.get("overwrite") is not True:
+                raise ProtocolError(CONFLICT, f"a different session with id {row['id']!r} exists (overwrite to replace it)")
+            if await self._put(row, None, revision):
+                return row
+        raise ProtocolError(CONFLICT, f"session {row['id']!r} kept changing; retry")
+
+    async def op_list(self, request: dict[str, Any]) -> dict[str, Any]:
+        limit = check_limit(request.get("limit"))
+        offset = check_offset(request.get("offset"))
+        raw = request.get("cursor")
+        if raw is not None and offset:
+            raise ProtocolError(BAD_REQUEST, "give 'cursor' or 'offset', not both")
+        order = self.order
+        end = len(order) if raw is None else bisect.bisect_left(order, decode_cursor(raw))
+        end -= offset
+        start = max(0, end - limit)
+        page = [self.index[i] for _, i in reversed(order[start:max(0, end)])]
+        more = start > 0
+        last = page[-1] if more and page else None
+        return {"sessions": page, "next_cursor": encode_cursor(last["updated_at"], last["id"]) if last else None}
+
+    async def op_ping(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"status": "ok", "pid": os.getpid(), "schema_version": SCHEMA_VERSION, "store": "nats-kv"}
+
+    async def op_stats(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(), "uptime": time.time() - self.started, "sessions": len(self.index),
+            "requests": dict(self.counts), "errors": dict(self.errors), "store": "nats-kv",
+            "bucket": bucket_name(self.stream), "revision": self.revision, "cas_retries": self.cas_retries,
+            "events_published": self.events_published, "schema_version": SCHEMA_VERSION,
+        }
+
+
+_TICK = timedelta(microseconds=1)
+_WRITES = frozenset({"create", "ensure", "rename", "touch", "delete", "restore"})
+_OPS: dict[str, Callable[[KvSessionService, dict[str, Any]], Any]] = {
+    "get": KvSessionService.op_get, "list": KvSessionService.op_list, "create": KvSessionService.op_create,
+    "ensure": KvSessionService.op_ensure, "rename": KvSessionService.op_rename, "touch": KvSessionService.op_touch,
+    "delete": KvSessionService.op_delete, "restore": KvSessionService.op_restore, "ping": KvSessionService.op_ping,
+    "stats": KvSessionService.op_stats,
+}

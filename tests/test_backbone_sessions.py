@@ -1,0 +1,74 @@
+"""Sessions on a JetStream key-value bucket (issue 19, ``session-service --store nats-kv``): the
+same protocol for every home of a backbone, writes by compare-and-swap, ``session:*`` events once
+per change whichever home's service wrote it."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+import sdk
+from tests.helpers import start_part
+
+
+def _stack(xprocess, home: Path, cluster, stream: str, *args: str):
+    return start_part(xprocess, home, *args, "--backbone", cluster.servers, "--stream", stream)
+
+
+def test_two_homes_share_sessions_by_compare_and_swap_with_one_event_per_change(xprocess, cluster, stream, homes) -> None:
+    a, b = homes(), homes()
+    up = _stack(xprocess, a, cluster, stream, "up")  # edge + session service on the bucket
+    edge = _stack(xprocess, b, cluster, stream, "edge")  # and the same parts run one by one
+    alone = _stack(xprocess, b, cluster, stream, "session-service", "--store", "nats-kv")
+    touches = 20
+    try:
+        with sdk.connect(a, name="a", timeout=10.0) as bus_a, sdk.connect(b, name="b", timeout=10.0) as bus_b:
+            with bus_a.subscribe("session:**") as events:
+                outcomes: dict[str, object] = {}
+
+                def create(bus: sdk.Bus, title: str) -> None:
+                    try:
+                        outcomes[title] = bus.sessions.create(title, id="s1")
+                    except sdk.SessionConflict as e:
+                        outcomes[title] = e
+
+                racers = [threading.Thread(target=create, args=(bus, t)) for bus, t in ((bus_a, "from a"), (bus_b, "from b"))]
+                for t in racers:
+                    t.start()
+                for t in racers:
+                    t.join(30)
+                won = [t for t, o in outcomes.items() if isinstance(o, sdk.Session)]
+                assert len(won) == 1 and len(outcomes) == 2  # create-if-absent: one wins, one conflicts
+                lost = next(o for o in outcomes.values() if not isinstance(o, sdk.Session))
+                assert isinstance(lost, sdk.SessionConflict)
+
+                def touch(bus: sdk.Bus) -> None:
+                    for _ in range(touches):
+                        bus.sessions.touch("s1")
+
+                writers = [threading.Thread(target=touch, args=(bus,)) for bus in (bus_a, bus_b)]
+                for t in writers:
+                    t.start()
+                for t in writers:
+                    t.join(60)
+                bus_b.sessions.rename("s1", "renamed")
+                final = bus_a.sessions.get("s1")
+                assert final.title == "renamed" and final.id == "s1"
+                got = [events.recv(timeout=10) for _ in range(2 + 2 * touches)]
+                with pytest.raises(sdk.BusTimeout):
+                    events.recv(timeout=0.5)  # and nothing more: each change announced once
+            assert [e.type for e in got] == ["session:created"] + ["session:updated"] * (2 * touches + 1)
+            assert got[0].payload["title"] == won[0]
+            assert got[-1].payload == {**got[-1].payload, "title": "renamed"}
+            stamps = [e.payload["updated_at"] for e in got]
+            assert len(set(stamps)) == len(stamps)  # every touch was a change: none lost to a race
+            assert [s.id for s in bus_b.sessions.list()] == ["s1"]
+            bus_a.sessions.delete("s1")
+            with pytest.raises(sdk.SessionNotFound):
+                bus_b.sessions.get("s1")
+    finally:
+        alone.stop()
+        edge.stop()
+        up.stop()
