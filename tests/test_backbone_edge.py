@@ -189,11 +189,14 @@ def _replicas_settled(cluster, stream: str) -> tuple[int, list[tuple[str, bool, 
 
     async def ask() -> tuple[int, list[tuple[str, bool, int]]]:
         import nats
+        from nats.errors import Error as NatsError
 
         nc = await nats.connect(cluster.servers.split(","), connect_timeout=5)
         try:
-            info = await nc.jetstream(timeout=10).stream_info(stream)
+            info = await nc.jetstream(timeout=2).stream_info(stream)
             return info.state.last_seq, sorted((r.name, bool(r.current), r.lag or 0) for r in info.cluster.replicas or [])
+        except (NatsError, asyncio.TimeoutError):  # no answer while the stream settles: ask again
+            return 0, []
         finally:
             await nc.close()
 

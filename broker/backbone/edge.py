@@ -67,6 +67,8 @@ STATS_TOPICS = 1000
 MAX_PAGE = 20_000
 TAIL_SCAN = 10_000
 """``tail`` looks at most this many newest events for matches."""
+READER_PATIENCE = 30.0
+"""Seconds a replay keeps trying to open its consumer while JetStream has no leader to create it."""
 SEQ_MEMORY = 4_000_000
 """Versions whose topic_seq the edge remembers for ``replay`` (8 bytes each); older ones are
 counted again from a checkpoint."""
@@ -679,19 +681,13 @@ class Edge:
 
     async def _read(self, start: int, end: int) -> Any:
         """(version, topic_seq, topic, body) of the stream's events ``start..end``, in order."""
-        from nats.js.api import ConsumerConfig, DeliverPolicy
-
         if start > self.seq_base:
             seqs: dict[bytes, int] | None = None
         else:  # older than the edge remembers: count again from a checkpoint at or before it
             at, seqs = await self._checkpoint(at_most=start - 1)
             start_from = at + 1
         first = start if seqs is None else start_from
-        sub = await self.js.subscribe(
-            self.subject, ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first),
-            pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30,
-        )
+        sub = await self._reader(first)
         try:
             while True:
                 msg = await sub.next_msg(timeout=ACK_TIMEOUT)
@@ -710,6 +706,29 @@ class Edge:
                     return
         finally:
             await sub.unsubscribe()
+
+
+    async def _reader(self, first: int) -> Any:
+        """An ordered consumer from ``first``; creating one is retried for a while, since JetStream
+        answers 503 while the stream or the cluster's meta group elects a leader."""
+        from nats.errors import NoRespondersError
+        from nats.errors import TimeoutError as NatsTimeout
+        from nats.js.api import ConsumerConfig, DeliverPolicy
+        from nats.js.errors import ServiceUnavailableError
+
+        delay, deadline = RETRY_FIRST, time.monotonic() + READER_PATIENCE
+        while True:
+            try:
+                return await self.js.subscribe(
+                    self.subject, ordered_consumer=True,
+                    config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first),
+                    pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30,
+                )
+            except (ServiceUnavailableError, NoRespondersError, NatsTimeout, asyncio.TimeoutError):
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
 
 
 class _UnknownOp(Exception):
