@@ -72,3 +72,37 @@ def test_two_homes_share_sessions_by_compare_and_swap_with_one_event_per_change(
         alone.stop()
         edge.stop()
         up.stop()
+
+
+def test_changes_written_but_not_announced_are_announced_once_by_the_next_service(xprocess, cluster, stream, homes) -> None:
+    """What a kill -9 between a write and its event leaves (the revision in the bucket, not yet
+    announced) is made deterministic with a service that writes without announcing; the next
+    services announce each change once, and one killed with -9 and started again repeats none."""
+    a, b = homes(), homes()
+    edge = _stack(xprocess, a, cluster, stream, "edge")
+    mute = _stack(xprocess, a, cluster, stream, "session-service", "--store", "nats-kv", "--no-events")
+    with sdk.connect(a, name="a", timeout=10.0) as bus:
+        with bus.subscribe("session:**") as events:
+            bus.sessions.create("one", id="s1")
+            bus.sessions.rename("s1", "two")
+            bus.sessions.create("three", id="s2")
+            mute.stop()
+            with pytest.raises(sdk.BusTimeout):
+                events.recv(timeout=0.3)  # written, not announced
+            first = _stack(xprocess, a, cluster, stream, "session-service", "--store", "nats-kv")
+            second = _stack(xprocess, b, cluster, stream, "session-service", "--store", "nats-kv")
+            got = [events.recv(timeout=10) for _ in range(3)]
+            first.kill()
+            again = _stack(xprocess, a, cluster, stream, "session-service", "--store", "nats-kv")
+            bus.sessions.touch("s2")  # a new change after the restart: announced once too
+            got.append(events.recv(timeout=10))
+            with pytest.raises(sdk.BusTimeout):
+                events.recv(timeout=0.5)
+    try:
+        assert [(e.type, e.payload["id"], e.payload["title"]) for e in got] == [
+            ("session:created", "s1", "one"), ("session:updated", "s1", "two"),
+            ("session:created", "s2", "three"), ("session:updated", "s2", "three"),
+        ]
+    finally:
+        for part in (again, second, edge):
+            part.stop()

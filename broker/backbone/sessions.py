@@ -59,6 +59,9 @@ log = logging.getLogger("pryxbus.sessions.kv")
 
 CURSOR_KEY = "sessions-evented"
 """In the checkpoint bucket: the last bucket revision whose session event was published."""
+HISTORY = 64
+"""Revisions the bucket keeps per session (the most JetStream allows): the changes a restarted
+service may still have to announce."""
 REPLY_CACHE = 10_000
 CAS_TRIES = 100
 SCHEMA_VERSION = 3
@@ -105,7 +108,8 @@ class KvSessionService:
         from nats.js.api import KeyValueConfig, StorageType
 
         try:
-            options: dict[str, Any] = dict(servers=self.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+            options: dict[str, Any] = dict(servers=self.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+                                           error_cb=self._nats_error)
             if self.creds:
                 options["user_credentials"] = self.creds
             self.nc = await nats.connect(**options)
@@ -114,7 +118,7 @@ class KvSessionService:
                 self.kv = await self.js.key_value(bucket_name(self.stream))
             except Exception:
                 self.kv = await self.js.create_key_value(KeyValueConfig(
-                    bucket=bucket_name(self.stream), history=1, replicas=self.replicas, storage=StorageType.FILE))
+                    bucket=bucket_name(self.stream), history=HISTORY, replicas=self.replicas, storage=StorageType.FILE))
             try:
                 self.marks = await self.js.key_value(layout.checkpoint_bucket(self.stream))
             except Exception:
@@ -142,10 +146,13 @@ class KvSessionService:
                     except FileNotFoundError:
                         pass
 
+    async def _nats_error(self, error: Exception) -> None:
+        log.warning("nats: %s", error or type(error).__name__)
+
     # -- the bucket's stream: the index and the events -----------------------------------------
 
     async def _follow(self) -> None:
-        """Follow the bucket's stream from its start (one message per live key: history 1)."""
+        """Follow the bucket's stream from its start (every revision it keeps, in order)."""
         from nats.js.api import DeliverPolicy
 
         info = await self.js.stream_info(f"KV_{bucket_name(self.stream)}")
@@ -291,7 +298,7 @@ class KvSessionService:
     async def _put(self, session: dict[str, str], change: str | None, revision: int | None, *, gone: bool = False) -> bool:
         """Write at ``revision`` (None: only if the key never existed); False if another writer got
         there first (the caller reads again)."""
-        from nats.js.errors import KeyWrongLastSequenceError
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
         value = msgpack.packb({"session": session, "change": change, "gone": gone}, use_bin_type=True)
         try:
@@ -300,7 +307,7 @@ class KvSessionService:
             else:
                 await self.kv.update(key_of(session["id"]), value, last=revision)
             return True
-        except KeyWrongLastSequenceError:
+        except (KeyWrongLastSequenceError, KeyNotFoundError):  # nats-py's create, racing, may read a replica behind
             self.cas_retries += 1
             return False
 
