@@ -69,6 +69,7 @@ class Subscription:
     ) -> None:
         self.patterns = patterns
         self._pending: deque[Event] = deque()
+        self._enough = 0  # while recv_many waits: the events it takes (a drain stops there)
         self._decoder: EventDecoder = decoder_for(
             patterns, policy, since=since, timeout=bus.timeout, page=min(PAGE, max(hwm, 1000))
         )
@@ -205,14 +206,17 @@ class Subscription:
             raise ValueError(f"max must be at least 1, not {max!r}")
         pending = self._pending
         if not pending:
+            self._enough = max
             try:
                 pending.appendleft(self.recv(timeout))
             except BusTimeout:
                 return []
+            finally:
+                self._enough = 0
         if len(pending) < max:
             with self._lock:
                 while len(pending) < max and not (self._closed or self._failed or self._decoder.busy):
-                    if not self._drain():
+                    if not self._drain(max):
                         break
         if len(pending) <= max:
             out = list(pending)
@@ -229,13 +233,16 @@ class Subscription:
             self._failed = e
             self._close_socket()
 
-    def _drain(self) -> int:
-        """Decode what has already arrived (up to _DRAIN messages) into the pending queue.
+    def _drain(self, enough: int | None = None) -> int:
+        """Decode what has already arrived (up to _DRAIN messages, or until ``enough`` events are
+        pending) into the pending queue.
 
         Returns how many messages were read. A loss under ``policy="drop"`` ends the
         subscription after the events that came before it have been queued.
         """
         recv, decoder, append = self._sock.recv, self._decoder, self._pending.append
+        if enough is None:
+            enough = self._enough
         decode, feed = decoder.decode, decoder.feed
         n = 0
         for n in range(1, _DRAIN + 1):
@@ -264,6 +271,8 @@ class Subscription:
                 return n
             if n == 1 and not self._sock.getsockopt(_EVENTS) & _POLLIN:
                 return 1  # it came alone: deliver it now, no Again raised and caught first (~1 us less)
+            if enough and len(self._pending) >= enough:
+                return n
         return n
 
     def __iter__(self) -> Iterator[Event]:

@@ -104,6 +104,7 @@ class PublisherCore:
         limit, most = self.max_event_size, min(BATCH_BYTES, self.max_event_size)
         packb, name, topics, validate = self._packb, self.name, self._topics, self.validate
         now = time.time()
+        heads: dict[Any, bytes] = {}  # per session id: the body up to its payload, packed once
         messages: list[list[bytes]] = []
         topic: bytes | None = None
         bodies: list[bytes] = []
@@ -124,7 +125,10 @@ class PublisherCore:
             if validate or (session_id is not None and not isinstance(session_id, str)):
                 check_event(event_type, payload, session_id, validate=validate)
             try:
-                body = packb((ENVELOPE_VERSION, now, name, session_id, payload))
+                head = heads.get(session_id)
+                if head is None:
+                    head = heads[session_id] = _ARRAY_5 + packb(ENVELOPE_VERSION) + packb(now) + packb(name) + packb(session_id)
+                body = head + packb(payload)
             except (TypeError, ValueError, OverflowError) as e:
                 raise unencodable(e, name, session_id) from None
             length = len(body)
@@ -179,6 +183,9 @@ class PublisherCore:
             self.max_event_size = size_limit((yield Ask("control", SIZE_QUESTION, retries=0)))
         except BusError:
             pass
+
+
+_ARRAY_5 = b"\x95"  # msgpack's header of a 5-element array: the body [1, ts, source, session_id, payload]
 
 
 def _batch(topic: bytes, bodies: list[bytes]) -> list[bytes]:
