@@ -120,7 +120,7 @@ def pryxbus_confirm_latency(home: Path, rounds: int) -> list[float]:
     import zmq
 
     from schemas.endpoints import Endpoints
-    from schemas.envelope import CONFIRM, IDENT, WANT_VERSION, parse_confirm
+    from schemas.envelope import CONFIRM, WANT_VERSION, identify, parse_confirm
 
     ctx = zmq.Context()
     pub = ctx.socket(zmq.XPUB)
@@ -136,7 +136,7 @@ def pryxbus_confirm_latency(home: Path, rounds: int) -> list[float]:
         body = msgpack.packb([1, time.time(), "bench", None, {"b": "x" * PAYLOAD}])
         for number in range(1, rounds + 1):
             start = time.perf_counter()
-            pub.send_multipart([b"bench:confirm", IDENT.pack(publisher, number | WANT_VERSION), body])
+            pub.send_multipart([b"bench:confirm", identify(body, publisher, number | WANT_VERSION)])
             while True:
                 if not pub.poll(30_000):
                     raise RuntimeError(f"no confirmation of event {number}")

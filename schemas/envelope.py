@@ -4,6 +4,7 @@ Publish (publisher -> broker ``in``), exactly 2 frames::
 
     [0] topic  UTF-8 event type, e.g. b"channel:message"
     [1] body   msgpack array [ENVELOPE_VERSION, ts, source, session_id, payload]
+               or, identified (PROTOCOL.md §4.1), [..., payload, publisher_id, number]
 
 Deliver (broker ``out`` -> subscriber), exactly 3 frames::
 
@@ -19,11 +20,8 @@ or, for a *run* of n >= 2 consecutive events of one topic that the broker had in
 
 Event i of a run (from 0) has version + i and topic_seq + i; its body is the next length bytes.
 
-An *identified* publish (PROTOCOL.md §4.1) has 3 frames, the publisher's identity between the two::
-
-    [0] topic  as above
-    [1] ident  16 bytes, IDENT = "!QQ": (publisher id, number | WANT_VERSION)
-    [2] body   as above
+An *identified* body (PROTOCOL.md §4.1) has 7 elements, the publisher's identity last, each of
+the two encoded as a msgpack uint64 so that they are always the body's last 18 bytes (IDENTITY).
 
 A *batch* (PROTOCOL.md §4.2) publishes a run of events of one type as one message, 3 frames::
 
@@ -75,7 +73,10 @@ BATCH_BYTES = 128 * 1024
 """Body bytes the SDK puts in one batch at most (and never more than the broker's event size limit)."""
 
 BODY_MARK = b"\x95"
-"""First byte of every valid body: the msgpack header of a 5-element array."""
+"""First byte of an anonymous body: the msgpack header of a 5-element array."""
+
+IDENTIFIED_MARK = b"\x97"
+"""First byte of an identified body: the msgpack header of a 7-element array."""
 
 DEFAULT_MAX_EVENT_SIZE = 1024 * 1024
 """Largest encoded body the broker accepts by default, in bytes."""
@@ -92,15 +93,46 @@ SYNC_PREFIX = b"\x00sync:"
 that every subscription sent before it on the same connection is live."""
 
 
-IDENT = struct.Struct("!QQ")
-"""The ident frame of an identified publish: publisher id (random, non-zero), number (from 1)."""
+IDENTITY = struct.Struct("!BQBQ")
+"""The last 18 bytes of an identified body: (0xcf, publisher id, 0xcf, number | WANT_VERSION), the
+two msgpack uint64s ending the 7-element array. The publisher id is random and non-zero; numbers
+start at 1 and stay below 2^63."""
+
+IDENTITY_RAW = struct.Struct("!B8sBQ")
+"""IDENTITY with the publisher id as its 8 raw bytes (the broker's dict key, never decoded)."""
+
+UINT64 = 0xCF
+"""The msgpack type byte of a uint64: IDENTITY's two markers."""
 
 WANT_VERSION = 1 << 63
-"""Set in an ident's number: the publisher wants this event's version in its confirmation."""
+"""Set in a number: the publisher wants this event's version in its confirmation."""
 
-NUMBER_LIMIT = 1 << 56
-"""Numbers stay below this: byte 8 of an ident frame is then 0x00 or 0x80, which no topic has, so
-the broker tells an ident from a topic sent alone by one byte."""
+NUMBER_MASK = WANT_VERSION - 1
+"""A number without WANT_VERSION."""
+
+
+def identity_tail(publisher_id: int, number: int) -> bytes:
+    """The 18 bytes that end an identified body (``number`` may carry WANT_VERSION)."""
+    return IDENTITY.pack(UINT64, publisher_id, UINT64, number)
+
+
+def identify(body: bytes, publisher_id: int, number: int) -> bytes:
+    """An anonymous (5-element) body made identified (7 elements): same fields, identity last."""
+    if body[:1] != BODY_MARK:
+        raise ValueError("not an anonymous body (0x95)")
+    return IDENTIFIED_MARK + body[1:] + identity_tail(publisher_id, number)
+
+
+def publisher_of(body: bytes) -> tuple[int, int] | None:
+    """``(publisher id, number)`` of an identified body (number without WANT_VERSION), else None.
+    Reads the last 18 bytes only, as the broker does."""
+    if body[:1] != IDENTIFIED_MARK or len(body) < IDENTITY.size + 1:
+        return None
+    m1, pid, m2, number = IDENTITY.unpack_from(body, len(body) - IDENTITY.size)
+    if m1 != UINT64 or m2 != UINT64:
+        return None
+    return pid, number & NUMBER_MASK
+
 
 CONFIRM = b"\x02"
 """First byte of an upstream user message (neither an (un)subscription, 0x00/0x01, nor a frame
@@ -186,6 +218,7 @@ class Envelope:
     ts: float
     source: str
     session_id: str | None
+    publisher: tuple[int, int] | None = None
 
 
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
@@ -198,8 +231,10 @@ def encode_body(
     session_id: str | None,
     ts: float | None = None,
     packb: Callable[[Any], bytes] = _packb,
+    identity: tuple[int, int] | None = None,
 ) -> bytes:
-    """Encode the body frame of a publish (``ts`` defaults to now).
+    """Encode the body frame of a publish (``ts`` defaults to now); with ``identity``
+    ``(publisher id, number)`` an identified one (7 elements, PROTOCOL.md §4.1).
 
     ``packb`` is a ``msgpack.Packer(use_bin_type=True).pack`` of the caller's own: a Packer is not
     thread-safe, so a publisher that sends from several threads passes one it guards.
@@ -207,7 +242,8 @@ def encode_body(
     Raises:
         TypeError, ValueError, OverflowError: msgpack cannot carry the payload (or source, session id).
     """
-    return packb((ENVELOPE_VERSION, time.time() if ts is None else ts, source, session_id, payload))
+    body = packb((ENVELOPE_VERSION, time.time() if ts is None else ts, source, session_id, payload))
+    return body if identity is None else identify(body, *identity)
 
 
 def encode_publish(
@@ -218,15 +254,17 @@ def encode_publish(
 
 
 def decode_body(body: bytes) -> tuple[float, str, str | None, Any]:
-    """Decode a body frame into ``(ts, source, session_id, payload)``; raises MalformedEvent."""
+    """Decode a body frame, anonymous (5 elements) or identified (7), into ``(ts, source,
+    session_id, payload)``; raises MalformedEvent. (``publisher_of`` reads the identity.)"""
     try:
         fields = msgpack.unpackb(body, raw=False, strict_map_key=False)
     except Exception as e:  # msgpack raises several unrelated types for garbage
         raise MalformedEvent(f"body is not valid msgpack: {e}") from e
-    if not isinstance(fields, list) or len(fields) != 5 or fields[0] != ENVELOPE_VERSION:
-        raise MalformedEvent("body is not a version-1 envelope [1, ts, source, session_id, payload]")
-    _, ts, source, session_id, payload = fields
-    return ts, source, session_id, payload
+    if not isinstance(fields, list) or len(fields) not in (5, 7) or fields[0] != ENVELOPE_VERSION:
+        raise MalformedEvent(
+            "body is not a version-1 envelope [1, ts, source, session_id, payload(, publisher_id, number)]"
+        )
+    return fields[1], fields[2], fields[3], fields[4]
 
 
 HEADER_PARSE_FROM = 512
@@ -353,7 +391,7 @@ def decode_row(row: list[Any]) -> Envelope:
     except (TypeError, ValueError) as e:
         raise MalformedEvent("a log row is [version, topic_seq, type, body]") from e
     ts, source, session_id, payload = decode_body(body)
-    return Envelope(event_type, payload, version, topic_seq, ts, source, session_id)
+    return Envelope(event_type, payload, version, topic_seq, ts, source, session_id, publisher_of(body))
 
 
 def decode_deliver(frames: list[bytes]) -> list[Envelope]:
@@ -368,5 +406,7 @@ def decode_deliver(frames: list[bytes]) -> list[Envelope]:
     envelopes = []
     for version, topic_seq, one in split_run(stamp_frame, body):
         ts, source, session_id, payload = decode_body(one)
-        envelopes.append(Envelope(event_type, payload, version, topic_seq, ts, source, session_id))
+        envelopes.append(
+            Envelope(event_type, payload, version, topic_seq, ts, source, session_id, publisher_of(one))
+        )
     return envelopes

@@ -23,7 +23,8 @@ def catalogue_document() -> dict[str, Any]:
 
 
 def envelope_schema() -> dict[str, Any]:
-    """JSON Schema (2020-12) of a decoded body frame: ``[1, ts, source, session_id, payload]``."""
+    """JSON Schema (2020-12) of a decoded body frame: ``[1, ts, source, session_id, payload]``, or
+    identified, with ``publisher_id, number`` after the payload (PROTOCOL.md §4.1)."""
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://pryxbus.invalid/schemas/envelope.schema.json",
@@ -39,10 +40,22 @@ def envelope_schema() -> dict[str, Any]:
             {"type": "string", "description": "the publishing component's name"},
             {"type": ["string", "null"], "description": "the session the event belongs to"},
             {"description": "the event's data; any msgpack value"},
+            {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 2**64 - 1,
+                "description": "identified only: the publisher's id (a msgpack uint64)",
+            },
+            {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 2**64 - 1,
+                "description": "identified only: the event's number, bit 63 set to ask for its version (a msgpack uint64)",
+            },
         ],
         "items": False,
         "minItems": 5,
-        "maxItems": 5,
+        "maxItems": 7,
     }
 
 

@@ -23,6 +23,9 @@ class Event:
         session_id: the session this event belongs to, if any.
         seq: the per-topic sequence the broker stamped (1, 2, 3, ... per type): the wire's and
             the log's ``topic_seq`` (also readable under that name).
+        publisher: ``(publisher id, number)`` of an identified event (PROTOCOL.md §4.1: the
+            publishing bus's random id and its count of events, from 1), None for an anonymous
+            one. The same pair never names two events: a key to de-duplicate on downstream.
     """
 
     type: str
@@ -32,6 +35,7 @@ class Event:
     source: str
     session_id: str | None = None
     seq: int = 0
+    publisher: tuple[int, int] | None = None
 
     @property
     def topic_seq(self) -> int:

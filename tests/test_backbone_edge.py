@@ -13,7 +13,7 @@ import zmq
 
 import sdk
 from schemas.endpoints import Endpoints
-from schemas.envelope import CONFIRM, IDENT, WANT_VERSION, parse_confirm
+from schemas.envelope import CONFIRM, WANT_VERSION, parse_confirm
 from tests.helpers import control, start_part, stats, wait_for
 
 
@@ -123,8 +123,8 @@ def test_identified_events_are_stored_once_and_confirmed_with_their_version(xpro
         assert pub.poll(5000) and pub.recv() == b"\x01"  # the edge's subscription: publishing is live
         a, b = 0x1111, 0x2222
         frames = [
-            [b"id:ev", IDENT.pack(a, 1), msgpack.packb([1, time.time(), "raw", None, "a1"])],
-            [b"id:ev", IDENT.pack(a, 2 | WANT_VERSION), msgpack.packb([1, time.time(), "raw", None, "a2"])],
+            [b"id:ev", _identified_body("a1", a, 1)],
+            [b"id:ev", _identified_body("a2", a, 2 | WANT_VERSION)],
             [b"id:ev", _identified_body("b1", b, 1 | WANT_VERSION)],
             [b"id:ev", _identified_body("b2", b, 2)],
         ]
@@ -225,7 +225,7 @@ def _kill_the_leader_under_load(xprocess, cluster, stream: str, home: Path, n: i
             while through < n:
                 while sent < n and sent - through < 200:  # a window of unconfirmed events in flight
                     sent += 1
-                    pub.send_multipart([b"load:ev", IDENT.pack(publisher, sent), msgpack.packb([1, time.time(), "t", None, sent])])
+                    pub.send_multipart([b"load:ev", _identified_body(sent, publisher, sent)])
                 if killed is None and through >= kill_at:
                     name = _leader(cluster, stream)
                     killed = next(node for node in cluster.members if node.name == name)

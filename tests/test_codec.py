@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import msgpack
 import pytest
 
@@ -10,13 +12,17 @@ from schemas.envelope import (
     DURABLE,
     DURABLE_MARK,
     ENVELOPE_VERSION,
+    IDENTIFIED_MARK,
     STAMP,
+    WANT_VERSION,
     Envelope,
     MalformedEvent,
     decode_body,
     decode_deliver,
+    decode_header,
     encode_body,
     encode_publish,
+    publisher_of,
     run_stamp,
     split_run,
     stamp,
@@ -136,8 +142,17 @@ from sdk.core.recovering import RecoveringDecoder  # noqa: E402
 
 
 def _deliveries() -> list[list[bytes]]:
-    bodies = [encode_body(p, source="src", session_id=("s" if i % 2 else None), ts=float(i)) for i, p in enumerate(PAYLOADS)]
-    run_bodies = bodies[:4]
+    bodies = [
+        encode_body(
+            p,
+            source="src",
+            session_id=("s" if i % 2 else None),
+            ts=float(i),
+            identity=(0xFEED << 48, i | (WANT_VERSION if i == 3 else 0)) if i % 2 else None,
+        )
+        for i, p in enumerate(PAYLOADS)
+    ]
+    run_bodies = bodies[:4]  # anonymous and identified mixed in one run
     return [
         [b"t:one", stamp(1, 1), bodies[4]],
         [b"t:run", run_stamp(2, 1, [len(b) for b in run_bodies]), b"".join(run_bodies)],
@@ -163,6 +178,26 @@ def test_the_sdk_decoders_agree_with_decode_deliver(decoder: EventDecoder) -> No
     assert got == expected
     assert [e.version for e in got] == [1, 2, 3, 4, 5, 6]  # type: ignore[attr-defined]
     assert [e.seq for e in got] == [e.topic_seq for e in got] == [1, 1, 2, 3, 4, 2]  # type: ignore[attr-defined]
+    pid = 0xFEED << 48
+    assert [e.publisher for e in got] == [None, None, (pid, 1), None, (pid, 3), (pid, 5)]  # type: ignore[attr-defined]
+
+
+def test_an_identified_body_ends_with_its_identity() -> None:
+    """PROTOCOL.md §4.1: 0x97, the anonymous body's fields, then two msgpack uint64s, always the
+    last 18 bytes, whatever their values; every reader takes both forms."""
+    anonymous = encode_body({"k": 1}, source="src", session_id="s-1", ts=2.0)
+    for pid, number in ((1, 1), ((1 << 64) - 1, 5 | WANT_VERSION), (0xABC, (1 << 63) - 1)):
+        body = encode_body({"k": 1}, source="src", session_id="s-1", ts=2.0, identity=(pid, number))
+        assert body[:1] == IDENTIFIED_MARK == b"\x97"
+        assert body[1:-18] == anonymous[1:]
+        assert struct.unpack_from("!xQxQ", body, len(body) - 18) == (pid, number)
+        assert body[-18] == body[-9] == 0xCF
+        assert msgpack.unpackb(body, raw=False)[5:] == [pid, number]
+        assert decode_body(body) == decode_body(anonymous)
+        assert publisher_of(body) == (pid, number & ~WANT_VERSION)
+        assert decode_header(body) == decode_header(anonymous)
+    assert publisher_of(anonymous) is None
+    assert publisher_of(b"\x97" + anonymous[1:]) is None  # too short / no uint64 markers
 
 
 def test_a_recover_decoder_delivers_what_the_durable_mark_covers() -> None:
@@ -195,7 +230,7 @@ def test_log_rows_decode_as_deliveries() -> None:
 
 
 def test_the_event_logs_header_parse_agrees_with_decode_body() -> None:
-    from schemas.envelope import HEADER_PARSE_FROM, decode_header
+    from schemas.envelope import HEADER_PARSE_FROM
 
     for payload in ("x" * HEADER_PARSE_FROM, None):  # parsed by hand, then fully decoded
         for session_id in ("s-1", None, "ü" * 40):
@@ -203,6 +238,8 @@ def test_the_event_logs_header_parse_agrees_with_decode_body() -> None:
             assert decode_header(body) == decode_body(body)[:3]
     with pytest.raises(MalformedEvent):
         decode_header(b"\x93\x01\x02\x03")
+    with pytest.raises(MalformedEvent):
+        decode_header(b"\x96\x01\x02\x03\x04\x05\x06")
 
 
 def test_publish_and_the_session_service_encode_with_the_codec() -> None:

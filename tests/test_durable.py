@@ -51,9 +51,11 @@ class RawPublisher:
         self.until(lambda: self.subscriptions[-1:] == [b"\x01"], what="the broker's subscription")
 
     def send(self, number: int, payload: Any, *, want_version: bool = False, type: str = "durable:test") -> None:
-        ident = struct.pack("!QQ", self.pid, number | (WANT_VERSION if want_version else 0))
-        body = encode_body(payload, source="raw", session_id=None)
-        self.sock.send_multipart([type.encode(), ident, body])
+        """An identified body by hand (PROTOCOL.md §4.1): the 5-element array's fields under a
+        7-element header, then publisher id and number as two msgpack uint64s."""
+        body = msgpack.packb([1, time.time(), "raw", None, payload], use_bin_type=True)
+        body = b"\x97" + body[1:] + struct.pack("!BQBQ", 0xCF, self.pid, 0xCF, number | (WANT_VERSION if want_version else 0))
+        self.sock.send_multipart([type.encode(), body])
 
     def read(self, timeout: float) -> bool:
         """Take one upstream message (a confirmation or the broker's (un)subscription); False if
@@ -119,6 +121,7 @@ def test_identified_publishes_are_stamped_once_and_confirmed_exactly(home: Path,
         assert [e.payload["n"] for e in events if e.source == "raw"] == list(range(1, 12))
         assert [e.payload["n"] for e in events if e.source == "t"] == ["anonymous"]
         events = [e for e in events if e.source == "raw"]
+        assert [e.publisher for e in events] == [(PID, n) for n in range(1, 12)]  # as published, want_version off
         assert sub.lost == 0
         pub.until(lambda: pub.through == 11)
         version = {e.payload["n"]: e.version for e in events}
@@ -130,6 +133,16 @@ def test_identified_publishes_are_stamped_once_and_confirmed_exactly(home: Path,
         assert (durable["identified"], durable["duplicates"], durable["logging"]) == (11, 2, False)
         bus.publish("durable:test", {"n": "marker"})
         assert sub.recv(timeout=5).payload["n"] == "marker"  # nothing stamped between
+
+        rejected = stats(ctx, ep.control)["rejected"]
+        bad = encode_body({"n": "bad"}, source="raw", session_id=None, identity=(PID, 12))
+        pub.sock.send_multipart([b"durable:test", bad[:-9] + b"\xce" + bad[-8:]])  # not two uint64s
+        pub.send(12, {"n": 12}, type="Not A Type")  # refused before stamping: 12 is used up
+        pub.send(13, {"n": 13}, want_version=True)
+        event = sub.recv(timeout=5)
+        assert (event.payload["n"], event.publisher) == (13, (PID, 13))
+        pub.until(lambda: pub.through == 13 and 13 in pub.versions)
+        assert stats(ctx, ep.control)["rejected"] == rejected + 2
 
 
 def test_with_an_event_log_confirmation_waits_for_its_ack(home: Path, start) -> None:

@@ -67,12 +67,8 @@ def upstream(timeout_ms):
                 if p == pid and t > through:
                     through = t
 
-def send(number):
-    try:  # the identity in the body, where the encoder knows it
-        sock.send_multipart([topic, encode_body({"i": number}, source=name, session_id=None, identity=(pid, number))])
-    except TypeError:  # else the 3-frame identified publish
-        body = encode_body({"i": number}, source=name, session_id=None)
-        sock.send_multipart([topic, struct.pack("!QQ", pid, number), body])
+def send(number):  # the identity at the end of the body (PROTOCOL.md §4.1)
+    sock.send_multipart([topic, encode_body({"i": number}, source=name, session_id=None, identity=(pid, number))])
 
 print(json.dumps({"pid": pid}), flush=True)
 while not stop.is_set():

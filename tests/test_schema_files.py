@@ -31,14 +31,17 @@ def test_catalogue_lists_every_type() -> None:
 
 def test_envelope_schema_describes_the_encoded_body() -> None:
     schema = json.loads((export.HERE / "envelope.schema.json").read_text())
-    decoded = msgpack.unpackb(encode_body({"x": 1}, source="s", session_id=None), raw=False)
-    assert schema["minItems"] == schema["maxItems"] == len(decoded) == len(schema["prefixItems"])
+    decoded = msgpack.unpackb(encode_body({"x": 1}, source="s", session_id=None, ts=1.5), raw=False)
+    identified = msgpack.unpackb(encode_body({"x": 1}, source="s", session_id=None, ts=1.5, identity=(7, 1)), raw=False)
+    assert schema["minItems"] == len(decoded) == 5
+    assert schema["maxItems"] == len(identified) == len(schema["prefixItems"]) == 7
+    assert identified[:5] == decoded[:5] and identified[5:] == [7, 1]
     assert schema["prefixItems"][0]["const"] == decoded[0] == ENVELOPE_VERSION
 
 
 def test_protocol_document_states_the_code_constants() -> None:
     text = (export.HERE / "PROTOCOL.md").read_text()
-    for fact in ['"!QQ"', "0x95", "XPUB_NODROP", "\\x00sync:", "max_event_size", "## Session service"]:
+    for fact in ['"!QQ"', "0x95", "0x97", '"!xQxQ"', "XPUB_NODROP", "\\x00sync:", "max_event_size", "## Session service"]:
         assert fact in text
 
 

@@ -38,7 +38,6 @@ from schemas.envelope import (
     CONFIRM,
     CONFIRM_MAX_BYTES,
     DEFAULT_MAX_EVENT_SIZE,
-    IDENT,
     STAMP,
     SYNC_PREFIX,
     WANT_VERSION,
@@ -376,18 +375,14 @@ class Edge:
             for body in bodies:
                 await self._send([topic, body])
             return
-        if len(frames) == 2:
-            topic, body = frames
-            ident = None
-        elif len(frames) == 3 and len(frames[1]) == IDENT.size and not frames[1][8] & 0x7F:
-            topic, ident, body = frames
-        else:
+        if len(frames) != 2:
             self.counters["malformed"] += 1
             return
+        topic, body = frames
         if not body or body[0] not in _BODY_MARKS or not is_valid_type(topic) or len(body) > self.config.max_event_size:
             self.counters["rejected"] += 1
             return
-        who = layout.identity(body, ident)
+        who = layout.identity(body)
         headers = {layout.MSG_ID: layout.msg_id(*who)} if who is not None else None
         data = layout.pack(topic, body)
         self._tokens += 1

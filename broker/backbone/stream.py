@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import struct
 
-from schemas.envelope import IDENT, WANT_VERSION
+from schemas.envelope import WANT_VERSION
 
 STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """A stream name the edge accepts: also valid in a subject and in a key-value bucket name."""
@@ -43,11 +43,9 @@ def unpack(data: bytes) -> tuple[bytes, bytes]:
     return data[1 : 1 + n], data[1 + n :]
 
 
-def identity(body: bytes, ident: bytes | None = None) -> tuple[int, int] | None:
-    """(publisher id, number with its want-version bit) of an identified event: from the ident frame
-    of a 3-frame publish, or from the last 18 bytes of a 7-element body; None for an anonymous one."""
-    if ident is not None:
-        return IDENT.unpack(ident)  # type: ignore[return-value]
+def identity(body: bytes) -> tuple[int, int] | None:
+    """(publisher id, number with its want-version bit) of an identified event, from the last 18
+    bytes of its 7-element body; None for an anonymous one."""
     if len(body) > 18 and body[0] == IDENTIFIED_MARK and body[-18] == 0xCF and body[-9] == 0xCF:
         return _TAIL.unpack_from(body, len(body) - 18)  # type: ignore[return-value]
     return None

@@ -38,7 +38,8 @@ from schemas.envelope import (
     BATCH_PREFIX,
     BODY_MARK,
     CONFIRM,
-    IDENT,
+    IDENTIFIED_MARK,
+    IDENTITY_RAW,
     LOG_MARK,
     MAX_BATCH_EVENTS,
     MAX_RUN_BYTES,
@@ -58,6 +59,11 @@ _RCVMORE = int(zmq.RCVMORE)
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
 _MARK = BODY_MARK[0]
+_MARK7 = IDENTIFIED_MARK[0]
+_SINGLE_MARKS = (_MARK, _MARK7)
+_UINT64 = 0xCF
+_IDENTITY_SIZE = IDENTITY_RAW.size
+_unpack_identity = IDENTITY_RAW.unpack_from
 
 # pyzmq's Python-level Socket.send (type checks for str, routing ids, groups) costs ~0.1 us per
 # frame on top of the compiled one; the hot loop calls the compiled send directly.
@@ -65,19 +71,11 @@ _send = zmq.backend.Socket.send
 _pack_stamp = STAMP.pack
 
 
-def _ident_of(frame: zmq.Frame) -> bytes | None:
-    """The ident of an identified publish (PROTOCOL.md §4.1), or None: 16 bytes whose byte 8 (the
-    number's top byte) is 0x00 or 0x80, which no topic's byte is."""
-    if len(frame) != IDENT.size:
-        return None
-    ident = frame.bytes
-    return ident if not ident[8] & 0x7F else None
-
-
 def _is_body(frame: zmq.Frame) -> bool:
-    """Does the frame start with BODY_MARK? (Copying a small body beats making a memoryview.)"""
+    """Does the frame start with BODY_MARK or IDENTIFIED_MARK? (Copying a small body beats making
+    a memoryview.)"""
     size = len(frame)
-    return bool(size) and (frame.bytes if size < 2048 else frame.buffer)[0] == _MARK
+    return bool(size) and (frame.bytes if size < 2048 else frame.buffer)[0] in _SINGLE_MARKS
 
 
 BATCH = 4096
@@ -310,7 +308,7 @@ class Broker(LogLink, Control, Peers):
         Known topics take the fast path: the topic is received as bytes (the cheapest receive)
         and only the body as a Frame, whose ``more`` flag is free, where ``getsockopt(RCVMORE)``
         costs ~0.5 us in pyzmq. A known topic sent alone is still recognised: what follows it is
-        not a body (a body starts with BODY_MARK; a topic, being ASCII, never does), so that frame
+        not a body (a body starts with BODY_MARK or IDENTIFIED_MARK; a topic, being ASCII, never does), so that frame
         is carried over as the next message's topic and nothing good is lost. Unknown topics (new
         types and garbage) take the exact path, with RCVMORE. The one case the fast path cannot
         tell apart, a known topic alone followed by a lone non-body frame, counts once as rejected.
@@ -385,28 +383,40 @@ class Broker(LogLink, Control, Peers):
                     first = False
                     continue
                 if seq is None:  # the exact path: RCVMORE still describes the topic frame
-                    ident: bytes | None = None
                     if not getsockopt(_RCVMORE):
                         self.malformed += 1
                         continue
                     body_frame = recv(_NOBLOCK, False)
                     if body_frame.more:
-                        ident = _ident_of(body_frame)
-                        if ident is None:
-                            self._skip_rest()
+                        self._skip_rest()
+                        continue
+                    size = len(body_frame)
+                    head = (body_frame.bytes if size < 2048 else body_frame.buffer) if size else b"\0"
+                    mark = head[0]
+                    if mark == _MARK7:  # identified (PROTOCOL.md §4.1): the identity ends the body
+                        if size < _IDENTITY_SIZE + 1:
+                            self.rejected += 1
                             continue
-                        body_frame = recv(_NOBLOCK, False)
-                        if body_frame.more:
-                            self._skip_rest()
+                        m1, pid, m2, number = _unpack_identity(head, size - _IDENTITY_SIZE)
+                        if m1 != _UINT64 or m2 != _UINT64:
+                            self.rejected += 1
                             continue
-                    if not is_valid_type(topic) or not _is_body(body_frame):
+                        if not is_valid_type(topic):
+                            self.rejected += 1
+                            durable.skip(pid, number, version)
+                            continue
+                        if len(seqs) >= self.config.max_topics:
+                            self._refuse_topic(topic)
+                            durable.skip(pid, number, version)
+                            continue
+                        if not admit(pid, number, version + 1):
+                            continue  # a (publisher, number) already stamped: confirmed again instead
+                    elif mark != _MARK or not is_valid_type(topic):
                         self.rejected += 1
                         continue
-                    if len(seqs) >= self.config.max_topics:
+                    elif len(seqs) >= self.config.max_topics:
                         self._refuse_topic(topic)
                         continue
-                    if ident is not None and not admit(ident, version + 1):
-                        continue  # a (publisher, number) already stamped: confirmed again instead
                     seq = 0
                 else:
                     try:
@@ -414,31 +424,29 @@ class Broker(LogLink, Control, Peers):
                     except zmq.Again:
                         self.malformed += 1  # a known topic alone, and nothing after it
                         break
-                    if body_frame.more:  # an identified publish, or malformed
-                        ident = body_frame.bytes if len(body_frame) == 16 else None
-                        if ident is None or ident[8] & 0x7F:  # not an ident (see _ident_of)
-                            if _is_body(body_frame):
-                                self._skip_rest()
-                            else:  # the topic came alone; this frame starts the next
-                                self.malformed += 1
-                                carried = body_frame.bytes
-                            continue
-                        body_frame = recv(_NOBLOCK, False)
-                        if body_frame.more:
+                    if body_frame.more:  # malformed: 3 or more frames, or a topic sent alone
+                        if _is_body(body_frame):
                             self._skip_rest()
+                        else:  # the topic came alone; this frame starts the next
+                            self.malformed += 1
+                            carried = body_frame.bytes
+                        continue
+                    size = len(body_frame)
+                    head = (body_frame.bytes if size < 2048 else body_frame.buffer) if size else b"\0"
+                    mark = head[0]
+                    if mark != _MARK:
+                        if mark != _MARK7 or size < _IDENTITY_SIZE + 1:
+                            self.rejected += 1  # two frames, the second not an envelope
                             continue
-                        if not _is_body(body_frame):
+                        m1, pid, m2, number = _unpack_identity(head, size - _IDENTITY_SIZE)
+                        if m1 != _UINT64 or m2 != _UINT64:
                             self.rejected += 1
                             continue
-                        if not admit(ident, version + 1):
+                        if not admit(pid, number, version + 1):
                             continue  # a (publisher, number) already stamped: confirmed again instead
-                    elif not _is_body(body_frame):
-                        self.rejected += 1  # two frames, the second not an envelope
-                        continue
                 seq += 1
                 version += 1
                 seqs[topic] = seq
-                size = len(body_frame)
                 if topic == run_topic and len(bodies) < max_run and run_bytes + size <= max_body:
                     bodies.append(body_frame)
                     sizes.append(size)

@@ -37,7 +37,6 @@ log = logging.getLogger("pryxbus.broker")
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _send = zmq.backend.Socket.send
-_IDENT = struct.Struct("!8sQ")  # the publisher id stays 8 raw bytes: a dict key with no decoding
 _ENTRY_TAIL = struct.Struct("!QH")  # after the raw publisher id: through, pair count
 _pack_pair = CONFIRM_PAIR.pack
 _MAX_PAIRS = 0xFFFF
@@ -113,13 +112,13 @@ class Durable:
 
     # -- the hot loop ------------------------------------------------------------------------
 
-    def admit(self, ident: bytes, version: int) -> bool:
-        """Should this identified event be stamped (with ``version``)? False for a (publisher,
+    def admit(self, pid: bytes, number: int, version: int) -> bool:
+        """Should this identified event (publisher id as its 8 raw bytes: a dict key with no
+        decoding; number with WANT_VERSION) be stamped (with ``version``)? False for a (publisher,
         number) already stamped (it is confirmed again instead, never stamped twice) and for a
         number past the next one expected of a known publisher (refused: it must send again from
         its confirmed number on, in order). The usual case, a known publisher's next number,
-        costs one unpack, one lookup and one append."""
-        pid, number = _IDENT.unpack(ident)
+        costs one lookup and one append."""
         entry = self.pubs.get(pid)
         if entry is None or (number & _NUMBER) != entry[0] + 1:
             return self._unusual(pid, number, version, entry)
@@ -152,6 +151,20 @@ class Durable:
             return False
         self.batch.append((version, pid, number))
         return True
+
+    def skip(self, pid: bytes, number: int, version: int) -> None:
+        """An identified event refused before stamping (a topic not valid, or of a new type past
+        ``max_topics``): its number is used up, so the publisher's next one is not taken for a
+        hole and refused too. It is never confirmed by itself; a later event's confirmation
+        covers it (cumulative), as for any number below the one confirmed."""
+        plain = number & _NUMBER
+        entry = self.pubs.get(pid)
+        if entry is None:
+            if len(self.pubs) >= self.max_publishers:
+                del self.pubs[next(iter(self.pubs))]
+            self.pubs[pid] = [plain, 0, 0, version]
+        elif plain == entry[0] + 1:
+            entry[0] = plain
 
     def room(self) -> tuple[int, int]:
         """(events, bytes) the next batch may take before the unlogged buffer is full."""

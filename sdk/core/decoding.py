@@ -17,7 +17,15 @@ from typing import Any, Literal
 
 import msgpack
 
-from schemas.envelope import ENVELOPE_VERSION, STAMP, Envelope, MalformedEvent, decode_row, split_run
+from schemas.envelope import (
+    ENVELOPE_VERSION,
+    NUMBER_MASK,
+    STAMP,
+    Envelope,
+    MalformedEvent,
+    decode_row,
+    split_run,
+)
 from schemas.topics import compile_matcher, zmq_prefixes
 from sdk.core.flows import PING, Ask, Filter, Flow, Receive, broker_epoch, seqs_chunks, seqs_request, sync_token
 from sdk.errors import BusError, SlowSubscriberError
@@ -57,6 +65,7 @@ def event_of(envelope: Envelope) -> Event:
         envelope.source,
         envelope.session_id,
         envelope.topic_seq,
+        envelope.publisher,
     )
 
 
@@ -140,7 +149,13 @@ class EventDecoder:
         for size in sizes:
             end += size
             try:
-                env, ts, source, session_id, payload = unpack()
+                fields = unpack()
+                if len(fields) == 5:
+                    env, ts, source, session_id, payload = fields
+                    publisher = None
+                else:  # identified (PROTOCOL.md §4.1)
+                    env, ts, source, session_id, payload, pid, number = fields
+                    publisher = (pid, number & NUMBER_MASK)
                 if env != ENVELOPE_VERSION or base + tell() != end:
                     raise ValueError(env)
             except Exception:
@@ -162,6 +177,7 @@ class EventDecoder:
                         "source": source,
                         "session_id": session_id,
                         "seq": topic_seq,
+                        "publisher": publisher,
                     },
                 )
                 append(event)
@@ -188,7 +204,13 @@ class EventDecoder:
         if not self.matches(topic):
             return None
         try:
-            env, ts, source, session_id, payload = _unpackb(body, raw=False, strict_map_key=False)
+            fields = _unpackb(body, raw=False, strict_map_key=False)
+            if len(fields) == 5:
+                env, ts, source, session_id, payload = fields
+                publisher = None
+            else:  # identified (PROTOCOL.md §4.1)
+                env, ts, source, session_id, payload, pid, number = fields
+                publisher = (pid, number & NUMBER_MASK)
             if env != ENVELOPE_VERSION:
                 raise ValueError(env)
             event_type = self._names.get(topic) or self._name(topic)
@@ -208,6 +230,7 @@ class EventDecoder:
                 "source": source,
                 "session_id": session_id,
                 "seq": topic_seq,
+                "publisher": publisher,
             },
         )
         return event

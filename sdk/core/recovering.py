@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from schemas.envelope import DURABLE, DURABLE_MARK, STAMP, MalformedEvent, decode_body
+from schemas.envelope import DURABLE, DURABLE_MARK, STAMP, MalformedEvent, decode_body, publisher_of
 from sdk.core.decoding import IDLE_LOOK_TIMEOUT, TAIL_LOOK, Append, EventDecoder, Resolve, event_of_row
 from sdk.core.flows import LOG_WAIT, PAGE, PING, Ask, Sleep, broker_epoch, broker_position, replay_request
 from sdk.errors import BusError, BusTimeout, BusUnavailable, SlowSubscriberError
@@ -95,7 +95,7 @@ class RecoveringDecoder(EventDecoder):
             self.malformed += 1
             return None
         self.received += 1
-        return Event(event_type, payload, version, ts, source, session_id, topic_seq)
+        return Event(event_type, payload, version, ts, source, session_id, topic_seq, publisher_of(body))
 
     def _mark(self, body: bytes) -> None:
         """The broker's durable mark: release the waiting events it covers (``resolve`` does)."""
