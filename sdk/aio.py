@@ -39,6 +39,7 @@ from sdk.wire import (
 )
 from sdk.aio_sessions import AsyncSessionClient
 from sdk.aio_subscription import Pending, Subscription
+from sdk.filters import Where, afiltered, compile_where, event_filter
 from sdk.bus import DEFAULT_HWM, resolve_endpoints
 from sdk.errors import BusClosed, InvalidEvent, translate
 from sdk.core.flows import drive_async
@@ -265,6 +266,8 @@ class Bus(PublisherCore):
         hwm: int | None = None,
         timeout: float | None = None,
         since: int | None = None,
+        session_id: str | None = None,
+        where: Where = None,
     ) -> Pending[Subscription]:
         """Subscribe to events whose type matches any pattern (none, or ``**``: every event).
 
@@ -282,13 +285,16 @@ class Bus(PublisherCore):
                 ``--sub-hwm`` messages more for it: events are lost once both are full.
             timeout: seconds to wait for the broker's confirmation (default: the bus's timeout).
             since: first every logged event above this version, then live ones, seamlessly.
+            session_id, where: filters, as for :meth:`sdk.Bus.subscribe`.
 
         Raises:
-            InvalidEvent: an invalid pattern, policy, hwm or since (at once, before anything is awaited).
+            InvalidEvent: an invalid pattern, policy, hwm, since, session_id or where expression
+                (at once, before anything is awaited).
             BusUnavailable: the broker did not confirm the subscription in time.
             BusClosed: the bus was closed.
         """
         checked = check_subscription(patterns, policy, hwm=hwm, since=since)
+        keep = event_filter(where, session_id)
         if policy not in ASYNC_POLICIES:
             raise InvalidEvent(
                 f"policy={policy!r} is not available in sdk.aio yet (it needs the event log);"
@@ -298,7 +304,9 @@ class Bus(PublisherCore):
         async def open_subscription() -> Subscription:
             if self._closed:
                 raise BusClosed("bus is closed")
-            sub = Subscription(self, checked, policy=policy, hwm=self.hwm if hwm is None else hwm, since=since)
+            sub = Subscription(
+                self, checked, policy=policy, hwm=self.hwm if hwm is None else hwm, since=since, keep=keep
+            )
             self._subscriptions.add(sub)
             wait = self.timeout if timeout is None else timeout
             try:
@@ -360,6 +368,7 @@ class Bus(PublisherCore):
         session_id: str | None = None,
         ts_from: float | None = None,
         ts_until: float | None = None,
+        where: Where = None,
     ) -> AsyncIterator[Event]:
         """``async for ev in bus.replay(...)``: logged events in version order (see :meth:`sdk.Bus.replay`).
 
@@ -370,7 +379,8 @@ class Bus(PublisherCore):
         from sdk.replay import areplay
 
         checked = check_subscription(patterns, "drop")
-        return areplay(
+        keep = compile_where(where)
+        return afiltered(areplay(
             self.log,
             checked,
             since=since,
@@ -378,7 +388,7 @@ class Bus(PublisherCore):
             session_id=session_id,
             ts_from=ts_from,
             ts_until=ts_until,
-        )
+        ), keep)
 
     async def log_tail(self, *patterns: str, limit: int = 10, session_id: str | None = None) -> list[Event]:
         """See :meth:`sdk.Bus.log_tail`.

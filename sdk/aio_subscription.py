@@ -22,6 +22,7 @@ from sdk.core.flows import PAGE, Filter, Receive, drive_async, sync_token
 from sdk.core.subscribing import handshake, seam
 from sdk.errors import BusClosed, BusTimeout, SlowSubscriberError
 from sdk.event import Event
+from sdk.filters import Predicate, pending_queue
 from sdk.subscription import deadline_of
 from sdk.transport import event_socket
 
@@ -39,13 +40,20 @@ class Subscription:
     """
 
     def __init__(
-        self, bus: Bus, patterns: tuple[str, ...], *, policy: Policy, hwm: int, since: int | None = None
+        self,
+        bus: Bus,
+        patterns: tuple[str, ...],
+        *,
+        policy: Policy,
+        hwm: int,
+        since: int | None = None,
+        keep: Predicate | None = None,
     ) -> None:
         self.patterns = patterns
         self._bus = bus
         self._closed = False
         self._failed: SlowSubscriberError | None = None
-        self._pending: deque[Event] = deque()
+        self._pending: deque[Event] = pending_queue(keep)
         self._nowait: zmq.Socket | None = None
         self._decoder: EventDecoder = decoder_for(
             patterns, policy, since=since, timeout=bus.timeout, page=min(PAGE, max(hwm, 1000))
@@ -176,6 +184,16 @@ class Subscription:
     def malformed(self) -> int:
         """Delivered messages that could not be decoded and were skipped."""
         return self._decoder.malformed
+
+    @property
+    def filtered_out(self) -> int:
+        """Decoded events that the subscription's ``where``/``session_id`` filter did not deliver."""
+        return getattr(self._pending, "dropped", 0)
+
+    @property
+    def where_errors(self) -> int:
+        """Events on which the ``where`` callable raised (each counted as not matching)."""
+        return getattr(self._pending, "errors", 0)
 
     @property
     def closed(self) -> bool:

@@ -27,6 +27,7 @@ from sdk.wire import (
 )
 from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge, UnsafeHome
 from sdk.event import Event
+from sdk.filters import Where, compile_where, event_filter, filtered
 from sdk.core.flows import drive
 from sdk.core.publishing import LOOK, WATCH_INTERVAL, Batch, PublisherCore, WaitForBroker
 from sdk.request import Requester, connected
@@ -233,6 +234,8 @@ class Bus(PublisherCore):
         hwm: int | None = None,
         timeout: float | None = None,
         since: int | None = None,
+        session_id: str | None = None,
+        where: Where = None,
     ) -> Subscription:
         """Subscribe to events whose type matches any pattern (none, or ``**``: every event).
 
@@ -251,13 +254,20 @@ class Bus(PublisherCore):
                 ``--sub-hwm`` messages more for it: events are lost once both are full.
             since: first deliver every logged event with a version above this one, then live
                 events, with no gap and no duplicate at the seam (needs the event log).
+            session_id: only events of this session.
+            where: only events for which this is true: a callable taking the Event, or a JMESPath
+                expression (a str) over ``type``, ``version``, ``seq``, ``ts``, ``source``,
+                ``session_id`` and ``payload`` (docs/sdk.md, "Filters"). It runs after the
+                sequences are checked, so losses are still seen exactly.
 
         Raises:
-            InvalidEvent: an invalid pattern (or more than 10,000), policy, hwm or since.
+            InvalidEvent: an invalid pattern (or more than 10,000), policy, hwm, since,
+                session_id or where expression (nothing is sent then).
             BusUnavailable: the broker (or, with ``since``, the event log) did not answer in time.
             BusTimeout: with ``since``, the event log did not catch up with the broker in time.
         """
         checked = check_subscription(patterns, policy, hwm=hwm, since=since)
+        keep = event_filter(where, session_id)
         if self._closed:
             raise BusClosed("bus is closed")
         sub = Subscription(
@@ -268,6 +278,7 @@ class Bus(PublisherCore):
             timeout=self.timeout if timeout is None else timeout,
             since=since,
             seam_timeout=sub_timeout(self, timeout),
+            keep=keep,
         )
         with self._lock:
             self._subscriptions.add(sub)
@@ -298,6 +309,7 @@ class Bus(PublisherCore):
         session_id: str | None = None,
         ts_from: float | None = None,
         ts_until: float | None = None,
+        where: Where = None,
     ) -> Iterator[Event]:
         """Logged events with ``since < version <= until``, in version order (a lazy iterator).
 
@@ -307,15 +319,17 @@ class Bus(PublisherCore):
             until: inclusive upper bound; None: up to the newest logged event at each page.
             session_id: only events published with this session id.
             ts_from, ts_until: only events whose publisher timestamp is in ``[ts_from, ts_until)``.
+            where: as for :meth:`subscribe` (evaluated here, on the events the log sends).
 
         Raises:
-            InvalidEvent: an invalid pattern.
+            InvalidEvent: an invalid pattern or where expression.
             BusUnavailable: the event log did not answer.
         """
         from sdk.replay import replay
 
         checked = check_subscription(patterns, "drop")
-        return replay(
+        keep = compile_where(where)
+        return filtered(replay(
             self.log,
             checked,
             since=since,
@@ -323,7 +337,7 @@ class Bus(PublisherCore):
             session_id=session_id,
             ts_from=ts_from,
             ts_until=ts_until,
-        )
+        ), keep)
 
     def log_tail(self, *patterns: str, limit: int = 10, session_id: str | None = None) -> list[Event]:
         """The newest ``limit`` logged events matching ``patterns``, oldest first.

@@ -21,6 +21,7 @@ from sdk.core.flows import PAGE, Filter, Receive, drive, sync_token
 from sdk.core.subscribing import handshake, seam
 from sdk.errors import BusClosed, BusTimeout, SlowSubscriberError
 from sdk.event import Event
+from sdk.filters import Predicate, pending_queue
 from sdk.transport import event_socket
 
 if TYPE_CHECKING:
@@ -66,9 +67,10 @@ class Subscription:
         timeout: float,
         since: int | None = None,
         seam_timeout: float | None = None,
+        keep: Predicate | None = None,
     ) -> None:
         self.patterns = patterns
-        self._pending: deque[Event] = deque()
+        self._pending: deque[Event] = pending_queue(keep)
         self._enough = 0  # while recv_many waits: the events it takes (a drain stops there)
         self._decoder: EventDecoder = decoder_for(
             patterns, policy, since=since, timeout=bus.timeout, page=min(PAGE, max(hwm, 1000))
@@ -142,6 +144,16 @@ class Subscription:
     def malformed(self) -> int:
         """Delivered messages that could not be decoded and were skipped."""
         return self._decoder.malformed
+
+    @property
+    def filtered_out(self) -> int:
+        """Decoded events that the subscription's ``where``/``session_id`` filter did not deliver."""
+        return getattr(self._pending, "dropped", 0)
+
+    @property
+    def where_errors(self) -> int:
+        """Events on which the ``where`` callable raised (each counted as not matching)."""
+        return getattr(self._pending, "errors", 0)
 
     @property
     def closed(self) -> bool:

@@ -14,6 +14,7 @@ import sdk
 from sdk.cli.common import add_home, add_target, fail, print_json, seconds, target, tcp_target, whole_number
 from schemas.topics import InvalidType, check_type
 from sdk.bus import resolve_endpoints
+from sdk.filters import event_filter
 from sdk.security import resolve_client_keys
 
 
@@ -60,6 +61,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("drop", "count"),
         default="drop",
         help="on falling behind: stop with an error (drop, default) or keep going (count)",
+    )
+    p.add_argument("--session", default=None, metavar="ID", help="only events of this session id")
+    p.add_argument(
+        "--where",
+        default=None,
+        metavar="EXPR",
+        help="only events for which this JMESPath expression is true, over type, version, seq, ts,"
+        " source, session_id, payload (e.g. \"payload.agent == 'a1'\")",
     )
     add_home(p)
     p.add_argument(
@@ -159,9 +168,13 @@ def run_pub(args: argparse.Namespace) -> int:
 def run_sub(args: argparse.Namespace) -> int:
     received = 0
     try:
+        try:
+            event_filter(args.where, args.session)  # a bad expression fails before connecting
+        except sdk.InvalidEvent as e:
+            raise CliError(str(e)) from None
         with open_bus(args, name="cli-sub", timeout=args.connect_timeout) as bus:
             try:
-                sub = bus.subscribe(*args.patterns, policy=args.policy)
+                sub = bus.subscribe(*args.patterns, policy=args.policy, session_id=args.session, where=args.where)
             except sdk.InvalidEvent as e:
                 raise CliError(str(e)) from None
             with sub:

@@ -7,7 +7,14 @@ import math
 from datetime import datetime
 
 from schemas.eventlog import MAX_INT, MAX_PAGE
+from sdk.filters import compile_where
 from sdk.cli.common import add_target, fail, missing_socket, print_json, target, whole_number
+
+
+_WHERE_HELP = (
+    "only events for which this JMESPath expression is true, over type, version, seq, ts, source,"
+    " session_id, payload (evaluated by this command on what the log sends)"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help=f"how many logged events (default 10, at most {MAX_PAGE}; more with 'log query')")
     tail.add_argument("-f", "--follow", action="store_true", help="then print live events, seamlessly")
     tail.add_argument("--session", default=None, help="only events of this session id")
+    tail.add_argument("--where", default=None, metavar="EXPR", help=_WHERE_HELP)
     tail.set_defaults(func=run_tail)
 
     query = sub.add_parser("query", help="logged events by pattern, version/time range, session (JSON lines)")
@@ -31,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     query.add_argument("--from", dest="ts_from", type=_time, default=None, metavar="TIME", help="epoch seconds or ISO 8601")
     query.add_argument("--to", dest="ts_until", type=_time, default=None, metavar="TIME", help="epoch seconds or ISO 8601")
     query.add_argument("--session", default=None, help="only events of this session id")
+    query.add_argument("--where", default=None, metavar="EXPR", help=_WHERE_HELP)
     query.add_argument("--limit", type=whole_number(1, MAX_INT), default=None, metavar="N", help="stop after N events")
     query.set_defaults(func=run_query)
 
@@ -59,6 +68,11 @@ def _with_log(args: argparse.Namespace, work) -> int:
     from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
 
     try:
+        compile_where(getattr(args, "where", None))
+    except sdk.InvalidEvent as e:
+        return fail(str(e), 2)
+
+    try:
         # max_event_size given: no broker round trip; only the event log is needed (and the
         # broker for --follow).
         bus = sdk.connect(target(args), name="pryxbus-log", timeout=args.timeout, max_event_size=DEFAULT_MAX_EVENT_SIZE)
@@ -84,7 +98,7 @@ def run_query(args: argparse.Namespace) -> int:
     def work(bus) -> None:
         events = bus.replay(
             *args.patterns, since=args.since, until=args.until, session_id=args.session, ts_from=args.ts_from,
-            ts_until=args.ts_until,
+            ts_until=args.ts_until, where=args.where,
         )
         for n, event in enumerate(events):
             if args.limit is not None and n >= args.limit:
@@ -96,16 +110,17 @@ def run_query(args: argparse.Namespace) -> int:
 
 def run_tail(args: argparse.Namespace) -> int:
     def work(bus) -> None:
+        keep = compile_where(args.where)
         events = bus.log_tail(*args.patterns, limit=args.lines, session_id=args.session)
         for event in events:
-            print_json(event.to_dict())
+            if keep is None or keep(event):
+                print_json(event.to_dict())
         if not args.follow:
             return
         since = events[-1].version if events else bus.log_stats()["last"]
-        with bus.subscribe(*args.patterns, since=since) as sub:
+        with bus.subscribe(*args.patterns, since=since, session_id=args.session, where=keep) as sub:
             for event in sub:
-                if args.session is None or event.session_id == args.session:
-                    print_json(event.to_dict())
+                print_json(event.to_dict())
 
     return _with_log(args, work)
 
