@@ -288,6 +288,63 @@ def _str_at(body: bytes, pos: int) -> tuple[str | None, int]:
     return body[pos : pos + n].decode("utf-8"), pos + n
 
 
+SESSION_PREFIX = b"\x00@"
+"""The topic of a session stream's copy of an event (PROTOCOL.md §5.1) starts with this, then the
+session key, a NUL and the event type; its stamp is RESEND_STAMP_PAD and then the stamp of §5."""
+
+SESSION_KEY_BYTES = 100
+"""A session id of at most this many UTF-8 bytes, with no NUL, is its own key (after ``=``); a
+longer one is keyed by its hash (``#`` and 32 hex digits), so a subscription stays under 246 bytes."""
+
+_INTS_AFTER = {0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9, 0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9, 0xCA: 5, 0xCB: 9}
+
+
+def session_key(session_id: bytes) -> bytes:
+    """The key of a session in stream topics: ``=`` + the id, or ``#`` + a hash of a long one."""
+    if len(session_id) <= SESSION_KEY_BYTES and b"\x00" not in session_id:
+        return b"=" + session_id
+    import hashlib
+
+    return b"#" + hashlib.blake2b(session_id, digest_size=16).hexdigest().encode()
+
+
+def session_head(session_id: str) -> bytes:
+    """What every stream topic of this session starts with: SESSION_PREFIX, its key and a NUL."""
+    return SESSION_PREFIX + session_key(session_id.encode("utf-8")) + b"\x00"
+
+
+def session_of(body: bytes | memoryview) -> bytes | None:
+    """The session id of an envelope (5 or 7 elements), as UTF-8 bytes, read without decoding the
+    body: None for nil or a body not in the envelope's shape."""
+    try:
+        head = body[2]
+        if head < 0x80 or head >= 0xE0:  # a fixint ts
+            pos = 3
+        else:
+            pos = 2 + _INTS_AFTER[head]
+        head = body[pos]
+        if 0xA0 <= head <= 0xBF:
+            pos += 1 + (head & 0x1F)
+        elif head == 0xD9:
+            pos += 2 + body[pos + 1]
+        elif head == 0xDA:
+            pos += 3 + int.from_bytes(body[pos + 1 : pos + 3], "big")
+        else:
+            return None
+        head = body[pos]
+        if 0xA0 <= head <= 0xBF:
+            n, pos = head & 0x1F, pos + 1
+        elif head == 0xD9:
+            n, pos = body[pos + 1], pos + 2
+        elif head == 0xDA:
+            n, pos = int.from_bytes(body[pos + 1 : pos + 3], "big"), pos + 3
+        else:
+            return None
+        return bytes(body[pos : pos + n])
+    except (IndexError, KeyError):
+        return None
+
+
 def decode_header(body: bytes) -> tuple[float, str, str | None]:
     """``(ts, source, session_id)`` of a body without decoding its payload (what the event log keeps).
 

@@ -305,7 +305,8 @@ class Bus(PublisherCore):
             if self._closed:
                 raise BusClosed("bus is closed")
             sub = Subscription(
-                self, checked, policy=policy, hwm=self.hwm if hwm is None else hwm, since=since, keep=keep
+                self, checked, policy=policy, hwm=self.hwm if hwm is None else hwm, since=since, keep=keep,
+                session_id=session_id,
             )
             self._subscriptions.add(sub)
             wait = self.timeout if timeout is None else timeout

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import zmq
 import zmq.asyncio
 
-from sdk.core.decoding import EventDecoder, Policy, Resolve
+from sdk.core.decoding import EventDecoder, Policy, Resolve, unwrap
 from sdk.core.subscribing import decoder_for
 from sdk.core.flows import PAGE, Filter, Receive, drive_async, sync_token
 from sdk.core.subscribing import handshake, seam
@@ -48,6 +48,7 @@ class Subscription:
         hwm: int,
         since: int | None = None,
         keep: Predicate | None = None,
+        session_id: str | None = None,
     ) -> None:
         self.patterns = patterns
         self._bus = bus
@@ -56,7 +57,8 @@ class Subscription:
         self._pending: deque[Event] = pending_queue(keep)
         self._nowait: zmq.Socket | None = None
         self._decoder: EventDecoder = decoder_for(
-            patterns, policy, since=since, timeout=bus.timeout, page=min(PAGE, max(hwm, 1000))
+            patterns, policy, since=since, timeout=bus.timeout, page=min(PAGE, max(hwm, 1000)),
+            session_id=session_id,
         )
         self._since = since
         self._idle = False
@@ -113,7 +115,7 @@ class Subscription:
             raise BusClosed("subscription is closed")
         future = sock.recv_multipart(_NOBLOCK)  # resolves at once: a message, or zmq.Again
         if future.exception() is None:
-            return future.result()
+            return unwrap(self._decoder.head, future.result())
         if not isinstance(future.exception(), zmq.Again):
             raise BusClosed("subscription is closed") from future.exception()
         idle = idle and self._idle
@@ -155,7 +157,7 @@ class Subscription:
         error = future.exception()
         if error is not None:
             raise BusClosed("subscription is closed") from error
-        return future.result()
+        return unwrap(self._decoder.head, future.result())
 
     # -- receiving ---------------------------------------------------------------------------
 

@@ -279,6 +279,7 @@ class Bus(PublisherCore):
             since=since,
             seam_timeout=sub_timeout(self, timeout),
             keep=keep,
+            session_id=session_id,
         )
         with self._lock:
             self._subscriptions.add(sub)

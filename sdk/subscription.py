@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from sdk.core.decoding import POLICIES, EventDecoder, Policy, Resolve
+from schemas.envelope import SESSION_PREFIX
+from sdk.core.decoding import POLICIES, EventDecoder, Policy, Resolve, unwrap
 from sdk.core.subscribing import decoder_for
 from sdk.core.flows import PAGE, Filter, Receive, drive, sync_token
 from sdk.core.subscribing import handshake, seam
@@ -68,12 +69,14 @@ class Subscription:
         since: int | None = None,
         seam_timeout: float | None = None,
         keep: Predicate | None = None,
+        session_id: str | None = None,
     ) -> None:
         self.patterns = patterns
         self._pending: deque[Event] = pending_queue(keep)
         self._enough = 0  # while recv_many waits: the events it takes (a drain stops there)
         self._decoder: EventDecoder = decoder_for(
-            patterns, policy, since=since, timeout=bus.timeout, page=min(PAGE, max(hwm, 1000))
+            patterns, policy, since=since, timeout=bus.timeout, page=min(PAGE, max(hwm, 1000)),
+            session_id=session_id,
         )
         self._bus = bus
         self._lock = threading.Lock()
@@ -116,7 +119,7 @@ class Subscription:
         remaining = step.deadline - time.monotonic()
         if remaining <= 0 or not self._sock.poll(int(remaining * 1000) + 1, _POLLIN):
             return None
-        return self._sock.recv_multipart()
+        return unwrap(self._decoder.head, self._sock.recv_multipart())
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -256,6 +259,7 @@ class Subscription:
         if enough is None:
             enough = self._enough
         decode, feed = decoder.decode, decoder.feed
+        cut = len(decoder.head)
         n = 0
         for n in range(1, _DRAIN + 1):
             try:
@@ -264,6 +268,8 @@ class Subscription:
                 return n - 1
             stamp = recv()
             body = recv()
+            if cut and topic[:2] == SESSION_PREFIX:  # the session's stream (PROTOCOL.md §5.1)
+                topic, stamp = topic[cut:], stamp[8:]
             try:
                 if len(stamp) == 16:
                     event = decode(topic, stamp, body)

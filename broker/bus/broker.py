@@ -31,6 +31,7 @@ from broker.bus.loglink import LogLink
 from broker.bus.memory import trim
 from broker.bus.peers import SUBSCRIBE_ALL, Peers
 from broker.bus.reservation import Reservation
+from broker.bus.streams import SessionStreams
 from broker.security import Authenticator, secure_server
 from broker.sockets import bind
 from sdk.transport import configure_context, event_socket
@@ -43,6 +44,7 @@ from schemas.envelope import (
     LOG_MARK,
     MAX_BATCH_EVENTS,
     MAX_RUN_BYTES,
+    SESSION_PREFIX,
     STAMP,
     SYNC_PREFIX,
     encode_body,
@@ -127,6 +129,8 @@ class Broker(LogLink, Control, Peers):
             "seqs": self._op_seqs,
         }
         self._matched = {}  # the topics matching recent seqs requests (control.py)
+        self._streams = SessionStreams()
+        self._wanted = self._streams.streams  # the session streams subscribed now (streams.py)
         self._ctx = configure_context(zmq.Context(), config.endpoints)
         self._auth: Authenticator | None = None
         try:
@@ -495,7 +499,8 @@ class Broker(LogLink, Control, Peers):
             )
 
     def _send_run(self, topic: bytes, version: int, seq: int, bodies: list[zmq.Frame], sizes: list[int]) -> None:
-        """Send one event or a batch (zero copy: the body goes out as it came), or a run of events."""
+        """Send one event or a batch (zero copy: the body goes out as it came), or a run of events,
+        and again on the session streams subscribed (if any) of the sessions they belong to."""
         xpub = self.xpub
         _send(xpub, topic, _SNDMORE)
         if len(sizes) == 1:
@@ -507,6 +512,8 @@ class Broker(LogLink, Control, Peers):
         else:
             _send(xpub, run_stamp(version, seq, sizes), _SNDMORE)
             _send(xpub, b"".join(bodies), 0)
+        if self._wanted:
+            self._streams.send(xpub, topic, version, bodies, sizes)
 
     def _read_batch(self, topic: bytes) -> tuple[bytes, zmq.Frame, list[int]] | None:
         """The rest of a batch whose topic frame was read: ``(event type, bodies frame, lengths)``,
@@ -620,6 +627,9 @@ class Broker(LogLink, Control, Peers):
                 self._log_arrived()
             elif msg == _LOG_LEFT:
                 self._log_left()
+            elif msg[1:3] == SESSION_PREFIX:
+                self._streams.subscription(msg)
+                continue
             if msg[:1] == b"\x01" and msg[1:].startswith(SYNC_PREFIX):
                 self.syncs += 1
                 self.xpub.send(msg[1:], _SNDMORE)

@@ -24,6 +24,7 @@ from schemas.topics import compile_matcher
 if TYPE_CHECKING:
     from broker.bus.config import BrokerConfig
     from broker.bus.durable import Durable
+    from broker.bus.streams import SessionStreams
     from broker.security import Authenticator
     from schemas.endpoints import Endpoints
 
@@ -64,6 +65,7 @@ class Control:
     _closed_until: float | None
     _log_present: bool
     _handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]
+    _streams: SessionStreams
     _matched: dict[tuple[str, ...], _Matched]
     """The topics found matching each pattern set of recent ``seqs`` requests."""
 
@@ -122,6 +124,16 @@ class Control:
         patterns, after = msg.get("patterns", []), msg.get("after", 0)
         if not isinstance(patterns, list) or type(after) is not int or after < 0:
             raise ValueError("seqs takes 'patterns' (a list of patterns) and 'after' (an index >= 0)")
+        session_id = msg.get("session_id")
+        if session_id is not None:  # a session stream's own sequences (PROTOCOL.md §5.1)
+            if not isinstance(session_id, str) or not session_id:
+                raise ValueError("seqs: 'session_id' must be a non-empty str")
+            return {
+                "version": self.version,
+                "first_version": self.config.first_version,
+                "seqs": self._streams.seqs(session_id, patterns),
+                "next": None,
+            }
         key = tuple(patterns)
         found = self._matched.pop(key, None)  # put back last: the dict's order is its recency
         if found is None:
@@ -164,6 +176,7 @@ class Control:
             "publishers": self.publishers,
             "subscribers": self.subscribers,
             "durable": self._durable.stats(),
+            "session_streams": self._streams.stats(),
             "config": {
                 "sub_hwm": self.sub_queue,
                 "in_hwm": self.in_queue,

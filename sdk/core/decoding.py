@@ -20,13 +20,15 @@ import msgpack
 from schemas.envelope import (
     ENVELOPE_VERSION,
     NUMBER_MASK,
+    SESSION_PREFIX,
     STAMP,
     Envelope,
     MalformedEvent,
     decode_row,
+    session_head,
     split_run,
 )
-from schemas.topics import compile_matcher, zmq_prefixes
+from schemas.topics import MAX_PREFIX, compile_matcher, zmq_prefixes
 from sdk.core.flows import PING, Ask, Filter, Flow, Receive, broker_epoch, seqs_chunks, seqs_request, sync_token
 from sdk.errors import BusError, SlowSubscriberError
 from sdk.event import Event
@@ -55,6 +57,14 @@ _new_event = object.__new__
 _set_dict = object.__setattr__
 
 
+def unwrap(head: bytes, frames: list[bytes]) -> list[bytes]:
+    """A session stream's message as a plain one (its topic without ``head``, its stamp without the
+    pad: PROTOCOL.md §5.1); any other message as it is."""
+    if head and len(frames) == 3 and frames[0][:2] == SESSION_PREFIX:
+        return [frames[0][len(head) :], frames[1][8:], frames[2]]
+    return frames
+
+
 def event_of(envelope: Envelope) -> Event:
     """The SDK's Event for a decoded envelope (``Event.seq`` is the envelope's ``topic_seq``)."""
     return Event(
@@ -81,11 +91,15 @@ def event_of_row(row: list[Any]) -> Event:
 class EventDecoder:
     """Decoder of a ``drop`` or ``count`` subscription: exact loss detection by topic sequence."""
 
-    def __init__(self, patterns: tuple[str, ...], policy: Policy) -> None:
+    def __init__(self, patterns: tuple[str, ...], policy: Policy, session_id: str | None = None) -> None:
         if policy not in ("drop", "count"):
             raise ValueError(f"policy must be 'drop' or 'count' here, not {policy!r}")
         self.matches: Callable[[bytes], bool] = compile_matcher(patterns)
-        self.prefixes = zmq_prefixes(patterns)
+        self.session_id = session_id
+        self.head = b"" if session_id is None else session_head(session_id)
+        """What the topics of this subscription's session stream start with (PROTOCOL.md §5.1):
+        the fronts cut it (and the stamp's pad) off before the decoder sees a message."""
+        self.prefixes = [(self.head + p)[:MAX_PREFIX] for p in zmq_prefixes(patterns)]
         self.patterns = patterns
         self.policy: Policy = policy
         self.last_topic_seq: dict[bytes, int] = {}
@@ -302,7 +316,7 @@ class EventDecoder:
         whole = True
         try:
             for chunk in seqs_chunks(self.patterns):
-                reply = yield Ask("control", seqs_request(chunk))
+                reply = yield Ask("control", seqs_request(chunk, session_id=self.session_id))
                 whole = whole and reply.get("next") is None
                 for topic, seq in reply["seqs"].items():
                     base[topic.encode()] = max(seq, base.get(topic.encode(), 0))
@@ -356,7 +370,7 @@ class EventDecoder:
         seqs: dict[str, int] = {}
         try:
             for chunk in seqs_chunks(self.patterns):  # a topic two groups match: either answer holds
-                request = seqs_request(chunk)
+                request = seqs_request(chunk, session_id=self.session_id)
                 while True:
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -366,7 +380,7 @@ class EventDecoder:
                         seqs[topic] = max(seq, seqs.get(topic, 0))
                     if reply.get("next") is None:
                         break
-                    request = seqs_request(chunk, reply["next"])
+                    request = seqs_request(chunk, reply["next"], self.session_id)
         except BusError:  # no answer (or a broker without ``seqs``): looked at again later
             return
         self.looked(broker_epoch(reply))

@@ -187,12 +187,15 @@ def seqs_chunks(patterns: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
     yield tuple(chunk)
 
 
-def seqs_request(patterns: tuple[str, ...], after: int = 0) -> dict[str, Any]:
+def seqs_request(patterns: tuple[str, ...], after: int = 0, session_id: str | None = None) -> dict[str, Any]:
     """The broker's ``seqs`` request: the current sequence of every topic matching ``patterns``,
-    from the ``after``-th on (a page; the reply's ``next`` says where the next one starts)."""
+    from the ``after``-th on (a page; the reply's ``next`` says where the next one starts); with
+    ``session_id``, the sequences of that session's stream (PROTOCOL.md §5.1)."""
     request: dict[str, Any] = {"op": "seqs", "patterns": list(patterns)}
     if after:
         request["after"] = after
+    if session_id is not None:
+        request["session_id"] = session_id
     return request
 
 

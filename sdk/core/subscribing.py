@@ -61,7 +61,7 @@ def seam(decoder: EventDecoder, pending: deque[Event], patterns: tuple[str, ...]
         history.extend(event_of_row(row) for row in rows)
 
     if since < target:
-        request = replay_request(patterns, since=since, until=target)
+        request = replay_request(patterns, since=since, until=target, session_id=decoder.session_id)
         yield from log_pages(request, wait=stamped, timeout=timeout, on_page=take)
     decoder.set_floor(floor)
     live = [e for e in pending if e.version > floor]
@@ -71,9 +71,17 @@ def seam(decoder: EventDecoder, pending: deque[Event], patterns: tuple[str, ...]
 
 
 def decoder_for(
-    patterns: tuple[str, ...], policy: Policy, *, since: int | None, timeout: float, page: int = PAGE
+    patterns: tuple[str, ...],
+    policy: Policy,
+    *,
+    since: int | None,
+    timeout: float,
+    page: int = PAGE,
+    session_id: str | None = None,
 ) -> EventDecoder:
-    """The decoder a subscription with these options uses (chosen once, never swapped).
+    """The decoder a subscription with these options uses (chosen once, never swapped). With
+    ``session_id`` a ``drop`` or ``count`` subscription listens to that session's stream
+    (PROTOCOL.md §5.1); ``recover`` needs every version, so it filters the session itself.
 
     Raises:
         ValueError: an unknown policy.
@@ -81,5 +89,5 @@ def decoder_for(
     if policy == "recover":
         return RecoveringDecoder(patterns, timeout=timeout, page=page)
     if since is not None:
-        return FloorDecoder(patterns, policy)
-    return EventDecoder(patterns, policy)
+        return FloorDecoder(patterns, policy, session_id)
+    return EventDecoder(patterns, policy, session_id)
