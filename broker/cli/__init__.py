@@ -18,6 +18,7 @@ COMMANDS = [
     "broker.backbone.cli",  # cluster up
     "sdk.cli.log",  # log tail|query|stats
     "sdk.cli.events",  # pub, sub, stats
+    "sdk.cli.transform",  # transform
     "sdk.cli.top",  # top
     "sdk.cli.sessions",  # sessions ...
     "examples.demo",  # demo

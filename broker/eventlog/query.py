@@ -9,7 +9,7 @@ Ops (``schemas/PROTOCOL.md`` has the field list):
 - ``replay``: ``since`` (exclusive), ``until`` (inclusive), ``patterns``, ``session_id``, ``ts_from``,
   ``ts_until``, ``limit`` -> ``{events: [[version, topic_seq, type, body], ...], next, done, last}``;
   ask again with ``since=next`` until ``done``.
-- ``tail``: the last ``limit`` events matching ``patterns``/``session_id``, oldest first.
+- ``tail``: the last ``limit`` events matching ``patterns``/``session_id``/``source``, oldest first.
 - ``summary``: counts by type, first/last activity, optional time buckets; for one session or all.
 - ``import``: one session's rows ``[version, topic_seq, type, body]`` put back (``check``: only
   say whether they would be); the rules are in :mod:`broker.eventlog.imports`.
@@ -183,6 +183,7 @@ class LogQueries:
         limit = min(_int(msg, "limit", 10, minimum=1) or 10, MAX_PAGE)
         types, matches = type_filter(msg.get("patterns"))
         session_id = _str(msg, "session_id")
+        source = _str(msg, "source")
         where, params = [], []
         if types is not None:
             where.append(f"type IN ({', '.join('?' * len(types))})")
@@ -190,6 +191,9 @@ class LogQueries:
         if session_id is not None:
             where.append("session_id = ?")
             params.append(session_id)
+        if source is not None:
+            where.append("source = ?")
+            params.append(source)
         sql = "SELECT version, topic_seq, type, body FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)
