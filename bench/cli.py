@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-SCENARIO_NAMES = ("throughput", "fanout", "fanin", "latency", "isolation", "sessions", "eventlog", "backbone")
+SCENARIO_NAMES = (
+    "throughput", "fanout", "fanin", "latency", "isolation", "sessions", "eventlog", "filter", "transform", "backbone",
+)
 OPT_IN = ("backbone",)
 """Run only when named: the backbone needs the 'cluster' extra and a NATS cluster of its own."""
 

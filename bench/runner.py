@@ -122,7 +122,7 @@ def start_servers(env: Env, scenarios: list[str], chosen: set[str], stack: ExitS
         env.wirings[system] = server.wiring
         env.shared.setdefault("servers", {}).setdefault(system, []).append(server)
 
-    if pubsub or "eventlog" in scenarios:  # the event log's "log off" runs on this broker
+    if pubsub or "eventlog" in scenarios or "filter" in scenarios:  # "log off" runs on this broker
         start("pryxbus", peers.start_pryxbus, root / "bus", "broker", *BROKER_OPTIONS, *_tcp(env, "bus"))
     if pubsub:
         if "zmq" in chosen:
@@ -147,7 +147,7 @@ def start_servers(env: Env, scenarios: list[str], chosen: set[str], stack: ExitS
         if "sidecar" in chosen:
             (root / "sidecar").mkdir()
             start("sidecar", peers.start_sidecar, root / "sidecar", env.transport)
-    if "eventlog" in scenarios:
+    if "eventlog" in scenarios or "transform" in scenarios:
         if peers.pryxbus_has("event-log"):
             home = root / "log"
             start("pryxbus.log", peers.start_pryxbus, home, "broker", *BROKER_OPTIONS, *_tcp(env, "log"))
@@ -178,7 +178,7 @@ def _server_key(case: Case, system: str) -> str:
     """Which started servers (``env.wirings`` key) ``system`` needs for ``case``."""
     if system != "pryxbus":
         return system
-    if case.scenario == "eventlog" and "log off" not in case.name:
+    if (case.scenario == "eventlog" and "log off" not in case.name) or case.scenario == "transform":
         return "pryxbus.log"
     return "pryxbus.sessions" if case.scenario == "sessions" else "pryxbus"
 

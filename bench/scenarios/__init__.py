@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from bench.scenarios import eventlog, isolation, latency, sessions, throughput
+from bench.scenarios import eventlog, filters, isolation, latency, sessions, throughput
 
 SCENARIOS: dict[str, tuple[ModuleType, str]] = {
     "throughput": (throughput, "1→1 at 64 B / 1 KiB / 16 KiB"),
@@ -14,4 +14,6 @@ SCENARIOS: dict[str, tuple[ModuleType, str]] = {
     "isolation": (isolation, "fast subscribers with and without a stalled one"),
     "sessions": (sessions, "get/list/create per second, 1 and 4 clients"),
     "eventlog": (eventlog, "bus throughput with the event log off vs on; replay"),
+    "filter": (filters, "one session of 100: broker-side session stream vs filtering in the client"),
+    "transform": (filters, "a transform's events in/out per second and lag"),
 }
