@@ -40,7 +40,7 @@ from sdk.wire import (
 from sdk.aio_sessions import AsyncSessionClient
 from sdk.aio_subscription import Pending, Subscription
 from sdk.filters import Where, afiltered, compile_where, event_filter
-from sdk.bus import DEFAULT_HWM, resolve_endpoints
+from sdk.bus import DEFAULT_HWM, resolve_endpoints, stream_wanted
 from sdk.errors import BusClosed, InvalidEvent, translate
 from sdk.core.flows import drive_async
 from sdk.core.publishing import LOOK, WATCH_INTERVAL, PublisherCore, WaitForBroker
@@ -304,9 +304,12 @@ class Bus(PublisherCore):
         async def open_subscription() -> Subscription:
             if self._closed:
                 raise BusClosed("bus is closed")
+            stream = stream_wanted(session_id, policy) and bool(
+                (await self.control.call({"op": "ping"})).get("session_streams")
+            )
             sub = Subscription(
                 self, checked, policy=policy, hwm=self.hwm if hwm is None else hwm, since=since, keep=keep,
-                session_id=session_id,
+                session_id=session_id if stream else None,
             )
             self._subscriptions.add(sub)
             wait = self.timeout if timeout is None else timeout

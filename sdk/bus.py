@@ -279,11 +279,16 @@ class Bus(PublisherCore):
             since=since,
             seam_timeout=sub_timeout(self, timeout),
             keep=keep,
-            session_id=session_id,
+            session_id=session_id if stream_wanted(session_id, policy) and self._has_streams() else None,
         )
         with self._lock:
             self._subscriptions.add(sub)
         return sub
+
+    def _has_streams(self) -> bool:
+        """Whether the broker serves session streams (PROTOCOL.md §5.1; an edge, for one, does not:
+        then ``session_id=`` is filtered in the SDK)."""
+        return bool(self.control.call({"op": "ping"}).get("session_streams"))
 
     # -- the event log -----------------------------------------------------------------------
 
@@ -429,6 +434,12 @@ class Bus(PublisherCore):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def stream_wanted(session_id: str | None, policy: str) -> bool:
+    """Whether a subscription asks for a session stream: a session, and not ``recover`` (which
+    needs every version, so it filters the session itself)."""
+    return session_id is not None and policy != "recover"
 
 
 def sub_timeout(bus: Bus, timeout: float | None) -> float:

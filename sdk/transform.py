@@ -168,6 +168,9 @@ class Transform:
                 continue  # resubscribe from done_version: the log has what was lost
 
     def _one(self, event: Event, skip: int) -> None:
+        if event.source == self.name:  # its own event (a status, say): never consumed
+            self.done_version = event.version
+            return
         outputs = outputs_of(self.fn(event))
         self.consumed += 1
         for index, output in enumerate(outputs):

@@ -109,6 +109,7 @@ class Control:
             "first_version": self.config.first_version,
             "max_event_size": self.config.max_event_size,
             "durable": self._durable.durable if self._durable.logging else None,
+            "session_streams": True,
         }
 
     def _op_seqs(self, msg: dict[str, Any]) -> dict[str, Any]:
