@@ -16,12 +16,15 @@ from typing import Any
 import zmq
 
 from schemas.endpoints import Endpoints
+from schemas.envelope import MalformedEvent, decode_row
 from sdk.transport import configure_context
 from sdk.errors import BusError
 from sdk.request import Requester
 from sdk.security import ClientKeys, secure_client_context
 
 PARTS = ("broker", "sessions", "log")
+STATUS_TYPE = "transform:status"  # sdk.transform.STATUS_TYPE (not imported: top stays light)
+TRANSFORMS_SEEN = 200
 
 # Counters of the session service that are its own bookkeeping or monitoring (the sampler's own
 # ``stats`` calls), not client requests.
@@ -40,6 +43,8 @@ class Sample:
     """Seconds the ``stats`` round trip took, per part that answered."""
     errors: dict[str, str] = field(default_factory=dict)
     """Why a part is down, per part that did not answer."""
+    transforms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The newest status of each transform (its ``transform:status`` events in the log), by name."""
 
 
 class Sampler:
@@ -76,7 +81,24 @@ class Sampler:
                 errors[part] = str(e)
                 continue
             latency[part] = time.perf_counter() - began
-        return Sample(at=time.monotonic(), latency=latency, errors=errors, **replies)
+        transforms = self._transforms() if "log" in replies else {}
+        return Sample(at=time.monotonic(), latency=latency, errors=errors, transforms=transforms, **replies)
+
+    def _transforms(self) -> dict[str, dict[str, Any]]:
+        """The newest status of each transform that published one among the log's last TRANSFORMS_SEEN."""
+        try:
+            rows = self._clients["log"].call({"op": "tail", "patterns": [STATUS_TYPE], "limit": TRANSFORMS_SEEN})["events"]
+        except (BusError, KeyError, TypeError):
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            try:
+                payload = decode_row(row).payload
+            except MalformedEvent:
+                continue
+            if isinstance(payload, dict) and isinstance(payload.get("name"), str):
+                out[payload["name"]] = payload  # oldest first: the newest wins
+        return out
 
     def close(self) -> None:
         for client in self._clients.values():
@@ -155,6 +177,19 @@ def figures(current: Sample, previous: Sample | None = None) -> dict[str, Any]:
             "curve_refused": lg.get("curve_refused", 0),
             "lag": max(b.get("version", 0) - last, 0) if b is not None else None,
         }
+
+    out["transforms"] = {
+        name: {
+            "running": bool(t.get("running")),
+            "consumed": t.get("consumed", 0),
+            "published": t.get("published", 0),
+            "done_version": t.get("done_version", 0),
+            "lag_seconds": t.get("lag_seconds"),
+            "behind": t.get("behind"),
+            "age": max(0.0, time.time() - t["at"]) if isinstance(t.get("at"), (int, float)) else None,
+        }
+        for name, t in current.transforms.items()
+    }
 
     s = current.sessions
     if s is not None:

@@ -28,6 +28,11 @@ from sdk.filters import Where, compile_where
 REF = "_from"
 """The payload key of a derived event: ``[source version, index]`` (PROTOCOL.md, "Transforms")."""
 
+STATUS_TYPE = "transform:status"
+"""The type of a transform's status events (its :meth:`Transform.stats`), published with source
+``NAME.status`` about once a second while it runs and once when it stops: what ``pryxbus top``
+and the Prometheus endpoint show."""
+
 Output = tuple[str, Any] | tuple[str, Any, "str | None"]
 Mapper = Callable[[Event], "Output | Iterable[Output] | None"]
 
@@ -77,6 +82,7 @@ class Transform:
         where: Where = None,
         start: int = 0,
         log_timeout: float = 30.0,
+        status_interval: float = 1.0,
     ) -> None:
         self.bus = bus
         self.name: str = bus.name
@@ -99,6 +105,10 @@ class Transform:
         self.lag = 0.0
         """Seconds between the last source event's publication and its outputs'."""
         self._stop = threading.Event()
+        self.status_interval = status_interval
+        self._status_bus: Any = None
+        self._status_at = 0.0
+        self._last_event_at: float | None = None
 
     # -- progress ----------------------------------------------------------------------------
 
@@ -149,12 +159,19 @@ class Transform:
         redo = (version, index) if index >= 0 else None
         if redo is not None:
             self.resumes += 1
+        try:
+            self._consume(redo, poll, until)
+        finally:
+            self._status(final=True)
+
+    def _consume(self, redo: tuple[int, int] | None, poll: float, until: Callable[[Transform], bool] | None) -> None:
         while not self._stop.is_set():
             try:
                 with self.bus.subscribe(
                     *self.patterns, since=self.done_version, session_id=self.session_id, where=self.where
                 ) as sub:
                     while not self._stop.is_set():
+                        self._status()
                         try:
                             event = sub.recv(timeout=poll)
                         except BusTimeout:
@@ -168,7 +185,7 @@ class Transform:
                 continue  # resubscribe from done_version: the log has what was lost
 
     def _one(self, event: Event, skip: int) -> None:
-        if event.source == self.name:  # its own event (a status, say): never consumed
+        if event.source in (self.name, f"{self.name}.status"):  # its own events: never consumed
             self.done_version = event.version
             return
         outputs = outputs_of(self.fn(event))
@@ -189,6 +206,33 @@ class Transform:
             self.published += 1
         self.done_version = event.version
         self.lag = max(0.0, time.time() - event.ts)
+        self._last_event_at = time.time()
+
+    def _status(self, *, final: bool = False) -> None:
+        """Publish the transform's stats as a STATUS_TYPE event, at most every ``status_interval``
+        (and once more when it stops), from a second connection named ``NAME.status`` so that its
+        progress (the newest event of NAME) stays a derived event."""
+        if self.status_interval <= 0:
+            return
+        now = time.monotonic()
+        if not final and now < self._status_at:
+            return
+        self._status_at = now + self.status_interval
+        try:
+            if self._status_bus is None:
+                import sdk
+
+                self._status_bus = sdk.connect(
+                    self.bus.endpoints, name=f"{self.name}.status", timeout=self.bus.timeout, curve=self.bus.curve or False
+                )
+            stats = self.stats()
+            stats.update(running=not final, at=time.time(), last_event_at=self._last_event_at, patterns=list(self.patterns))
+            self._status_bus.publish(STATUS_TYPE, stats)
+        except BusError:
+            pass  # a status is best effort; the next one says it again
+        if final and self._status_bus is not None:
+            self._status_bus.close()
+            self._status_bus = None
 
     def stats(self) -> dict[str, Any]:
         """Counters and lag: ``consumed``, ``published``, ``skipped``, ``resumes``, ``done_version``,

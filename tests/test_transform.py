@@ -4,6 +4,7 @@ events in the event log; ``pryxbus transform`` renames, projects and redacts."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,8 +12,11 @@ import sys
 from pathlib import Path
 
 import sdk
+from broker.supervisor.metrics import StackCollector
+from schemas.endpoints import Endpoints
+from sdk.monitor import Sampler
 from sdk.transform import REF
-from tests.helpers import ENV, PUBLISHER, finish, python_process, wait_for
+from tests.helpers import ENV, PUBLISHER, finish, pryxbus, python_process, wait_for
 
 TRANSFORM = """
 import sys, sdk
@@ -109,12 +113,21 @@ def test_cli_transform_renames_projects_redacts_and_resumes(home: Path, event_lo
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
+    top = pryxbus("top", "--once", "--json", home=home)  # its last status, published as it stopped
+    assert top.returncode == 0, top.stderr
+    status = json.loads(top.stdout)["transforms"]["audit"]
+    assert (status["running"], status["consumed"], status["published"], status["done_version"]) == (False, 9, 9, 10)
+    with Sampler(Endpoints.for_home(home)) as sampler:
+        metrics = {m.name: m for m in StackCollector(sampler).collect()}
+    assert [s.value for s in metrics["pryxbus_transform_published"].samples] == [9]
     for i in range(10, 15):
         bus.publish("agent:done", {"i": i, "secret": "k"}, session_id="s-2")
     proc = start("--project", "{i: payload.i, kind: type}")
     try:
         got = wait_for(audit, lambda a: len(a) >= 14, what="14 audit events", timeout=30, interval=0.05)
-        assert [e.payload for e in got[9:]] == [{"i": i, "kind": "agent:done", REF: [i + 10, 0]} for i in range(10, 15)]
+        done = list(bus.replay("agent:done"))
+        assert [e.payload for e in got[9:]] == [{"i": e.payload["i"], "kind": "agent:done", REF: [e.version, 0]} for e in done]
+        assert [e.payload["i"] for e in done] == list(range(10, 15))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=20)

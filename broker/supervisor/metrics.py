@@ -117,6 +117,27 @@ class StackCollector:
                     value=s["service_ms"] / 1000,
                 )
 
+        transforms = f.get("transforms", {})
+        if transforms:
+            lag = GaugeMetricFamily(
+                "pryxbus_transform_lag_seconds", "age of a transform's last source event when its outputs went",
+                labels=["name"],
+            )
+            behind = GaugeMetricFamily(
+                "pryxbus_transform_behind", "versions stamped since the transform's last source event (an upper bound)",
+                labels=["name"],
+            )
+            consumed = CounterMetricFamily("pryxbus_transform_consumed", "source events consumed", labels=["name"])
+            published = CounterMetricFamily("pryxbus_transform_published", "derived events published", labels=["name"])
+            for name, t in sorted(transforms.items()):
+                if t["lag_seconds"] is not None:
+                    lag.add_metric([name], t["lag_seconds"])
+                if t["behind"] is not None:
+                    behind.add_metric([name], t["behind"])
+                consumed.add_metric([name], t["consumed"])
+                published.add_metric([name], t["published"])
+            yield from (lag, behind, consumed, published)
+
         refused = CounterMetricFamily(
             "pryxbus_curve_refused", "connections a --curve part refused (a key not allowed, or no CURVE)", labels=["part"]
         )

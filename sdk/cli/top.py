@@ -117,6 +117,14 @@ def render(f: dict[str, Any], endpoints: Endpoints) -> str:
             f"  errors      {s['errors_total']} ({errors})",
             f"  service     {_us(s.get('service_ms'))} per request",
         ]
+    for name, t in sorted(f.get("transforms", {}).items()):
+        state = "running" if t["running"] else "stopped"
+        lag = "-" if t["lag_seconds"] is None else f"{t['lag_seconds'] * 1000:.0f} ms"
+        age = "" if t["age"] is None else f"  (status {t['age']:.0f}s old)"
+        lines.append(
+            f"transform     {name}  {state}  consumed {t['consumed']}  published {t['published']}"
+            f"  done v{t['done_version']}  lag {lag}  behind {t['behind'] if t['behind'] is not None else '-'}{age}"
+        )
     refused = {part: f[part]["curve_refused"] for part in ("broker", "log", "sessions") if f.get(part, {}).get("curve_refused")}
     if refused:
         parts = ", ".join(f"{part} {n}" for part, n in refused.items())
