@@ -25,6 +25,15 @@ _pack_stamp = STAMP.pack
 _HEAD = len(SESSION_PREFIX)
 
 
+NEEDLES = 8
+
+
+def _packed_str(data: bytes) -> bytes:
+    """``data`` as msgpack's str (at most 255 bytes: what a plain session key holds)."""
+    n = len(data)
+    return bytes([0xA0 | n]) + data if n < 32 else b"\xd9" + bytes([n]) + data
+
+
 class Stream:
     """One session's stream: the subscription prefixes that want it and its per-type sequences."""
 
@@ -44,6 +53,10 @@ class SessionStreams:
         self.copies = 0
         """Events sent on a session stream (each is also sent on its type's topic)."""
         self._keys: dict[bytes, bytes] = {}  # session id -> key, for the ids seen lately
+        self._needles: tuple[bytes, ...] | None = None
+        """While at most NEEDLES sessions with plain keys are wanted, their ids as msgpack encodes
+        them: a small body that holds none of these bytes is of no wanted session (one C search
+        each instead of reading the body's header in Python); None: read every header."""
 
     def subscription(self, msg: bytes) -> None:
         """A subscription message from the XPUB (``b"\\x01"`` or ``b"\\x00"`` + prefix) whose prefix
@@ -65,6 +78,11 @@ class SessionStreams:
                 stream.prefixes.discard(rest)
                 if not stream.prefixes:
                     del self.streams[key]
+        keys = list(self.streams)
+        if len(keys) <= NEEDLES and all(k[:1] == b"=" for k in keys):
+            self._needles = tuple(_packed_str(k[1:]) for k in keys)
+        else:
+            self._needles = None
 
     def key_of(self, session_id: bytes) -> bytes:
         key = self._keys.get(session_id)
@@ -86,12 +104,21 @@ class SessionStreams:
                 offset += size
             bodies = pieces
         streams = self.streams
+        needles = self._needles
         group: Stream | None = None
         first = start = 0
         for i, body in enumerate(bodies):
             data = body if type(body) is bytes else (body.bytes if sizes[i] < 2048 else body.buffer)
-            sid = session_of(data)
-            stream = None if sid is None else streams.get(self.key_of(sid))
+            stream = None
+            if needles is not None and type(data) is bytes:
+                for needle in needles:
+                    if needle in data:
+                        sid = session_of(data)
+                        stream = None if sid is None else streams.get(self.key_of(sid))
+                        break
+            else:
+                sid = session_of(data)
+                stream = None if sid is None else streams.get(self.key_of(sid))
             if stream is not group:
                 if group is not None:
                     self._send_group(xpub, group, topic, first, bodies[start:i], sizes[start:i])
