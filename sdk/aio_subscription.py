@@ -270,7 +270,7 @@ class Subscription:
             if self._nowait is None:  # a sync shadow of the socket: what has arrived, no waiting
                 self._nowait = zmq.Socket.shadow(sock.underlying)
             try:
-                frames = self._nowait.recv_multipart(_NOBLOCK)
+                frames = unwrap(decoder.head, self._nowait.recv_multipart(_NOBLOCK))
             except zmq.Again:
                 break
             except zmq.ZMQError:

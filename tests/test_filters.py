@@ -205,3 +205,18 @@ def test_session_streams_keep_other_sessions_off_the_socket(front_bus) -> None:
         assert [e.seq for e in got] == sorted(e.seq for e in got)
         sub.close()
     wait_for(bus.stats, lambda s: s["session_streams"]["sessions"] == 0, what="the streams forgotten")
+
+
+def test_batches_and_recv_many_on_a_session_stream(front_bus) -> None:
+    """A batch (one message of many events, PROTOCOL.md §4.2) mixing sessions is taken apart for
+    the streams: the subscriber gets its session's events of it, numbered on its stream."""
+    bus = front_bus
+    with bus.subscribe("batch:*", session_id="s-1") as sub:
+        bus.publish_many([("batch:x", {"i": i}, f"s-{i % 3}") for i in range(30)])
+        bus.publish("batch:x", {"i": -1}, session_id="s-1")
+        got = []
+        while not got or got[-1].payload["i"] != -1:
+            got += sub.recv_many(max=100, timeout=5)
+        assert [e.payload["i"] for e in got] == [i for i in range(30) if i % 3 == 1] + [-1]
+        assert [e.seq for e in got] == list(range(1, 12))
+        assert sub.lost == 0 and sub.filtered_out == 0
