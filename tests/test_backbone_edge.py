@@ -237,7 +237,8 @@ def _kill_the_leader_under_load(xprocess, cluster, stream: str, home: Path, n: i
             got = [sub.recv(timeout=30) for _ in range(n)]
         assert [e.version for e in got] == list(range(1, n + 1))  # gapless, none reused, in order
         assert sorted(e.payload for e in got) == list(range(1, n + 1))  # each event once
-        reply = control(ctx, ep.log, {"op": "replay", "limit": 20_000})["result"]
+        # Right after a failover the edge may wait for JetStream to create its reader (503s meanwhile).
+        reply = control(ctx, ep.log, {"op": "replay", "limit": 20_000}, timeout=40)["result"]
         assert [row[0] for row in reply["events"]] == list(range(1, n + 1)) and reply["done"]
         if rejoin:
             cluster.start_node(killed)

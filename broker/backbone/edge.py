@@ -675,35 +675,52 @@ class Edge:
         return {"events": list(picked), "last": last}
 
     async def _read(self, start: int, end: int) -> Any:
-        """(version, topic_seq, topic, body) of the stream's events ``start..end``, in order."""
+        """(version, topic_seq, topic, body) of the stream's events ``start..end``, in order.
+
+        The consumer's callback only appends to a list, taken here in batches: a ``next_msg`` per
+        event costs a future and a wake-up each."""
         if start > self.seq_base:
             seqs: dict[bytes, int] | None = None
+            first = start
         else:  # older than the edge remembers: count again from a checkpoint at or before it
             at, seqs = await self._checkpoint(at_most=start - 1)
-            start_from = at + 1
-        first = start if seqs is None else start_from
-        sub = await self._reader(first)
+            first = at + 1
+        arrived: list[Any] = []
+        ready = asyncio.Event()
+
+        async def collect(msg: Any) -> None:
+            arrived.append(msg)
+            ready.set()
+
+        sub = await self._reader(first, collect)
+        seq_of, seq_base = self.seq_of, self.seq_base
         try:
             while True:
-                msg = await sub.next_msg(timeout=ACK_TIMEOUT)
-                version = msg.metadata.sequence.stream
-                if version > end:
-                    return
-                topic, body = layout.unpack(msg.data)
-                if seqs is not None:
-                    seq = seqs.get(topic, 0) + 1
-                    seqs[topic] = seq
-                else:
-                    seq = self.seq_of[version - self.seq_base - 1]
-                if version >= start:
-                    yield version, seq, topic, body
-                if version >= end:
-                    return
+                if not arrived:
+                    ready.clear()
+                    await asyncio.wait_for(ready.wait(), ACK_TIMEOUT)
+                batch = arrived[:]
+                del arrived[:]
+                for msg in batch:
+                    version = msg.metadata.sequence.stream
+                    if version > end:
+                        return
+                    data = msg.data
+                    n = data[0]
+                    topic = data[1 : 1 + n]
+                    if seqs is not None:
+                        seq = seqs.get(topic, 0) + 1
+                        seqs[topic] = seq
+                    else:
+                        seq = seq_of[version - seq_base - 1]
+                    if version >= start:
+                        yield version, seq, topic, data[1 + n :]
+                    if version >= end:
+                        return
         finally:
             await sub.unsubscribe()
 
-
-    async def _reader(self, first: int) -> Any:
+    async def _reader(self, first: int, cb: Callable[[Any], Any]) -> Any:
         """An ordered consumer from ``first``; creating one is retried for a while, since JetStream
         answers 503 while the stream or the cluster's meta group elects a leader."""
         from nats.errors import NoRespondersError
@@ -715,7 +732,7 @@ class Edge:
         while True:
             try:
                 return await self.js.subscribe(
-                    self.subject, ordered_consumer=True,
+                    self.subject, cb=cb, ordered_consumer=True,
                     config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first),
                     pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30,
                 )
