@@ -343,7 +343,6 @@ class EventDecoder:
         if left <= 0:
             return None
         if self.received != self._seen and now >= self._next_tail:
-            self._seen = self.received
             self._next_tail = now + TAIL_LOOK
             self._next_look = now + IDLE_LOOK
             return self.tail_look(min(TAIL_LOOK_TIMEOUT, left), append)
@@ -367,6 +366,7 @@ class EventDecoder:
             SlowSubscriberError: events were lost and the policy is ``drop``.
         """
         deadline = time.monotonic() + timeout
+        seen = self.received  # what this look covers, once it concludes
         seqs: dict[str, int] = {}
         try:
             for chunk in seqs_chunks(self.patterns):  # a topic two groups match: either answer holds
@@ -403,6 +403,7 @@ class EventDecoder:
                         yield from self.resolve(append)
         finally:
             yield Filter(token, False)
+        self._seen = seen
         self._tail_lost(seqs)
 
     def _tail_lost(self, seqs: dict[str, int]) -> None:
