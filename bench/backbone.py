@@ -279,7 +279,7 @@ def run(quick: bool, out: Path) -> int:
         theirs_s = f"{theirs_v:,.1f} {unit}" if theirs_v else "—"
         lines.append(f"| {figure} | {tag} | {mine_v:,.1f} {unit} | {theirs_s} | {ratio} |")
     lines += ["", "nats-py: 1→1 rows compare with its async publish (window of 4,000); replay with an ordered"
-              " consumer; confirm with a synchronous js.publish. Session create/get on a KV bucket: not built yet."]
+              " consumer; confirm with a synchronous js.publish. Session create/get on the KV bucket: not measured yet."]
     text = "\n".join(lines)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
