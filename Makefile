@@ -20,9 +20,9 @@ demo: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/pryxbus up
 
-# Three pytest workers (pytest-xdist): the suite mostly waits on real processes, so a third worker
+# Four pytest workers (pytest-xdist): the suite mostly waits on real processes, so more workers than cores
 # still shortens it on two cores. TEST_WORKERS=0 runs it in one process (as plain `pytest` does).
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
