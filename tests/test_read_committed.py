@@ -69,6 +69,7 @@ def test_an_event_the_log_never_wrote_reaches_recover_once_across_a_broker_kill(
             seen = len(pub.subscriptions)
             start("broker", "--await-log", "30")
             pub.until(lambda: pub.subscriptions[seen:] == [b"\x01"], timeout=30, what="the new broker")
+            wait_stats(ctx, ep.control, lambda s: s["subscribers"] >= 2, what="both subscriptions on the new broker")
             for n in range(pub.through + 1, 2401):  # again, in order, what was not confirmed
                 pub.send(n, {"i": n, "pad": PAD})
             pub.until(lambda: pub.through == 2400, timeout=30)

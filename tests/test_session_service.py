@@ -17,6 +17,7 @@ import pytest
 import zmq
 
 import sdk
+from broker.sessions.service import BATCH
 from schemas.endpoints import Endpoints
 from schemas.sessions import MAX_TITLE_LENGTH
 from sdk.sessions import SessionClient
@@ -517,7 +518,7 @@ def test_a_pipelining_dealer_gets_every_reply_past_a_full_batch(home: Path, star
     request's reply was lost and its remaining frames were taken for a request of their own (6-7
     replies of 2,000 lost in every pipelined run)."""
     start("session-service", "--no-events")
-    n = 2000
+    n = 3 * BATCH  # three full batches, below the ROUTER's SNDHWM of 1,000 replies waiting to go out
     ctx = zmq.Context()
     try:
         dealer = ctx.socket(zmq.DEALER)
