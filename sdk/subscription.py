@@ -19,7 +19,7 @@ from schemas.envelope import SESSION_PREFIX
 from sdk.core.decoding import POLICIES, EventDecoder, Policy, Resolve, unwrap
 from sdk.core.subscribing import decoder_for
 from sdk.core.flows import PAGE, Filter, Receive, drive, sync_token
-from sdk.core.subscribing import handshake, seam
+from sdk.core.subscribing import Counters, handshake, seam
 from sdk.errors import BusClosed, BusTimeout, SlowSubscriberError
 from sdk.event import Event
 from sdk.filters import Predicate, pending_queue
@@ -52,7 +52,7 @@ def deadline_of(timeout: float | None) -> float | None:
     return time.monotonic() + timeout
 
 
-class Subscription:
+class Subscription(Counters):
     """Events matching some patterns, in version order. Create with ``Bus.subscribe``.
 
     Iterate it, or call ``recv(timeout=)``. Closing it (or its Bus) ends iteration.
@@ -122,45 +122,6 @@ class Subscription:
         return unwrap(self._decoder.head, self._sock.recv_multipart())
 
     # -- receiving ---------------------------------------------------------------------------
-
-    @property
-    def lost(self) -> int:
-        """Events lost so far (with ``policy="count"``; with ``"drop"`` the first loss ends it)."""
-        return self._decoder.lost
-
-    @property
-    def received(self) -> int:
-        """Events decoded for this subscription so far (delivered, or queued for ``recv``)."""
-        return self._decoder.received
-
-    @property
-    def recovered(self) -> int:
-        """Events fetched from the event log to fill gaps (``policy="recover"`` only)."""
-        return self._decoder.recovered
-
-    @property
-    def restarts(self) -> int:
-        """Broker restarts this subscription rode through (seen as a topic sequence starting over)."""
-        return self._decoder.restarts
-
-    @property
-    def malformed(self) -> int:
-        """Delivered messages that could not be decoded and were skipped."""
-        return self._decoder.malformed
-
-    @property
-    def filtered_out(self) -> int:
-        """Decoded events that the subscription's ``where``/``session_id`` filter did not deliver."""
-        return getattr(self._pending, "dropped", 0)
-
-    @property
-    def where_errors(self) -> int:
-        """Events on which the ``where`` callable raised (each counted as not matching)."""
-        return getattr(self._pending, "errors", 0)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def recv(self, timeout: float | None = None) -> Event:
         """The next matching event.

@@ -91,3 +91,50 @@ def decoder_for(
     if since is not None:
         return FloorDecoder(patterns, policy, session_id)
     return EventDecoder(patterns, policy, session_id)
+
+
+class Counters:
+    """What both fronts' subscriptions report, read from their decoder and their filter."""
+
+    _decoder: Any
+    _pending: Any
+    _closed: bool
+
+    @property
+    def lost(self) -> int:
+        """Events lost so far (with ``policy="count"``; with ``"drop"`` the first loss ends it)."""
+        return self._decoder.lost
+
+    @property
+    def received(self) -> int:
+        """Events decoded for this subscription so far (delivered, or queued for ``recv``)."""
+        return self._decoder.received
+
+    @property
+    def recovered(self) -> int:
+        """Events fetched from the event log to fill gaps (``policy="recover"`` only)."""
+        return self._decoder.recovered
+
+    @property
+    def restarts(self) -> int:
+        """Broker restarts this subscription rode through (seen as a topic sequence starting over)."""
+        return self._decoder.restarts
+
+    @property
+    def malformed(self) -> int:
+        """Delivered messages that could not be decoded and were skipped."""
+        return self._decoder.malformed
+
+    @property
+    def filtered_out(self) -> int:
+        """Decoded events that the subscription's ``where``/``session_id`` filter did not deliver."""
+        return getattr(self._pending, "dropped", 0)
+
+    @property
+    def where_errors(self) -> int:
+        """Events on which the ``where`` callable raised (each counted as not matching)."""
+        return getattr(self._pending, "errors", 0)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
