@@ -11,65 +11,33 @@ event it published (``tail`` by ``source``), once the log has everything the bro
 resumes with the source event it came from, skipping that event's outputs already logged. So a
 restart after ``kill -9`` leaves the derived stream complete, in order and without duplicates, as
 long as the function is deterministic and the name is the transform's alone (docs/sdk.md).
+
+:class:`AsyncTransform` (:mod:`sdk.aio_transform`) is the same for ``sdk.aio``; both share
+:mod:`sdk.core.transforming`.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from schemas.topics import compile_matcher
-from sdk.errors import BusError, BusTimeout, InvalidEvent, SlowSubscriberError
+from sdk.aio_transform import AsyncTransform
+from sdk.core.flows import drive
+from sdk.core.transforming import REF, STATUS_TYPE, Mapper, Output, TransformCore, outputs_of
+from sdk.errors import BusError, BusTimeout, SlowSubscriberError
 from sdk.event import Event
-from sdk.filters import Where, compile_where
+from sdk.filters import Where
 
-REF = "_from"
-"""The payload key of a derived event: ``[source version, index]`` (PROTOCOL.md, "Transforms")."""
-
-STATUS_TYPE = "transform:status"
-"""The type of a transform's status events (its :meth:`Transform.stats`), published with source
-``NAME.status`` about once a second while it runs and once when it stops: what ``pryxbus top``
-and the Prometheus endpoint show."""
-
-Output = tuple[str, Any] | tuple[str, Any, "str | None"]
-Mapper = Callable[[Event], "Output | Iterable[Output] | None"]
-
-__all__ = ["REF", "Mapper", "Output", "Transform", "outputs_of"]
+__all__ = ["REF", "STATUS_TYPE", "AsyncTransform", "Mapper", "Output", "Transform", "outputs_of"]
 
 
-def outputs_of(result: Any) -> Iterator[Output]:
-    """What a mapper returned, one ``(type, payload[, session_id])`` at a time: None or ``[]`` is
-    nothing, one tuple is one event, a list (or any iterable, a generator too: each output is
-    published as it is made) is several.
-
-    Raises:
-        InvalidEvent: anything else.
-    """
-    if result is None:
-        return
-    if isinstance(result, tuple) and result and isinstance(result[0], str):
-        items: Iterable[Any] = (result,)
-    else:
-        try:
-            items = iter(result)
-        except TypeError:
-            raise InvalidEvent(
-                f"a transform's function must return (type, payload[, session_id]), several of them or None, not {result!r}"
-            ) from None
-    for item in items:
-        if not (isinstance(item, tuple) and 2 <= len(item) <= 3 and isinstance(item[0], str)):
-            raise InvalidEvent(f"a transform output must be (type, payload[, session_id]), not {item!r}")
-        yield item
-
-
-class Transform:
+class Transform(TransformCore):
     """Derive events from the events matching ``patterns`` with ``fn`` (see the module docstring).
 
-    ``bus`` should be connected with ``name=`` the transform's name (its events' ``source``):
-    :func:`open_transform` does that. ``start``: where a transform with no derived event in the log
-    yet begins (exclusive version; 0: every logged event first).
+    ``bus`` should be connected with ``name=`` the transform's name (its events' ``source``).
+    ``start``: where a transform with no derived event in the log yet begins (exclusive version;
+    0: every logged event first).
     """
 
     def __init__(
@@ -85,59 +53,22 @@ class Transform:
         status_interval: float = 1.0,
     ) -> None:
         self.bus = bus
-        self.name: str = bus.name
-        self.patterns = tuple(patterns)
-        self.fn = fn
-        self.session_id = session_id
-        self.where = compile_where(where)
-        self.start = start
-        self.log_timeout = log_timeout
-        self._matches = compile_matcher(self.patterns)
-        self.consumed = 0
-        """Source events handed to ``fn`` since this object was made."""
-        self.published = 0
-        """Derived events published since this object was made."""
-        self.skipped = 0
-        """Outputs not published again on resume: the log already had them."""
-        self.resumes = 0
-        self.done_version = 0
-        """The last source version whose outputs are all published."""
-        self.lag = 0.0
-        """Seconds between the last source event's publication and its outputs'."""
+        self._init_transform(
+            bus.name, patterns, fn, session_id=session_id, where=where, start=start,
+            log_timeout=log_timeout, status_interval=status_interval,
+        )
         self._stop = threading.Event()
-        self.status_interval = status_interval
         self._status_bus: Any = None
-        self._status_at = 0.0
-        self._last_event_at: float | None = None
-
-    # -- progress ----------------------------------------------------------------------------
 
     def progress(self) -> tuple[int, int]:
         """``(version, index)`` of the newest event this transform has in the log, or
-        ``(start, -1)`` if none: asked once the log has every event the broker stamped so far, so
-        nothing this transform sent before a crash is still on its way to the log.
+        ``(start, -1)`` if none (:func:`sdk.core.transforming.progress`).
 
         Raises:
             BusTimeout: the log did not catch up with the broker within ``log_timeout``.
             BusUnavailable: the broker or the log did not answer.
         """
-        stamped = self.bus.control.call({"op": "ping"})["version"]
-        deadline = time.monotonic() + self.log_timeout
-        while self.bus.log_stats()["last"] < stamped:
-            if time.monotonic() >= deadline:
-                raise BusTimeout(f"the event log did not reach version {stamped} within {self.log_timeout:g}s")
-            time.sleep(0.02)
-        rows = self.bus.log.call({"op": "tail", "limit": 1, "source": self.name})["events"]
-        if rows:
-            from sdk.core.decoding import event_of_row
-
-            payload = event_of_row(rows[0]).payload
-            ref = payload.get(REF) if isinstance(payload, dict) else None
-            if isinstance(ref, list) and len(ref) == 2 and all(type(x) is int for x in ref):
-                return ref[0], ref[1]
-        return self.start, -1
-
-    # -- running -----------------------------------------------------------------------------
+        return drive(self._progress(), self.bus._server)
 
     def stop(self) -> None:
         """Make :meth:`run` return after the event in hand (safe from a signal handler or a thread)."""
@@ -154,11 +85,7 @@ class Transform:
                 type matches the transform's own patterns (it would consume its own events).
             BusError: the bus failed for good.
         """
-        version, index = self.progress()
-        self.done_version = max(version - 1, 0) if index >= 0 else version
-        redo = (version, index) if index >= 0 else None
-        if redo is not None:
-            self.resumes += 1
+        redo = self._begin(*self.progress())
         try:
             self._consume(redo, poll, until)
         finally:
@@ -176,7 +103,7 @@ class Transform:
                             event = sub.recv(timeout=poll)
                         except BusTimeout:
                             continue
-                        skip = redo[1] if redo is not None and event.version == redo[0] else -1
+                        skip = self._skip(event, redo)
                         redo = None
                         self._one(event, skip)
                         if until is not None and until(self):
@@ -185,39 +112,23 @@ class Transform:
                 continue  # resubscribe from done_version: the log has what was lost
 
     def _one(self, event: Event, skip: int) -> None:
-        if event.source in (self.name, f"{self.name}.status"):  # its own events: never consumed
-            self.done_version = event.version
+        if self._own(event):
             return
         outputs = outputs_of(self.fn(event))
         self.consumed += 1
         for index, output in enumerate(outputs):
-            event_type, payload = output[0], output[1]
-            session = output[2] if len(output) == 3 else event.session_id
-            if self._matches(event_type.encode("utf-8", "surrogatepass")):
-                raise InvalidEvent(f"transform {self.name!r}: output type {event_type!r} matches its own patterns")
-            if index <= skip:
-                self.skipped += 1
-                continue
-            if payload is None:
-                payload = {}
-            if not isinstance(payload, dict):
-                raise InvalidEvent(f"transform {self.name!r}: an output payload must be a map (or None), not {payload!r}")
-            self.bus.publish(event_type, {**payload, REF: [event.version, index]}, session_id=session)
-            self.published += 1
-        self.done_version = event.version
-        self.lag = max(0.0, time.time() - event.ts)
-        self._last_event_at = time.time()
+            derived = self._derived(event, index, output, skip)
+            if derived is not None:
+                self.bus.publish(derived[0], derived[1], session_id=derived[2])
+                self.published += 1
+        self._finished(event)
 
     def _status(self, *, final: bool = False) -> None:
         """Publish the transform's stats as a STATUS_TYPE event, at most every ``status_interval``
         (and once more when it stops), from a second connection named ``NAME.status`` so that its
         progress (the newest event of NAME) stays a derived event."""
-        if self.status_interval <= 0:
+        if not self._status_due(final):
             return
-        now = time.monotonic()
-        if not final and now < self._status_at:
-            return
-        self._status_at = now + self.status_interval
         try:
             if self._status_bus is None:
                 import sdk
@@ -225,9 +136,7 @@ class Transform:
                 self._status_bus = sdk.connect(
                     self.bus.endpoints, name=f"{self.name}.status", timeout=self.bus.timeout, curve=self.bus.curve or False
                 )
-            stats = self.stats()
-            stats.update(running=not final, at=time.time(), last_event_at=self._last_event_at, patterns=list(self.patterns))
-            self._status_bus.publish(STATUS_TYPE, stats)
+            self._status_bus.publish(STATUS_TYPE, self._status_payload(self.stats(), final))
         except BusError:
             pass  # a status is best effort; the next one says it again
         if final and self._status_bus is not None:
@@ -239,16 +148,7 @@ class Transform:
         ``lag_seconds`` (the last source event's age when its outputs went), and ``behind``: versions
         the broker stamped past ``done_version`` (an upper bound of the source events still to do)."""
         try:
-            behind: int | None = max(0, self.bus.control.call({"op": "ping"})["version"] - self.done_version)
+            behind: int | None = self._behind(self.bus.control.call({"op": "ping"}))
         except BusError:
             behind = None
-        return {
-            "name": self.name,
-            "consumed": self.consumed,
-            "published": self.published,
-            "skipped": self.skipped,
-            "resumes": self.resumes,
-            "done_version": self.done_version,
-            "lag_seconds": self.lag,
-            "behind": behind,
-        }
+        return self._stats(behind)

@@ -4,6 +4,7 @@ events in the event log; ``pryxbus transform`` renames, projects and redacts."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,12 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import sdk
+import sdk.aio
 from broker.supervisor.metrics import StackCollector
 from schemas.endpoints import Endpoints
 from sdk.monitor import Sampler
-from sdk.transform import REF
-from tests.helpers import ENV, PUBLISHER, finish, pryxbus, python_process, wait_for
+from sdk.transform import REF, AsyncTransform
+from tests.helpers import ENV, PUBLISHER, finish, pryxbus, python_process, wait_for, wait_logged
 
 TRANSFORM = """
 import sys, sdk
@@ -134,3 +138,75 @@ def test_cli_transform_renames_projects_redacts_and_resumes(home: Path, event_lo
     bad = subprocess.run([sys.executable, "-m", "broker", "transform", "x", "a:*", "--project", "{", "--home", str(home)],
                          capture_output=True, text=True, env=ENV, timeout=30)
     assert bad.returncode == 2 and "--project: not a valid JMESPath expression" in bad.stderr
+
+
+class Crash(Exception):
+    """Raised by a mapper to end a transform's run in the middle of one source event's outputs."""
+
+
+def test_the_asyncio_transform_resumes_from_the_log(home: Path, event_log, bus) -> None:
+    """``sdk.aio``: a run ends with an error between the two outputs of one source event; the next
+    run (a coroutine function this time, the same outputs) finds its progress in the log, publishes
+    that event's second output only, then the rest and the live events that follow; a third run
+    after a clean stop publishes nothing again. Every form of mapper result is used: none, one,
+    several, an async generator, an awaited list."""
+    def outputs(event: sdk.Event) -> list[tuple[str, dict]]:
+        i = event.payload["i"]
+        return [] if i % 3 == 0 else [("derived:one", {"i": i})] if i % 3 == 1 else [
+            ("derived:a", {"i": i}), ("derived:b", {"i": i, "second": True})
+        ]
+
+    crash_at = 50
+
+    async def crashing(event: sdk.Event):
+        for k, output in enumerate(outputs(event)):
+            if event.payload["i"] == crash_at and k == 1:
+                raise Crash
+            yield output
+
+    async def awaited(event: sdk.Event):
+        await asyncio.sleep(0)
+        return outputs(event) or None
+
+    def logged() -> list[tuple[str, int, int]]:
+        return [(e.type, *e.payload[REF]) for e in bus.replay("derived:*") if e.source == "t-aio"]
+
+    async def until(condition) -> None:
+        for _ in range(3000):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the transform did not get there in 30 s")
+
+    async def main() -> list[dict]:
+        stats = []
+        async with sdk.aio.connect(home, name="t-aio", timeout=5.0) as abus, sdk.aio.connect(home, name="src") as src:
+            first = AsyncTransform(abus, ["load:*"], crashing, status_interval=0)
+            with pytest.raises(Crash):
+                await first.run()
+            stats.append(await first.stats())
+            second = AsyncTransform(abus, ["load:*"], awaited, status_interval=0)
+            live = asyncio.create_task(second.run(until=lambda t: t.consumed == 2 * n - crash_at))
+            await until(lambda: second.consumed == n - crash_at or live.done())
+            for i in range(n, 2 * n):  # live events, after the ones from the log
+                await src.publish("load:x", {"i": i})
+            await asyncio.wait_for(live, 30)
+            stats.append(await second.stats())
+            third = AsyncTransform(abus, ["load:*"], awaited, status_interval=0)
+            await third.run(until=lambda t: True)  # ends after the event it redoes
+            stats.append(await third.stats())
+        return stats
+
+    n = 100
+    for i in range(n):
+        bus.publish("load:x", {"i": i})
+    wait_logged(bus, n)
+    first, second, third = asyncio.run(asyncio.wait_for(main(), 90))
+    source = list(bus.replay("load:*"))
+    assert [e.payload["i"] for e in source] == list(range(2 * n))
+    want = expected(source)
+    assert (first["consumed"], first["published"]) == (crash_at + 1, len(expected(source[:crash_at])) + 1)
+    assert (second["resumes"], second["skipped"], second["consumed"]) == (1, 1, 2 * n - crash_at)
+    got = wait_for(logged, lambda d: len(d) >= len(want), what="every derived event", timeout=30, interval=0.05)
+    assert got == want  # complete, in source order, none twice
+    assert (third["resumes"], third["skipped"], third["published"]) == (1, 1, 0)
