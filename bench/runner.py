@@ -147,7 +147,7 @@ def start_servers(env: Env, scenarios: list[str], chosen: set[str], stack: ExitS
         if "sidecar" in chosen:
             (root / "sidecar").mkdir()
             start("sidecar", peers.start_sidecar, root / "sidecar", env.transport)
-    if "eventlog" in scenarios or "transform" in scenarios:
+    if "eventlog" in scenarios or "transform" in scenarios or "confirmed" in scenarios:
         if peers.pryxbus_has("event-log"):
             home = root / "log"
             start("pryxbus.log", peers.start_pryxbus, home, "broker", *BROKER_OPTIONS, *_tcp(env, "log"))
@@ -155,6 +155,14 @@ def start_servers(env: Env, scenarios: list[str], chosen: set[str], stack: ExitS
                 start("pryxbus.log", peers.start_pryxbus, home, "event-log", *_tcp(env, "log"))
         else:
             skipped["pryxbus.log"] = "this checkout has no `pryxbus event-log` yet"
+    if "confirmed" in scenarios and "nats" in chosen:
+        binary = peers.find_jetstream()
+        if binary is None:
+            skipped["nats.js"] = f"no nats-server with JetStream (2.10+) found; {peers.INSTALL_HINT}"
+            progress.note(f"skipping nats.js: {skipped['nats.js']}")
+        else:
+            (root / "nats.js").mkdir()
+            start("nats.js", peers.start_nats, root / "nats.js", binary, True)
     external = {p for p in ("redis", "nats") if p in chosen and (pubsub or (p == "redis" and "sessions" in scenarios))}
     for name, avail in peers.discover(external).items():
         if not avail.ok:
@@ -176,8 +184,10 @@ def _tcp(env: Env, _name: str) -> list[str]:
 
 def _server_key(case: Case, system: str) -> str:
     """Which started servers (``env.wirings`` key) ``system`` needs for ``case``."""
-    if system != "pryxbus":
+    if system != "pryxbus" and case.scenario != "confirmed":
         return system
+    if case.scenario == "confirmed":
+        return "pryxbus.log" if system == "pryxbus" else "nats.js"
     if (case.scenario == "eventlog" and "log off" not in case.name) or case.scenario == "transform":
         return "pryxbus.log"
     return "pryxbus.sessions" if case.scenario == "sessions" else "pryxbus"

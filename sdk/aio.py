@@ -30,7 +30,7 @@ from schemas.endpoints import Endpoints
 from sdk.transport import configure_context
 from sdk.wire import (
     SIZE_QUESTION,
-    broker_subscribed,
+    pending_messages,
     check_subscription,
     configure_publisher,
     publish_timed_out,
@@ -43,7 +43,15 @@ from sdk.filters import Where, afiltered, compile_where, event_filter
 from sdk.bus import DEFAULT_HWM, resolve_endpoints, stream_wanted
 from sdk.errors import BusClosed, InvalidEvent, translate
 from sdk.core.flows import drive_async
-from sdk.core.publishing import LOOK, WATCH_INTERVAL, PublisherCore, WaitForBroker
+from sdk.core.publishing import (
+    DEFAULT_PUBLISH_BUFFER,
+    IDENTITY_SIZE,
+    LOOK,
+    WATCH_INTERVAL,
+    PublisherCore,
+    Resend,
+    WaitForBroker,
+)
 from sdk.request import AsyncRequester
 from sdk.event import Event
 from sdk.security import KeyPaths, resolve_client_keys, secure_client_context
@@ -78,12 +86,17 @@ class Bus(PublisherCore):
         validate: bool = False,
         max_event_size: int | None = None,
         curve: bool | KeyPaths | None = None,
+        publish_buffer: int = DEFAULT_PUBLISH_BUFFER,
     ) -> None:
         self.endpoints = resolve_endpoints(home)
         self.curve = resolve_client_keys(curve, home)
         """The CURVE client keys every socket of this bus uses, or None (plain)."""
         self._init_publisher(
-            name=name, publish_timeout=publish_timeout, validate=validate, max_event_size=max_event_size
+            name=name,
+            publish_timeout=publish_timeout,
+            validate=validate,
+            max_event_size=max_event_size,
+            publish_buffer=publish_buffer,
         )
         self.timeout = timeout
         self.hwm = hwm
@@ -134,12 +147,31 @@ class Bus(PublisherCore):
             if now >= self._watch_at:
                 self._watch_at = now + WATCH_INTERVAL
                 if sock.getsockopt(_EVENTS) & _POLLIN:
-                    self._pub = None
-                    try:
-                        await drive_async(self._watch(), self._server, self._watch_io)
-                    finally:
-                        self._pub = sock
+                    await self._drive_locked(sock, self._watch())
             return sock
+
+    async def _drive_locked(self, sock: zmq.asyncio.Socket, flow: Any) -> Any:
+        """Drive a publisher flow (``_pub_lock`` held) while publishes wait (``_pub`` is None), so
+        none sends before the events it re-sends, or into an XPUB the broker has left."""
+        self._pub = None
+        try:
+            return await drive_async(flow, self._server, self._watch_io)
+        finally:
+            self._pub = sock
+
+    async def _drive_publisher(self, flow: Any) -> Any:
+        """Drive a publisher flow that waits for confirmations, the publisher open.
+
+        Raises:
+            BusClosed: the bus was closed.
+        """
+        async with self._pub_lock:
+            if self._closed:
+                raise BusClosed("bus is closed")
+            sock = self._publisher
+            if sock is None:
+                sock = await self._open_publisher()
+            return await self._drive_locked(sock, flow)
 
     async def _open_publisher(self) -> zmq.asyncio.Socket:
         """Connect the publisher and wait until the broker's subscription arrives (trap §4.1)."""
@@ -162,20 +194,37 @@ class Bus(PublisherCore):
         sock = self._publisher
         assert sock is not None
         if step is LOOK:
-            return broker_subscribed(self._looks) if sock.getsockopt(_EVENTS) & _POLLIN else None
+            return pending_messages(self._looks) if sock.getsockopt(_EVENTS) & _POLLIN else []
+        if isinstance(step, Resend):
+            kept = step.kept
+            for i in range(0, len(kept), 2):
+                await self._send_whole(sock, kept[i : i + 2])
+            return None
         assert isinstance(step, WaitForBroker)
         return bool(await sock.poll(int(step.timeout * 1000) + 1, _POLLIN))
 
-    async def publish(self, event_type: str, payload: Any = None, *, session_id: str | None = None) -> None:
+    async def publish(
+        self, event_type: str, payload: Any = None, *, session_id: str | None = None, wait: bool = False
+    ) -> int | None:
         """Publish one event. The broker stamps its version.
 
-        Waits while the broker is behind (high-water mark reached) or gone, at most ``publish_timeout``.
+        The bus numbers the event and keeps it until the broker confirms it, sending it again
+        if the broker restarts before that (see :meth:`sdk.Bus.publish`). Waits while the broker
+        is behind (high-water mark reached) or gone, or while ``publish_buffer`` bytes are
+        unconfirmed, at most ``publish_timeout``.
+
+        Args:
+            wait: wait until the broker confirms this event and return its version.
+
+        Returns:
+            None, or with ``wait=True`` the version the broker stamped on the event.
 
         Raises:
             InvalidEvent: bad type, a payload msgpack cannot encode, or (with ``validate=True``)
                 a payload that does not match the catalogue.
             MessageTooLarge: the encoded event is over the broker's limit; nothing was sent.
-            PublishTimeout: the broker stayed behind (or away) for ``publish_timeout``; nothing was sent.
+            PublishTimeout: the broker stayed behind (or away) for ``publish_timeout``; nothing was
+                sent. With ``wait=True``: sent, but not confirmed within ``publish_timeout``.
             BusUnavailable: the broker could not be reached.
             BusClosed: the bus was closed.
         """
@@ -188,12 +237,14 @@ class Bus(PublisherCore):
         if sock is None or now >= self._watch_at:
             sock = await self._ready_publisher(now)
             self._check_size(body)  # a new broker's limit, learnt just now
-        try:
-            await sock.send_multipart((topic, body), _DONTWAIT)  # whole at once: tasks never interleave
-        except zmq.Again:  # the queue is full: the broker is behind
-            await self._send_when_room(sock, topic, body)
-        except zmq.ZMQError as e:
-            raise translate(e, "publish") from e
+        size = len(body) + IDENTITY_SIZE
+        if self._kept_bytes + size > self.publish_buffer and self._kept:
+            await self._drive_publisher(self._room(size))
+            sock = await self._ready_publisher(now)
+        number = await self._send_event(sock, topic, body, wait)
+        if wait:
+            return await self._drive_publisher(self._version(number))  # type: ignore[no-any-return]
+        return None
 
     async def publish_many(self, events: Iterable[Any]) -> int:
         """Publish events, ``(type, payload)`` or ``(type, payload, session_id)`` each, in order,
@@ -220,7 +271,7 @@ class Bus(PublisherCore):
             try:
                 await sock.send_multipart(frames, _DONTWAIT)
             except zmq.Again:
-                await self._send_when_room(sock, *frames)
+                await self._send_whole(sock, frames)
             except zmq.ZMQError as e:
                 raise translate(e, "publish") from e
             count += len(frames[1]) >> 2
@@ -232,11 +283,59 @@ class Bus(PublisherCore):
         ``await batch.flush()``). An exception in the block discards what is not sent yet."""
         return AsyncBatch(self, flush_every)
 
-    async def _send_when_room(self, sock: zmq.asyncio.Socket, *frames: bytes) -> None:
-        """Try again until the queue has room, at most ``publish_timeout``, pausing in between.
+    async def _send_event(self, sock: zmq.asyncio.Socket, topic: bytes, body: bytes, wait: bool) -> int:
+        """Number and send one event, waiting for room in a full queue at most ``publish_timeout``.
+
+        Sent whole, so tasks never interleave frames; numbered at the try that succeeds, with no
+        await in between, so numbers go out in order and never twice. zmq.asyncio's own wait for
+        room cannot be used: an XPUB always reports room (POLLOUT), so that wait ends at once
+        with EAGAIN. Only a publish that found the queue full pauses.
+
+        Raises:
+            PublishTimeout: still no room after ``publish_timeout``; nothing was sent.
+        """
+        frames = [topic, body]
+        deadline = 0.0
+        pause = 0.0005
+        while True:
+            frames[1] = self._identified(body, wait)
+            try:
+                await sock.send_multipart(frames, _DONTWAIT)
+            except zmq.Again:  # the queue is full: the broker is behind
+                now = time.monotonic()
+                deadline = deadline or now + self.publish_timeout
+                if now >= deadline:
+                    raise publish_timed_out(self.publish_timeout) from None
+                await asyncio.sleep(min(pause, deadline - now))  # sync-ok: polling for room, bounded
+                pause = min(pause * 2, _ROOM_PAUSE_MAX)
+                # A watch may have run meanwhile (re-sending): wait for it to end before sending.
+                sock = self._pub or await self._ready_publisher(time.monotonic())
+                continue
+            except zmq.ZMQError as e:
+                raise translate(e, "publish") from e
+            self._sent(topic, frames[1])
+            number = self._number
+            if wait:
+                self._wanted[number] = 0
+            return number
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """See :meth:`sdk.Bus.flush`.
+
+        Raises:
+            PublishTimeout: some were not confirmed within ``timeout`` (default ``publish_timeout``).
+            BusClosed: the bus was closed.
+        """
+        if self._closed:
+            raise BusClosed("bus is closed")
+        if self._publisher is not None:
+            await self._drive_publisher(self._flush(timeout))
+
+    async def _send_whole(self, sock: zmq.asyncio.Socket, frames: Any) -> None:
+        """Send a message, waiting for room in a full queue at most ``publish_timeout``, pausing in between.
 
         zmq.asyncio's own wait for room cannot be used: an XPUB always reports room (POLLOUT),
-        so that wait ends at once with EAGAIN. Only a publish that found the queue full gets here.
+        so that wait ends at once with EAGAIN.
 
         Raises:
             PublishTimeout: still no room after ``publish_timeout``; nothing was sent.
@@ -244,18 +343,18 @@ class Bus(PublisherCore):
         deadline = time.monotonic() + self.publish_timeout
         pause = 0.0005
         while True:
+            try:
+                await sock.send_multipart(frames, _DONTWAIT)
+                return
+            except zmq.Again:
+                pass
+            except zmq.ZMQError as e:
+                raise translate(e, "publish") from e
             left = deadline - time.monotonic()
             if left <= 0:
                 raise publish_timed_out(self.publish_timeout)
             await asyncio.sleep(min(pause, left))  # sync-ok: polling for room, bounded by the deadline
             pause = min(pause * 2, _ROOM_PAUSE_MAX)
-            try:
-                await sock.send_multipart(frames, _DONTWAIT)
-                return
-            except zmq.Again:
-                continue
-            except zmq.ZMQError as e:
-                raise translate(e, "publish") from e
 
     # -- subscribing -------------------------------------------------------------------------
 

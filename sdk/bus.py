@@ -11,11 +11,11 @@ from typing import Any
 import zmq
 
 from schemas.endpoints import Endpoints, HomeNotOwned
-from schemas.envelope import ENVELOPE_VERSION
+from schemas.envelope import ENVELOPE_VERSION, WANT_VERSION
 from sdk.transport import configure_context
 from sdk.wire import (
     SIZE_QUESTION,
-    broker_subscribed,
+    pending_messages,
     check_event,
     check_subscription,
     configure_publisher,
@@ -29,7 +29,15 @@ from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge, Unsaf
 from sdk.event import Event
 from sdk.filters import Where, compile_where, event_filter, filtered
 from sdk.core.flows import drive
-from sdk.core.publishing import LOOK, WATCH_INTERVAL, Batch, PublisherCore, WaitForBroker
+from sdk.core.publishing import (
+    DEFAULT_PUBLISH_BUFFER,
+    LOOK,
+    WATCH_INTERVAL,
+    Batch,
+    PublisherCore,
+    Resend,
+    WaitForBroker,
+)
 from sdk.request import Requester, connected
 from sdk.security import KeyPaths, resolve_client_keys, secure_client_context
 from sdk.subscription import Policy, Subscription
@@ -74,12 +82,17 @@ class Bus(PublisherCore):
         validate: bool = False,
         max_event_size: int | None = None,
         curve: bool | KeyPaths | None = None,
+        publish_buffer: int = DEFAULT_PUBLISH_BUFFER,
     ) -> None:
         self.endpoints = resolve_endpoints(home)
         self.curve = resolve_client_keys(curve, home)
         """The CURVE client keys every socket of this bus uses, or None (plain)."""
         self._init_publisher(
-            name=name, publish_timeout=publish_timeout, validate=validate, max_event_size=max_event_size
+            name=name,
+            publish_timeout=publish_timeout,
+            validate=validate,
+            max_event_size=max_event_size,
+            publish_buffer=publish_buffer,
         )
         self.timeout = timeout
         self.hwm = hwm
@@ -117,7 +130,7 @@ class Bus(PublisherCore):
         return sock
 
     def _watch_broker(self, sock: zmq.Socket, now: float) -> None:
-        """Run the publisher's watch (:meth:`PublisherCore._watch`) if (un)subscriptions are pending.
+        """Run the publisher's watch (:meth:`PublisherCore._watch`) if messages are pending.
 
         Called at most every WATCH_INTERVAL, so the hot path pays one float comparison per event.
 
@@ -125,16 +138,25 @@ class Bus(PublisherCore):
             PublishTimeout: the broker was gone and did not come back within ``publish_timeout``.
         """
         self._watch_at = now + WATCH_INTERVAL
-        if not sock.getsockopt(_EVENTS) & _POLLIN:
-            return
+        if sock.getsockopt(_EVENTS) & _POLLIN:
+            drive(self._watch(), self._server, self._io)
 
-        def io(step: Any) -> Any:
-            if step is LOOK:
-                return broker_subscribed(sock) if sock.getsockopt(_EVENTS) & _POLLIN else None
-            assert isinstance(step, WaitForBroker)
-            return bool(sock.poll(int(step.timeout * 1000) + 1, _POLLIN))
-
-        drive(self._watch(), self._server, io)
+    def _io(self, step: Any) -> Any:
+        """The publisher's own steps (see :mod:`sdk.core.publishing`) on the XPUB."""
+        sock = self._pub
+        assert sock is not None
+        if step is LOOK:
+            return pending_messages(sock) if sock.getsockopt(_EVENTS) & _POLLIN else []
+        if isinstance(step, Resend):
+            kept = step.kept
+            for i in range(0, len(kept), 2):
+                try:
+                    sock.send_multipart(kept[i : i + 2])
+                except zmq.Again:
+                    raise publish_timed_out(self.publish_timeout) from None
+            return None
+        assert isinstance(step, WaitForBroker)
+        return bool(sock.poll(int(step.timeout * 1000) + 1, _POLLIN))
 
     def _topic(self, event_type: str) -> bytes:
         topic = self._topics.get(event_type)
@@ -142,16 +164,29 @@ class Bus(PublisherCore):
             topic = topic_of(event_type, self._topics)
         return topic
 
-    def publish(self, event_type: str, payload: Any = None, *, session_id: str | None = None) -> None:
+    def publish(
+        self, event_type: str, payload: Any = None, *, session_id: str | None = None, wait: bool = False
+    ) -> int | None:
         """Publish one event. The broker stamps its version.
 
-        Blocks while the broker is behind (high-water mark reached), at most ``publish_timeout``.
+        The bus numbers the event and keeps it until the broker confirms it (stamped; with an
+        event log, on disk in it), sending it again if the broker restarts before that. Blocks
+        while the broker is behind (high-water mark reached) or while ``publish_buffer`` bytes
+        are unconfirmed, at most ``publish_timeout``.
+
+        Args:
+            wait: wait until the broker confirms this event and return its version.
+
+        Returns:
+            None, or with ``wait=True`` the version the broker stamped on the event.
 
         Raises:
             InvalidEvent: bad type, a payload msgpack cannot encode, or (with ``validate=True``)
                 a payload that does not match the catalogue.
             MessageTooLarge: the encoded event is over the broker's limit; nothing was sent.
             PublishTimeout: the broker stayed behind for ``publish_timeout``; nothing was sent.
+                With ``wait=True``: the event was sent but not confirmed within ``publish_timeout``
+                (the bus still keeps it and sends it again if the broker restarts).
             BusUnavailable: the broker could not be reached.
             BusClosed: the bus was closed.
         """
@@ -164,24 +199,58 @@ class Bus(PublisherCore):
         with self._lock:
             if self._closed:
                 raise BusClosed("bus is closed")
-            # sdk.wire.encode_body, inlined on the hot path (one call less per event)
+            # sdk.wire.encode_body, PublisherCore._identified and _sent, inlined on the hot path:
+            # the next number and the publisher id are >= 2^32 (NUMBER_BASE), so msgpack packs
+            # both as uint64s, the identified body of PROTOCOL.md §4.1, in one call
             now = time.time()
+            number = self._number + 1
             try:
-                body = self._packb((ENVELOPE_VERSION, now, self.name, session_id, payload))
+                body = self._packb(
+                    (ENVELOPE_VERSION, now, self.name, session_id, payload, self.publisher_id,
+                     number | WANT_VERSION if wait else number)
+                )
             except (TypeError, ValueError, OverflowError) as e:
                 raise unencodable(e, self.name, session_id) from None
-            if len(body) > self.max_event_size:
-                raise MessageTooLarge(len(body), self.max_event_size)
+            size = len(body)
+            if size > self.max_event_size:
+                raise MessageTooLarge(size, self.max_event_size)
             sock = self._pub or self._open_publisher()
             if now >= self._watch_at:
                 self._watch_broker(sock, now)
-                if len(body) > self.max_event_size:  # a new broker's limit, learnt just now
-                    raise MessageTooLarge(len(body), self.max_event_size)
+                if size > self.max_event_size:  # a new broker's limit, learnt just now
+                    raise MessageTooLarge(size, self.max_event_size)
+            if self._kept_bytes + size > self.publish_buffer and self._kept:
+                drive(self._room(size), self._server, self._io)
             try:
                 _send(sock, topic, _SNDMORE)
             except zmq.Again:
                 raise publish_timed_out(self.publish_timeout) from None
             _send(sock, body)  # the rest of a multipart message never blocks
+            self._number = number
+            self._kept_bytes += size
+            self._kept += (topic, body)
+            if wait:
+                self._wanted[number] = 0
+                return drive(self._version(number), self._server, self._io)
+            return None
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once the broker has confirmed every event this bus published before the call.
+
+        Confirmed means stamped, and with an event log in the stack, on disk in the log.
+
+        Args:
+            timeout: seconds to wait (default ``publish_timeout``).
+
+        Raises:
+            PublishTimeout: some were not confirmed within ``timeout``; the bus still keeps them.
+            BusClosed: the bus was closed.
+        """
+        with self._lock:
+            if self._closed:
+                raise BusClosed("bus is closed")
+            if self._pub is not None:
+                drive(self._flush(timeout), self._server, self._io)
 
     def publish_many(self, events: Iterable[Any]) -> int:
         """Publish events, ``(type, payload)`` or ``(type, payload, session_id)`` each, in order.
@@ -452,7 +521,8 @@ def connect(
     """Connect to the stack in ``home`` (default ``$PRYXBUS_HOME``) or at ``tcp://HOST:PORT``.
 
     Options are keyword-only, in seconds: ``name``, ``timeout``, ``publish_timeout``, ``hwm``,
-    ``validate``, and ``curve``: None (the default) uses CURVE when the home holds
+    ``validate``, ``publish_buffer`` (bytes of unconfirmed events kept to send again, default
+    16 MiB; ``publish`` waits for confirmations past it), and ``curve``: None (the default) uses CURVE when the home holds
     ``keys/client.key_secret`` and ``keys/server.key``; False never; True requires the home's
     keys; ``sdk.KeyPaths(client_secret, server_public)`` gives the files (for a remote client).
 

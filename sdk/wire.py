@@ -152,6 +152,17 @@ def broker_subscribed(sock: zmq.Socket) -> bool:
             last = message
 
 
+def pending_messages(sock: zmq.Socket) -> list[bytes]:
+    """Every message pending on a publisher's XPUB (the broker's (un)subscriptions, confirmations),
+    read without waiting."""
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(zmq.NOBLOCK))
+        except zmq.Again:
+            return messages
+
+
 def publisher_unavailable(endpoint: str, timeout: float) -> BusUnavailable:
     """The error when the broker's subscription never reached the publisher (trap §4.1)."""
     return BusUnavailable(

@@ -115,7 +115,8 @@ def test_identified_publishes_are_stamped_once_and_confirmed_exactly(home: Path,
             pub.send(n, {"n": n}, want_version=n % 2 == 0)
         pub.send(4, {"n": 4}, want_version=True)  # a repeat: confirmed again, never stamped twice
         pub.send(11, {"n": 11})
-        bus.publish("durable:test", {"n": "anonymous"})  # the 2-frame publish is unchanged
+        anonymous = encode_body({"n": "anonymous"}, source="t", session_id=None)
+        pub.sock.send_multipart([b"durable:test", anonymous])  # the 2-frame publish is unchanged
         events = [sub.recv(timeout=5) for _ in range(12)]
         # (the broker takes turns between connections: the anonymous one may come anywhere)
         assert [e.payload["n"] for e in events if e.source == "raw"] == list(range(1, 12))

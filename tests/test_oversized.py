@@ -24,7 +24,9 @@ def small_bus(start, home: Path):
 
 
 def body_size(payload: object) -> int:
-    return len(msgpack.packb([1, 0.0, "big", None, payload], use_bin_type=True))
+    """The size of the SDK's identified body for ``payload``: the anonymous body's, plus the
+    publisher id and number as two uint64s (9 bytes each, PROTOCOL.md §4.1)."""
+    return len(msgpack.packb([1, 0.0, "big", None, payload], use_bin_type=True)) + 18
 
 
 @pytest.fixture
@@ -88,6 +90,7 @@ def test_a_publisher_learns_the_smaller_limit_of_a_restarted_broker(start, home:
     first = start("broker")
     with front.connect(home, name="big", timeout=5.0) as bus:
         bus.publish("warm:up", None)
+        bus.flush()  # confirmed by the first broker: not sent again to the second
         assert bus.max_event_size == 1048576
         first.stop()
         start("broker", "--max-event-size", str(LIMIT))

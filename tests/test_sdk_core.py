@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import struct
 
 import msgpack
 import pytest
@@ -11,7 +12,8 @@ import sdk
 import sdk.aio
 from sdk.aio_sessions import AsyncSessionClient
 from sdk.core.flows import Ask
-from sdk.core.publishing import LOOK, PublisherCore, WaitForBroker
+from schemas.envelope import CONFIRM, WANT_VERSION, confirm_entry, decode_body, encode_body
+from sdk.core.publishing import LOOK, NUMBER_BASE as B, PublisherCore, PublishStats, Resend, WaitForBroker
 from sdk.request import REBUILD, Exchange, lazy_pirate
 from sdk.sessions import SessionClient
 
@@ -52,11 +54,11 @@ def test_the_watch_waits_for_a_broker_that_left_counts_the_outage_and_relearns_t
     pub = Publisher()
     flow = pub._watch()
     assert next(flow) is LOOK
-    step = flow.send(False)  # the newest (un)subscription: the broker withdrew
+    step = flow.send([b"\x01", b"\x00"])  # the newest (un)subscription: the broker withdrew
     assert isinstance(step, WaitForBroker) and 0 < step.timeout <= 5.0
     assert pub.broker_outages == 1
     assert flow.send(True) is LOOK  # something came
-    assert flow.send(True) == Ask("control", {"op": "ping"}, retries=0)  # a broker is back: its limit?
+    assert flow.send([b"\x01"]) == Ask("control", {"op": "ping"}, retries=0)  # a broker is back: its limit?
     with pytest.raises(StopIteration):
         flow.send({"max_event_size": 500})
     assert pub.max_event_size == 500
@@ -66,13 +68,13 @@ def test_the_watch_times_out_and_keeps_the_limit_it_was_given() -> None:
     pub = Publisher(max_event_size=800)
     flow = pub._watch()
     next(flow)
-    flow.send(False)
+    flow.send([b"\x00"])
     with pytest.raises(sdk.PublishTimeout):
         flow.send(False)  # the wait ended with nothing
     flow = pub._watch()
     next(flow)
     with pytest.raises(StopIteration):  # subscribed again, but a limit given to connect() is kept
-        flow.send(True)
+        flow.send([b"\x01"])
     assert (pub.max_event_size, pub.broker_outages) == (800, 1)
 
 
@@ -81,8 +83,72 @@ def test_a_watch_with_nothing_pending_does_nothing() -> None:
     flow = pub._watch()
     next(flow)
     with pytest.raises(StopIteration):
-        flow.send(None)
+        flow.send([])
     assert pub.broker_outages == 0
+
+
+ANONYMOUS = encode_body(None, source="s", session_id=None, ts=1.0)
+
+
+def sent(pub: Publisher, count: int, *, want: int = 0) -> list[bytes]:
+    """``count`` events numbered and kept as the fronts do; the frames they sent, flat."""
+    frames = []
+    for _ in range(count):
+        body = pub._identified(ANONYMOUS, pub._number + 1 == B + want)
+        pub._sent(b"t", body)
+        frames += (b"t", body)
+    return frames
+
+
+def confirmation(*entries: tuple[int, int, list[tuple[int, int]]]) -> bytes:
+    return CONFIRM + b"".join(confirm_entry(*entry) for entry in entries)
+
+
+def test_confirmations_free_the_buffer_and_skip_other_publishers_entries() -> None:
+    pub = Publisher()
+    frames = sent(pub, 5, want=3)
+    size = len(ANONYMOUS) + 18
+    assert frames[5][:1] == b"\x97" and len(frames[5]) == size
+    assert struct.unpack_from("!xQxQ", frames[5], size - 18) == (pub.publisher_id, B + 3 | WANT_VERSION)
+    assert msgpack.unpackb(frames[1])[5:] == [pub.publisher_id, B + 1]
+    assert decode_body(frames[1]) == decode_body(ANONYMOUS)
+    # numbers from 2^32 on: msgpack's own packer writes the same bytes as the hand-made identity
+    assert frames[1] == msgpack.packb([*msgpack.unpackb(ANONYMOUS), pub.publisher_id, B + 1])
+    pub._wanted[B + 3] = 0
+    assert pub.publish_stats == PublishStats(sent=5, confirmed=0, resent=0, unconfirmed=5, unconfirmed_bytes=5 * size)
+    other = pub.publisher_id ^ 1
+    assert pub._absorb([confirmation((other, B + 5, [(B + 3, 99)]), (pub.publisher_id, B + 3, [(B + 3, 42)]))]) is None
+    assert pub._wanted[B + 3] == 42
+    assert pub.publish_stats == PublishStats(sent=5, confirmed=3, resent=0, unconfirmed=2, unconfirmed_bytes=2 * size)
+    pub._absorb([confirmation((pub.publisher_id, B + 2, []))])  # an older confirmation says nothing new
+    assert pub.publish_stats.confirmed == 3
+
+
+def test_a_broker_that_subscribes_again_gets_every_unconfirmed_event_again_in_order() -> None:
+    pub = Publisher(max_event_size=800)
+    frames = sent(pub, 4)
+    flow = pub._watch()
+    next(flow)
+    step = flow.send([confirmation((pub.publisher_id, B + 1, [])), b"\x01"])
+    assert step == Resend(frames[2:])
+    with pytest.raises(StopIteration):
+        flow.send(None)
+    assert pub.publish_stats.resent == 3
+
+
+def test_flush_reads_confirmations_until_all_are_in_and_times_out_otherwise() -> None:
+    pub = Publisher()
+    sent(pub, 2)
+    flow = pub._flush(5.0)
+    assert isinstance(next(flow), WaitForBroker)
+    assert flow.send(True) is LOOK
+    assert isinstance(flow.send([confirmation((pub.publisher_id, B + 1, []))]), WaitForBroker)
+    assert flow.send(True) is LOOK
+    with pytest.raises(StopIteration):
+        flow.send([confirmation((pub.publisher_id, B + 2, []))])
+    sent(pub, 1)
+    with pytest.raises(sdk.PublishTimeout, match="number 3 were not all confirmed within 0s"):
+        next(pub._flush(0.0))  # the time is up and event 3 is not confirmed
 
 
 def public(cls: type) -> dict[str, list[str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from bench.scenarios import eventlog, filters, isolation, latency, sessions, throughput
+from bench.scenarios import confirmed, eventlog, filters, isolation, latency, sessions, throughput
 
 SCENARIOS: dict[str, tuple[ModuleType, str]] = {
     "throughput": (throughput, "1→1 at 64 B / 1 KiB / 16 KiB"),
@@ -16,4 +16,5 @@ SCENARIOS: dict[str, tuple[ModuleType, str]] = {
     "eventlog": (eventlog, "bus throughput with the event log off vs on; replay"),
     "filter": (filters, "one session of 100: broker-side session stream vs filtering in the client"),
     "transform": (filters, "a transform's events in/out per second and lag"),
+    "confirmed": (confirmed, "publish(wait=True) and a burst then flush, vs NATS JetStream with acks"),
 }

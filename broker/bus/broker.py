@@ -328,9 +328,14 @@ class Broker(LogLink, Control, Peers):
         version = self.version
         max_run, max_body = self.max_run, self.max_run_body
         durable = self._durable
-        admit = durable.admit
         carried: bytes | None = None  # a frame already read that starts the next message
         keep = durable.logging  # for the event log: the batch is kept, and sent once drained
+        admit = durable.admit_logged if keep else durable.admit
+        # The publisher admitted last without a log, and its entry in durable.pubs: its next
+        # number is stamped here without a call.
+        last_pid: bytes | None = None
+        last_entry: list[int] | None = None
+        inlined = 0
         budget, room_bytes = BATCH, 0
         if keep:  # what the unlogged buffer still takes
             room_events, room_bytes = durable.room()
@@ -446,7 +451,16 @@ class Broker(LogLink, Control, Peers):
                         if m1 != _UINT64 or m2 != _UINT64:
                             self.rejected += 1
                             continue
-                        if not admit(pid, number, version + 1):
+                        if pid == last_pid and number == last_entry[0] + 1:  # type: ignore[index]
+                            # Durable.admit's usual case, inlined for the publisher seen last
+                            last_entry[0] = number  # type: ignore[index]
+                            last_entry[1] = version + 1  # type: ignore[index]
+                            inlined += 1
+                        elif admit(pid, number, version + 1):
+                            if not keep:  # confirmed with the batch (Durable.deliver)
+                                last_pid, last_entry = pid, durable.pubs.get(pid)
+                                durable.touched[pid] = last_entry  # type: ignore[assignment]
+                        else:
                             continue  # a (publisher, number) already stamped: confirmed again instead
                 seq += 1
                 version += 1
@@ -473,10 +487,11 @@ class Broker(LogLink, Control, Peers):
                         break
         finally:
             self.version = version
+            durable.identified += inlined
             if not keep:
                 if bodies:
                     self._send_run(run_topic, run_version, run_seq, bodies, sizes)  # type: ignore[arg-type]
-                if durable.batch or durable.has_news:
+                if durable.touched or durable.batch or durable.has_news:
                     durable.deliver(runs)  # confirmations only: the runs went as they were made
             else:
                 if bodies:

@@ -88,6 +88,8 @@ class Durable:
         publisher is moved last when seen if it was not moved within the last max_publishers
         versions, so the ones forgotten first are never among the recently active)."""
         self.batch: list[Identified] = []
+        self.touched: dict[bytes, list[int]] = {}
+        """Publishers whose next numbers :meth:`admit` stamped in this batch without keeping them."""
         self.news: dict[bytes, list[Any]] = {}
         """What to confirm, not sent yet: publisher id -> [through, [(number, version)]]."""
         self._urgent = False
@@ -117,12 +119,27 @@ class Durable:
         decoding; number with WANT_VERSION) be stamped (with ``version``)? False for a (publisher,
         number) already stamped (it is confirmed again instead, never stamped twice) and for a
         number past the next one expected of a known publisher (refused: it must send again from
-        its confirmed number on, in order). The usual case, a known publisher's next number,
-        costs one lookup and one append."""
+        its confirmed number on, in order).
+
+        The usual case without an event log, a known publisher's next number not asking for its
+        version, costs one lookup and one dict store: the batch confirms each publisher it touched
+        up to its highest number (:meth:`deliver`), with nothing kept per event."""
         entry = self.pubs.get(pid)
-        if entry is None or (number & _NUMBER) != entry[0] + 1:
+        if entry is None or number != entry[0] + 1:  # new, a repeat, a hole, or WANT_VERSION
             return self._unusual(pid, number, version, entry)
-        entry[0] += 1
+        entry[0] = number
+        entry[1] = version
+        self.touched[pid] = entry
+        self.identified += 1
+        return True
+
+    def admit_logged(self, pid: bytes, number: int, version: int) -> bool:
+        """:meth:`admit` while an event log acks: each event is kept (version, publisher, number),
+        for the log's LOG_IDS and to be confirmed once the log has it."""
+        entry = self.pubs.get(pid)
+        if entry is None or number != entry[0] + 1:
+            return self._unusual(pid, number, version, entry)
+        entry[0] = number
         entry[1] = version
         if version - entry[3] > self.max_publishers:  # not moved lately: now the most recent
             entry[3] = version
@@ -132,13 +149,20 @@ class Durable:
         return True
 
     def _unusual(self, pid: bytes, number: int, version: int, entry: list[int] | None) -> bool:
-        """``admit`` for a new publisher, a repeat, or a hole."""
+        """``admit`` for a new publisher, a repeat, a hole, or an event asking for its version."""
         flagged, plain = number >> 63, number & _NUMBER
         pubs = self.pubs
         if entry is None:
             if len(pubs) >= self.max_publishers:
                 del pubs[next(iter(pubs))]
             pubs[pid] = [plain, version, 0, version]
+        elif plain == entry[0] + 1:  # the next number, asking for its version
+            entry[0] = plain
+            entry[1] = version
+            if version - entry[3] > self.max_publishers:
+                entry[3] = version
+                del pubs[pid]
+                pubs[pid] = entry
         elif plain <= entry[0]:
             self.duplicates += 1
             self._dups.append((pid, plain, flagged))
@@ -207,8 +231,12 @@ class Durable:
         else:
             for topic, version, seq, bodies, sizes, _nbytes in runs:
                 send_run(topic, version, seq, bodies, sizes)
+            if self.touched:
+                self._confirm_touched()
             if batch:
                 self._confirm(batch)
+            else:
+                self.send_confirmations()
         if batch:
             self.batch = []
         if self._dups:
@@ -332,6 +360,24 @@ class Durable:
         _send(xpub, LOG_IDS, _SNDMORE)
         _send(xpub, _ZERO_STAMP, _SNDMORE)
         _send(xpub, ids, 0)
+
+    def _confirm_touched(self) -> None:
+        """Confirm each publisher :meth:`admit` stamped in this batch through its highest number
+        (everything stamped is confirmed without a log); move the ones not moved lately last."""
+        news, pubs, limit = self.news, self.pubs, self.max_publishers
+        for pid, entry in self.touched.items():
+            through = entry[0]
+            known = news.get(pid)
+            if known is None:
+                news[pid] = [through, []]
+            elif known[0] < through:
+                known[0] = through
+            entry[2] = through
+            if entry[1] - entry[3] > limit:
+                entry[3] = entry[1]
+                del pubs[pid]
+                pubs[pid] = entry
+        self.touched = {}
 
     def _confirm(self, done: list[Identified] | deque[Identified]) -> None:
         """Confirm these events, coalesced per publisher: its highest number and the version of

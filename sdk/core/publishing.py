@@ -1,18 +1,23 @@
 """The publisher logic both buses share (sync ``sdk.Bus``, asyncio ``sdk.aio.Bus``), socket-free.
 
 Everything publish does besides the send itself: the topic cache and checks, encoding with the
-size limit, and watching the broker — when the publisher's XPUB shows the broker's subscription
-withdrawn, wait for a broker to subscribe again (counting the outage), and ask a broker that
-(re)subscribed for its event size limit. The watch is a flow (:mod:`sdk.core.flows`) that yields
-:data:`LOOK`, :class:`WaitForBroker` and an :class:`~sdk.core.flows.Ask` of the control endpoint;
-each bus drives it with its own sockets. The sync bus inlines the encoding on its hot path.
+size limit, numbering events and keeping those the broker has not confirmed (PROTOCOL.md §4.1),
+and watching the broker — reading what arrives on the publisher's XPUB (the broker's
+(un)subscriptions, confirmations), waiting for a broker that withdrew its subscription (counting
+the outage), asking a broker that (re)subscribed for its event size limit, and sending it again,
+in order, every event not yet confirmed. The watch is a flow (:mod:`sdk.core.flows`) that yields
+:data:`LOOK`, :class:`WaitForBroker`, :class:`Resend` and an :class:`~sdk.core.flows.Ask` of the
+control endpoint; each bus drives it with its own sockets. The sync bus inlines the encoding and
+the numbering on its hot path.
 """
 
 from __future__ import annotations
 
+import secrets
 import struct
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import msgpack
@@ -20,16 +25,39 @@ import msgpack
 from schemas.envelope import (
     BATCH_BYTES,
     BATCH_PREFIX,
+    CONFIRM,
+    CONFIRM_ENTRY,
+    CONFIRM_PAIR,
     DEFAULT_MAX_EVENT_SIZE,
     ENVELOPE_VERSION,
+    IDENTIFIED_MARK,
+    IDENTITY,
     MAX_BATCH_EVENTS,
+    UINT64,
+    WANT_VERSION,
 )
-from sdk.errors import BusError, InvalidEvent, MessageTooLarge
+from sdk.errors import BusError, InvalidEvent, MessageTooLarge, PublishTimeout
 from sdk.core.flows import Ask, Flow
 from sdk.wire import SIZE_QUESTION, check_event, encode_body, publish_timed_out, size_limit, topic_of, unencodable
 
 WATCH_INTERVAL = 0.005
-"""Seconds between two looks (one getsockopt) at whether the broker is still subscribed."""
+"""Seconds between two looks (one getsockopt) at what the broker sent the publisher."""
+
+DEFAULT_PUBLISH_BUFFER = 16 * 1024 * 1024
+"""Bytes of event bodies a bus keeps unconfirmed before ``publish`` waits for confirmations."""
+
+IDENTITY_SIZE = IDENTITY.size
+"""Bytes an identified body has beyond the anonymous one's (the 0x97 header replaces 0x95)."""
+
+NUMBER_BASE = 1 << 32
+"""A bus numbers its events from NUMBER_BASE + 1, and its publisher id is at least NUMBER_BASE:
+msgpack packs every int from 2^32 on as a uint64 (0xcf + 8 bytes), so its own packer writes the
+identity exactly as PROTOCOL.md §4.1 wants it, with no bytes added by hand."""
+
+pack_number = struct.Struct("!Q").pack
+"""The number's 8 bytes, the last of an identified body (PROTOCOL.md §4.1)."""
+
+SEVEN = IDENTIFIED_MARK
 
 
 class _Look:
@@ -38,14 +66,42 @@ class _Look:
 
 
 LOOK: Final = _Look()
-"""A watch step: read every pending (un)subscription on the XPUB without waiting; send back None
-if there was none, else whether the newest says the broker is there (``sdk.wire.broker_subscribed``)."""
+"""A watch step: read every message pending on the XPUB without waiting and send back the list
+(empty if there was none): the broker's (un)subscriptions (``\x01``, ``\x00``) and confirmations
+(``\x02``)."""
 
 
 class WaitForBroker(NamedTuple):
-    """A watch step: wait up to ``timeout`` seconds for an (un)subscription; send back whether one came."""
+    """A watch step: wait up to ``timeout`` seconds for a message on the XPUB; send back whether one came."""
 
     timeout: float
+
+
+class Resend(NamedTuple):
+    """A watch step: send these events again, in order, each whole (blocking while the queue is
+    full, at most ``publish_timeout``, then PublishTimeout); ``kept`` is flat: topic, body, topic,
+    body, ..."""
+
+    kept: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishStats:
+    """A bus's publishing counters (``bus.publish_stats``).
+
+    Attributes:
+        sent: events published (each counted once, however often it was sent again).
+        confirmed: events the broker confirmed (stamped; with an event log, on disk in it).
+        resent: events sent again after the broker came back.
+        unconfirmed: events published and not yet confirmed (kept to be sent again).
+        unconfirmed_bytes: their bodies' size; ``publish`` waits once it would pass ``publish_buffer``.
+    """
+
+    sent: int
+    confirmed: int
+    resent: int
+    unconfirmed: int
+    unconfirmed_bytes: int
 
 
 class PublisherCore:
@@ -55,20 +111,47 @@ class PublisherCore:
         max_event_size: the broker's limit on an encoded event, asked again whenever a broker
             (re)subscribes (unless given to ``connect``).
         broker_outages: times a publish found the broker gone and waited for it to come back.
+        publisher_id: this bus's identity on the wire (random, non-zero, PROTOCOL.md §4.1).
+        publish_buffer: bytes of unconfirmed event bodies kept before ``publish`` waits.
     """
 
     def _init_publisher(
-        self, *, name: str, publish_timeout: float, validate: bool, max_event_size: int | None
+        self,
+        *,
+        name: str,
+        publish_timeout: float,
+        validate: bool,
+        max_event_size: int | None,
+        publish_buffer: int = DEFAULT_PUBLISH_BUFFER,
     ) -> None:
         self.name = name
         self.publish_timeout = publish_timeout
         self.validate = validate
         self.max_event_size = int(max_event_size or DEFAULT_MAX_EVENT_SIZE)
+        self.publish_buffer = int(publish_buffer)
         self.broker_outages = 0
+        self.publisher_id = secrets.randbits(64) | NUMBER_BASE
+        # The identity's first 10 bytes (0xcf, publisher id, 0xcf): the number's 8 follow.
+        self._id_head = bytes([UINT64]) + self.publisher_id.to_bytes(8, "big") + bytes([UINT64])
         self._asked_size = max_event_size is None
         self._topics: dict[str, bytes] = {}
         self._packb = msgpack.Packer(use_bin_type=True).pack
-        self._watch_at = 0.0  # when publish next looks for the broker's (un)subscription
+        self._watch_at = 0.0  # when publish next looks at what the broker sent
+        self._number = NUMBER_BASE  # the last number given to an event
+        self._through = NUMBER_BASE  # every number up to this one is confirmed
+        # The unconfirmed events, flat (topic, body, topic, body, ...: no tuple per event), the
+        # first numbered _through + 1: confirming is one slice, whatever it covers.
+        self._kept: list[bytes] = []
+        self._kept_bytes = 0  # body bytes in _kept; publish waits once it would pass publish_buffer
+        self._resent = 0
+        self._wanted: dict[int, int] = {}  # number -> version (0 until confirmed) of wait=True events
+
+    @property
+    def publish_stats(self) -> PublishStats:
+        """Counters of this bus's publishing: sent, confirmed, resent, unconfirmed (events, bytes)."""
+        return PublishStats(
+            self._number - NUMBER_BASE, self._through - NUMBER_BASE, self._resent, len(self._kept) >> 1, self._kept_bytes
+        )
 
     def _checked_topic(self, event_type: str, payload: Any, session_id: str | None) -> bytes:
         """The topic frame of an event, after the checks besides encoding.
@@ -88,7 +171,9 @@ class PublisherCore:
             InvalidEvent: a payload (or source, session id) msgpack cannot encode.
             MessageTooLarge: the encoded event is over the broker's limit.
         """
-        return encode_body(self._packb, self.name, session_id, payload, self.max_event_size)
+        body = encode_body(self._packb, self.name, session_id, payload, 1 << 62)
+        self._check_size(body)
+        return body
 
     def _batches(self, events: Iterable[Any]) -> list[list[bytes]]:
         """The messages that publish ``events`` (``(type, payload)`` or ``(type, payload,
@@ -145,22 +230,72 @@ class PublisherCore:
         return messages
 
     def _check_size(self, body: bytes) -> None:
-        """Raise MessageTooLarge if a new broker's limit, learnt just now, refuses ``body``."""
-        if len(body) > self.max_event_size:
-            raise MessageTooLarge(len(body), self.max_event_size)
+        """Raise MessageTooLarge if the identified form of the anonymous ``body`` is over the
+        broker's limit (perhaps a new broker's, learnt just now)."""
+        if len(body) + IDENTITY_SIZE > self.max_event_size:
+            raise MessageTooLarge(len(body) + IDENTITY_SIZE, self.max_event_size)
+
+    # -- numbering and confirmations ------------------------------------------------------------
+
+    def _identified(self, body: bytes, want_version: bool) -> bytes:
+        """The anonymous ``body`` as the next event's identified one (numbered ``_number + 1``,
+        not yet taken: :meth:`_sent` takes it)."""
+        number = self._number + 1
+        return SEVEN + body[1:] + self._id_head + pack_number(number | WANT_VERSION if want_version else number)
+
+    def _sent(self, topic: bytes, body: bytes) -> None:
+        """Take the number of an event just sent and keep it until the broker confirms it."""
+        self._number += 1
+        self._kept_bytes += len(body)
+        self._kept += (topic, body)
+
+    def _absorb(self, messages: list[bytes]) -> bool | None:
+        """Take in what the XPUB received: apply confirmations; return whether the newest
+        (un)subscription says the broker is there, or None if none came."""
+        there = None
+        for message in messages:
+            first = message[:1]
+            if first == CONFIRM:
+                self._confirm(message)
+            elif first:
+                there = first == b"\x01"
+        return there
+
+    def _confirm(self, message: bytes) -> None:
+        """Apply the entries of a confirmation (PROTOCOL.md §4.1) that are this publisher's."""
+        me, pos, size = self.publisher_id, 1, len(message)
+        while pos + CONFIRM_ENTRY.size <= size:
+            publisher, through, n = CONFIRM_ENTRY.unpack_from(message, pos)
+            pos += CONFIRM_ENTRY.size
+            if publisher == me:
+                for i in range(n):
+                    number, version = CONFIRM_PAIR.unpack_from(message, pos + i * CONFIRM_PAIR.size)
+                    if number in self._wanted:
+                        self._wanted[number] = version
+                count = min(through, self._number) - self._through
+                if count > 0:
+                    kept, end = self._kept, 2 * count
+                    self._kept_bytes -= sum(map(len, kept[1:end:2]))
+                    del kept[:end]
+                    self._through += count
+            pos += n * CONFIRM_PAIR.size
+
+    # -- flows ------------------------------------------------------------------------------------
 
     def _watch(self) -> Flow[None]:
-        """React to (un)subscriptions pending on the publisher (a look is due: WATCH_INTERVAL).
+        """React to what is pending on the publisher (a look is due: WATCH_INTERVAL).
 
         A connecting XPUB keeps its queue across a reconnect, so events published while the
         broker restarts wait for the new one. But an XPUB with no subscriber at all silently drops
         what it is given: should the broker's subscription be withdrawn (``\\x00``), wait for a
-        broker to subscribe again (``\\x01``), at most ``publish_timeout``.
+        broker to subscribe again (``\\x01``), at most ``publish_timeout``. A broker that
+        subscribes again may be a new one that never got what was in flight (and refuses a number
+        past the next it expects): send every unconfirmed event again, in order, before new ones.
 
         Raises:
             PublishTimeout: the broker did not come back within ``publish_timeout``.
         """
-        there = yield LOOK
+        there = self._absorb((yield LOOK))
         if there is None:
             return
         if not there:
@@ -170,8 +305,12 @@ class PublisherCore:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not (yield WaitForBroker(remaining)):
                     raise publish_timed_out(self.publish_timeout)
-                there = bool((yield LOOK))
+                there = bool(self._absorb((yield LOOK)))
         yield from self._relearn_limit()
+        if self._kept:
+            kept = list(self._kept)
+            yield Resend(kept)
+            self._resent += len(kept) >> 1
 
     def _relearn_limit(self) -> Flow[None]:
         """A broker subscribed again: perhaps a restarted one with a smaller ``--max-event-size``,
@@ -184,6 +323,63 @@ class PublisherCore:
         except BusError:
             pass
 
+    def _until(self, done: Any, timeout: float, why: str) -> Flow[None]:
+        """Read confirmations (and react to the broker as the watch does) until ``done()``.
+
+        Raises:
+            PublishTimeout: not ``done()`` within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PublishTimeout(f"{why} within {timeout:g}s")
+            if (yield WaitForBroker(remaining)):
+                yield from self._watch()
+
+    def _room(self, size: int) -> Flow[None]:
+        """Wait until an event of ``size`` body bytes fits in ``publish_buffer`` (an empty buffer
+        takes any event).
+
+        Raises:
+            PublishTimeout: no room within ``publish_timeout``; nothing was sent.
+        """
+
+        def fits() -> bool:
+            return not self._kept or self._kept_bytes + size <= self.publish_buffer
+
+        yield from self._until(
+            fits, self.publish_timeout, f"the broker confirmed too little to free {size} bytes of publish_buffer"
+        )
+
+    def _flush(self, timeout: float | None) -> Flow[None]:
+        """Wait until every event published so far is confirmed.
+
+        Raises:
+            PublishTimeout: some were not confirmed within ``timeout`` (default ``publish_timeout``).
+        """
+        target = self._number
+        yield from self._until(
+            lambda: self._through >= target,
+            self.publish_timeout if timeout is None else timeout,
+            f"events up to number {target - NUMBER_BASE} were not all confirmed",
+        )
+
+    def _version(self, number: int) -> Flow[int]:
+        """The version of the event ``number`` (published with WANT_VERSION), once confirmed.
+
+        Raises:
+            PublishTimeout: not confirmed (or its version not reported) within ``publish_timeout``.
+        """
+        try:
+            yield from self._until(
+                lambda: self._wanted[number] != 0,
+                self.publish_timeout,
+                f"event {number - NUMBER_BASE} was not confirmed",
+            )
+            return self._wanted[number]
+        finally:
+            del self._wanted[number]
 
 _ARRAY_5 = b"\x95"  # msgpack's header of a 5-element array: the body [1, ts, source, session_id, payload]
 
