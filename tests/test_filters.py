@@ -220,3 +220,50 @@ def test_batches_and_recv_many_on_a_session_stream(front_bus) -> None:
         assert [e.payload["i"] for e in got] == [i for i in range(30) if i % 3 == 1] + [-1]
         assert [e.seq for e in got] == list(range(1, 12))
         assert sub.lost == 0 and sub.filtered_out == 0
+
+
+def test_on_a_server_without_session_streams_the_sdk_filters_the_session(xprocess, cluster, stream, homes, front) -> None:
+    """An edge (the NATS backbone's stand-in for the broker) serves no session streams: its ping
+    says so and ``session_id=`` is filtered in the SDK. The subscriber then receives every
+    session's events of its patterns and delivers exactly its session's; falling behind, it still
+    sees its losses: ``lost`` counts every lost event of the patterns (which session a lost
+    event had is unknown), so none of its session's missing events goes unnoticed."""
+    from tests.helpers import start_part
+
+    home = homes()
+    part = start_part(xprocess, home, "edge", "--backbone", cluster.servers, "--stream", stream, "--sub-hwm", "200",
+                      "--replicas", "1")
+    try:
+        with front.connect(home, name="test", timeout=5.0) as bus:
+            assert not bus.control.call({"op": "ping"}).get("session_streams"), "this edge serves session streams now"
+            sub = bus.subscribe("agent:*", session_id="s-1")
+            sent = publish_mix(bus, 60)
+            end_marker(bus, "s-1")
+            want = [i for i, s in enumerate(sent) if s["session_id"] == "s-1" and s["type"].startswith("agent:")]
+            others = sum(1 for s in sent if s["session_id"] != "s-1" and s["type"].startswith("agent:"))
+            got = until_end(sub)
+            assert [e.payload["i"] for e in got] == want
+            assert (sub.lost, sub.filtered_out, sub.received) == (0, others, len(want) + others + 1)
+            sub.close()
+
+            n = 1000
+            sub = bus.subscribe("burst:*", hwm=10, policy="count", session_id="s-1")
+            for i in range(n):
+                bus.publish("burst:a", {"i": i, "pad": "x" * 2000}, session_id=f"s-{i % 2}")
+            wait_for(bus.stats, lambda s: s["version"] >= 61 + n, timeout=30, what="the burst stamped")
+            delivered: list[sdk.Event] = []
+            give_up = time.monotonic() + 30
+            while sub.received + sub.lost < n:
+                try:
+                    delivered.append(sub.recv(timeout=0.5))
+                except sdk.BusTimeout:
+                    assert time.monotonic() < give_up, (sub.received, sub.lost)
+            assert sub.received + sub.lost == n
+            assert sub.lost > 0, "nothing was lost: the burst did not overflow the queues"
+            assert delivered and all(e.session_id == "s-1" for e in delivered)
+            assert [e.payload["i"] for e in delivered] == sorted(e.payload["i"] for e in delivered)
+            assert sub.filtered_out == sub.received - len(delivered) > 0  # the other session crossed the socket
+            assert n // 2 - len(delivered) <= sub.lost  # every missing event of s-1 is counted
+            sub.close()
+    finally:
+        part.stop()
