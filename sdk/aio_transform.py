@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sdk.core.flows import drive_async
-from sdk.core.transforming import STATUS_TYPE, Mapper, Output, TransformCore, check_output, outputs_of
+from sdk.core.transforming import STATUS_TYPE, Mapper, Output, Progress, TransformCore, check_output, outputs_of
 from sdk.errors import BusError, BusTimeout, SlowSubscriberError
 from sdk.event import Event
 from sdk.filters import Where
@@ -52,7 +52,7 @@ class AsyncTransform(TransformCore):
         self._stop = threading.Event()
         self._status_bus: Any = None
 
-    async def progress(self) -> tuple[int, int]:
+    async def progress(self) -> Progress:
         """See :meth:`sdk.transform.Transform.progress`.
 
         Raises:
@@ -73,9 +73,11 @@ class AsyncTransform(TransformCore):
                 type matches the transform's own patterns.
             BusError: the bus failed for good.
         """
-        redo = self._begin(*await self.progress())
+        await self.bus.flush()  # what this bus published before is confirmed, so in the log
+        redo = self._begin(await self.progress())
         try:
             await self._consume(redo, poll, until)
+            await self.bus.flush()
         finally:
             await self._status(final=True)
 

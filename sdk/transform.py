@@ -24,12 +24,12 @@ from typing import Any
 
 from sdk.aio_transform import AsyncTransform
 from sdk.core.flows import drive
-from sdk.core.transforming import REF, STATUS_TYPE, Mapper, Output, TransformCore, outputs_of
+from sdk.core.transforming import REF, STATUS_TYPE, Mapper, Output, Progress, TransformCore, outputs_of
 from sdk.errors import BusError, BusTimeout, SlowSubscriberError
 from sdk.event import Event
 from sdk.filters import Where
 
-__all__ = ["REF", "STATUS_TYPE", "AsyncTransform", "Mapper", "Output", "Transform", "outputs_of"]
+__all__ = ["REF", "STATUS_TYPE", "AsyncTransform", "Mapper", "Output", "Progress", "Transform", "outputs_of"]
 
 
 class Transform(TransformCore):
@@ -60,9 +60,9 @@ class Transform(TransformCore):
         self._stop = threading.Event()
         self._status_bus: Any = None
 
-    def progress(self) -> tuple[int, int]:
-        """``(version, index)`` of the newest event this transform has in the log, or
-        ``(start, -1)`` if none (:func:`sdk.core.transforming.progress`).
+    def progress(self) -> Progress:
+        """``(version, index, number)`` of the newest event this transform has in the log, or
+        ``(start, -1, NUMBER_BASE)`` if none (:func:`sdk.core.transforming.progress`).
 
         Raises:
             BusTimeout: the log did not catch up with the broker within ``log_timeout``.
@@ -85,9 +85,11 @@ class Transform(TransformCore):
                 type matches the transform's own patterns (it would consume its own events).
             BusError: the bus failed for good.
         """
-        redo = self._begin(*self.progress())
+        self.bus.flush()  # what this bus published before is confirmed, so in the log
+        redo = self._begin(self.progress())
         try:
             self._consume(redo, poll, until)
+            self.bus.flush()
         finally:
             self._status(final=True)
 

@@ -19,7 +19,9 @@ import sdk.aio
 from broker.supervisor.metrics import StackCollector
 from schemas.endpoints import Endpoints
 from sdk.monitor import Sampler
-from sdk.transform import REF, AsyncTransform
+from sdk.core.publishing import NUMBER_BASE
+from sdk.core.transforming import publisher_id_of
+from sdk.transform import REF, AsyncTransform, Transform
 from tests.helpers import ENV, PUBLISHER, finish, pryxbus, python_process, wait_for, wait_logged
 
 TRANSFORM = """
@@ -85,6 +87,8 @@ def test_a_transform_killed_mid_stream_resumes_with_nothing_lost_or_twice(home: 
         got = wait_for(lambda: derived(bus), lambda d: len(d) >= len(want), what="every derived event", timeout=60, interval=0.1)
         assert got == want  # complete, in source order, none twice
         assert got[: len(before)] == before
+        numbers = [e.publisher for e in bus.replay("derived:*") if e.source == "t-kill"]
+        assert numbers == [(publisher_id_of("t-kill"), NUMBER_BASE + 1 + k) for k in range(len(want))]
     finally:
         for proc in (transform, publisher):
             if proc.poll() is None:
@@ -210,3 +214,48 @@ def test_the_asyncio_transform_resumes_from_the_log(home: Path, event_log, bus) 
     got = wait_for(logged, lambda d: len(d) >= len(want), what="every derived event", timeout=30, interval=0.05)
     assert got == want  # complete, in source order, none twice
     assert (third["resumes"], third["skipped"], third["published"]) == (1, 1, 0)
+
+
+def test_an_event_of_the_killed_run_arriving_after_the_next_run_looked_is_stamped_once(home: Path, event_log, bus) -> None:
+    """The window the log alone does not close: an event the killed run had sent reaches the broker
+    only after the next run looked for its progress, so the next run publishes it again. Both carry
+    the transform's publisher id (from its name) and the same number (the next run numbers after
+    the newest logged one): the broker stamps the first to arrive and deduplicates the other."""
+    n = 30
+    for i in range(n):
+        bus.publish("load:x", {"i": i})
+
+    def fn(event: sdk.Event):
+        return [("derived:a", {"i": event.payload["i"]}), ("derived:b", {"i": event.payload["i"]})]
+
+    def logged() -> list[sdk.Event]:
+        return [e for e in bus.replay("derived:*") if e.source == "t-late"]
+
+    with sdk.connect(home, name="t-late", timeout=5.0) as tbus:
+        Transform(tbus, ["load:*"], fn, status_interval=0).run(until=lambda t: t.consumed == 10)
+    first = logged()
+    assert [(e.type, e.payload["i"]) for e in first][-2:] == [("derived:a", 9), ("derived:b", 9)]
+    pid, number = first[-1].publisher
+    assert pid == publisher_id_of("t-late")
+    source = list(bus.replay("load:*"))
+
+    class LateArrival(Transform):
+        def progress(self):  # the killed run's next event reaches the broker just after the look
+            found = super().progress()
+            with sdk.connect(home, name="t-late", timeout=5.0) as killed:
+                killed._number_after(pid, number)
+                killed.publish("derived:a", {"i": 10, REF: [source[10].version, 0]})
+                killed.flush()
+            return found
+
+    duplicates = bus.stats()["durable"]["duplicates"]
+    with sdk.connect(home, name="t-late", timeout=5.0) as tbus:
+        second = LateArrival(tbus, ["load:*"], fn, status_interval=0)
+        second.run(until=lambda t: t.consumed == n - 9)  # event 9 again (its outputs skipped), then 10...
+    assert (second.published, second.skipped) == (2 * (n - 10), 2)  # it did publish the late one again
+    got = wait_for(logged, lambda d: len(d) >= 2 * n, what="every derived event", timeout=30, interval=0.05)
+    assert [(e.type, e.payload["i"], *e.payload[REF]) for e in got] == [
+        (t, e.payload["i"], e.version, k) for e in source for k, t in enumerate(("derived:a", "derived:b"))
+    ]  # once each
+    assert [e.publisher for e in got] == [(pid, NUMBER_BASE + 1 + k) for k in range(2 * n)]
+    assert bus.stats()["durable"]["duplicates"] == duplicates + 1

@@ -138,6 +138,7 @@ class PublisherCore:
         self._packb = msgpack.Packer(use_bin_type=True).pack
         self._watch_at = 0.0  # when publish next looks at what the broker sent
         self._number = NUMBER_BASE  # the last number given to an event
+        self._numbered_from = NUMBER_BASE  # the number before this bus's first (publish_stats)
         self._through = NUMBER_BASE  # every number up to this one is confirmed
         # The unconfirmed events, flat (topic, body, topic, body, ...: no tuple per event), the
         # first numbered _through + 1: confirming is one slice, whatever it covers.
@@ -150,8 +151,24 @@ class PublisherCore:
     def publish_stats(self) -> PublishStats:
         """Counters of this bus's publishing: sent, confirmed, resent, unconfirmed (events, bytes)."""
         return PublishStats(
-            self._number - NUMBER_BASE, self._through - NUMBER_BASE, self._resent, len(self._kept) >> 1, self._kept_bytes
+            self._number - self._numbered_from, self._through - self._numbered_from, self._resent, len(self._kept) >> 1,
+            self._kept_bytes,
         )
+
+    def _number_after(self, publisher_id: int, through: int) -> None:
+        """Publish from now on as ``publisher_id``, numbering after ``through`` (a number on the
+        wire, NUMBER_BASE for none yet): a restarted transform (:mod:`sdk.core.transforming`)
+        continues the numbering of its earlier runs, so the broker takes an event it sends again
+        for the one it already stamped (PROTOCOL.md §4.1).
+
+        Raises:
+            BusError: this bus has events not confirmed yet (numbered as the publisher it was).
+        """
+        if self._kept:
+            raise BusError(f"{len(self._kept) >> 1} event(s) of this bus are not confirmed yet: flush() first")
+        self.publisher_id = publisher_id | NUMBER_BASE
+        self._id_head = bytes([UINT64]) + self.publisher_id.to_bytes(8, "big") + bytes([UINT64])
+        self._number = self._through = self._numbered_from = max(through, NUMBER_BASE)
 
     def _checked_topic(self, event_type: str, payload: Any, session_id: str | None) -> bytes:
         """The topic frame of an event, after the checks besides encoding.

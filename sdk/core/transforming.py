@@ -6,13 +6,15 @@ publishes with its own I/O."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from schemas.topics import compile_matcher
 from sdk.core.decoding import event_of_row
 from sdk.core.flows import PING, Ask, Flow, Sleep
+from sdk.core.publishing import NUMBER_BASE
 from sdk.errors import BusTimeout, InvalidEvent
 from sdk.event import Event
 from sdk.filters import Where, compile_where
@@ -76,21 +78,41 @@ def outputs_of(result: Any) -> Iterator[Output]:
         yield check_output(item)
 
 
-def progress_of(rows: list[Any], start: int) -> tuple[int, int]:
-    """``(version, index)`` from the ``REF`` of the newest derived event's log row, or
-    ``(start, -1)`` without one."""
+def publisher_id_of(name: str) -> int:
+    """The publisher id of the transform ``name`` (PROTOCOL.md §4.1): the same in every run, so
+    the broker deduplicates what a restarted run sends again of what a killed one had sent."""
+    digest = hashlib.blake2b(b"pryxbus transform\x00" + name.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") | NUMBER_BASE
+
+
+class Progress(NamedTuple):
+    """Where a transform resumes."""
+
+    version: int
+    """The source version of its newest derived event (``start`` without one)."""
+    index: int
+    """That event's index among its source event's outputs (-1 without one)."""
+    number: int
+    """Its number as publisher ``publisher_id_of(name)`` (NUMBER_BASE without one): the next
+    run numbers its events after it."""
+
+
+def progress_of(rows: list[Any], start: int, publisher_id: int) -> Progress:
+    """The Progress in the log row of the newest derived event (``rows``: none or that one)."""
     if rows:
-        payload = event_of_row(rows[0]).payload
-        ref = payload.get(REF) if isinstance(payload, dict) else None
+        event = event_of_row(rows[0])
+        ref = event.payload.get(REF) if isinstance(event.payload, dict) else None
         if isinstance(ref, list) and len(ref) == 2 and all(type(x) is int for x in ref):
-            return ref[0], ref[1]
-    return start, -1
+            number = event.publisher[1] if event.publisher and event.publisher[0] == publisher_id else NUMBER_BASE
+            return Progress(ref[0], ref[1], number)
+    return Progress(start, -1, NUMBER_BASE)
 
 
-def progress(name: str, start: int, log_timeout: float) -> Flow[tuple[int, int]]:
-    """Where the transform ``name`` resumes: ``(version, index)`` of its newest event in the log,
-    or ``(start, -1)``, asked once the log has every event the broker stamped so far, so nothing
-    it sent before a crash is still on its way to the log.
+def progress(name: str, start: int, log_timeout: float) -> Flow[Progress]:
+    """Where the transform ``name`` resumes, from its newest event in the log (or ``start``),
+    asked once the log has every event the broker stamped so far, so nothing it sent before a
+    crash is still on its way to the log, except what had not reached the broker yet: that the
+    broker deduplicates (the same publisher id and numbers as the next run's).
 
     Raises:
         BusTimeout: the log did not catch up with the broker within ``log_timeout``.
@@ -103,11 +125,14 @@ def progress(name: str, start: int, log_timeout: float) -> Flow[tuple[int, int]]
             raise BusTimeout(f"the event log did not reach version {stamped} within {log_timeout:g}s")
         yield Sleep(LOG_POLL)
     rows = (yield Ask("log", {"op": "tail", "limit": 1, "source": name}))["events"]
-    return progress_of(rows, start)
+    return progress_of(rows, start, publisher_id_of(name))
 
 
 class TransformCore:
     """A transform's state and rules; the fronts add the I/O (see the module docstring)."""
+
+    bus: Any
+    """The transform's bus (``sdk.Bus`` or ``sdk.aio.Bus``), connected with its name."""
 
     def _init_transform(
         self,
@@ -144,12 +169,15 @@ class TransformCore:
         self._status_at = 0.0
         self._last_event_at: float | None = None
 
-    def _progress(self) -> Flow[tuple[int, int]]:
+    def _progress(self) -> Flow[Progress]:
         return progress(self.name, self.start, self.log_timeout)
 
-    def _begin(self, version: int, index: int) -> tuple[int, int] | None:
-        """Take the progress found in the log; return the source event to redo (its version and
-        the index of its last output already logged), or None."""
+    def _begin(self, found: Progress) -> tuple[int, int] | None:
+        """Take the progress found in the log: number the bus's events after the transform's
+        last; return the source event to redo (its version and the index of its last output
+        already logged), or None."""
+        self.bus._number_after(publisher_id_of(self.name), found.number)
+        version, index = found.version, found.index
         if index < 0:
             self.done_version = version
             return None
