@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import array
 import asyncio
-import json
 import logging
 import os
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,44 +28,24 @@ import msgpack
 import zmq
 import zmq.asyncio
 
+from broker.backbone import replay
 from broker.backbone import stream as layout
+from broker.backbone.publishing import ACK_TIMEOUT, StreamPublisher
 from broker.sockets import bind
 from schemas.endpoints import Endpoints
-from schemas.envelope import (
-    BATCH_PREFIX,
-    CONFIRM,
-    CONFIRM_MAX_BYTES,
-    DEFAULT_MAX_EVENT_SIZE,
-    STAMP,
-    SYNC_PREFIX,
-    WANT_VERSION,
-    MalformedEvent,
-    confirm_entry,
-    decode_header,
-    split_batch,
-)
-from schemas.topics import compile_matcher, is_valid_type
+from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, STAMP, SYNC_PREFIX
+from schemas.topics import compile_matcher
 
 log = logging.getLogger("pryxbus.edge")
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
-_BODY_MARKS = (0x95, layout.IDENTIFIED_MARK)
 _ZERO_STAMP = STAMP.pack(0, 0)
 
-ACK_TIMEOUT = 5.0
-"""Seconds a publish waits for JetStream's ack before it is sent again (same Msg-Id)."""
-RETRY_FIRST, RETRY_MAX = 0.05, 2.0
-"""Backoff between retries of a publish: doubled each time, up to RETRY_MAX."""
 DRAIN = 256
 """Events read from publishers per turn before the loop lets its other tasks run."""
 SEQS_PAGE = 10_000
 STATS_TOPICS = 1000
-MAX_PAGE = 20_000
-TAIL_SCAN = 10_000
-"""``tail`` looks at most this many newest events for matches."""
-READER_PATIENCE = 30.0
-"""Seconds a replay keeps trying to open its consumer while JetStream has no leader to create it."""
 SEQ_MEMORY = 4_000_000
 """Versions whose topic_seq the edge remembers for ``replay`` (8 bytes each); older ones are
 counted again from a checkpoint."""
@@ -93,31 +71,6 @@ class EdgeConfig:
     in_hwm: int = 10_000
 
 
-class StreamRefused(Exception):
-    """JetStream answered a publish with an error (``code``, ``err_code`` as NATS documents them)."""
-
-    def __init__(self, code: int | None, err_code: int | None, description: str) -> None:
-        super().__init__(f"code={code} err_code={err_code} {description}")
-        self.code, self.err_code = code, err_code
-
-
-RETRIED_ERRORS = {10158}
-"""JetStream errors worth sending again: 10158, the same Msg-Id still in process (its first copy
-is being stored; the retry is answered as a duplicate with its sequence)."""
-
-
-@dataclass(slots=True)
-class _Publish:
-    """One event sent to the stream, until JetStream acknowledged it."""
-
-    token: str
-    future: asyncio.Future[tuple[int, bool]]
-    deadline: float
-    data: bytes
-    headers: dict[str, str] | None
-    ident: tuple[int, int] | None
-
-
 class Edge:
     """One edge process's sockets, NATS connection and tasks; ``await run(on_ready)`` until ``stop()``."""
 
@@ -141,7 +94,7 @@ class Edge:
         self.checkpointed = 0
         self._checkpoint_at = 0.0
         self._checkpointing = False
-        self._confirm: dict[int, tuple[int, list[tuple[int, int]]]] = {}
+        self.publisher: StreamPublisher | None = None
         self._stopping = asyncio.Event()
         self._caught_up = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -167,7 +120,7 @@ class Edge:
                 return
             self._bind()
             self._tasks += [asyncio.create_task(t) for t in (
-                self._take(), self._confirmations(), self._syncs(), self._serve(self.control, self._control_op),
+                self._take(), self._syncs(), self._serve(self.control, self._control_op),
                 self._serve(self.log_sock, self._log_op), self._checkpoints(),
             )]
             on_ready(self)
@@ -184,18 +137,12 @@ class Edge:
             servers=cfg.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.2, connect_timeout=5,
             error_cb=self._nats_error, disconnected_cb=self._nats_event("disconnected"),
             reconnected_cb=self._nats_event("reconnected"), pending_size=8 * 1024 * 1024,
+            skip_subject_validation=True,  # the edge's subjects are its own: the stream's and inboxes
         )
         if cfg.creds:
             options["user_credentials"] = cfg.creds
         self.nc = await nats.connect(**options)
         self.js = self.nc.jetstream(timeout=ACK_TIMEOUT)
-        # Acks come to one inbox subscription (nats-py's publish_async never settles a publish that
-        # JetStream answers with an error: its reply handler raises instead).
-        self._ack_prefix = self.nc.new_inbox() + "."
-        self._acks: dict[str, asyncio.Future[tuple[int, bool]]] = {}
-        self._tokens = 0
-        await self.nc.subscribe(self._ack_prefix + "*", cb=self._on_ack, pending_msgs_limit=1 << 20,
-                                pending_bytes_limit=1 << 28)
         stream = StreamConfig(
             name=cfg.stream, subjects=[self.subject], retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE, num_replicas=cfg.replicas, duplicate_window=120.0,
@@ -238,7 +185,7 @@ class Edge:
 
         info = await self.js.stream_info(self.config.stream)
         last, first = info.state.last_seq, info.state.first_seq
-        base, seqs = await self._checkpoint()
+        base, seqs = await self.checkpoint()
         if base > last:  # a checkpoint of a stream since deleted and created again under the name
             log.warning("the checkpoint (version %d) is past the stream's end (%d): counting from its start", base, last)
             base, seqs = 0, {}
@@ -261,7 +208,7 @@ class Edge:
             await asyncio.wait([stop, asyncio.create_task(self._caught_up.wait())], return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
 
-    async def _checkpoint(self, at_most: int | None = None) -> tuple[int, dict[bytes, int]]:
+    async def checkpoint(self, at_most: int | None = None) -> tuple[int, dict[bytes, int]]:
         """The newest checkpoint (version, seqs), or with ``at_most`` the newest at or below it."""
         from nats.js.errors import KeyNotFoundError, NoKeysError
 
@@ -349,139 +296,33 @@ class Edge:
 
     async def _take(self) -> None:
         """Read publishers' events and send them to the stream, a window of them in flight."""
-        self._in_flight: asyncio.Queue[_Publish] = asyncio.Queue(self.config.window)
+        publisher = self.publisher = StreamPublisher(
+            self.nc, self.subject, window=self.config.window, max_event_size=self.config.max_event_size,
+            counters=self.counters, confirm=self._xsub_sync.send,
+        )
+        await publisher.start()
+        take = publisher.take
         recv = self._xsub_sync.recv_multipart
-        while True:
-            frames = await self.xsub.recv_multipart()
-            await self._send(frames)
-            for _ in range(DRAIN):
-                try:
-                    frames = recv(_NOBLOCK)
-                except zmq.Again:
-                    break
-                await self._send(frames)
-            # A receive that finds a message waiting never yields to the loop: without this, nats-py's
-            # flusher would not write a publish until the window filled.
-            await asyncio.sleep(0)
-
-    async def _send(self, frames: list[bytes]) -> None:
-        if len(frames) == 3 and frames[0][:1] == BATCH_PREFIX:  # a batch (PROTOCOL.md §4.2): event by event
-            try:
-                bodies = split_batch(frames[1], frames[2])
-            except MalformedEvent:
-                self.counters["rejected"] += 1
-                return
-            topic = frames[0][1:]
-            for body in bodies:
-                await self._send([topic, body])
-            return
-        if len(frames) != 2:
-            self.counters["malformed"] += 1
-            return
-        topic, body = frames
-        if not body or body[0] not in _BODY_MARKS or not is_valid_type(topic) or len(body) > self.config.max_event_size:
-            self.counters["rejected"] += 1
-            return
-        who = layout.identity(body)
-        headers = {layout.MSG_ID: layout.msg_id(*who)} if who is not None else None
-        data = layout.pack(topic, body)
-        self._tokens += 1
-        token = str(self._tokens)
-        future: asyncio.Future[tuple[int, bool]] = asyncio.get_running_loop().create_future()
-        self._acks[token] = future
-        await self._in_flight.put(_Publish(token, future, time.monotonic() + ACK_TIMEOUT, data, headers, who))
-        await self.nc.publish(self.subject, data, reply=self._ack_prefix + token, headers=headers)
-        self.counters["events_in"] += 1
-
-    async def _on_ack(self, msg: Any) -> None:
-        """JetStream's answer to one publish: settle its future."""
-        future = self._acks.pop(msg.subject[len(self._ack_prefix):], None)
-        if future is None or future.done():
-            return
-        if not msg.data:  # a status message: no responders (no stream leader just now)
-            future.set_exception(StreamRefused(503, None, "no responders"))
-            return
         try:
-            reply = json.loads(msg.data)
-        except ValueError:
-            future.set_exception(StreamRefused(None, None, "an ack that is not JSON"))
-            return
-        error = reply.get("error")
-        if error:
-            future.set_exception(StreamRefused(error.get("code"), error.get("err_code"), error.get("description", "")))
-        else:
-            future.set_result((int(reply["seq"]), bool(reply.get("duplicate"))))
-
-    async def _confirmations(self) -> None:
-        """Take JetStream's acks in publish order; confirm identified publishers once acked."""
-        while not hasattr(self, "_in_flight"):
-            await asyncio.sleep(0)
-        queue = self._in_flight
-        while True:
-            sent = await queue.get()
-            try:
-                ack = await asyncio.wait_for(sent.future, max(0.0, sent.deadline - time.monotonic()))
-            except Exception as e:
-                self._acks.pop(sent.token, None)
-                ack = await self._retry(sent, e)
-            if ack is not None and sent.ident is not None:
-                seq, duplicate = ack
-                if duplicate:
-                    self.counters["duplicates"] += 1
-                publisher, number = sent.ident
-                through, pairs = self._confirm.get(publisher, (0, []))
-                if number & WANT_VERSION:
-                    number &= ~WANT_VERSION
-                    pairs.append((number, seq))
-                self._confirm[publisher] = (max(through, number), pairs)
-            if queue.empty() and self._confirm:
-                self._send_confirmations()
-
-    async def _retry(self, sent: _Publish, error: Exception) -> tuple[int, bool] | None:
-        """Send again until JetStream acknowledges (an identified event keeps its Msg-Id, so it is
-        stored once); None if the stream refused it for good."""
-        from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
-
-        delay = RETRY_FIRST
-        while True:
-            code = getattr(error, "code", None)
-            if isinstance(error, (APIError, StreamRefused)) and not isinstance(
-                error, (NoStreamResponseError, ServiceUnavailableError)
-            ) and code != 503 and getattr(error, "err_code", None) not in RETRIED_ERRORS:
-                self.counters["refused"] += 1
-                log.warning("the stream refused an event: %s", error)
-                return None
-            self.counters["retries"] += 1
-            quiet = getattr(error, "err_code", None) in RETRIED_ERRORS
-            if not quiet and (self.counters["retries"] == 1 or self.counters["retries"] % 1000 == 0):
-                log.warning("no ack from JetStream (%s): sending again (%d retries so far)",
-                            type(error).__name__, self.counters["retries"])
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
-            try:
-                ack = await self.js.publish(self.subject, sent.data, timeout=ACK_TIMEOUT, headers=sent.headers)
-                return ack.seq, bool(ack.duplicate)
-            except Exception as e:
-                error = e
-
-    def _send_confirmations(self) -> None:
-        entries, size = [], 1
-        for publisher, (through, pairs) in self._confirm.items():
-            entry = confirm_entry(publisher, through, pairs)
-            if size + len(entry) > CONFIRM_MAX_BYTES and entries:
-                self._xsub_sync.send(CONFIRM + b"".join(entries))
-                entries, size = [], 1
-            entries.append(entry)
-            size += len(entry)
-        self._xsub_sync.send(CONFIRM + b"".join(entries))
-        self.counters["confirmations"] += 1
-        self._confirm.clear()
+            while True:
+                await take(await self.xsub.recv_multipart())
+                for _ in range(DRAIN):
+                    try:
+                        frames = recv(_NOBLOCK)
+                    except zmq.Again:
+                        break
+                    await take(frames)
+                # A receive that finds a message waiting never yields to the loop: without this,
+                # nats-py's flusher would not write a publish until the window filled.
+                await asyncio.sleep(0)
+        finally:
+            publisher.close()
 
     # -- stream -> subscribers ---------------------------------------------------------------
 
     async def _deliver(self, msg: Any) -> None:
         """The ordered consumer's callback: count the event's topic sequence and send it on."""
-        version = msg.metadata.sequence.stream
+        version = layout.stream_sequence(msg.reply)
         data = msg.data
         n = data[0]
         topic = data[1 : 1 + n]
@@ -616,7 +457,7 @@ class Edge:
     def _backbone_stats(self) -> dict[str, Any]:
         return {
             "stream": self.config.stream, "servers": self.config.servers, "replicas": self.config.replicas,
-            "in_flight": self._in_flight.qsize() if hasattr(self, "_in_flight") else 0,
+            "in_flight": self.publisher.in_flight if self.publisher else 0,
             "checkpoint": self.checkpointed, "counted_from": self.base,
             "connected_url": str(self.nc.connected_url.geturl()) if self.nc and self.nc.connected_url else None,
         }
@@ -624,9 +465,9 @@ class Edge:
     async def _log_op(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request["op"]
         if op == "replay":
-            return await self._replay(request)
+            return await replay.replay(self, request)
         if op == "tail":
-            return await self._tail(request)
+            return await replay.tail(self, request)
         if op == "ping":
             return {"status": "ok", "pid": os.getpid(), "last": self.version}
         if op == "stats":
@@ -638,133 +479,5 @@ class Edge:
             }
         raise _UnknownOp(f"unknown op {op!r}; known: replay, tail, ping, stats (served from the stream)")
 
-    async def _replay(self, request: dict[str, Any]) -> dict[str, Any]:
-        since = int(request.get("since", 0) or 0)
-        until = request.get("until")
-        until = None if until is None else int(until)
-        limit = max(1, min(int(request.get("limit", 5000) or 5000), MAX_PAGE))
-        matches = _filter(request)
-        last = self.version  # what this edge has counted: everything up to it is in the stream
-        end = last if until is None else min(until, last)
-        rows: list[list[Any]] = []
-        cursor = since
-        if end > since:
-            async for version, seq, topic, body in self._read(since + 1, end):
-                cursor = version
-                if matches(topic, body):
-                    rows.append([version, seq, topic.decode(), body])
-                    if len(rows) == limit:
-                        break
-        exhausted = cursor >= end
-        done = exhausted and (until is None or last >= until)
-        if exhausted and until is not None and last >= until:
-            cursor = until
-        return {"events": rows, "next": max(cursor, since), "done": done, "exhausted": exhausted,
-                "last": last, "imported": []}
-
-    async def _tail(self, request: dict[str, Any]) -> dict[str, Any]:
-        limit = max(1, min(int(request.get("limit", 10) or 10), MAX_PAGE))
-        matches = _filter(request)
-        last = self.version
-        picked: deque[list[Any]] = deque(maxlen=limit)
-        start = max(self.base + 1, last - max(limit, TAIL_SCAN) + 1)
-        if last >= start:
-            async for version, seq, topic, body in self._read(start, last):
-                if matches(topic, body):
-                    picked.append([version, seq, topic.decode(), body])
-        return {"events": list(picked), "last": last}
-
-    async def _read(self, start: int, end: int) -> Any:
-        """(version, topic_seq, topic, body) of the stream's events ``start..end``, in order.
-
-        The consumer's callback only appends to a list, taken here in batches: a ``next_msg`` per
-        event costs a future and a wake-up each."""
-        if start > self.seq_base:
-            seqs: dict[bytes, int] | None = None
-            first = start
-        else:  # older than the edge remembers: count again from a checkpoint at or before it
-            at, seqs = await self._checkpoint(at_most=start - 1)
-            first = at + 1
-        arrived: list[Any] = []
-        ready = asyncio.Event()
-
-        async def collect(msg: Any) -> None:
-            arrived.append(msg)
-            ready.set()
-
-        sub = await self._reader(first, collect)
-        seq_of, seq_base = self.seq_of, self.seq_base
-        try:
-            while True:
-                if not arrived:
-                    ready.clear()
-                    await asyncio.wait_for(ready.wait(), ACK_TIMEOUT)
-                batch = arrived[:]
-                del arrived[:]
-                for msg in batch:
-                    version = msg.metadata.sequence.stream
-                    if version > end:
-                        return
-                    data = msg.data
-                    n = data[0]
-                    topic = data[1 : 1 + n]
-                    if seqs is not None:
-                        seq = seqs.get(topic, 0) + 1
-                        seqs[topic] = seq
-                    else:
-                        seq = seq_of[version - seq_base - 1]
-                    if version >= start:
-                        yield version, seq, topic, data[1 + n :]
-                    if version >= end:
-                        return
-        finally:
-            await sub.unsubscribe()
-
-    async def _reader(self, first: int, cb: Callable[[Any], Any]) -> Any:
-        """An ordered consumer from ``first``; creating one is retried for a while, since JetStream
-        answers 503 while the stream or the cluster's meta group elects a leader."""
-        from nats.errors import NoRespondersError
-        from nats.errors import TimeoutError as NatsTimeout
-        from nats.js.api import ConsumerConfig, DeliverPolicy
-        from nats.js.errors import ServiceUnavailableError
-
-        delay, deadline = RETRY_FIRST, time.monotonic() + READER_PATIENCE
-        while True:
-            try:
-                return await self.js.subscribe(
-                    self.subject, cb=cb, ordered_consumer=True,
-                    config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first),
-                    pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30,
-                )
-            except (ServiceUnavailableError, NoRespondersError, NatsTimeout, asyncio.TimeoutError):
-                if time.monotonic() + delay > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
-
-
 class _UnknownOp(Exception):
     pass
-
-
-def _filter(request: dict[str, Any]) -> Callable[[bytes, bytes], bool]:
-    """The replay/tail filters (patterns, session_id, ts_from, ts_until) as one predicate."""
-    patterns = request.get("patterns") or []
-    if not isinstance(patterns, list):
-        raise ValueError("patterns: expected a list")
-    topic_ok = compile_matcher(patterns)
-    session_id, ts_from, ts_until = request.get("session_id"), request.get("ts_from"), request.get("ts_until")
-    if session_id is None and ts_from is None and ts_until is None:
-        return lambda topic, body: topic_ok(topic)
-
-    def matches(topic: bytes, body: bytes) -> bool:
-        if not topic_ok(topic):
-            return False
-        try:
-            ts, _source, sid = decode_header(body)
-        except Exception:
-            return False
-        return ((session_id is None or sid == session_id) and (ts_from is None or ts >= ts_from)
-                and (ts_until is None or ts < ts_until))
-
-    return matches

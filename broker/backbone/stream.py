@@ -55,3 +55,10 @@ def msg_id(publisher: int, number: int) -> str:
     """The ``Nats-Msg-Id`` of an identified event: JetStream stores each at most once (in its
     duplicate window), so a publisher's resend, or the edge's own retry, is not stored twice."""
     return f"{publisher:016x}:{number & ~WANT_VERSION}"
+
+
+def stream_sequence(reply: str) -> int:
+    """The stream sequence in a JetStream message's reply subject: ``$JS.ACK.STREAM.CONSUMER.
+    DELIVERED.SSEQ.DSEQ.TS.PENDING``, or with domain and account hash after ``$JS.ACK`` (12 tokens)."""
+    tokens = reply.split(".", 8)
+    return int(tokens[5] if len(tokens) == 9 and tokens[8].isdigit() else tokens[7])
