@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ RETRIED_ERRORS = {10158}
 is being stored; the retry is answered as a duplicate with its sequence)."""
 
 _BODY_MARKS = (0x95, layout.IDENTIFIED_MARK)
+_SEQ = re.compile(rb'"seq":(\d+)[,}]')
 _SENT, _AGAIN, _ACKED, _REFUSED = 0, 1, 2, 3
 """A record's state: sent (waiting for its ack), to be sent again (at ``due``), acked, refused for good."""
 
@@ -79,17 +81,17 @@ def parse_ack(data: bytes) -> tuple[int, bool]:
     """
     if not data:
         raise StreamRefused(503, None, "no responders")
-    at = data.find(b'"seq":')
-    if at > 0 and b'"error"' not in data:  # the usual {"stream":"S","seq":N[,"duplicate":true]}
-        end = at + 6
-        while data[end] in b"0123456789":
-            end += 1
-        return int(data[at + 6 : end]), b'"duplicate":true' in data
+    found = _SEQ.search(data)
+    if found is not None and b'"error"' not in data:  # the usual {"stream":"S","seq":N[,"duplicate":true]}
+        return int(found[1]), b'"duplicate":true' in data
     try:
         reply = json.loads(data)
     except ValueError:
         raise StreamRefused(None, None, "an ack that is not JSON") from None
-    error = reply.get("error") or {}
+    if isinstance(reply, dict) and isinstance(reply.get("seq"), int) and not reply.get("error"):
+        return reply["seq"], bool(reply.get("duplicate"))
+    error = reply.get("error") if isinstance(reply, dict) else None
+    error = error if isinstance(error, dict) else {}
     raise StreamRefused(error.get("code"), error.get("err_code"), error.get("description", str(reply)))
 
 
