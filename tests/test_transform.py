@@ -259,3 +259,21 @@ def test_an_event_of_the_killed_run_arriving_after_the_next_run_looked_is_stampe
     ]  # once each
     assert [e.publisher for e in got] == [(pid, NUMBER_BASE + 1 + k) for k in range(2 * n)]
     assert bus.stats()["durable"]["duplicates"] == duplicates + 1
+
+
+def test_what_a_mapper_may_return() -> None:
+    """None or an empty list is no output, a tuple one, a list or a generator several (in order);
+    anything else is an InvalidEvent naming what came back."""
+    from sdk.transform import outputs_of
+
+    def several():
+        yield ("a:x", {"n": 1})
+        yield ("a:y", None, "s-1")
+
+    assert list(outputs_of(None)) == [] and list(outputs_of([])) == [] and list(outputs_of(iter(()))) == []
+    assert list(outputs_of(("a:x", {"n": 1}))) == [("a:x", {"n": 1})]
+    assert list(outputs_of([("a:x", {}), ("a:y", {}, None)])) == [("a:x", {}), ("a:y", {}, None)]
+    assert list(outputs_of(several())) == [("a:x", {"n": 1}), ("a:y", None, "s-1")]
+    for bad in (5, "a:x", [("a:x",)], [("a:x", {}, None, 1)], [{"type": "a:x"}], (1, {})):
+        with pytest.raises(sdk.InvalidEvent, match="transform"):
+            list(outputs_of(bad))

@@ -5,9 +5,9 @@ subscribes with ``session_id=`` (the session's stream, PROTOCOL.md §5.1); in th
 every event and drops the other sessions itself. Same publisher, same events: the figures are the
 subscriber's CPU time per event it delivers and the publisher's rate.
 
-``transform``: a :class:`sdk.transform.Transform` mapping each event to one renamed event while a
-publisher sends as fast as it can: events in and out per second, and the lag (how old a source
-event was when its output went).
+``transform``: a :class:`sdk.transform.Transform` (and an ``AsyncTransform``, alternated with it)
+mapping each event to one renamed event while a publisher sends as fast as it can: events in and
+out per second, and the lag (how old a source event was when its output went).
 """
 
 from __future__ import annotations
@@ -105,49 +105,77 @@ def _filter(mode: str):
     return run
 
 
-def transform_side(conn: Any, home: str, kind: str, n: int) -> None:
-    """The transform, reported ready once it has consumed a warm-up event (so its start-up, the
-    look for its progress in the log, is not measured), then timed from the first measured event."""
+def transform_side(conn: Any, home: str, kind: str, n: int, front: str = "sync") -> None:
+    """The transform (``front``: ``sync`` for Transform, ``asyncio`` for AsyncTransform), reported
+    ready once it has consumed a warm-up event (so its start-up, the look for its progress in the
+    log, is not measured), then timed from the first measured event."""
     import sdk
-    from sdk.transform import Transform
 
-    with sdk.connect(home, name=f"bench-{kind}", timeout=30.0) as bus:
-        lags: list[float] = []
-        marks: list[int] = []
+    lags: list[float] = []
+    marks: list[int] = []
 
-        def fn(event: Any) -> tuple[str, dict[str, Any]]:
-            if event.payload["i"] >= 0:
-                if not marks:
-                    marks.append(time.monotonic_ns())
-                lags.append(time.time() - event.ts)
-            return f"{kind}o:x", {"i": event.payload["i"]}
+    def fn(event: Any) -> tuple[str, dict[str, Any]]:
+        if event.payload["i"] >= 0:
+            if not marks:
+                marks.append(time.monotonic_ns())
+            lags.append(time.time() - event.ts)
+        return f"{kind}o:x", {"i": event.payload["i"]}
 
-        def live(t: Transform) -> bool:
-            if t.consumed == 1:
-                conn.send(("ready", None))
-            return t.consumed > n
+    def live(t: Any) -> bool:
+        if t.consumed == 1:
+            conn.send(("ready", None))
+        return bool(t.consumed > n)
 
-        start = bus.control.call({"op": "ping"})["version"]
-        transform = Transform(bus, [f"{kind}:*"], fn, start=start)
+    def warm_up() -> None:
         with sdk.connect(home, name="bench-warm-up", timeout=30.0) as warm:
             warm.publish(f"{kind}:x", {"i": -1})
-        transform.run(until=live)
-        t1 = time.monotonic_ns()
-        lags.sort()
-        conn.send(("result", {
-            "t0": marks[0], "t1": t1, "consumed": transform.consumed - 1, "published": transform.published - 1,
-            "lag_p50": statistics.median(lags), "lag_max": lags[-1],
-        }))
-        wait_exit(conn)
+
+    if front == "asyncio":
+        import asyncio
+
+        import sdk.aio
+        from sdk.transform import AsyncTransform
+
+        async def run() -> Any:
+            async with sdk.aio.connect(home, name=f"bench-{kind}", timeout=30.0) as bus:
+                start = (await bus.control.call({"op": "ping"}))["version"]
+                transform = AsyncTransform(bus, [f"{kind}:*"], fn, start=start)
+                await asyncio.to_thread(warm_up)
+                await transform.run(until=live)
+                return transform
+
+        transform: Any = asyncio.run(run())
+    else:
+        from sdk.transform import Transform
+
+        with sdk.connect(home, name=f"bench-{kind}", timeout=30.0) as bus:
+            start = bus.control.call({"op": "ping"})["version"]
+            transform = Transform(bus, [f"{kind}:*"], fn, start=start)
+            warm_up()
+            transform.run(until=live)
+    t1 = time.monotonic_ns()
+    lags.sort()
+    conn.send(("result", {
+        "t0": marks[0], "t1": t1, "consumed": transform.consumed - 1, "published": transform.published - 1,
+        "lag_p50": statistics.median(lags), "lag_max": lags[-1],
+    }))
+    wait_exit(conn)
 
 
-def _transform(system: str, env: Env) -> RunResult:
+def _transform(front: str) -> Any:
+    def run(system: str, env: Env) -> RunResult:
+        return _transform_run(front, env)
+
+    return run
+
+
+def _transform_run(front: str, env: Env) -> RunResult:
     n = env.scale(20_000, 100_000)
     kind = "t" + uuid.uuid4().hex[:8]
     home = env.wirings["pryxbus.log"]["home"]
     sides: list[Side] = []
     try:
-        side = Side("transform", transform_side, home, kind, n)
+        side = Side("transform", transform_side, home, kind, n, front)
         sides.append(side)
         side.expect("ready", READY_TIMEOUT)
         pub = Side("transform-publisher", filter_publisher, home, kind, n)
@@ -177,5 +205,6 @@ def cases(env: Env) -> list[Case]:
     return [
         Case("filter", f"1 session of {SESSIONS}, broker-side", (CPU, PUB), ("pryxbus",), _filter("broker")),
         Case("filter", f"1 session of {SESSIONS}, in the client", (CPU, PUB), ("pryxbus",), _filter("client")),
-        Case("transform", "1→1 rename, 64 B", (IN, OUT, LAG, LAG_MAX), ("pryxbus",), _transform),
+        Case("transform", "1→1 rename, 64 B", (IN, OUT, LAG, LAG_MAX), ("pryxbus",), _transform("sync")),
+        Case("transform", "1→1 rename, 64 B, asyncio", (IN, OUT, LAG, LAG_MAX), ("pryxbus",), _transform("asyncio")),
     ]
