@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
 from schemas.endpoints import Endpoints
+from schemas.envelope import BATCH_PREFIX
 from sdk.transport import configure_context
 from sdk.wire import (
     SIZE_QUESTION,
@@ -41,13 +42,14 @@ from sdk.aio_sessions import AsyncSessionClient
 from sdk.aio_subscription import Pending, Subscription
 from sdk.filters import Where, afiltered, compile_where, event_filter
 from sdk.bus import DEFAULT_HWM, resolve_endpoints, stream_wanted
-from sdk.errors import BusClosed, InvalidEvent, translate
+from sdk.errors import BusClosed, InvalidEvent, MessageTooLarge, translate
 from sdk.core.flows import drive_async
 from sdk.core.publishing import (
     DEFAULT_PUBLISH_BUFFER,
     IDENTITY_SIZE,
     LOOK,
     WATCH_INTERVAL,
+    Outgoing,
     PublisherCore,
     Resend,
     WaitForBroker,
@@ -262,19 +264,17 @@ class Bus(PublisherCore):
         if self._closed:
             raise BusClosed("bus is closed")
         count = 0
-        for frames in messages:
+        for batch in messages:
             sock = self._pub
             now = time.monotonic()
             if sock is None or now >= self._watch_at:
                 sock = await self._ready_publisher(now)
-                self._check_size(frames[2])
-            try:
-                await sock.send_multipart(frames, _DONTWAIT)
-            except zmq.Again:
-                await self._send_whole(sock, frames)
-            except zmq.ZMQError as e:
-                raise translate(e, "publish") from e
-            count += len(frames[1]) >> 2
+                if batch.size > self.max_event_size:  # a new broker's limit, learnt just now
+                    raise MessageTooLarge(batch.size, self.max_event_size)
+            if self._kept_bytes + batch.size > self.publish_buffer and self._kept:
+                await self._drive_publisher(self._room(batch.size))
+                sock = await self._ready_publisher(now)
+            count += await self._send_batch(sock, batch)
         return count
 
     def batch(self, flush_every: int = 4096) -> AsyncBatch:
@@ -284,7 +284,29 @@ class Bus(PublisherCore):
         return AsyncBatch(self, flush_every)
 
     async def _send_event(self, sock: zmq.asyncio.Socket, topic: bytes, body: bytes, wait: bool) -> int:
-        """Number and send one event, waiting for room in a full queue at most ``publish_timeout``.
+        """Number and send one event (see :meth:`_send_numbered`); returns its number."""
+        frames = await self._send_numbered(sock, lambda: [topic, self._identified(body, wait)])
+        self._sent(topic, frames[1])
+        number = self._number
+        if wait:
+            self._wanted[number] = 0
+        return number
+
+    async def _send_batch(self, sock: zmq.asyncio.Socket, batch: Outgoing) -> int:
+        """Number and send one batch (see :meth:`_send_numbered`); returns how many events it had."""
+        bodies: list[bytes] = []
+
+        def frames() -> list[bytes]:
+            bodies[:] = self._numbered(batch.cores)
+            return [BATCH_PREFIX + batch.topic, batch.lengths, b"".join(bodies)]
+
+        await self._send_numbered(sock, frames)
+        self._sent_batch(batch, bodies)
+        return len(bodies)
+
+    async def _send_numbered(self, sock: zmq.asyncio.Socket, frames: Callable[[], list[bytes]]) -> list[bytes]:
+        """Send the message ``frames()`` makes with the bus's next numbers, waiting for room in a
+        full queue at most ``publish_timeout``; returns what was sent.
 
         Sent whole, so tasks never interleave frames; numbered at the try that succeeds, with no
         await in between, so numbers go out in order and never twice. zmq.asyncio's own wait for
@@ -294,13 +316,12 @@ class Bus(PublisherCore):
         Raises:
             PublishTimeout: still no room after ``publish_timeout``; nothing was sent.
         """
-        frames = [topic, body]
         deadline = 0.0
         pause = 0.0005
         while True:
-            frames[1] = self._identified(body, wait)
+            message = frames()
             try:
-                await sock.send_multipart(frames, _DONTWAIT)
+                await sock.send_multipart(message, _DONTWAIT)
             except zmq.Again:  # the queue is full: the broker is behind
                 now = time.monotonic()
                 deadline = deadline or now + self.publish_timeout
@@ -313,11 +334,7 @@ class Bus(PublisherCore):
                 continue
             except zmq.ZMQError as e:
                 raise translate(e, "publish") from e
-            self._sent(topic, frames[1])
-            number = self._number
-            if wait:
-                self._wanted[number] = 0
-            return number
+            return message
 
     async def flush(self, timeout: float | None = None) -> None:
         """See :meth:`sdk.Bus.flush`.

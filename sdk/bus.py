@@ -11,7 +11,7 @@ from typing import Any
 import zmq
 
 from schemas.endpoints import Endpoints, HomeNotOwned
-from schemas.envelope import ENVELOPE_VERSION, WANT_VERSION
+from schemas.envelope import BATCH_PREFIX, ENVELOPE_VERSION, WANT_VERSION
 from sdk.transport import configure_context
 from sdk.wire import (
     SIZE_QUESTION,
@@ -274,18 +274,23 @@ class Bus(PublisherCore):
             if self._closed:
                 raise BusClosed("bus is closed")
             sock = self._pub or self._open_publisher()
-            for topic, lengths, bodies in messages:
+            for batch in messages:
                 now = time.time()
                 if now >= self._watch_at:
                     self._watch_broker(sock, now)
-                    self._check_size(bodies)  # a new broker's limit, learnt just now
+                    if batch.size > self.max_event_size:  # a new broker's limit, learnt just now
+                        raise MessageTooLarge(batch.size, self.max_event_size)
+                if self._kept_bytes + batch.size > self.publish_buffer and self._kept:
+                    drive(self._room(batch.size), self._server, self._io)
                 try:
-                    _send(sock, topic, _SNDMORE)
+                    _send(sock, BATCH_PREFIX + batch.topic, _SNDMORE)
                 except zmq.Again:
                     raise publish_timed_out(self.publish_timeout) from None
-                _send(sock, lengths, _SNDMORE)
-                _send(sock, bodies, 0, len(bodies) < ZERO_COPY_FROM)
-                count += len(lengths) >> 2
+                bodies = self._numbered(batch.cores)
+                _send(sock, batch.lengths, _SNDMORE)
+                _send(sock, b"".join(bodies), 0, batch.size < ZERO_COPY_FROM)
+                self._sent_batch(batch, bodies)
+                count += len(bodies)
         return count
 
     def batch(self, flush_every: int = 4096) -> Batch:

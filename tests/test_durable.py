@@ -57,6 +57,15 @@ class RawPublisher:
         body = b"\x97" + body[1:] + struct.pack("!BQBQ", 0xCF, self.pid, 0xCF, number | (WANT_VERSION if want_version else 0))
         self.sock.send_multipart([type.encode(), body])
 
+    def send_batch(self, numbers: list[int], type: str = "durable:test") -> None:
+        """A batch (PROTOCOL.md §4.2) of identified bodies numbered ``numbers``, payload {"n": number}."""
+        bodies = []
+        for number in numbers:
+            body = msgpack.packb([1, time.time(), "raw", None, {"n": number}], use_bin_type=True)
+            bodies.append(b"\x97" + body[1:] + struct.pack("!BQBQ", 0xCF, self.pid, 0xCF, number))
+        lengths = struct.pack(f"!{len(bodies)}I", *map(len, bodies))
+        self.sock.send_multipart([b"\x03" + type.encode(), lengths, b"".join(bodies)])
+
     def read(self, timeout: float) -> bool:
         """Take one upstream message (a confirmation or the broker's (un)subscription); False if
         none came within ``timeout``."""
@@ -144,6 +153,37 @@ def test_identified_publishes_are_stamped_once_and_confirmed_exactly(home: Path,
         assert (event.payload["n"], event.publisher) == (13, (PID, 13))
         pub.until(lambda: pub.through == 13 and 13 in pub.versions)
         assert stats(ctx, ep.control)["rejected"] == rejected + 2
+
+
+def test_an_identified_batch_is_stamped_whole_once(home: Path, start) -> None:
+    """A batch of identified bodies (PROTOCOL.md §4.2) is one publisher's consecutive numbers,
+    stamped all or none: sent again it is confirmed again, never stamped twice; one past a hole,
+    or whose numbers are not consecutive, is refused."""
+    start("broker")
+    ep = Endpoints.for_home(home)
+    with zmq.Context() as ctx, sdk.connect(home, name="t") as bus, bus.subscribe("durable:*", policy="count") as sub:
+        pub = RawPublisher(ctx, ep.publish, PID)
+        pub.send_batch(list(range(1, 101)))
+        events = [sub.recv(timeout=5) for _ in range(100)]
+        assert [e.publisher for e in events] == [(PID, n) for n in range(1, 101)]
+        assert [e.version for e in events] == list(range(events[0].version, events[0].version + 100))
+        pub.until(lambda: pub.through == 100)
+        pub.send_batch(list(range(1, 101)))  # sent again whole: confirmed again
+        pub.send_batch(list(range(51, 101)))  # its tail alone, as a resend one by one might leave it
+        pub.send_batch([102, 103])  # past a hole (101): refused, to be sent again in order
+        rejected = stats(ctx, ep.control)["rejected"]
+        pub.send_batch([101, 103])  # not consecutive: not a batch
+        pub.send_batch(list(range(101, 111)))
+        pub.send(111, {"n": 111}, want_version=True)
+        events = [sub.recv(timeout=5) for _ in range(11)]
+        assert [e.payload["n"] for e in events] == list(range(101, 112))
+        pub.until(lambda: pub.through == 111 and 111 in pub.versions)
+        now = stats(ctx, ep.control)
+        assert now["rejected"] == rejected + 2
+        assert (now["durable"]["identified"], now["durable"]["duplicates"], now["durable"]["out_of_order"]) == (111, 150, 1)
+        bus.publish("durable:test", {"n": "marker"})
+        assert sub.recv(timeout=5).payload["n"] == "marker"  # nothing stamped between
+        assert sub.lost == 0
 
 
 def test_with_an_event_log_confirmation_waits_for_its_ack(home: Path, start) -> None:

@@ -87,6 +87,11 @@ REACH = BATCH + MAX_BATCH_EVENTS
 """Most versions one drain stamps: reserved before it starts."""
 _BATCH_MARK = BATCH_PREFIX[0]
 _MARKS = frozenset(BODY_MARK)
+_MARKS7 = frozenset(IDENTIFIED_MARK)
+_FOUR_UINT64 = (_UINT64,) * 4
+
+BatchIdentity = tuple[bytes, int, int]
+"""A batch's publisher id (8 raw bytes) and its first and last numbers."""
 
 RESERVE_RETRY = 1.0
 """Seconds between tries to write the version mark while the disk refuses it."""
@@ -363,13 +368,17 @@ class Broker(LogLink, Control, Peers):
                     batch = self._read_batch(topic)
                     if batch is None:
                         continue
-                    topic, body_frame, lengths = batch
+                    topic, body_frame, lengths, identity = batch
                     seq = seqs.get(topic)
                     if seq is None:
                         if len(seqs) >= self.config.max_topics:
                             self._refuse_topic(topic)
+                            if identity is not None:
+                                durable.skip(identity[0], identity[1], version, identity[2])
                             continue
                         seq = 0
+                    if identity is not None and not durable.admit_run(*identity, version + len(lengths)):
+                        continue  # stamped before (confirmed again instead), or out of order
                     if bodies:  # the run being gathered goes first
                         if keep:
                             runs_append((run_topic, run_version, run_seq, bodies, sizes, run_bytes))  # type: ignore[arg-type]
@@ -530,9 +539,11 @@ class Broker(LogLink, Control, Peers):
         if self._wanted:
             self._streams.send(xpub, topic, version, bodies, sizes)
 
-    def _read_batch(self, topic: bytes) -> tuple[bytes, zmq.Frame, list[int]] | None:
-        """The rest of a batch whose topic frame was read: ``(event type, bodies frame, lengths)``,
-        or None (counted) if it is not a valid batch (PROTOCOL.md §4.2)."""
+    def _read_batch(self, topic: bytes) -> tuple[bytes, zmq.Frame, list[int], BatchIdentity | None] | None:
+        """The rest of a batch whose topic frame was read: ``(event type, bodies frame, lengths,
+        identity)``, or None (counted) if it is not a valid batch (PROTOCOL.md §4.2). The identity
+        of a batch of identified bodies is ``(publisher id, first number, last number)``: its
+        numbers must be consecutive, and it is stamped whole or not at all."""
         xsub = self.xsub
         if not xsub.getsockopt(_RCVMORE):
             self.malformed += 1
@@ -547,7 +558,7 @@ class Broker(LogLink, Control, Peers):
             return None
         event_type = topic[1:]
         n, rest = divmod(len(lengths_frame), 4)
-        if rest or not 0 < n <= MAX_BATCH_EVENTS or not is_valid_type(event_type):
+        if rest or not 0 < n <= MAX_BATCH_EVENTS:
             self.rejected += max(n, 1)
             return None
         lengths = list(struct.unpack(f"!{n}I", lengths_frame.bytes))
@@ -556,13 +567,35 @@ class Broker(LogLink, Control, Peers):
             return None
         view = body.buffer
         if n == 1:
-            good = view[0] in _MARKS
+            marks = {view[0]}
         else:  # every body's first byte, read in C
-            good = set(itemgetter(*accumulate(lengths[:-1], initial=0))(view)) <= _MARKS
-        if not good:
+            marks = set(itemgetter(*accumulate(lengths[:-1], initial=0))(view))
+        identity = None
+        if marks == _MARKS7:
+            identity = self._batch_identity(view, lengths)
+            if identity is None:
+                self.rejected += n
+                return None
+        elif marks != _MARKS:
             self.rejected += n
             return None
-        return event_type, body, lengths
+        if not is_valid_type(event_type):
+            self.rejected += n
+            if identity is not None:
+                self._durable.skip(identity[0], identity[1], self.version, identity[2])
+            return None
+        return event_type, body, lengths, identity
+
+    def _batch_identity(self, view: memoryview, lengths: list[int]) -> BatchIdentity | None:
+        """A batch of identified bodies: ``(publisher id, first number, last number)`` from its
+        first and last body, or None if those are not one publisher's consecutive numbers."""
+        if min(lengths) <= _IDENTITY_SIZE:
+            return None
+        m1, pid, m2, first = _unpack_identity(view, lengths[0] - _IDENTITY_SIZE)
+        m3, last_pid, m4, last = _unpack_identity(view, len(view) - _IDENTITY_SIZE)
+        if (m1, m2, m3, m4) != _FOUR_UINT64 or pid != last_pid or last - first != len(lengths) - 1 or last >> 63:
+            return None
+        return pid, first, last
 
     def _skip_rest(self) -> None:
         """Drain the remaining frames of a message with too many frames, and count it once."""

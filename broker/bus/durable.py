@@ -176,19 +176,56 @@ class Durable:
         self.batch.append((version, pid, number))
         return True
 
-    def skip(self, pid: bytes, number: int, version: int) -> None:
-        """An identified event refused before stamping (a topic not valid, or of a new type past
-        ``max_topics``): its number is used up, so the publisher's next one is not taken for a
-        hole and refused too. It is never confirmed by itself; a later event's confirmation
-        covers it (cumulative), as for any number below the one confirmed."""
+    def admit_run(self, pid: bytes, first: int, last: int, version: int) -> bool:
+        """:meth:`admit` for a batch of identified events numbered ``first`` to ``last`` (checked
+        consecutive by the broker), the last to be stamped ``version``: all of them or none. A
+        batch is sent again only whole (or its events one by one), so the first number tells:
+        the next one expected (stamped), a repeat of a stamped batch (confirmed again), or a hole
+        (refused). The event log is told the last event's identity only: what it needs to seed
+        the next broker with this publisher's number."""
+        pubs = self.pubs
+        entry = pubs.get(pid)
+        if entry is not None and first != entry[0] + 1:
+            if last <= entry[0]:
+                self.duplicates += last - first + 1
+                self._dups.append((pid, last, 0))
+            else:
+                self.out_of_order += 1
+            return False
+        if entry is None:
+            if len(pubs) >= self.max_publishers:
+                del pubs[next(iter(pubs))]
+            pubs[pid] = entry = [last, version, 0, version]
+        else:
+            entry[0] = last
+            entry[1] = version
+            if version - entry[3] > self.max_publishers:
+                entry[3] = version
+                del pubs[pid]
+                pubs[pid] = entry
+        if self.logging:
+            self.batch.append((version, pid, last))
+            self.identified += last - first  # and one for the entry, when delivered
+        else:
+            self.touched[pid] = entry
+            self.identified += last - first + 1
+        return True
+
+    def skip(self, pid: bytes, number: int, version: int, last: int | None = None) -> None:
+        """An identified event (or batch, numbered ``number`` to ``last``) refused before
+        stamping (a topic not valid, or of a new type past ``max_topics``): its numbers are used
+        up, so the publisher's next one is not taken for a hole and refused too. It is never
+        confirmed by itself; a later event's confirmation covers it (cumulative), as for any
+        number below the one confirmed."""
         plain = number & _NUMBER
+        through = plain if last is None else last
         entry = self.pubs.get(pid)
         if entry is None:
             if len(self.pubs) >= self.max_publishers:
                 del self.pubs[next(iter(self.pubs))]
-            self.pubs[pid] = [plain, 0, 0, version]
+            self.pubs[pid] = [through, 0, 0, version]
         elif plain == entry[0] + 1:
-            entry[0] = plain
+            entry[0] = through
 
     def room(self) -> tuple[int, int]:
         """(events, bytes) the next batch may take before the unlogged buffer is full."""

@@ -18,6 +18,7 @@ import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import add
 from typing import Any, Final, NamedTuple
 
 import msgpack
@@ -56,6 +57,8 @@ identity exactly as PROTOCOL.md §4.1 wants it, with no bytes added by hand."""
 
 pack_number = struct.Struct("!Q").pack
 """The number's 8 bytes, the last of an identified body (PROTOCOL.md §4.1)."""
+
+NUMBER_SIZE = 8
 
 SEVEN = IDENTIFIED_MARK
 
@@ -192,11 +195,12 @@ class PublisherCore:
         self._check_size(body)
         return body
 
-    def _batches(self, events: Iterable[Any]) -> list[list[bytes]]:
-        """The messages that publish ``events`` (``(type, payload)`` or ``(type, payload,
+    def _batches(self, events: Iterable[Any]) -> list[Outgoing]:
+        """The batches that publish ``events`` (``(type, payload)`` or ``(type, payload,
         session_id)`` each), all encoded and checked before any is sent: each run of consecutive
         events of one type becomes batches (PROTOCOL.md §4.2) of up to MAX_BATCH_EVENTS events
-        and BATCH_BYTES of bodies (never more than the event size limit).
+        and BATCH_BYTES of bodies (never more than the event size limit). Each event is
+        identified; its number is added when the batch is sent (:meth:`_numbered`).
 
         Raises:
             InvalidEvent: an event that is not such a tuple, a bad type or session id, a payload
@@ -205,11 +209,12 @@ class PublisherCore:
         """
         limit, most = self.max_event_size, min(BATCH_BYTES, self.max_event_size)
         packb, name, topics, validate = self._packb, self.name, self._topics, self.validate
+        id_head = self._id_head
         now = time.time()
         heads: dict[Any, bytes] = {}  # per session id: the body up to its payload, packed once
-        messages: list[list[bytes]] = []
+        messages: list[Outgoing] = []
         topic: bytes | None = None
-        bodies: list[bytes] = []
+        cores: list[bytes] = []
         size = 0
         for event in events:
             session_id = None
@@ -229,22 +234,37 @@ class PublisherCore:
             try:
                 head = heads.get(session_id)
                 if head is None:
-                    head = heads[session_id] = _ARRAY_5 + packb(ENVELOPE_VERSION) + packb(now) + packb(name) + packb(session_id)
-                body = head + packb(payload)
+                    head = heads[session_id] = SEVEN + packb(ENVELOPE_VERSION) + packb(now) + packb(name) + packb(session_id)
+                core = head + packb(payload) + id_head
             except (TypeError, ValueError, OverflowError) as e:
                 raise unencodable(e, name, session_id) from None
-            length = len(body)
+            length = len(core) + NUMBER_SIZE
             if length > limit:
                 raise MessageTooLarge(length, limit)
-            if this != topic or size + length > most or len(bodies) >= MAX_BATCH_EVENTS:
-                if bodies:
-                    messages.append(_batch(topic, bodies))  # type: ignore[arg-type]
-                topic, bodies, size = this, [], 0
-            bodies.append(body)
+            if this != topic or size + length > most or len(cores) >= MAX_BATCH_EVENTS:
+                if cores:
+                    messages.append(_outgoing(topic, cores, size))  # type: ignore[arg-type]
+                topic, cores, size = this, [], 0
+            cores.append(core)
             size += length
-        if bodies:
-            messages.append(_batch(topic, bodies))  # type: ignore[arg-type]
+        if cores:
+            messages.append(_outgoing(topic, cores, size))  # type: ignore[arg-type]
         return messages
+
+    def _numbered(self, cores: list[bytes]) -> list[bytes]:
+        """The bodies of a batch about to be sent: each core with its number, the next ones
+        (taken by :meth:`_sent_batch` once it is sent)."""
+        first = self._number + 1
+        return list(map(add, cores, map(pack_number, range(first, first + len(cores)))))
+
+    def _sent_batch(self, batch: Outgoing, bodies: list[bytes]) -> None:
+        """Take the numbers of a batch just sent and keep its events until the broker confirms
+        them, each as if published alone (sent again one by one)."""
+        self._number += len(bodies)
+        kept = [batch.topic] * (2 * len(bodies))
+        kept[1::2] = bodies
+        self._kept += kept
+        self._kept_bytes += batch.size
 
     def _check_size(self, body: bytes) -> None:
         """Raise MessageTooLarge if the identified form of the anonymous ``body`` is over the
@@ -398,12 +418,21 @@ class PublisherCore:
         finally:
             del self._wanted[number]
 
-_ARRAY_5 = b"\x95"  # msgpack's header of a 5-element array: the body [1, ts, source, session_id, payload]
+class Outgoing(NamedTuple):
+    """A batch encoded by :meth:`PublisherCore._batches`, to be numbered when sent."""
+
+    topic: bytes
+    """The events' own topic frame (they are kept, and sent again, one by one)."""
+    lengths: bytes
+    """The batch's second frame: each body's length (PROTOCOL.md §4.2)."""
+    cores: list[bytes]
+    """Each event's identified body without its number's 8 bytes."""
+    size: int
+    """The bodies' total size, numbers included."""
 
 
-def _batch(topic: bytes, bodies: list[bytes]) -> list[bytes]:
-    """The three frames of one batch (PROTOCOL.md §4.2)."""
-    return [BATCH_PREFIX + topic, struct.pack(f"!{len(bodies)}I", *map(len, bodies)), b"".join(bodies)]
+def _outgoing(topic: bytes, cores: list[bytes], size: int) -> Outgoing:
+    return Outgoing(topic, struct.pack(f"!{len(cores)}I", *[len(c) + NUMBER_SIZE for c in cores]), cores, size)
 
 
 class Batch:
