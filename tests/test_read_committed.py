@@ -15,7 +15,7 @@ from pathlib import Path
 import zmq
 
 from schemas.endpoints import Endpoints
-from tests.fronts import Front, sync_only
+from tests.fronts import Front
 from tests.helpers import stats, wait_for, wait_stats
 from tests.test_durable import PID, RawPublisher
 from tests.test_faults import Collector
@@ -34,7 +34,6 @@ def in_log(home: Path) -> list[tuple[int, int]]:
         db.close()
 
 
-@sync_only  # the decoder is the SDK core both fronts drive; test_codec.py checks its marks alone
 def test_an_event_the_log_never_wrote_reaches_recover_once_across_a_broker_kill(home: Path, start, front: Front) -> None:
     """The event log is stopped, 2,000 events are stamped and delivered live, the broker is killed
     (what the log had not read of them dies with it), the log resumes, a new broker starts, and the
