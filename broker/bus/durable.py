@@ -151,18 +151,8 @@ class Durable:
     def _unusual(self, pid: bytes, number: int, version: int, entry: list[int] | None) -> bool:
         """``admit`` for a new publisher, a repeat, a hole, or an event asking for its version."""
         flagged, plain = number >> 63, number & _NUMBER
-        pubs = self.pubs
-        if entry is None:
-            if len(pubs) >= self.max_publishers:
-                del pubs[next(iter(pubs))]
-            pubs[pid] = [plain, version, 0, version]
-        elif plain == entry[0] + 1:  # the next number, asking for its version
-            entry[0] = plain
-            entry[1] = version
-            if version - entry[3] > self.max_publishers:
-                entry[3] = version
-                del pubs[pid]
-                pubs[pid] = entry
+        if entry is None or plain == entry[0] + 1:  # new, or the next number asking for its version
+            self._stamped(pid, entry, plain, version)
         elif plain <= entry[0]:
             self.duplicates += 1
             self._dups.append((pid, plain, flagged))
@@ -183,8 +173,7 @@ class Durable:
         the next one expected (stamped), a repeat of a stamped batch (confirmed again), or a hole
         (refused). The event log is told the last event's identity only: what it needs to seed
         the next broker with this publisher's number."""
-        pubs = self.pubs
-        entry = pubs.get(pid)
+        entry = self.pubs.get(pid)
         if entry is not None and first != entry[0] + 1:
             if last <= entry[0]:
                 self.duplicates += last - first + 1
@@ -192,17 +181,7 @@ class Durable:
             else:
                 self.out_of_order += 1
             return False
-        if entry is None:
-            if len(pubs) >= self.max_publishers:
-                del pubs[next(iter(pubs))]
-            pubs[pid] = entry = [last, version, 0, version]
-        else:
-            entry[0] = last
-            entry[1] = version
-            if version - entry[3] > self.max_publishers:
-                entry[3] = version
-                del pubs[pid]
-                pubs[pid] = entry
+        entry = self._stamped(pid, entry, last, version)
         if self.logging:
             self.batch.append((version, pid, last))
             self.identified += last - first  # and one for the entry, when delivered
@@ -210,6 +189,23 @@ class Durable:
             self.touched[pid] = entry
             self.identified += last - first + 1
         return True
+
+    def _stamped(self, pid: bytes, entry: list[int] | None, number: int, version: int) -> list[int]:
+        """Note that ``pid``'s ``number`` is stamped ``version`` (its entry, made if new, the oldest
+        forgotten past max_publishers; moved last if not moved lately). Returns the entry."""
+        pubs = self.pubs
+        if entry is None:
+            if len(pubs) >= self.max_publishers:
+                del pubs[next(iter(pubs))]
+            pubs[pid] = entry = [number, version, 0, version]
+            return entry
+        entry[0] = number
+        entry[1] = version
+        if version - entry[3] > self.max_publishers:
+            entry[3] = version
+            del pubs[pid]
+            pubs[pid] = entry
+        return entry
 
     def skip(self, pid: bytes, number: int, version: int, last: int | None = None) -> None:
         """An identified event (or batch, numbered ``number`` to ``last``) refused before
