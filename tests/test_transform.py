@@ -277,3 +277,39 @@ def test_what_a_mapper_may_return() -> None:
     for bad in (5, "a:x", [("a:x",)], [("a:x", {}, None, 1)], [{"type": "a:x"}], (1, {})):
         with pytest.raises(sdk.InvalidEvent, match="transform"):
             list(outputs_of(bad))
+
+
+def test_a_transform_on_an_edge_resumes_from_its_own_events(xprocess, cluster, stream, homes) -> None:
+    """On the NATS backbone the edge answers the log's requests from the stream: a restarted
+    transform finds its own newest event there (``tail`` by ``source``), not the newest of another
+    transform, and the derived stream is complete and once each."""
+    from tests.helpers import start_part
+
+    home = homes()
+    part = start_part(xprocess, home, "edge", "--backbone", cluster.servers, "--stream", stream, "--replicas", "1")
+    n = 20
+
+    def fn(event: sdk.Event):
+        return [("derived:a", {"i": event.payload["i"]}), ("derived:b", {"i": event.payload["i"]})]
+
+    try:
+        with sdk.connect(home, name="src", timeout=5.0) as bus:
+            for i in range(n):
+                bus.publish("load:x", {"i": i})
+            with sdk.connect(home, name="t-edge", timeout=5.0) as tbus:
+                Transform(tbus, ["load:*"], fn, status_interval=0).run(until=lambda t: t.consumed == 10)
+            with sdk.connect(home, name="t-other", timeout=5.0) as other:  # another transform's event, newest
+                other.publish("derived:a", {"i": 0, REF: [1, 0]})
+                other.flush()
+            with sdk.connect(home, name="t-edge", timeout=5.0) as tbus:
+                again = Transform(tbus, ["load:*"], fn, status_interval=0)
+                again.run(until=lambda t: t.consumed == n - 9)
+            assert (again.resumes, again.skipped, again.published) == (1, 2, 2 * (n - 10))
+            source = list(bus.replay("load:*"))
+            got = wait_for(lambda: [e for e in bus.replay("derived:*") if e.source == "t-edge"], lambda d: len(d) >= 2 * n,
+                           what="every derived event", timeout=30, interval=0.05)
+            assert [(e.type, e.payload["i"], *e.payload[REF]) for e in got] == [
+                (t, e.payload["i"], e.version, k) for e in source for k, t in enumerate(("derived:a", "derived:b"))
+            ]
+    finally:
+        part.stop()

@@ -135,23 +135,24 @@ async def open_reader(js: Any, subject: str, first: int, cb: Callable[[Any], Any
 
 
 def event_filter(request: dict[str, Any]) -> Callable[[bytes, bytes], bool]:
-    """The replay/tail filters (patterns, session_id, ts_from, ts_until) as one predicate."""
+    """The replay/tail filters (patterns, session_id, source, ts_from, ts_until) as one predicate."""
     patterns = request.get("patterns") or []
     if not isinstance(patterns, list):
         raise ValueError("patterns: expected a list")
     topic_ok = compile_matcher(patterns)
     session_id, ts_from, ts_until = request.get("session_id"), request.get("ts_from"), request.get("ts_until")
-    if session_id is None and ts_from is None and ts_until is None:
+    source = request.get("source")
+    if session_id is None and source is None and ts_from is None and ts_until is None:
         return lambda topic, body: topic_ok(topic)
 
     def matches(topic: bytes, body: bytes) -> bool:
         if not topic_ok(topic):
             return False
         try:
-            ts, _source, sid = decode_header(body)
+            ts, src, sid = decode_header(body)
         except Exception:
             return False
-        return ((session_id is None or sid == session_id) and (ts_from is None or ts >= ts_from)
-                and (ts_until is None or ts < ts_until))
+        return ((session_id is None or sid == session_id) and (source is None or src == source)
+                and (ts_from is None or ts >= ts_from) and (ts_until is None or ts < ts_until))
 
     return matches

@@ -15,7 +15,7 @@ from schemas.topics import compile_matcher
 from sdk.core.decoding import event_of_row
 from sdk.core.flows import PING, Ask, Flow, Sleep
 from sdk.core.publishing import NUMBER_BASE
-from sdk.errors import BusTimeout, InvalidEvent
+from sdk.errors import BusError, BusTimeout, InvalidEvent
 from sdk.event import Event
 from sdk.filters import Where, compile_where
 
@@ -97,10 +97,19 @@ class Progress(NamedTuple):
     run numbers its events after it."""
 
 
-def progress_of(rows: list[Any], start: int, publisher_id: int) -> Progress:
-    """The Progress in the log row of the newest derived event (``rows``: none or that one)."""
+def progress_of(rows: list[Any], name: str, start: int, publisher_id: int) -> Progress:
+    """The Progress in the log row of the newest derived event (``rows``: none or that one).
+
+    Raises:
+        BusError: the row is another source's (a log whose ``tail`` ignores ``source``).
+    """
     if rows:
         event = event_of_row(rows[0])
+        if event.source != name:
+            raise BusError(
+                f"the event log answered the newest event of source {name!r} with one of {event.source!r}:"
+                " it cannot tell where the transform resumes"
+            )
         ref = event.payload.get(REF) if isinstance(event.payload, dict) else None
         if isinstance(ref, list) and len(ref) == 2 and all(type(x) is int for x in ref):
             number = event.publisher[1] if event.publisher and event.publisher[0] == publisher_id else NUMBER_BASE
@@ -125,7 +134,7 @@ def progress(name: str, start: int, log_timeout: float) -> Flow[Progress]:
             raise BusTimeout(f"the event log did not reach version {stamped} within {log_timeout:g}s")
         yield Sleep(LOG_POLL)
     rows = (yield Ask("log", {"op": "tail", "limit": 1, "source": name}))["events"]
-    return progress_of(rows, start, publisher_id_of(name))
+    return progress_of(rows, name, start, publisher_id_of(name))
 
 
 class TransformCore:
