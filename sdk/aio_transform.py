@@ -124,7 +124,7 @@ class AsyncTransform(TransformCore):
         derived = self._derived(event, index, output, skip)
         if derived is not None:
             await self.bus.publish(derived[0], derived[1], session_id=derived[2])
-            self.published += 1
+            self._sent()
 
     async def _status(self, *, final: bool = False) -> None:
         """See :meth:`sdk.transform.Transform._status`: the stats as a ``transform:status`` event

@@ -122,7 +122,7 @@ class Transform(TransformCore):
             derived = self._derived(event, index, output, skip)
             if derived is not None:
                 self.bus.publish(derived[0], derived[1], session_id=derived[2])
-                self.published += 1
+                self._sent()
         self._finished(event)
 
     def _status(self, *, final: bool = False) -> None:

@@ -177,6 +177,7 @@ class TransformCore:
         """Seconds between the last source event's publication and its outputs'."""
         self._status_at = 0.0
         self._last_event_at: float | None = None
+        self._numbered = NUMBER_BASE  # the number of the last event the transform published
 
     def _progress(self) -> Flow[Progress]:
         return progress(self.name, self.start, self.log_timeout)
@@ -186,6 +187,7 @@ class TransformCore:
         last; return the source event to redo (its version and the index of its last output
         already logged), or None."""
         self.bus._number_after(publisher_id_of(self.name), found.number)
+        self._numbered = found.number
         version, index = found.version, found.index
         if index < 0:
             self.done_version = version
@@ -223,7 +225,18 @@ class TransformCore:
             payload = {}
         if not isinstance(payload, dict):
             raise InvalidEvent(f"transform {self.name!r}: an output payload must be a map (or None), not {payload!r}")
+        if self.bus._number != self._numbered:
+            raise BusError(
+                f"transform {self.name!r}: its bus published {self.bus._number - self._numbered} event(s) of"
+                " something else, numbered as the transform (a restart would take its own for repeats of them):"
+                " give the transform a bus of its own"
+            )
         return event_type, {**payload, REF: [event.version, index]}, session
+
+    def _sent(self) -> None:
+        """A derived event was published."""
+        self.published += 1
+        self._numbered = self.bus._number
 
     def _finished(self, event: Event) -> None:
         """Every output of ``event`` is published."""
