@@ -196,7 +196,7 @@ def test_the_asyncio_transform_resumes_from_the_log(home: Path, event_log, bus) 
                 await src.publish("load:x", {"i": i})
             await asyncio.wait_for(live, 30)
             stats.append(await second.stats())
-            third = AsyncTransform(abus, ["load:*"], awaited, status_interval=0)
+            third = AsyncTransform(abus, ["load:*"], awaited)  # with its status events
             await third.run(until=lambda t: True)  # ends after the event it redoes
             stats.append(await third.stats())
         return stats
@@ -214,6 +214,9 @@ def test_the_asyncio_transform_resumes_from_the_log(home: Path, event_log, bus) 
     got = wait_for(logged, lambda d: len(d) >= len(want), what="every derived event", timeout=30, interval=0.05)
     assert got == want  # complete, in source order, none twice
     assert (third["resumes"], third["skipped"], third["published"]) == (1, 1, 0)
+    statuses = wait_for(lambda: [e.payload for e in bus.replay("transform:status") if e.source == "t-aio.status"],
+                        lambda s: s and s[-1]["running"] is False, what="the last status", timeout=10, interval=0.05)
+    assert (statuses[-1]["consumed"], statuses[-1]["skipped"], statuses[-1]["name"]) == (1, 1, "t-aio")
 
 
 def test_an_event_of_the_killed_run_arriving_after_the_next_run_looked_is_stamped_once(home: Path, event_log, bus) -> None:
