@@ -57,10 +57,10 @@ STAMP = struct.Struct("!QQ")
 RUN_LENGTH = struct.Struct("!I")
 """One body length in the stamp of a run."""
 
-MAX_RUN = 32
+MAX_RUN = 128
 """Most events the broker puts in one delivered message (a run); 1 turns runs off."""
 
-MAX_RUN_BYTES = 16 * 1024
+MAX_RUN_BYTES = 64 * 1024
 """Most body bytes in one run; a bigger body travels alone."""
 
 BATCH_PREFIX = b"\x03"

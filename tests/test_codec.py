@@ -276,3 +276,17 @@ def test_bus_publish_inlines_the_codec(bus) -> None:  # type: ignore[no-untyped-
     finally:
         sock.close()
         ctx.term()
+
+
+@pytest.mark.parametrize("size", [64, 4096], ids=["unpacker", "slices"])
+def test_a_run_with_malformed_bodies_delivers_the_others_exactly(size: int) -> None:
+    """Small bodies are decoded by one streaming unpacker, big ones (SLICE_FROM) slice by slice:
+    either way a body that does not end exactly at its length, or is not an envelope, is counted
+    alone and the run's other events keep their versions and sequences."""
+    good = [encode_body({"b": bytes([i]) * size}, source="s", session_id=None, ts=float(i)) for i in range(5)]
+    bodies = [good[0], good[1] + b"\xc0", b"\x93\x01\x02\x03", good[3], good[4]]
+    decoder = EventDecoder(("t:*",), "count")
+    got: list[Event] = []
+    decoder.feed(b"t:x", run_stamp(10, 1, [len(b) for b in bodies]), b"".join(bodies), got.append)
+    assert [(e.version, e.seq, e.payload["b"][:1]) for e in got] == [(10, 1, b"\x00"), (13, 4, b"\x03"), (14, 5, b"\x04")]
+    assert (decoder.malformed, decoder.received, decoder.last_topic_seq[b"t:x"]) == (2, 3, 5)

@@ -16,6 +16,7 @@ import pytest
 import zmq
 
 import sdk
+from schemas.envelope import MAX_RUN
 from tests.helpers import Part
 from helpers import wait_for
 from test_raw_interop import raw_subscriber
@@ -83,7 +84,7 @@ def test_a_burst_comes_out_in_runs_and_every_consumer_sees_each_version_once(
             got, sizes = raw_receive_all(raw, TOTAL)
             assert got == want
             assert max(sizes) > 1, "the broker found the whole burst waiting, yet sent no run"
-            assert max(sizes) <= 32  # MAX_RUN
+            assert max(sizes) <= MAX_RUN
             mine = [sub.recv(timeout=5) for _ in range(TOTAL - 1)]  # all but the one tick:b
             assert [(e.type, e.version, e.seq, e.payload) for e in mine] == [w for w in want if w[0] != "tick:b"]
             assert (sub.lost, sub.malformed) == (0, 0)
