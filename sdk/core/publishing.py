@@ -44,6 +44,12 @@ from sdk.wire import SIZE_QUESTION, check_event, encode_body, publish_timed_out,
 WATCH_INTERVAL = 0.005
 """Seconds between two looks (one getsockopt) at what the broker sent the publisher."""
 
+SIZE_ASK_TIMEOUT = 1.0
+SIZE_ASK_RETRIES = 2
+"""How long a publisher asks a broker that (re)subscribed for its size limit: publishing waits
+meanwhile, so a request lost with the old broker's connection is asked again soon (Lazy Pirate
+opens a new socket), not after the bus's whole ``timeout``."""
+
 DEFAULT_PUBLISH_BUFFER = 16 * 1024 * 1024
 """Bytes of event bodies a bus keeps unconfirmed before ``publish`` waits for confirmations."""
 
@@ -356,7 +362,9 @@ class PublisherCore:
         if not self._asked_size:
             return
         try:
-            self.max_event_size = size_limit((yield Ask("control", SIZE_QUESTION, retries=0)))
+            self.max_event_size = size_limit(
+                (yield Ask("control", SIZE_QUESTION, timeout=SIZE_ASK_TIMEOUT, retries=SIZE_ASK_RETRIES))
+            )
         except BusError:
             pass
 
