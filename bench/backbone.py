@@ -4,9 +4,14 @@ JetStream publish and consume, in the same run, on the same local 3-node cluster
 Figures, for R1 and R3 streams: 1→1 within one home (SDK publisher → edge → stream → the same
 edge → SDK subscriber) and across two homes (publisher at one edge, subscriber at another); the
 edge's CPU per event; replay through ``bus.replay``; the confirm round trip of an identified
-publish (want-version) p50/p99. nats-py's: async publish with a window of 4,000 in flight,
-ordered-consumer replay, and a synchronous ``js.publish`` round trip. The ratios compare pryxbus
-with nats-py's figure of the same kind and replication.
+publish (want-version) p50/p99; session ``create`` and ``get`` through the session service on
+the key-value bucket (``--store nats-kv``); with R3, the failover stall: from a ``kill -9`` of the
+stream's leader to the next confirmed publish. nats-py's: async publish with a window of 4,000 in
+flight, ordered-consumer replay, a synchronous ``js.publish`` round trip, ``kv.create``/``kv.get``
+on a bucket of the same replication, and the same stall for ``js.publish`` retried until it
+succeeds. Session ``create`` is also compared with the single-host floor: a REQ/REP sidecar that
+makes one SQLite commit per request (``bench.peers``). The ratios compare pryxbus with the peer
+figure of the same kind and replication.
 """
 
 from __future__ import annotations
@@ -39,6 +44,19 @@ def _edge(home: Path, servers: str, stream: str, replicas: int) -> subprocess.Po
         if line.startswith("pryxbus edge ready"):
             return proc
     raise RuntimeError(f"the edge in {home} did not start (exit {proc.wait()})")
+
+
+def _kv_sessions(home: Path, servers: str, stream: str, replicas: int) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broker", "session-service", "--store", "nats-kv", "--home", str(home),
+         "--backbone", servers, "--stream", stream, "--replicas", str(replicas)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("pryxbus session-service ready"):
+            return proc
+    raise RuntimeError(f"the session service in {home} did not start (exit {proc.wait()})")
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -150,6 +168,184 @@ def pryxbus_confirm_latency(home: Path, rounds: int) -> list[float]:
     return times
 
 
+def pryxbus_sessions(home: Path, ops: int) -> dict[str, float]:
+    """Session ``create`` then ``get`` per second, one client in a closed loop."""
+    import sdk
+
+    with sdk.connect(home, name="bench-sessions", timeout=30.0) as bus:
+        sessions = bus.sessions
+        sessions.create("warm-up")
+        start = time.perf_counter()
+        made = [sessions.create("bench session").id for _ in range(ops)]
+        create = ops / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for i in range(ops):
+            sessions.get(made[i])
+        get = ops / (time.perf_counter() - start)
+    return {"create": create, "get": get}
+
+
+async def nats_kv(servers: list[str], bucket: str, replicas: int, ops: int) -> dict[str, float]:
+    """nats-py's ``kv.create`` (create-if-absent, as a session create) and ``kv.get`` per second."""
+    import uuid
+
+    import nats
+    from nats.js.api import KeyValueConfig, StorageType
+
+    nc = await nats.connect(servers)
+    try:
+        js = nc.jetstream(timeout=30)
+        kv = await js.create_key_value(KeyValueConfig(bucket=bucket, replicas=replicas, storage=StorageType.FILE))
+        value = b"x" * 120
+        await kv.create("warm-up", value)
+        keys = [uuid.uuid4().hex for _ in range(ops)]
+        start = time.perf_counter()
+        for key in keys:
+            await kv.create(key, value)
+        create = ops / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for key in keys:
+            await kv.get(key)
+        get = ops / (time.perf_counter() - start)
+        return {"create": create, "get": get}
+    finally:
+        await nc.close()
+
+
+def sidecar_create(ops: int) -> float:
+    """The single-host floor of a durable create: REQ/REP to a process making one SQLite commit."""
+    import msgpack
+    import zmq
+
+    from bench.peers import start_sidecar
+
+    workdir = Path(tempfile.mkdtemp(prefix="pxb-bb-sidecar-", dir="/tmp"))
+    server = start_sidecar(workdir)
+    ctx = zmq.Context()
+    req = ctx.socket(zmq.REQ)
+    req.linger = 0
+    try:
+        req.connect(server.wiring["endpoint"])
+        request = msgpack.packb({"op": "create", "title": "bench session"})
+        req.send(request)
+        req.recv()
+        start = time.perf_counter()
+        for _ in range(ops):
+            req.send(request)
+            req.recv()
+        return ops / (time.perf_counter() - start)
+    finally:
+        req.close()
+        ctx.term()
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _leader(servers: list[str], stream: str) -> str:
+    import nats
+
+    nc = await nats.connect(servers)
+    try:
+        return (await nc.jetstream(timeout=10).stream_info(stream)).cluster.leader
+    finally:
+        await nc.close()
+
+
+def _kill_leader(cluster: Any, stream: str) -> tuple[Any, float]:
+    """kill -9 the stream's leader; (its node, the time of the kill)."""
+    name = asyncio.run(_leader(cluster.urls, stream))
+    node = next(m for m in cluster.members if m.name == name)
+    killed_at = time.perf_counter()
+    cluster.kill(node)
+    return node, killed_at
+
+
+def _restart(cluster: Any, node: Any) -> None:
+    cluster.start_node(node)
+    cluster.wait_ready(60)
+
+
+def pryxbus_failover(cluster: Any, home: Path, stream: str, rounds: int) -> float:
+    """Seconds from a kill -9 of the stream's leader to the confirmation of the next identified
+    publish (sent right after the kill), after ``rounds`` confirmed ones."""
+    import msgpack
+    import zmq
+
+    from schemas.endpoints import Endpoints
+    from schemas.envelope import CONFIRM, identify, parse_confirm
+
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.linger = 0
+    pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+    pub.connect(Endpoints.for_home(home).publish)
+    publisher = int.from_bytes(os.urandom(8), "big") | 1
+    body = msgpack.packb([1, time.time(), "bench", None, {"b": "x" * PAYLOAD}])
+
+    def confirmed(number: int) -> None:
+        pub.send_multipart([b"bench:failover", identify(body, publisher, number)])
+        while True:
+            if not pub.poll(120_000):
+                raise RuntimeError(f"no confirmation of event {number} within 120 s")
+            msg = pub.recv()
+            if msg[:1] == CONFIRM and any(p == publisher and t >= number for p, t, _ in parse_confirm(msg)):
+                return
+
+    node = None
+    try:
+        if not pub.poll(10_000):
+            raise RuntimeError("no subscription from the edge")
+        pub.recv()
+        for number in range(1, rounds + 1):
+            confirmed(number)
+        node, killed_at = _kill_leader(cluster, stream)
+        confirmed(rounds + 1)
+        return time.perf_counter() - killed_at
+    finally:
+        pub.close()
+        ctx.term()
+        if node is not None:
+            _restart(cluster, node)
+
+
+async def _nats_publish_until_stored(servers: list[str], stream: str, rounds: int, kill: Any) -> float:
+    import nats
+
+    nc = await nats.connect(servers, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        js = nc.jetstream(timeout=5)
+        for _ in range(rounds):
+            await js.publish(f"nb.{stream}", b"x" * (PAYLOAD + 30))
+        killed_at = await asyncio.get_running_loop().run_in_executor(None, kill)
+        delay = 0.05
+        while True:
+            try:
+                await js.publish(f"nb.{stream}", b"x" * (PAYLOAD + 30), headers={"Nats-Msg-Id": "after-the-kill"})
+                return time.perf_counter() - killed_at
+            except Exception:  # no responders, a timeout, a reconnect: what an application retries
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+    finally:
+        await nc.close()
+
+
+def nats_failover(cluster: Any, stream: str, rounds: int) -> float:
+    """nats-py's stall: from a kill -9 of the stream's leader to the first ``js.publish`` that
+    succeeds (retried with the edge's backoff, 50 ms doubling to 2 s)."""
+    killed: list[Any] = []
+
+    def kill() -> float:
+        node, at = _kill_leader(cluster, stream)
+        killed.append(node)
+        return at
+
+    try:
+        return asyncio.run(_nats_publish_until_stored(cluster.urls, stream, rounds, kill))
+    finally:
+        for node in killed:
+            _restart(cluster, node)
+
+
 async def nats_publish(servers: list[str], stream: str, replicas: int, n: int) -> float:
     import nats
     from nats.js.api import StreamConfig
@@ -222,8 +418,9 @@ def run(quick: bool, out: Path) -> int:
 
     n = 5_000 if quick else 20_000
     rounds = 200 if quick else 1000
+    ops = 200 if quick else 1000
     directory = Path(tempfile.mkdtemp(prefix="pxb-bench-nats-", dir="/tmp"))
-    rows: list[tuple[str, str, float, str, float | None]] = []  # (figure, R, pryxbus, unit, nats-py)
+    rows: list[tuple[str, str, float, str, float | None, str]] = []  # (figure, R, pryxbus, unit, peer, peer's name)
     try:
         try:
             cluster = Cluster(directory / "nats", nodes=3)
@@ -232,37 +429,54 @@ def run(quick: bool, out: Path) -> int:
             return 0
         with cluster:
             servers = cluster.urls
+            sidecar = sidecar_create(ops)
             for replicas in (1, 3):
                 tag = f"R{replicas}"
-                nats_rate = asyncio.run(nats_publish(servers, f"NB{replicas}", replicas, n))
-                nats_replay_rate = asyncio.run(nats_replay(servers, f"NB{replicas}", n))
                 homes = [Path(tempfile.mkdtemp(prefix="pxb-bb-", dir="/tmp")) for _ in range(2)]
                 edges = [_edge(h, cluster.servers, f"PB{replicas}", replicas) for h in homes]
+                sessions = None
                 try:
+                    # nats-py's publish right before each pryxbus run it is compared with (A, B, A, B).
+                    nats_one = asyncio.run(nats_publish(servers, f"NB{replicas}", replicas, n))
                     one = pryxbus_pubsub(homes[0], homes[0], n, edges[0].pid)
+                    nats_across = asyncio.run(nats_publish(servers, f"NB{replicas}x", replicas, n))
                     across = pryxbus_pubsub(homes[0], homes[1], n, edges[0].pid)
+                    nats_replay_rate = asyncio.run(nats_replay(servers, f"NB{replicas}", n))
                     replay = pryxbus_replay(homes[1], 2 * n)
                     rows += [
-                        ("1→1 within one home", tag, one["rate"], "events/s", nats_rate),
-                        ("1→1 across two homes", tag, across["rate"], "events/s", nats_rate),
-                        ("edge CPU per event (publishing edge, 1→1 across)", tag, across["edge_cpu_us"], "µs", None),
-                        ("replay", tag, replay, "events/s", nats_replay_rate),
+                        ("1→1 within one home", tag, one["rate"], "events/s", nats_one, "async publish"),
+                        ("1→1 across two homes", tag, across["rate"], "events/s", nats_across, "async publish"),
+                        ("edge CPU per event (publishing edge, 1→1 across)", tag, across["edge_cpu_us"], "µs", None, ""),
+                        ("replay", tag, replay, "events/s", nats_replay_rate, "ordered consumer"),
+                    ]
+                    sessions = _kv_sessions(homes[0], cluster.servers, f"PB{replicas}", replicas)
+                    mine_kv = pryxbus_sessions(homes[0], ops)
+                    theirs_kv = asyncio.run(nats_kv(servers, f"nb-kv-{replicas}", replicas, ops))
+                    rows += [
+                        ("session create (nats-kv store)", tag, mine_kv["create"], "ops/s", theirs_kv["create"], "kv.create"),
+                        ("session create (nats-kv store)", tag, mine_kv["create"], "ops/s", sidecar,
+                         "SQLite sidecar, one host"),
+                        ("session get (nats-kv store)", tag, mine_kv["get"], "ops/s", theirs_kv["get"], "kv.get"),
                     ]
                     if replicas == 3:
                         mine = pryxbus_confirm_latency(homes[0], rounds)
                         theirs = asyncio.run(nats_publish_latency(servers, "NB3", rounds))
                         rows += [
-                            ("confirm round trip p50", tag, _pct(mine, 0.5), "ms", _pct(theirs, 0.5)),
-                            ("confirm round trip p99", tag, _pct(mine, 0.99), "ms", _pct(theirs, 0.99)),
+                            ("confirm round trip p50", tag, _pct(mine, 0.5), "ms", _pct(theirs, 0.5), "js.publish"),
+                            ("confirm round trip p99", tag, _pct(mine, 0.99), "ms", _pct(theirs, 0.99), "js.publish"),
                         ]
+                        stall = pryxbus_failover(cluster, homes[0], "PB3", 100)
+                        theirs_stall = nats_failover(cluster, "NB3", 100)
+                        rows.append(("failover stall (leader kill -9 to the next confirmed publish)", tag, stall, "s",
+                                     theirs_stall, "js.publish retried"))
                     if one["lost"] or across["lost"]:
                         print(f"bench backbone: subscribers lost events ({one['lost']}, {across['lost']})")
                 finally:
-                    for proc in edges:
+                    for proc in edges + ([sessions] if sessions else []):
                         _stop(proc)
                     for h in homes:
                         shutil.rmtree(h, ignore_errors=True)
-    except (SideError, RuntimeError, OSError) as e:
+    except (SideError, RuntimeError, OSError, TimeoutError) as e:
         print(f"bench backbone: FAILED: {e}")
         return 1
     finally:
@@ -271,20 +485,24 @@ def run(quick: bool, out: Path) -> int:
         f"# pryxbus on a NATS JetStream backbone vs nats-py ({n} events of {PAYLOAD} B, 3 loopback nodes,"
         f" {time.strftime('%Y-%m-%d %H:%M')})",
         "",
-        "| figure | stream | pryxbus | nats-py | ratio |",
+        "| figure | stream | pryxbus | peer | ratio |",
         "|---|---|---|---|---|",
     ]
-    for figure, tag, mine_v, unit, theirs_v in rows:
+    for figure, tag, mine_v, unit, theirs_v, peer in rows:
         ratio = f"{mine_v / theirs_v:.2f}×" if theirs_v else ""
-        theirs_s = f"{theirs_v:,.1f} {unit}" if theirs_v else "—"
-        lines.append(f"| {figure} | {tag} | {mine_v:,.1f} {unit} | {theirs_s} | {ratio} |")
-    lines += ["", "nats-py: 1→1 rows compare with its async publish (window of 4,000); replay with an ordered"
-              " consumer; confirm with a synchronous js.publish. Session create/get on the KV bucket: not measured yet."]
+        theirs_s = f"{theirs_v:,.{3 if unit == 's' else 1}f} {unit} ({peer})" if theirs_v else "—"
+        lines.append(f"| {figure} | {tag} | {mine_v:,.{3 if unit == 's' else 1}f} {unit} | {theirs_s} | {ratio} |")
+    lines += ["", "Peers: nats-py on the same cluster, its async publish (a window of 4,000) measured right before"
+              " each 1→1 run; replay with an ordered consumer; confirm with a synchronous js.publish; kv.create/"
+              "kv.get on a bucket of the same replication; the stall with js.publish retried (50 ms doubling"
+              " to 2 s). The SQLite sidecar: REQ/REP to a process making one SQLite commit per request (WAL,"
+              " synchronous=FULL), the single-host floor of a durable create. For a stall, lower is better."]
     text = "\n".join(lines)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
     (out / "backbone.md").write_text(text + "\n")
     (out / "backbone.json").write_text(json.dumps(
-        [{"figure": f, "stream": t, "pryxbus": m, "unit": u, "nats_py": o} for f, t, m, u, o in rows], indent=1
+        [{"figure": f, "stream": t, "pryxbus": m, "unit": u, "peer": o, "peer_name": pn} for f, t, m, u, o, pn in rows],
+        indent=1,
     ))
     return 0
