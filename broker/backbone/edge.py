@@ -42,6 +42,8 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _ZERO_STAMP = STAMP.pack(0, 0)
 
+STOP_PATIENCE = 2.0
+"""Seconds a stop waits for the last checkpoint, then for the NATS connection to close."""
 DRAIN = 256
 """Events read from publishers per turn before the loop lets its other tasks run."""
 SEQS_PAGE = 10_000
@@ -95,6 +97,8 @@ class Edge:
         self._checkpoint_at = 0.0
         self._checkpointing = False
         self.publisher: StreamPublisher | None = None
+        self._nats_errors = 0
+        self._nats_error_logged = 0.0
         self._stopping = asyncio.Event()
         self._caught_up = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -170,10 +174,19 @@ class Edge:
             )
 
     async def _nats_error(self, error: Exception) -> None:
-        log.warning("nats: %s", error or type(error).__name__)
+        """nats-py reports each failed reconnect (every server, every 0.2 s): log the first of an
+        outage, then one a minute."""
+        self._nats_errors += 1
+        now = time.monotonic()
+        if self._nats_errors == 1 or now - self._nats_error_logged >= 60:
+            more = f" ({self._nats_errors} errors since it was last connected)" if self._nats_errors > 1 else ""
+            log.warning("nats: %s%s", error or type(error).__name__, more)
+            self._nats_error_logged = now
 
     def _nats_event(self, what: str) -> Callable[[], Any]:
         async def report() -> None:
+            if what == "reconnected":
+                self._nats_errors = 0
             log.warning("nats: %s", what)
 
         return report
@@ -272,14 +285,18 @@ class Edge:
             except (asyncio.CancelledError, Exception):
                 pass
         if self.nc is not None and not self.nc.is_closed:
+            if not self.nc.is_connected:
+                log.warning("stopping without a checkpoint: no NATS server is reachable (the next"
+                            " checkpoint, or a recount from an older one, covers it)")
+            else:
+                try:
+                    await asyncio.wait_for(self._write_checkpoint(), STOP_PATIENCE)
+                except asyncio.TimeoutError:
+                    log.warning("no checkpoint at stop: no answer within %g s", STOP_PATIENCE)
             try:
-                await self._write_checkpoint()
-            except Exception as e:  # the cluster may be gone: the next checkpoint will do
-                log.warning("no checkpoint at stop: %s", e)
-            try:
-                await asyncio.wait_for(self.nc.close(), 5)
+                await asyncio.wait_for(self.nc.close(), STOP_PATIENCE)
             except Exception as e:
-                log.warning("closing the NATS connection: %s", e)
+                log.warning("closing the NATS connection: %s", e or type(e).__name__)
         if self.ctx is not None:
             try:
                 self.xsub.disable_monitor()
