@@ -73,6 +73,17 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_of(pids: list[int]) -> float:
+    """CPU seconds used so far by the processes ``pids`` (one that is gone counts 0)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += _cpu_seconds(pid)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 def _subscriber(conn: Any, home: str, n: int) -> None:
     import sdk
 
@@ -101,23 +112,27 @@ def _publisher(conn: Any, home: str, n: int) -> None:
         conn.send(("result", {"start": start, "sent": time.time_ns()}))
 
 
-def pryxbus_pubsub(pub_home: Path, sub_home: Path, n: int, edge_pid: int) -> dict[str, float]:
+def pryxbus_pubsub(pub_home: Path, sub_home: Path, n: int, edge_pid: int, others: list[int]) -> dict[str, float]:
+    """1->1 through the edges; the CPU of the publishing edge, and of every process of the run
+    (``others``: the edges and the nodes; and the publisher and the subscriber) per event."""
     sub = Side("bench-sub", _subscriber, str(sub_home), n)
     pub = None
     try:
         sub.expect("ready", 60)
         pub = Side("bench-pub", _publisher, str(pub_home), n)
         pub.expect("ready", 60)
-        cpu = _cpu_seconds(edge_pid)
+        every = sorted({*others, edge_pid, pub.pid, sub.pid})
+        cpu, total = _cpu_seconds(edge_pid), _cpu_of(every)
         pub.send("go")
         sent = pub.expect("result", 300)
         got = sub.expect("result", 300)
-        cpu = _cpu_seconds(edge_pid) - cpu
+        cpu, total = _cpu_seconds(edge_pid) - cpu, _cpu_of(every) - total
     finally:
         for side in (pub, sub):
             if side is not None:
                 side.stop()
-    return {"rate": n / ((got["end"] - sent["start"]) / 1e9), "lost": got["lost"], "edge_cpu_us": cpu / n * 1e6}
+    return {"rate": n / ((got["end"] - sent["start"]) / 1e9), "lost": got["lost"], "edge_cpu_us": cpu / n * 1e6,
+            "total_cpu_us": total / n * 1e6}
 
 
 def pryxbus_replay(home: Path, n: int) -> float:
@@ -346,7 +361,8 @@ def nats_failover(cluster: Any, stream: str, rounds: int) -> float:
             _restart(cluster, node)
 
 
-async def nats_publish(servers: list[str], stream: str, replicas: int, n: int) -> float:
+async def nats_publish(servers: list[str], stream: str, replicas: int, n: int, nodes: list[int]) -> dict[str, float]:
+    """nats-py's async publish: its rate, and the CPU per event of it and the ``nodes``."""
     import nats
     from nats.js.api import StreamConfig
 
@@ -355,11 +371,13 @@ async def nats_publish(servers: list[str], stream: str, replicas: int, n: int) -
         js = nc.jetstream(timeout=30, publish_async_max_pending=WINDOW)
         await js.add_stream(StreamConfig(name=stream, subjects=[f"nb.{stream}"], num_replicas=replicas))
         payload = b"x" * (PAYLOAD + 30)  # about a pryxbus message's size (topic and envelope)
+        cpu = time.process_time() + _cpu_of(nodes)
         start = time.perf_counter()
         for _ in range(n):
             await js.publish_async(f"nb.{stream}", payload)
         await asyncio.wait_for(js.publish_async_completed(), 300)
-        return n / (time.perf_counter() - start)
+        rate = n / (time.perf_counter() - start)
+        return {"rate": rate, "total_cpu_us": (time.process_time() + _cpu_of(nodes) - cpu) / n * 1e6}
     finally:
         await nc.close()
 
@@ -437,16 +455,20 @@ def run(quick: bool, out: Path) -> int:
                 sessions = None
                 try:
                     # nats-py's publish right before each pryxbus run it is compared with (A, B, A, B).
-                    nats_one = asyncio.run(nats_publish(servers, f"NB{replicas}", replicas, n))
-                    one = pryxbus_pubsub(homes[0], homes[0], n, edges[0].pid)
-                    nats_across = asyncio.run(nats_publish(servers, f"NB{replicas}x", replicas, n))
-                    across = pryxbus_pubsub(homes[0], homes[1], n, edges[0].pid)
+                    nodes = [node.pid for node in cluster.members if node.pid]
+                    every = nodes + [e.pid for e in edges]
+                    nats_one = asyncio.run(nats_publish(servers, f"NB{replicas}", replicas, n, nodes))
+                    one = pryxbus_pubsub(homes[0], homes[0], n, edges[0].pid, every)
+                    nats_across = asyncio.run(nats_publish(servers, f"NB{replicas}x", replicas, n, nodes))
+                    across = pryxbus_pubsub(homes[0], homes[1], n, edges[0].pid, every)
                     nats_replay_rate = asyncio.run(nats_replay(servers, f"NB{replicas}", n))
                     replay = pryxbus_replay(homes[1], 2 * n)
                     rows += [
-                        ("1→1 within one home", tag, one["rate"], "events/s", nats_one, "async publish"),
-                        ("1→1 across two homes", tag, across["rate"], "events/s", nats_across, "async publish"),
+                        ("1→1 within one home", tag, one["rate"], "events/s", nats_one["rate"], "async publish"),
+                        ("1→1 across two homes", tag, across["rate"], "events/s", nats_across["rate"], "async publish"),
                         ("edge CPU per event (publishing edge, 1→1 across)", tag, across["edge_cpu_us"], "µs", None, ""),
+                        ("CPU per event, every process of the run (1→1 across)", tag, across["total_cpu_us"], "µs",
+                         nats_across["total_cpu_us"], "async publish: client and nodes"),
                         ("replay", tag, replay, "events/s", nats_replay_rate, "ordered consumer"),
                     ]
                     sessions = _kv_sessions(homes[0], cluster.servers, f"PB{replicas}", replicas)
