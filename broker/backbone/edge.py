@@ -315,7 +315,7 @@ class Edge:
         """Read publishers' events and send them to the stream, a window of them in flight."""
         publisher = self.publisher = StreamPublisher(
             self.nc, self.subject, window=self.config.window, max_event_size=self.config.max_event_size,
-            counters=self.counters, confirm=self._xsub_sync.send,
+            counters=self.counters, confirm=self._xsub_sync.send, version=self.version,
         )
         await publisher.start()
         take = publisher.take
@@ -350,6 +350,11 @@ class Edge:
             self.seq_of.extend([0] * max(0, version - self.version - 1))
         self.version = version
         self.seq_of.append(seq)
+        publisher = self.publisher
+        if publisher is not None:
+            publisher.version = version
+            if version >= publisher.held:
+                publisher.delivered()
         if len(self.seq_of) > 2 * SEQ_MEMORY:
             del self.seq_of[:SEQ_MEMORY]
             self.seq_base += SEQ_MEMORY

@@ -46,6 +46,7 @@ is being stored; the retry is answered as a duplicate with its sequence)."""
 
 _BODY_MARKS = (0x95, layout.IDENTIFIED_MARK)
 _SEQ = re.compile(rb'"seq":(\d+)[,}]')
+_NEVER = 1 << 63
 _SENT, _AGAIN, _ACKED, _REFUSED = 0, 1, 2, 3
 """A record's state: sent (waiting for its ack), to be sent again (at ``due``), acked, refused for good."""
 
@@ -71,6 +72,7 @@ class _Publish:
     state: int = _SENT
     tries: int = 0
     due: float = 0.0
+    seq: int = 0
 
 
 def parse_ack(data: bytes) -> tuple[int, bool]:
@@ -108,7 +110,7 @@ class StreamPublisher:
 
     def __init__(
         self, nc: Any, subject: str, *, window: int, max_event_size: int, counters: dict[str, int],
-        confirm: Callable[[bytes], None],
+        confirm: Callable[[bytes], None], version: int = 0,
     ) -> None:
         self.nc = nc
         self.subject = subject
@@ -130,6 +132,11 @@ class StreamPublisher:
         self._last_ack = time.monotonic()
         self._last_acked_sent = 0.0
         """When the newest acknowledged record was sent: an older one still waiting was lost."""
+        self.version = version
+        """The last version the edge's consumer delivered (the edge sets it; and calls
+        :meth:`delivered` once it reaches ``held``)."""
+        self.held = _NEVER
+        """The version the oldest acknowledged record waits for the consumer to reach."""
         self._why = ""
         """Why a publish is to be sent again, until the next retry is logged."""
         self._prefix = ""
@@ -211,25 +218,34 @@ class StreamPublisher:
             self._last_acked_sent = sent.sent
         if duplicate:
             self.counters["duplicates"] += 1
-        if sent.ident is not None:
-            sent.due = seq  # the version the publisher asked for, kept until the release
+        sent.seq = seq
         sent.state = _ACKED
         if self._order[0] is sent:
             self._release()
 
+    def delivered(self) -> None:
+        """The edge's consumer reached ``held``: release what waited for it."""
+        self._release()
+
     def _release(self) -> None:
-        """Release the oldest records while they are settled; confirm identified ones (cumulative
-        per publisher, so only in the order they were sent)."""
-        order, confirm = self._order, self._confirm
+        """Release the oldest records while they are settled and, if stored, delivered to this edge
+        (so a confirmed event is in what this edge serves: ``replay`` and ``since`` find it);
+        confirm identified ones (cumulative per publisher, so only in the order they were sent)."""
+        order, confirm, version = self._order, self._confirm, self.version
+        self.held = _NEVER
         while order and order[0].state >= _ACKED:
-            sent = order.popleft()
+            sent = order[0]
+            if sent.state == _ACKED and sent.seq > version:
+                self.held = sent.seq
+                break
+            order.popleft()
             if sent.ident is None or sent.state != _ACKED:
                 continue
             publisher, number = sent.ident
             through, pairs = confirm.get(publisher, (0, []))
             if number & WANT_VERSION:
                 number &= ~WANT_VERSION
-                pairs.append((number, int(sent.due)))
+                pairs.append((number, sent.seq))
             confirm[publisher] = (max(through, number), pairs)
         if confirm and not self._confirm_soon:
             self._confirm_soon = True
