@@ -153,6 +153,48 @@ def test_identified_events_are_stored_once_and_confirmed_with_their_version(xpro
         part.stop()
 
 
+def test_an_identified_event_past_a_hole_is_refused_until_the_hole_is_filled(xprocess, cluster, stream, homes) -> None:
+    """As the broker does (PROTOCOL.md 4.1): taking number 4 after 2 would let the cumulative
+    confirmation through 4 cover a lost 3 (events dropped with a connection held back too long)."""
+    home = homes()
+    part = edge(xprocess, home, cluster, stream)
+    ep = Endpoints.for_home(home)
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.linger = 0
+    pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+    pub.connect(ep.publish)
+    publisher = 0x4011
+
+    def confirmed_through(number: int) -> None:
+        through = 0
+        deadline = time.monotonic() + 10
+        while through < number:
+            assert pub.poll(max(1, int((deadline - time.monotonic()) * 1000))), f"confirmed through {through}"
+            msg = pub.recv()
+            if msg[:1] == CONFIRM:
+                through = max([through] + [t for p, t, _ in parse_confirm(msg) if p == publisher])
+        assert through == number
+
+    try:
+        assert pub.poll(5000) and pub.recv() == b"\x01"
+        for number in (1, 2, 4):
+            pub.send_multipart([b"hole:ev", _identified_body(number, publisher, number)])
+        confirmed_through(2)
+        assert wait_for(lambda: stats(ctx, ep.control), lambda s: s["out_of_order"] == 1,
+                        what="4 refused")["events_in"] == 2
+        for number in (3, 4):  # the publisher sends again, in order, what is not confirmed
+            pub.send_multipart([b"hole:ev", _identified_body(number, publisher, number)])
+        confirmed_through(4)
+        reply = control(ctx, ep.log, {"op": "replay", "patterns": ["hole:ev"]})
+        assert [(v, msgpack.unpackb(body)[4]) for v, _, _, body in reply["result"]["events"]] == [
+            (1, 1), (2, 2), (3, 3), (4, 4)]
+    finally:
+        pub.close()
+        ctx.term()
+        part.stop()
+
+
 def test_batches_reach_the_stream_event_by_event(xprocess, cluster, stream, homes) -> None:
     home = homes()
     part = edge(xprocess, home, cluster, stream)

@@ -90,8 +90,8 @@ class Edge:
         self.live_from = 0
         """Versions above this go to subscribers; the ones up to it were counted while catching up."""
         self.counters = dict.fromkeys(
-            ("events_in", "events_out", "malformed", "rejected", "retries", "refused", "duplicates",
-             "confirmations", "syncs", "checkpoints", "requests", "bad_requests"), 0,
+            ("events_in", "events_out", "malformed", "rejected", "out_of_order", "retries", "refused",
+             "duplicates", "confirmations", "syncs", "checkpoints", "requests", "bad_requests"), 0,
         )
         self.checkpointed = 0
         self._checkpoint_at = 0.0

@@ -46,6 +46,8 @@ is being stored; the retry is answered as a duplicate with its sequence)."""
 
 _BODY_MARKS = (0x95, layout.IDENTIFIED_MARK)
 _SEQ = re.compile(rb'"seq":(\d+)[,}]')
+MAX_PUBLISHERS = 100_000
+"""Publishers whose highest number is kept (the most recently seen); a forgotten one is taken as new."""
 _NEVER = 1 << 63
 _SENT, _AGAIN, _ACKED, _REFUSED = 0, 1, 2, 3
 """A record's state: sent (waiting for its ack), to be sent again (at ``due``), acked, refused for good."""
@@ -105,8 +107,12 @@ def retried(error: StreamRefused) -> bool:
 class StreamPublisher:
     """Sends publishers' events to the stream's ``subject`` over ``nc`` (a nats-py connection), at
     most ``window`` unreleased; ``confirm(message)`` sends a confirmation (PROTOCOL.md §4.1) to the
-    publishers. ``counters`` is the edge's: events_in, malformed, rejected, retries, refused,
-    duplicates, confirmations."""
+    publishers. ``counters`` is the edge's: events_in, malformed, rejected, out_of_order, retries,
+    refused, duplicates, confirmations.
+
+    An identified publisher's numbers are taken in order, as the broker does (PROTOCOL.md §4.1): a
+    number past the next one expected is refused (``out_of_order``); one at or below the highest
+    taken goes to the stream again, where its ``Nats-Msg-Id`` makes it a duplicate, confirmed again."""
 
     def __init__(
         self, nc: Any, subject: str, *, window: int, max_event_size: int, counters: dict[str, int],
@@ -118,6 +124,8 @@ class StreamPublisher:
         self.max_event_size = max_event_size
         self.counters = counters
         self._confirm_send = confirm
+        self._highest: dict[int, int] = {}
+        """The highest number taken of each identified publisher, the most recent last."""
         self._waiting: dict[int, _Publish] = {}
         """Records sent and not acknowledged yet, by token."""
         self._order: deque[_Publish] = deque()
@@ -179,7 +187,22 @@ class StreamPublisher:
             self.counters["rejected"] += 1
             return
         who = layout.identity(body)
-        headers = {layout.MSG_ID: layout.msg_id(*who)} if who is not None else None
+        if who is None:
+            headers = None
+        else:
+            publisher, number = who
+            number &= ~WANT_VERSION
+            highest = self._highest.pop(publisher, None)
+            if highest is not None and number > highest + 1:
+                # Past a hole (events lost on the way, e.g. with a connection that dropped): taking
+                # it would let the cumulative confirmation cover the lost ones (PROTOCOL.md §4.1).
+                self._highest[publisher] = highest
+                self.counters["out_of_order"] += 1
+                return
+            self._highest[publisher] = number if highest is None or number > highest else highest
+            if len(self._highest) > MAX_PUBLISHERS:
+                del self._highest[next(iter(self._highest))]
+            headers = {layout.MSG_ID: layout.msg_id(publisher, number)}
         if len(self._order) >= self.window:
             self._room.clear()
             await self._room.wait()
