@@ -66,6 +66,9 @@ MAX_RUN_BYTES = 64 * 1024
 BATCH_PREFIX = b"\x03"
 """First byte of a batch's topic frame (no event type starts with it)."""
 
+BATCH_IDENTITY = struct.Struct("!QQ")
+"""A batch's optional fourth frame: publisher id and the first event's number (PROTOCOL.md §4.2)."""
+
 MAX_BATCH_EVENTS = 4096
 """Most events in one batch; the broker refuses a batch with more."""
 

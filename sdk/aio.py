@@ -294,15 +294,10 @@ class Bus(PublisherCore):
 
     async def _send_batch(self, sock: zmq.asyncio.Socket, batch: Outgoing) -> int:
         """Number and send one batch (see :meth:`_send_numbered`); returns how many events it had."""
-        bodies: list[bytes] = []
-
-        def frames() -> list[bytes]:
-            bodies[:] = self._numbered(batch.cores)
-            return [BATCH_PREFIX + batch.topic, batch.lengths, b"".join(bodies)]
-
-        await self._send_numbered(sock, frames)
-        self._sent_batch(batch, bodies)
-        return len(bodies)
+        head = [BATCH_PREFIX + batch.topic, batch.lengths, batch.joined]
+        await self._send_numbered(sock, lambda: [*head, self._batch_identity()])
+        self._sent_batch(batch)
+        return len(batch.bodies)
 
     async def _send_numbered(self, sock: zmq.asyncio.Socket, frames: Callable[[], list[bytes]]) -> list[bytes]:
         """Send the message ``frames()`` makes with the bus's next numbers, waiting for room in a

@@ -286,11 +286,11 @@ class Bus(PublisherCore):
                     _send(sock, BATCH_PREFIX + batch.topic, _SNDMORE)
                 except zmq.Again:
                     raise publish_timed_out(self.publish_timeout) from None
-                bodies = self._numbered(batch.cores)
                 _send(sock, batch.lengths, _SNDMORE)
-                _send(sock, b"".join(bodies), 0, batch.size < ZERO_COPY_FROM)
-                self._sent_batch(batch, bodies)
-                count += len(bodies)
+                _send(sock, batch.joined, _SNDMORE, batch.size < ZERO_COPY_FROM)
+                _send(sock, self._batch_identity())
+                self._sent_batch(batch)
+                count += len(batch.bodies)
         return count
 
     def batch(self, flush_every: int = 4096) -> Batch:

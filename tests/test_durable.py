@@ -57,14 +57,17 @@ class RawPublisher:
         body = b"\x97" + body[1:] + struct.pack("!BQBQ", 0xCF, self.pid, 0xCF, number | (WANT_VERSION if want_version else 0))
         self.sock.send_multipart([type.encode(), body])
 
-    def send_batch(self, numbers: list[int], type: str = "durable:test") -> None:
-        """A batch (PROTOCOL.md §4.2) of identified bodies numbered ``numbers``, payload {"n": number}."""
+    def send_batch(self, numbers: list[int], type: str = "durable:test", *, framed: bool = False) -> None:
+        """A batch (PROTOCOL.md §4.2) numbered ``numbers``, payload {"n": number}: identified bodies,
+        or (``framed``) anonymous bodies and the identity once, in a fourth frame."""
         bodies = []
         for number in numbers:
             body = msgpack.packb([1, time.time(), "raw", None, {"n": number}], use_bin_type=True)
-            bodies.append(b"\x97" + body[1:] + struct.pack("!BQBQ", 0xCF, self.pid, 0xCF, number))
-        lengths = struct.pack(f"!{len(bodies)}I", *map(len, bodies))
-        self.sock.send_multipart([b"\x03" + type.encode(), lengths, b"".join(bodies)])
+            bodies.append(body if framed else b"\x97" + body[1:] + struct.pack("!BQBQ", 0xCF, self.pid, 0xCF, number))
+        frames = [b"\x03" + type.encode(), struct.pack(f"!{len(bodies)}I", *map(len, bodies)), b"".join(bodies)]
+        if framed:
+            frames.append(struct.pack("!QQ", self.pid, numbers[0]))
+        self.sock.send_multipart(frames)
 
     def read(self, timeout: float) -> bool:
         """Take one upstream message (a confirmation or the broker's (un)subscription); False if
@@ -183,6 +186,15 @@ def test_an_identified_batch_is_stamped_whole_once(home: Path, start) -> None:
         assert (now["durable"]["identified"], now["durable"]["duplicates"], now["durable"]["out_of_order"]) == (111, 150, 1)
         bus.publish("durable:test", {"n": "marker"})
         assert sub.recv(timeout=5).payload["n"] == "marker"  # nothing stamped between
+
+        pub.send_batch(list(range(112, 122)), framed=True)  # the identity in a frame of its own
+        pub.send_batch(list(range(112, 122)), framed=True)  # again: confirmed again
+        pub.send_batch(list(range(122, 124)), framed=True)
+        events = [sub.recv(timeout=5) for _ in range(12)]
+        assert [e.payload["n"] for e in events] == list(range(112, 124))
+        assert [e.publisher for e in events] == [None] * 12  # the bodies are anonymous
+        pub.until(lambda: pub.through == 123)
+        assert stats(ctx, ep.control)["durable"]["duplicates"] == 160
         assert sub.lost == 0
 
 

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import re
+import struct
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -21,12 +22,15 @@ from typing import Any, Callable
 
 from broker.backbone import stream as layout
 from schemas.envelope import (
+    BATCH_IDENTITY,
     BATCH_PREFIX,
+    BODY_MARK,
     CONFIRM,
     CONFIRM_MAX_BYTES,
     WANT_VERSION,
     MalformedEvent,
     confirm_entry,
+    identify,
     split_batch,
 )
 from schemas.topics import is_valid_type
@@ -169,10 +173,15 @@ class StreamPublisher:
 
     async def take(self, frames: list[bytes]) -> None:
         """One message from the XSUB: a 2-frame event, or a batch (PROTOCOL.md §4.2) event by event."""
-        if len(frames) == 3 and frames[0][:1] == BATCH_PREFIX:
+        if len(frames) in (3, 4) and frames[0][:1] == BATCH_PREFIX:
             try:
                 bodies = split_batch(frames[1], frames[2])
-            except MalformedEvent:
+                if len(frames) == 4:  # the batch's identity once (PROTOCOL.md §4.2): each event's own
+                    publisher, first = BATCH_IDENTITY.unpack(frames[3])
+                    if any(body[:1] != BODY_MARK for body in bodies):
+                        raise MalformedEvent("a batch with an identity frame has anonymous bodies")
+                    bodies = [identify(body, publisher, first + i) for i, body in enumerate(bodies)]
+            except (MalformedEvent, struct.error):
                 self.counters["rejected"] += 1
                 return
             topic = frames[0][1:]

@@ -36,6 +36,7 @@ from broker.security import Authenticator, secure_server
 from broker.sockets import bind
 from sdk.transport import configure_context, event_socket
 from schemas.envelope import (
+    BATCH_IDENTITY,
     BATCH_PREFIX,
     BODY_MARK,
     CONFIRM,
@@ -89,6 +90,7 @@ _BATCH_MARK = BATCH_PREFIX[0]
 _MARKS = frozenset(BODY_MARK)
 _MARKS7 = frozenset(IDENTIFIED_MARK)
 _FOUR_UINT64 = (_UINT64,) * 4
+_BATCH_IDENTITY = BATCH_IDENTITY
 
 BatchIdentity = tuple[bytes, int, int]
 """A batch's publisher id (8 raw bytes) and its first and last numbers."""
@@ -553,9 +555,12 @@ class Broker(LogLink, Control, Peers):
             self.malformed += 1
             return None
         body = xsub.recv(_NOBLOCK, False)
+        identity_frame = None
         if body.more:
-            self._skip_rest()
-            return None
+            identity_frame = xsub.recv(_NOBLOCK, False)
+            if identity_frame.more:
+                self._skip_rest()
+                return None
         event_type = topic[1:]
         n, rest = divmod(len(lengths_frame), 4)
         if rest or not 0 < n <= MAX_BATCH_EVENTS:
@@ -571,7 +576,16 @@ class Broker(LogLink, Control, Peers):
         else:  # every body's first byte, read in C
             marks = set(itemgetter(*accumulate(lengths[:-1], initial=0))(view))
         identity = None
-        if marks == _MARKS7:
+        if identity_frame is not None:  # the batch's identity once, its bodies anonymous
+            if len(identity_frame) != _BATCH_IDENTITY.size or marks != _MARKS:
+                self.rejected += n
+                return None
+            pid, first = _BATCH_IDENTITY.unpack(identity_frame.bytes)
+            if first >> 63 or not first:
+                self.rejected += n
+                return None
+            identity = pid.to_bytes(8, "big"), first, first + n - 1
+        elif marks == _MARKS7:
             identity = self._batch_identity(view, lengths)
             if identity is None:
                 self.rejected += n

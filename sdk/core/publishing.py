@@ -18,13 +18,13 @@ import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from operator import add
 from typing import Any, Final, NamedTuple
 
 import msgpack
 
 from schemas.envelope import (
     BATCH_BYTES,
+    BATCH_IDENTITY,
     BATCH_PREFIX,
     CONFIRM,
     CONFIRM_ENTRY,
@@ -63,8 +63,6 @@ identity exactly as PROTOCOL.md §4.1 wants it, with no bytes added by hand."""
 
 pack_number = struct.Struct("!Q").pack
 """The number's 8 bytes, the last of an identified body (PROTOCOL.md §4.1)."""
-
-NUMBER_SIZE = 8
 
 SEVEN = IDENTIFIED_MARK
 
@@ -205,8 +203,9 @@ class PublisherCore:
         """The batches that publish ``events`` (``(type, payload)`` or ``(type, payload,
         session_id)`` each), all encoded and checked before any is sent: each run of consecutive
         events of one type becomes batches (PROTOCOL.md §4.2) of up to MAX_BATCH_EVENTS events
-        and BATCH_BYTES of bodies (never more than the event size limit). Each event is
-        identified; its number is added when the batch is sent (:meth:`_numbered`).
+        and BATCH_BYTES of bodies (never more than the event size limit). The bodies are
+        anonymous; the batch carries its publisher id and first number once, in a frame of its
+        own made when it is sent (:meth:`_batch_identity`).
 
         Raises:
             InvalidEvent: an event that is not such a tuple, a bad type or session id, a payload
@@ -215,7 +214,6 @@ class PublisherCore:
         """
         limit, most = self.max_event_size, min(BATCH_BYTES, self.max_event_size)
         packb, name, topics, validate = self._packb, self.name, self._topics, self.validate
-        id_head = self._id_head
         now = time.time()
         heads: dict[Any, bytes] = {}  # per session id: the body up to its payload, packed once
         messages: list[Outgoing] = []
@@ -240,11 +238,11 @@ class PublisherCore:
             try:
                 head = heads.get(session_id)
                 if head is None:
-                    head = heads[session_id] = SEVEN + packb(ENVELOPE_VERSION) + packb(now) + packb(name) + packb(session_id)
-                core = head + packb(payload) + id_head
+                    head = heads[session_id] = _ARRAY_5 + packb(ENVELOPE_VERSION) + packb(now) + packb(name) + packb(session_id)
+                core = head + packb(payload)
             except (TypeError, ValueError, OverflowError) as e:
                 raise unencodable(e, name, session_id) from None
-            length = len(core) + NUMBER_SIZE
+            length = len(core)
             if length > limit:
                 raise MessageTooLarge(length, limit)
             if this != topic or size + length > most or len(cores) >= MAX_BATCH_EVENTS:
@@ -257,15 +255,15 @@ class PublisherCore:
             messages.append(_outgoing(topic, cores, size))  # type: ignore[arg-type]
         return messages
 
-    def _numbered(self, cores: list[bytes]) -> list[bytes]:
-        """The bodies of a batch about to be sent: each core with its number, the next ones
-        (taken by :meth:`_sent_batch` once it is sent)."""
-        first = self._number + 1
-        return list(map(add, cores, map(pack_number, range(first, first + len(cores)))))
+    def _batch_identity(self) -> bytes:
+        """The identity frame of the batch about to be sent: this bus's id and the next number,
+        the first of the batch's (PROTOCOL.md §4.2; taken by :meth:`_sent_batch` once it is sent)."""
+        return BATCH_IDENTITY.pack(self.publisher_id, self._number + 1)
 
-    def _sent_batch(self, batch: Outgoing, bodies: list[bytes]) -> None:
+    def _sent_batch(self, batch: Outgoing) -> None:
         """Take the numbers of a batch just sent and keep its events until the broker confirms
-        them, each as if published alone (sent again one by one)."""
+        them, each as if published alone (sent again one by one, identified then: :meth:`_watch`)."""
+        bodies = batch.bodies
         self._number += len(bodies)
         kept = [batch.topic] * (2 * len(bodies))
         kept[1::2] = bodies
@@ -351,9 +349,21 @@ class PublisherCore:
                 there = bool(self._absorb((yield LOOK)))
         yield from self._relearn_limit()
         if self._kept:
-            kept = list(self._kept)
+            kept = self._identified_kept()
             yield Resend(kept)
             self._resent += len(kept) >> 1
+
+    def _identified_kept(self) -> list[bytes]:
+        """The unconfirmed events to send again, each identified: a batched event is kept with its
+        anonymous body (its batch carried the identity), numbered by its place (the first kept
+        event is number ``_through + 1``)."""
+        kept = list(self._kept)
+        first, id_head = self._through + 1, self._id_head
+        for i in range(1, len(kept), 2):
+            body = kept[i]
+            if body[:1] == _ARRAY_5:
+                kept[i] = SEVEN + body[1:] + id_head + pack_number(first + (i >> 1))
+        return kept
 
     def _relearn_limit(self) -> Flow[None]:
         """A broker subscribed again: perhaps a restarted one with a smaller ``--max-event-size``,
@@ -433,14 +443,19 @@ class Outgoing(NamedTuple):
     """The events' own topic frame (they are kept, and sent again, one by one)."""
     lengths: bytes
     """The batch's second frame: each body's length (PROTOCOL.md §4.2)."""
-    cores: list[bytes]
-    """Each event's identified body without its number's 8 bytes."""
+    bodies: list[bytes]
+    """Each event's anonymous body."""
+    joined: bytes
+    """The batch's third frame: the bodies, one after the other."""
     size: int
-    """The bodies' total size, numbers included."""
+    """The bodies' total size."""
 
 
-def _outgoing(topic: bytes, cores: list[bytes], size: int) -> Outgoing:
-    return Outgoing(topic, struct.pack(f"!{len(cores)}I", *[len(c) + NUMBER_SIZE for c in cores]), cores, size)
+_ARRAY_5 = b"\x95"  # msgpack's header of a 5-element array: the body [1, ts, source, session_id, payload]
+
+
+def _outgoing(topic: bytes, bodies: list[bytes], size: int) -> Outgoing:
+    return Outgoing(topic, struct.pack(f"!{len(bodies)}I", *map(len, bodies)), bodies, b"".join(bodies), size)
 
 
 class Batch:
