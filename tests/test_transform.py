@@ -169,7 +169,7 @@ def test_the_asyncio_transform_resumes_from_the_log(home: Path, event_log, bus) 
             yield output
 
     async def awaited(event: sdk.Event):
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # sync-ok: a mapper that really awaits (yields to the loop once)
         return outputs(event) or None
 
     def logged() -> list[tuple[str, int, int]]:
@@ -179,7 +179,7 @@ def test_the_asyncio_transform_resumes_from_the_log(home: Path, event_log, bus) 
         for _ in range(3000):
             if condition():
                 return
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # sync-ok: polling the condition, bounded to 30 s
         raise AssertionError("the transform did not get there in 30 s")
 
     async def main() -> list[dict]:
