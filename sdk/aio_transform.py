@@ -14,15 +14,13 @@ transform, written once in :mod:`sdk.core.transforming`; this module does only t
 from __future__ import annotations
 
 import inspect
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from sdk.core.flows import drive_async
 from sdk.core.transforming import STATUS_TYPE, Mapper, Output, Progress, TransformCore, check_output, outputs_of
 from sdk.errors import BusError, BusTimeout, SlowSubscriberError
 from sdk.event import Event
-from sdk.filters import Where
 
 __all__ = ["AsyncTransform"]
 
@@ -31,26 +29,6 @@ class AsyncTransform(TransformCore):
     """Derive events from the events matching ``patterns`` with ``fn``, on an ``sdk.aio`` bus
     connected with ``name=`` the transform's name. The arguments are those of
     :class:`sdk.transform.Transform`; :meth:`run`, :meth:`progress` and :meth:`stats` are awaited."""
-
-    def __init__(
-        self,
-        bus: Any,
-        patterns: Iterable[str],
-        fn: Mapper,
-        *,
-        session_id: str | None = None,
-        where: Where = None,
-        start: int = 0,
-        log_timeout: float = 30.0,
-        status_interval: float = 1.0,
-    ) -> None:
-        self.bus = bus
-        self._init_transform(
-            bus.name, patterns, fn, session_id=session_id, where=where, start=start,
-            log_timeout=log_timeout, status_interval=status_interval,
-        )
-        self._stop = threading.Event()
-        self._status_bus: Any = None
 
     async def progress(self) -> Progress:
         """See :meth:`sdk.transform.Transform.progress`.

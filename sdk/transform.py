@@ -18,8 +18,7 @@ long as the function is deterministic and the name is the transform's alone (doc
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from sdk.aio_transform import AsyncTransform
@@ -27,7 +26,6 @@ from sdk.core.flows import drive
 from sdk.core.transforming import REF, STATUS_TYPE, Mapper, Output, Progress, TransformCore, outputs_of
 from sdk.errors import BusError, BusTimeout, SlowSubscriberError
 from sdk.event import Event
-from sdk.filters import Where
 
 __all__ = ["REF", "STATUS_TYPE", "AsyncTransform", "Mapper", "Output", "Progress", "Transform", "outputs_of"]
 
@@ -39,26 +37,6 @@ class Transform(TransformCore):
     ``start``: where a transform with no derived event in the log yet begins (exclusive version;
     0: every logged event first).
     """
-
-    def __init__(
-        self,
-        bus: Any,
-        patterns: Iterable[str],
-        fn: Mapper,
-        *,
-        session_id: str | None = None,
-        where: Where = None,
-        start: int = 0,
-        log_timeout: float = 30.0,
-        status_interval: float = 1.0,
-    ) -> None:
-        self.bus = bus
-        self._init_transform(
-            bus.name, patterns, fn, session_id=session_id, where=where, start=start,
-            log_timeout=log_timeout, status_interval=status_interval,
-        )
-        self._stop = threading.Event()
-        self._status_bus: Any = None
 
     def progress(self) -> Progress:
         """``(version, index, number)`` of the newest event this transform has in the log, or

@@ -7,6 +7,7 @@ publishes with its own I/O."""
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
@@ -143,19 +144,20 @@ class TransformCore:
     bus: Any
     """The transform's bus (``sdk.Bus`` or ``sdk.aio.Bus``), connected with its name."""
 
-    def _init_transform(
+    def __init__(
         self,
-        name: str,
+        bus: Any,
         patterns: Iterable[str],
         fn: Mapper,
         *,
-        session_id: str | None,
-        where: Where,
-        start: int,
-        log_timeout: float,
-        status_interval: float,
+        session_id: str | None = None,
+        where: Where = None,
+        start: int = 0,
+        log_timeout: float = 30.0,
+        status_interval: float = 1.0,
     ) -> None:
-        self.name = name
+        self.bus = bus
+        self.name = bus.name
         self.patterns = tuple(patterns)
         self.fn = fn
         self.session_id = session_id
@@ -178,6 +180,8 @@ class TransformCore:
         self._status_at = 0.0
         self._last_event_at: float | None = None
         self._numbered = NUMBER_BASE  # the number of the last event the transform published
+        self._stop = threading.Event()
+        self._status_bus: Any = None
 
     def _progress(self) -> Flow[Progress]:
         return progress(self.name, self.start, self.log_timeout)
