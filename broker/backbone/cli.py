@@ -70,8 +70,9 @@ def run_cluster_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_backbone_options(p: argparse.ArgumentParser, *, required: bool) -> None:
-    """``--backbone`` and the stream's options, shared by ``pryxbus edge`` and ``pryxbus up``."""
+def add_backbone_options(p: argparse.ArgumentParser, *, required: bool, retention: bool = False) -> None:
+    """``--backbone`` and the stream's options, shared by ``pryxbus edge``, ``pryxbus up`` and
+    ``session-service --store nats-kv``; with ``retention`` the stream's limits too."""
     from broker.backbone.stream import DEFAULT_STREAM
 
     g = p.add_argument_group("backbone (NATS JetStream, docs/backbone.md)")
@@ -89,6 +90,41 @@ def add_backbone_options(p: argparse.ArgumentParser, *, required: bool) -> None:
         help="the stream's replicas when the edge creates it (default %(default)d)",
     )
     g.add_argument("--creds", metavar="FILE", default=None, help="a NATS credentials file to connect with")
+    if retention:
+        add_retention_options(g)
+
+
+def add_retention_options(g: argparse._ArgumentGroup) -> None:
+    """The event log's ``--retain-events``/``--retain-seconds``, and ``--retain-bytes``: the
+    stream's max messages, max age and max bytes (set on the stream when given, left as they are
+    on an existing stream when not)."""
+    from schemas.eventlog import MAX_INT
+    from sdk.cli.common import seconds
+
+    g.add_argument(
+        "--retain-events", type=whole_number(1, MAX_INT), default=None, metavar="N",
+        help="the stream keeps at most the newest N events (its max messages; default: all, or as"
+        " the stream has it)",
+    )
+    g.add_argument(
+        "--retain-seconds", type=seconds, default=None, metavar="S",
+        help="the stream drops events older than S seconds (its max age; default: never, or as the stream has it)",
+    )
+    g.add_argument(
+        "--retain-bytes", type=whole_number(1, MAX_INT), default=None, metavar="N",
+        help="the stream keeps at most N bytes of events, dropping the oldest (its max bytes;"
+        " default: no limit, or as the stream has it)",
+    )
+
+
+def retention_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``--retain-*`` options given, as arguments for ``pryxbus edge``."""
+    given: tuple[str, ...] = ()
+    for option in ("retain_events", "retain_seconds", "retain_bytes"):
+        value = getattr(args, option, None)
+        if value is not None:
+            given += ("--" + option.replace("_", "-"), repr(value) if isinstance(value, float) else str(value))
+    return given
 
 
 def server_list(text: str) -> list[str]:
@@ -122,7 +158,7 @@ def register_edge(subparsers: argparse._SubParsersAction) -> None:
     add_home(p)
     add_tcp(p)
     add_log_format(p)
-    add_backbone_options(p, required=True)
+    add_backbone_options(p, required=True, retention=True)
     p.add_argument(
         "--window", type=whole_number(1, 1_000_000), default=4000, metavar="N",
         help="publishes in flight to JetStream at most, then publishers wait (default %(default)d)",
@@ -142,7 +178,7 @@ def run_edge(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from broker.backbone.edge import Edge, EdgeConfig
+    from broker.backbone.edge import Edge, EdgeConfig, EdgeRefused
     from broker.cli.options import server_endpoints
     from broker.logs import configure as configure_logging
     from broker.process import AlreadyRunning, home_lock
@@ -154,6 +190,7 @@ def run_edge(args: argparse.Namespace) -> int:
     config = EdgeConfig(
         servers=args.backbone, stream=args.stream, replicas=args.replicas, creds=args.creds,
         endpoints=endpoints, window=args.window, checkpoint_every=args.checkpoint_every, sub_hwm=args.sub_hwm,
+        retain_events=args.retain_events, retain_seconds=args.retain_seconds, retain_bytes=args.retain_bytes,
     )
 
     def ready(edge: Edge) -> None:
@@ -179,6 +216,8 @@ def run_edge(args: argparse.Namespace) -> int:
         with home_lock(home, "broker"):
             try:
                 edge = asyncio.run(main())
+            except EdgeRefused as e:
+                return fail(f"edge: {e}")
             except OSError as e:
                 return fail(f"edge: {e}")
     except AlreadyRunning as e:

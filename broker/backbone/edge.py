@@ -42,6 +42,10 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _ZERO_STAMP = STAMP.pack(0, 0)
 
+DUPLICATE_WINDOW = 120.0
+"""Seconds JetStream remembers a ``Nats-Msg-Id`` (at most the stream's max age, which it requires)."""
+STREAM_EXISTS = 10058
+"""JetStream's error code for a stream name already in use with another configuration."""
 STOP_PATIENCE = 2.0
 """Seconds a stop waits for the last checkpoint, then for the NATS connection to close."""
 DRAIN = 256
@@ -67,10 +71,18 @@ class EdgeConfig:
     checkpoint_seconds: float = 5.0
     """A checkpoint at least this often while events flow."""
     max_event_size: int = DEFAULT_MAX_EVENT_SIZE
-    retain_events: int = 0
-    retain_seconds: float = 0.0
+    retain_events: int | None = None
+    """The stream's ``max_msgs``; None: as the stream has it (none when the edge creates it)."""
+    retain_seconds: float | None = None
+    """The stream's ``max_age``; None as above."""
+    retain_bytes: int | None = None
+    """The stream's ``max_bytes``; None as above."""
     sub_hwm: int = 10_000
     in_hwm: int = 10_000
+
+
+class EdgeRefused(Exception):
+    """The edge cannot serve as configured (the message says why and what to do)."""
 
 
 class Edge:
@@ -84,6 +96,8 @@ class Edge:
         self.topic_seq: dict[bytes, int] = {}
         self.base = 0
         """The version the counting started after (a checkpoint's, or 0)."""
+        self.base_seqs: dict[bytes, int] = {}
+        """Every topic's sequence at ``base``."""
         self.seq_of: array.array[int] = array.array("Q")
         """topic_seq of versions ``seq_base + 1 ...`` (for ``replay``)."""
         self.seq_base = 0
@@ -94,6 +108,10 @@ class Edge:
              "duplicates", "confirmations", "syncs", "checkpoints", "requests", "bad_requests"), 0,
         )
         self.checkpointed = 0
+        self.checkpoint_every = config.checkpoint_every
+        """``config.checkpoint_every``, or less under the stream's ``max_msgs`` (see _ensure_stream)."""
+        self.limits: dict[str, Any] = {}
+        """The stream's retention limits as it has them (the log's ``stats`` shows them)."""
         self._checkpoint_at = 0.0
         self._checkpointing = False
         self.publisher: StreamPublisher | None = None
@@ -149,18 +167,60 @@ class Edge:
         self.js = self.nc.jetstream(timeout=ACK_TIMEOUT)
         stream = StreamConfig(
             name=cfg.stream, subjects=[self.subject], retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE, num_replicas=cfg.replicas, duplicate_window=120.0,
-            max_msgs=cfg.retain_events or -1, max_age=cfg.retain_seconds or None,
+            storage=StorageType.FILE, num_replicas=cfg.replicas,
+            duplicate_window=min(DUPLICATE_WINDOW, cfg.retain_seconds or DUPLICATE_WINDOW),
+            max_msgs=cfg.retain_events or -1, max_bytes=cfg.retain_bytes or -1, max_age=cfg.retain_seconds or 0,
         )
         await asyncio.gather(self._ensure_stream(stream), self._ensure_bucket())
 
     async def _ensure_stream(self, stream: Any) -> None:
+        """Create the stream, or use the one there; a retention limit given (``--retain-*``) that
+        the stream has otherwise is changed on it (JetStream removes what the new limits exclude)."""
         from nats.js.errors import BadRequestError
 
         try:
-            await self.js.add_stream(stream)
-        except BadRequestError:  # it exists with another configuration: use it as it is
-            await self.js.stream_info(self.config.stream)
+            info = await self.js.add_stream(stream)
+        except BadRequestError as e:
+            if e.err_code != STREAM_EXISTS:
+                raise EdgeRefused(f"JetStream refused the stream {stream.name}: {e.description}") from None
+            info = await self.js.stream_info(stream.name)
+            info = await self._update_limits(info, stream)
+        self._note_limits(info.config)
+
+    async def _update_limits(self, info: Any, wanted: Any) -> Any:
+        """The stream with the limits this edge was given (and its others as they are)."""
+        from dataclasses import replace
+
+        from nats.js.errors import BadRequestError
+
+        given = {name: getattr(wanted, name) for name, option in _LIMITS.items()
+                 if getattr(self.config, option) is not None}
+        current = info.config
+        changes = {name: value for name, value in given.items() if not _same_limit(getattr(current, name), value)}
+        if not changes:
+            return info
+        if "max_age" in changes and changes["max_age"] and current.duplicate_window > changes["max_age"]:
+            changes["duplicate_window"] = changes["max_age"]
+        try:
+            updated = await self.js.update_stream(replace(current, **changes))
+        except BadRequestError as e:
+            raise EdgeRefused(
+                f"the stream {wanted.name} has {_limits_text(current, changes)}; changing it to"
+                f" {_limits_text(wanted, changes)} was refused: {e.description}") from None
+        log.warning("the stream %s had %s: changed to %s", wanted.name, _limits_text(current, changes),
+                    _limits_text(wanted, changes))
+        return updated
+
+    def _note_limits(self, config: Any) -> None:
+        """Remember the stream's limits; checkpoint at least twice per ``max_msgs`` events, so a
+        restarting edge finds a checkpoint within what the stream still holds."""
+        self.limits = {
+            "events": config.max_msgs if config.max_msgs and config.max_msgs > 0 else None,
+            "seconds": config.max_age or None,
+            "bytes": config.max_bytes if config.max_bytes and config.max_bytes > 0 else None,
+        }
+        if self.limits["events"]:
+            self.checkpoint_every = max(1, min(self.config.checkpoint_every, self.limits["events"] // 2))
 
     async def _ensure_bucket(self) -> None:
         from nats.js.api import KeyValueConfig, StorageType
@@ -207,6 +267,7 @@ class Edge:
             base, seqs = first - 1, {}
         self.version = self.base = self.seq_base = self.checkpointed = base
         self.topic_seq = seqs
+        self.base_seqs = dict(seqs)
         self.live_from = last
         if base >= last:
             self._caught_up.set()
@@ -223,22 +284,36 @@ class Edge:
 
     async def checkpoint(self, at_most: int | None = None) -> tuple[int, dict[bytes, int]]:
         """The newest checkpoint (version, seqs), or with ``at_most`` the newest at or below it."""
+        for version, seqs in await self._checkpoints_kept(newest_only=at_most is None):
+            if at_most is None or version <= at_most:
+                return version, seqs
+        return 0, {}
+
+    async def checkpoint_at_least(self, version: int) -> tuple[int, dict[bytes, int]] | None:
+        """The oldest checkpoint at or above ``version`` among those kept, or the one this edge
+        started from; None if there is none."""
+        found = [(v, seqs) for v, seqs in await self._checkpoints_kept(newest_only=False) if v >= version]
+        if self.base >= version:
+            found.append((self.base, dict(self.base_seqs)))
+        return min(found, key=lambda c: c[0]) if found else None
+
+    async def _checkpoints_kept(self, *, newest_only: bool) -> list[tuple[int, dict[bytes, int]]]:
+        """The checkpoints in the bucket, newest first (only the newest with ``newest_only``)."""
         from nats.js.errors import KeyNotFoundError, NoKeysError
 
         try:
-            if at_most is None:
+            if newest_only:
                 entries = [await self.kv.get(layout.CHECKPOINT_KEY)]
             else:
                 entries = list(reversed(await self.kv.history(layout.CHECKPOINT_KEY)))
         except (KeyNotFoundError, NoKeysError):
-            return 0, {}
+            return []
+        kept = []
         for entry in entries:
-            if not entry.value:
-                continue
-            version, seqs = msgpack.unpackb(entry.value, raw=True, strict_map_key=False)
-            if at_most is None or version <= at_most:
-                return int(version), dict(seqs)
-        return 0, {}
+            if entry.value:
+                version, seqs = msgpack.unpackb(entry.value, raw=True, strict_map_key=False)
+                kept.append((int(version), dict(seqs)))
+        return kept
 
     def _bind(self) -> None:
         cfg, ep = self.config, self.config.endpoints
@@ -366,7 +441,7 @@ class Edge:
             send(STAMP.pack(version, seq), _SNDMORE)
             send(data[1 + n :], 0, False)
             self.counters["events_out"] += 1
-        if version - self.checkpointed >= self.config.checkpoint_every and not self._checkpointing:
+        if version - self.checkpointed >= self.checkpoint_every and not self._checkpointing:
             self._checkpointing = True
             asyncio.get_running_loop().create_task(self._write_checkpoint())
 
@@ -494,8 +569,10 @@ class Edge:
             return {"status": "ok", "pid": os.getpid(), "last": self.version}
         if op == "stats":
             info = await self.js.stream_info(self.config.stream)
+            self._note_limits(info.config)
             return {
                 "events": info.state.messages, "first": info.state.first_seq, "last": info.state.last_seq,
+                "trimmed": info.state.first_seq - 1, "retention": self.limits,
                 "backbone": self._backbone_stats(), "requests": self.counters["requests"],
                 "bad_requests": self.counters["bad_requests"],
             }
@@ -503,3 +580,21 @@ class Edge:
 
 class _UnknownOp(Exception):
     pass
+
+
+_LIMITS = {"max_msgs": "retain_events", "max_age": "retain_seconds", "max_bytes": "retain_bytes"}
+"""The stream's retention limits and the EdgeConfig fields (``--retain-*`` options) that set them."""
+
+
+def _same_limit(have: Any, want: Any) -> bool:
+    """Whether two limits are the same: none is -1, 0 or None; an age in seconds, to the ms."""
+    if not have or have < 0:
+        have = 0
+    if not want or want < 0:
+        want = 0
+    return round(have * 1000) == round(want * 1000)
+
+
+def _limits_text(config: Any, names: dict[str, Any]) -> str:
+    return ", ".join(f"{name}={getattr(config, name) if getattr(config, name) and getattr(config, name) > 0 else 'none'}"
+                     for name in names if name in _LIMITS)

@@ -5,6 +5,7 @@ counts again from a checkpoint, for versions older than it remembers)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
@@ -16,6 +17,8 @@ from schemas.topics import compile_matcher
 
 if TYPE_CHECKING:
     from broker.backbone.edge import Edge
+
+log = logging.getLogger("pryxbus.edge")
 
 MAX_PAGE = 20_000
 TAIL_SCAN = 10_000
@@ -65,16 +68,54 @@ async def tail(edge: Edge, request: dict[str, Any]) -> dict[str, Any]:
 
 
 async def read(edge: Edge, start: int, end: int) -> AsyncIterator[tuple[int, int, bytes, bytes]]:
-    """(version, topic_seq, topic, body) of the stream's events ``start..end``, in order.
+    """(version, topic_seq, topic, body) of the stream's events ``start..end``, in order."""
+    seqs: dict[bytes, int] | None = None
+    first = start
+    if start <= edge.seq_base:  # older than the edge remembers: count again from a checkpoint
+        first, seqs = await counting_start(edge, start)
+    seq_of, seq_base = edge.seq_of, edge.seq_base
+    async for version, data in messages(edge, first, end):
+        n = data[0]
+        topic = data[1 : 1 + n]
+        if seqs is not None:
+            seq = seqs.get(topic, 0) + 1
+            seqs[topic] = seq
+        else:
+            seq = seq_of[version - seq_base - 1]
+        if version >= start:
+            yield version, seq, topic, data[1 + n :]
+
+
+async def counting_start(edge: Edge, start: int) -> tuple[int, dict[bytes, int]]:
+    """Where to count topic sequences from for a read from ``start``: (first version to read, every
+    topic's sequence before it).
+
+    Forward from the newest checkpoint before ``start`` while the stream still holds every event
+    after it; else, where the stream's limits removed some of those, backward from the oldest
+    checkpoint at or after ``start - 1`` (its sequences less what the stream holds between)."""
+    at, seqs = await edge.checkpoint(at_most=start - 1)
+    kept = (await edge.js.stream_info(edge.config.stream)).state.first_seq
+    if at + 1 >= kept:
+        return at + 1, seqs
+    start = max(start, kept)
+    later = await edge.checkpoint_at_least(start - 1)
+    if later is None:
+        log.warning("replay from %d: no checkpoint from which to count its topic sequences exactly"
+                    " (the stream's limits removed the events after the one before it)", start)
+        return kept, seqs
+    at, seqs = later
+    if at >= start:
+        async for _version, data in messages(edge, start, at):
+            topic = data[1 : 1 + data[0]]
+            seqs[topic] -= 1
+    return start, seqs
+
+
+async def messages(edge: Edge, start: int, end: int) -> AsyncIterator[tuple[int, bytes]]:
+    """(version, stream message) of the stream's events ``start..end`` that it holds, in order.
 
     The consumer's callback only appends to a list, taken here in batches: a ``next_msg`` per
     event costs a future and a wake-up each."""
-    if start > edge.seq_base:
-        seqs: dict[bytes, int] | None = None
-        first = start
-    else:  # older than the edge remembers: count again from a checkpoint at or before it
-        at, seqs = await edge.checkpoint(at_most=start - 1)
-        first = at + 1
     arrived: list[Any] = []
     ready = asyncio.Event()
 
@@ -82,8 +123,7 @@ async def read(edge: Edge, start: int, end: int) -> AsyncIterator[tuple[int, int
         arrived.append(msg)
         ready.set()
 
-    sub = await open_reader(edge.js, edge.subject, first, collect)
-    seq_of, seq_base = edge.seq_of, edge.seq_base
+    sub = await open_reader(edge.js, edge.subject, start, collect)
     try:
         while True:
             if not arrived:
@@ -95,16 +135,7 @@ async def read(edge: Edge, start: int, end: int) -> AsyncIterator[tuple[int, int
                 version = layout.stream_sequence(msg.reply)
                 if version > end:
                     return
-                data = msg.data
-                n = data[0]
-                topic = data[1 : 1 + n]
-                if seqs is not None:
-                    seq = seqs.get(topic, 0) + 1
-                    seqs[topic] = seq
-                else:
-                    seq = seq_of[version - seq_base - 1]
-                if version >= start:
-                    yield version, seq, topic, data[1 + n :]
+                yield version, msg.data
                 if version >= end:
                     return
     finally:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from broker.backbone.cli import retention_args
 from broker.cli.options import add_tcp, server_endpoints, server_keys
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
@@ -45,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_wait_options(p)
     from broker.backbone.cli import add_backbone_options
 
-    add_backbone_options(p, required=False)
+    add_backbone_options(p, required=False, retention=True)
     p.set_defaults(func=run_up)
 
 
@@ -117,7 +118,7 @@ def backbone_children(args: argparse.Namespace) -> tuple[ChildSpec, ...]:
     extra = ("--backbone", ",".join(args.backbone), "--stream", args.stream, "--replicas", str(args.replicas))
     if args.creds:
         extra += ("--creds", args.creds)
-    edge = ChildSpec("edge", "edge", extra=extra, lock="broker.lock", sockets=("publish", "subscribe", "control", "log"))
+    edge = ChildSpec("edge", "edge", extra=(*extra, *retention_args(args)), lock="broker.lock", sockets=("publish", "subscribe", "control", "log"))
     sessions = ChildSpec(
         "session-service", "session-service", extra=("--store", "nats-kv", *extra), lock="sessions.lock",
         sockets=("sessions",),
@@ -152,6 +153,9 @@ def start_metrics(args: argparse.Namespace, home: Path, endpoints: Endpoints) ->
 
 def run_up(args: argparse.Namespace) -> int:
     configure_logging(args.log_format)
+    if args.backbone is None and (given := retention_args(args)):
+        return fail(f"{given[0]} sets the backbone stream's limits (with --backbone); the single-host"
+                    " event log takes --retain-events and --retain-seconds: pryxbus event-log")
     home, endpoints = server_endpoints(args)
     server_keys(args, home)  # --curve: refuse to start now rather than restart children that refuse
     metrics = None
