@@ -115,12 +115,18 @@ def add_retention_options(g: argparse._ArgumentGroup) -> None:
         help="the stream keeps at most N bytes of events, dropping the oldest (its max bytes;"
         " default: no limit, or as the stream has it)",
     )
+    g.add_argument(
+        "--version-base", type=whole_number(0, MAX_INT - 1), default=None, metavar="N",
+        help="the bus's versions continue after N (the stream's first sequence is N+1, set when it"
+        " is created): for moving a single-host home onto a backbone; default: the home's last"
+        " single-host version, or the stream's base; a different one is refused",
+    )
 
 
 def retention_args(args: argparse.Namespace) -> tuple[str, ...]:
-    """The ``--retain-*`` options given, as arguments for ``pryxbus edge``."""
+    """The ``--retain-*`` and ``--version-base`` options given, as arguments for ``pryxbus edge``."""
     given: tuple[str, ...] = ()
-    for option in ("retain_events", "retain_seconds", "retain_bytes"):
+    for option in ("retain_events", "retain_seconds", "retain_bytes", "version_base"):
         value = getattr(args, option, None)
         if value is not None:
             given += ("--" + option.replace("_", "-"), repr(value) if isinstance(value, float) else str(value))
@@ -179,6 +185,7 @@ def run_edge(args: argparse.Namespace) -> int:
     import signal
 
     from broker.backbone.edge import Edge, EdgeConfig, EdgeRefused
+    from broker.bus import reservation
     from broker.cli.options import server_endpoints
     from broker.logs import configure as configure_logging
     from broker.process import AlreadyRunning, home_lock
@@ -187,10 +194,15 @@ def run_edge(args: argparse.Namespace) -> int:
     home, endpoints = server_endpoints(args)
     if args.curve:
         return fail("an edge does not serve --curve yet (docs/backbone.md)")
+    home_version = reservation.first_version(home) - 1  # a single-host bus's last version in this home
+    if args.version_base is not None and args.version_base < home_version:
+        return fail(f"--version-base {args.version_base} is below this home's last single-host version,"
+                    f" {home_version}: its clients would see versions again")
     config = EdgeConfig(
         servers=args.backbone, stream=args.stream, replicas=args.replicas, creds=args.creds,
         endpoints=endpoints, window=args.window, checkpoint_every=args.checkpoint_every, sub_hwm=args.sub_hwm,
         retain_events=args.retain_events, retain_seconds=args.retain_seconds, retain_bytes=args.retain_bytes,
+        version_base=args.version_base, home_version=home_version,
     )
 
     def ready(edge: Edge) -> None:

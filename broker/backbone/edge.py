@@ -77,6 +77,12 @@ class EdgeConfig:
     """The stream's ``max_age``; None as above."""
     retain_bytes: int | None = None
     """The stream's ``max_bytes``; None as above."""
+    version_base: int | None = None
+    """``--version-base``: the stream's versions start after it (its ``first_seq`` is one more);
+    None: the stream's own base, or ``home_version`` for a stream this edge creates."""
+    home_version: int = 0
+    """The last version a single-host bus in this edge's home stamped or reserved (0: none): the
+    base when this edge creates the stream, and no stream with a lower base is served."""
     sub_hwm: int = 10_000
     in_hwm: int = 10_000
 
@@ -98,6 +104,9 @@ class Edge:
         """The version the counting started after (a checkpoint's, or 0)."""
         self.base_seqs: dict[bytes, int] = {}
         """Every topic's sequence at ``base``."""
+        self.version_base = 0
+        """The stream's versions start after this (its ``first_seq`` - 1): a single-host home's
+        last version when it moved onto the backbone, else 0."""
         self.seq_of: array.array[int] = array.array("Q")
         """topic_seq of versions ``seq_base + 1 ...`` (for ``replay``)."""
         self.seq_base = 0
@@ -171,6 +180,9 @@ class Edge:
             duplicate_window=min(DUPLICATE_WINDOW, cfg.retain_seconds or DUPLICATE_WINDOW),
             max_msgs=cfg.retain_events or -1, max_bytes=cfg.retain_bytes or -1, max_age=cfg.retain_seconds or 0,
         )
+        base = cfg.home_version if cfg.version_base is None else cfg.version_base
+        if base:
+            stream.first_seq = base + 1
         await asyncio.gather(self._ensure_stream(stream), self._ensure_bucket())
 
     async def _ensure_stream(self, stream: Any) -> None:
@@ -184,8 +196,26 @@ class Edge:
             if e.err_code != STREAM_EXISTS:
                 raise EdgeRefused(f"JetStream refused the stream {stream.name}: {e.description}") from None
             info = await self.js.stream_info(stream.name)
+            self._check_version_base(info.config)
             info = await self._update_limits(info, stream)
         self._note_limits(info.config)
+        self.version_base = (info.config.first_seq or 1) - 1
+
+    def _check_version_base(self, config: Any) -> None:
+        """Refuse a stream whose version base differs from the one given, or is below this home's
+        single-host versions (its clients would see those versions again)."""
+        cfg, base = self.config, (config.first_seq or 1) - 1
+        if cfg.version_base is not None and cfg.version_base != base:
+            raise EdgeRefused(
+                f"the stream {config.name} numbers versions from {base + 1} (version base {base}), not"
+                f" from --version-base {cfg.version_base} + 1: every home of a bus has the stream's"
+                " base (leave --version-base out to take it)")
+        if cfg.home_version > base:
+            raise EdgeRefused(
+                f"this home's single-host bus reached version {cfg.home_version} (HOME/broker.version,"
+                f" HOME/events.db) but the stream {config.name} numbers versions from {base + 1}: its"
+                " clients would see those versions again. Use another home, or move this one onto a new"
+                f" stream (--stream NAME; it is created with version base {cfg.home_version})")
 
     async def _update_limits(self, info: Any, wanted: Any) -> Any:
         """The stream with the limits this edge was given (and its others as they are)."""
@@ -259,6 +289,8 @@ class Edge:
         info = await self.js.stream_info(self.config.stream)
         last, first = info.state.last_seq, info.state.first_seq
         base, seqs = await self.checkpoint()
+        if base < self.version_base:  # a new stream (or a checkpoint of an older one of that name)
+            base, seqs = self.version_base, {}
         if base > last:  # a checkpoint of a stream since deleted and created again under the name
             log.warning("the checkpoint (version %d) is past the stream's end (%d): counting from its start", base, last)
             base, seqs = 0, {}
@@ -522,7 +554,7 @@ class Edge:
 
     def _ping(self) -> dict[str, Any]:
         return {
-            "status": "ok", "pid": os.getpid(), "version": self.version, "first_version": 1,
+            "status": "ok", "pid": os.getpid(), "version": self.version, "first_version": self.version_base + 1,
             "max_event_size": self.config.max_event_size, "backbone": self.config.stream,
         }
 
@@ -546,7 +578,7 @@ class Edge:
             found = [(t, n) for t, n in self.topic_seq.items() if matches(t)]
             page = found[after : after + SEQS_PAGE]
             return {
-                "version": self.version, "first_version": 1, "seqs": {t.decode(): n for t, n in page},
+                "version": self.version, "first_version": self.version_base + 1, "seqs": {t.decode(): n for t, n in page},
                 "next": after + SEQS_PAGE if len(found) > after + SEQS_PAGE else None,
             }
         raise _UnknownOp(f"unknown op {op!r}; known: ping, health, stats, seqs")
@@ -555,7 +587,7 @@ class Edge:
         return {
             "stream": self.config.stream, "servers": self.config.servers, "replicas": self.config.replicas,
             "in_flight": self.publisher.in_flight if self.publisher else 0,
-            "checkpoint": self.checkpointed, "counted_from": self.base,
+            "checkpoint": self.checkpointed, "counted_from": self.base, "version_base": self.version_base,
             "connected_url": str(self.nc.connected_url.geturl()) if self.nc and self.nc.connected_url else None,
         }
 

@@ -154,7 +154,7 @@ def start_metrics(args: argparse.Namespace, home: Path, endpoints: Endpoints) ->
 def run_up(args: argparse.Namespace) -> int:
     configure_logging(args.log_format)
     if args.backbone is None and (given := retention_args(args)):
-        return fail(f"{given[0]} sets the backbone stream's limits (with --backbone); the single-host"
+        return fail(f"{given[0]} is for the backbone's stream (with --backbone); the single-host"
                     " event log takes --retain-events and --retain-seconds: pryxbus event-log")
     home, endpoints = server_endpoints(args)
     server_keys(args, home)  # --curve: refuse to start now rather than restart children that refuse
