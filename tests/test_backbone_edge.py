@@ -104,6 +104,39 @@ def test_since_replay_and_recover_come_from_the_stream(xprocess, cluster, stream
         part.stop()
 
 
+def test_a_curve_home_lets_in_only_a_listed_key(xprocess, cluster, stream, homes) -> None:
+    """``up --backbone --curve``: the edge's sockets and the nats-kv session service are CURVE
+    servers behind the home's allow-list, as the broker's (the cases of tests/test_auth.py)."""
+    from sdk.sessions import SessionClient
+    from tests.test_auth import REFUSED_TIMEOUT, cases, generate
+
+    home = homes()
+    generate(home)
+    up = edge(xprocess, home, cluster, stream, "--curve", "--replicas", "1", command="up")
+    try:
+        for what, curve in cases(home).items():
+            with pytest.raises(sdk.BusUnavailable):
+                sdk.connect(home, timeout=REFUSED_TIMEOUT, curve=curve).close()
+                pytest.fail(f"the edge let in a client with {what}")
+            client = SessionClient.open(home, timeout=REFUSED_TIMEOUT, retries=0, curve=curve)
+            try:
+                with pytest.raises(sdk.BusUnavailable):
+                    client.list()
+                    pytest.fail(f"the session service let in a client with {what}")
+            finally:
+                client.close()
+        with sdk.connect(home, name="listed", timeout=5.0) as bus:  # the home's keys: CURVE
+            assert bus.curve is not None
+            with bus.subscribe("auth:*") as sub:
+                assert bus.publish("auth:checked", {"n": 1}, wait=True) == 1
+                assert received(sub, 1) == [(1, 1, "auth:checked", {"n": 1})]
+            assert [e.payload for e in bus.replay()] == [{"n": 1}]  # the log endpoint
+            session = bus.sessions.create("behind CURVE")
+            assert bus.sessions.get(session.id).title == "behind CURVE"
+    finally:
+        up.stop()
+
+
 def _identified_body(payload: object, publisher: int, number: int) -> bytes:
     """The identity contract's 7-element body: publisher id and number always as msgpack uint64."""
     head = b"\x97" + b"".join(msgpack.packb(x, use_bin_type=True) for x in (1, time.time(), "raw", None, payload))

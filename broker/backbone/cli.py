@@ -186,14 +186,14 @@ def run_edge(args: argparse.Namespace) -> int:
 
     from broker.backbone.edge import Edge, EdgeConfig, EdgeRefused
     from broker.bus import reservation
-    from broker.cli.options import server_endpoints
+    from broker.cli.options import server_endpoints, server_keys
     from broker.logs import configure as configure_logging
     from broker.process import AlreadyRunning, home_lock
+    from broker.security import SecurityError
 
     configure_logging(args.log_format)
     home, endpoints = server_endpoints(args)
-    if args.curve:
-        return fail("an edge does not serve --curve yet (docs/backbone.md)")
+    curve = server_keys(args, home)
     home_version = reservation.first_version(home) - 1  # a single-host bus's last version in this home
     if args.version_base is not None and args.version_base < home_version:
         return fail(f"--version-base {args.version_base} is below this home's last single-host version,"
@@ -202,7 +202,7 @@ def run_edge(args: argparse.Namespace) -> int:
         servers=args.backbone, stream=args.stream, replicas=args.replicas, creds=args.creds,
         endpoints=endpoints, window=args.window, checkpoint_every=args.checkpoint_every, sub_hwm=args.sub_hwm,
         retain_events=args.retain_events, retain_seconds=args.retain_seconds, retain_bytes=args.retain_bytes,
-        version_base=args.version_base, home_version=home_version,
+        version_base=args.version_base, home_version=home_version, curve=curve,
     )
 
     def ready(edge: Edge) -> None:
@@ -213,7 +213,7 @@ def run_edge(args: argparse.Namespace) -> int:
             bound.record(home)
         announce(
             f"pryxbus edge ready publish={bound.publish} subscribe={bound.subscribe} control={bound.control}"
-            f" log={bound.log} stream={config.stream} version={edge.version}"
+            f" log={bound.log} stream={config.stream} version={edge.version}{' curve=on' if curve else ''}"
         )
 
     async def main() -> Edge:
@@ -228,9 +228,7 @@ def run_edge(args: argparse.Namespace) -> int:
         with home_lock(home, "broker"):
             try:
                 edge = asyncio.run(main())
-            except EdgeRefused as e:
-                return fail(f"edge: {e}")
-            except OSError as e:
+            except (EdgeRefused, SecurityError, OSError) as e:
                 return fail(f"edge: {e}")
     except AlreadyRunning as e:
         return fail(str(e))
@@ -244,22 +242,22 @@ def run_kv_sessions(args: argparse.Namespace) -> int:
     import signal
 
     from broker.backbone.sessions import KvSessionService, bucket_name
-    from broker.cli.options import server_endpoints
+    from broker.cli.options import server_endpoints, server_keys
     from broker.process import AlreadyRunning, home_lock
+    from broker.security import SecurityError
 
     if not args.backbone:
         return fail("--store nats-kv needs --backbone nats://HOST:PORT[,...]")
-    if args.curve:
-        return fail("--store nats-kv does not serve --curve yet (docs/backbone.md)")
     home, endpoints = server_endpoints(args)
     service = KvSessionService(
         args.backbone, args.stream, endpoint=endpoints.sessions, replicas=args.replicas, creds=args.creds,
-        publish_events=not args.no_events,
+        publish_events=not args.no_events, curve=server_keys(args, home),
     )
 
     def ready(s: KvSessionService) -> None:
         endpoints.with_(sessions=s.endpoint).record_chosen(home, [n for n in endpoints.unbound if n == "sessions"])
-        announce(f"pryxbus session-service ready sessions={s.endpoint} store=nats-kv bucket={bucket_name(args.stream)}")
+        announce(f"pryxbus session-service ready sessions={s.endpoint} store=nats-kv bucket={bucket_name(args.stream)}"
+                 + (" curve=on" if s.curve else ""))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -271,7 +269,7 @@ def run_kv_sessions(args: argparse.Namespace) -> int:
         with home_lock(home, "sessions"):
             try:
                 asyncio.run(main())
-            except OSError as e:
+            except (SecurityError, OSError) as e:
                 return fail(f"session service: {e}")
     except AlreadyRunning as e:
         return fail(str(e))

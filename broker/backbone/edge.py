@@ -31,6 +31,8 @@ import zmq.asyncio
 from broker.backbone import replay
 from broker.backbone import stream as layout
 from broker.backbone.publishing import ACK_TIMEOUT, StreamPublisher
+from broker.bus.config import CURVE_SLACK
+from broker.security import Authenticator, ServerKeys, secure_server
 from broker.sockets import bind
 from schemas.endpoints import Endpoints
 from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, STAMP, SYNC_PREFIX
@@ -85,6 +87,8 @@ class EdgeConfig:
     base when this edge creates the stream, and no stream with a lower base is served."""
     sub_hwm: int = 10_000
     in_hwm: int = 10_000
+    curve: ServerKeys | None = None
+    """CURVE keys (``--curve``): every bound socket is a CURVE server behind the home's allow-list."""
 
 
 class EdgeRefused(Exception):
@@ -134,6 +138,7 @@ class Edge:
         self.js: Any = None
         self.kv: Any = None
         self.ctx: zmq.asyncio.Context | None = None
+        self._auth: Authenticator | None = None
         self.endpoints = config.endpoints
 
     def stop(self) -> None:
@@ -350,22 +355,21 @@ class Edge:
     def _bind(self) -> None:
         cfg, ep = self.config, self.config.endpoints
         ctx = self.ctx = zmq.asyncio.Context()
-        self.xsub = ctx.socket(zmq.XSUB)
-        self.xsub.linger = 0
+        if cfg.curve is not None:  # before anything binds: fail closed (ZAP runs on the same context)
+            self._auth = Authenticator(zmq.Context.shadow(ctx.underlying), cfg.curve)
+        self.xsub = self._server_socket(zmq.XSUB)
         self.xsub.rcvhwm = cfg.in_hwm
         self.xsub.maxmsgsize = cfg.max_event_size + 319
         bound = {"publish": bind(self.xsub, ep.publish)}
-        self.xpub = ctx.socket(zmq.XPUB)
-        self.xpub.linger = 0
+        self.xpub = self._server_socket(zmq.XPUB)
         self.xpub.sndhwm = cfg.sub_hwm
         self.xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self.xpub.maxmsgsize = 256
+        # Under CURVE the limit applies to the handshake too (the broker's CURVE_SLACK).
+        self.xpub.maxmsgsize = 256 + (CURVE_SLACK if cfg.curve is not None else 0)
         bound["subscribe"] = bind(self.xpub, ep.subscribe)
-        self.control = ctx.socket(zmq.ROUTER)
-        self.control.linger = 0
+        self.control = self._server_socket(zmq.ROUTER)
         bound["control"] = bind(self.control, ep.control)
-        self.log_sock = ctx.socket(zmq.ROUTER)
-        self.log_sock.linger = 0
+        self.log_sock = self._server_socket(zmq.ROUTER)
         if ep.log:
             bound["log"] = bind(self.log_sock, ep.log)
         self.endpoints = ep.with_(**bound)
@@ -373,9 +377,17 @@ class Edge:
         self._xpub_send = zmq.Socket.shadow(self.xpub.underlying).send
         self._xsub_sync = zmq.Socket.shadow(self.xsub.underlying)
         self.xsub.send(b"\x01")  # subscribe to every publisher (their XPUB waits for it)
-        watched = zmq.EVENT_ACCEPTED
+        watched = zmq.EVENT_ACCEPTED | zmq.EVENT_HANDSHAKE_SUCCEEDED  # under CURVE, only then is it attached
         self.in_monitor = self.xsub.get_monitor_socket(watched)
         self._tasks.append(asyncio.create_task(self._resubscribe()))
+
+    def _server_socket(self, kind: int) -> zmq.asyncio.Socket:
+        assert self.ctx is not None
+        sock = self.ctx.socket(kind)
+        sock.linger = 0
+        if self.config.curve is not None:
+            secure_server(sock, self.config.curve)
+        return sock
 
     async def _resubscribe(self) -> None:
         """A bound XSUB does not replay its subscription to publishers that connect later."""
@@ -404,6 +416,8 @@ class Edge:
                 await asyncio.wait_for(self.nc.close(), STOP_PATIENCE)
             except Exception as e:
                 log.warning("closing the NATS connection: %s", e or type(e).__name__)
+        if self._auth is not None:
+            self._auth.close()
         if self.ctx is not None:
             try:
                 self.xsub.disable_monitor()
@@ -568,6 +582,7 @@ class Edge:
                 **self._ping(), "uptime": time.time() - self.started, **self.counters,
                 "topics": {t.decode(): n for t, n in busiest}, "topic_count": len(self.topic_seq),
                 "taking_events": True, "backbone": self._backbone_stats(),
+                "curve_refused": self._auth.refused if self._auth is not None else 0,
                 "config": {"sub_hwm": self.config.sub_hwm, "in_hwm": self.config.in_hwm,
                            "max_event_size": self.config.max_event_size},
                 "endpoints": self.endpoints.names(),

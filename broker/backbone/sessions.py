@@ -32,6 +32,7 @@ import zmq
 import zmq.asyncio
 
 from broker.backbone import stream as layout
+from broker.security import Authenticator, ServerKeys, secure_server
 from broker.sockets import bind
 from schemas.envelope import encode_body
 from schemas.sessions import (
@@ -80,8 +81,11 @@ class KvSessionService:
     """One service process: its ROUTER socket, NATS connection and index. ``await run(on_ready)``."""
 
     def __init__(self, servers: list[str], stream: str, *, endpoint: str, replicas: int = 3,
-                 creds: str | None = None, publish_events: bool = True) -> None:
+                 creds: str | None = None, publish_events: bool = True, curve: ServerKeys | None = None) -> None:
         self.servers, self.stream, self.replicas, self.creds = servers, stream, replicas, creds
+        self.curve = curve
+        """CURVE keys (``--curve``): the socket is a CURVE server behind the home's allow-list."""
+        self._auth: Authenticator | None = None
         self.endpoint = endpoint
         self.publish_events = publish_events
         self.subject = layout.subject(stream)
@@ -127,8 +131,12 @@ class KvSessionService:
                     storage=StorageType.FILE))
             await self._follow()
             ctx = self.ctx = zmq.asyncio.Context()
+            if self.curve is not None:  # before it binds: fail closed (ZAP runs on the same context)
+                self._auth = Authenticator(zmq.Context.shadow(ctx.underlying), self.curve)
             self.sock = ctx.socket(zmq.ROUTER)
             self.sock.linger = 0
+            if self.curve is not None:
+                secure_server(self.sock, self.curve)
             self.endpoint = bind(self.sock, self.endpoint)
             self._tasks.append(asyncio.create_task(self._serve()))
             on_ready(self)
@@ -138,6 +146,8 @@ class KvSessionService:
                 task.cancel()
             if self.nc is not None:
                 await self.nc.close()
+            if self._auth is not None:
+                self._auth.close()
             if getattr(self, "ctx", None) is not None:
                 self.ctx.destroy(linger=0)
                 if self.endpoint.startswith("ipc://"):
