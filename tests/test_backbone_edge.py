@@ -337,3 +337,51 @@ def test_a_leader_kill_9_under_load_loses_and_repeats_nothing(xprocess, cluster,
 @pytest.mark.soak
 def test_a_leader_kill_9_under_heavy_load_loses_and_repeats_nothing(xprocess, cluster, stream, homes) -> None:
     _kill_the_leader_under_load(xprocess, cluster, stream, homes(), n=50_000, kill_at=20_000, rejoin=True)
+
+
+def test_an_edge_whose_cluster_is_gone_stops_at_once_and_says_so(stream, homes, tmp_path) -> None:
+    """docs/backbone.md, Stopping: with no NATS server reachable a stop writes no checkpoint (which
+    would wait for an answer) and says so; the edge exits cleanly. On a node of its own, killed
+    (the shared cluster would take seconds to elect its leaders again)."""
+    import queue
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from broker.backbone.cluster import Cluster
+    from tests.backbone import server_or_skip
+    from tests.helpers import REPO
+
+    with Cluster(tmp_path / "nats", nodes=1, server=server_or_skip()) as lone:
+        proc = subprocess.Popen(
+            [sys.executable, "-u", "-m", "broker", "edge", "--backbone", lone.servers, "--stream", stream,
+             "--replicas", "1", "--home", str(homes())],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)  # type: ignore[union-attr]
+        reader.start()
+
+        def wait_line(text: str) -> None:
+            seen: list[str] = []
+            while not any(text in line for line in seen):
+                try:
+                    seen.append(lines.get(timeout=30))
+                except queue.Empty:
+                    pytest.fail(f"no line with {text!r} within 30 s; saw {seen}")
+
+        try:
+            wait_line("pryxbus edge ready")
+            lone.kill(lone.members[0])
+            wait_line("nats: disconnected")  # the edge knows the cluster is gone
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+            reader.join(timeout=10)  # every line read
+            output = "".join(lines.queue)
+            assert "stopping without a checkpoint: no NATS server is reachable" in output
+            assert "pryxbus edge stopped at version 0" in output
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
