@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="start N nats-server nodes on loopback in the foreground",
         description="Start N nats-server nodes (JetStream, sync_interval: always), each storing under"
         " DIR/nI. Prints one line containing 'ready' with the servers' URLs once JetStream answers"
-        " through every node; stops them on SIGINT/SIGTERM/SIGHUP.",
+        " through every node and places a replicated stream on all of them; stops them on SIGINT/SIGTERM/SIGHUP.",
     )
     up.add_argument("--nodes", type=whole_number(1, 9), default=3, metavar="N", help="nodes (default %(default)d)")
     up.add_argument(

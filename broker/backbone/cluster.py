@@ -144,7 +144,7 @@ class Cluster:
             )
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start every node and wait until JetStream answers with a meta leader.
+        """Start every node and wait until JetStream answers and places a stream on every node.
 
         Raises:
             TimeoutError: JetStream was not ready within ``timeout``.
@@ -164,7 +164,8 @@ class Cluster:
             )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Wait until JetStream answers an account-info request through every node.
+        """Wait until JetStream answers an account-info request through every node and places a
+        stream on all of them.
 
         Raises:
             TimeoutError: it did not within ``timeout``.
@@ -227,6 +228,34 @@ async def _wait_ready(urls: list[str], timeout: float) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"JetStream not ready at {url} within {timeout:g}s (last: {last!r})")
             await asyncio.sleep(0.1)  # sync-ok: polling a starting server
+    await _wait_placement(urls, deadline)
+
+
+async def _wait_placement(urls: list[str], deadline: float) -> None:
+    """Wait until JetStream places a stream on every node: answering is not enough, a node that
+    answers may not have joined the meta group yet ("no suitable peers for placement")."""
+    import nats
+    from nats.errors import Error as NatsError
+    from nats.js.api import StorageType, StreamConfig
+
+    probe = StreamConfig(name="PRYXBUS_READY_PROBE", subjects=["_pryxbus.ready.probe"], num_replicas=len(urls),
+                         storage=StorageType.MEMORY)
+    last: object = None
+    while True:
+        try:
+            nc = await nats.connect(urls, allow_reconnect=False, connect_timeout=2, error_cb=_quiet)
+            try:
+                js = nc.jetstream(timeout=2)
+                await js.add_stream(probe)
+                await js.delete_stream(probe.name)
+                return
+            finally:
+                await nc.close()
+        except (NatsError, OSError, asyncio.TimeoutError) as e:
+            last = e
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"JetStream placed no stream on {len(urls)} nodes in time (last: {last!r})")
+        await asyncio.sleep(0.1)  # sync-ok: polling a forming cluster
 
 
 
