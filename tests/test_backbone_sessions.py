@@ -7,10 +7,15 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import msgpack
+import psutil
 import pytest
+import zmq
 
 import sdk
-from tests.helpers import start_part
+from broker.backbone.sessions import CRASH_ENV
+from schemas.endpoints import Endpoints
+from tests.helpers import Part, start_part, stats, wait_for
 
 
 def _stack(xprocess, home: Path, cluster, stream: str, *args: str):
@@ -106,3 +111,64 @@ def test_changes_written_but_not_announced_are_announced_once_by_the_next_servic
     finally:
         for part in (again, second, edge):
             part.stop()
+
+
+def _crashed(part: Part) -> None:
+    """Wait until ``part`` died (SIGKILL by its own hook), then reap it."""
+
+    def state() -> str:
+        try:
+            return psutil.Process(part.pid).status()
+        except psutil.NoSuchProcess:
+            return "gone"
+
+    wait_for(state, lambda s: s in ("gone", psutil.STATUS_ZOMBIE), timeout=20, what=f"{part.name} killed")
+    part.xprocess.getinfo(part.name).terminate()
+
+
+def test_a_session_event_is_announced_once_across_a_real_kill_9_between_write_and_event(
+    xprocess, cluster, stream, homes, monkeypatch
+) -> None:
+    """Issue 19's "Done means": the service killed with SIGKILL (PRYXBUS_TEST_KV_CRASH) at both
+    points of a change, written but not announced, and announced but the shared cursor not moved;
+    the service started again announces the first once and finds the second already stored
+    (Nats-Msg-Id kv:BUCKET:REVISION): one event per change on the bus, and a client's retried
+    create is answered without another."""
+    home = homes()
+    ctx = zmq.Context()
+    parts = [_stack(xprocess, home, cluster, stream, "edge")]
+    service = _stack(xprocess, home, cluster, stream, "session-service", "--store", "nats-kv")
+    try:
+        with sdk.connect(home, name="a", timeout=10.0) as bus, bus.subscribe("session:**") as events:
+            bus.sessions.create("one", id="s1")
+            for point, sid in (("before-event", "s2"), ("after-event", "s3")):
+                service.stop()
+                monkeypatch.setenv(CRASH_ENV, f"{point}:{sid}")
+                doomed = _stack(xprocess, home, cluster, stream, "session-service", "--store", "nats-kv")
+                monkeypatch.delenv(CRASH_ENV)
+                request = ctx.socket(zmq.REQ)  # the client's create: its reply may never come
+                request.linger = 0
+                request.connect(Endpoints.for_home(home).sessions)
+                request.send(msgpack.packb({"op": "create", "id": sid, "title": sid, "rid": f"r-{sid}"}))
+                _crashed(doomed)
+                request.close()
+                assert f"{CRASH_ENV}={point}:{sid}: killing" in doomed.log
+                service = _stack(xprocess, home, cluster, stream, "session-service", "--store", "nats-kv")
+                assert bus.sessions.create(sid, id=sid).title == sid  # the client's retry: the session as written
+                if point == "after-event":
+                    counted = wait_for(lambda: stats(ctx, Endpoints.for_home(home).sessions),
+                                       lambda s: s["events_duplicate"] == 1, what="s3's event found stored")
+                    assert counted["events_published"] == 0
+            bus.sessions.touch("s1")  # and a change after both restarts: once
+            got = [events.recv(timeout=10) for _ in range(4)]
+            with pytest.raises(sdk.BusTimeout):
+                events.recv(timeout=0.5)  # nothing more: each change announced once
+        assert [(e.type, e.payload["id"]) for e in got] == [
+            ("session:created", "s1"), ("session:created", "s2"), ("session:created", "s3"), ("session:updated", "s1"),
+        ]
+        assert len({e.version for e in got}) == 4
+    finally:
+        service.stop()
+        for part in parts:
+            part.stop()
+        ctx.destroy(linger=0)

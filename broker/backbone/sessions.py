@@ -12,6 +12,8 @@ backbone at once.
   so the services of every home together publish it once; a shared cursor (the last revision
   published) lets a restarted service publish what it had not, across a ``kill -9`` between write
   and event. A restore publishes nothing, as in SQLite.
+
+A test hook, ``PRYXBUS_TEST_KV_CRASH`` (:data:`CRASH_ENV`), makes that ``kill -9`` deterministic.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import base64
 import bisect
 import logging
 import os
+import signal
 import time
 import uuid
 from collections import OrderedDict
@@ -63,6 +66,11 @@ CURSOR_KEY = "sessions-evented"
 HISTORY = 64
 """Revisions the bucket keeps per session (the most JetStream allows): the changes a restarted
 service may still have to announce."""
+CRASH_ENV = "PRYXBUS_TEST_KV_CRASH"
+"""A test hook (tests/test_backbone_sessions.py): ``before-event:ID`` makes the service SIGKILL
+itself when it is about to announce a change of session ID (written, not announced);
+``after-event:ID`` once it announced it and before it moves the shared cursor. Read once, at start;
+unset, nothing happens."""
 REPLY_CACHE = 10_000
 CAS_TRIES = 100
 SCHEMA_VERSION = 3
@@ -95,6 +103,8 @@ class KvSessionService:
         self.errors: dict[str, int] = {}
         self.cas_retries = 0
         self.events_published = 0
+        self.events_duplicate = 0  # announced already (by another home's service, or by us before a crash)
+        self._crash = tuple(os.environ.get(CRASH_ENV, "").partition(":")[::2])
         self.revision = 0  # the bucket stream's last sequence applied to the index
         self._replies: OrderedDict[Any, bytes] = OrderedDict()
         self._last = datetime.now(timezone.utc)
@@ -214,17 +224,27 @@ class KvSessionService:
         topic = SESSION_EVENTS[change].encode()
         body = encode_body(session, source="session-service", session_id=session["id"])
         delay = 0.05
+        self._crash_at("before-event", session["id"])
         while True:
             try:
-                await self.js.publish(self.subject, layout.pack(topic, body), timeout=5,
-                                      headers={layout.MSG_ID: f"kv:{bucket_name(self.stream)}:{revision}"})
+                ack = await self.js.publish(self.subject, layout.pack(topic, body), timeout=5,
+                                            headers={layout.MSG_ID: f"kv:{bucket_name(self.stream)}:{revision}"})
                 break
             except Exception as e:
                 log.warning("session event not published yet (%s); retrying", e)
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 2.0)
-        self.events_published += 1
+        if ack.duplicate:
+            self.events_duplicate += 1
+        else:
+            self.events_published += 1
+        self._crash_at("after-event", session["id"])
         await self._advance_cursor(revision)
+
+    def _crash_at(self, point: str, session_id: str) -> None:
+        if self._crash == (point, session_id):
+            log.warning("%s=%s:%s: killing this service (SIGKILL)", CRASH_ENV, point, session_id)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     async def _advance_cursor(self, revision: int) -> None:
         from nats.js.errors import KeyNotFoundError
@@ -430,7 +450,8 @@ class KvSessionService:
             "pid": os.getpid(), "uptime": time.time() - self.started, "sessions": len(self.index),
             "requests": dict(self.counts), "errors": dict(self.errors), "store": "nats-kv",
             "bucket": bucket_name(self.stream), "revision": self.revision, "cas_retries": self.cas_retries,
-            "events_published": self.events_published, "schema_version": SCHEMA_VERSION,
+            "events_published": self.events_published, "events_duplicate": self.events_duplicate,
+            "schema_version": SCHEMA_VERSION,
         }
 
 
