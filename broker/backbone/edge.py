@@ -2,8 +2,8 @@
 
 Towards clients it is the broker (PROTOCOL.md): events come in on ``publish`` (XSUB), are delivered
 on ``subscribe`` (XPUB) with the sync handshake, ``control`` answers ``ping``/``stats``/``seqs``, and
-``log`` answers the event log's ``replay``/``tail``/``ping``/``stats`` from the stream. Behind it
-is one JetStream stream, which every edge of the bus shares:
+``log`` answers the event log's ``replay``/``tail``/``summary``/``publishers``/``import``/``ping``/
+``stats`` from the stream. Behind it is one JetStream stream, which every edge of the bus shares:
 
 - an incoming event goes to the stream (a window of publishes in flight; an identified one with
   ``Nats-Msg-Id``, so a resend is stored once; retried with backoff while no ack comes);
@@ -28,7 +28,7 @@ import msgpack
 import zmq
 import zmq.asyncio
 
-from broker.backbone import replay
+from broker.backbone import logops, replay
 from broker.backbone import stream as layout
 from broker.backbone.publishing import ACK_TIMEOUT, StreamPublisher
 from broker.bus.config import CURVE_SLACK
@@ -555,6 +555,9 @@ class Edge:
         except _UnknownOp as e:
             self.counters["bad_requests"] += 1
             reply = {"ok": False, "code": "unknown_op", "message": str(e)}
+        except logops.Refused as e:
+            self.counters["bad_requests"] += 1
+            reply = {"ok": False, "code": e.code, "message": str(e)}
         except (ValueError, TypeError, KeyError, msgpack.UnpackException) as e:
             self.counters["bad_requests"] += 1
             reply = {"ok": False, "code": "bad_request", "message": str(e) or type(e).__name__}
@@ -612,6 +615,12 @@ class Edge:
             return await replay.replay(self, request)
         if op == "tail":
             return await replay.tail(self, request)
+        if op == "summary":
+            return await logops.summary(self, request)
+        if op == "publishers":
+            return await logops.publishers(self, request)
+        if op == "import":
+            return await logops.import_(self, request)
         if op == "ping":
             return {"status": "ok", "pid": os.getpid(), "last": self.version}
         if op == "stats":
@@ -623,7 +632,8 @@ class Edge:
                 "backbone": self._backbone_stats(), "requests": self.counters["requests"],
                 "bad_requests": self.counters["bad_requests"],
             }
-        raise _UnknownOp(f"unknown op {op!r}; known: replay, tail, ping, stats (served from the stream)")
+        raise _UnknownOp(f"unknown op {op!r}; known: replay, tail, summary, publishers, import, ping, stats"
+                         " (served from the stream)")
 
 class _UnknownOp(Exception):
     pass
