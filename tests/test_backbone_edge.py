@@ -385,3 +385,49 @@ def test_an_edge_whose_cluster_is_gone_stops_at_once_and_says_so(stream, homes, 
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_an_edge_publishes_lifecycle_events_into_the_stream(xprocess, cluster, stream, homes) -> None:
+    """``up --backbone --lifecycle-events``: the edge announces its start and its own connections,
+    stamped in the stream like every event, so another home's subscribers see them in order."""
+    from schemas.catalogue import validate
+
+    a, b = homes(), homes()
+    up = start_part(xprocess, a, "up", "--backbone", cluster.servers, "--stream", stream, "--lifecycle-events")
+    quiet = edge(xprocess, b, cluster, stream)  # without the option: announces nothing
+    try:
+        with sdk.connect(b, name="watcher", timeout=10.0) as watcher, watcher.subscribe("bus:*") as sub:
+
+            def next_event(event_type: str) -> sdk.Event:
+                event = sub.recv(timeout=10.0)
+                assert event.type == event_type and event.source == "broker" and event.session_id is None, event
+                validate(event.type, event.payload)  # the catalogue's payload, as from a broker
+                return event
+
+            with sdk.connect(a, name="publisher", timeout=10.0) as bus:
+                bus.publish("app:hello", {"n": 1})
+                connected = next_event("bus:publisher_connected")
+                assert connected.payload["endpoint"] == bus.endpoints.publish
+                assert (connected.payload["publishers"], connected.payload["subscribers"]) == (1, 0)
+                second = bus.subscribe("app:*")
+                joined = next_event("bus:subscriber_connected")
+                assert (joined.payload["subscribers"], joined.payload["endpoint"]) == (1, bus.endpoints.subscribe)
+                second.close()
+                left = next_event("bus:subscriber_disconnected")
+                assert left.payload["connection"] == joined.payload["connection"] and left.payload["subscribers"] == 0
+            gone = next_event("bus:publisher_disconnected")
+            assert gone.payload["connection"] == connected.payload["connection"] and gone.payload["publishers"] == 0
+            assert connected.version < joined.version < left.version < gone.version
+            assert [e.seq for e in (connected, joined, left, gone)] == [1, 1, 1, 1]
+            started = list(watcher.replay("bus:started"))
+            assert [(e.version, e.seq, e.payload["first_version"]) for e in started] == [(1, 1, 1)]
+            ctx = zmq.Context()
+            try:  # counted once the edge had its ack (the watcher may see the event first)
+                counted = wait_for(lambda: stats(ctx, Endpoints.for_home(a).control),
+                                   lambda s: s["lifecycle_events"] == 5, what="5 lifecycle events stored")
+            finally:
+                ctx.destroy(linger=0)
+            assert (counted["publishers"], counted["subscribers"]) == (0, 0)
+    finally:
+        quiet.stop()
+        up.stop()

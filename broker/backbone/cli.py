@@ -177,6 +177,11 @@ def register_edge(subparsers: argparse._SubParsersAction) -> None:
         "--sub-hwm", type=whole_number(0, 2**31 - 1), default=10_000, metavar="N",
         help="events queued per subscriber before that subscriber starts losing them (default %(default)d)",
     )
+    p.add_argument(
+        "--lifecycle-events", action="store_true",
+        help="publish bus:started and bus:{publisher,subscriber}_{connected,disconnected} events (this"
+        " edge's own) to the stream",
+    )
     p.set_defaults(func=run_edge)
 
 
@@ -203,6 +208,7 @@ def run_edge(args: argparse.Namespace) -> int:
         endpoints=endpoints, window=args.window, checkpoint_every=args.checkpoint_every, sub_hwm=args.sub_hwm,
         retain_events=args.retain_events, retain_seconds=args.retain_seconds, retain_bytes=args.retain_bytes,
         version_base=args.version_base, home_version=home_version, curve=curve,
+        lifecycle_events=args.lifecycle_events,
     )
 
     def ready(edge: Edge) -> None:

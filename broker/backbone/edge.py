@@ -29,6 +29,7 @@ import zmq
 import zmq.asyncio
 
 from broker.backbone import logops, replay
+from broker.backbone.peers import IN_EVENTS, OUT_EVENTS, EdgePeers
 from broker.backbone import stream as layout
 from broker.backbone.publishing import ACK_TIMEOUT, StreamPublisher
 from broker.bus.config import CURVE_SLACK
@@ -89,6 +90,8 @@ class EdgeConfig:
     in_hwm: int = 10_000
     curve: ServerKeys | None = None
     """CURVE keys (``--curve``): every bound socket is a CURVE server behind the home's allow-list."""
+    lifecycle_events: bool = False
+    """``--lifecycle-events``: publish ``bus:started`` and this edge's connection changes (peers.py)."""
 
 
 class EdgeRefused(Exception):
@@ -128,6 +131,7 @@ class Edge:
         self._checkpoint_at = 0.0
         self._checkpointing = False
         self.publisher: StreamPublisher | None = None
+        self.peers: EdgePeers | None = None
         self._nats_errors = 0
         self._nats_error_logged = 0.0
         self._stopping = asyncio.Event()
@@ -159,6 +163,10 @@ class Edge:
                 self._take(), self._syncs(), self._serve(self.control, self._control_op),
                 self._serve(self.log_sock, self._log_op), self._checkpoints(),
             )]
+            if self.config.lifecycle_events:
+                assert self.peers is not None
+                self.peers.emit("bus:started", {"pid": os.getpid(), "first_version": self.version_base + 1})
+                self._tasks.append(asyncio.create_task(self.peers.announce()))
             on_ready(self)
             await self._stopping.wait()
         finally:
@@ -377,9 +385,14 @@ class Edge:
         self._xpub_send = zmq.Socket.shadow(self.xpub.underlying).send
         self._xsub_sync = zmq.Socket.shadow(self.xsub.underlying)
         self.xsub.send(b"\x01")  # subscribe to every publisher (their XPUB waits for it)
-        watched = zmq.EVENT_ACCEPTED | zmq.EVENT_HANDSHAKE_SUCCEEDED  # under CURVE, only then is it attached
-        self.in_monitor = self.xsub.get_monitor_socket(watched)
-        self._tasks.append(asyncio.create_task(self._resubscribe()))
+        # The subscription again on every accepted connection and handshake (under CURVE, only
+        # then is it attached); the connections counted, and announced with lifecycle events.
+        peers = self.peers = EdgePeers(self.js, self.subject, lifecycle_events=cfg.lifecycle_events,
+                                       resubscribe=lambda: self.xsub.send(b"\x01"))
+        self._tasks += [
+            asyncio.create_task(peers.watch(self.xsub.get_monitor_socket(IN_EVENTS), inbound=True)),
+            asyncio.create_task(peers.watch(self.xpub.get_monitor_socket(OUT_EVENTS), inbound=False)),
+        ]
 
     def _server_socket(self, kind: int) -> zmq.asyncio.Socket:
         assert self.ctx is not None
@@ -388,12 +401,6 @@ class Edge:
         if self.config.curve is not None:
             secure_server(sock, self.config.curve)
         return sock
-
-    async def _resubscribe(self) -> None:
-        """A bound XSUB does not replay its subscription to publishers that connect later."""
-        while True:
-            await self.in_monitor.recv_multipart()
-            self.xsub.send(b"\x01")
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -419,10 +426,11 @@ class Edge:
         if self._auth is not None:
             self._auth.close()
         if self.ctx is not None:
-            try:
-                self.xsub.disable_monitor()
-            except zmq.ZMQError:
-                pass
+            for sock in (self.xsub, self.xpub):
+                try:
+                    sock.disable_monitor()
+                except zmq.ZMQError:
+                    pass
             self.ctx.destroy(linger=0)
             for path in self.endpoints.with_(sessions="", log_feed="").ipc_paths():
                 try:
@@ -585,6 +593,9 @@ class Edge:
                 **self._ping(), "uptime": time.time() - self.started, **self.counters,
                 "topics": {t.decode(): n for t, n in busiest}, "topic_count": len(self.topic_seq),
                 "taking_events": True, "backbone": self._backbone_stats(),
+                "publishers": self.peers.publishers if self.peers else 0,
+                "subscribers": self.peers.subscribers if self.peers else 0,
+                "lifecycle_events": self.peers.published if self.peers else 0,
                 "curve_refused": self._auth.refused if self._auth is not None else 0,
                 "config": {"sub_hwm": self.config.sub_hwm, "in_hwm": self.config.in_hwm,
                            "max_event_size": self.config.max_event_size},

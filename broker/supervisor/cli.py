@@ -181,8 +181,9 @@ def _run_up(
                 endpoints.record(home)
             children = CHILDREN if args.backbone is None else backbone_children(args)
             child_args = {spec.name: ("--log-format", args.log_format) for spec in children}
-            if args.lifecycle_events and "broker" in child_args:
-                child_args["broker"] += ("--lifecycle-events",)
+            for part in ("broker", "edge"):
+                if args.lifecycle_events and part in child_args:
+                    child_args[part] += ("--lifecycle-events",)
             if args.curve:
                 child_args = {name: (*extra, "--curve") for name, extra in child_args.items()}
             supervisor = Supervisor(
