@@ -25,7 +25,7 @@ up: $(STAMP)
 TEST_WORKERS ?= 4
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Benchmarks (bench/): `make bench-peers` once (root: Debian's redis-server and nats-server, plus
 # the Python clients and matplotlib), then `make bench-quick` (< 1 min, 3 runs per figure) or

@@ -10,6 +10,7 @@ while no handler answers; and a watchdog ends the process should the authenticat
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -21,7 +22,6 @@ from typing import Any
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 from sdk.security import (
     ALLOW_DIR,
@@ -162,35 +162,43 @@ def secure_server(sock: zmq.Socket, keys: ServerKeys) -> None:
     sock.curve_server = True
 
 
-class _CountingAuthenticator(ThreadAuthenticator):
-    """pyzmq's ZAP handler, counting and logging (rate-limited) the connections it refuses."""
+@functools.cache
+def _counting_authenticator() -> type:
+    """The ZAP handler's class, made on first use: ``zmq.auth.thread`` imports asyncio, which a
+    server without ``--curve`` has no use for (~30 ms of every start)."""
+    from zmq.auth.thread import ThreadAuthenticator
 
-    def __init__(self, ctx: zmq.Context, log: logging.Logger) -> None:
-        super().__init__(ctx, log=log)
-        self.refused = 0
-        self._peer = "?"
-        self._logged_at: float | None = None
-        self._unlogged = 0
+    class _CountingAuthenticator(ThreadAuthenticator):
+        """pyzmq's ZAP handler, counting and logging (rate-limited) the connections it refuses."""
 
-    def handle_zap_message(self, msg: list[bytes]) -> Any:
-        # Sync in older pyzmq, a coroutine in newer: either way the reply follows for this peer.
-        self._peer = msg[3].decode("utf-8", "replace") if len(msg) > 3 else "?"
-        return super().handle_zap_message(msg)
+        def __init__(self, ctx: zmq.Context, log: logging.Logger) -> None:
+            super().__init__(ctx, log=log)
+            self.refused = 0
+            self._peer = "?"
+            self._logged_at: float | None = None
+            self._unlogged = 0
 
-    def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes, user_id: str = "anonymous") -> None:
-        if status_code != b"200":
-            self.refused += 1
-            now = time.monotonic()
-            if self._logged_at is None or now - self._logged_at >= REFUSAL_LOG_INTERVAL:
-                more = f" (and {self._unlogged} more since the last such line)" if self._unlogged else ""
-                refusals.warning(
-                    "refused a CURVE connection from %s: %s%s; %d refused in all",
-                    self._peer or "?", status_text.decode("utf-8", "replace"), more, self.refused,
-                )
-                self._logged_at, self._unlogged = now, 0
-            else:
-                self._unlogged += 1
-        super()._send_zap_reply(request_id, status_code, status_text, user_id)
+        def handle_zap_message(self, msg: list[bytes]) -> Any:
+            # Sync in older pyzmq, a coroutine in newer: either way the reply follows for this peer.
+            self._peer = msg[3].decode("utf-8", "replace") if len(msg) > 3 else "?"
+            return super().handle_zap_message(msg)
+
+        def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes, user_id: str = "anonymous") -> None:
+            if status_code != b"200":
+                self.refused += 1
+                now = time.monotonic()
+                if self._logged_at is None or now - self._logged_at >= REFUSAL_LOG_INTERVAL:
+                    more = f" (and {self._unlogged} more since the last such line)" if self._unlogged else ""
+                    refusals.warning(
+                        "refused a CURVE connection from %s: %s%s; %d refused in all",
+                        self._peer or "?", status_text.decode("utf-8", "replace"), more, self.refused,
+                    )
+                    self._logged_at, self._unlogged = now, 0
+                else:
+                    self._unlogged += 1
+            super()._send_zap_reply(request_id, status_code, status_text, user_id)
+
+    return _CountingAuthenticator
 
 
 class Authenticator:
@@ -202,7 +210,7 @@ class Authenticator:
 
     def __init__(self, ctx: zmq.Context, keys: ServerKeys) -> None:
         self._closing = threading.Event()
-        self._auth = _CountingAuthenticator(ctx, logging.getLogger("pryxbus.zap"))
+        self._auth = _counting_authenticator()(ctx, logging.getLogger("pryxbus.zap"))
         try:
             self._auth.start()
             # pyzmq only logs a directory it cannot read; the check in ServerKeys.load ran first.

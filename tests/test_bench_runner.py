@@ -64,6 +64,14 @@ def _bench_servers() -> dict[int, str]:
     return found
 
 
+def _own_servers(bench: int, before: dict[int, str]) -> dict[int, str]:
+    """The servers one bench run started: those in the work directory of its own children (another
+    test's bench may run at the same time, in a directory of its own)."""
+    servers = {pid: workdir for pid, workdir in _bench_servers().items() if pid not in before}
+    own = {workdir for pid, workdir in servers.items() if pid in _children(bench)}
+    return {pid: workdir for pid, workdir in servers.items() if workdir in own}
+
+
 def _sessions_bench(out: Path, stdout: int = subprocess.PIPE) -> "subprocess.Popen[str]":
     """A quick bench of pryxbus's sessions alone, its progress display on a pipe (a line per step)."""
     return subprocess.Popen(
@@ -80,7 +88,7 @@ def test_sigterm_stops_every_server_and_removes_the_work_directory(tmp_path: Pat
         for line in bench.stderr:  # the progress display, one line per step when not a terminal
             if "sessions ·" in line:
                 break
-        running = {pid: workdir for pid, workdir in _bench_servers().items() if pid not in before}
+        running = _own_servers(bench.pid, before)
         assert running, "the bench started no server"
         bench.send_signal(signal.SIGTERM)
         _, err = bench.communicate(timeout=60)
@@ -89,7 +97,7 @@ def test_sigterm_stops_every_server_and_removes_the_work_directory(tmp_path: Pat
             bench.kill()
     assert bench.returncode != 0
     assert "interrupted" in err
-    assert not set(_bench_servers()) & set(running)  # every one stopped, none orphaned
+    assert not _alive(set(running))  # every one stopped, none orphaned
     assert not [d for d in set(running.values()) if Path(d).exists()]  # its work directory removed
     assert not (tmp_path / "results.json").exists()
 
@@ -106,7 +114,7 @@ def test_an_interrupted_run_writes_what_it_measured_marked_partial(tmp_path: Pat
                 if steps == 2:  # the first run has been measured: its progress line was followed
                     break
         assert steps == 2, "the bench ended before its second run"
-        running = {pid: workdir for pid, workdir in _bench_servers().items() if pid not in before}
+        running = _own_servers(bench.pid, before)
         bench.send_signal(signal.SIGTERM)
         out, err = bench.communicate(timeout=120)
     finally:
@@ -114,7 +122,7 @@ def test_an_interrupted_run_writes_what_it_measured_marked_partial(tmp_path: Pat
             bench.kill()
     assert bench.returncode == 130
     assert "partial results" in err
-    assert not set(_bench_servers()) & set(running)
+    assert not _alive(set(running))
     doc = json.loads((tmp_path / "results.json").read_text())
     assert check_document(doc) == []
     assert doc["interrupted"] and doc["interrupted"].endswith("runs")

@@ -159,3 +159,13 @@ def test_a_broken_link_is_caught(tmp_path: Path) -> None:
     doc = tmp_path / "doc.md"
     doc.write_text("[ok](there.md) [ok too](there.md#part) [web](https://example.org) [gone](docs/nowhere.md)\n")
     assert broken_links(doc) == ["docs/nowhere.md"]
+
+
+def test_the_command_map_names_what_each_module_registers() -> None:
+    """``pryxbus COMMAND`` imports only the module COMMANDS names for it: the map must be right."""
+    from broker.cli import COMMANDS
+
+    for name, commands in COMMANDS.items():
+        subparsers = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(name).register(subparsers)
+        assert tuple(subparsers.choices) == commands, name

@@ -78,8 +78,8 @@ def test_a_transform_killed_mid_stream_resumes_with_nothing_lost_or_twice(home: 
         os.kill(transform.pid, signal.SIGKILL)
         transform.wait(10)
         before = derived(bus)
-        finish(publisher)
-        source = list(bus.replay("load:*"))
+        finish(publisher)  # its events are confirmed once stamped (this broker awaits no log): wait for the log
+        source = wait_for(lambda: list(bus.replay("load:*")), lambda s: len(s) >= n, what="the log holding every source event")
         assert [e.payload["i"] for e in source] == list(range(n))
         want = expected(source)
         assert before == want[: len(before)] and len(before) < len(want)

@@ -17,9 +17,9 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
 
 from broker.backbone import stream as layout
+from broker.sockets import parse_monitor_message
 from schemas.envelope import encode_body
 
 log = logging.getLogger("pryxbus.edge")

@@ -11,10 +11,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from broker.bus.config import TRIM_DELAY
 from broker.bus.memory import CAN_TRIM
+from broker.sockets import parse_monitor_message
 
 if TYPE_CHECKING:
     from broker.bus.config import BrokerConfig

@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from broker.eventlog.store import EventStore, Row
 from broker.eventlog.store import signed_id
+from broker.sockets import parse_monitor_message
 from schemas.envelope import (
     CONTROL_PREFIX,
     CONFIRM,
