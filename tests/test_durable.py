@@ -46,7 +46,7 @@ class RawPublisher:
         # A connection keeps its pipe across a reconnect, so only a repeated subscription (seen
         # with VERBOSE) tells that a restarted broker is taking events.
         self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self.sock.sndtimeo = 5000
+        self.sock.sndtimeo = 30_000  # a send waits while a restarted broker awaits the log (up, under load)
         self.sock.connect(endpoint)
         self.until(lambda: self.subscriptions[-1:] == [b"\x01"], what="the broker's subscription")
 
