@@ -25,13 +25,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", help="run the long fault and load tests")
 
 
-def _group(module: str) -> str | None:
-    """The pytest-xdist group a module's tests run in (one worker each, the Makefile's --dist
-    loadgroup): the backbone's share one NATS cluster per worker (tests/backbone.py), so one
-    cluster starts instead of one per worker; the bench runner's look at every bench server on
+def _group(item: pytest.Item) -> str | None:
+    """The pytest-xdist group a test runs in (one worker each, the Makefile's --dist loadgroup):
+    every test on a NATS cluster shares one (tests/backbone.py starts one per worker), so one
+    cluster runs instead of one per worker; the bench runner's tests look at every bench server on
     the machine, so no other bench may run beside them."""
-    if module.startswith("test_backbone_"):
+    if "cluster" in getattr(item, "fixturenames", ()):
         return "backbone"
+    module = item.module.__name__.rpartition(".")[2] if item.module is not None else ""
     if module in ("test_bench_runner", "test_bench_smoke"):
         return "bench"
     return None
@@ -39,7 +40,7 @@ def _group(module: str) -> str | None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        group = _group(item.module.__name__.rpartition(".")[2]) if item.module is not None else None
+        group = _group(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
     if config.getoption("--soak"):
