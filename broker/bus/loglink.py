@@ -15,6 +15,7 @@ import msgpack
 import zmq
 
 from broker.bus.durable import LOG_BUDGET_EVENTS
+from broker.bus.reservation import STEP
 from schemas.envelope import LOG_ACK
 from sdk.security import secure_client
 
@@ -42,6 +43,7 @@ class LogLink:
     _closed_until: float | None
     _log_present: bool
     _seed_pending: bool
+    version: int
 
     if TYPE_CHECKING:  # the broker's own
 
@@ -77,13 +79,15 @@ class LogLink:
             self._hold()  # the unlogged events are kept for the log's return
 
     def _log_late(self) -> None:
-        """The wait for the log (or its hello) is over: take events. A log that subscribed but
-        sent no hello does not ack (an older one): confirm at stamping. One that is still away
-        gets what is kept for it when it comes back, as long as the buffer holds it."""
+        """The wait for the log (or its hello) is over: take events. A log that subscribed but has
+        not said hello yet is slow, not gone: what is stamped is kept and confirmed only once its
+        acks cover it (its hello, when it comes, gets what it lacks sent again). One that is still
+        away gets what is kept for it when it comes back, as long as the buffer holds it."""
         if self._log_present:
-            log.warning("the event log subscribed but sent no ack within the wait; taking events,"
-                        " confirmed once stamped")
-            self._durable.without_log()
+            log.warning("the event log subscribed but has not acked within the wait; taking events,"
+                        " kept for it and confirmed once it acks them")
+            if self._seed_pending:  # before the first event: publishers may be sending again
+                self._seed(max(0, self.version - STEP))  # the log's end lies at most STEP below us
         else:
             log.warning("the event log did not subscribe within %gs; taking events without it,"
                         " keeping up to --log-budget of them for its return", self.config.await_log)
