@@ -348,6 +348,21 @@ def session_of(body: bytes | memoryview) -> bytes | None:
         return None
 
 
+def header_fields(body: bytes) -> tuple[float, str, str | None, int] | None:
+    """``(ts, source, session_id, end)`` of a body in the SDK's shape (an array of 5 or 7, version
+    1, a float64 ts, the source, the session id), read by hand up to ``end``, where its header
+    ends; None for a body in another shape."""
+    try:
+        if body[0] in (0x95, 0x97) and body[1] == ENVELOPE_VERSION and body[2] == 0xCB:
+            source, pos = _str_at(body, 11)
+            session_id, end = _str_at(body, pos)
+            if source is not None:
+                return _DOUBLE.unpack_from(body, 3)[0], source, session_id, end
+    except (IndexError, ValueError, UnicodeDecodeError):
+        pass
+    return None
+
+
 def decode_header(body: bytes) -> tuple[float, str, str | None]:
     """``(ts, source, session_id)`` of a body without decoding its payload (what the event log keeps).
 
@@ -358,15 +373,9 @@ def decode_header(body: bytes) -> tuple[float, str, str | None]:
         MalformedEvent: the body is not an envelope.
     """
     if len(body) >= HEADER_PARSE_FROM:  # msgpack's C decoder is faster on small bodies
-        try:
-            if body[1] == ENVELOPE_VERSION and body[2] == 0xCB:
-                ts = _DOUBLE.unpack_from(body, 3)[0]
-                source, pos = _str_at(body, 11)
-                session_id, _ = _str_at(body, pos)
-                if source is not None:
-                    return ts, source, session_id
-        except (IndexError, ValueError, UnicodeDecodeError):
-            pass
+        fields = header_fields(body)
+        if fields is not None:
+            return fields[0], fields[1], fields[2]
     ts, source, session_id, _payload = decode_body(body)
     return float(ts), str(source), session_id if isinstance(session_id, str) else None
 

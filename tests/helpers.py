@@ -76,6 +76,22 @@ def start_part(xprocess, home: Path, *args: str, pattern: str = "ready", name: s
 
 
 
+def logged_events(home: Path, type_like: str = "%") -> list[tuple[int, str, bytes]]:
+    """``(version, type, body)`` of the events in ``HOME/events.db`` whose type is LIKE
+    ``type_like``, by version, a run's row read as its events (broker/eventlog/store.py)."""
+    import sqlite3
+
+    from broker.eventlog.store import expand
+
+    db = sqlite3.connect(f"file:{home / 'events.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT version, topic_seq, type, body, n, sizes FROM events WHERE type LIKE ?"
+                          " ORDER BY version", (type_like,)).fetchall()
+    finally:
+        db.close()
+    return [(version, event_type, bytes(body)) for row in rows for version, _seq, event_type, body in expand(*row)]
+
+
 def wait_for(
     probe: Callable[[], T],
     done: Callable[[T], bool],

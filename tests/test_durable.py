@@ -22,7 +22,7 @@ import zmq
 import sdk
 from schemas.endpoints import Endpoints
 from schemas.envelope import CONFIRM, LOG_ACK, LOG_MARK, MAX_RUN_BYTES, encode_body
-from tests.helpers import control, raw_publisher, stats, wait_for, wait_stats
+from tests.helpers import control, logged_events, raw_publisher, stats, wait_for, wait_stats
 from tests.test_faults import Collector, Publishers
 from tests.test_up import Up, pid_of
 
@@ -303,11 +303,7 @@ def test_event_log_kill_9_three_times_under_up_loses_nothing_subscribers_got(hom
             print(f"\nevents the broker sent each restarted log again (so far at its first answer): {resent}")
     finally:
         up.kill()
-    db = sqlite3.connect(home / "events.db")
-    try:
-        in_log = [v for (v,) in db.execute("SELECT version FROM events WHERE type LIKE 'load:%' ORDER BY version")]
-    finally:
-        db.close()
+    in_log = [version for version, _type, _body in logged_events(home, "load:%")]
     assert in_log == sorted(collector.versions)
     assert len(in_log) == sent
 

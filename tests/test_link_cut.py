@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ import pytest
 import sdk
 from schemas.endpoints import Endpoints
 from schemas.envelope import decode_body
-from tests.helpers import ENV, Up, finish, pid_of, wait_for
+from tests.helpers import ENV, Up, finish, logged_events, pid_of, wait_for
 from tests.test_faults import Collector, until_received
 
 PUBLISHER = r"""
@@ -92,12 +91,8 @@ def netns() -> Iterator[tuple[str, str, str]]:
 
 def logged(home: Path) -> list[tuple[int, str, int]]:
     """(version, source, payload's i) of every load event in the log, by version."""
-    db = sqlite3.connect(home / "events.db")
-    try:
-        rows = db.execute("SELECT version, source, body FROM events WHERE type LIKE 'load:%' ORDER BY version").fetchall()
-    finally:
-        db.close()
-    return [(version, source, decode_body(body)[3]["i"]) for version, source, body in rows]
+    rows = [(version, decode_body(body)) for version, _type, body in logged_events(home, "load:%")]
+    return [(version, source, payload["i"]) for version, (_ts, source, _session, payload) in rows]
 
 
 @pytest.mark.parametrize("cut", [pytest.param(3, id="3s"), pytest.param(30, id="30s", marks=pytest.mark.soak)])

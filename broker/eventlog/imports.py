@@ -107,9 +107,7 @@ class SessionImports:
                 f"versions {future[0]}.. are above this log's last version {last}: importing them would"
                 " collide with live events", "conflict"
             )
-        versions = [r[0] for r in rows]
-        existing = {v: (t, bytes(b)) for v, t, b in self._lookup(
-            "SELECT version, type, body FROM events WHERE version IN ({})", versions)}
+        existing = {v: (t, b) for v, (t, b, _s) in self.store.events_at([r[0] for r in rows]).items()}
         clash = [r[0] for r in rows if r[0] in existing and existing[r[0]] != (r[1], r[6])]
         if clash:
             raise ImportRefused(f"the log holds other events under versions {clash[:5]}", "conflict")
@@ -136,15 +134,16 @@ class SessionImports:
     def delete_session(self, session_id: str) -> int:
         """Drop one session's events, remembering their versions as that session's to import back."""
         with self.store.conn as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO vacated (version, session_id)"
-                " SELECT version, session_id FROM events WHERE session_id = ?", (session_id,)
-            )
+            versions = [(v, session_id) for version, n in conn.execute(
+                "SELECT version, n FROM events WHERE session_id = ?", (session_id,)
+            ) for v in range(version, version + (n or 1))]
+            conn.executemany("INSERT OR REPLACE INTO vacated (version, session_id) VALUES (?, ?)", versions)
             conn.execute(
                 "DELETE FROM imported WHERE version IN (SELECT version FROM events WHERE session_id = ?)",
                 (session_id,),
             )
-            return int(conn.execute("DELETE FROM events WHERE session_id = ?", (session_id,)).rowcount)
+            conn.execute("DELETE FROM events WHERE session_id = ?", (session_id,))
+            return len(versions)
 
     def imported_among(self, versions: list[int]) -> list[int]:
         """Which of ``versions`` (a replay page's) came from an import, in order."""

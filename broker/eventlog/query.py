@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.eventlog.imports import ImportRefused, SessionImports
-from broker.eventlog.store import EventStore
+from broker.eventlog.store import EventStore, expand
 from broker.eventlog.writer import LogWriter
 from schemas.eventlog import MAX_INT, MAX_PAGE
 from schemas.topics import InvalidType, check_pattern, compile_matcher, is_match_all
@@ -36,6 +36,8 @@ DEFAULT_PAGE = 5_000
 MAX_PUBLISHERS = 100_000
 """Most publishers one ``publishers`` reply lists (the most recently seen)."""
 MIN_BUCKET = 0.001
+_EVENTS = "count(*) + coalesce(sum(n - 1), 0)"
+"""How many events the rows matched hold (a run's row holds ``n``)."""
 """Shortest summary bucket, in seconds."""
 
 
@@ -194,15 +196,16 @@ class LogQueries:
         if source is not None:
             where.append("source = ?")
             params.append(source)
-        sql = "SELECT version, topic_seq, type, body FROM events"
+        sql = "SELECT version, topic_seq, type, body, n, sizes FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY version DESC"
-        picked = []
+        picked: list[tuple[int, int, str, bytes]] = []
         for row in self.store.conn.execute(sql, params):
             if matches is None or matches(row[2]):
-                picked.append(row)
-                if len(picked) == limit:
+                picked.extend(reversed(expand(*row)) if row[4] else (row[:4],))
+                if len(picked) >= limit:
+                    del picked[limit:]
                     break
         picked.reverse()
         return {"events": picked, "last": self.writer.last_version}
@@ -224,10 +227,11 @@ class LogQueries:
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         conn = self.store.conn
         count, first_ts, last_ts, first_v, last_v = conn.execute(
-            f"SELECT count(*), min(ts), max(ts), min(version), max(version) FROM events{clause}", params
+            f"SELECT {_EVENTS}, min(ts), max(ts), min(version), max(version + coalesce(n, 1) - 1)"
+            f" FROM events{clause}", params
         ).fetchone()
         by_type = dict(
-            conn.execute(f"SELECT type, count(*) FROM events{clause} GROUP BY type ORDER BY type", params)
+            conn.execute(f"SELECT type, {_EVENTS} FROM events{clause} GROUP BY type ORDER BY type", params)
         )
         result: dict[str, Any] = {
             "session_id": session_id,
@@ -245,7 +249,7 @@ class LogQueries:
             result["buckets"] = [
                 list(r)
                 for r in conn.execute(
-                    f"SELECT CAST(ts / ? AS INTEGER) * ? AS start, type, count(*) FROM events{clause}"
+                    f"SELECT CAST(ts / ? AS INTEGER) * ? AS start, type, {_EVENTS} FROM events{clause}"
                     " GROUP BY start, type ORDER BY start, type",
                     [bucket, bucket, *params],
                 )

@@ -3,12 +3,19 @@
 One row per stamped event: the stamp and the envelope fields queries need (type, ts, source,
 session_id) next to the raw body bytes, exactly as the broker delivered them. The version is
 the primary key (the rowid), so version ranges are B-tree range scans and appends are in order.
+
+A run whose events share type, ts, source and session id (a batch from ``publish_many``) is one
+row: ``n`` events from ``version`` on, their bodies one after another in ``body``, their lengths in
+``sizes`` (4 bytes each, big-endian: the run's stamp frame after its 16 bytes). Every field a query
+filters on is then exact for each of its events; readers expand such rows (:func:`expand`).
+
 Tables and indexes are made with sqlite-utils; the hot append is one ``executemany`` per batch.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import struct
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,16 +24,35 @@ from typing import Any
 import sqlite_utils
 
 from broker.dbcheck import check_database
+from schemas.envelope import MAX_BATCH_EVENTS
 
 DB_FILE = "events.db"
 
 EVENT_COLUMNS = ("version", "type", "topic_seq", "ts", "source", "session_id", "body", "pub_id", "pub_num")
 _INSERT = f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_RUN = f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}, n, sizes) VALUES ({', '.join('?' * 11)})"
 
 Row = tuple[int, str, int, float, str, "str | None", bytes, "int | None", "int | None"]
 """An event as appended; ``pub_id`` (the publisher id as a signed 64-bit integer, SQLite's) and
 ``pub_num`` are None for an anonymous publish."""
+RunRow = tuple[int, str, int, float, str, "str | None", bytes, "int | None", "int | None", int, bytes]
+"""A run as one row: a Row of its first version and all its bodies, then ``n`` and ``sizes``; the
+publisher, if any, is its last event's."""
+MAX_ROW_EVENTS = MAX_BATCH_EVENTS
+"""Most events one row holds (a delivered message never has more)."""
 _SIGN = 1 << 63
+
+
+def expand(version: int, topic_seq: int, event_type: str, body: bytes, n: int | None, sizes: bytes | None,
+           ) -> list[tuple[int, int, str, bytes]]:
+    """``(version, topic_seq, type, body)`` of each event a row holds."""
+    if not n:
+        return [(version, topic_seq, event_type, body)]
+    out, start = [], 0
+    for i, size in enumerate(struct.unpack(f"!{n}I", sizes or b"")):
+        out.append((version + i, topic_seq + i, event_type, body[start : start + size]))
+        start += size
+    return out
 
 
 def signed_id(publisher: int) -> int:
@@ -50,13 +76,19 @@ def last_logged_version(home: str | Path) -> int:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
         try:
-            row = conn.execute("SELECT max(version) FROM events").fetchone()
+            try:
+                row = conn.execute(_LAST).fetchone()
+            except sqlite3.OperationalError:  # a log from before run rows: no column n
+                row = conn.execute("SELECT max(version) FROM events").fetchone()
             high = conn.execute("SELECT value FROM meta WHERE key = 'high_version'").fetchone()
         finally:
             conn.close()
     except sqlite3.Error:
         return 0
-    return max(int(row[0] or 0), int(high[0]) if high else 0)
+    return max(int(row[0] or 0) if row else 0, int(high[0]) if high else 0)
+
+
+_LAST = "SELECT version + coalesce(n, 1) - 1 FROM events ORDER BY version DESC LIMIT 1"
 
 
 class EventStore:
@@ -90,15 +122,17 @@ class EventStore:
                     "body": bytes,
                     "pub_id": int,
                     "pub_num": int,
+                    "n": int,
+                    "sizes": bytes,
                 },
                 pk="version",
                 not_null={"type", "topic_seq", "body"},
             )
-        else:  # a log written before identified publishing: the columns start out NULL
+        else:  # a log written before identified publishing or run rows: the columns start out NULL
             have = {row[1] for row in self.conn.execute("PRAGMA table_info(events)")}
-            for column in ("pub_id", "pub_num"):
+            for column, kind in (("pub_id", "INTEGER"), ("pub_num", "INTEGER"), ("n", "INTEGER"), ("sizes", "BLOB")):
                 if column not in have:
-                    self.conn.execute(f"ALTER TABLE events ADD COLUMN {column} INTEGER")
+                    self.conn.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
         # For ``publishers``: the identified events of a version range, without a look at the rest.
         db.execute(
             "CREATE INDEX IF NOT EXISTS events_pub ON events (version, pub_id, pub_num)"
@@ -126,10 +160,13 @@ class EventStore:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def append(self, rows: list[Row]) -> None:
-        """Append a batch in one transaction (rows already in the log are ignored)."""
+    def append(self, rows: list[Row], runs: list[RunRow] | None = None) -> None:
+        """Append a batch in one transaction (rows already in the log are ignored: the caller
+        never appends a run over versions the log holds, see :meth:`present`)."""
         with self.conn:
             self.conn.executemany(_INSERT, rows)
+            if runs:
+                self.conn.executemany(_INSERT_RUN, runs)
 
     def record_gap(self, kind: str, first_missing: int, last_missing: int) -> int:
         """Record a gap; returns its id."""
@@ -153,8 +190,7 @@ class EventStore:
                 (low, high),
             ).fetchall()
             for gap_id, kind, first, last, detected_at in gaps:
-                present = [v for (v,) in self.conn.execute(
-                    "SELECT version FROM events WHERE version BETWEEN ? AND ? ORDER BY version", (first, last))]
+                present = self.present(first, last)
                 if not present:
                     continue
                 self.conn.execute("DELETE FROM gaps WHERE id = ?", (gap_id,))
@@ -178,9 +214,10 @@ class EventStore:
         version ever logged is kept in ``meta`` so a trimmed log still continues the count.
         """
         cutoff: int | None = None
-        if keep is not None:
+        if keep is not None:  # the newest row with at least `keep` events above it (a run is kept whole)
             row = self.conn.execute(
-                "SELECT version FROM events ORDER BY version DESC LIMIT 1 OFFSET ?", (keep,)
+                "SELECT version FROM (SELECT version, n, sum(coalesce(n, 1)) OVER (ORDER BY version DESC)"
+                " AS newer FROM events ORDER BY version DESC) WHERE newer - coalesce(n, 1) >= ? LIMIT 1", (keep,)
             ).fetchone()
             if row:
                 cutoff = row[0]
@@ -199,24 +236,64 @@ class EventStore:
                 " ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
                 (self.last_version(),),
             )
-            return self.conn.execute("DELETE FROM events WHERE version <= ?", (cutoff,)).rowcount
+            events = self.conn.execute(
+                "SELECT count(*) + coalesce(sum(n - 1), 0) FROM events WHERE version <= ?", (cutoff,)
+            ).fetchone()[0]
+            self.conn.execute("DELETE FROM events WHERE version <= ?", (cutoff,))
+            return int(events)
 
     # -- reading -----------------------------------------------------------------------------
 
     def last_version(self) -> int:
-        return int(self.conn.execute("SELECT max(version) FROM events").fetchone()[0] or 0)
+        row = self.conn.execute(_LAST).fetchone()
+        return int(row[0]) if row else 0
 
     def first_version(self) -> int:
         return int(self.conn.execute("SELECT min(version) FROM events").fetchone()[0] or 0)
 
     def count(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        return int(self.conn.execute("SELECT count(*) + coalesce(sum(n - 1), 0) FROM events").fetchone()[0])
+
+    def _row_before(self, version: int) -> int:
+        """A version to read rows above so as to include the one holding ``version + 1`` (a run
+        row may start below it)."""
+        row = self.conn.execute(
+            "SELECT version, n FROM events WHERE version <= ? ORDER BY version DESC LIMIT 1", (version,)
+        ).fetchone()
+        return row[0] - 1 if row and row[1] and row[0] + row[1] - 1 > version else version
+
+    def present(self, low: int, high: int) -> list[int]:
+        """The versions from ``low`` to ``high`` the log holds, in order."""
+        out: list[int] = []
+        for version, n in self.conn.execute(
+            "SELECT version, n FROM events WHERE version > ? AND version <= ? ORDER BY version",
+            (self._row_before(low - 1), high),
+        ):
+            out.extend(v for v in range(version, version + (n or 1)) if low <= v <= high)
+        return out
+
+    def events_at(self, versions: list[int]) -> dict[int, tuple[str, bytes, str | None]]:
+        """``version -> (type, body, session_id)`` of those of ``versions`` the log holds."""
+        out: dict[int, tuple[str, bytes, str | None]] = {}
+        held: dict[int, tuple[str, bytes, str | None]] = {}  # the events of the last row read
+        for version in sorted(set(versions)):
+            if version not in held:
+                row = self.conn.execute(
+                    "SELECT version, topic_seq, type, body, n, sizes, session_id FROM events"
+                    " WHERE version <= ? ORDER BY version DESC LIMIT 1", (version,)
+                ).fetchone()
+                if row is None:
+                    continue
+                held = {v: (t, bytes(b), row[6]) for v, _seq, t, b in expand(*row[:6])}
+            if version in held:
+                out[version] = held[version]
+        return out
 
     def publishers(self, *, since: int, limit: int) -> list[list[int]]:
         """``[[publisher id, highest number, its version], ...]`` of the publishers of the events
         above ``since``: the ``limit`` most recently seen, oldest first."""
         rows = self.conn.execute(
-            "SELECT pub_id, max(pub_num), max(version) AS last FROM events"
+            "SELECT pub_id, max(pub_num), max(version + coalesce(n, 1) - 1) AS last FROM events"
             " WHERE version > ? AND pub_id IS NOT NULL GROUP BY pub_id ORDER BY last DESC LIMIT ?",
             (since, limit),
         ).fetchall()
@@ -272,28 +349,34 @@ class EventStore:
             types = list(types)
             where.append(f"type IN ({', '.join('?' * len(types))})")
             params.extend(types)
-        sql = f"SELECT version, topic_seq, type, body FROM events WHERE {' AND '.join(where)}" \
+        sql = f"SELECT version, topic_seq, type, body, n, sizes FROM events WHERE {' AND '.join(where)}" \
               " ORDER BY version LIMIT ?"
+        high = until if until is not None else 1 << 63
         rows: list[tuple[int, int, str, bytes]] = []
-        cursor, scanned = since, 0
+        cursor, scanned, reached = self._row_before(since), 0, since
         chunk = limit if matches is None else max(limit, 1000)
         while True:
             found = self.conn.execute(sql, [cursor, *params, chunk]).fetchall()
-            if matches is None:
-                rows = found
-            else:
-                for row in found:
-                    if matches(row[2]):
-                        rows.append(row)
-                        if len(rows) == limit:
-                            return rows, row[0], False
+            for version, topic_seq, event_type, body, n, sizes in found:
+                if matches is not None and not matches(event_type):
+                    reached = max(reached, min(version + (n or 1) - 1, high))
+                    continue
+                for event in (expand(version, topic_seq, event_type, body, n, sizes) if n else
+                              ((version, topic_seq, event_type, body),)):
+                    if event[0] <= since or event[0] > high:
+                        continue
+                    rows.append(event)
+                    reached = event[0]
+                    if len(rows) == limit:
+                        return rows, reached, False
+                reached = max(reached, min(version + (n or 1) - 1, high))
             if found:
                 cursor = found[-1][0]
             scanned += len(found)
             if len(found) < chunk:
-                return rows, cursor, True
+                return rows, reached, True
             if matches is None or scanned >= max_scan:
-                return rows, cursor, False
+                return rows, reached, False
 
     def close(self) -> None:
         if not self._closed:

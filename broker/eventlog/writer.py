@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -22,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from broker.eventlog.store import EventStore, Row
+from broker.eventlog.store import EventStore, Row, RunRow
 from broker.eventlog.store import signed_id
 from broker.sockets import parse_monitor_message
 from schemas.envelope import (
@@ -39,6 +40,7 @@ from schemas.envelope import (
     SYNC_PREFIX,
     MalformedEvent,
     decode_header,
+    header_fields,
     split_run,
 )
 from sdk.security import ClientKeys, secure_client
@@ -103,7 +105,7 @@ class LogWriter:
         self._mine: set[int] = set()
         """Ids of the gap records this process made (its counters count them)."""
         self._ids: dict[int, tuple[int, int]] = {}  # version -> (publisher id, number), from LOG_IDS
-        self._unwritten: list[Row] = []
+        self._unwritten: tuple[list[Row], list[RunRow]] = ([], [])
         self._unwritten_last = self.last_version
         self.retry_at: float | None = None
         """While set (time.monotonic()), a batch waits for the disk: nothing more is read until it
@@ -199,6 +201,8 @@ class LogWriter:
         recv = self.sock.recv
         ids = self._ids
         rows: list[Row] = []
+        runs: list[RunRow] = []
+        late: list[Row] = []
         append = rows.append
         last = self.last_version
         seen_stop = False
@@ -234,6 +238,13 @@ class LogWriter:
                 version, topic_seq = _unpack_stamp(stamp)
                 pieces: Iterable[tuple[int, int, bytes]] = ((version, topic_seq, body),)
             else:  # a run: several events of one topic in one message (PROTOCOL.md)
+                run = self._run_row(topic, stamp, body, last)
+                if run is not None:
+                    if run[0] != last + 1:
+                        self._gap(last, run[0])
+                    last = run[0] + run[9] - 1
+                    runs.append(run)
+                    continue
                 try:
                     pieces = split_run(stamp, body)
                 except MalformedEvent:
@@ -246,9 +257,10 @@ class LogWriter:
             for version, topic_seq, one in pieces:
                 # The version is accounted for before the body is looked at: an event the log
                 # cannot keep is counted as malformed, never as a gap or a loss.
-                if version != last + 1:
-                    self._gap(last, version)
-                if version > last:
+                fresh = version > last
+                if fresh:
+                    if version != last + 1:
+                        self._gap(last, version)
                     last = version
                 try:
                     if event_type is None:
@@ -259,18 +271,80 @@ class LogWriter:
                     continue
                 pub = ids.pop(version, None) if ids else None
                 if pub is None:
-                    append((version, event_type, topic_seq, ts, source, session_id, one, None, None))
+                    row = (version, event_type, topic_seq, ts, source, session_id, one, None, None)
                 else:
-                    append((version, event_type, topic_seq, ts, source, session_id, one, *pub))
+                    row = (version, event_type, topic_seq, ts, source, session_id, one, *pub)
+                if fresh:
+                    append(row)
+                else:  # sent again, or a gap filled: the log may hold it, in a run's row
+                    late.append(row)
+        if late:
+            rows.extend(self._not_held(late, rows, runs))
         if ids:  # ids of events that never came (the broker refuses nothing it named): forget them
             for version in [v for v in ids if v <= last]:
                 del ids[version]
-        if rows:
-            if self._write(rows, last) and refill:
+        if rows or runs:
+            if self._write((rows, runs), last) and refill:
                 self._refilled(*refill)
         else:
             self.last_version = last
         return seen_stop
+
+    def _not_held(self, late: list[Row], rows: list[Row], runs: list[RunRow]) -> list[Row]:
+        """Those of ``late`` the log holds neither on disk nor among the rows about to be written
+        (each once: ``written`` counts events written, not sent again)."""
+        low, high = min(r[0] for r in late), max(r[0] for r in late)
+        held = set(self.store.present(low, high))
+        held.update(r[0] for r in rows if low <= r[0] <= high)
+        for run in runs:
+            if run[0] <= high and run[0] + run[9] > low:
+                held.update(range(run[0], run[0] + run[9]))
+        fresh = []
+        for row in late:
+            if row[0] not in held:
+                held.add(row[0])
+                fresh.append(row)
+        return fresh
+
+    def _run_row(self, topic: bytes, stamp: bytes, body: bytes, last: int) -> RunRow | None:
+        """A run as one row (store.py), if it can be: all its versions new (above ``last``: a run
+        sent again may overlap rows of another shape, so its events go one by one), a UTF-8 type,
+        every body starting with the same header bytes (ts, source, session id), and at most its
+        last event identified. None otherwise."""
+        n, rest = divmod(len(stamp) - STAMP.size, 4)
+        if rest or n < 2:
+            return None
+        first, topic_seq = _unpack_stamp(stamp[: STAMP.size])
+        if first <= last:
+            return None
+        sizes = stamp[STAMP.size :]
+        lengths = struct.unpack(f"!{n}I", sizes)
+        if sum(lengths) != len(body):
+            return None
+        fields = header_fields(body[: lengths[0]])
+        if fields is None or min(lengths) < fields[3]:
+            return None
+        end = fields[3]
+        head = body[:end]
+        pos = 0
+        for size in lengths:
+            if body[pos : pos + end] != head:
+                return None
+            pos += size
+        pub: tuple[int, int] | tuple[None, None] = (None, None)
+        ids = self._ids
+        if ids:
+            final = first + n - 1
+            inside = [v for v in ids if first <= v <= final]
+            if inside:
+                if inside != [final]:
+                    return None
+                pub = ids.pop(final)
+        try:
+            event_type = topic.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return (first, event_type, topic_seq, fields[0], fields[1], fields[2], body, *pub, n, sizes)
 
     def _refilled(self, low: int, high: int) -> None:
         """Events sent again filled (part of) gaps recorded before: the records keep what is still
@@ -295,27 +369,29 @@ class LogWriter:
         for version, publisher, number in LOG_ID.iter_unpack(body):  # sent again too: a gap's
             ids[version] = (signed_id(publisher), number)
 
-    def _write(self, rows: list[Row], last: int) -> bool:
+    def _write(self, batch: tuple[list[Row], list[RunRow]], last: int) -> bool:
         """Append a batch; if the disk refuses it, keep it for a retry in WRITE_RETRY seconds.
 
         A full disk must not kill the log: a restarted one would lose what it had received, and
         find the disk just as full.
         """
+        rows, runs = batch
+        events = len(rows) + sum(run[9] for run in runs)
         try:
-            self.store.append(rows)
+            self.store.append(rows, runs)
         except sqlite3.OperationalError as e:
             if self.retry_at is None:
                 log.error("the disk refuses the event log's writes (%s); holding %d event(s) and"
-                          " reading no more until it takes them", e, len(rows))
+                          " reading no more until it takes them", e, events)
             self.write_errors += 1
-            self._unwritten, self._unwritten_last = rows, last
+            self._unwritten, self._unwritten_last = batch, last
             self.retry_at = time.monotonic() + WRITE_RETRY
             return False
         if self.retry_at is not None:
             log.warning("the event log writes again after %d refused attempt(s)", self.write_errors)
-        self._unwritten, self.retry_at = [], None
+        self._unwritten, self.retry_at = ([], []), None
         self.last_version = last  # only now: `last` tells readers what replay can return
-        self.written += len(rows)
+        self.written += events
         self.batches += 1
         self._reconnected = False  # from now on a jump is a loss, unless we reconnect first
         return True
@@ -350,7 +426,7 @@ class LogWriter:
             "reconnects": self.reconnects,
             "last_version": self.last_version,
             "write_errors": self.write_errors,
-            "unwritten": len(self._unwritten),
+            "unwritten": len(self._unwritten[0]) + sum(run[9] for run in self._unwritten[1]),
             "resent": self.resent,
             "acks": self.acks,
         }
