@@ -356,8 +356,10 @@ class EventStore:
         cursor, scanned, reached = self._row_before(since), 0, since
         chunk = limit if matches is None else max(limit, 1000)
         while True:
-            found = self.conn.execute(sql, [cursor, *params, chunk]).fetchall()
-            for version, topic_seq, event_type, body, n, sizes in found:
+            found = 0
+            for version, topic_seq, event_type, body, n, sizes in self.conn.execute(sql, [cursor, *params, chunk]):
+                found += 1  # read lazily: a page may end inside the first of many run rows
+                cursor = version
                 if matches is not None and not matches(event_type):
                     reached = max(reached, min(version + (n or 1) - 1, high))
                     continue
@@ -370,10 +372,8 @@ class EventStore:
                     if len(rows) == limit:
                         return rows, reached, False
                 reached = max(reached, min(version + (n or 1) - 1, high))
-            if found:
-                cursor = found[-1][0]
-            scanned += len(found)
-            if len(found) < chunk:
+            scanned += found
+            if found < chunk:
                 return rows, reached, True
             if matches is None or scanned >= max_scan:
                 return rows, reached, False
