@@ -440,11 +440,15 @@ class Edge:
 
     # -- publishers -> stream ----------------------------------------------------------------
 
+    def to_publishers(self, message: bytes) -> None:
+        """Send ``message`` (a confirmation, the subscription again) to every publisher."""
+        self._xsub_sync.send(message)
+
     async def _take(self) -> None:
         """Read publishers' events and send them to the stream, a window of them in flight."""
         publisher = self.publisher = StreamPublisher(
             self.nc, self.subject, window=self.config.window, max_event_size=self.config.max_event_size,
-            counters=self.counters, confirm=self._xsub_sync.send, version=self.version,
+            counters=self.counters, confirm=self.to_publishers, version=self.version,
         )
         await publisher.start()
         take = publisher.take
