@@ -381,14 +381,15 @@ class Edge:
         if ep.log:
             bound["log"] = bind(self.log_sock, ep.log)
         self.endpoints = ep.with_(**bound)
-        # Blocking-free sends on the same sockets without a coroutine per message.
+        # Sync shadows for the XPUB's sends and _take's reads, without a coroutine per message;
+        # never for an operation while a receive is awaited on the socket (see to_publishers).
         self._xpub_send = zmq.Socket.shadow(self.xpub.underlying).send
         self._xsub_sync = zmq.Socket.shadow(self.xsub.underlying)
         self.xsub.send(b"\x01")  # subscribe to every publisher (their XPUB waits for it)
         # The subscription again on every accepted connection and handshake (under CURVE, only
         # then is it attached); the connections counted, and announced with lifecycle events.
         peers = self.peers = EdgePeers(self.js, self.subject, lifecycle_events=cfg.lifecycle_events,
-                                       resubscribe=lambda: self.xsub.send(b"\x01"))
+                                       resubscribe=lambda: self.to_publishers(b"\x01"))
         self._tasks += [
             asyncio.create_task(peers.watch(self.xsub.get_monitor_socket(IN_EVENTS), inbound=True)),
             asyncio.create_task(peers.watch(self.xpub.get_monitor_socket(OUT_EVENTS), inbound=False)),
@@ -441,8 +442,13 @@ class Edge:
     # -- publishers -> stream ----------------------------------------------------------------
 
     def to_publishers(self, message: bytes) -> None:
-        """Send ``message`` (a confirmation, the subscription again) to every publisher."""
-        self._xsub_sync.send(message)
+        """Send ``message`` (a confirmation, the subscription again) to every publisher.
+
+        On the asyncio socket, which then schedules the receive ``_take`` awaits on it: any
+        operation on a zmq socket may consume that receive's wake-up (the socket's FD is
+        edge-triggered), and after one on the sync shadow ``_take`` would wait, events queued,
+        until some other command reached the socket."""
+        self.xsub.send(message)
 
     async def _take(self) -> None:
         """Read publishers' events and send them to the stream, a window of them in flight."""
