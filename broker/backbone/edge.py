@@ -129,6 +129,8 @@ class Edge:
         self.limits: dict[str, Any] = {}
         """The stream's retention limits as it has them (the log's ``stats`` shows them)."""
         self._checkpoint_at = 0.0
+        self._syncs_look_due = False
+        """A look at the XPUB is scheduled (:meth:`_look_for_syncs`)."""
         self._checkpointing = False
         self.publisher: StreamPublisher | None = None
         self.peers: EdgePeers | None = None
@@ -381,8 +383,9 @@ class Edge:
         if ep.log:
             bound["log"] = bind(self.log_sock, ep.log)
         self.endpoints = ep.with_(**bound)
-        # Sync shadows for the XPUB's sends and _take's reads, without a coroutine per message;
-        # never for an operation while a receive is awaited on the socket (see to_publishers).
+        # Sync shadows for the XPUB's sends and _take's reads, without a coroutine per message: an
+        # operation on one while a receive is awaited on the socket is followed by a look at the
+        # asyncio socket's EVENTS (see to_publishers).
         self._xpub_send = zmq.Socket.shadow(self.xpub.underlying).send
         self._xsub_sync = zmq.Socket.shadow(self.xsub.underlying)
         self.xsub.send(b"\x01")  # subscribe to every publisher (their XPUB waits for it)
@@ -505,9 +508,21 @@ class Edge:
             send(STAMP.pack(version, seq), _SNDMORE)
             send(data[1 + n :], 0, False)
             self.counters["events_out"] += 1
+            if not self._syncs_look_due:
+                self._syncs_look_due = True
+                asyncio.get_running_loop().call_soon(self._look_for_syncs)
         if version - self.checkpointed >= self.checkpoint_every and not self._checkpointing:
             self._checkpointing = True
             asyncio.get_running_loop().create_task(self._write_checkpoint())
+
+    def _look_for_syncs(self) -> None:
+        """After a turn's deliveries: the sends on the XPUB's sync shadow may have consumed the
+        wake-up of the receive ``_syncs`` awaits (see :meth:`to_publishers`). The asyncio
+        socket's ``get(EVENTS)`` schedules it if a subscription is queued (its ``getsockopt``
+        is the sync socket's, and schedules nothing)."""
+        self._syncs_look_due = False
+        if not self.xpub.closed:
+            self.xpub.get(zmq.EVENTS)
 
     async def _syncs(self) -> None:
         """Answer sync subscriptions (PROTOCOL.md §6) after everything delivered before them."""
