@@ -21,6 +21,15 @@ def test_an_ack_gives_its_sequence_and_whether_it_was_a_duplicate(reply, expecte
     assert parse_ack(json.dumps(reply).encode()) == expected
 
 
+@pytest.mark.parametrize("ack, expected", [
+    (b'{"stream":"S","seq":1}', (1, False)),
+    (b'{"stream":"S","seq":1,"duplicate": true}', (1, True)),
+])
+def test_an_ack_as_nats_server_writes_it(ack, expected) -> None:
+    """Byte for byte as nats-server 2.15 answers a first publish and one with the same Msg-Id."""
+    assert parse_ack(ack) == expected
+
+
 def test_an_error_answer_is_refused_with_its_codes_and_only_some_are_retried() -> None:
     answer = {"error": {"code": 503, "err_code": 10077, "description": "JetStream system temporarily unavailable"}}
     with pytest.raises(StreamRefused) as refused:

@@ -50,6 +50,7 @@ is being stored; the retry is answered as a duplicate with its sequence)."""
 
 _BODY_MARKS = (0x95, layout.IDENTIFIED_MARK)
 _SEQ = re.compile(rb'"seq":(\d+)[,}]')
+_DUPLICATE = re.compile(rb'"duplicate":\s*true')
 MAX_PUBLISHERS = 100_000
 """Publishers whose highest number is kept (the most recently seen); a forgotten one is taken as new."""
 _NEVER = 1 << 63
@@ -90,8 +91,8 @@ def parse_ack(data: bytes) -> tuple[int, bool]:
     if not data:
         raise StreamRefused(503, None, "no responders")
     found = _SEQ.search(data)
-    if found is not None and b'"error"' not in data:  # the usual {"stream":"S","seq":N[,"duplicate":true]}
-        return int(found[1]), b'"duplicate":true' in data
+    if found is not None and b'"error"' not in data:  # the usual {"stream":"S","seq":N[,"duplicate": true]}
+        return int(found[1]), _DUPLICATE.search(data) is not None
     try:
         reply = json.loads(data)
     except ValueError:
