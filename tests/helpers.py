@@ -92,6 +92,20 @@ def logged_events(home: Path, type_like: str = "%") -> list[tuple[int, str, byte
     return [(version, event_type, bytes(body)) for row in rows for version, _seq, event_type, body in expand(*row)]
 
 
+def logged_numbers(home: Path, publisher: int) -> list[tuple[int, int]]:
+    """``(version, number)`` of every event of ``publisher`` (a u64 id) in ``HOME/events.db``, by
+    version: a run's row names its last event's number, the ones before it numbered down from it."""
+    import sqlite3
+
+    signed = publisher - (1 << 64) if publisher >= 1 << 63 else publisher
+    db = sqlite3.connect(f"file:{home / 'events.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT version, pub_num, n FROM events WHERE pub_id = ? ORDER BY version", (signed,))
+        return [(version + i, number - (n or 1) + 1 + i) for version, number, n in rows for i in range(n or 1)]
+    finally:
+        db.close()
+
+
 def wait_for(
     probe: Callable[[], T],
     done: Callable[[T], bool],

@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import struct
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +23,7 @@ import zmq
 import sdk
 from schemas.endpoints import Endpoints
 from schemas.envelope import CONFIRM, LOG_ACK, LOG_MARK, MAX_RUN_BYTES, encode_body
-from tests.helpers import control, logged_events, raw_publisher, stats, wait_for, wait_stats
+from tests.helpers import control, logged_events, logged_numbers, raw_publisher, stats, wait_for, wait_stats
 from tests.test_faults import Collector, Publishers
 from tests.test_up import Up, pid_of
 
@@ -105,15 +106,8 @@ class RawPublisher:
 
 
 def logged(home: Path, pid: int = PID) -> list[tuple[int, int]]:
-    """(pub_num, how many times) for every number of ``pid`` in the log, by number."""
-    signed = pid - (1 << 64) if pid >= 1 << 63 else pid
-    db = sqlite3.connect(home / "events.db")
-    try:
-        return db.execute(
-            "SELECT pub_num, count(*) FROM events WHERE pub_id = ? GROUP BY pub_num ORDER BY pub_num", (signed,)
-        ).fetchall()
-    finally:
-        db.close()
+    """(number, how many times) for every number of ``pid`` in the log, by number."""
+    return sorted(Counter(number for _version, number in logged_numbers(home, pid)).items())
 
 
 def test_identified_publishes_are_stamped_once_and_confirmed_exactly(home: Path, start) -> None:

@@ -10,22 +10,25 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+import time
 from pathlib import Path
 
 import zmq
 
 import sdk
+from broker.eventlog.query import LogQueries
 from broker.eventlog.store import EventStore
 from broker.eventlog.writer import LogWriter
 from schemas.endpoints import Endpoints
-from schemas.envelope import LOG_RESEND, RESEND_STAMP_PAD, encode_body, run_stamp
+from schemas.envelope import LOG_ID, LOG_IDS, LOG_RESEND, RESEND_STAMP_PAD, encode_body, run_stamp
 from tests.helpers import control, wait_for
 
 
-def _run(first: int, n: int, *, session: str | None = "s", ts: float = 5.0, pub=(None, None)):
-    bodies = [encode_body({"i": first + i}, source="t", session_id=session, ts=ts) for i in range(n)]
+def _run(first: int, n: int, *, session: str | None = "s", ts: float = 5.0, step: float = 0.0, pub=(None, None)):
+    bodies = [encode_body({"i": first + i}, source="t", session_id=session, ts=ts + i * step) for i in range(n)]
     sizes = struct.pack(f"!{n}I", *map(len, bodies))
-    return (first, "t:run", first, ts, "t", session, b"".join(bodies), *pub, n, sizes), bodies
+    last = ts + (n - 1) * step
+    return (first, "t:run", first, ts, "t", session, b"".join(bodies), *pub, n, sizes, last if step else None), bodies
 
 
 def _single(version: int, *, session: str | None = None):
@@ -58,8 +61,26 @@ def test_a_run_row_reads_as_its_events_everywhere(tmp_path: Path) -> None:
         assert at[5] == ("t:run", bodies[1], "s")
         assert store.publishers(since=0, limit=10) == [[(1 << 64) - 7, 42, 9]]
 
-        assert store.trim(keep=5) == 3  # the run is kept whole: 7 events, not 5
-        assert (store.count(), store.first_version(), store.last_version()) == (7, 4, 10)
+        assert store.trim(keep=5) == 5  # the cut falls inside the run: its last 4 events stay
+        assert (store.count(), store.first_version(), store.last_version()) == (5, 6, 10)
+        rows, _, _ = store.page(since=0, until=None, limit=100)
+        assert [(r[0], r[1], bytes(r[3])) for r in rows][:4] == [(6 + i, 6 + i, bodies[2 + i]) for i in range(4)]
+        assert store.publishers(since=0, limit=10) == [[(1 << 64) - 7, 42, 9]]
+    finally:
+        store.close()
+
+
+def test_a_run_whose_events_have_their_own_ts_filters_each_by_its_own(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "events.db")
+    try:
+        run, bodies = _run(1, 10, ts=100.0, step=1.0)  # ts 100.0 .. 109.0
+        store.append([], [run])
+        rows, _, _ = store.page(since=0, until=None, limit=100, ts_from=103.0, ts_until=106.0)
+        assert [r[0] for r in rows] == [4, 5, 6]
+        rows, _, _ = store.page(since=0, until=None, limit=100, ts_from=108.5)
+        assert [r[0] for r in rows] == [10]
+        assert store.trim(max_age=time.time() - 103.5) == 4  # ts 100..103 are older than the horizon, 103.5
+        assert (store.first_version(), store.count()) == (5, 6)
     finally:
         store.close()
 
@@ -71,9 +92,10 @@ def _frames(version: int, bodies: list[bytes], *, resent: bool = False) -> list[
     return [b"t:run", stamp, b"".join(bodies)]
 
 
-def test_the_log_writes_a_shared_header_run_as_one_row_and_a_resent_one_never_twice(tmp_path: Path) -> None:
-    """A run whose bodies share their header is one row; one whose bodies differ (their ts) is a
-    row per event. Sent again (after a reconnect) in whatever shape, none is written twice."""
+def test_the_log_writes_a_run_as_one_row_when_it_can_and_a_resent_one_never_twice(tmp_path: Path) -> None:
+    """A run whose bodies share source and session is one row (their ts may differ); one whose
+    sessions differ is a row per event. Sent again (after a reconnect) in whatever shape, none is
+    written twice."""
     endpoint = f"ipc://{tmp_path}/feed.sock"
     store = EventStore(tmp_path / "events.db")
     with zmq.Context() as ctx:
@@ -85,29 +107,76 @@ def test_the_log_writes_a_shared_header_run_as_one_row_and_a_resent_one_never_tw
             assert feed.poll(5000) and feed.recv() == b"\x01"
             shared = [encode_body({"i": i}, source="t", session_id="s", ts=7.0) for i in range(1, 9)]
             apart = [encode_body({"i": i}, source="t", session_id="s", ts=float(i)) for i in range(9, 13)]
-            sent = [_frames(1, shared), _frames(9, apart),
+            mixed = [encode_body({"i": i}, source="t", session_id=f"s{i}", ts=7.0) for i in range(13, 16)]
+            sent = [_frames(1, shared), _frames(9, apart), _frames(13, mixed),
                     _frames(1, shared, resent=True),  # all of it again: held as one row
                     _frames(3, shared[2:6], resent=True),  # part of it, in another shape
-                    _frames(9, apart[:2], resent=True)]  # held as rows of their own
+                    _frames(10, apart[1:], resent=True),
+                    _frames(13, mixed[:2], resent=True)]  # held as rows of their own
             for frames in sent:
                 feed.send_multipart(frames)
-            wait_for(lambda: (writer.drain(), writer.last_version)[1], lambda last: last == 12,
-                     what="the log to write version 12")
+            wait_for(lambda: (writer.drain(), writer.last_version)[1], lambda last: last == 15,
+                     what="the log to write version 15")
             while writer.sock.poll(0):  # what is still queued: the resent runs
                 writer.drain()
         finally:
             writer.close()
             feed.close()
     try:
-        assert (writer.stats()["written"], store.count(), writer.lost, writer.gap_count) == (12, 12, 0, 0)
+        assert (writer.stats()["written"], store.count(), writer.lost, writer.gap_count) == (15, 15, 0, 0)
         db = sqlite3.connect(tmp_path / "events.db")
         try:
-            assert db.execute("SELECT version, n FROM events ORDER BY version").fetchall() == [
-                (1, 8), (9, None), (10, None), (11, None), (12, None)]
+            assert db.execute("SELECT version, n, ts, ts_last FROM events ORDER BY version").fetchall() == [
+                (1, 8, 7.0, None), (9, 4, 9.0, 12.0), (13, None, 7.0, None), (14, None, 7.0, None),
+                (15, None, 7.0, None)]
         finally:
             db.close()
         rows, _, _ = store.page(since=0, until=None, limit=100)
-        assert [bytes(r[3]) for r in rows] == shared + apart
+        assert [bytes(r[3]) for r in rows] == shared + apart + mixed
+    finally:
+        store.close()
+
+
+def test_who_published_a_run_decides_its_rows_and_summaries_count_each_event_at_its_ts(tmp_path: Path) -> None:
+    """A run of one publisher's consecutive numbers is one row (its last number kept); numbers
+    with a hole, or two publishers, make a row per event. ``summary`` counts each event of a row
+    at its own ts."""
+    endpoint = f"ipc://{tmp_path}/feed.sock"
+    store = EventStore(tmp_path / "events.db")
+    runs = {1: [(7, 11), (7, 12), (7, 13)], 4: [(7, 14), (7, 16)], 6: [(7, 17), (8, 1)]}
+    with zmq.Context() as ctx:
+        feed = ctx.socket(zmq.XPUB)
+        feed.linger = 0
+        feed.bind(endpoint)
+        writer = LogWriter(ctx, store, endpoint)
+        try:
+            assert feed.poll(5000) and feed.recv() == b"\x01"
+            for first, ids in runs.items():
+                bodies = [encode_body({"i": first + i}, source="t", session_id="s", ts=100.0 + first + i)
+                          for i in range(len(ids))]
+                body = b"".join(LOG_ID.pack(first + i, pid, number) for i, (pid, number) in enumerate(ids))
+                feed.send_multipart([LOG_IDS, bytes(16), body])
+                feed.send_multipart(_frames(first, bodies))
+            wait_for(lambda: (writer.drain(), writer.last_version)[1], lambda last: last == 7,
+                     what="the log to write version 7")
+        finally:
+            writer.close()
+            feed.close()
+    try:
+        db = sqlite3.connect(tmp_path / "events.db")
+        try:
+            assert db.execute("SELECT version, n, pub_id, pub_num FROM events ORDER BY version").fetchall() == [
+                (1, 3, 7, 13), (4, None, 7, 14), (5, None, 7, 16), (6, None, 7, 17), (7, None, 8, 1)]
+        finally:
+            db.close()
+        assert store.publishers(since=0, limit=10) == [[7, 17, 6], [8, 1, 7]]
+        queries = LogQueries(store, writer, {})
+        reply = queries.handle({"op": "summary", "ts_from": 102.0, "ts_until": 105.0, "bucket": 2.0})
+        assert reply["ok"], reply
+        summary = reply["result"]
+        assert (summary["events"], summary["first_version"], summary["last_version"]) == (3, 2, 4)
+        assert (summary["first_ts"], summary["last_ts"]) == (102.0, 104.0)
+        assert summary["buckets"] == [[102.0, "t:run", 2], [104.0, "t:run", 1]]
     finally:
         store.close()
 

@@ -9,14 +9,13 @@ numbers its events and sends again what the broker had not confirmed after a res
 from __future__ import annotations
 
 import signal
-import sqlite3
 from pathlib import Path
 
 import zmq
 
 from schemas.endpoints import Endpoints
 from tests.fronts import Front
-from tests.helpers import stats, wait_for, wait_stats
+from tests.helpers import logged_numbers, stats, wait_for, wait_stats
 from tests.test_durable import PID, RawPublisher
 from tests.test_faults import Collector
 
@@ -26,12 +25,7 @@ PAD = "x" * 1000
 
 def in_log(home: Path) -> list[tuple[int, int]]:
     """(version, pub_num) of every event of the raw publisher in the log, by version."""
-    db = sqlite3.connect(home / "events.db")
-    try:
-        signed = PID - (1 << 64)
-        return db.execute("SELECT version, pub_num FROM events WHERE pub_id = ? ORDER BY version", (signed,)).fetchall()
-    finally:
-        db.close()
+    return logged_numbers(home, PID)
 
 
 def test_an_event_the_log_never_wrote_reaches_recover_once_across_a_broker_kill(home: Path, start, front: Front) -> None:

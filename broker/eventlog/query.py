@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.eventlog.imports import ImportRefused, SessionImports
-from broker.eventlog.store import EventStore, expand
+from broker.eventlog.store import EventStore, event_ts, expand
 from broker.eventlog.writer import LogWriter
 from schemas.eventlog import MAX_INT, MAX_PAGE
 from schemas.topics import InvalidType, check_pattern, compile_matcher, is_match_all
@@ -215,28 +215,60 @@ class LogQueries:
         bucket = _float(msg, "bucket", "seconds")
         if bucket is not None and bucket < MIN_BUCKET:
             raise BadRequest(f"'bucket' must be at least {MIN_BUCKET:g} seconds, not {bucket!r}")
+        ts_from, ts_until = _float(msg, "ts_from"), _float(msg, "ts_until")
         where, params = [], []
         if session_id is not None:
             where.append("session_id = ?")
             params.append(session_id)
-        for key, op in (("ts_from", ">="), ("ts_until", "<")):
-            value = _float(msg, key)
-            if value is not None:
-                where.append(f"ts {op} ?")
-                params.append(value)
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        # Rows whose events share one ts are counted in SQL; a run's row with several (ts_last)
+        # event by event, each with its own ts (store.py).
+        exact, exact_params = [*where, "ts_last IS NULL"], list(params)
+        spread, spread_params = [*where, "ts_last IS NOT NULL"], list(params)
+        if ts_from is not None:
+            exact.append("ts >= ?")
+            exact_params.append(ts_from)
+            spread.append("ts_last >= ?")
+            spread_params.append(ts_from)
+        if ts_until is not None:
+            exact.append("ts < ?")
+            exact_params.append(ts_until)
+            spread.append("ts < ?")
+            spread_params.append(ts_until)
+        clause = " WHERE " + " AND ".join(exact)
         conn = self.store.conn
         count, first_ts, last_ts, first_v, last_v = conn.execute(
             f"SELECT {_EVENTS}, min(ts), max(ts), min(version), max(version + coalesce(n, 1) - 1)"
-            f" FROM events{clause}", params
+            f" FROM events{clause}", exact_params
         ).fetchone()
-        by_type = dict(
-            conn.execute(f"SELECT type, {_EVENTS} FROM events{clause} GROUP BY type ORDER BY type", params)
-        )
+        by_type = dict(conn.execute(f"SELECT type, {_EVENTS} FROM events{clause} GROUP BY type", exact_params))
+        buckets: dict[tuple[float, str], int] = {}
+        if bucket is not None:
+            for start, event_type, n in conn.execute(
+                f"SELECT CAST(ts / ? AS INTEGER) * ? AS start, type, {_EVENTS} FROM events{clause}"
+                " GROUP BY start, type", [bucket, bucket, *exact_params],
+            ):
+                buckets[(start, event_type)] = n
+        low, high = (-math.inf if ts_from is None else ts_from), (math.inf if ts_until is None else ts_until)
+        for row in conn.execute(
+            "SELECT version, topic_seq, type, body, n, sizes FROM events WHERE " + " AND ".join(spread), spread_params
+        ):
+            for version, _seq, event_type, body in expand(*row):
+                ts = event_ts(body)
+                if not low <= ts < high:
+                    continue
+                count += 1
+                by_type[event_type] = by_type.get(event_type, 0) + 1
+                first_ts = ts if first_ts is None else min(first_ts, ts)
+                last_ts = ts if last_ts is None else max(last_ts, ts)
+                first_v = version if first_v is None else min(first_v, version)
+                last_v = version if last_v is None else max(last_v, version)
+                if bucket is not None:
+                    key = (int(ts / bucket) * bucket, event_type)
+                    buckets[key] = buckets.get(key, 0) + 1
         result: dict[str, Any] = {
             "session_id": session_id,
             "events": count,
-            "by_type": by_type,
+            "by_type": dict(sorted(by_type.items())),
             "first_ts": first_ts,
             "last_ts": last_ts,
             "duration": (last_ts - first_ts) if count else 0.0,
@@ -246,14 +278,7 @@ class LogQueries:
         }
         if bucket is not None:
             result["bucket"] = bucket
-            result["buckets"] = [
-                list(r)
-                for r in conn.execute(
-                    f"SELECT CAST(ts / ? AS INTEGER) * ? AS start, type, {_EVENTS} FROM events{clause}"
-                    " GROUP BY start, type ORDER BY start, type",
-                    [bucket, bucket, *params],
-                )
-            ]
+            result["buckets"] = [[start, event_type, n] for (start, event_type), n in sorted(buckets.items())]
         return result
 
     def op_import(self, msg: dict[str, Any]) -> dict[str, Any]:

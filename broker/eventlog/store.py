@@ -4,16 +4,20 @@ One row per stamped event: the stamp and the envelope fields queries need (type,
 session_id) next to the raw body bytes, exactly as the broker delivered them. The version is
 the primary key (the rowid), so version ranges are B-tree range scans and appends are in order.
 
-A run whose events share type, ts, source and session id (a batch from ``publish_many``) is one
-row: ``n`` events from ``version`` on, their bodies one after another in ``body``, their lengths in
-``sizes`` (4 bytes each, big-endian: the run's stamp frame after its 16 bytes). Every field a query
-filters on is then exact for each of its events; readers expand such rows (:func:`expand`).
+A run whose events share type, source and session id (a batch from ``publish_many``, or one
+publisher's events the broker delivered together) is one row: ``n`` events from ``version`` on,
+their bodies one after another in ``body``, their lengths in ``sizes`` (4 bytes each, big-endian:
+the run's stamp frame after its 16 bytes). If their ts differ, ``ts`` is the lowest and ``ts_last``
+the highest, and a filter on ts reads each event's own from its body (:func:`event_ts`). The
+publisher of an identified run is its last event's (the events before it are numbered down from
+it). Readers expand such rows (:func:`expand`).
 
 Tables and indexes are made with sqlite-utils; the hot append is one ``executemany`` per batch.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import struct
 import time
@@ -30,17 +34,24 @@ DB_FILE = "events.db"
 
 EVENT_COLUMNS = ("version", "type", "topic_seq", "ts", "source", "session_id", "body", "pub_id", "pub_num")
 _INSERT = f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_INSERT_RUN = f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}, n, sizes) VALUES ({', '.join('?' * 11)})"
+_INSERT_RUN = f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}, n, sizes, ts_last) VALUES ({', '.join('?' * 12)})"
 
 Row = tuple[int, str, int, float, str, "str | None", bytes, "int | None", "int | None"]
 """An event as appended; ``pub_id`` (the publisher id as a signed 64-bit integer, SQLite's) and
 ``pub_num`` are None for an anonymous publish."""
-RunRow = tuple[int, str, int, float, str, "str | None", bytes, "int | None", "int | None", int, bytes]
-"""A run as one row: a Row of its first version and all its bodies, then ``n`` and ``sizes``; the
-publisher, if any, is its last event's."""
+RunRow = tuple[int, str, int, float, str, "str | None", bytes, "int | None", "int | None", int, bytes, "float | None"]
+"""A run as one row: a Row of its first version (with the lowest ts) and all its bodies, then
+``n``, ``sizes`` and ``ts_last`` (None if every event has the same ts); the publisher, if any, is
+its last event's."""
 MAX_ROW_EVENTS = MAX_BATCH_EVENTS
 """Most events one row holds (a delivered message never has more)."""
 _SIGN = 1 << 63
+_TS = struct.Struct(">d")
+
+
+def event_ts(body: bytes) -> float:
+    """The ts of an event of a run's row (its body is in the SDK's shape: the float64 at byte 3)."""
+    return float(_TS.unpack_from(body, 3)[0])
 
 
 def expand(version: int, topic_seq: int, event_type: str, body: bytes, n: int | None, sizes: bytes | None,
@@ -124,13 +135,15 @@ class EventStore:
                     "pub_num": int,
                     "n": int,
                     "sizes": bytes,
+                    "ts_last": float,
                 },
                 pk="version",
                 not_null={"type", "topic_seq", "body"},
             )
         else:  # a log written before identified publishing or run rows: the columns start out NULL
             have = {row[1] for row in self.conn.execute("PRAGMA table_info(events)")}
-            for column, kind in (("pub_id", "INTEGER"), ("pub_num", "INTEGER"), ("n", "INTEGER"), ("sizes", "BLOB")):
+            for column, kind in (("pub_id", "INTEGER"), ("pub_num", "INTEGER"), ("n", "INTEGER"), ("sizes", "BLOB"),
+                                 ("ts_last", "REAL")):
                 if column not in have:
                     self.conn.execute(f"ALTER TABLE events ADD COLUMN {column} {kind}")
         # For ``publishers``: the identified events of a version range, without a look at the rest.
@@ -210,23 +223,35 @@ class EventStore:
         """Delete the oldest events beyond ``keep`` and those older than ``max_age`` seconds.
 
         Age is trimmed from the oldest version forward and stops at the first event young enough,
-        so it follows publisher timestamps only as far as they rise with the version. The highest
-        version ever logged is kept in ``meta`` so a trimmed log still continues the count.
+        so it follows publisher timestamps only as far as they rise with the version. A run's row
+        the cut falls in keeps the events above it. The highest version ever logged is kept in
+        ``meta`` so a trimmed log still continues the count. Returns how many events went.
         """
         cutoff: int | None = None
-        if keep is not None:  # the newest row with at least `keep` events above it (a run is kept whole)
+        if keep is not None:  # the row holding the newest event with `keep` events above it
             row = self.conn.execute(
-                "SELECT version FROM (SELECT version, n, sum(coalesce(n, 1)) OVER (ORDER BY version DESC)"
-                " AS newer FROM events ORDER BY version DESC) WHERE newer - coalesce(n, 1) >= ? LIMIT 1", (keep,)
+                "SELECT version, held, newer FROM (SELECT version, coalesce(n, 1) AS held,"
+                " sum(coalesce(n, 1)) OVER (ORDER BY version DESC) AS newer FROM events ORDER BY version DESC)"
+                " WHERE newer > ? LIMIT 1", (keep,)
             ).fetchone()
             if row:
-                cutoff = row[0]
+                version, held, newer = row
+                cutoff = version + held - 1 - (keep - (newer - held))
         if max_age is not None:
             horizon = time.time() - max_age
             row = self.conn.execute(
-                "SELECT version FROM events WHERE ts >= ? ORDER BY version LIMIT 1", (horizon,)
+                "SELECT version, topic_seq, type, body, n, sizes FROM events WHERE coalesce(ts_last, ts) >= ?"
+                " ORDER BY version LIMIT 1", (horizon,)
             ).fetchone()
-            old = (row[0] - 1) if row else self.last_version()
+            if row is None:
+                old = self.last_version()
+            else:  # in a run's row, the events before its first young one are old
+                old = row[0] - 1
+                if row[4]:
+                    for version, _seq, _type, body in expand(*row):
+                        if event_ts(body) >= horizon:
+                            break
+                        old = version
             cutoff = old if cutoff is None else max(cutoff, old)
         if not cutoff:
             return 0
@@ -239,8 +264,34 @@ class EventStore:
             events = self.conn.execute(
                 "SELECT count(*) + coalesce(sum(n - 1), 0) FROM events WHERE version <= ?", (cutoff,)
             ).fetchone()[0]
+            kept = self._keep_above(cutoff)
             self.conn.execute("DELETE FROM events WHERE version <= ?", (cutoff,))
-            return int(events)
+            if kept is not None:
+                self.conn.executemany(_INSERT, kept[0])
+                self.conn.executemany(_INSERT_RUN, kept[1])
+            return int(events) - (0 if kept is None else len(kept[0]) + sum(r[9] for r in kept[1]))
+
+    def _keep_above(self, cutoff: int) -> tuple[list[Row], list[RunRow]] | None:
+        """The events above ``cutoff`` of the run's row it falls in, as rows to write again after
+        the row is deleted (None if it falls in no run's row)."""
+        row = self.conn.execute(
+            "SELECT version, type, topic_seq, ts, source, session_id, body, pub_id, pub_num, n, sizes, ts_last"
+            " FROM events WHERE version <= ? ORDER BY version DESC LIMIT 1", (cutoff,)
+        ).fetchone()
+        if row is None or not row[9] or row[0] + row[9] - 1 <= cutoff:
+            return None
+        version, event_type, topic_seq, ts, source, session_id, body, pub_id, pub_num, n, sizes, ts_last = row
+        skip = cutoff + 1 - version
+        lengths = struct.unpack(f"!{n}I", sizes)
+        rest = bytes(body[sum(lengths[:skip]) :])
+        if n - skip == 1:
+            return [(cutoff + 1, event_type, topic_seq + skip, event_ts(rest) if ts_last is not None else ts,
+                     source, session_id, rest, pub_id, pub_num)], []
+        if ts_last is not None:
+            stamps = [event_ts(b) for *_, b in expand(cutoff + 1, 0, event_type, rest, n - skip, sizes[4 * skip :])]
+            ts, ts_last = min(stamps), max(stamps)
+        return [], [(cutoff + 1, event_type, topic_seq + skip, ts, source, session_id, rest, pub_id, pub_num,
+                     n - skip, sizes[4 * skip :], ts_last if ts_last != ts else None)]
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -340,7 +391,7 @@ class EventStore:
             where.append("session_id = ?")
             params.append(session_id)
         if ts_from is not None:
-            where.append("ts >= ?")
+            where.append("coalesce(ts_last, ts) >= ?")
             params.append(ts_from)
         if ts_until is not None:
             where.append("ts < ?")
@@ -349,15 +400,18 @@ class EventStore:
             types = list(types)
             where.append(f"type IN ({', '.join('?' * len(types))})")
             params.extend(types)
-        sql = f"SELECT version, topic_seq, type, body, n, sizes FROM events WHERE {' AND '.join(where)}" \
+        sql = f"SELECT version, topic_seq, type, body, n, sizes, ts_last FROM events WHERE {' AND '.join(where)}" \
               " ORDER BY version LIMIT ?"
+        by_ts = ts_from is not None or ts_until is not None
+        ts_low = -math.inf if ts_from is None else ts_from
+        ts_high = math.inf if ts_until is None else ts_until
         high = until if until is not None else 1 << 63
         rows: list[tuple[int, int, str, bytes]] = []
         cursor, scanned, reached = self._row_before(since), 0, since
         chunk = limit if matches is None else max(limit, 1000)
         while True:
             found = 0
-            for version, topic_seq, event_type, body, n, sizes in self.conn.execute(sql, [cursor, *params, chunk]):
+            for version, topic_seq, event_type, body, n, sizes, ts_last in self.conn.execute(sql, [cursor, *params, chunk]):
                 found += 1  # read lazily: a page may end inside the first of many run rows
                 cursor = version
                 if matches is not None and not matches(event_type):
@@ -366,6 +420,8 @@ class EventStore:
                 for event in (expand(version, topic_seq, event_type, body, n, sizes) if n else
                               ((version, topic_seq, event_type, body),)):
                     if event[0] <= since or event[0] > high:
+                        continue
+                    if by_ts and ts_last is not None and not ts_low <= event_ts(event[3]) < ts_high:
                         continue
                     rows.append(event)
                     reached = event[0]

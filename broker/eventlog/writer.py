@@ -50,6 +50,7 @@ log = logging.getLogger("pryxbus.eventlog")
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _unpack_stamp = STAMP.unpack
+_unpack_ts = struct.Struct(">d").unpack_from
 
 DEFAULT_RCVHWM = 1_000_000
 MAX_BATCH = 50_000
@@ -309,8 +310,9 @@ class LogWriter:
     def _run_row(self, topic: bytes, stamp: bytes, body: bytes, last: int) -> RunRow | None:
         """A run as one row (store.py), if it can be: all its versions new (above ``last``: a run
         sent again may overlap rows of another shape, so its events go one by one), a UTF-8 type,
-        every body starting with the same header bytes (ts, source, session id), and at most its
-        last event identified. None otherwise."""
+        every body in the SDK's shape with the same source and session id, and its events either
+        anonymous, or its last one only identified (a batch), or each identified by one publisher
+        with consecutive numbers. None otherwise."""
         n, rest = divmod(len(stamp) - STAMP.size, 4)
         if rest or n < 2:
             return None
@@ -322,29 +324,46 @@ class LogWriter:
         if sum(lengths) != len(body):
             return None
         fields = header_fields(body[: lengths[0]])
-        if fields is None or min(lengths) < fields[3]:
+        if fields is None or min(lengths) < fields[3] or fields[0] != fields[0]:  # NaN: no range
             return None
         end = fields[3]
-        head = body[:end]
+        head, lead, tail = body[:end], body[:3], body[11:end]
+        low = high = fields[0]
         pos = 0
         for size in lengths:
-            if body[pos : pos + end] != head:
-                return None
+            if body[pos : pos + end] != head:  # the same but for the ts?
+                if body[pos : pos + 3] != lead or body[pos + 11 : pos + end] != tail:
+                    return None
+                ts = _unpack_ts(body, pos + 3)[0]
+                if ts < low:
+                    low = ts
+                elif ts > high:
+                    high = ts
+                elif ts != ts:  # NaN: no range to filter on
+                    return None
             pos += size
         pub: tuple[int, int] | tuple[None, None] = (None, None)
         ids = self._ids
         if ids:
             final = first + n - 1
             inside = [v for v in ids if first <= v <= final]
-            if inside:
-                if inside != [final]:
-                    return None
+            if inside == [final]:
                 pub = ids.pop(final)
+            elif inside:
+                if len(inside) != n:
+                    return None
+                publisher, number = ids[final]
+                if any(ids[v] != (publisher, number - final + v) for v in inside):
+                    return None
+                for v in inside:
+                    del ids[v]
+                pub = (publisher, number)
         try:
             event_type = topic.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        return (first, event_type, topic_seq, fields[0], fields[1], fields[2], body, *pub, n, sizes)
+        return (first, event_type, topic_seq, low, fields[1], fields[2], body, *pub, n, sizes,
+                high if high != low else None)
 
     def _refilled(self, low: int, high: int) -> None:
         """Events sent again filled (part of) gaps recorded before: the records keep what is still
