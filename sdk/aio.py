@@ -48,6 +48,7 @@ from sdk.core.publishing import (
     DEFAULT_PUBLISH_BUFFER,
     IDENTITY_SIZE,
     LOOK,
+    RECONNECTED,
     WATCH_INTERVAL,
     Outgoing,
     PublisherCore,
@@ -108,6 +109,8 @@ class Bus(PublisherCore):
         """The publisher as publish sees it: None until it is open, and while the watch runs
         (publish then waits for ``_pub_lock``)."""
         self._looks: zmq.Socket | None = None  # a sync shadow of the publisher, for non-blocking reads
+        self._monitor: zmq.asyncio.Socket | None = None  # the publisher's monitor (its connections)
+        self._handshakes: zmq.Socket | None = None  # and its sync shadow
         self._pub_lock = asyncio.Lock()
         self._subscriptions: set[Subscription] = set()
         self._closed = False
@@ -179,16 +182,21 @@ class Bus(PublisherCore):
         """Connect the publisher and wait until the broker's subscription arrives (trap §4.1)."""
         sock = self._ctx.socket(zmq.XPUB)
         configure_publisher(sock, timeout=self.timeout, publish_timeout=self.publish_timeout, hwm=self.hwm)
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         try:
             sock.connect(self.endpoints.publish)
             if not await sock.poll(int(self.timeout * 1000), _POLLIN):
                 raise publisher_unavailable(self.endpoints.publish, self.timeout)
             await sock.recv()  # the broker's subscription
         except BaseException:
+            monitor.close(linger=0)
             sock.close(linger=0)
             raise
         self._publisher = self._pub = sock
         self._looks = zmq.Socket.shadow(sock.underlying)  # non-blocking reads for the watch's LOOK
+        self._monitor = monitor
+        self._handshakes = zmq.Socket.shadow(monitor.underlying)  # read without waiting, like _looks
+        pending_messages(self._handshakes)  # this connection's handshake: not a reconnect
         return sock
 
     async def _watch_io(self, step: Any) -> Any:
@@ -197,6 +205,8 @@ class Bus(PublisherCore):
         assert sock is not None
         if step is LOOK:
             return pending_messages(self._looks) if sock.getsockopt(_EVENTS) & _POLLIN else []
+        if step is RECONNECTED:
+            return bool(pending_messages(self._handshakes))
         if isinstance(step, Resend):
             kept = step.kept
             for i in range(0, len(kept), 2):
@@ -562,8 +572,10 @@ class Bus(PublisherCore):
         self.control.close()
         self._pub = None
         if self._publisher is not None:
+            self._publisher.disable_monitor()
+            self._monitor.close(linger=0)  # type: ignore[union-attr]
             self._publisher.close()  # lingers so queued events still reach the broker
-            self._publisher = None
+            self._publisher = self._monitor = self._handshakes = None
         # term() waits out the publisher's linger: keep the event loop free meanwhile.
         await asyncio.to_thread(self._ctx.term)
 

@@ -32,6 +32,7 @@ from sdk.core.flows import drive
 from sdk.core.publishing import (
     DEFAULT_PUBLISH_BUFFER,
     LOOK,
+    RECONNECTED,
     WATCH_INTERVAL,
     Batch,
     PublisherCore,
@@ -99,6 +100,7 @@ class Bus(PublisherCore):
         self._ctx = secure_client_context(configure_context(zmq.Context(), self.endpoints), self.curve)
         self._lock = threading.Lock()
         self._pub: zmq.Socket | None = None
+        self._handshakes: zmq.Socket | None = None  # the publisher's monitor (its connections)
         self._subscriptions: set[Subscription] = set()
         self._closed = False
         self.control = Requester(self._ctx, self.endpoints.control, timeout=timeout, retries=1, what="broker")
@@ -121,12 +123,15 @@ class Bus(PublisherCore):
         """
         sock = self._ctx.socket(zmq.XPUB)
         configure_publisher(sock, timeout=self.timeout, publish_timeout=self.publish_timeout, hwm=self.hwm)
+        handshakes = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         connected(sock, self.endpoints.publish, "broker")
         if not sock.poll(int(self.timeout * 1000), zmq.POLLIN):
+            handshakes.close(linger=0)
             sock.close(linger=0)
             raise publisher_unavailable(self.endpoints.publish, self.timeout)
         sock.recv()  # the broker's subscription
-        self._pub = sock
+        pending_messages(handshakes)  # this connection's handshake: not a reconnect
+        self._pub, self._handshakes = sock, handshakes
         return sock
 
     def _watch_broker(self, sock: zmq.Socket, now: float) -> None:
@@ -147,6 +152,8 @@ class Bus(PublisherCore):
         assert sock is not None
         if step is LOOK:
             return pending_messages(sock) if sock.getsockopt(_EVENTS) & _POLLIN else []
+        if step is RECONNECTED:
+            return bool(pending_messages(self._handshakes))
         if isinstance(step, Resend):
             kept = step.kept
             for i in range(0, len(kept), 2):
@@ -495,8 +502,10 @@ class Bus(PublisherCore):
                 self._log.close()
             self.control.close()
             if self._pub is not None:
+                self._pub.disable_monitor()
+                self._handshakes.close(linger=0)  # type: ignore[union-attr]
                 self._pub.close()  # lingers so queued events still reach the broker
-                self._pub = None
+                self._pub = self._handshakes = None
         self._ctx.term()
 
     @property

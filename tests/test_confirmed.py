@@ -49,6 +49,30 @@ def test_flush_returns_once_all_are_confirmed_and_times_out_while_the_broker_is_
         assert (bus.publish_stats.confirmed, bus.publish_stats.unconfirmed) == (1001, 0)
 
 
+def test_another_publisher_connecting_makes_no_bus_send_its_events_again(home: Path, start, front: Front) -> None:
+    """The broker subscribes again on every publisher's connection, so each connected bus sees a
+    repeated subscription; one whose own connection did not change has nothing to send again
+    (each used to send every unconfirmed event again, for the broker to count as duplicates)."""
+    start("broker", "--await-log", "30")
+    log = start("event-log")
+    with front.connect(home, name="a", publish_timeout=5.0) as bus:
+        bus.publish("conf:a", {"i": -1}, wait=True)  # the publisher is open, the log acks
+        log.signal(signal.SIGSTOP)  # what follows stays unconfirmed
+        try:
+            for i in range(100):
+                bus.publish("conf:a", {"i": i})
+            with sdk.connect(home, name="b") as other:
+                other.publish("conf:b", {"i": 0})  # returns once the broker subscribed to it, and again to all
+                with pytest.raises(sdk.PublishTimeout):
+                    bus.flush(timeout=1.0)  # reads what came meanwhile: the repeated subscription
+            assert (bus.publish_stats.unconfirmed, bus.publish_stats.resent) == (100, 0)
+        finally:
+            log.signal(signal.SIGCONT)
+        bus.flush(timeout=10)
+        assert (bus.publish_stats.confirmed, bus.publish_stats.resent) == (101, 0)
+        assert bus.stats()["durable"]["duplicates"] == 0
+
+
 def test_a_full_publish_buffer_holds_publish_back_until_confirmations_come(
     home: Path, broker: Part, front: Front
 ) -> None:

@@ -15,6 +15,7 @@ from sdk.core.flows import Ask
 from schemas.envelope import CONFIRM, WANT_VERSION, confirm_entry, decode_body, encode_body
 from sdk.core.publishing import (
     LOOK,
+    RECONNECTED,
     NUMBER_BASE as B,
     SIZE_ASK_RETRIES,
     SIZE_ASK_TIMEOUT,
@@ -67,7 +68,8 @@ def test_the_watch_waits_for_a_broker_that_left_counts_the_outage_and_relearns_t
     assert isinstance(step, WaitForBroker) and 0 < step.timeout <= 5.0
     assert pub.broker_outages == 1
     assert flow.send(True) is LOOK  # something came
-    asked = flow.send([b"\x01"])  # a broker is back: its limit? (soon asked again if lost with the old one)
+    assert flow.send([b"\x01"]) is RECONNECTED  # a broker is back
+    asked = flow.send(False)  # after a withdrawal, whatever the connection: its limit? (asked again if lost)
     assert asked == Ask("control", {"op": "ping"}, timeout=SIZE_ASK_TIMEOUT, retries=SIZE_ASK_RETRIES)
     with pytest.raises(StopIteration):
         flow.send({"max_event_size": 500})
@@ -83,8 +85,9 @@ def test_the_watch_times_out_and_keeps_the_limit_it_was_given() -> None:
         flow.send(False)  # the wait ended with nothing
     flow = pub._watch()
     next(flow)
-    with pytest.raises(StopIteration):  # subscribed again, but a limit given to connect() is kept
-        flow.send([b"\x01"])
+    assert flow.send([b"\x01"]) is RECONNECTED
+    with pytest.raises(StopIteration):  # subscribed again on a new connection, but a limit given to connect() is kept
+        flow.send(True)
     assert (pub.max_event_size, pub.broker_outages) == (800, 1)
 
 
@@ -139,11 +142,25 @@ def test_a_broker_that_subscribes_again_gets_every_unconfirmed_event_again_in_or
     frames = sent(pub, 4)
     flow = pub._watch()
     next(flow)
-    step = flow.send([confirmation((pub.publisher_id, B + 1, [])), b"\x01"])
+    assert flow.send([confirmation((pub.publisher_id, B + 1, [])), b"\x01"]) is RECONNECTED
+    step = flow.send(True)  # this publisher's connection is new: the broker may be too
     assert step == Resend(frames[2:])
     with pytest.raises(StopIteration):
         flow.send(None)
     assert pub.publish_stats.resent == 3
+
+
+def test_a_subscription_repeated_on_the_same_connection_sends_nothing_again() -> None:
+    """The broker greets every publisher's connection with a subscription to all: a bus whose own
+    connection did not change (no handshake since the last look) keeps its events as they are."""
+    pub = Publisher(max_event_size=800)
+    sent(pub, 4)
+    flow = pub._watch()
+    next(flow)
+    assert flow.send([confirmation((pub.publisher_id, B + 1, [])), b"\x01"]) is RECONNECTED
+    with pytest.raises(StopIteration):
+        flow.send(False)
+    assert (pub.publish_stats.resent, pub.publish_stats.unconfirmed) == (0, 3)
 
 
 def test_flush_reads_confirmations_until_all_are_in_and_times_out_otherwise() -> None:

@@ -67,15 +67,23 @@ pack_number = struct.Struct("!Q").pack
 SEVEN = IDENTIFIED_MARK
 
 
-class _Look:
+class _Step:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
     def __repr__(self) -> str:
-        return "LOOK"
+        return self.name
 
 
-LOOK: Final = _Look()
+LOOK: Final = _Step("LOOK")
 """A watch step: read every message pending on the XPUB without waiting and send back the list
 (empty if there was none): the broker's (un)subscriptions (``\x01``, ``\x00``) and confirmations
 (``\x02``)."""
+
+RECONNECTED: Final = _Step("RECONNECTED")
+"""A watch step: send back whether the XPUB made a connection (a handshake) since it was opened
+or last asked: the broker subscribes again on every publisher's connection, so a repeated
+subscription alone does not say that this one's connection is new."""
 
 
 class WaitForBroker(NamedTuple):
@@ -152,6 +160,7 @@ class PublisherCore:
         self._kept: list[bytes] = []
         self._kept_bytes = 0  # body bytes in _kept; publish waits once it would pass publish_buffer
         self._resent = 0
+        self._withdrawn = False  # the broker's subscription went away since the last resend
         self._wanted: dict[int, int] = {}  # number -> version (0 until confirmed) of wait=True events
 
     @property
@@ -300,6 +309,8 @@ class PublisherCore:
                 self._confirm(message)
             elif first:
                 there = first == b"\x01"
+                if not there:
+                    self._withdrawn = True
         return there
 
     def _confirm(self, message: bytes) -> None:
@@ -330,8 +341,10 @@ class PublisherCore:
         broker restarts wait for the new one. But an XPUB with no subscriber at all silently drops
         what it is given: should the broker's subscription be withdrawn (``\\x00``), wait for a
         broker to subscribe again (``\\x01``), at most ``publish_timeout``. A broker that
-        subscribes again may be a new one that never got what was in flight (and refuses a number
-        past the next it expects): send every unconfirmed event again, in order, before new ones.
+        subscribes again after this publisher's connection was made anew (or after withdrawing)
+        may be a new one that never got what was in flight (and refuses a number past the next it
+        expects): send every unconfirmed event again, in order, before new ones. A subscription
+        repeated on the same connection is the broker greeting another publisher: nothing to do.
 
         Raises:
             PublishTimeout: the broker did not come back within ``publish_timeout``.
@@ -347,6 +360,10 @@ class PublisherCore:
                 if remaining <= 0 or not (yield WaitForBroker(remaining)):
                     raise publish_timed_out(self.publish_timeout)
                 there = bool(self._absorb((yield LOOK)))
+        reconnected = yield RECONNECTED  # asked even after a withdrawal: the handshake is used up
+        if not (reconnected or self._withdrawn):
+            return
+        self._withdrawn = False
         yield from self._relearn_limit()
         if self._kept:
             kept = self._identified_kept()
