@@ -70,7 +70,7 @@ class EdgePeers:
         while True:
             event = parse_monitor_message(await monitor.recv_multipart())
             kind, fd = event["event"], event["value"]
-            if inbound and kind in (zmq.EVENT_ACCEPTED, zmq.EVENT_HANDSHAKE_SUCCEEDED):
+            if inbound and kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:  # as the broker: once per connection
                 self.resubscribe()
             if kind == zmq.EVENT_ACCEPTED:
                 peers.add(fd)
