@@ -338,6 +338,30 @@ def test_broker_kill_9_under_up_a_resent_event_is_stamped_once(home: Path) -> No
     assert logged(home) == [(n, 1) for n in range(1, 2401)]
 
 
+def test_past_max_publishers_the_least_recently_seen_is_forgotten(home: Path, start) -> None:
+    """--max-publishers 2: the broker remembers two publishers' numbers; a third makes it forget
+    the one seen least recently (a publisher is moved to the most recent once it was not moved
+    within the last N versions), so that one's event sent again is stamped again, while the
+    other's is still refused as a repeat."""
+    start("broker", "--await-log", "30", "--max-publishers", "2")
+    start("event-log")
+    ep = Endpoints.for_home(home)
+    with zmq.Context() as ctx:
+        p1, p2, p3 = (RawPublisher(ctx, ep.publish, PID + i) for i in range(3))
+        for pub, numbers in ((p1, [1]), (p2, [1]), (p1, [2, 3]), (p3, [1])):
+            for n in numbers:
+                pub.send(n, {"n": n})
+            pub.until(lambda: pub.through == numbers[-1])  # v1 p1, v2 p2, v3-4 p1 (moved at v4), v5 p3
+        p1.send(3, {"n": 3})  # remembered: confirmed again, not stamped
+        p2.send(1, {"n": 1})  # forgotten when p3 came: stamped again
+        wait_stats(ctx, ep.control, lambda s: s["version"] == 6 and s["durable"]["duplicates"] == 1,
+                   what="p2's repeat stamped, p1's refused")
+        final = wait_for(lambda: control(ctx, ep.log, {"op": "stats"})["result"], lambda s: s["last"] == 6,
+                         what="the log at version 6")
+        assert final["events"] == 6
+    assert [logged(home, PID + i) for i in range(3)] == [[(1, 1), (2, 1), (3, 1)], [(1, 2)], [(1, 1)]]
+
+
 def test_a_full_unlogged_buffer_blocks_publishers_and_loses_nothing(home: Path, start) -> None:
     """--log-budget bytes: with the log stopped, the broker stamps until its buffer for the log is
     full, then reads no publisher, whose send blocks; once the log runs, every event is logged once."""

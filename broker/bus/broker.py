@@ -338,6 +338,7 @@ class Broker(LogLink, Control, Peers):
         carried: bytes | None = None  # a frame already read that starts the next message
         keep = durable.logging  # for the event log: the batch is kept, and sent once drained
         admit = durable.admit_logged if keep else durable.admit
+        kept_append = durable.batch.append  # each identified event, while kept for the log
         # The publisher admitted last without a log, and its entry in durable.pubs: its next
         # number is stamped here without a call.
         last_pid: bytes | None = None
@@ -463,16 +464,22 @@ class Broker(LogLink, Control, Peers):
                             self.rejected += 1
                             continue
                         if pid == last_pid and number == last_entry[0] + 1:  # type: ignore[index]
-                            # Durable.admit's usual case, inlined for the publisher seen last
+                            # Durable.admit's (admit_logged's) usual case, inlined for the
+                            # publisher seen last
                             last_entry[0] = number  # type: ignore[index]
                             last_entry[1] = version + 1  # type: ignore[index]
-                            inlined += 1
-                        elif admit(pid, number, version + 1):
-                            if not keep:  # confirmed with the batch (Durable.deliver)
-                                last_pid, last_entry = pid, durable.pubs.get(pid)
-                                durable.touched[pid] = last_entry  # type: ignore[assignment]
+                            if keep:
+                                kept_append((version + 1, pid, number))
+                            else:
+                                inlined += 1
                         else:
-                            continue  # a (publisher, number) already stamped: confirmed again instead
+                            if keep and last_entry is not None:  # its recency first: admit may forget one
+                                durable.seen(last_pid, last_entry)  # type: ignore[arg-type]
+                            if not admit(pid, number, version + 1):
+                                continue  # a (publisher, number) already stamped: confirmed again instead
+                            last_pid, last_entry = pid, durable.pubs.get(pid)
+                            if not keep:  # confirmed with the batch (Durable.deliver)
+                                durable.touched[pid] = last_entry  # type: ignore[assignment]
                 seq += 1
                 version += 1
                 seqs[topic] = seq
@@ -505,6 +512,8 @@ class Broker(LogLink, Control, Peers):
                 if durable.touched or durable.batch or durable.has_news:
                     durable.deliver(runs)  # confirmations only: the runs went as they were made
             else:
+                if last_entry is not None:  # its recency, as admit_logged keeps it
+                    durable.seen(last_pid, last_entry)  # type: ignore[arg-type]
                 if bodies:
                     runs_append((run_topic, run_version, run_seq, bodies, sizes, run_bytes))  # type: ignore[arg-type]
                 if runs or durable.batch or durable.has_news:

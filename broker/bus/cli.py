@@ -9,7 +9,7 @@ import zmq
 from broker.bus import reservation
 from broker.bus.broker import Broker
 from broker.bus.config import BOUNDED_BYTES, IN_BYTES, MAX_TOPICS, SUB_BYTES, BrokerConfig
-from broker.bus.durable import LOG_BUDGET, LOG_BUDGET_EVENTS
+from broker.bus.durable import LOG_BUDGET, LOG_BUDGET_EVENTS, MAX_PUBLISHERS
 from broker.cli.options import add_tcp, server_endpoints, server_keys
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
@@ -107,6 +107,14 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
         f" beyond N is refused, counted in stats as topics_refused and logged (default {MAX_TOPICS})",
     )
     p.add_argument(
+        "--max-publishers",
+        type=whole_number(1, 100_000_000),
+        default=MAX_PUBLISHERS,
+        metavar="N",
+        help=f"identified publishers whose last number the broker remembers, to stamp an event sent"
+        f" again only once; past N the least recently seen is forgotten (default {MAX_PUBLISHERS})",
+    )
+    p.add_argument(
         "--max-run",
         type=whole_number(1, 1024),
         default=MAX_RUN,
@@ -130,6 +138,7 @@ def broker_config(
         log_hwm=args.log_hwm,
         max_run=args.max_run,
         max_topics=args.max_topics,
+        max_publishers=getattr(args, "max_publishers", MAX_PUBLISHERS),
         log_budget=getattr(args, "log_budget", LOG_BUDGET),
         await_log=max(0.0, args.await_log),
         lifecycle_events=getattr(args, "lifecycle_events", False),

@@ -141,12 +141,17 @@ class Durable:
             return self._unusual(pid, number, version, entry)
         entry[0] = number
         entry[1] = version
-        if version - entry[3] > self.max_publishers:  # not moved lately: now the most recent
-            entry[3] = version
-            del self.pubs[pid]
-            self.pubs[pid] = entry
+        self.seen(pid, entry)
         self.batch.append((version, pid, number))
         return True
+
+    def seen(self, pid: bytes, entry: list[int]) -> None:
+        """A publisher stamped through ``entry[1]``: if not moved within the last max_publishers
+        versions, it is now the most recent (the least recent are forgotten first)."""
+        if entry[1] - entry[3] > self.max_publishers and self.pubs.get(pid) is entry:
+            entry[3] = entry[1]
+            del self.pubs[pid]
+            self.pubs[pid] = entry
 
     def _unusual(self, pid: bytes, number: int, version: int, entry: list[int] | None) -> bool:
         """``admit`` for a new publisher, a repeat, a hole, or an event asking for its version."""
