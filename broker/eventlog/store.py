@@ -382,6 +382,8 @@ class EventStore:
         ``(version, topic_seq, type, body)``; where the next page starts; and whether the scan
         reached the end of the range (or of the log).
         """
+        if until is not None and until <= since:  # nothing to scan (a run's row may hold since and until)
+            return [], since, True
         where = ["version > ?"]
         params: list[Any] = []
         if until is not None:

@@ -1,0 +1,49 @@
+"""Edge cases of the event log's run rows (broker/eventlog/store.py, writer.py) found by a review:
+each test names the promise it checks (an empty replay range, publishers above a version inside a
+run, malformed frames from a broker, import's lookups next to a big run). Real SQLite files and,
+for the ingest, real ZeroMQ sockets with the broker's frames made by hand (as test_log_runs.py)."""
+
+from __future__ import annotations
+
+import struct
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+from broker.eventlog.query import LogQueries
+from broker.eventlog.store import EventStore
+from broker.eventlog.writer import LogWriter
+from schemas.envelope import LOG_ID, LOG_IDS, LOG_RESEND, RESEND_STAMP_PAD, encode_body, header_fields, run_stamp, stamp
+from tests.helpers import wait_for
+from tests.test_log_runs import _run, _single
+
+
+class _Counters:
+    """What LogQueries reads from a writer (its last version), for a store filled by hand."""
+
+    def __init__(self, last: int) -> None:
+        self.last_version = last
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+
+def test_an_empty_range_starting_inside_a_run_is_done(tmp_path: Path) -> None:
+    """``since == until`` (or ``until < since``) with ``since`` inside a run's row: no event, and
+    the scan is over. It said "not exhausted" with ``next == since`` for a page of 1, so a client
+    paging with ``next`` (sdk/core/flows.py log_pages) asked the same page forever."""
+    store = EventStore(tmp_path / "events.db")
+    try:
+        run, _bodies = _run(3, 5)  # versions 3..7
+        store.append([_single(1), _single(2), _single(8)], [run])
+        for since, until in ((4, 4), (5, 4), (5, 5), (7, 7)):
+            rows, next_since, exhausted = store.page(since=since, until=until, limit=1)
+            assert (rows, exhausted) == ([], True), (since, until)
+            assert next_since >= since
+        reply = LogQueries(store, _Counters(8), {}).handle({"op": "replay", "since": 5, "until": 5, "limit": 1})
+        assert reply["ok"] and reply["result"]["done"], reply
+    finally:
+        store.close()
