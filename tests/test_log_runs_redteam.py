@@ -47,3 +47,18 @@ def test_an_empty_range_starting_inside_a_run_is_done(tmp_path: Path) -> None:
         assert reply["ok"] and reply["result"]["done"], reply
     finally:
         store.close()
+
+
+def test_publishers_above_a_version_inside_a_run_name_the_runs_publisher(tmp_path: Path) -> None:
+    """``publishers(since)`` lists the publishers of the events above ``since``: a run's row whose
+    first version is at or below ``since`` but whose identified last event is above it counts (a
+    restarted broker asks with a ``since`` that can fall anywhere, broker/bus/loglink.py)."""
+    store = EventStore(tmp_path / "events.db")
+    try:
+        run, _bodies = _run(4, 6, pub=(-7, 42))  # versions 4..9, the last one publisher -7's number 42
+        store.append([_single(1), _single(2), _single(3)], [run])
+        assert store.publishers(since=3, limit=10) == [[(1 << 64) - 7, 42, 9]]
+        assert store.publishers(since=6, limit=10) == [[(1 << 64) - 7, 42, 9]]
+        assert store.publishers(since=9, limit=10) == []
+    finally:
+        store.close()

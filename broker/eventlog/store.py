@@ -346,7 +346,7 @@ class EventStore:
         rows = self.conn.execute(
             "SELECT pub_id, max(pub_num), max(version + coalesce(n, 1) - 1) AS last FROM events"
             " WHERE version > ? AND pub_id IS NOT NULL GROUP BY pub_id ORDER BY last DESC LIMIT ?",
-            (since, limit),
+            (self._row_before(since), limit),  # a run's row holding since + 1: its publisher is its last event's
         ).fetchall()
         return [[unsigned_id(p), n, v] for p, n, v in reversed(rows)]
 
