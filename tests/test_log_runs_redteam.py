@@ -62,3 +62,23 @@ def test_publishers_above_a_version_inside_a_run_name_the_runs_publisher(tmp_pat
         assert store.publishers(since=9, limit=10) == []
     finally:
         store.close()
+
+
+def test_import_lookups_above_a_big_run_do_not_expand_it_per_version(tmp_path: Path) -> None:
+    """events_at read the row at or below each version asked and expanded it, even when that row
+    (a run of thousands) ends below the version: an import of a deleted session's 5,000 versions
+    above a 4,096-event run took seconds (each lookup split 4,096 bodies)."""
+    store = EventStore(tmp_path / "events.db")
+    try:
+        run, _bodies = _run(1, 4096, session="other")
+        store.append([_single(v, session="s") for v in range(20000, 20003)], [run])
+        asked = [*range(5000, 10000), *range(20000, 20003)]  # what delete_session vacated, and more
+        started = time.perf_counter()
+        found = store.events_at(asked)
+        took = time.perf_counter() - started
+        assert sorted(found) == [20000, 20001, 20002]
+        assert took < 2.0, f"{took:.2f}s for {len(asked)} versions"
+        at = store.events_at([1, 4096, 4097, 20001])
+        assert sorted(at) == [1, 4096, 20001] and at[4096][2] == "other"
+    finally:
+        store.close()

@@ -329,12 +329,17 @@ class EventStore:
         held: dict[int, tuple[str, bytes, str | None]] = {}  # the events of the last row read
         for version in sorted(set(versions)):
             if version not in held:
+                # The row's extent first: a version above the end of a run's row (say, one that
+                # delete_session vacated) must not split the run's bodies again for each lookup.
                 row = self.conn.execute(
-                    "SELECT version, topic_seq, type, body, n, sizes, session_id FROM events"
-                    " WHERE version <= ? ORDER BY version DESC LIMIT 1", (version,)
+                    "SELECT version, n FROM events WHERE version <= ? ORDER BY version DESC LIMIT 1", (version,)
                 ).fetchone()
-                if row is None:
+                if row is None or row[0] + (row[1] or 1) - 1 < version:
                     continue
+                row = self.conn.execute(
+                    "SELECT version, topic_seq, type, body, n, sizes, session_id FROM events WHERE version = ?",
+                    (row[0],),
+                ).fetchone()
                 held = {v: (t, bytes(b), row[6]) for v, _seq, t, b in expand(*row[:6])}
             if version in held:
                 out[version] = held[version]
