@@ -64,6 +64,47 @@ def test_publishers_above_a_version_inside_a_run_name_the_runs_publisher(tmp_pat
         store.close()
 
 
+def _feed(tmp_path: Path, messages: list[list[bytes]], until: int, check) -> None:
+    """Send ``messages`` to a real LogWriter over ZeroMQ, drain until ``last_version == until``,
+    then call ``check(writer, store)``."""
+    endpoint = f"ipc://{tmp_path}/feed.sock"
+    store = EventStore(tmp_path / "events.db")
+    try:
+        with zmq.Context() as ctx:
+            feed = ctx.socket(zmq.XPUB)
+            feed.linger = 0
+            feed.bind(endpoint)
+            writer = LogWriter(ctx, store, endpoint)
+            try:
+                assert feed.poll(5000) and feed.recv() == b"\x01"
+                for frames in messages:
+                    feed.send_multipart(frames)
+                wait_for(lambda: (writer.drain(), writer.last_version)[1], lambda last: last == until,
+                         what=f"the log to reach version {until}")
+                while writer.sock.poll(50):
+                    writer.drain()
+            finally:
+                writer.close()
+                feed.close()
+        check(writer, store)
+    finally:
+        store.close()
+
+
+def test_a_resent_message_with_a_short_stamp_is_malformed_not_a_crash(tmp_path: Path) -> None:
+    """A LOG_RESEND message whose stamp is shorter than the pad and a stamp made the writer's drain
+    raise struct.error (the log process dies on input)."""
+    good = encode_body({"i": 1}, source="t", session_id=None, ts=1.0)
+    messages = [[LOG_RESEND + b"t:x", RESEND_STAMP_PAD + b"\x00\x01", good],
+                [LOG_RESEND + b"t:x", b"", good],
+                [b"t:x", stamp(1, 1), good]]
+
+    def check(writer: LogWriter, store: EventStore) -> None:
+        assert (writer.written, writer.malformed, store.count()) == (1, 2, 1)
+
+    _feed(tmp_path, messages, 1, check)
+
+
 def test_import_lookups_above_a_big_run_do_not_expand_it_per_version(tmp_path: Path) -> None:
     """events_at read the row at or below each version asked and expanded it, even when that row
     (a run of thousands) ends below the version: an import of a deleted session's 5,000 versions

@@ -221,6 +221,9 @@ class LogWriter:
                 if topic.startswith(LOG_RESEND):  # an event sent again: its stamp after the pad
                     topic, stamp = topic[len(LOG_RESEND) :], stamp[len(RESEND_STAMP_PAD) :]
                     self.resent += 1
+                    if len(stamp) < STAMP.size:  # no stamp after the pad: nothing to place it at
+                        self.malformed += 1
+                        continue
                     first = _unpack_stamp(stamp[: STAMP.size])[0]
                     end = first + max(1, (len(stamp) - STAMP.size) // 4) - 1  # a run's last version
                     refill = [min(refill[0], first), max(refill[1], end)] if refill else [first, end]
