@@ -377,7 +377,11 @@ def decode_header(body: bytes) -> tuple[float, str, str | None]:
         if fields is not None:
             return fields[0], fields[1], fields[2]
     ts, source, session_id, _payload = decode_body(body)
-    return float(ts), str(source), session_id if isinstance(session_id, str) else None
+    try:
+        when = float(ts)
+    except TypeError:  # nil, an array, a map: float() raises TypeError, not ValueError
+        raise MalformedEvent(f"the ts is not a number: {type(ts).__name__}") from None
+    return when, str(source), session_id if isinstance(session_id, str) else None
 
 
 def stamp(version: int, topic_seq: int) -> bytes:

@@ -105,6 +105,21 @@ def test_a_resent_message_with_a_short_stamp_is_malformed_not_a_crash(tmp_path: 
     _feed(tmp_path, messages, 1, check)
 
 
+def test_a_body_whose_ts_is_not_a_number_is_malformed_not_a_crash(tmp_path: Path) -> None:
+    """decode_header did ``float(ts)`` on whatever the body held: nil or an array raised TypeError,
+    which the writer does not catch (it counts ValueError as malformed)."""
+    bad = [msgpack.packb([1, ts, "t", None, {}]) for ts in (None, [1], {"a": 1})]
+    good = encode_body({"i": 4}, source="t", session_id=None, ts=1.0)
+    messages = [[b"t:x", stamp(v, v), body] for v, body in enumerate(bad, 1)]
+    messages.append([b"t:x", run_stamp(4, 4, [len(bad[0]), len(good)]), bad[0] + good])  # in a run too
+    messages.append([b"t:x", stamp(6, 6), good])
+
+    def check(writer: LogWriter, store: EventStore) -> None:
+        assert (writer.malformed, writer.written, store.count()) == (4, 2, 2)
+
+    _feed(tmp_path, messages, 6, check)
+
+
 def test_import_lookups_above_a_big_run_do_not_expand_it_per_version(tmp_path: Path) -> None:
     """events_at read the row at or below each version asked and expanded it, even when that row
     (a run of thousands) ends below the version: an import of a deleted session's 5,000 versions
