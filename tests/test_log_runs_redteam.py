@@ -120,6 +120,22 @@ def test_a_body_whose_ts_is_not_a_number_is_malformed_not_a_crash(tmp_path: Path
     _feed(tmp_path, messages, 6, check)
 
 
+@pytest.mark.xfail(strict=True, reason="a run row checks each body's header only (one slice compare per"
+                   " event, the point of b38d9c6), so a body cut after its header, or with a payload that"
+                   " is not msgpack, is kept where the same body alone (< 512 bytes) is counted malformed;"
+                   " a full check costs the decode the change removed")
+def test_a_cut_body_inside_a_run_is_malformed_as_it_is_alone(tmp_path: Path) -> None:
+    bodies = [encode_body({"i": i}, source="t", session_id="s", ts=5.0) for i in range(3)]
+    end = header_fields(bodies[1])[3]  # type: ignore[index]
+    bodies[1] = bodies[1][:end]  # the header only: not a 5-element array any more
+    messages = [[b"t:x", run_stamp(1, 1, [len(b) for b in bodies]), b"".join(bodies)]]
+
+    def check(writer: LogWriter, store: EventStore) -> None:
+        assert (writer.malformed, writer.written, store.count()) == (1, 2, 2)
+
+    _feed(tmp_path, messages, 3, check)
+
+
 def test_import_lookups_above_a_big_run_do_not_expand_it_per_version(tmp_path: Path) -> None:
     """events_at read the row at or below each version asked and expanded it, even when that row
     (a run of thousands) ends below the version: an import of a deleted session's 5,000 versions
