@@ -51,6 +51,7 @@ log = logging.getLogger("pryxbus.eventlog")
 _NOBLOCK = int(zmq.NOBLOCK)
 _unpack_stamp = STAMP.unpack
 _unpack_ts = struct.Struct(">d").unpack_from
+_INF = float("inf")
 
 DEFAULT_RCVHWM = 1_000_000
 MAX_BATCH = 50_000
@@ -345,6 +346,8 @@ class LogWriter:
                 elif ts != ts:  # NaN: no range to filter on
                     return None
             pos += size
+        if high != low and (high == _INF or low == -_INF):  # readers bucket each ts of a spread row
+            return None
         pub: tuple[int, int] | tuple[None, None] = (None, None)
         ids = self._ids
         if ids:
