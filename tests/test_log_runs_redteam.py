@@ -178,3 +178,52 @@ def test_a_run_with_an_infinite_ts_is_summarised_in_buckets(tmp_path: Path) -> N
         assert [r[0] for r in rows] == [2, 3]
 
     _feed(tmp_path, messages, 4, check)
+
+
+def test_a_gap_sent_again_over_two_drains_is_no_longer_counted(tmp_path: Path) -> None:
+    """A lost gap the broker sends again in pieces that land in different drains: the first piece
+    replaces the gap's record by one for what is still missing (a new id), and the writer's
+    counters only follow records it made itself (``_mine``), so the second piece left ``lost`` and
+    ``gaps`` counting versions the log now holds."""
+    endpoint = f"ipc://{tmp_path}/feed.sock"
+    store = EventStore(tmp_path / "events.db")
+    bodies = {v: encode_body({"v": v}, source="t", session_id="s", ts=float(v)) for v in range(1, 11)}
+
+    def send(feed: zmq.Socket, first: int, n: int, resent: bool = False) -> None:
+        chosen = [bodies[v] for v in range(first, first + n)]
+        st = stamp(first, first) if n == 1 else run_stamp(first, first, [len(b) for b in chosen])
+        topic = (LOG_RESEND if resent else b"") + b"t:run"
+        feed.send_multipart([topic, (RESEND_STAMP_PAD if resent else b"") + st, b"".join(chosen)])
+
+    def settle(writer: LogWriter, count: int) -> None:
+        wait_for(lambda: (writer.drain(), store.count())[1], lambda c: c == count, what=f"{count} events")
+
+    try:
+        with zmq.Context() as ctx:
+            feed = ctx.socket(zmq.XPUB)
+            feed.linger = 0
+            feed.bind(endpoint)
+            writer = LogWriter(ctx, store, endpoint)
+            try:
+                assert feed.poll(5000) and feed.recv() == b"\x01"
+                assert writer.monitor.poll(5000)
+                writer.handle_monitor()  # the connection's handshake: the first jump would be a reconnect's
+                send(feed, 1, 2)
+                settle(writer, 2)
+                send(feed, 7, 2)  # versions 3..6 lost
+                settle(writer, 4)
+                send(feed, 10, 1)  # and 9: a second record, so a replacement of the first gets a new id
+                settle(writer, 5)
+                assert (writer.lost, writer.gap_count) == (5, 2)
+                send(feed, 3, 2, resent=True)
+                settle(writer, 7)
+                assert (writer.lost, writer.gap_count) == (3, 2)
+                send(feed, 5, 2, resent=True)
+                settle(writer, 9)
+            finally:
+                writer.close()
+                feed.close()
+        assert [(g["first_missing"], g["last_missing"]) for g in store.gaps()] == [(9, 9)]
+        assert (writer.lost, writer.gap_count, writer.written) == (1, 1, 9)
+    finally:
+        store.close()

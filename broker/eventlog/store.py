@@ -191,10 +191,11 @@ class EventStore:
             )
         return int(cursor.lastrowid or 0)
 
-    def fill_gaps(self, low: int, high: int) -> list[tuple[int, str, int, bool]]:
+    def fill_gaps(self, low: int, high: int) -> list[tuple[int, str, int, list[int]]]:
         """Gap records overlapping ``[low, high]`` in which events are now present (sent again by
         the broker) are replaced by the ranges still missing. Returns, for each record changed,
-        (id, kind, versions filled, whether none is missing any more)."""
+        (id, kind, versions filled, ids of the records for what is still missing: none once the
+        gap is whole again)."""
         changed = []
         with self.conn:
             gaps = self.conn.execute(
@@ -207,16 +208,17 @@ class EventStore:
                 if not present:
                     continue
                 self.conn.execute("DELETE FROM gaps WHERE id = ?", (gap_id,))
-                start = first
+                start, pieces = first, []
                 for version in [*present, last + 1]:
                     if version > start:
-                        self.conn.execute(
+                        cursor = self.conn.execute(
                             "INSERT INTO gaps (kind, first_missing, last_missing, missing, detected_at)"
                             " VALUES (?, ?, ?, ?, ?)",
                             (kind, start, version - 1, version - start, detected_at),
                         )
+                        pieces.append(int(cursor.lastrowid or 0))
                     start = version + 1
-                changed.append((gap_id, kind, len(present), len(present) == last - first + 1))
+                changed.append((gap_id, kind, len(present), pieces))
         return changed
 
     def trim(self, *, keep: int | None = None, max_age: float | None = None) -> int:

@@ -105,7 +105,10 @@ class LogWriter:
         self._hello_at: float | None = None
         """When the first ack since the (re)connect went (None: not yet, or answered)."""
         self._mine: set[int] = set()
-        """Ids of the gap records this process made (its counters count them)."""
+        """Ids of the gap records this process made (its counters count them), and of the records
+        that replaced them when events sent again filled part of them."""
+        self._origin: dict[int, int] = {}  # a replacing record's id -> the id of the gap it came from
+        self._pieces: dict[int, int] = {}  # a gap's id -> its records still missing something, if split
         self._ids: dict[int, tuple[int, int]] = {}  # version -> (publisher id, number), from LOG_IDS
         self._unwritten: tuple[list[Row], list[RunRow]] = ([], [])
         self._unwritten_last = self.last_version
@@ -374,13 +377,23 @@ class LogWriter:
     def _refilled(self, low: int, high: int) -> None:
         """Events sent again filled (part of) gaps recorded before: the records keep what is still
         missing, and this process's counters no longer count what was filled."""
-        for gap_id, kind, filled, whole in self.store.fill_gaps(low, high):
+        for gap_id, kind, filled, pieces in self.store.fill_gaps(low, high):
             log.info("events sent again filled %d missing version(s) of a %s gap", filled, kind)
             if gap_id not in self._mine:
                 continue
             if kind == "lost":
                 self.lost = max(0, self.lost - filled)
-            if whole:
+            # The records for what is still missing are this process's too, and the same gap: it
+            # is whole once none of them is left (a fill in its middle makes two).
+            self._mine.discard(gap_id)  # that record is gone: SQLite may give its id to another
+            origin = self._origin.pop(gap_id, gap_id)
+            left = self._pieces.pop(origin, 1) - 1 + len(pieces)
+            for piece in pieces:
+                self._mine.add(piece)
+                self._origin[piece] = origin
+            if left:
+                self._pieces[origin] = left
+            else:
                 self.gap_count = max(0, self.gap_count - 1)
                 if kind == "reconnect":
                     self.reconnects = max(0, self.reconnects - 1)
