@@ -5,6 +5,7 @@ for the ingest, real ZeroMQ sockets with the broker's frames made by hand (as te
 
 from __future__ import annotations
 
+import sqlite3
 import struct
 import time
 from pathlib import Path
@@ -225,5 +226,87 @@ def test_a_gap_sent_again_over_two_drains_is_no_longer_counted(tmp_path: Path) -
                 feed.close()
         assert [(g["first_missing"], g["last_missing"]) for g in store.gaps()] == [(9, 9)]
         assert (writer.lost, writer.gap_count, writer.written) == (1, 1, 9)
+    finally:
+        store.close()
+
+
+def test_a_gap_filled_by_a_batch_the_disk_first_refused_is_no_longer_a_gap(tmp_path: Path) -> None:
+    """Events sent again for a gap, in a batch the disk refused at first (here: another connection
+    holds SQLite's write lock): the retry wrote them, but the gap's record was only updated after a
+    first-time write, so it kept listing versions the log holds; and since run rows, a second
+    re-send of them writes nothing (all held), which left it so for good."""
+    endpoint = f"ipc://{tmp_path}/feed.sock"
+    store = EventStore(tmp_path / "events.db")
+    store.conn.execute("PRAGMA busy_timeout=50")  # a refused write shows at once, not after 5 s
+    bodies = {v: encode_body({"v": v}, source="t", session_id="s", ts=float(v)) for v in range(1, 6)}
+
+    def send(feed: zmq.Socket, first: int, n: int, resent: bool = False) -> None:
+        chosen = [bodies[v] for v in range(first, first + n)]
+        st = stamp(first, first) if n == 1 else run_stamp(first, first, [len(b) for b in chosen])
+        topic = (LOG_RESEND if resent else b"") + b"t:run"
+        feed.send_multipart([topic, (RESEND_STAMP_PAD if resent else b"") + st, b"".join(chosen)])
+
+    try:
+        with zmq.Context() as ctx:
+            feed = ctx.socket(zmq.XPUB)
+            feed.linger = 0
+            feed.bind(endpoint)
+            writer = LogWriter(ctx, store, endpoint)
+            try:
+                assert feed.poll(5000) and feed.recv() == b"\x01"
+                assert writer.monitor.poll(5000)
+                writer.handle_monitor()
+                send(feed, 1, 2)
+                wait_for(lambda: (writer.drain(), store.count())[1], lambda c: c == 2, what="2 events")
+                send(feed, 5, 1)  # 3..4 lost
+                wait_for(lambda: (writer.drain(), store.count())[1], lambda c: c == 3, what="3 events")
+                assert (writer.lost, writer.gap_count) == (2, 1)
+                other = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
+                other.execute("BEGIN IMMEDIATE")  # the disk refuses the log's next write
+                send(feed, 3, 2, resent=True)
+                wait_for(lambda: (writer.drain(), writer.retry_at)[1], lambda at: at is not None,
+                         what="a refused write")
+                other.execute("ROLLBACK")
+                other.close()
+                writer.retry_at = time.monotonic()  # due now (WRITE_RETRY is 1 s)
+                wait_for(lambda: (writer.drain(), store.count())[1], lambda c: c == 5, what="the retry")
+                send(feed, 3, 2, resent=True)  # the broker sends them again: all held
+                wait_for(lambda: (writer.drain(), writer.resent)[1], lambda n: n == 2, what="the second re-send")
+            finally:
+                writer.close()
+                feed.close()
+        assert store.gaps() == []
+        assert (writer.lost, writer.gap_count, writer.written) == (0, 0, 5)
+    finally:
+        store.close()
+
+
+def test_a_resend_of_events_held_already_updates_a_gap_left_listing_them(tmp_path: Path) -> None:
+    """A log killed between writing events sent again and updating the gap they filled (two
+    transactions) restarts with a record listing versions it holds; the broker sends them again
+    (the log had not acked them). Since run rows those are all dropped as held, nothing is written,
+    and the record was only updated after a write: it stayed."""
+    store = EventStore(tmp_path / "events.db")
+    bodies = {v: encode_body({"v": v}, source="t", session_id="s", ts=float(v)) for v in range(1, 6)}
+    store.append([(v, "t:run", v, float(v), "t", "s", bodies[v], None, None) for v in range(1, 6)])
+    store.record_gap("lost", 3, 4)  # what the killed process left
+    endpoint = f"ipc://{tmp_path}/feed.sock"
+    try:
+        with zmq.Context() as ctx:
+            feed = ctx.socket(zmq.XPUB)
+            feed.linger = 0
+            feed.bind(endpoint)
+            writer = LogWriter(ctx, store, endpoint)
+            try:
+                assert feed.poll(5000) and feed.recv() == b"\x01"
+                chosen = [bodies[3], bodies[4]]
+                feed.send_multipart([LOG_RESEND + b"t:run", RESEND_STAMP_PAD + run_stamp(3, 3, [len(b) for b in chosen]),
+                                     b"".join(chosen)])
+                wait_for(lambda: (writer.drain(), writer.resent)[1], lambda n: n == 1, what="the re-send")
+            finally:
+                writer.close()
+                feed.close()
+        assert store.gaps() == []
+        assert (writer.written, store.count()) == (0, 5)
     finally:
         store.close()

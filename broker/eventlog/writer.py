@@ -112,6 +112,7 @@ class LogWriter:
         self._ids: dict[int, tuple[int, int]] = {}  # version -> (publisher id, number), from LOG_IDS
         self._unwritten: tuple[list[Row], list[RunRow]] = ([], [])
         self._unwritten_last = self.last_version
+        self._unwritten_refill: list[int] = []  # the versions sent again in it (gaps to update once written)
         self.retry_at: float | None = None
         """While set (time.monotonic()), a batch waits for the disk: nothing more is read until it
         is written, so the events wait in ZeroMQ's queues (and are counted lost if those overflow)."""
@@ -201,7 +202,9 @@ class LogWriter:
         Returns True if ``stop_at`` (a sync topic) was seen.
         """
         if self.retry_at is not None:
-            if time.monotonic() < self.retry_at or not self._write(self._unwritten, self._unwritten_last):
+            if time.monotonic() < self.retry_at or not self._write(
+                self._unwritten, self._unwritten_last, self._unwritten_refill
+            ):
                 return False
         recv = self.sock.recv
         ids = self._ids
@@ -292,10 +295,11 @@ class LogWriter:
             for version in [v for v in ids if v <= last]:
                 del ids[version]
         if rows or runs:
-            if self._write((rows, runs), last) and refill:
-                self._refilled(*refill)
+            self._write((rows, runs), last, refill)
         else:
             self.last_version = last
+            if refill:  # all of it held already (a re-send again, or written before a restart)
+                self._refilled(*refill)
         return seen_stop
 
     def _not_held(self, late: list[Row], rows: list[Row], runs: list[RunRow]) -> list[Row]:
@@ -407,7 +411,7 @@ class LogWriter:
         for version, publisher, number in LOG_ID.iter_unpack(body):  # sent again too: a gap's
             ids[version] = (signed_id(publisher), number)
 
-    def _write(self, batch: tuple[list[Row], list[RunRow]], last: int) -> bool:
+    def _write(self, batch: tuple[list[Row], list[RunRow]], last: int, refill: list[int] | None = None) -> bool:
         """Append a batch; if the disk refuses it, keep it for a retry in WRITE_RETRY seconds.
 
         A full disk must not kill the log: a restarted one would lose what it had received, and
@@ -422,16 +426,18 @@ class LogWriter:
                 log.error("the disk refuses the event log's writes (%s); holding %d event(s) and"
                           " reading no more until it takes them", e, events)
             self.write_errors += 1
-            self._unwritten, self._unwritten_last = batch, last
+            self._unwritten, self._unwritten_last, self._unwritten_refill = batch, last, refill or []
             self.retry_at = time.monotonic() + WRITE_RETRY
             return False
         if self.retry_at is not None:
             log.warning("the event log writes again after %d refused attempt(s)", self.write_errors)
-        self._unwritten, self.retry_at = ([], []), None
+        self._unwritten, self._unwritten_refill, self.retry_at = ([], []), [], None
         self.last_version = last  # only now: `last` tells readers what replay can return
         self.written += events
         self.batches += 1
         self._reconnected = False  # from now on a jump is a loss, unless we reconnect first
+        if refill:  # the gaps the events sent again in it filled (also after a refused first try)
+            self._refilled(*refill)
         return True
 
     def _gap(self, last: int, version: int) -> None:
