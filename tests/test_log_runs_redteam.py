@@ -310,3 +310,33 @@ def test_a_resend_of_events_held_already_updates_a_gap_left_listing_them(tmp_pat
         assert (writer.written, store.count()) == (0, 5)
     finally:
         store.close()
+
+
+def test_malformed_runs_are_counted_and_a_huge_run_is_kept_whole(tmp_path: Path) -> None:
+    """Runs a broker could send by mistake: a non-UTF-8 topic, a zero-length body, lengths that do
+    not add up, a NaN ts, a body shorter than the first's header; then a run of 20,000 events.
+    None crashes the log; each bad event (or message, for lengths that do not add up) is counted
+    malformed; the rest is written once."""
+    def body(i: int, ts: float = 5.0) -> bytes:
+        return encode_body({"i": i}, source="t", session_id="s", ts=ts)
+
+    good = [body(i) for i in range(2)]
+    messages = [
+        [b"\xff\xfe", run_stamp(1, 1, [len(b) for b in good]), b"".join(good)],  # 2 malformed
+        [b"t:x", run_stamp(3, 3, [len(good[0]), 0]), good[0]],  # 1 malformed, 1 written
+        [b"t:x", run_stamp(5, 5, [len(good[0]), len(good[1]) + 1]), b"".join(good)],  # 1 malformed
+        [b"t:x", run_stamp(7, 7, [len(good[0]), len(good[1])]), good[0] + body(1, float("nan"))],  # both written
+        [b"t:x", run_stamp(9, 9, [len(good[0]), 5]), good[0] + good[1][:5]],  # 1 malformed, 1 written
+    ]
+    many = [body(i, 5.0 + i) for i in range(20_000)]
+    messages.append([b"t:x", run_stamp(11, 11, [len(b) for b in many]), b"".join(many)])
+
+    def check(writer: LogWriter, store: EventStore) -> None:
+        assert writer.malformed == 5
+        assert writer.written == store.count() == 4 + 20_000
+        rows, _, _ = store.page(since=10, until=None, limit=30_000)
+        assert [bytes(r[3]) for r in rows] == many
+        rows, _, _ = store.page(since=0, until=None, limit=30_000, ts_from=20_004.0)
+        assert [r[0] for r in rows] == list(range(11 + 19_999, 11 + 20_000))
+
+    _feed(tmp_path, messages, 11 + 20_000 - 1, check)
