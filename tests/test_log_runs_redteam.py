@@ -6,7 +6,6 @@ for the ingest, real ZeroMQ sockets with the broker's frames made by hand (as te
 from __future__ import annotations
 
 import sqlite3
-import struct
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import zmq
 from broker.eventlog.query import LogQueries
 from broker.eventlog.store import EventStore
 from broker.eventlog.writer import LogWriter
-from schemas.envelope import LOG_ID, LOG_IDS, LOG_RESEND, RESEND_STAMP_PAD, encode_body, header_fields, run_stamp, stamp
+from schemas.envelope import LOG_RESEND, RESEND_STAMP_PAD, encode_body, header_fields, run_stamp, stamp
 from tests.helpers import wait_for
 from tests.test_log_runs import _run, _single
 
