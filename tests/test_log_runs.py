@@ -11,6 +11,8 @@ from __future__ import annotations
 import sqlite3
 import struct
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import zmq
@@ -85,6 +87,23 @@ def test_a_run_whose_events_have_their_own_ts_filters_each_by_its_own(tmp_path: 
         store.close()
 
 
+@contextmanager
+def log_feed(tmp_path: Path, store: EventStore) -> Iterator[tuple[zmq.Socket, LogWriter]]:
+    """A real LogWriter on ``store``, subscribed over ZeroMQ to an XPUB that stands in for the
+    broker (its frames made by hand, PROTOCOL.md "Event log"); both closed on the way out."""
+    with zmq.Context() as ctx:
+        feed = ctx.socket(zmq.XPUB)
+        feed.linger = 0
+        feed.bind(f"ipc://{tmp_path}/feed.sock")
+        writer = LogWriter(ctx, store, f"ipc://{tmp_path}/feed.sock")
+        try:
+            assert feed.poll(5000) and feed.recv() == b"\x01"
+            yield feed, writer
+        finally:
+            writer.close()
+            feed.close()
+
+
 def _frames(version: int, bodies: list[bytes], *, resent: bool = False) -> list[bytes]:
     stamp = run_stamp(version, version, [len(b) for b in bodies])
     if resent:
@@ -96,32 +115,22 @@ def test_the_log_writes_a_run_as_one_row_when_it_can_and_a_resent_one_never_twic
     """A run whose bodies share source and session is one row (their ts may differ); one whose
     sessions differ is a row per event. Sent again (after a reconnect) in whatever shape, none is
     written twice."""
-    endpoint = f"ipc://{tmp_path}/feed.sock"
     store = EventStore(tmp_path / "events.db")
-    with zmq.Context() as ctx:
-        feed = ctx.socket(zmq.XPUB)  # the broker's side, by hand
-        feed.linger = 0
-        feed.bind(endpoint)
-        writer = LogWriter(ctx, store, endpoint)
-        try:
-            assert feed.poll(5000) and feed.recv() == b"\x01"
-            shared = [encode_body({"i": i}, source="t", session_id="s", ts=7.0) for i in range(1, 9)]
-            apart = [encode_body({"i": i}, source="t", session_id="s", ts=float(i)) for i in range(9, 13)]
-            mixed = [encode_body({"i": i}, source="t", session_id=f"s{i}", ts=7.0) for i in range(13, 16)]
-            sent = [_frames(1, shared), _frames(9, apart), _frames(13, mixed),
-                    _frames(1, shared, resent=True),  # all of it again: held as one row
-                    _frames(3, shared[2:6], resent=True),  # part of it, in another shape
-                    _frames(10, apart[1:], resent=True),
-                    _frames(13, mixed[:2], resent=True)]  # held as rows of their own
-            for frames in sent:
-                feed.send_multipart(frames)
-            wait_for(lambda: (writer.drain(), writer.last_version)[1], lambda last: last == 15,
-                     what="the log to write version 15")
-            while writer.sock.poll(0):  # what is still queued: the resent runs
-                writer.drain()
-        finally:
-            writer.close()
-            feed.close()
+    with log_feed(tmp_path, store) as (feed, writer):
+        shared = [encode_body({"i": i}, source="t", session_id="s", ts=7.0) for i in range(1, 9)]
+        apart = [encode_body({"i": i}, source="t", session_id="s", ts=float(i)) for i in range(9, 13)]
+        mixed = [encode_body({"i": i}, source="t", session_id=f"s{i}", ts=7.0) for i in range(13, 16)]
+        sent = [_frames(1, shared), _frames(9, apart), _frames(13, mixed),
+                _frames(1, shared, resent=True),  # all of it again: held as one row
+                _frames(3, shared[2:6], resent=True),  # part of it, in another shape
+                _frames(10, apart[1:], resent=True),
+                _frames(13, mixed[:2], resent=True)]  # held as rows of their own
+        for frames in sent:
+            feed.send_multipart(frames)
+        wait_for(lambda: (writer.drain(), writer.last_version)[1], lambda last: last == 15,
+                 what="the log to write version 15")
+        while writer.sock.poll(0):  # what is still queued: the resent runs
+            writer.drain()
     try:
         assert (writer.stats()["written"], store.count(), writer.lost, writer.gap_count) == (15, 15, 0, 0)
         db = sqlite3.connect(tmp_path / "events.db")
@@ -141,27 +150,17 @@ def test_who_published_a_run_decides_its_rows_and_summaries_count_each_event_at_
     """A run of one publisher's consecutive numbers is one row (its last number kept); numbers
     with a hole, or two publishers, make a row per event. ``summary`` counts each event of a row
     at its own ts."""
-    endpoint = f"ipc://{tmp_path}/feed.sock"
     store = EventStore(tmp_path / "events.db")
     runs = {1: [(7, 11), (7, 12), (7, 13)], 4: [(7, 14), (7, 16)], 6: [(7, 17), (8, 1)]}
-    with zmq.Context() as ctx:
-        feed = ctx.socket(zmq.XPUB)
-        feed.linger = 0
-        feed.bind(endpoint)
-        writer = LogWriter(ctx, store, endpoint)
-        try:
-            assert feed.poll(5000) and feed.recv() == b"\x01"
-            for first, ids in runs.items():
-                bodies = [encode_body({"i": first + i}, source="t", session_id="s", ts=100.0 + first + i)
-                          for i in range(len(ids))]
-                body = b"".join(LOG_ID.pack(first + i, pid, number) for i, (pid, number) in enumerate(ids))
-                feed.send_multipart([LOG_IDS, bytes(16), body])
-                feed.send_multipart(_frames(first, bodies))
-            wait_for(lambda: (writer.drain(), writer.last_version)[1], lambda last: last == 7,
-                     what="the log to write version 7")
-        finally:
-            writer.close()
-            feed.close()
+    with log_feed(tmp_path, store) as (feed, writer):
+        for first, ids in runs.items():
+            bodies = [encode_body({"i": first + i}, source="t", session_id="s", ts=100.0 + first + i)
+                      for i in range(len(ids))]
+            body = b"".join(LOG_ID.pack(first + i, pid, number) for i, (pid, number) in enumerate(ids))
+            feed.send_multipart([LOG_IDS, bytes(16), body])
+            feed.send_multipart(_frames(first, bodies))
+        wait_for(lambda: (writer.drain(), writer.last_version)[1], lambda last: last == 7,
+                 what="the log to write version 7")
     try:
         db = sqlite3.connect(tmp_path / "events.db")
         try:

@@ -17,7 +17,7 @@ from broker.eventlog.store import EventStore
 from broker.eventlog.writer import LogWriter
 from schemas.envelope import LOG_RESEND, RESEND_STAMP_PAD, encode_body, run_stamp, stamp
 from tests.helpers import wait_for
-from tests.test_log_runs import _run, _single
+from tests.test_log_runs import _run, _single, log_feed
 
 
 class _Counters:
@@ -66,25 +66,15 @@ def test_publishers_above_a_version_inside_a_run_name_the_runs_publisher(tmp_pat
 def _feed(tmp_path: Path, messages: list[list[bytes]], until: int, check) -> None:
     """Send ``messages`` to a real LogWriter over ZeroMQ, drain until ``last_version == until``,
     then call ``check(writer, store)``."""
-    endpoint = f"ipc://{tmp_path}/feed.sock"
     store = EventStore(tmp_path / "events.db")
     try:
-        with zmq.Context() as ctx:
-            feed = ctx.socket(zmq.XPUB)
-            feed.linger = 0
-            feed.bind(endpoint)
-            writer = LogWriter(ctx, store, endpoint)
-            try:
-                assert feed.poll(5000) and feed.recv() == b"\x01"
-                for frames in messages:
-                    feed.send_multipart(frames)
-                wait_for(lambda: (writer.drain(), writer.last_version)[1], lambda last: last == until,
-                         what=f"the log to reach version {until}")
-                while writer.sock.poll(50):
-                    writer.drain()
-            finally:
-                writer.close()
-                feed.close()
+        with log_feed(tmp_path, store) as (feed, writer):
+            for frames in messages:
+                feed.send_multipart(frames)
+            wait_for(lambda: (writer.drain(), writer.last_version)[1], lambda last: last == until,
+                     what=f"the log to reach version {until}")
+            while writer.sock.poll(50):
+                writer.drain()
         check(writer, store)
     finally:
         store.close()
@@ -161,49 +151,45 @@ def test_a_run_with_an_infinite_ts_is_summarised_in_buckets(tmp_path: Path) -> N
     _feed(tmp_path, messages, 4, check)
 
 
+def _send_versions(feed: zmq.Socket, bodies: dict[int, bytes], first: int, n: int, *, resent: bool = False) -> None:
+    """Versions ``first`` .. ``first + n - 1`` of ``bodies`` as the broker delivers them: one event
+    or a run, live or sent again (PROTOCOL.md "Event log")."""
+    chosen = [bodies[v] for v in range(first, first + n)]
+    st = stamp(first, first) if n == 1 else run_stamp(first, first, [len(b) for b in chosen])
+    topic = (LOG_RESEND if resent else b"") + b"t:run"
+    feed.send_multipart([topic, (RESEND_STAMP_PAD if resent else b"") + st, b"".join(chosen)])
+
+
 def test_a_gap_sent_again_over_two_drains_is_no_longer_counted(tmp_path: Path) -> None:
     """A lost gap the broker sends again in pieces that land in different drains: the first piece
     replaces the gap's record by one for what is still missing (a new id), and the writer's
     counters only follow records it made itself (``_mine``), so the second piece left ``lost`` and
     ``gaps`` counting versions the log now holds."""
-    endpoint = f"ipc://{tmp_path}/feed.sock"
     store = EventStore(tmp_path / "events.db")
     bodies = {v: encode_body({"v": v}, source="t", session_id="s", ts=float(v)) for v in range(1, 11)}
 
     def send(feed: zmq.Socket, first: int, n: int, resent: bool = False) -> None:
-        chosen = [bodies[v] for v in range(first, first + n)]
-        st = stamp(first, first) if n == 1 else run_stamp(first, first, [len(b) for b in chosen])
-        topic = (LOG_RESEND if resent else b"") + b"t:run"
-        feed.send_multipart([topic, (RESEND_STAMP_PAD if resent else b"") + st, b"".join(chosen)])
+        _send_versions(feed, bodies, first, n, resent=resent)
 
     def settle(writer: LogWriter, count: int) -> None:
         wait_for(lambda: (writer.drain(), store.count())[1], lambda c: c == count, what=f"{count} events")
 
     try:
-        with zmq.Context() as ctx:
-            feed = ctx.socket(zmq.XPUB)
-            feed.linger = 0
-            feed.bind(endpoint)
-            writer = LogWriter(ctx, store, endpoint)
-            try:
-                assert feed.poll(5000) and feed.recv() == b"\x01"
-                assert writer.monitor.poll(5000)
-                writer.handle_monitor()  # the connection's handshake: the first jump would be a reconnect's
-                send(feed, 1, 2)
-                settle(writer, 2)
-                send(feed, 7, 2)  # versions 3..6 lost
-                settle(writer, 4)
-                send(feed, 10, 1)  # and 9: a second record, so a replacement of the first gets a new id
-                settle(writer, 5)
-                assert (writer.lost, writer.gap_count) == (5, 2)
-                send(feed, 3, 2, resent=True)
-                settle(writer, 7)
-                assert (writer.lost, writer.gap_count) == (3, 2)
-                send(feed, 5, 2, resent=True)
-                settle(writer, 9)
-            finally:
-                writer.close()
-                feed.close()
+        with log_feed(tmp_path, store) as (feed, writer):
+            assert writer.monitor.poll(5000)
+            writer.handle_monitor()  # the connection's handshake: the first jump would be a reconnect's
+            send(feed, 1, 2)
+            settle(writer, 2)
+            send(feed, 7, 2)  # versions 3..6 lost
+            settle(writer, 4)
+            send(feed, 10, 1)  # and 9: a second record, so a replacement of the first gets a new id
+            settle(writer, 5)
+            assert (writer.lost, writer.gap_count) == (5, 2)
+            send(feed, 3, 2, resent=True)
+            settle(writer, 7)
+            assert (writer.lost, writer.gap_count) == (3, 2)
+            send(feed, 5, 2, resent=True)
+            settle(writer, 9)
         assert [(g["first_missing"], g["last_missing"]) for g in store.gaps()] == [(9, 9)]
         assert (writer.lost, writer.gap_count, writer.written) == (1, 1, 9)
     finally:
@@ -215,46 +201,33 @@ def test_a_gap_filled_by_a_batch_the_disk_first_refused_is_no_longer_a_gap(tmp_p
     holds SQLite's write lock): the retry wrote them, but the gap's record was only updated after a
     first-time write, so it kept listing versions the log holds; and since run rows, a second
     re-send of them writes nothing (all held), which left it so for good."""
-    endpoint = f"ipc://{tmp_path}/feed.sock"
     store = EventStore(tmp_path / "events.db")
     store.conn.execute("PRAGMA busy_timeout=50")  # a refused write shows at once, not after 5 s
     bodies = {v: encode_body({"v": v}, source="t", session_id="s", ts=float(v)) for v in range(1, 6)}
 
     def send(feed: zmq.Socket, first: int, n: int, resent: bool = False) -> None:
-        chosen = [bodies[v] for v in range(first, first + n)]
-        st = stamp(first, first) if n == 1 else run_stamp(first, first, [len(b) for b in chosen])
-        topic = (LOG_RESEND if resent else b"") + b"t:run"
-        feed.send_multipart([topic, (RESEND_STAMP_PAD if resent else b"") + st, b"".join(chosen)])
+        _send_versions(feed, bodies, first, n, resent=resent)
 
     try:
-        with zmq.Context() as ctx:
-            feed = ctx.socket(zmq.XPUB)
-            feed.linger = 0
-            feed.bind(endpoint)
-            writer = LogWriter(ctx, store, endpoint)
-            try:
-                assert feed.poll(5000) and feed.recv() == b"\x01"
-                assert writer.monitor.poll(5000)
-                writer.handle_monitor()
-                send(feed, 1, 2)
-                wait_for(lambda: (writer.drain(), store.count())[1], lambda c: c == 2, what="2 events")
-                send(feed, 5, 1)  # 3..4 lost
-                wait_for(lambda: (writer.drain(), store.count())[1], lambda c: c == 3, what="3 events")
-                assert (writer.lost, writer.gap_count) == (2, 1)
-                other = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
-                other.execute("BEGIN IMMEDIATE")  # the disk refuses the log's next write
-                send(feed, 3, 2, resent=True)
-                wait_for(lambda: (writer.drain(), writer.retry_at)[1], lambda at: at is not None,
-                         what="a refused write")
-                other.execute("ROLLBACK")
-                other.close()
-                writer.retry_at = time.monotonic()  # due now (WRITE_RETRY is 1 s)
-                wait_for(lambda: (writer.drain(), store.count())[1], lambda c: c == 5, what="the retry")
-                send(feed, 3, 2, resent=True)  # the broker sends them again: all held
-                wait_for(lambda: (writer.drain(), writer.resent)[1], lambda n: n == 2, what="the second re-send")
-            finally:
-                writer.close()
-                feed.close()
+        with log_feed(tmp_path, store) as (feed, writer):
+            assert writer.monitor.poll(5000)
+            writer.handle_monitor()
+            send(feed, 1, 2)
+            wait_for(lambda: (writer.drain(), store.count())[1], lambda c: c == 2, what="2 events")
+            send(feed, 5, 1)  # 3..4 lost
+            wait_for(lambda: (writer.drain(), store.count())[1], lambda c: c == 3, what="3 events")
+            assert (writer.lost, writer.gap_count) == (2, 1)
+            other = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # the disk refuses the log's next write
+            send(feed, 3, 2, resent=True)
+            wait_for(lambda: (writer.drain(), writer.retry_at)[1], lambda at: at is not None,
+                     what="a refused write")
+            other.execute("ROLLBACK")
+            other.close()
+            writer.retry_at = time.monotonic()  # due now (WRITE_RETRY is 1 s)
+            wait_for(lambda: (writer.drain(), store.count())[1], lambda c: c == 5, what="the retry")
+            send(feed, 3, 2, resent=True)  # the broker sends them again: all held
+            wait_for(lambda: (writer.drain(), writer.resent)[1], lambda n: n == 2, what="the second re-send")
         assert store.gaps() == []
         assert (writer.lost, writer.gap_count, writer.written) == (0, 0, 5)
     finally:
@@ -270,22 +243,12 @@ def test_a_resend_of_events_held_already_updates_a_gap_left_listing_them(tmp_pat
     bodies = {v: encode_body({"v": v}, source="t", session_id="s", ts=float(v)) for v in range(1, 6)}
     store.append([(v, "t:run", v, float(v), "t", "s", bodies[v], None, None) for v in range(1, 6)])
     store.record_gap("lost", 3, 4)  # what the killed process left
-    endpoint = f"ipc://{tmp_path}/feed.sock"
     try:
-        with zmq.Context() as ctx:
-            feed = ctx.socket(zmq.XPUB)
-            feed.linger = 0
-            feed.bind(endpoint)
-            writer = LogWriter(ctx, store, endpoint)
-            try:
-                assert feed.poll(5000) and feed.recv() == b"\x01"
-                chosen = [bodies[3], bodies[4]]
-                feed.send_multipart([LOG_RESEND + b"t:run", RESEND_STAMP_PAD + run_stamp(3, 3, [len(b) for b in chosen]),
-                                     b"".join(chosen)])
-                wait_for(lambda: (writer.drain(), writer.resent)[1], lambda n: n == 1, what="the re-send")
-            finally:
-                writer.close()
-                feed.close()
+        with log_feed(tmp_path, store) as (feed, writer):
+            chosen = [bodies[3], bodies[4]]
+            feed.send_multipart([LOG_RESEND + b"t:run", RESEND_STAMP_PAD + run_stamp(3, 3, [len(b) for b in chosen]),
+                                 b"".join(chosen)])
+            wait_for(lambda: (writer.drain(), writer.resent)[1], lambda n: n == 1, what="the re-send")
         assert store.gaps() == []
         assert (writer.written, store.count()) == (0, 5)
     finally:
