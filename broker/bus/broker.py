@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import time
-from itertools import accumulate
-from operator import itemgetter
 from typing import Any, Callable
 
 import zmq
@@ -22,11 +19,11 @@ from broker.bus.config import (
     CONTROL_MAX_SIZE,
     CURVE_SLACK,
     SUBSCRIPTION_MAX_SIZE,
-    TOPIC_WARNING_INTERVAL,
     BrokerConfig,
 )
 from broker.bus.control import Control
 from broker.bus.durable import CONFIRM_DELAY, Durable, Run
+from broker.bus.intake import Intake
 from broker.bus.loglink import LogLink
 from broker.bus.memory import trim
 from broker.bus.peers import SUBSCRIBE_ALL, Peers
@@ -36,7 +33,6 @@ from broker.security import Authenticator, secure_server
 from broker.sockets import bind
 from sdk.transport import configure_context, event_socket
 from schemas.envelope import (
-    BATCH_IDENTITY,
     BATCH_PREFIX,
     BODY_MARK,
     CONFIRM,
@@ -87,14 +83,6 @@ within them is taken whole)."""
 REACH = BATCH + MAX_BATCH_EVENTS
 """Most versions one drain stamps: reserved before it starts."""
 _BATCH_MARK = BATCH_PREFIX[0]
-_MARKS = frozenset(BODY_MARK)
-_MARKS7 = frozenset(IDENTIFIED_MARK)
-_FOUR_UINT64 = (_UINT64,) * 4
-_BATCH_IDENTITY = BATCH_IDENTITY
-
-BatchIdentity = tuple[bytes, int, int]
-"""A batch's publisher id (8 raw bytes) and its first and last numbers."""
-
 RESERVE_RETRY = 1.0
 """Seconds between tries to write the version mark while the disk refuses it."""
 CONFIRM_POLL_MS = max(1, int(CONFIRM_DELAY * 1000))
@@ -102,7 +90,7 @@ _LOG_ARRIVED = b"\x01" + LOG_MARK
 _LOG_LEFT = b"\x00" + LOG_MARK
 
 
-class Broker(LogLink, Control, Peers):
+class Broker(Intake, LogLink, Control, Peers):
     """One broker process's sockets and loop. Use as a context manager; ``run()`` until ``stop()``."""
 
     def __init__(self, config: BrokerConfig) -> None:
@@ -521,18 +509,6 @@ class Broker(LogLink, Control, Peers):
                     if durable.full:
                         self._buffer_full()
 
-    def _refuse_topic(self, topic: bytes) -> None:
-        """Count an event of a new type past ``max_topics``; warn at first and then once a minute."""
-        self.topics_refused += 1
-        now = time.monotonic()
-        if self._topics_warned_at is None or now - self._topics_warned_at >= TOPIC_WARNING_INTERVAL:
-            self._topics_warned_at = now
-            log.warning(
-                "refusing events of new types (%d refused so far, this one %r): the broker already"
-                " keeps sequences for %d types (--max-topics)",
-                self.topics_refused, topic.decode(errors="replace"), self.config.max_topics,
-            )
-
     def _send_run(self, topic: bytes, version: int, seq: int, bodies: list[zmq.Frame], sizes: list[int]) -> None:
         """Send one event or a batch (zero copy: the body goes out as it came), or a run of events,
         and again on the session streams subscribed (if any) of the sessions they belong to."""
@@ -549,82 +525,6 @@ class Broker(LogLink, Control, Peers):
             _send(xpub, b"".join(bodies), 0)
         if self._wanted:
             self._streams.send(xpub, topic, version, bodies, sizes)
-
-    def _read_batch(self, topic: bytes) -> tuple[bytes, zmq.Frame, list[int], BatchIdentity | None] | None:
-        """The rest of a batch whose topic frame was read: ``(event type, bodies frame, lengths,
-        identity)``, or None (counted) if it is not a valid batch (PROTOCOL.md §4.2). The identity
-        of a batch of identified bodies is ``(publisher id, first number, last number)``: its
-        numbers must be consecutive, and it is stamped whole or not at all."""
-        xsub = self.xsub
-        if not xsub.getsockopt(_RCVMORE):
-            self.malformed += 1
-            return None
-        lengths_frame = xsub.recv(_NOBLOCK, False)
-        if not lengths_frame.more:
-            self.malformed += 1
-            return None
-        body = xsub.recv(_NOBLOCK, False)
-        identity_frame = None
-        if body.more:
-            identity_frame = xsub.recv(_NOBLOCK, False)
-            if identity_frame.more:
-                self._skip_rest()
-                return None
-        event_type = topic[1:]
-        n, rest = divmod(len(lengths_frame), 4)
-        if rest or not 0 < n <= MAX_BATCH_EVENTS:
-            self.rejected += max(n, 1)
-            return None
-        lengths = list(struct.unpack(f"!{n}I", lengths_frame.bytes))
-        if sum(lengths) != len(body) or not min(lengths):
-            self.rejected += n
-            return None
-        view = body.buffer
-        if n == 1:
-            marks = {view[0]}
-        else:  # every body's first byte, read in C
-            marks = set(itemgetter(*accumulate(lengths[:-1], initial=0))(view))
-        identity = None
-        if identity_frame is not None:  # the batch's identity once, its bodies anonymous
-            if len(identity_frame) != _BATCH_IDENTITY.size or marks != _MARKS:
-                self.rejected += n
-                return None
-            pid, first = _BATCH_IDENTITY.unpack(identity_frame.bytes)
-            if first >> 63 or not first:
-                self.rejected += n
-                return None
-            identity = pid.to_bytes(8, "big"), first, first + n - 1
-        elif marks == _MARKS7:
-            identity = self._batch_identity(view, lengths)
-            if identity is None:
-                self.rejected += n
-                return None
-        elif marks != _MARKS:
-            self.rejected += n
-            return None
-        if not is_valid_type(event_type):
-            self.rejected += n
-            if identity is not None:
-                self._durable.skip(identity[0], identity[1], self.version, identity[2])
-            return None
-        return event_type, body, lengths, identity
-
-    def _batch_identity(self, view: memoryview, lengths: list[int]) -> BatchIdentity | None:
-        """A batch of identified bodies: ``(publisher id, first number, last number)`` from its
-        first and last body, or None if those are not one publisher's consecutive numbers."""
-        if min(lengths) <= _IDENTITY_SIZE:
-            return None
-        m1, pid, m2, first = _unpack_identity(view, lengths[0] - _IDENTITY_SIZE)
-        m3, last_pid, m4, last = _unpack_identity(view, len(view) - _IDENTITY_SIZE)
-        if (m1, m2, m3, m4) != _FOUR_UINT64 or pid != last_pid or last - first != len(lengths) - 1 or last >> 63:
-            return None
-        return pid, first, last
-
-    def _skip_rest(self) -> None:
-        """Drain the remaining frames of a message with too many frames, and count it once."""
-        self.malformed += 1
-        while self.xsub.recv(_NOBLOCK, False).more:
-            pass
 
     def _open(self) -> None:
         """Let publishers in: subscribe to everything on every connection they have made so far,
