@@ -272,7 +272,8 @@ def decode_body(body: bytes) -> tuple[float, str, str | None, Any]:
 
 HEADER_PARSE_FROM = 512
 """Bodies this long or longer have their header parsed by hand (payload left undecoded)."""
-_DOUBLE = struct.Struct(">d")
+FLOAT64 = struct.Struct(">d")
+"""A msgpack float64's 8 bytes after its 0xcb (an envelope's ts is one, at byte 3)."""
 
 
 def _str_at(body: bytes, pos: int) -> tuple[str | None, int]:
@@ -357,7 +358,7 @@ def header_fields(body: bytes) -> tuple[float, str, str | None, int] | None:
             source, pos = _str_at(body, 11)
             session_id, end = _str_at(body, pos)
             if source is not None:
-                return _DOUBLE.unpack_from(body, 3)[0], source, session_id, end
+                return FLOAT64.unpack_from(body, 3)[0], source, session_id, end
     except (IndexError, ValueError, UnicodeDecodeError):
         pass
     return None

@@ -28,7 +28,7 @@ from typing import Any
 import sqlite_utils
 
 from broker.dbcheck import check_database
-from schemas.envelope import MAX_BATCH_EVENTS
+from schemas.envelope import FLOAT64
 
 DB_FILE = "events.db"
 
@@ -43,15 +43,12 @@ RunRow = tuple[int, str, int, float, str, "str | None", bytes, "int | None", "in
 """A run as one row: a Row of its first version (with the lowest ts) and all its bodies, then
 ``n``, ``sizes`` and ``ts_last`` (None if every event has the same ts); the publisher, if any, is
 its last event's."""
-MAX_ROW_EVENTS = MAX_BATCH_EVENTS
-"""Most events one row holds (a delivered message never has more)."""
 _SIGN = 1 << 63
-_TS = struct.Struct(">d")
 
 
 def event_ts(body: bytes) -> float:
     """The ts of an event of a run's row (its body is in the SDK's shape: the float64 at byte 3)."""
-    return float(_TS.unpack_from(body, 3)[0])
+    return float(FLOAT64.unpack_from(body, 3)[0])
 
 
 def expand(version: int, topic_seq: int, event_type: str, body: bytes, n: int | None, sizes: bytes | None,
@@ -307,13 +304,18 @@ class EventStore:
     def count(self) -> int:
         return int(self.conn.execute("SELECT count(*) + coalesce(sum(n - 1), 0) FROM events").fetchone()[0])
 
-    def _row_before(self, version: int) -> int:
-        """A version to read rows above so as to include the one holding ``version + 1`` (a run
-        row may start below it)."""
+    def _row_at(self, version: int) -> tuple[int, int] | None:
+        """``(first version, events)`` of the row at or below ``version`` (None: none is)."""
         row = self.conn.execute(
             "SELECT version, n FROM events WHERE version <= ? ORDER BY version DESC LIMIT 1", (version,)
         ).fetchone()
-        return row[0] - 1 if row and row[1] and row[0] + row[1] - 1 > version else version
+        return None if row is None else (row[0], row[1] or 1)
+
+    def _row_before(self, version: int) -> int:
+        """A version to read rows above so as to include the one holding ``version + 1`` (a run
+        row may start below it)."""
+        row = self._row_at(version)
+        return row[0] - 1 if row and row[0] + row[1] - 1 > version else version
 
     def present(self, low: int, high: int) -> list[int]:
         """The versions from ``low`` to ``high`` the log holds, in order."""
@@ -333,14 +335,12 @@ class EventStore:
             if version not in held:
                 # The row's extent first: a version above the end of a run's row (say, one that
                 # delete_session vacated) must not split the run's bodies again for each lookup.
-                row = self.conn.execute(
-                    "SELECT version, n FROM events WHERE version <= ? ORDER BY version DESC LIMIT 1", (version,)
-                ).fetchone()
-                if row is None or row[0] + (row[1] or 1) - 1 < version:
+                at = self._row_at(version)
+                if at is None or at[0] + at[1] - 1 < version:
                     continue
                 row = self.conn.execute(
                     "SELECT version, topic_seq, type, body, n, sizes, session_id FROM events WHERE version = ?",
-                    (row[0],),
+                    (at[0],),
                 ).fetchone()
                 held = {v: (t, bytes(b), row[6]) for v, _seq, t, b in expand(*row[:6])}
             if version in held:

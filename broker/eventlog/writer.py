@@ -30,6 +30,7 @@ from schemas.envelope import (
     CONTROL_PREFIX,
     CONFIRM,
     DURABLE,
+    FLOAT64,
     LOG_ACK,
     LOG_ID,
     LOG_IDS,
@@ -50,7 +51,7 @@ log = logging.getLogger("pryxbus.eventlog")
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _unpack_stamp = STAMP.unpack
-_unpack_ts = struct.Struct(">d").unpack_from
+_unpack_ts = FLOAT64.unpack_from
 _INF = float("inf")
 
 DEFAULT_RCVHWM = 1_000_000
