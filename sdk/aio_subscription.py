@@ -56,6 +56,10 @@ class Subscription(Counters):
         self._failed: SlowSubscriberError | None = None
         self._pending: deque[Event] = pending_queue(keep)
         self._nowait: zmq.Socket | None = None
+        self._reading = asyncio.Lock()
+        """One task reads the socket and drives the decoder at a time (as the sync front's lock):
+        two would run one gap's flow twice, and one's non-blocking drain could take the wake-up
+        of the other's waiting receive."""
         self._decoder: EventDecoder = decoder_for(
             patterns, policy, since=since, timeout=bus.timeout, page=min(PAGE, max(hwm, 1000)),
             session_id=session_id,
@@ -178,6 +182,29 @@ class Subscription(Counters):
         if self._closed and self._failed is None:
             raise BusClosed("subscription is closed")
         deadline = deadline_of(timeout)
+        await self._take_turn(deadline, timeout)
+        try:
+            return await self._receive(deadline, timeout)
+        finally:
+            self._reading.release()
+
+    async def _take_turn(self, deadline: float | None, timeout: float | None) -> None:
+        """Wait, up to the deadline, while another task reads this subscription.
+
+        Raises:
+            BusTimeout: the other task still reads at the deadline.
+        """
+        if not self._reading.locked():
+            await self._reading.acquire()
+            return
+        try:
+            await asyncio.wait_for(self._reading.acquire(), None if deadline is None else deadline - time.monotonic())
+        except asyncio.TimeoutError:
+            raise BusTimeout(f"no event within {timeout:g}s") from None
+
+    async def _receive(self, deadline: float | None, timeout: float | None) -> Event:
+        """``recv`` in this task's turn."""
+        pending = self._pending
         decoder, append = self._decoder, pending.append
         while True:
             if pending:  # a recovered gap is queued ahead of the event that revealed it
@@ -225,6 +252,15 @@ class Subscription(Counters):
                 pending.appendleft(await self.recv(timeout))
             except BusTimeout:
                 return []
+        if self._reading.locked():  # another task reads: hand over what is here
+            return self._take(max)
+        async with self._reading:
+            await self._drain(max)
+        return self._take(max)
+
+    async def _drain(self, max: int) -> None:
+        """Decode what has already arrived, without waiting, until ``max`` events are pending."""
+        pending = self._pending
         decoder, append, sock = self._decoder, pending.append, self._sock
         while len(pending) < max and not (self._failed or decoder.busy or sock.closed):
             if self._nowait is None:  # a sync shadow of the socket: what has arrived, no waiting
@@ -245,6 +281,10 @@ class Subscription(Counters):
             except SlowSubscriberError as e:
                 self._failed = e
                 self._close_socket()
+
+    def _take(self, max: int) -> list[Event]:
+        """Up to ``max`` pending events, oldest first."""
+        pending = self._pending
         if len(pending) <= max:
             out = list(pending)
             pending.clear()

@@ -138,3 +138,72 @@ def test_concurrent_publishing_tasks_each_keep_their_order(home: Path, broker) -
         mine = [e for e in events if e.type == f"load:t{k}"]
         assert [e.payload["i"] for e in mine] == list(range(100))
         assert [e.seq for e in mine] == list(range(1, 101))
+
+
+def test_two_tasks_reading_one_subscription_share_its_events_exactly_once(start) -> None:
+    """One task in ``recv``, another in ``recv_many``, on a ``recover`` subscription that overflowed:
+    while one fills a gap from the log (awaiting its pages), the other waits its turn."""
+    from tests.helpers import wait_for
+
+    n = 5000
+    start("broker", "--sub-hwm", "50")
+    log = start("event-log")
+
+    def publish_all() -> None:  # a sync bus in a worker thread: the loop stays free
+        with sdk.connect(log.home, name="writer") as writer:
+            for i in range(n):
+                writer.publish("trace:event", {"i": i})
+            writer.flush()
+            wait_for(writer.log_stats, lambda s: s["last"] == n, what="the log holding every event")
+
+    async def main():
+        async with sdk.aio.connect(log.home, name="readers") as bus:
+            sub = await bus.subscribe("trace:*", policy="recover", hwm=10)
+            await asyncio.to_thread(publish_all)
+            got: dict[str, list[sdk.Event]] = {"recv": [], "recv_many": []}
+            done = asyncio.Event()
+
+            async def one() -> None:
+                while not done.is_set():
+                    event = await sub.recv(timeout=10)
+                    got["recv"].append(event)
+                    if event.version == n:
+                        done.set()
+
+            async def many() -> None:
+                while not done.is_set():
+                    events = await sub.recv_many(64, timeout=10)
+                    got["recv_many"] += events
+                    if events and events[-1].version == n:
+                        done.set()
+
+            tasks = [asyncio.create_task(one()), asyncio.create_task(many())]
+            await done.wait()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            recovered = sub.recovered
+        return got, recovered
+
+    got, recovered = run(main())
+    assert recovered > 0  # the queues really overflowed: gaps were filled from the log
+    assert got["recv"] and got["recv_many"]  # both tasks took part
+    for events in got.values():  # each task saw its share in version order
+        assert [e.version for e in events] == sorted(e.version for e in events)
+    assert sorted(e.version for e in got["recv"] + got["recv_many"]) == list(range(1, n + 1))
+
+
+def test_a_receive_waiting_for_another_tasks_turn_keeps_its_timeout(home: Path, broker) -> None:
+    async def main():
+        async with sdk.aio.connect(home, name="readers") as bus:
+            sub = await bus.subscribe("trace:*")
+            waiting = asyncio.create_task(sub.recv())  # reads (and waits) first, with no deadline
+            while not sub._reading.locked():
+                await asyncio.sleep(0)  # a turn of the loop, not a pause: the task starts reading
+            with pytest.raises(sdk.BusTimeout):
+                await sub.recv(timeout=0.2)
+            await bus.publish("trace:event", {"i": 1})
+            event = await waiting  # the first reader still gets what comes next
+            return event.payload
+
+    assert run(main()) == {"i": 1}
