@@ -79,6 +79,34 @@ def test_two_homes_share_sessions_by_compare_and_swap_with_one_event_per_change(
         up.stop()
 
 
+
+def test_create_is_one_write_and_still_create_if_absent(xprocess, cluster, stream, homes) -> None:
+    """``create`` writes first and reads only when the key exists: a retried create returns the
+    session as it is, another title conflicts, and a deleted session's id can be created again."""
+    home = homes()
+    up = _stack(xprocess, home, cluster, stream, "up")
+    try:
+        with sdk.connect(home, name="a", timeout=10.0) as bus, bus.subscribe("session:**") as events:
+            first = bus.sessions.create("one", id="s1")
+            assert bus.sessions.create("one", id="s1") == first  # a retried create: the session as written
+            with pytest.raises(sdk.SessionConflict):
+                bus.sessions.create("other", id="s1")
+            bus.sessions.delete("s1")
+            again = bus.sessions.create("two", id="s1")
+            assert (again.title, bus.sessions.get("s1").title) == ("two", "two")
+            fresh = bus.sessions.create("three")  # a new id: one write
+            got = [events.recv(timeout=10) for _ in range(4)]
+            with pytest.raises(sdk.BusTimeout):
+                events.recv(timeout=0.5)  # and nothing more
+            service = bus.sessions.stats()
+        assert [(e.type, e.session_id) for e in got] == [
+            ("session:created", "s1"), ("session:deleted", "s1"), ("session:created", "s1"), ("session:created", fresh.id),
+        ]
+        assert service["cas_retries"] == 0  # a key found to exist is not a race with another writer
+    finally:
+        up.stop()
+
+
 def test_changes_written_but_not_announced_are_announced_once_by_the_next_service(xprocess, cluster, stream, homes) -> None:
     """What a kill -9 between a write and its event leaves (the revision in the bucket, not yet
     announced) is made deterministic with a service that writes without announcing; the next

@@ -102,6 +102,8 @@ class KvSessionService:
         self.counts: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.cas_retries = 0
+        self._cursor_at: int | None = None
+        """The shared cursor's key revision as this service last read or wrote it (None: unknown)."""
         self.events_published = 0
         self.events_duplicate = 0  # announced already (by another home's service, or by us before a crash)
         self._crash = tuple(os.environ.get(CRASH_ENV, "").partition(":")[::2])
@@ -189,9 +191,10 @@ class KvSessionService:
     async def _cursor(self) -> int:
         try:
             entry = await self.marks.get(CURSOR_KEY)
-            return int(entry.value or 0)
         except Exception:
             return 0
+        self._cursor_at = entry.revision
+        return int(entry.value or 0)
 
     async def _apply(self, msg: Any) -> None:
         revision = msg.metadata.sequence.stream
@@ -251,18 +254,21 @@ class KvSessionService:
 
         for _ in range(CAS_TRIES):
             try:
-                entry = await self.marks.get(CURSOR_KEY)
-                if int(entry.value or 0) >= revision:
-                    return
-                await self.marks.update(CURSOR_KEY, str(revision).encode(), last=entry.revision)
+                if self._cursor_at is None:  # not known (or another service moved it): read it
+                    entry = await self.marks.get(CURSOR_KEY)
+                    self._cursor_at = entry.revision
+                    if int(entry.value or 0) >= revision:
+                        return
+                self._cursor_at = await self.marks.update(CURSOR_KEY, str(revision).encode(), last=self._cursor_at)
                 return
             except KeyNotFoundError:
                 try:
-                    await self.marks.create(CURSOR_KEY, str(revision).encode())
+                    self._cursor_at = await self.marks.create(CURSOR_KEY, str(revision).encode())
                     return
                 except Exception:
                     continue
             except Exception:
+                self._cursor_at = None
                 self.cas_retries += 1
                 continue
 
@@ -325,9 +331,12 @@ class KvSessionService:
         value = msgpack.unpackb(entry.value, raw=False)
         return (None if value.get("gone") else value["session"]), entry.revision
 
-    async def _put(self, session: dict[str, str], change: str | None, revision: int | None, *, gone: bool = False) -> bool:
+    async def _put(
+        self, session: dict[str, str], change: str | None, revision: int | None, *, gone: bool = False, read: bool = True
+    ) -> bool:
         """Write at ``revision`` (None: only if the key never existed); False if another writer got
-        there first (the caller reads again)."""
+        there first (the caller reads again). ``read``: the revision was read (a refusal is a race,
+        counted in ``cas_retries``), not assumed."""
         from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
         value = msgpack.packb({"session": session, "change": change, "gone": gone}, use_bin_type=True)
@@ -338,7 +347,7 @@ class KvSessionService:
                 await self.kv.update(key_of(session["id"]), value, last=revision)
             return True
         except (KeyWrongLastSequenceError, KeyNotFoundError):  # nats-py's create, racing, may read a replica behind
-            self.cas_retries += 1
+            self.cas_retries += read
             return False
 
     async def _change(self, session_id: str, edit: Callable[[dict[str, str]], dict[str, str]]) -> dict[str, str]:
@@ -364,15 +373,17 @@ class KvSessionService:
         title = check_title(request.get("title"))
         given = request.get("id")
         session_id = check_id(given) if given is not None else str(uuid.uuid4())
-        for _ in range(CAS_TRIES):
-            session, revision = await self._entry(session_id)
-            if session is not None:
-                if session["title"] != title:
-                    raise ProtocolError(CONFLICT, f"a session with id {session_id!r} already exists with another title")
-                return session
+        revision: int | None = None  # first as a key that never existed: one write, no read before it
+        for attempt in range(CAS_TRIES):
+            if attempt:
+                session, revision = await self._entry(session_id)
+                if session is not None:
+                    if session["title"] != title:
+                        raise ProtocolError(CONFLICT, f"a session with id {session_id!r} already exists with another title")
+                    return session
             now = self._now()
             new = {"id": session_id, "title": title, "created_at": now, "updated_at": now}
-            if await self._put(new, "created", revision):
+            if await self._put(new, "created", revision, read=bool(attempt)):
                 return new
         raise ProtocolError(CONFLICT, f"session {session_id!r} kept changing; retry")
 
