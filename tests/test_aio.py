@@ -199,7 +199,7 @@ def test_a_receive_waiting_for_another_tasks_turn_keeps_its_timeout(home: Path, 
             sub = await bus.subscribe("trace:*")
             waiting = asyncio.create_task(sub.recv())  # reads (and waits) first, with no deadline
             while not sub._reading.locked():
-                await asyncio.sleep(0)  # a turn of the loop, not a pause: the task starts reading
+                await asyncio.sleep(0)  # sync-ok: one loop turn at a time until the task reads
             with pytest.raises(sdk.BusTimeout):
                 await sub.recv(timeout=0.2)
             await bus.publish("trace:event", {"i": 1})
@@ -207,3 +207,19 @@ def test_a_receive_waiting_for_another_tasks_turn_keeps_its_timeout(home: Path, 
             return event.payload
 
     assert run(main()) == {"i": 1}
+
+
+def test_close_wakes_a_receiver_waiting_for_another_tasks_turn(home: Path, broker) -> None:
+    async def main():
+        async with sdk.aio.connect(home) as bus:
+            sub = await bus.subscribe()
+            first = asyncio.create_task(sub.recv())
+            while not sub._reading.locked():
+                await asyncio.sleep(0)  # sync-ok: one loop turn at a time until the first reads
+            second = asyncio.create_task(sub.recv())  # waits for the first's turn
+            await asyncio.sleep(0)  # sync-ok: one loop turn so the second is parked on the turn
+            await sub.close()
+            return await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 10)
+
+    outcomes = run(main())
+    assert [type(o) for o in outcomes] == [sdk.BusClosed, sdk.BusClosed]
