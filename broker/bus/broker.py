@@ -23,6 +23,7 @@ from broker.bus.config import (
 )
 from broker.bus.control import Control
 from broker.bus.durable import CONFIRM_DELAY, Durable, Run
+from broker.bus.gate import Gate
 from broker.bus.intake import Intake
 from broker.bus.loglink import LogLink
 from broker.bus.memory import trim
@@ -44,7 +45,6 @@ from schemas.envelope import (
     SESSION_PREFIX,
     STAMP,
     SYNC_PREFIX,
-    encode_body,
     run_stamp,
 )
 from schemas.topics import is_valid_type
@@ -83,14 +83,12 @@ within them is taken whole)."""
 REACH = BATCH + MAX_BATCH_EVENTS
 """Most versions one drain stamps: reserved before it starts."""
 _BATCH_MARK = BATCH_PREFIX[0]
-RESERVE_RETRY = 1.0
-"""Seconds between tries to write the version mark while the disk refuses it."""
 CONFIRM_POLL_MS = max(1, int(CONFIRM_DELAY * 1000))
 _LOG_ARRIVED = b"\x01" + LOG_MARK
 _LOG_LEFT = b"\x00" + LOG_MARK
 
 
-class Broker(Intake, LogLink, Control, Peers):
+class Broker(Intake, Gate, LogLink, Control, Peers):
     """One broker process's sockets and loop. Use as a context manager; ``run()`` until ``stop()``."""
 
     def __init__(self, config: BrokerConfig) -> None:
@@ -526,64 +524,6 @@ class Broker(Intake, LogLink, Control, Peers):
         if self._wanted:
             self._streams.send(xpub, topic, version, bodies, sizes)
 
-    def _open(self) -> None:
-        """Let publishers in: subscribe to everything on every connection they have made so far,
-        and start reading. (While closed nothing is read: a publisher that still believes in the
-        broker before a crash may have queued events, and they wait for the log like the rest.)
-        The broker's own events held meanwhile (``bus:started``, connections) go out first."""
-        self._closed_until = None
-        held, self._held = self._held, []
-        for event_type, payload in held:  # stamped now, so the log has them like any event
-            self._emit(event_type, payload)
-        self.xsub.send(SUBSCRIBE_ALL)
-        self._read()
-
-    def _read(self) -> None:
-        """Watch xsub for events unless the log is awaited or the disk refuses the version mark
-        (then publishers wait, once their queues are full)."""
-        on = self._closed_until is None and self._reserve_retry_at is None and not self._durable.full
-        if self._poller is not None and on != self._reading:
-            if on:
-                self._poller.register(self.xsub, zmq.POLLIN)
-            else:
-                self._poller.unregister(self.xsub)
-            self._reading = on
-
-    def _reserve(self, through: int) -> bool:
-        """Durably reserve the versions up to ``through`` (and a STEP beyond); whether it could.
-
-        No event is stamped past the mark on disk (a restart after ``kill -9`` continues from it),
-        so while the disk refuses the mark (full, or failing) the broker reads no events, and
-        tries again every RESERVE_RETRY seconds; publishers wait meanwhile, as for the event log.
-        """
-        if self._reservation is None:  # nothing to keep: _reserved is already unbounded
-            return True
-        try:
-            self._reserved = self._reservation.reserve(through)
-        except OSError as e:
-            if self._reserve_retry_at is None:
-                log.error("cannot reserve versions in %s (%s); taking no events until it can",
-                          self._reservation.path, e)
-            self._reserve_retry_at = time.monotonic() + RESERVE_RETRY
-            self._read()
-            return False
-        if self._reserve_retry_at is not None:
-            log.warning("versions reserved again (through %d); taking events", self._reserved)
-            self._reserve_retry_at = None
-            self._read()
-        return True
-
-    def _hold(self) -> None:
-        """The event log went away: take no more events until it is back (at most ``await_log``).
-
-        Events stamped now would reach subscribers and never the log (replay, ``since=`` and the
-        recover policy would miss them for good), so they wait in the publishers' queues instead.
-        """
-        log.warning("the event log went away; holding events until it subscribes again (at most %gs)",
-                    self.config.await_log)
-        self._closed_until = time.monotonic() + self.config.await_log
-        self._read()
-
     def _handle_subscriptions(self) -> None:
         """Answer sync subscriptions: the reply proves the subscriber's earlier filters are live."""
         while True:
@@ -606,22 +546,3 @@ class Broker(Intake, LogLink, Control, Peers):
                 self.xpub.send(msg[1:], _SNDMORE)
                 self.xpub.send(STAMP.pack(0, 0), _SNDMORE)
                 self.xpub.send(b"")
-
-    def _emit(self, event_type: str, payload: dict[str, Any]) -> None:
-        """Publish an event of the broker's own, stamped in the same version and topic sequences as
-        every forwarded event (only with ``lifecycle_events``; never on the hot loop)."""
-        if not self.config.lifecycle_events:
-            return
-        if self._closed_until is not None:  # the event log is not subscribed yet: it would miss it
-            self._held.append((event_type, payload))
-            return
-        if self.version + 1 > self._reserved and not self._reserve(self.version + BATCH):
-            log.warning("%s not published: no version could be reserved", event_type)
-            return
-        topic = event_type.encode()
-        seq = self.topic_seq.get(topic, 0) + 1
-        self.topic_seq[topic] = seq
-        self.version += 1
-        self.lifecycle_events += 1
-        body = encode_body(payload, source="broker", session_id=None)
-        self._durable.deliver([(topic, self.version, seq, [body], [len(body)], len(body))])

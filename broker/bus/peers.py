@@ -1,5 +1,6 @@
 """The broker's peers: its socket monitors, the count of publishers and subscribers by connection,
-and the lifecycle events of their comings and goings (``bus:publisher_connected`` and the like).
+and the lifecycle events of their comings and goings (``bus:publisher_connected`` and the like),
+stamped like any event by :meth:`Peers._emit` (as is ``bus:started``).
 
 A mixin of :class:`broker.bus.broker.Broker`, kept apart so that the broker's module stays about
 its loop; it runs on the broker's thread, once per connection event, never per event.
@@ -7,6 +8,7 @@ its loop; it runs on the broker's thread, once per connection event, never per e
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -15,9 +17,13 @@ import zmq
 from broker.bus.config import TRIM_DELAY
 from broker.bus.memory import CAN_TRIM
 from broker.sockets import parse_monitor_message
+from schemas.envelope import encode_body
 
 if TYPE_CHECKING:
     from broker.bus.config import BrokerConfig
+    from broker.bus.durable import Durable
+
+log = logging.getLogger("pryxbus.broker")
 
 _NOBLOCK = int(zmq.NOBLOCK)
 
@@ -38,9 +44,16 @@ class Peers:
     _trim_at: float | None
     _closed_until: float | None
 
-    if TYPE_CHECKING:  # the broker's own
+    version: int
+    topic_seq: dict[bytes, int]
+    lifecycle_events: int
+    _reserved: int
+    _held: list[tuple[str, dict[str, Any]]]
+    _durable: Durable
 
-        def _emit(self, event_type: str, payload: dict[str, Any]) -> None: ...
+    if TYPE_CHECKING:  # the gate's
+
+        def _reserve(self, through: int) -> bool: ...
 
     def _handle_monitor(self, monitor: zmq.Socket, inbound: bool) -> None:
         # Peers are counted by connection (fd): a disconnect of a connection that never finished
@@ -86,3 +99,22 @@ class Peers:
                 "subscribers": self.subscribers,
             },
         )
+
+    def _emit(self, event_type: str, payload: dict[str, Any]) -> None:
+        """Publish an event of the broker's own, stamped in the same version and topic sequences as
+        every forwarded event (only with ``lifecycle_events``; never on the hot loop)."""
+        if not self.config.lifecycle_events:
+            return
+        if self._closed_until is not None:  # the event log is not subscribed yet: it would miss it
+            self._held.append((event_type, payload))
+            return
+        if self.version + 1 > self._reserved and not self._reserve(self.version + 1):
+            log.warning("%s not published: no version could be reserved", event_type)
+            return
+        topic = event_type.encode()
+        seq = self.topic_seq.get(topic, 0) + 1
+        self.topic_seq[topic] = seq
+        self.version += 1
+        self.lifecycle_events += 1
+        body = encode_body(payload, source="broker", session_id=None)
+        self._durable.deliver([(topic, self.version, seq, [body], [len(body)], len(body))])
