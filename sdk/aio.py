@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import zmq
@@ -38,9 +38,10 @@ from sdk.wire import (
     publisher_unavailable,
     size_limit,
 )
+from sdk.aio_eventlog import EventLogReading
 from sdk.aio_sessions import AsyncSessionClient
 from sdk.aio_subscription import Pending, Subscription
-from sdk.filters import Where, afiltered, compile_where, event_filter
+from sdk.filters import Where, event_filter
 from sdk.bus import DEFAULT_HWM, resolve_endpoints, stream_wanted
 from sdk.errors import BusClosed, InvalidEvent, MessageTooLarge, translate
 from sdk.core.flows import drive_async
@@ -56,7 +57,6 @@ from sdk.core.publishing import (
     WaitForBroker,
 )
 from sdk.request import AsyncRequester
-from sdk.event import Event
 from sdk.security import KeyPaths, resolve_client_keys, secure_client_context
 from sdk.core.decoding import Policy
 
@@ -72,7 +72,7 @@ ASYNC_POLICIES = ("drop", "count", "recover")
 """Policies of asyncio subscriptions (all of the sync SDK's)."""
 
 
-class Bus(PublisherCore):
+class Bus(EventLogReading, PublisherCore):
     """A connection to a running pryxbus stack, for asyncio. Create with :func:`sdk.aio.connect`.
 
     Use it from one event loop; concurrent tasks may publish, subscribe and call sessions.
@@ -482,70 +482,6 @@ class Bus(PublisherCore):
     def _server(self, name: str) -> AsyncRequester:
         """The client of a server a flow asks (``"control"``, ``"log"``)."""
         return self.control if name == "control" else self.log
-
-    # -- the event log -----------------------------------------------------------------------
-
-    def replay(
-        self,
-        *patterns: str,
-        since: int = 0,
-        until: int | None = None,
-        session_id: str | None = None,
-        ts_from: float | None = None,
-        ts_until: float | None = None,
-        where: Where = None,
-    ) -> AsyncIterator[Event]:
-        """``async for ev in bus.replay(...)``: logged events in version order (see :meth:`sdk.Bus.replay`).
-
-        Raises:
-            InvalidEvent: an invalid pattern (at once).
-            BusUnavailable: the event log did not answer.
-        """
-        from sdk.replay import areplay
-
-        checked = check_subscription(patterns, "drop")
-        keep = compile_where(where)
-        return afiltered(areplay(
-            self.log,
-            checked,
-            since=since,
-            until=until,
-            session_id=session_id,
-            ts_from=ts_from,
-            ts_until=ts_until,
-        ), keep)
-
-    async def log_tail(self, *patterns: str, limit: int = 10, session_id: str | None = None) -> list[Event]:
-        """See :meth:`sdk.Bus.log_tail`.
-
-        Raises:
-            InvalidEvent: an invalid pattern.
-            BusUnavailable: the event log did not answer.
-        """
-        from sdk.session_archive import log_tail
-
-        checked = check_subscription(patterns, "drop")
-        return await drive_async(log_tail(checked, limit=limit, session_id=session_id), self._server)
-
-    async def log_stats(self) -> dict[str, Any]:
-        """See :meth:`sdk.Bus.log_stats`.
-
-        Raises:
-            BusUnavailable: the event log did not answer.
-        """
-        return await self.log.call({"op": "stats"})  # type: ignore[no-any-return]
-
-    async def log_summary(
-        self, *, bucket: float | None = None, ts_from: float | None = None, ts_until: float | None = None
-    ) -> dict[str, Any]:
-        """See :meth:`sdk.Bus.log_summary`.
-
-        Raises:
-            BusUnavailable: the event log did not answer.
-        """
-        from sdk.session_archive import bus_summary
-
-        return await drive_async(bus_summary(bucket=bucket, ts_from=ts_from, ts_until=ts_until), self._server)
 
     async def stats(self) -> dict[str, Any]:
         """The broker's counters (events in/out, per topic, rejects, peers).
