@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import array
 import asyncio
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import zmq
+import zmq.backend
 
 from broker.backbone import stream as layout
 from broker.backbone.publishing import StreamPublisher
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
     from broker.backbone.wire import Wire
 
 _NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+_Socket = zmq.backend.Socket
+"""pyzmq's compiled socket, under its Python layer ``zmq.Socket``."""
 _SNDMORE = int(zmq.SNDMORE)
 _ZERO_STAMP = STAMP.pack(0, 0)
 
@@ -87,15 +92,19 @@ class Delivery:
         )
         await publisher.start()
         take, flush = publisher.take, publisher.flush
-        recv = self._xsub_sync.recv_multipart
+        # pyzmq's recv_multipart, without its Python layer (a third of its cost per event)
+        sync = self._xsub_sync
+        recv, more = partial(_Socket.recv, sync), partial(_Socket.get, sync)
         try:
             while True:
                 await take(await self.xsub.recv_multipart())
                 for _ in range(DRAIN):
                     try:
-                        frames = recv(_NOBLOCK)
+                        frames = [recv(_NOBLOCK)]
                     except zmq.Again:
                         break
+                    while more(_RCVMORE):
+                        frames.append(recv(_NOBLOCK))
                     await take(frames)
                 await flush()
                 # A receive that finds a message waiting never yields to the loop: without this,

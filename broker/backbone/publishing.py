@@ -58,6 +58,8 @@ _SEQ = re.compile(rb'"seq":(\d+)[,}]')
 _DUPLICATE = re.compile(rb'"duplicate":\s*true')
 MAX_PUBLISHERS = 100_000
 """Publishers whose highest number is kept (the most recently seen); a forgotten one is taken as new."""
+MAX_TYPES = 100_000
+"""Valid event types remembered; past that many the set starts again."""
 _NEVER = 1 << 63
 _SENT, _AGAIN, _ACKED, _REFUSED = 0, 1, 2, 3
 """A record's state: sent (waiting for its ack), to be sent again (at ``due``), acked, refused for good."""
@@ -136,6 +138,8 @@ class StreamPublisher:
         self.counters = counters
         self._confirm_send = confirm
         self._highest: dict[int, int] = {}
+        self._types: set[bytes] = set()
+        """Event types found valid (checked once each, as the broker does)."""
         """The highest number taken of each identified publisher, the most recent last."""
         self._waiting: dict[int, _Publish] = {}
         """Records sent and not acknowledged yet, by token."""
@@ -207,9 +211,16 @@ class StreamPublisher:
             self.counters["malformed"] += 1
             return
         topic, body = frames
-        if not body or body[0] not in _BODY_MARKS or not is_valid_type(topic) or len(body) > self.max_event_size:
+        if not body or body[0] not in _BODY_MARKS or len(body) > self.max_event_size:
             self.counters["rejected"] += 1
             return
+        if topic not in self._types:
+            if not is_valid_type(topic):
+                self.counters["rejected"] += 1
+                return
+            if len(self._types) >= MAX_TYPES:
+                self._types.clear()
+            self._types.add(topic)
         who = layout.identity(body)
         if who is None:
             command = None
