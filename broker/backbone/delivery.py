@@ -91,7 +91,7 @@ class Delivery:
             counters=self.counters, confirm=self.to_publishers, version=self.version,
         )
         await publisher.start()
-        take, flush = publisher.take, publisher.flush
+        take, take_now, flush = publisher.take, publisher.take_now, publisher.flush
         # pyzmq's recv_multipart, without its Python layer (a third of its cost per event)
         sync = self._xsub_sync
         recv, more = partial(_Socket.recv, sync), partial(_Socket.get, sync)
@@ -105,7 +105,8 @@ class Delivery:
                         break
                     while more(_RCVMORE):
                         frames.append(recv(_NOBLOCK))
-                    await take(frames)
+                    if not take_now(frames):
+                        await take(frames)
                 await flush()
                 # A receive that finds a message waiting never yields to the loop: without this,
                 # nats-py's flusher would not write the publishes until the window filled.

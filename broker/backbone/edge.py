@@ -22,11 +22,13 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import msgpack
 import zmq
 import zmq.asyncio
+import zmq.backend
 
 from broker.backbone import logops, replay
 from broker.backbone import stream as layout
@@ -388,7 +390,7 @@ class Edge(Delivery):
         # Sync shadows for the XPUB's sends and _take's reads, without a coroutine per message: an
         # operation on one while a receive is awaited on the socket is followed by a look at the
         # asyncio socket's EVENTS (see to_publishers).
-        self._xpub_send = zmq.Socket.shadow(self.xpub.underlying).send
+        self._xpub_send = partial(zmq.backend.Socket.send, zmq.Socket.shadow(self.xpub.underlying))
         self._xsub_sync = zmq.Socket.shadow(self.xsub.underlying)
         self.xsub.send(b"\x01")  # subscribe to every publisher (their XPUB waits for it)
         # The subscription again on every accepted connection and handshake (under CURVE, only

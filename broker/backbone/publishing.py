@@ -205,12 +205,32 @@ class StreamPublisher:
                 return
             topic = frames[0][1:]
             for body in bodies:
-                await self.take([topic, body])
+                if len(self._order) >= self.window:
+                    await self._wait_for_room()
+                self._take(topic, body)
             return
         if len(frames) != 2:
             self.counters["malformed"] += 1
             return
-        topic, body = frames
+        if len(self._order) >= self.window:
+            await self._wait_for_room()
+        self._take(frames[0], frames[1])
+
+    def take_now(self, frames: list[bytes]) -> bool:
+        """:meth:`take` without a coroutine, for a 2-frame event while the window has room; False
+        (nothing done) otherwise."""
+        if len(frames) != 2 or len(self._order) >= self.window:
+            return False
+        self._take(frames[0], frames[1])
+        return True
+
+    async def _wait_for_room(self) -> None:
+        await self.flush()
+        self._room.clear()
+        await self._room.wait()
+
+    def _take(self, topic: bytes, body: bytes) -> None:
+        """One event, checked and, unless refused, added to the publishes of this turn."""
         if not body or body[0] not in _BODY_MARKS or len(body) > self.max_event_size:
             self.counters["rejected"] += 1
             return
@@ -238,10 +258,6 @@ class StreamPublisher:
             if len(self._highest) > MAX_PUBLISHERS:
                 del self._highest[next(iter(self._highest))]
             command = layout.msg_id_header(publisher, number)
-        if len(self._order) >= self.window:
-            await self.flush()
-            self._room.clear()
-            await self._room.wait()
         self._tokens += 1
         token = self._tokens
         data = layout.pack(topic, body)
