@@ -138,3 +138,33 @@ def test_an_ordered_consumer_delivers_each_stored_message_once_in_order_across_a
             await nc.close()
 
     asyncio.run(main())
+
+
+def test_a_line_left_to_nats_py_and_a_payload_cut_in_two_keep_the_order_and_the_after_hook(lone, stream) -> None:
+    """What a read can hold besides whole messages: the connection's own lines (here a PING, which
+    nats-py's parser answers) between messages, and a message cut by the read's end."""
+
+    async def main() -> None:
+        nc = await _connect(lone)
+        try:
+            wire = Wire.install(nc)
+            assert wire is not None
+            seen: list[Any] = []
+
+            def take(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+                seen.append(data)
+                return True
+
+            sub = await nc.subscribe(f"{stream}.x")
+            wire.route(sub, take)
+            wire.after.append(lambda: seen.append("after"))
+            msg = lambda data: b"MSG %s.x %d %d\r\n%s\r\n" % (stream.encode(), sub._id, len(data), data)  # noqa: E731
+            await nc._ps.parse(msg(b"a") + b"PING\r\n" + msg(b"b") + msg(b"c")[:-4])
+            assert seen[-1] == "after" and [s for s in seen if s != "after"] == [b"a", b"b"]
+            await nc._ps.parse(msg(b"c")[-4:] + msg(b"d"))
+            assert seen[-1] == "after" and [s for s in seen if s != "after"] == [b"a", b"b", b"c", b"d"]
+            await nc.flush()  # the PING was answered and the connection still works
+        finally:
+            await nc.close()
+
+    asyncio.run(main())

@@ -145,7 +145,7 @@ class _FastParser(Parser):
         buf = self.buf
         buf.extend(data)
         if self.state != AWAITING_CONTROL_LINE:
-            await super().parse()
+            await self._by_nats_py()
             return
         wire = self.wire
         routes, subs = wire.routes, self.nc._subs
@@ -203,4 +203,12 @@ class _FastParser(Parser):
                 del buf[:pos]
             wire._done()
         if handoff:
+            await self._by_nats_py()
+
+    async def _by_nats_py(self) -> None:
+        """The rest of the buffer through nats-py's parser (its messages through
+        :meth:`Wire._process_msg`, so routed ones still go to their handler)."""
+        try:
             await super().parse()
+        finally:
+            self.wire._done()
