@@ -76,12 +76,13 @@ class Wire:
         for hook in self.after:
             hook()
 
-    def ordered(self, psub: Any, deliver: Callable[[int, bytes], None]) -> None:
+    def ordered(self, psub: Any, deliver: Callable[[int, bytes], None]) -> Any:
         """Route an ordered consumer's (nats-py's ``js.subscribe(..., ordered_consumer=True)``)
         stored messages to ``deliver(stream sequence, payload)``, doing what nats-py does for
         each (its sequence check, the flow-control and heartbeat bookkeeping). A message out of
         sequence, with another layout of reply subject, or while messages wait in the
-        subscription's queue goes to nats-py, which resets the consumer or delivers it in order."""
+        subscription's queue goes to nats-py, which resets the consumer or delivers it in order.
+        Returns the routed subscription (for :meth:`unroute`)."""
         sub = psub._sub
         jsi = sub._jsi
         queue = sub._pending_queue
@@ -109,6 +110,7 @@ class Wire:
             return True
 
         self.route(sub, handle)
+        return sub
 
     async def write(self, command: bytes, messages: int) -> None:
         """Send ``command`` (``messages`` PUB/HPUB commands, whole) as nats-py's publish would:
