@@ -8,7 +8,8 @@ import json
 import pytest
 
 from broker.backbone.publishing import StreamRefused, parse_ack, retried
-from broker.backbone.stream import stream_sequence
+from broker.backbone.stream import msg_id, msg_id_header, stream_sequence
+from schemas.envelope import WANT_VERSION
 
 
 @pytest.mark.parametrize("reply, expected", [
@@ -50,3 +51,8 @@ def test_the_stream_sequence_comes_from_either_form_of_the_reply_subject() -> No
     assert stream_sequence("$JS.ACK.PRYXBUS.c1.1.4711.17.1733580000000000000.3") == 4711
     assert stream_sequence("$JS.ACK.hub.ACCHASH.PRYXBUS.c1.1.4711.17.1733580000000000000.3.rnd") == 4711
     assert stream_sequence("$JS.ACK._.ACCHASH.PRYXBUS.c1.1.4711.17.1733580000000000000.3") == 4711
+
+
+def test_the_msg_id_header_of_a_raw_publish_is_the_msg_id() -> None:
+    for publisher, number in [(1, 1), (0xFEDCBA9876543210, 12345 | WANT_VERSION), (1 << 63, (1 << 62) - 1)]:
+        assert msg_id_header(publisher, number) == f"NATS/1.0\r\nNats-Msg-Id: {msg_id(publisher, number)}\r\n\r\n".encode()

@@ -22,28 +22,28 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import msgpack
 import zmq
 import zmq.asyncio
+import zmq.backend
 
 from broker.backbone import logops, replay
-from broker.backbone.peers import IN_EVENTS, OUT_EVENTS, EdgePeers
 from broker.backbone import stream as layout
+from broker.backbone.delivery import Delivery
+from broker.backbone.peers import IN_EVENTS, OUT_EVENTS, EdgePeers
 from broker.backbone.publishing import ACK_TIMEOUT, StreamPublisher
+from broker.backbone.wire import Wire
 from broker.bus.config import CURVE_SLACK
 from broker.security import Authenticator, ServerKeys, secure_server
 from broker.sockets import bind
 from schemas.endpoints import Endpoints
-from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, STAMP, SYNC_PREFIX
+from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
 from schemas.topics import compile_matcher
 
 log = logging.getLogger("pryxbus.edge")
-
-_NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE = int(zmq.SNDMORE)
-_ZERO_STAMP = STAMP.pack(0, 0)
 
 DUPLICATE_WINDOW = 120.0
 """Seconds JetStream remembers a ``Nats-Msg-Id`` (at most the stream's max age, which it requires)."""
@@ -51,13 +51,8 @@ STREAM_EXISTS = 10058
 """JetStream's error code for a stream name already in use with another configuration."""
 STOP_PATIENCE = 2.0
 """Seconds a stop waits for the last checkpoint, then for the NATS connection to close."""
-DRAIN = 256
-"""Events read from publishers per turn before the loop lets its other tasks run."""
 SEQS_PAGE = 10_000
 STATS_TOPICS = 1000
-SEQ_MEMORY = 4_000_000
-"""Versions whose topic_seq the edge remembers for ``replay`` (8 bytes each); older ones are
-counted again from a checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +93,7 @@ class EdgeRefused(Exception):
     """The edge cannot serve as configured (the message says why and what to do)."""
 
 
-class Edge:
+class Edge(Delivery):
     """One edge process's sockets, NATS connection and tasks; ``await run(on_ready)`` until ``stop()``."""
 
     def __init__(self, config: EdgeConfig) -> None:
@@ -133,6 +128,9 @@ class Edge:
         """A look at the XPUB is scheduled (:meth:`_look_for_syncs`)."""
         self._checkpointing = False
         self.publisher: StreamPublisher | None = None
+        self.wire: Wire
+        self._run = []
+        self._xpub_send: Any = None
         self.peers: EdgePeers | None = None
         self._nats_errors = 0
         self._nats_error_logged = 0.0
@@ -188,6 +186,11 @@ class Edge:
         if cfg.creds:
             options["user_credentials"] = cfg.creds
         self.nc = await nats.connect(**options)
+        wire = Wire.install(self.nc)
+        if wire is None:
+            raise EdgeRefused("this nats-py lacks the internals the edge reads its messages with (those of nats-py 2.16)")
+        self.wire = wire
+        wire.after.append(self._send_run)
         self.js = self.nc.jetstream(timeout=ACK_TIMEOUT)
         stream = StreamConfig(
             name=cfg.stream, subjects=[self.subject], retention=RetentionPolicy.LIMITS,
@@ -319,10 +322,11 @@ class Edge:
         if base >= last:
             self._caught_up.set()
         self._consumer = await self.js.subscribe(
-            self.subject, cb=self._deliver, ordered_consumer=True,
+            self.subject, cb=self._deliver_msg, ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=base + 1),
             pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30,
         )
+        self.wire.ordered(self._consumer, self._deliver)
         if not self._caught_up.is_set():
             log.info("catching up from version %d to %d", base, last)
             stop = asyncio.create_task(self._stopping.wait())
@@ -386,7 +390,7 @@ class Edge:
         # Sync shadows for the XPUB's sends and _take's reads, without a coroutine per message: an
         # operation on one while a receive is awaited on the socket is followed by a look at the
         # asyncio socket's EVENTS (see to_publishers).
-        self._xpub_send = zmq.Socket.shadow(self.xpub.underlying).send
+        self._xpub_send = partial(zmq.backend.Socket.send, zmq.Socket.shadow(self.xpub.underlying))
         self._xsub_sync = zmq.Socket.shadow(self.xsub.underlying)
         self.xsub.send(b"\x01")  # subscribe to every publisher (their XPUB waits for it)
         # The subscription again on every accepted connection and handshake (under CURVE, only
@@ -441,99 +445,6 @@ class Edge:
                     path.unlink()
                 except FileNotFoundError:
                     pass
-
-    # -- publishers -> stream ----------------------------------------------------------------
-
-    def to_publishers(self, message: bytes) -> None:
-        """Send ``message`` (a confirmation, the subscription again) to every publisher.
-
-        On the asyncio socket, which then schedules the receive ``_take`` awaits on it: any
-        operation on a zmq socket may consume that receive's wake-up (the socket's FD is
-        edge-triggered), and after one on the sync shadow ``_take`` would wait, events queued,
-        until some other command reached the socket."""
-        self.xsub.send(message)
-
-    async def _take(self) -> None:
-        """Read publishers' events and send them to the stream, a window of them in flight."""
-        publisher = self.publisher = StreamPublisher(
-            self.nc, self.subject, window=self.config.window, max_event_size=self.config.max_event_size,
-            counters=self.counters, confirm=self.to_publishers, version=self.version,
-        )
-        await publisher.start()
-        take = publisher.take
-        recv = self._xsub_sync.recv_multipart
-        try:
-            while True:
-                await take(await self.xsub.recv_multipart())
-                for _ in range(DRAIN):
-                    try:
-                        frames = recv(_NOBLOCK)
-                    except zmq.Again:
-                        break
-                    await take(frames)
-                # A receive that finds a message waiting never yields to the loop: without this,
-                # nats-py's flusher would not write a publish until the window filled.
-                await asyncio.sleep(0)
-        finally:
-            publisher.close()
-
-    # -- stream -> subscribers ---------------------------------------------------------------
-
-    async def _deliver(self, msg: Any) -> None:
-        """The ordered consumer's callback: count the event's topic sequence and send it on."""
-        version = layout.stream_sequence(msg.reply)
-        data = msg.data
-        n = data[0]
-        topic = data[1 : 1 + n]
-        seqs = self.topic_seq
-        seq = seqs.get(topic, 0) + 1
-        seqs[topic] = seq
-        if version != self.version + 1:  # messages removed from the stream (limits): no seq for them
-            self.seq_of.extend([0] * max(0, version - self.version - 1))
-        self.version = version
-        self.seq_of.append(seq)
-        publisher = self.publisher
-        if publisher is not None:
-            publisher.version = version
-            if version >= publisher.held:
-                publisher.delivered()
-        if len(self.seq_of) > 2 * SEQ_MEMORY:
-            del self.seq_of[:SEQ_MEMORY]
-            self.seq_base += SEQ_MEMORY
-        if version >= self.live_from and not self._caught_up.is_set():
-            self._caught_up.set()
-        if version > self.live_from:
-            send = self._xpub_send
-            send(topic, _SNDMORE)
-            send(STAMP.pack(version, seq), _SNDMORE)
-            send(data[1 + n :], 0, False)
-            self.counters["events_out"] += 1
-            if not self._syncs_look_due:
-                self._syncs_look_due = True
-                asyncio.get_running_loop().call_soon(self._look_for_syncs)
-        if version - self.checkpointed >= self.checkpoint_every and not self._checkpointing:
-            self._checkpointing = True
-            asyncio.get_running_loop().create_task(self._write_checkpoint())
-
-    def _look_for_syncs(self) -> None:
-        """After a turn's deliveries: the sends on the XPUB's sync shadow may have consumed the
-        wake-up of the receive ``_syncs`` awaits (see :meth:`to_publishers`). The asyncio
-        socket's ``get(EVENTS)`` schedules it if a subscription is queued (its ``getsockopt``
-        is the sync socket's, and schedules nothing)."""
-        self._syncs_look_due = False
-        if not self.xpub.closed:
-            self.xpub.get(zmq.EVENTS)
-
-    async def _syncs(self) -> None:
-        """Answer sync subscriptions (PROTOCOL.md §6) after everything delivered before them."""
-        while True:
-            msg = await self.xpub.recv()
-            if msg[:1] == b"\x01" and msg[1:].startswith(SYNC_PREFIX):
-                self.counters["syncs"] += 1
-                send = self._xpub_send
-                send(msg[1:], _SNDMORE)
-                send(_ZERO_STAMP, _SNDMORE)
-                send(b"", 0)
 
     # -- checkpoints -------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ sent again, and identified publishers confirmed in the order their events were s
 Every publish carries the reply subject ``INBOX.TOKEN``; an ack settles the record of its token
 and releases, from the oldest, every record settled before it. There is no future, queue or timer
 per event: one watch task looks, a few times a second, for records whose ack is overdue or that
-wait to be sent again.
+wait to be sent again. Each record keeps its publish as NATS protocol bytes (the same for a
+retry); the publishes taken in one turn go to the connection as one write, and the acks are read
+by the connection's :class:`~broker.backbone.wire.Wire`, not as nats-py messages.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from nats.errors import MaxPayloadError
+
 from broker.backbone import stream as layout
+from broker.backbone.wire import Wire
 from schemas.envelope import (
     BATCH_IDENTITY,
     BATCH_PREFIX,
@@ -53,6 +58,8 @@ _SEQ = re.compile(rb'"seq":(\d+)[,}]')
 _DUPLICATE = re.compile(rb'"duplicate":\s*true')
 MAX_PUBLISHERS = 100_000
 """Publishers whose highest number is kept (the most recently seen); a forgotten one is taken as new."""
+MAX_TYPES = 100_000
+"""Valid event types remembered; past that many the set starts again."""
 _NEVER = 1 << 63
 _SENT, _AGAIN, _ACKED, _REFUSED = 0, 1, 2, 3
 """A record's state: sent (waiting for its ack), to be sent again (at ``due``), acked, refused for good."""
@@ -72,8 +79,8 @@ class _Publish:
     event sent before it too)."""
 
     token: int
-    data: bytes
-    headers: dict[str, str] | None
+    command: bytes
+    """The PUB (HPUB, with its ``Nats-Msg-Id``) command, sent again as it is."""
     ident: tuple[int, int] | None
     sent: float
     state: int = _SENT
@@ -110,8 +117,8 @@ def retried(error: StreamRefused) -> bool:
 
 
 class StreamPublisher:
-    """Sends publishers' events to the stream's ``subject`` over ``nc`` (a nats-py connection), at
-    most ``window`` unreleased; ``confirm(message)`` sends a confirmation (PROTOCOL.md §4.1) to the
+    """Sends publishers' events to the stream's ``subject`` over ``wire`` (on a nats-py connection),
+    at most ``window`` unreleased; ``confirm(message)`` sends a confirmation (PROTOCOL.md §4.1) to the
     publishers. ``counters`` is the edge's: events_in, malformed, rejected, out_of_order, retries,
     refused, duplicates, confirmations.
 
@@ -120,16 +127,19 @@ class StreamPublisher:
     taken goes to the stream again, where its ``Nats-Msg-Id`` makes it a duplicate, confirmed again."""
 
     def __init__(
-        self, nc: Any, subject: str, *, window: int, max_event_size: int, counters: dict[str, int],
+        self, wire: Wire, subject: str, *, window: int, max_event_size: int, counters: dict[str, int],
         confirm: Callable[[bytes], None], version: int = 0,
     ) -> None:
-        self.nc = nc
+        self.wire = wire
+        self.nc = wire.nc
         self.subject = subject
         self.window = window
         self.max_event_size = max_event_size
         self.counters = counters
         self._confirm_send = confirm
         self._highest: dict[int, int] = {}
+        self._types: set[bytes] = set()
+        """Event types found valid (checked once each, as the broker does)."""
         """The highest number taken of each identified publisher, the most recent last."""
         self._waiting: dict[int, _Publish] = {}
         """Records sent and not acknowledged yet, by token."""
@@ -153,6 +163,11 @@ class StreamPublisher:
         self._why = ""
         """Why a publish is to be sent again, until the next retry is logged."""
         self._prefix = ""
+        self._pub = self._hpub = b""
+        """The start of a PUB (HPUB) command up to the reply's token."""
+        self._batch: list[bytes] = []
+        self._batched: list[_Publish] = []
+        """The publishes taken since the last :meth:`flush`, not written yet."""
         self._watch_task: asyncio.Task[None] | None = None
 
     @property
@@ -162,8 +177,11 @@ class StreamPublisher:
     async def start(self) -> None:
         self._prefix = self.nc.new_inbox() + "."
         self._plen = len(self._prefix)
-        await self.nc.subscribe(self._prefix + "*", cb=self._on_ack, pending_msgs_limit=1 << 20,
-                                pending_bytes_limit=1 << 28)
+        self._pub = f"PUB {self.subject} {self._prefix}".encode()
+        self._hpub = b"H" + self._pub
+        sub = await self.nc.subscribe(self._prefix + "*", cb=self._on_ack, pending_msgs_limit=1 << 20,
+                                      pending_bytes_limit=1 << 28)
+        self.wire.route(sub, self._on_raw_ack)
         self._watch_task = asyncio.get_running_loop().create_task(self._watch())
 
     def close(self) -> None:
@@ -187,18 +205,45 @@ class StreamPublisher:
                 return
             topic = frames[0][1:]
             for body in bodies:
-                await self.take([topic, body])
+                if len(self._order) >= self.window:
+                    await self._wait_for_room()
+                self._take(topic, body)
             return
         if len(frames) != 2:
             self.counters["malformed"] += 1
             return
-        topic, body = frames
-        if not body or body[0] not in _BODY_MARKS or not is_valid_type(topic) or len(body) > self.max_event_size:
+        if len(self._order) >= self.window:
+            await self._wait_for_room()
+        self._take(frames[0], frames[1])
+
+    def take_now(self, frames: list[bytes]) -> bool:
+        """:meth:`take` without a coroutine, for a 2-frame event while the window has room; False
+        (nothing done) otherwise."""
+        if len(frames) != 2 or len(self._order) >= self.window:
+            return False
+        self._take(frames[0], frames[1])
+        return True
+
+    async def _wait_for_room(self) -> None:
+        await self.flush()
+        self._room.clear()
+        await self._room.wait()
+
+    def _take(self, topic: bytes, body: bytes) -> None:
+        """One event, checked and, unless refused, added to the publishes of this turn."""
+        if not body or body[0] not in _BODY_MARKS or len(body) > self.max_event_size:
             self.counters["rejected"] += 1
             return
+        if topic not in self._types:
+            if not is_valid_type(topic):
+                self.counters["rejected"] += 1
+                return
+            if len(self._types) >= MAX_TYPES:
+                self._types.clear()
+            self._types.add(topic)
         who = layout.identity(body)
         if who is None:
-            headers = None
+            command = None
         else:
             publisher, number = who
             number &= ~WANT_VERSION
@@ -212,30 +257,54 @@ class StreamPublisher:
             self._highest[publisher] = number if highest is None or number > highest else highest
             if len(self._highest) > MAX_PUBLISHERS:
                 del self._highest[next(iter(self._highest))]
-            headers = {layout.MSG_ID: layout.msg_id(publisher, number)}
-        if len(self._order) >= self.window:
-            self._room.clear()
-            await self._room.wait()
+            command = layout.msg_id_header(publisher, number)
         self._tokens += 1
         token = self._tokens
-        sent = _Publish(token, layout.pack(topic, body), headers, who, time.monotonic())
+        data = layout.pack(topic, body)
+        if command is None:
+            command = b"%s%d %d\r\n%s\r\n" % (self._pub, token, len(data), data)
+        else:
+            command = b"%s%d %d %d\r\n%s%s\r\n" % (self._hpub, token, len(command), len(command) + len(data),
+                                                     command, data)
+        sent = _Publish(token, command, who, time.monotonic())
         self._waiting[token] = sent
         self._order.append(sent)
         self.counters["events_in"] += 1
+        if len(data) > self.nc.max_payload:
+            self._send_later(sent, MaxPayloadError())
+            return
+        self._batch.append(command)
+        self._batched.append(sent)
+
+    async def flush(self) -> None:
+        """Write the publishes taken since the last flush, as one command."""
+        if not self._batch:
+            return
+        batch, sent = self._batch, self._batched
+        self._batch, self._batched = [], []
         try:
-            await self.nc.publish(self.subject, sent.data, reply=self._prefix + str(token), headers=headers)
+            await self.wire.write(b"".join(batch), len(batch))
         except Exception as e:  # the connection's buffer is full while it reconnects, or it closed
-            self._send_later(sent, e)
+            for one in sent:
+                self._send_later(one, e)
 
     # -- acks ----------------------------------------------------------------------------------
 
     async def _on_ack(self, msg: Any) -> None:
+        """An ack as a nats-py message (if the wire left one to nats-py)."""
+        self._ack(int(msg.subject[self._plen :]), msg.data)
+
+    def _on_raw_ack(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+        self._ack(int(subject[self._plen :]), data)
+        return True
+
+    def _ack(self, token: int, data: bytes) -> None:
         """JetStream's answer to one publish."""
-        sent = self._waiting.pop(int(msg.subject[self._plen :]), None)
+        sent = self._waiting.pop(token, None)
         if sent is None:  # an answer to an earlier copy of a publish sent again, or to a released one
             return
         try:
-            seq, duplicate = parse_ack(msg.data)
+            seq, duplicate = parse_ack(data)
         except StreamRefused as e:
             if retried(e):
                 self._send_later(sent, e)
@@ -347,8 +416,7 @@ class StreamPublisher:
             sent.state, sent.sent = _SENT, now
             self._waiting[sent.token] = sent
             try:
-                await self.nc.publish(self.subject, sent.data, reply=self._prefix + str(sent.token),
-                                      headers=sent.headers)
+                await self.wire.write(sent.command, 1)
             except Exception as e:
                 self._send_later(sent, e)
                 break

@@ -114,16 +114,21 @@ async def counting_start(edge: Edge, start: int) -> tuple[int, dict[bytes, int]]
 async def messages(edge: Edge, start: int, end: int) -> AsyncIterator[tuple[int, bytes]]:
     """(version, stream message) of the stream's events ``start..end`` that it holds, in order.
 
-    The consumer's callback only appends to a list, taken here in batches: a ``next_msg`` per
+    The consumer's messages come from the connection's wire (nats-py's callback only for those it
+    leaves to nats-py) and are only appended to a list, taken here in batches: a ``next_msg`` per
     event costs a future and a wake-up each."""
-    arrived: list[Any] = []
+    arrived: list[tuple[int, bytes]] = []
     ready = asyncio.Event()
 
-    async def collect(msg: Any) -> None:
-        arrived.append(msg)
+    def take(version: int, data: bytes) -> None:
+        arrived.append((version, data))
         ready.set()
 
+    async def collect(msg: Any) -> None:
+        take(layout.stream_sequence(msg.reply), msg.data)
+
     sub = await open_reader(edge.js, edge.subject, start, collect)
+    routed = edge.wire.ordered(sub, take)
     try:
         while True:
             if not arrived:
@@ -131,14 +136,14 @@ async def messages(edge: Edge, start: int, end: int) -> AsyncIterator[tuple[int,
                 await asyncio.wait_for(ready.wait(), ACK_TIMEOUT)
             batch = arrived[:]
             del arrived[:]
-            for msg in batch:
-                version = layout.stream_sequence(msg.reply)
+            for version, data in batch:
                 if version > end:
                     return
-                yield version, msg.data
+                yield version, data
                 if version >= end:
                     return
     finally:
+        edge.wire.unroute(routed)
         await sub.unsubscribe()
 
 

@@ -57,6 +57,11 @@ def msg_id(publisher: int, number: int) -> str:
     return f"{publisher:016x}:{number & ~WANT_VERSION}"
 
 
+def msg_id_header(publisher: int, number: int) -> bytes:
+    """The NATS header block of an identified event's publish: ``Nats-Msg-Id`` = :func:`msg_id`."""
+    return b"NATS/1.0\r\nNats-Msg-Id: %016x:%d\r\n\r\n" % (publisher, number & ~WANT_VERSION)
+
+
 def stream_sequence(reply: str) -> int:
     """The stream sequence in a JetStream message's reply subject: ``$JS.ACK.STREAM.CONSUMER.
     DELIVERED.SSEQ.DSEQ.TS.PENDING``, or with domain and account hash after ``$JS.ACK`` (12 tokens)."""
