@@ -9,7 +9,8 @@ read; every other message, and every other protocol line, goes to nats-py as bef
 
 It relies on nats-py's internals (``nc._ps``, ``nc._process_msg``, ``nc._subs``, ``_send_command``,
 the JetStream subscription's ``_jsi``), as of nats-py 2.16; :func:`Wire.install` checks that they
-are there and refuses otherwise (the edge then uses nats-py's own path).
+are there and refuses otherwise (the edge then refuses to start and says why). The ``cluster``
+extra holds nats-py to 2.16.x for this.
 """
 
 from __future__ import annotations
