@@ -7,7 +7,8 @@ edge's CPU per event; replay through ``bus.replay``; the confirm round trip of a
 publish (want-version) p50/p99; session ``create`` and ``get`` through the session service on
 the key-value bucket (``--store nats-kv``); with R3, the failover stall: from a ``kill -9`` of the
 stream's leader to the next confirmed publish. nats-py's: async publish with a window of 4,000 in
-flight, ordered-consumer replay, a synchronous ``js.publish`` round trip, ``kv.create``/``kv.get``
+flight (and the same with the edges' work: a ``Nats-Msg-Id`` per message, two ordered
+consumers reading everything), ordered-consumer replay, a synchronous ``js.publish`` round trip, ``kv.create``/``kv.get``
 on a bucket of the same replication, and the same stall for ``js.publish`` retried until it
 succeeds. Session ``create`` is also compared with the single-host floor: a REQ/REP sidecar that
 makes one SQLite commit per request (``bench.peers``). The ratios compare pryxbus with the peer
@@ -382,6 +383,81 @@ async def nats_publish(servers: list[str], stream: str, replicas: int, n: int, n
         await nc.close()
 
 
+def _nats_reader(conn: Any, servers: list[str], stream: str, n: int) -> None:
+    """An ordered consumer of the whole stream (what each edge runs), in a process of its own."""
+
+    async def read() -> int:
+        import nats
+        from nats.js.api import DeliverPolicy
+
+        nc = await nats.connect(servers)
+        try:
+            done = asyncio.get_running_loop().create_future()
+            count = 0
+
+            async def cb(msg: Any) -> None:
+                nonlocal count
+                count += 1
+                if count == n and not done.done():
+                    done.set_result(time.time_ns())
+
+            js = nc.jetstream(timeout=30)
+            await js.subscribe(f"nb.{stream}", cb=cb, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
+                               pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30)
+            conn.send(("ready", None))
+            return await asyncio.wait_for(done, 300)
+        finally:
+            await nc.close()
+
+    conn.send(("result", {"end": asyncio.run(read())}))
+
+
+async def _add_stream(servers: list[str], stream: str, replicas: int) -> None:
+    import nats
+    from nats.js.api import StreamConfig
+
+    nc = await nats.connect(servers)
+    try:
+        await nc.jetstream(timeout=30).add_stream(StreamConfig(name=stream, subjects=[f"nb.{stream}"], num_replicas=replicas))
+    finally:
+        await nc.close()
+
+
+async def _publish_identified(servers: list[str], stream: str, n: int) -> int:
+    """nats-py's async publish, each message with a ``Nats-Msg-Id`` (as the edge sends an identified
+    event); returns when it started (ns)."""
+    import nats
+
+    nc = await nats.connect(servers)
+    try:
+        js = nc.jetstream(timeout=30, publish_async_max_pending=WINDOW)
+        payload = b"x" * (PAYLOAD + 30)
+        start = time.time_ns()
+        for i in range(n):
+            await js.publish_async(f"nb.{stream}", payload, headers={"Nats-Msg-Id": f"bench:{i}"})
+        await asyncio.wait_for(js.publish_async_completed(), 300)
+        return start
+    finally:
+        await nc.close()
+
+
+def nats_edges_work(servers: list[str], stream: str, replicas: int, n: int) -> float:
+    """nats-py given the edges' work in a 1→1 across two homes: every message with a
+    ``Nats-Msg-Id``, and two ordered consumers (one per home) reading the whole stream, each in a
+    process of its own; the rate once both have every message."""
+    asyncio.run(_add_stream(servers, stream, replicas))
+    readers = [Side(f"bench-nats-reader-{i}", _nats_reader, servers, stream, n) for i in range(2)]
+    try:
+        for reader in readers:
+            reader.expect("ready", 60)
+        start = asyncio.run(_publish_identified(servers, stream, n))
+        end = max(reader.expect("result", 300)["end"] for reader in readers)
+    finally:
+        for reader in readers:
+            reader.stop()
+    return n / ((end - start) / 1e9)
+
+
 async def nats_replay(servers: list[str], stream: str, n: int) -> float:
     import nats
     from nats.js.api import DeliverPolicy
@@ -461,11 +537,14 @@ def run(quick: bool, out: Path) -> int:
                     one = pryxbus_pubsub(homes[0], homes[0], n, edges[0].pid, every)
                     nats_across = asyncio.run(nats_publish(servers, f"NB{replicas}x", replicas, n, nodes))
                     across = pryxbus_pubsub(homes[0], homes[1], n, edges[0].pid, every)
+                    nats_work = nats_edges_work(servers, f"NB{replicas}w", replicas, n)
                     nats_replay_rate = asyncio.run(nats_replay(servers, f"NB{replicas}", n))
                     replay = pryxbus_replay(homes[1], 2 * n)
                     rows += [
                         ("1→1 within one home", tag, one["rate"], "events/s", nats_one["rate"], "async publish"),
                         ("1→1 across two homes", tag, across["rate"], "events/s", nats_across["rate"], "async publish"),
+                        ("1→1 across two homes", tag, across["rate"], "events/s", nats_work,
+                         "the edges' work: Nats-Msg-Id, two consumers"),
                         ("edge CPU per event (publishing edge, 1→1 across)", tag, across["edge_cpu_us"], "µs", None, ""),
                         ("CPU per event, every process of the run (1→1 across)", tag, across["total_cpu_us"], "µs",
                          nats_across["total_cpu_us"], "async publish: client and nodes"),
@@ -515,7 +594,7 @@ def run(quick: bool, out: Path) -> int:
         theirs_s = f"{theirs_v:,.{3 if unit == 's' else 1}f} {unit} ({peer})" if theirs_v else "—"
         lines.append(f"| {figure} | {tag} | {mine_v:,.{3 if unit == 's' else 1}f} {unit} | {theirs_s} | {ratio} |")
     lines += ["", "Peers: nats-py on the same cluster, its async publish (a window of 4,000) measured right before"
-              " each 1→1 run; replay with an ordered consumer; confirm with a synchronous js.publish; kv.create/"
+              " each 1→1 run; the edges' work: the same publish with a Nats-Msg-Id each, read whole by two ordered consumers in processes of their own (what two homes' edges do), the rate once both have every message; replay with an ordered consumer; confirm with a synchronous js.publish; kv.create/"
               "kv.get on a bucket of the same replication; the stall with js.publish retried (50 ms doubling"
               " to 2 s). The SQLite sidecar: REQ/REP to a process making one SQLite commit per request (WAL,"
               " synchronous=FULL), the single-host floor of a durable create. For a stall, lower is better."]
