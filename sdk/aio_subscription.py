@@ -194,12 +194,15 @@ class Subscription(Counters):
         Raises:
             BusTimeout: the other task still reads at the deadline.
         """
-        if not self._reading.locked():
+        if deadline is None:
             await self._reading.acquire()
             return
+        # Not only while locked(): a turn just released is promised to a woken waiter (not yet
+        # run), and an acquire then queues behind it however free the lock looks.
         try:
-            await asyncio.wait_for(self._reading.acquire(), None if deadline is None else deadline - time.monotonic())
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(deadline - time.monotonic()):
+                await self._reading.acquire()
+        except TimeoutError:
             raise BusTimeout(f"no event within {timeout:g}s") from None
 
     async def _receive(self, deadline: float | None, timeout: float | None) -> Event:

@@ -223,3 +223,38 @@ def test_close_wakes_a_receiver_waiting_for_another_tasks_turn(home: Path, broke
 
     outcomes = run(main())
     assert [type(o) for o in outcomes] == [sdk.BusClosed, sdk.BusClosed]
+
+
+def test_a_receive_right_after_another_keeps_its_timeout_while_a_waiter_is_woken(home: Path, broker) -> None:
+    """Task A reads an event while task B waits its turn with no deadline; A asks again at once,
+    with a timeout, in the step its first receive released the turn: the turn is free but promised
+    to B (woken, not yet run). A's receive must still give up at its deadline, not wait behind B,
+    which reads on with no deadline."""
+
+    async def main():
+        async with sdk.aio.connect(home, name="readers") as bus:
+            sub = await bus.subscribe("trace:*")
+
+            async def reader() -> str:
+                await sub.recv()
+                try:  # the same step as the first receive's release: B is woken, not yet run
+                    await sub.recv(timeout=0.2)
+                except sdk.BusTimeout:
+                    return "timed out"
+                return "got an event"
+
+            asking = asyncio.create_task(reader())
+            while not sub._reading.locked():
+                await asyncio.sleep(0)  # sync-ok: one loop turn at a time until A reads
+            second = asyncio.create_task(sub.recv())  # B: waits for A's turn, no deadline
+            await asyncio.sleep(0)  # sync-ok: one loop turn so B is parked on the turn
+            await bus.publish("trace:event", {"i": 1})
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(asking), 10)
+            except asyncio.TimeoutError:
+                outcome = "still waiting after 10 s"
+            await sub.close()
+            await asyncio.gather(asking, second, return_exceptions=True)
+            return outcome
+
+    assert run(main()) == "timed out"

@@ -511,3 +511,45 @@ def test_an_edge_publishes_lifecycle_events_into_the_stream(xprocess, cluster, s
     finally:
         quiet.stop()
         up.stop()
+
+
+def test_an_event_too_big_for_a_nats_message_is_refused_and_the_later_ones_are_confirmed(
+        xprocess, cluster, stream, homes) -> None:
+    """An event of max_event_size (the default: NATS's default max_payload) packed with its topic
+    is over the server's max_payload: it cannot be stored, now or later. It is refused for good
+    (``refused``), as JetStream's own refusals are, and the events after it are stored and
+    confirmed; not sent again forever, the window's head, each copy written raw to a server that
+    answers an oversized PUB by closing the connection."""
+    from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
+
+    home = homes()
+    part = edge(xprocess, home, cluster, stream)
+    ep = Endpoints.for_home(home)
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.linger = 0
+    pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+    pub.connect(ep.publish)
+    publisher = 0xB16
+    try:
+        assert pub.poll(5000) and pub.recv() == b"\x01"
+        big = _identified_body("x" * (1 << 16), publisher, 1)  # a str32 (5 bytes before the string)
+        big = _identified_body("x" * (DEFAULT_MAX_EVENT_SIZE - len(big) + (1 << 16)), publisher, 1)
+        assert len(big) == DEFAULT_MAX_EVENT_SIZE  # the edge takes it (not a rejected size)
+        pub.send_multipart([b"big:ev", big])
+        pub.send_multipart([b"big:ev", _identified_body("small", publisher, 2)])
+        through = 0
+        deadline = time.monotonic() + 10
+        while through < 2:
+            assert pub.poll(max(1, int((deadline - time.monotonic()) * 1000))), f"confirmed through {through}"
+            msg = pub.recv()
+            if msg[:1] == CONFIRM:
+                through = max([through] + [t for p, t, _ in parse_confirm(msg) if p == publisher])
+        s = wait_for(lambda: stats(ctx, ep.control), lambda s: s["refused"] == 1, what="the big event refused")
+        assert s["events_in"] == 2
+        reply = control(ctx, ep.log, {"op": "replay", "patterns": ["big:ev"]})
+        assert [msgpack.unpackb(body)[4] for _, _, _, body in reply["result"]["events"]] == ["small"]
+    finally:
+        pub.close()
+        ctx.term()
+        part.stop()

@@ -168,3 +168,34 @@ def test_a_line_left_to_nats_py_and_a_payload_cut_in_two_keep_the_order_and_the_
             await nc.close()
 
     asyncio.run(main())
+
+
+def test_a_handler_that_raises_on_a_message_nats_py_parsed_leaves_the_read_loop_running(lone, stream) -> None:
+    """The fast parser logs a routed handler's error and reads on; a message after a line left to
+    nats-py's parser (a PING here) reaches the handler through Wire._process_msg, whose error would
+    otherwise end nats-py's read loop (it logs 'encountered error' and stops reading for good)."""
+
+    async def main() -> None:
+        nc = await _connect(lone)
+        try:
+            wire = Wire.install(nc)
+            assert wire is not None
+            seen: list[bytes] = []
+
+            def take(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+                if data == b"boom":
+                    raise RuntimeError("a handler's bug")
+                seen.append(data)
+                return True
+
+            sub = await nc.subscribe(f"{stream}.x")
+            wire.route(sub, take)
+            msg = lambda data: b"MSG %s.x %d %d\r\n%s\r\n" % (stream.encode(), sub._id, len(data), data)  # noqa: E731
+            await nc._ps.parse(msg(b"boom") + msg(b"a"))  # the fast parser's own loop
+            await nc._ps.parse(b"PING\r\n" + msg(b"boom") + msg(b"b"))  # through nats-py's parser
+            assert seen == [b"a", b"b"]
+            await nc.flush()
+        finally:
+            await nc.close()
+
+    asyncio.run(main())

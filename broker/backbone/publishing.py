@@ -270,8 +270,12 @@ class StreamPublisher:
         self._waiting[token] = sent
         self._order.append(sent)
         self.counters["events_in"] += 1
-        if len(data) > self.nc.max_payload:
-            self._send_later(sent, MaxPayloadError())
+        if len(data) > self.nc.max_payload:  # never storable: refused for good, as JetStream's refusals
+            del self._waiting[token]
+            self.counters["refused"] += 1
+            log.warning("the stream refused an event: %s (%d bytes)", MaxPayloadError(), len(data))
+            sent.state = _REFUSED
+            self._release()
             return
         self._batch.append(command)
         self._batched.append(sent)

@@ -69,9 +69,15 @@ class Wire:
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         """nats-py's entry for a message its own parser read (after a line the fast parser leaves to it)."""
         handler = self.routes.get(self.nc._subs.get(sid))
-        if handler is None or not handler(subject, reply, data, headers):
-            self._done()
-            await self._slow(sid, subject, reply, data, headers)
+        if handler is not None:
+            try:
+                if handler(subject, reply, data, headers):
+                    return
+            except Exception:  # as the fast parser: an error raised here would end nats-py's read loop
+                log.exception("handling a message on %s", subject.decode(errors="replace"))
+                return
+        self._done()
+        await self._slow(sid, subject, reply, data, headers)
 
     def _done(self) -> None:
         for hook in self.after:
