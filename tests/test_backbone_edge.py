@@ -513,43 +513,32 @@ def test_an_edge_publishes_lifecycle_events_into_the_stream(xprocess, cluster, s
         up.stop()
 
 
-def test_an_event_too_big_for_a_nats_message_is_refused_and_the_later_ones_are_confirmed(
-        xprocess, cluster, stream, homes) -> None:
-    """An event of max_event_size (the default: NATS's default max_payload) packed with its topic
-    is over the server's max_payload: it cannot be stored, now or later. It is refused for good
-    (``refused``), as JetStream's own refusals are, and the events after it are stored and
-    confirmed; not sent again forever, the window's head, each copy written raw to a server that
-    answers an oversized PUB by closing the connection."""
+def test_events_are_limited_to_what_a_nats_message_holds(xprocess, cluster, stream, homes) -> None:
+    """The servers' max_payload (1 MiB by default) must hold an event's body with its topic and
+    ``Nats-Msg-Id`` header: the edge lowers its max_event_size to fit and says so in ``ping``, so
+    the SDK refuses a bigger event before sending anything (MessageTooLarge), the largest that
+    fits is stored, and nothing is refused on the way (once, a 1 MiB body passed the edge's check,
+    was never storable, and either blocked every later confirmation or closed the connection)."""
+    from broker.backbone.edge import STREAM_MESSAGE_SLACK
     from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
 
     home = homes()
     part = edge(xprocess, home, cluster, stream)
     ep = Endpoints.for_home(home)
     ctx = zmq.Context()
-    pub = ctx.socket(zmq.XPUB)
-    pub.linger = 0
-    pub.setsockopt(zmq.XPUB_VERBOSE, 1)
-    pub.connect(ep.publish)
-    publisher = 0xB16
     try:
-        assert pub.poll(5000) and pub.recv() == b"\x01"
-        big = _identified_body("x" * (1 << 16), publisher, 1)  # a str32 (5 bytes before the string)
-        big = _identified_body("x" * (DEFAULT_MAX_EVENT_SIZE - len(big) + (1 << 16)), publisher, 1)
-        assert len(big) == DEFAULT_MAX_EVENT_SIZE  # the edge takes it (not a rejected size)
-        pub.send_multipart([b"big:ev", big])
-        pub.send_multipart([b"big:ev", _identified_body("small", publisher, 2)])
-        through = 0
-        deadline = time.monotonic() + 10
-        while through < 2:
-            assert pub.poll(max(1, int((deadline - time.monotonic()) * 1000))), f"confirmed through {through}"
-            msg = pub.recv()
-            if msg[:1] == CONFIRM:
-                through = max([through] + [t for p, t, _ in parse_confirm(msg) if p == publisher])
-        s = wait_for(lambda: stats(ctx, ep.control), lambda s: s["refused"] == 1, what="the big event refused")
-        assert s["events_in"] == 2
+        limit = control(ctx, ep.control, {"op": "ping"})["result"]["max_event_size"]
+        assert limit == DEFAULT_MAX_EVENT_SIZE - STREAM_MESSAGE_SLACK  # the servers' default max_payload: 1 MiB
+        with sdk.connect(home, name="big", timeout=10.0) as bus:
+            with pytest.raises(sdk.MessageTooLarge):
+                bus.publish("big:ev", "x" * limit)
+            first = bus.publish("big:ev", "small", wait=True)
+            largest = bus.publish("big:ev", "x" * (limit - 100), wait=True)
+        assert largest == first + 1
+        s = stats(ctx, ep.control)
+        assert (s["refused"], s["rejected"], s["events_in"]) == (0, 0, 2)
         reply = control(ctx, ep.log, {"op": "replay", "patterns": ["big:ev"]})
-        assert [msgpack.unpackb(body)[4] for _, _, _, body in reply["result"]["events"]] == ["small"]
+        assert [len(msgpack.unpackb(body)[4]) for _, _, _, body in reply["result"]["events"]] == [5, limit - 100]
     finally:
-        pub.close()
         ctx.term()
         part.stop()

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Callable
 
@@ -51,6 +51,9 @@ STREAM_EXISTS = 10058
 """JetStream's error code for a stream name already in use with another configuration."""
 STOP_PATIENCE = 2.0
 """Seconds a stop waits for the last checkpoint, then for the NATS connection to close."""
+STREAM_MESSAGE_SLACK = 384
+"""Bytes of a stream message besides the event's body: its topic (a length byte and up to 255)
+and the ``Nats-Msg-Id`` header, which count against the servers' ``max_payload`` too."""
 SEQS_PAGE = 10_000
 STATS_TOPICS = 1000
 
@@ -186,6 +189,12 @@ class Edge(Delivery):
         if cfg.creds:
             options["user_credentials"] = cfg.creds
         self.nc = await nats.connect(**options)
+        fits = self.nc.max_payload - STREAM_MESSAGE_SLACK
+        if cfg.max_event_size > fits:  # what publishers learn (ping), so the SDK refuses bigger events
+            log.warning("events are limited to %d bytes, not %d: the NATS servers take messages of up to %d"
+                        " bytes (max_payload), with the topic and headers", fits, cfg.max_event_size,
+                        self.nc.max_payload)
+            self.config = cfg = replace(cfg, max_event_size=fits)
         wire = Wire.install(self.nc)
         if wire is None:
             raise EdgeRefused("this nats-py lacks the internals the edge reads its messages with (those of nats-py 2.16)")
