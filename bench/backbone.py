@@ -386,27 +386,36 @@ async def nats_publish(servers: list[str], stream: str, replicas: int, n: int, n
         await nc.close()
 
 
+async def _read_all(js: Any, stream: str, n: int) -> tuple[Any, asyncio.Future[int]]:
+    """An ordered consumer of the whole stream ``nb.STREAM``, and a future done at its ``n``-th
+    message (with the time then, ``time.time_ns()``)."""
+    from nats.js.api import DeliverPolicy
+
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    count = 0
+
+    async def cb(msg: Any) -> None:
+        nonlocal count
+        count += 1
+        if count == n and not done.done():
+            done.set_result(time.time_ns())
+
+    sub = await js.subscribe(
+        f"nb.{stream}", cb=cb, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
+        pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30,
+    )
+    return sub, done
+
+
 def _nats_reader(conn: Any, servers: list[str], stream: str, n: int) -> None:
     """An ordered consumer of the whole stream (what each edge runs), in a process of its own."""
 
     async def read() -> int:
         import nats
-        from nats.js.api import DeliverPolicy
 
         nc = await nats.connect(servers)
         try:
-            done = asyncio.get_running_loop().create_future()
-            count = 0
-
-            async def cb(msg: Any) -> None:
-                nonlocal count
-                count += 1
-                if count == n and not done.done():
-                    done.set_result(time.time_ns())
-
-            js = nc.jetstream(timeout=30)
-            await js.subscribe(f"nb.{stream}", cb=cb, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
-                               pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30)
+            _, done = await _read_all(nc.jetstream(timeout=30), stream, n)
             conn.send(("ready", None))
             return await asyncio.wait_for(done, 300)
         finally:
@@ -463,23 +472,11 @@ def nats_edges_work(servers: list[str], stream: str, replicas: int, n: int) -> f
 
 async def nats_replay(servers: list[str], stream: str, n: int) -> float:
     import nats
-    from nats.js.api import DeliverPolicy
 
     nc = await nats.connect(servers)
     try:
-        js = nc.jetstream(timeout=30)
-        done = asyncio.get_running_loop().create_future()
-        count = 0
-
-        async def cb(msg: Any) -> None:
-            nonlocal count
-            count += 1
-            if count == n and not done.done():
-                done.set_result(None)
-
         start = time.perf_counter()
-        sub = await js.subscribe(f"nb.{stream}", cb=cb, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL,
-                                 pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30)
+        sub, done = await _read_all(nc.jetstream(timeout=30), stream, n)
         await asyncio.wait_for(done, 300)
         elapsed = time.perf_counter() - start
         await sub.unsubscribe()
