@@ -26,19 +26,25 @@ def server_or_skip() -> str:
         pytest.skip(str(e))
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Any]:
-    """One 3-node cluster for every backbone test of this (xdist worker's) session: each test uses
-    a fresh stream name; a test that kills a node starts it again."""
+def local_cluster(nodes: int) -> Iterator[Any]:
+    """A loopback NATS cluster of ``nodes`` (its store under /tmp, removed after), for a fixture to
+    yield from; skips the test if nats-py or a fit nats-server is missing."""
     server = server_or_skip()
     from broker.backbone.cluster import Cluster
 
     directory = Path(tempfile.mkdtemp(prefix="pxb-nats-", dir="/tmp"))
     try:
-        with Cluster(directory, nodes=3, server=server) as c:
+        with Cluster(directory, nodes=nodes, server=server) as c:
             yield c
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Any]:
+    """One 3-node cluster for every backbone test of this (xdist worker's) session: each test uses
+    a fresh stream name; a test that kills a node starts it again."""
+    yield from local_cluster(3)
 
 
 _streams = itertools.count()

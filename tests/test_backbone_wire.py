@@ -9,16 +9,13 @@ and core NATS messages sent while routes form again may be lost."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from broker.backbone.wire import Wire
-from tests.backbone import server_or_skip
+from tests.backbone import local_cluster
 
 WAIT = 10.0
 
@@ -26,15 +23,7 @@ WAIT = 10.0
 @pytest.fixture(scope="module")
 def lone() -> Iterator[Any]:
     """One nats-server (with JetStream) for this module's tests."""
-    server = server_or_skip()
-    from broker.backbone.cluster import Cluster
-
-    directory = Path(tempfile.mkdtemp(prefix="pxb-nats-", dir="/tmp"))
-    try:
-        with Cluster(directory, nodes=1, server=server) as c:
-            yield c
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    yield from local_cluster(1)
 
 
 async def _connect(server: Any) -> Any:
