@@ -29,6 +29,7 @@ from broker.bus.loglink import LogLink
 from broker.bus.memory import trim
 from broker.bus.peers import SUBSCRIBE_ALL, Peers
 from broker.bus.reservation import Reservation
+from broker.bus.split import LONGEST_ALONE, fits, send_split
 from broker.bus.streams import SessionStreams
 from broker.security import Authenticator, secure_server
 from broker.sockets import bind
@@ -100,6 +101,8 @@ class Broker(Intake, Gate, LogLink, Control, Peers):
         self.topics_refused = 0
         self._topics_warned_at: float | None = None  # time.monotonic() of the last warning
         self.syncs = 0
+        self.fragmented = 0
+        """Messages sent for batches and events over MESSAGE_BYTES (split runs and fragments)."""
         self.publishers = 0
         self.subscribers = 0
         self._peers_in: set[int] = set()
@@ -511,14 +514,22 @@ class Broker(Intake, Gate, LogLink, Control, Peers):
         """Send one event or a batch (zero copy: the body goes out as it came), or a run of events,
         and again on the session streams subscribed (if any) of the sessions they belong to."""
         xpub = self.xpub
-        _send(xpub, topic, _SNDMORE)
         if len(sizes) == 1:
-            _send(xpub, _pack_stamp(version, seq), _SNDMORE)
-            _send(xpub, bodies[0], 0, False)
+            if sizes[0] > LONGEST_ALONE:
+                self.fragmented += send_split(xpub, topic, b"", version, seq, bodies, sizes)
+            else:
+                _send(xpub, topic, _SNDMORE)
+                _send(xpub, _pack_stamp(version, seq), _SNDMORE)
+                _send(xpub, bodies[0], 0, False)
         elif len(bodies) == 1:
-            _send(xpub, run_stamp(version, seq, sizes), _SNDMORE)
-            _send(xpub, bodies[0], 0, False)
-        else:
+            if fits(sizes):
+                _send(xpub, topic, _SNDMORE)
+                _send(xpub, run_stamp(version, seq, sizes), _SNDMORE)
+                _send(xpub, bodies[0], 0, False)
+            else:
+                self.fragmented += send_split(xpub, topic, b"", version, seq, bodies, sizes)
+        else:  # a run gathered here: MAX_RUN_BYTES keeps it within MESSAGE_BYTES
+            _send(xpub, topic, _SNDMORE)
             _send(xpub, run_stamp(version, seq, sizes), _SNDMORE)
             _send(xpub, b"".join(bodies), 0)
         if self._wanted:

@@ -8,7 +8,7 @@ import zmq
 
 from broker.bus import reservation
 from broker.bus.broker import Broker
-from broker.bus.config import BOUNDED_BYTES, IN_BYTES, MAX_TOPICS, SUB_BYTES, BrokerConfig
+from broker.bus.config import IN_BYTES, MAX_TOPICS, SUB_BYTES, BrokerConfig
 from broker.bus.durable import LOG_BUDGET, LOG_BUDGET_EVENTS, MAX_PUBLISHERS
 from broker.cli.options import add_tcp, server_endpoints, server_keys
 from broker.logs import add_log_format
@@ -58,8 +58,9 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
         default=SUB_BYTES,
         metavar="BYTES",
         help=f"bytes queued per subscriber at the broker: caps --sub-hwm at BYTES / the largest message"
-        f" the broker sends (--max-event-size plus headers), as ZeroMQ counts messages (default"
-        f" {SUB_BYTES}: no cap; {BOUNDED_BYTES} keeps 20 stalled subscribers under 256 MiB)",
+        f" the broker sends (17 KiB plus a topic: it cuts longer events into fragments), as ZeroMQ"
+        f" counts messages (default {SUB_BYTES}, 589 messages: 20 stalled subscribers cost under"
+        f" 256 MiB; 0: no cap)",
     )
     p.add_argument(
         "--in-bytes",
@@ -67,7 +68,7 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
         default=IN_BYTES,
         metavar="BYTES",
         help=f"bytes queued per publisher into the broker: caps --in-hwm at BYTES / the largest message"
-        f" a publisher may send (default {IN_BYTES}: no cap)",
+        f" a publisher may send (--max-event-size plus headers; default {IN_BYTES}: no cap)",
     )
     p.add_argument(
         "--max-event-size",

@@ -9,21 +9,26 @@ from pathlib import Path
 from broker.bus.durable import LOG_BUDGET, LOG_BUDGET_EVENTS, MAX_PUBLISHERS
 from broker.security import ServerKeys
 from schemas.endpoints import Endpoints
-from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, MAX_BATCH_EVENTS, MAX_RUN, MAX_RUN_BYTES, RUN_LENGTH, STAMP
+from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, MAX_RUN, RESEND_STAMP_PAD, SESSION_PREFIX
+from schemas.fragments import MESSAGE_BYTES
 from schemas.topics import MAX_TYPE_LENGTH
 
 MiB = 1024 * 1024
-BOUNDED_BYTES = 8 * MiB
-"""The byte budget per queue that keeps 20 stalled subscribers, each holding other 1 MiB events,
-under 256 MiB (operations.md, "Memory"). Not the default: with 1 MiB events allowed it leaves the
-broker 7 messages per subscriber, and under load on 2 cores fast subscribers then lose events."""
-SUB_BYTES = 0
-"""Default byte budget of one subscriber's queue at the broker (``--sub-bytes``): none."""
+SUB_BYTES = 10 * MiB
+"""Default byte budget of one subscriber's queue at the broker (``--sub-bytes``): 589 messages of
+up to MESSAGE_BYTES, so 20 stalled subscribers, each holding other events, cost under 256 MiB
+(operations.md, "Memory")."""
 IN_BYTES = 0
-"""Default byte budget of one publisher's queue into the broker (``--in-bytes``): none."""
+"""Default byte budget of one publisher's queue into the broker (``--in-bytes``): none, since a
+publisher's message may be a whole event of ``max_event_size``; a budget of 8 MiB leaves 7 of them
+and costs single small events ~15% of their rate (operations.md, "Memory")."""
 TRIM_DELAY = 0.5
 """Seconds after a peer disconnects before the broker hands freed memory back to the system: libzmq
 frees a closed connection's queue when its pipe terminates, shortly after the monitor reports it."""
+
+STREAM_HEAD_MAX = len(SESSION_PREFIX) + 101 + 1
+"""Longest head of a session stream's topic: the prefix, a session key (at most ``=`` and 100 bytes)
+and its NUL (PROTOCOL.md §5.1)."""
 
 SUBSCRIPTION_MAX_SIZE = 1 + MAX_TYPE_LENGTH
 """Largest subscription message (``\x01`` + prefix): a longer one disconnects its subscriber."""
@@ -99,13 +104,9 @@ class BrokerConfig:
         return self.max_event_size + MAX_TYPE_LENGTH + 64
 
     def largest_out(self) -> int:
-        """Largest message the broker sends a subscriber: an event alone (a stamp), a run (a stamp
-        and its lengths, bodies up to MAX_RUN_BYTES) or a batch (a stamp and up to MAX_BATCH_EVENTS
-        lengths, bodies up to the event size limit), with its topic."""
-        runs = max(1, self.max_run) > 1
-        body = max(self.max_event_size, MAX_RUN_BYTES if runs else 0)
-        stamp = STAMP.size + RUN_LENGTH.size * max(self.max_run if runs else 0, MAX_BATCH_EVENTS)
-        return MAX_TYPE_LENGTH + stamp + body
+        """Largest message the broker sends a subscriber: at most MESSAGE_BYTES of stamp and body
+        (schemas/fragments.py) under the longest topic, a session stream's (and its stamp's pad)."""
+        return STREAM_HEAD_MAX + MAX_TYPE_LENGTH + len(RESEND_STAMP_PAD) + MESSAGE_BYTES
 
     def sub_queue(self) -> int:
         """The high-water mark each subscriber's queue at the broker gets (libzmq counts messages)."""

@@ -55,6 +55,7 @@ class Control:
     rejected: int
     topics_refused: int
     syncs: int
+    fragmented: int
     lifecycle_events: int
     publishers: int
     subscribers: int
@@ -172,6 +173,7 @@ class Control:
             "rejected": self.rejected,
             "curve_refused": self._auth.refused if self._auth is not None else 0,
             "syncs": self.syncs,
+            "fragmented": self.fragmented,
             "taking_events": self._closed_until is None,
             "lifecycle_events": self.lifecycle_events,
             "publishers": self.publishers,

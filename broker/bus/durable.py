@@ -17,6 +17,7 @@ from typing import Any
 
 import zmq
 
+from broker.bus.split import needs_split, send_split
 from schemas.envelope import (
     CONFIRM,
     CONFIRM_MAX_BYTES,
@@ -326,6 +327,10 @@ class Durable:
             for topic, version, seq, bodies, sizes, _nbytes in runs:
                 if version + len(sizes) - 1 <= above:
                     continue
+                sent += len(sizes)
+                if needs_split(sizes):
+                    send_split(xpub, LOG_RESEND + topic, RESEND_STAMP_PAD, version, seq, bodies, sizes)
+                    continue
                 _send(xpub, LOG_RESEND + topic, _SNDMORE)
                 if len(sizes) == 1:
                     _send(xpub, RESEND_STAMP_PAD + STAMP.pack(version, seq), _SNDMORE)
@@ -336,7 +341,6 @@ class Durable:
                 else:
                     _send(xpub, RESEND_STAMP_PAD + run_stamp(version, seq, sizes), _SNDMORE)
                     _send(xpub, b"".join(bodies), 0)
-                sent += len(sizes)
         self.resent += sent
         if sent:
             log.info("sent the event log again %d event(s) above version %d", sent, above)

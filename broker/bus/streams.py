@@ -16,6 +16,7 @@ from typing import Any
 
 import zmq
 
+from broker.bus.split import needs_split, send_split
 from schemas.envelope import RESEND_STAMP_PAD, SESSION_PREFIX, STAMP, run_stamp, session_key, session_of
 from schemas.topics import compile_matcher
 
@@ -134,6 +135,9 @@ class SessionStreams:
         seq = seqs.get(topic, 0) + 1
         seqs[topic] = seq + n - 1
         self.copies += n
+        if needs_split(sizes):
+            send_split(xpub, stream.head + topic, RESEND_STAMP_PAD, version, seq, bodies, sizes)
+            return
         _send(xpub, stream.head + topic, _SNDMORE)
         if n == 1:
             _send(xpub, RESEND_STAMP_PAD + _pack_stamp(version, seq), _SNDMORE)

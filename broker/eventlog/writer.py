@@ -44,6 +44,7 @@ from schemas.envelope import (
     header_fields,
     split_run,
 )
+from schemas.fragments import Fragments, is_fragment
 from sdk.security import ClientKeys, secure_client
 from sdk.transport import event_socket
 
@@ -92,6 +93,7 @@ class LogWriter:
         self._reconnected = True  # the first event after start may follow a restart's jump
         self.write_errors = 0
         self.resent = 0
+        self._fragments = Fragments()
         self.acks = 0
         self._acked = -1
         self._acked_at = 0.0
@@ -228,6 +230,11 @@ class LogWriter:
             if topic[:1] == CONTROL_PREFIX:
                 if topic.startswith(LOG_RESEND):  # an event sent again: its stamp after the pad
                     topic, stamp = topic[len(LOG_RESEND) :], stamp[len(RESEND_STAMP_PAD) :]
+                    if is_fragment(topic, stamp):
+                        whole = self._fragments.take(topic, stamp, body)
+                        if whole is None:
+                            continue
+                        topic, stamp, body = whole
                     self.resent += 1
                     if len(stamp) < STAMP.size:  # no stamp after the pad: nothing to place it at
                         self.malformed += 1
@@ -249,6 +256,13 @@ class LogWriter:
             if len(stamp) == STAMP.size:
                 version, topic_seq = _unpack_stamp(stamp)
                 pieces: Iterable[tuple[int, int, bytes]] = ((version, topic_seq, body),)
+            elif is_fragment(topic, stamp):  # a part of a long event (schemas/fragments.py)
+                whole = self._fragments.take(topic, stamp, body)
+                if whole is None:
+                    continue
+                topic, stamp, body = whole
+                version, topic_seq = _unpack_stamp(stamp)
+                pieces = ((version, topic_seq, body),)
             else:  # a run: several events of one topic in one message (PROTOCOL.md)
                 run = self._run_row(topic, stamp, body, last)
                 if run is not None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from broker.backbone.cli import retention_args
+from broker.bus.config import SUB_BYTES
 from broker.cli.options import add_tcp, server_endpoints, server_keys
 from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
@@ -42,6 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--lifecycle-events",
         action="store_true",
         help="the broker publishes bus:started and bus:{publisher,subscriber}_{connected,disconnected}",
+    )
+    p.add_argument(
+        "--sub-bytes",
+        metavar="BYTES",
+        type=whole_number(0, 2**62),
+        default=None,
+        help="the broker's byte budget per subscriber (`pryxbus broker --sub-bytes`; default"
+        f" {SUB_BYTES}, 0: none): more absorbs longer bursts, at that much memory per stalled subscriber",
     )
     add_wait_options(p)
     from broker.backbone.cli import add_backbone_options
@@ -184,6 +193,8 @@ def _run_up(
             for part in ("broker", "edge"):
                 if args.lifecycle_events and part in child_args:
                     child_args[part] += ("--lifecycle-events",)
+            if args.sub_bytes is not None and "broker" in child_args:
+                child_args["broker"] += ("--sub-bytes", str(args.sub_bytes))
             if args.curve:
                 child_args = {name: (*extra, "--curve") for name, extra in child_args.items()}
             supervisor = Supervisor(

@@ -28,6 +28,7 @@ from schemas.envelope import (
     session_head,
     split_run,
 )
+from schemas.fragments import Fragments, is_fragment
 from schemas.topics import MAX_PREFIX, compile_matcher, zmq_prefixes
 from sdk.core.flows import PING, Ask, Filter, Flow, Receive, broker_epoch, seqs_chunks, seqs_request, sync_token
 from sdk.errors import BusError, SlowSubscriberError
@@ -110,6 +111,8 @@ class EventDecoder:
         self.received = 0
         self.restarts = 0
         self.recovered = 0
+        self.fragments = Fragments()
+        """An event delivered in fragments (schemas/fragments.py), while they arrive."""
         self.held: tuple[bytes, bytes, bytes] | None = None
         """A message that does not follow on, kept back until ``resolve`` settles the gap."""
         self.epoch: int | None = None
@@ -142,6 +145,10 @@ class EventDecoder:
             self.malformed += 1
             return
         if not version:
+            if is_fragment(topic, stamp):
+                whole = self.fragments.take(topic, stamp, body)
+                if whole is not None:
+                    self.feed(*whole, append)
             return
         n = len(sizes)
         last_topic_seq = self.last_topic_seq
@@ -287,6 +294,11 @@ class EventDecoder:
     def feed_each(self, topic: bytes, stamp: bytes, body: bytes, append: Append) -> None:
         """``feed`` for decoders that override ``decode``: a run is taken apart and each of its
         events decoded on its own (slower, for the cold paths: the seam and recovery)."""
+        if is_fragment(topic, stamp):
+            whole = self.fragments.take(topic, stamp, body)
+            if whole is not None:
+                self.feed_each(*whole, append)
+            return
         try:
             pieces = split_run(stamp, body)
         except MalformedEvent:
