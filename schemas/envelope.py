@@ -60,9 +60,9 @@ RUN_LENGTH = struct.Struct("!I")
 MAX_RUN = 128
 """Most events the broker puts in one delivered message (a run); 1 turns runs off."""
 
-MAX_RUN_BYTES = 16 * 1024
-"""Most body bytes in one run the broker gathers; a bigger body travels alone. A run of MAX_RUN
-events of it fits in one message of schemas.fragments.MESSAGE_BYTES."""
+MAX_RUN_BYTES = 64 * 1024
+"""Most body bytes in one run the broker gathers; a bigger body travels alone (and the broker
+gathers less within a bounded message size: broker/bus/split.py)."""
 
 BATCH_PREFIX = b"\x03"
 """First byte of a batch's topic frame (no event type starts with it)."""
@@ -73,13 +73,8 @@ BATCH_IDENTITY = struct.Struct("!QQ")
 MAX_BATCH_EVENTS = 4096
 """Most events in one batch; the broker refuses a batch with more."""
 
-MESSAGE_BYTES = 17 * 1024
-"""Most bytes of stamp and body in one message the broker delivers (schemas/fragments.py; a session
-stream's copy has 8 more, its pad): a 16 KiB event goes whole, with its envelope."""
-
-BATCH_BYTES = MESSAGE_BYTES - STAMP.size
-"""Bytes of lengths (4 per event) and bodies the SDK puts in one batch at most (never more than the
-broker's event size limit): the broker delivers such a batch as one message, without splitting it."""
+BATCH_BYTES = 128 * 1024
+"""Body bytes the SDK puts in one batch at most (and never more than the broker's event size limit)."""
 
 BODY_MARK = b"\x95"
 """First byte of an anonymous body: the msgpack header of a 5-element array."""

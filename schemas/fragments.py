@@ -1,13 +1,13 @@
-"""Messages of a bounded size: the broker cuts what it delivers into messages of at most
-MESSAGE_BYTES of stamp and body (PROTOCOL.md §5.2), so that its queues, which libzmq counts in
-messages, also hold a known number of bytes.
+"""Messages of a bounded size: with a byte budget per subscriber, the broker cuts what it delivers
+into messages of a bounded size (PROTOCOL.md §5.2; broker/bus/split.py), so that its queues, which
+libzmq counts in messages, also hold a known number of bytes.
 
 A run longer than that goes as several runs, split between events. A single event longer than that
 goes as *fragments*, consecutive messages on its topic::
 
     [0] topic  as the event's
     [1] stamp  FRAGMENT = struct "!QQQII": (0, version, topic_seq, index, count)
-    [2] part   the next bytes of the body, at most FRAGMENT_PART
+    [2] part   the next bytes of the body (every part but the last of one length)
 
 The leading 0 makes every decoder that does not know fragments skip them (a stamp whose version
 reads 0 is never an event), so it sees the event as lost, exactly, by its topic sequence. A
@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import struct
 
-from schemas.envelope import CONTROL_PREFIX, MESSAGE_BYTES, STAMP
+from schemas.envelope import CONTROL_PREFIX, STAMP
 
 FRAGMENT = struct.Struct("!QQQII")
 """A fragment's stamp: 0 (no event), the event's version and topic_seq, this fragment's index from
 0 and how many there are."""
-
-FRAGMENT_PART = MESSAGE_BYTES - FRAGMENT.size
-"""Body bytes in each fragment but the last."""
 
 ZERO_VERSION = bytes(8)
 
@@ -38,10 +35,10 @@ def is_fragment(topic: bytes, stamp: bytes) -> bool:
     return len(stamp) == FRAGMENT.size and stamp[:8] == ZERO_VERSION and topic[:1] != CONTROL_PREFIX
 
 
-def fragment_stamps(version: int, topic_seq: int, size: int) -> list[bytes]:
-    """The stamps of the fragments of one event of ``size`` body bytes, in order (part i is the
-    body's bytes from i * FRAGMENT_PART)."""
-    count = -(-size // FRAGMENT_PART)
+def fragment_stamps(version: int, topic_seq: int, size: int, part: int) -> list[bytes]:
+    """The stamps of the fragments of one event of ``size`` body bytes, ``part`` bytes each but the
+    last, in order (part i is the body's bytes from i * part)."""
+    count = -(-size // part)
     return [FRAGMENT.pack(0, version, topic_seq, i, count) for i in range(count)]
 
 

@@ -20,7 +20,8 @@ import zmq
 import sdk
 from broker.bus.config import SUB_BYTES
 from schemas.endpoints import Endpoints
-from schemas.fragments import FRAGMENT_PART
+from broker.bus.config import message_bytes
+from schemas.fragments import FRAGMENT
 from tests.helpers import control, stats, wait_for, wait_stats
 
 MiB = 1024 * 1024
@@ -213,6 +214,6 @@ def test_a_subscribers_byte_budget_leaves_the_event_log_its_queue(start, home: P
     log_stats = control(ctx, log_ep, {"op": "stats"})["result"]
     print(f"\na subscriber's queue {held['config']['sub_hwm']} messages; {held['durable']['unlogged_events']} events"
           f" stamped for the stopped log; it has {log_stats['events']} events, {log_stats['missing']} missing")
-    messages = large * -(-200_000 // FRAGMENT_PART)  # each event goes as fragments
+    messages = large * -(-200_000 // (message_bytes(2 * MiB) - FRAGMENT.size))  # each event goes as fragments
     assert held["config"]["sub_hwm"] < messages and large < held["durable"]["unlogged_events"]
     assert (log_stats["events"], log_stats["missing"], log_stats["gaps"]) == (small + large, 0, 0)

@@ -17,10 +17,13 @@ import sdk
 from helpers import raw_publisher, stats, wait_for, wait_logged
 from schemas.endpoints import Endpoints
 from schemas.envelope import STAMP, encode_batch
-from schemas.fragments import FRAGMENT, FRAGMENT_PART, MESSAGE_BYTES, Fragments, fragment_stamps
+from broker.bus.config import SUB_BYTES, message_bytes
+from schemas.fragments import FRAGMENT, Fragments, fragment_stamps
 from tests.fronts import Front
 
-# Payload sizes around the limit: the envelope adds ~40 bytes to a bin payload.
+# Payload sizes around the default limit: the envelope adds ~40 bytes to a bin payload.
+MESSAGE_BYTES = message_bytes(SUB_BYTES)
+PART = MESSAGE_BYTES - FRAGMENT.size
 WHOLE = MESSAGE_BYTES - STAMP.size - 200
 JUST_OVER = MESSAGE_BYTES
 LONG = 1_000_000
@@ -36,7 +39,7 @@ def published(bus) -> list[tuple[str, bytes, str | None]]:
     ]
     for event_type, payload, session_id in events:
         bus.publish(event_type, payload, session_id=session_id)
-    batch = [("big:c", os.urandom(2000), "s-big") for _ in range(60)]  # 120 KB: the SDK sends 8 batches
+    batch = [("big:c", os.urandom(2000), "s-big") for _ in range(60)]  # 120 KB: one batch, 8 messages
     assert bus.publish_many(batch) == 60
     bus.publish("big:a", b"last")
     return events + batch + [("big:a", b"last", None)]
@@ -81,9 +84,10 @@ def test_events_longer_than_a_message_arrive_whole_and_in_order(home: Path, even
                 again = [recovering.recv(timeout=10) for _ in sent]
             assert [(e.version, e.payload) for e in again] == [(e.version, e.payload) for e in got]
         counters = stats(ctx, control)
-        # 2 fragments, 58, and the raw batch in runs of up to 8: each within the limit (the SDK's
-        # batches are made to fit one message)
-        assert counters["fragmented"] == 2 + 58 + 8
+        # 2 fragments, 58, the SDK's batch (120 KB) in runs of up to 8, the raw batch; and again on
+        # the session's stream, its events: the 58 fragments and both batches
+        assert counters["fragmented"] == (2 + 58 + 8 + 8) + (58 + 8 + 8)
+        assert counters["config"]["message_bytes"] == MESSAGE_BYTES
     finally:
         ctx.destroy(linger=0)
 
@@ -93,7 +97,7 @@ def test_a_subscriber_that_loses_fragments_counts_each_event_it_lost(start, home
     fragments each: whatever the queues dropped, every event arrives whole or is counted lost,
     the tail's included (within the lost-tail look's second)."""
     start("broker", "--sub-hwm", "8")
-    n, size = 40, 5 * FRAGMENT_PART + 100
+    n, size = 40, 5 * PART + 100
     payloads = [os.urandom(size) for _ in range(n)]
     with sdk.connect(home, name="burst") as bus:
         with bus.subscribe("burst:*", policy="count", hwm=2) as sub:
@@ -155,7 +159,7 @@ def test_a_subscriber_from_the_protocol_puts_fragments_together(home: Path, bus:
         sub.subscribe(token)
         while sub.recv_multipart()[0] != token:
             pass
-        long = os.urandom(3 * FRAGMENT_PART)
+        long = os.urandom(3 * PART)
         bus.publish("raw:long", long)
         bus.publish("raw:long", b"short")
         got, parts = [], []
@@ -169,9 +173,9 @@ def test_a_subscriber_from_the_protocol_puts_fragments_together(home: Path, bus:
 
 
 def test_fragments_are_put_together_only_complete_and_in_order() -> None:
-    body = os.urandom(2 * FRAGMENT_PART + 10)
-    stamps = fragment_stamps(7, 3, len(body))
-    parts = [body[i * FRAGMENT_PART : (i + 1) * FRAGMENT_PART] for i in range(3)]
+    body = os.urandom(2 * PART + 10)
+    stamps = fragment_stamps(7, 3, len(body), PART)
+    parts = [body[i * PART : (i + 1) * PART] for i in range(3)]
     assert [struct.unpack("!QQQII", s) for s in stamps] == [(0, 7, 3, i, 3) for i in range(3)]
     assert all(len(s) == FRAGMENT.size for s in stamps)
 
@@ -187,5 +191,5 @@ def test_fragments_are_put_together_only_complete_and_in_order() -> None:
     assert headless.take(b"t", stamps[1], parts[1]) is None
     assert headless.take(b"t", stamps[2], parts[2]) is None
     # an event given up does not spoil the next one
-    nxt = fragment_stamps(8, 4, len(body))
+    nxt = fragment_stamps(8, 4, len(body), PART)
     assert [missing.take(b"t", s, p) for s, p in zip(nxt, parts)][-1] == (b"t", STAMP.pack(8, 4), body)

@@ -29,7 +29,7 @@ from broker.bus.loglink import LogLink
 from broker.bus.memory import trim
 from broker.bus.peers import SUBSCRIBE_ALL, Peers
 from broker.bus.reservation import Reservation
-from broker.bus.split import LONGEST_ALONE, fits, send_split
+from broker.bus.split import Splitter
 from broker.bus.streams import SessionStreams
 from broker.security import Authenticator, secure_server
 from broker.sockets import bind
@@ -43,6 +43,7 @@ from schemas.envelope import (
     LOG_MARK,
     MAX_BATCH_EVENTS,
     MAX_RUN_BYTES,
+    RUN_LENGTH,
     SESSION_PREFIX,
     STAMP,
     SYNC_PREFIX,
@@ -101,8 +102,6 @@ class Broker(Intake, Gate, LogLink, Control, Peers):
         self.topics_refused = 0
         self._topics_warned_at: float | None = None  # time.monotonic() of the last warning
         self.syncs = 0
-        self.fragmented = 0
-        """Messages sent for batches and events over MESSAGE_BYTES (split runs and fragments)."""
         self.publishers = 0
         self.subscribers = 0
         self._peers_in: set[int] = set()
@@ -146,7 +145,10 @@ class Broker(Intake, Gate, LogLink, Control, Peers):
         # its sender (DESIGN.md §4.4), which is why the SDK refuses oversized events first.
         self.max_msg_size = cfg.largest_in()
         self.max_run = max(1, cfg.max_run)
-        self.max_run_body = MAX_RUN_BYTES if self.max_run > 1 else 0
+        self.split = Splitter(cfg.message_bytes())
+        limit = self.split.limit
+        room = limit - STAMP.size - RUN_LENGTH.size * self.max_run if limit else MAX_RUN_BYTES
+        self.max_run_body = min(MAX_RUN_BYTES, room) if self.max_run > 1 else 0
 
         self.xsub = event_socket(ctx.socket(zmq.XSUB))
         self.xsub.linger = 0
@@ -215,6 +217,7 @@ class Broker(Intake, Gate, LogLink, Control, Peers):
             self.xsub, self.xpub, self._send_run,
             budget_bytes=cfg.log_budget, budget_events=events, max_publishers=cfg.max_publishers,
         )
+        durable.split = self._streams.split = self.split
         durable.logging = cfg.await_log > 0
         self._log_present = False  # the log's LOG_MARK subscription is in place
         self._seed_pending = cfg.await_log > 0 and bool(cfg.endpoints.log)
@@ -515,20 +518,20 @@ class Broker(Intake, Gate, LogLink, Control, Peers):
         and again on the session streams subscribed (if any) of the sessions they belong to."""
         xpub = self.xpub
         if len(sizes) == 1:
-            if sizes[0] > LONGEST_ALONE:
-                self.fragmented += send_split(xpub, topic, b"", version, seq, bodies, sizes)
+            if sizes[0] > self.split.longest_alone:
+                self.split.send(xpub, topic, b"", version, seq, bodies, sizes)
             else:
                 _send(xpub, topic, _SNDMORE)
                 _send(xpub, _pack_stamp(version, seq), _SNDMORE)
                 _send(xpub, bodies[0], 0, False)
-        elif len(bodies) == 1:
-            if fits(sizes):
+        elif len(bodies) == 1:  # a batch
+            if self.split.fits(sizes):
                 _send(xpub, topic, _SNDMORE)
                 _send(xpub, run_stamp(version, seq, sizes), _SNDMORE)
                 _send(xpub, bodies[0], 0, False)
             else:
-                self.fragmented += send_split(xpub, topic, b"", version, seq, bodies, sizes)
-        else:  # a run gathered here: MAX_RUN_BYTES keeps it within MESSAGE_BYTES
+                self.split.send(xpub, topic, b"", version, seq, bodies, sizes)
+        else:  # a run gathered here: max_run_body keeps it within the bound
             _send(xpub, topic, _SNDMORE)
             _send(xpub, run_stamp(version, seq, sizes), _SNDMORE)
             _send(xpub, b"".join(bodies), 0)

@@ -9,15 +9,29 @@ from pathlib import Path
 from broker.bus.durable import LOG_BUDGET, LOG_BUDGET_EVENTS, MAX_PUBLISHERS
 from broker.security import ServerKeys
 from schemas.endpoints import Endpoints
-from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, MAX_RUN, RESEND_STAMP_PAD, SESSION_PREFIX
-from schemas.fragments import MESSAGE_BYTES
+from schemas.envelope import (
+    DEFAULT_MAX_EVENT_SIZE,
+    MAX_BATCH_EVENTS,
+    MAX_RUN,
+    MAX_RUN_BYTES,
+    RESEND_STAMP_PAD,
+    RUN_LENGTH,
+    SESSION_PREFIX,
+    STAMP,
+)
 from schemas.topics import MAX_TYPE_LENGTH
 
 MiB = 1024 * 1024
 SUB_BYTES = 10 * MiB
-"""Default byte budget of one subscriber's queue at the broker (``--sub-bytes``): 589 messages of
-up to MESSAGE_BYTES, so 20 stalled subscribers, each holding other events, cost under 256 MiB
-(operations.md, "Memory")."""
+"""Default byte budget of one subscriber's queue at the broker (``--sub-bytes``): 587 messages of
+up to 17,476 bytes (:func:`message_bytes`), so 20 stalled subscribers, each holding other events,
+cost under 256 MiB (operations.md, "Memory")."""
+MESSAGE_BYTES_MIN = 17 * 1024
+"""Shortest bound on a delivered message: a 16 KiB event with its envelope still goes whole."""
+MESSAGE_BYTES_MAX = 65 * 1024
+"""Longest bound on a delivered message: a run of MAX_RUN events and MAX_RUN_BYTES still goes whole."""
+MESSAGES_PER_BUDGET = 600
+"""A subscriber's byte budget is cut into about this many messages (within the two bounds above)."""
 IN_BYTES = 0
 """Default byte budget of one publisher's queue into the broker (``--in-bytes``): none, since a
 publisher's message may be a whole event of ``max_event_size``; a budget of 8 MiB leaves 7 of them
@@ -103,10 +117,22 @@ class BrokerConfig:
         disconnects a publisher that sends more)."""
         return self.max_event_size + MAX_TYPE_LENGTH + 64
 
+    def message_bytes(self) -> int:
+        """The most bytes of stamp and body in one message the broker delivers (0: no bound)."""
+        return message_bytes(self.sub_bytes)
+
     def largest_out(self) -> int:
-        """Largest message the broker sends a subscriber: at most MESSAGE_BYTES of stamp and body
-        (schemas/fragments.py) under the longest topic, a session stream's (and its stamp's pad)."""
-        return STREAM_HEAD_MAX + MAX_TYPE_LENGTH + len(RESEND_STAMP_PAD) + MESSAGE_BYTES
+        """Largest message the broker sends a subscriber, topic included: within a byte budget, a
+        bounded message (:meth:`message_bytes`) under the longest topic, a session stream's (and its
+        stamp's pad); without, an event alone, a run (bodies up to MAX_RUN_BYTES) or a batch (up to
+        MAX_BATCH_EVENTS lengths, bodies up to the event size limit)."""
+        bound = self.message_bytes()
+        if bound:
+            return STREAM_HEAD_MAX + MAX_TYPE_LENGTH + len(RESEND_STAMP_PAD) + bound
+        runs = max(1, self.max_run) > 1
+        body = max(self.max_event_size, MAX_RUN_BYTES if runs else 0)
+        stamp = STAMP.size + RUN_LENGTH.size * max(self.max_run if runs else 0, MAX_BATCH_EVENTS)
+        return MAX_TYPE_LENGTH + stamp + body
 
     def sub_queue(self) -> int:
         """The high-water mark each subscriber's queue at the broker gets (libzmq counts messages)."""
@@ -115,6 +141,13 @@ class BrokerConfig:
     def in_queue(self) -> int:
         """The high-water mark each publisher's queue into the broker gets."""
         return queue_limit(self.in_hwm, self.in_bytes, self.largest_in())
+
+
+def message_bytes(sub_bytes: int) -> int:
+    """The bound on a delivered message's stamp and body for a subscriber budget (0: none)."""
+    if not sub_bytes:
+        return 0
+    return min(max(sub_bytes // MESSAGES_PER_BUDGET, MESSAGE_BYTES_MIN), MESSAGE_BYTES_MAX)
 
 
 def queue_limit(messages: int, budget: int, largest: int) -> int:

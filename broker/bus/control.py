@@ -24,6 +24,7 @@ from schemas.topics import compile_matcher
 if TYPE_CHECKING:
     from broker.bus.config import BrokerConfig
     from broker.bus.durable import Durable
+    from broker.bus.split import Splitter
     from broker.bus.streams import SessionStreams
     from broker.security import Authenticator
     from schemas.endpoints import Endpoints
@@ -55,7 +56,7 @@ class Control:
     rejected: int
     topics_refused: int
     syncs: int
-    fragmented: int
+    split: Splitter
     lifecycle_events: int
     publishers: int
     subscribers: int
@@ -173,7 +174,7 @@ class Control:
             "rejected": self.rejected,
             "curve_refused": self._auth.refused if self._auth is not None else 0,
             "syncs": self.syncs,
-            "fragmented": self.fragmented,
+            "fragmented": self.split.sent,
             "taking_events": self._closed_until is None,
             "lifecycle_events": self.lifecycle_events,
             "publishers": self.publishers,
@@ -184,6 +185,7 @@ class Control:
                 "sub_hwm": self.sub_queue,
                 "in_hwm": self.in_queue,
                 "sub_bytes": self.config.sub_bytes,
+                "message_bytes": self.split.limit,
                 "in_bytes": self.config.in_bytes,
                 "log_hwm": self.config.log_hwm,
                 "max_event_size": self.config.max_event_size,

@@ -17,7 +17,7 @@ from typing import Any
 
 import zmq
 
-from broker.bus.split import needs_split, send_split
+from broker.bus.split import Splitter
 from schemas.envelope import (
     CONFIRM,
     CONFIRM_MAX_BYTES,
@@ -80,6 +80,8 @@ class Durable:
         max_publishers: int = MAX_PUBLISHERS,
     ) -> None:
         self.xsub, self.xpub, self._send_run = xsub, xpub, send_run
+        self.split = Splitter(0)
+        """How a run sent again longer than a message goes (the broker's)."""
         self.budget_bytes = max(1, budget_bytes)
         self.budget_events = max(1, budget_events)
         self.max_publishers = max(1, max_publishers)
@@ -328,8 +330,8 @@ class Durable:
                 if version + len(sizes) - 1 <= above:
                     continue
                 sent += len(sizes)
-                if needs_split(sizes):
-                    send_split(xpub, LOG_RESEND + topic, RESEND_STAMP_PAD, version, seq, bodies, sizes)
+                if self.split.needs(sizes):
+                    self.split.send(xpub, LOG_RESEND + topic, RESEND_STAMP_PAD, version, seq, bodies, sizes)
                     continue
                 _send(xpub, LOG_RESEND + topic, _SNDMORE)
                 if len(sizes) == 1:

@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from broker.bus.split import needs_split, send_split
+from broker.bus.split import Splitter
 from schemas.envelope import RESEND_STAMP_PAD, SESSION_PREFIX, STAMP, run_stamp, session_key, session_of
 from schemas.topics import compile_matcher
 
@@ -50,6 +50,8 @@ class SessionStreams:
     """The session streams subscribers want now, keyed by session key."""
 
     def __init__(self) -> None:
+        self.split = Splitter(0)
+        """How a copy longer than a message goes (the broker's, set once it knows its budget)."""
         self.streams: dict[bytes, Stream] = {}
         self.copies = 0
         """Events sent on a session stream (each is also sent on its type's topic)."""
@@ -135,8 +137,8 @@ class SessionStreams:
         seq = seqs.get(topic, 0) + 1
         seqs[topic] = seq + n - 1
         self.copies += n
-        if needs_split(sizes):
-            send_split(xpub, stream.head + topic, RESEND_STAMP_PAD, version, seq, bodies, sizes)
+        if self.split.needs(sizes):
+            self.split.send(xpub, stream.head + topic, RESEND_STAMP_PAD, version, seq, bodies, sizes)
             return
         _send(xpub, stream.head + topic, _SNDMORE)
         if n == 1:

@@ -212,7 +212,7 @@ class PublisherCore:
         """The batches that publish ``events`` (``(type, payload)`` or ``(type, payload,
         session_id)`` each), all encoded and checked before any is sent: each run of consecutive
         events of one type becomes batches (PROTOCOL.md §4.2) of up to MAX_BATCH_EVENTS events
-        and BATCH_BYTES of lengths and bodies (never more than the event size limit). The bodies are
+        and BATCH_BYTES of bodies (never more than the event size limit). The bodies are
         anonymous; the batch carries its publisher id and first number once, in a frame of its
         own made when it is sent (:meth:`_batch_identity`).
 
@@ -254,7 +254,7 @@ class PublisherCore:
             length = len(core)
             if length > limit:
                 raise MessageTooLarge(length, limit)
-            if this != topic or size + length + 4 * len(cores) + 4 > most or len(cores) >= MAX_BATCH_EVENTS:
+            if this != topic or size + length > most or len(cores) >= MAX_BATCH_EVENTS:
                 if cores:
                     messages.append(_outgoing(topic, cores, size))  # type: ignore[arg-type]
                 topic, cores, size = this, [], 0
