@@ -118,12 +118,21 @@ def compile_matcher(patterns: Iterable[str]) -> Callable[[bytes], bool]:
     return lambda topic: topic in exact or fullmatch(topic) is not None
 
 
+EVERY_TYPE = [bytes([c]) for c in sorted(b"-.0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")]
+"""The prefixes that cover every event type and nothing else: a type's first byte is one of these.
+Subscribed in place of the empty prefix, they keep the broker's control messages (what it sends the
+event log again, session stream copies, ...) out of a subscriber's queue."""
+
+
 def zmq_prefixes(patterns: Iterable[str]) -> list[bytes]:
-    """The minimal set of ZeroMQ prefixes to subscribe to for ``patterns``."""
+    """The minimal set of ZeroMQ prefixes to subscribe to for ``patterns`` (never the empty prefix:
+    EVERY_TYPE instead)."""
     patterns = list(patterns)
     if is_match_all(patterns):
-        return [b""]
+        return list(EVERY_TYPE)
     prefixes = sorted({zmq_prefix(p) for p in patterns})
+    if prefixes[0] == b"":  # a pattern starting with a wildcard
+        return list(EVERY_TYPE)
     kept: list[bytes] = []
     for prefix in prefixes:
         # Sorted, so what a prefix covers follows it at once: only the last one kept can cover this.

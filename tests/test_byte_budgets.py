@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 import sdk
-from broker.bus.config import SUB_BYTES
+from broker.bus.config import BOUNDED_BYTES, SUB_BYTES, BrokerConfig
 from schemas.endpoints import Endpoints
 from broker.bus.config import message_bytes
 from schemas.fragments import FRAGMENT
@@ -111,12 +111,21 @@ def test_stalled_subscribers_hold_no_more_than_their_byte_budget(start, home: Pa
 def test_20_stalled_subscribers_and_1_mib_events_stay_under_256_mib(
     start, home: Path, ctx: zmq.Context, request: pytest.FixtureRequest
 ) -> None:
-    """The issue's scenario on the broker's defaults: 20 stalled subscribers, 1 MB events (25 each,
-    500 MB in all; 150 each, 3,000 MB, under --soak). The broker sends each event as fragments of
-    17 KiB, so its default budget of 589 messages holds ~10 MiB of them."""
+    """The issue's scenario with the budget operations.md gives for it: 20 stalled subscribers, 1 MB
+    events (25 each, 500 MB in all; 150 each, 3,000 MB, under --soak). The broker sends each event
+    as fragments of 17 KiB, so a budget of 10 MiB is 587 messages."""
     each = 150 if request.config.getoption("--soak") else 25
-    peak = stalled_subscribers(start, home, ctx, size=1_000_000, subscribers=20, each=each, sub_bytes=None)
+    peak = stalled_subscribers(start, home, ctx, size=1_000_000, subscribers=20, each=each, sub_bytes=BOUNDED_BYTES)
     assert peak < 256 * MiB
+
+
+def test_a_stalled_subscriber_on_the_defaults_holds_its_budget(start, home: Path, ctx: zmq.Context) -> None:
+    """On the defaults a subscriber's queue is about the 10,000 messages it always was, of 65 KiB at
+    most: 1 MB events go as fragments, so one that stops reading holds at most 640 MiB of the
+    1,500 MB sent, where it held up to 10,000 of them."""
+    defaults = BrokerConfig(endpoints=Endpoints.for_home(home))
+    assert defaults.message_bytes() == 65 * 1024 and 9_700 < defaults.sub_queue() <= 10_000
+    stalled_subscribers(start, home, ctx, size=1_000_000, subscribers=1, each=1_500, sub_bytes=None)
 
 
 def test_memory_returns_when_a_stalled_subscriber_goes(start, home: Path, ctx: zmq.Context) -> None:
@@ -217,3 +226,36 @@ def test_a_subscribers_byte_budget_leaves_the_event_log_its_queue(start, home: P
     messages = large * -(-200_000 // (message_bytes(2 * MiB) - FRAGMENT.size))  # each event goes as fragments
     assert held["config"]["sub_hwm"] < messages and large < held["durable"]["unlogged_events"]
     assert (log_stats["events"], log_stats["missing"], log_stats["gaps"]) == (small + large, 0, 0)
+
+
+def test_a_subscriber_to_everything_takes_no_room_for_what_the_log_is_sent_again(
+    start, home: Path, ctx: zmq.Context
+) -> None:
+    """The SDK subscribes ``**`` by the 65 bytes a type can start with, not the empty prefix: what
+    the broker sends a restarted event log again takes no room in its queue. 150 events of 8 kB
+    wait for a stopped log, which is killed and started again, and 100 more follow what the broker
+    sends the new log again; a subscriber that reads only then, with 300 messages at the broker (an
+    event each: no runs), gets all 250 (with the empty prefix, the 150 sent again filled its queue
+    and it lost the last ones: 2 runs of 2)."""
+    start("broker", "--await-log", "10", "--sub-hwm", "300", "--sub-bytes", "0", "--max-run", "1")  # a message an event
+    event_log = start("event-log")
+    control_ep = Endpoints.for_home(home).control
+    first, then = 150, 100
+    with sdk.connect(home, name="budget", timeout=5.0, publish_buffer=64 * MiB) as bus:
+        wait_stats(ctx, control_ep, lambda s: s["taking_events"], what="the log subscribed")
+        with bus.subscribe("**", policy="count", hwm=1) as sub:
+            event_log.signal(signal.SIGSTOP)
+            for i in range(first):
+                bus.publish("load:resent", {"i": i, "pad": "x" * 8000})
+            wait_stats(ctx, control_ep, lambda s: s["durable"]["unlogged_events"] >= first, what="all kept for the log")
+            os.kill(event_log.pid, signal.SIGKILL)
+            start("event-log")
+            resent = wait_stats(ctx, control_ep, lambda s: s["durable"]["resent_to_log"] >= first,
+                                what="the kept events sent again", timeout=30)["durable"]["resent_to_log"]
+            for i in range(first, first + then):
+                bus.publish("load:resent", {"i": i, "pad": "x" * 8000})
+            bus.flush(timeout=10)
+            got = [sub.recv(timeout=5).payload["i"] for _ in range(first + then)]
+            assert sub.recv_many(timeout=0.7) == [] and sub.lost == 0  # past the lost-tail look
+    assert got == list(range(first + then))
+    print(f"\nthe broker sent the new log {resent} events again; the subscriber got all {first + then}")

@@ -267,10 +267,8 @@ def test_a_log_slow_to_ack_after_the_wait_still_holds_confirmations_back(home: P
 def test_event_log_kill_9_three_times_under_up_loses_nothing_subscribers_got(home: Path) -> None:
     """The issue's done-means: under steady publishing, kill -9 the event log three times; it ends
     with exactly the events a ``count`` subscriber received, and no gap (the broker kept what the
-    log had not acked and sent it again). The subscriber's queue at the broker is the old 10,000
-    messages (``--sub-bytes 0``): publishers held back while the log restarts catch up at once, and
-    the default budget's 589 messages lost some of that burst (counted, not silent)."""
-    up = Up(home, "--sub-bytes", "0")
+    log had not acked and sent it again)."""
+    up = Up(home)
     try:
         up.wait_ready()
         with sdk.connect(home, name="t", timeout=10) as bus:

@@ -17,12 +17,14 @@ import sdk
 from helpers import raw_publisher, stats, wait_for, wait_logged
 from schemas.endpoints import Endpoints
 from schemas.envelope import STAMP, encode_batch
-from broker.bus.config import SUB_BYTES, message_bytes
+from broker.bus.config import BOUNDED_BYTES, message_bytes
 from schemas.fragments import FRAGMENT, Fragments, fragment_stamps
 from tests.fronts import Front
 
-# Payload sizes around the default limit: the envelope adds ~40 bytes to a bin payload.
-MESSAGE_BYTES = message_bytes(SUB_BYTES)
+# The broker runs with the budget that bounds a message at 17 KiB (the default: 65 KiB). Payload
+# sizes around that bound: the envelope adds ~40 bytes to a bin payload.
+BUDGET = str(BOUNDED_BYTES)
+MESSAGE_BYTES = message_bytes(BOUNDED_BYTES)
 PART = MESSAGE_BYTES - FRAGMENT.size
 WHOLE = MESSAGE_BYTES - STAMP.size - 200
 JUST_OVER = MESSAGE_BYTES
@@ -55,7 +57,9 @@ def raw_batch(home: Path, ctx: zmq.Context) -> list[tuple[str, bytes, str | None
     return [("big:d", p, "s-big") for p in payloads]
 
 
-def test_events_longer_than_a_message_arrive_whole_and_in_order(home: Path, event_log, front: Front) -> None:
+def test_events_longer_than_a_message_arrive_whole_and_in_order(home: Path, start, front: Front) -> None:
+    start("broker", "--sub-bytes", BUDGET)
+    start("event-log")
     ctx = zmq.Context()
     control = Endpoints.for_home(home).control
     try:
@@ -96,7 +100,7 @@ def test_a_subscriber_that_loses_fragments_counts_each_event_it_lost(start, home
     """A queue of 8 messages at the broker and 2 at the subscriber, a burst of 40 events of 6
     fragments each: whatever the queues dropped, every event arrives whole or is counted lost,
     the tail's included (within the lost-tail look's second)."""
-    start("broker", "--sub-hwm", "8")
+    start("broker", "--sub-hwm", "8", "--sub-bytes", BUDGET)
     n, size = 40, 5 * PART + 100
     payloads = [os.urandom(size) for _ in range(n)]
     with sdk.connect(home, name="burst") as bus:
@@ -144,7 +148,8 @@ def receive(sub, parts):
 """
 
 
-def test_a_subscriber_from_the_protocol_puts_fragments_together(home: Path, bus: sdk.Bus) -> None:
+def test_a_subscriber_from_the_protocol_puts_fragments_together(home: Path, start) -> None:
+    start("broker", "--sub-bytes", BUDGET)
     scope: dict = {"struct": struct, "msgpack": msgpack}
     exec(RAW_SUBSCRIBER, scope)
     receive = scope["receive"]
@@ -160,14 +165,16 @@ def test_a_subscriber_from_the_protocol_puts_fragments_together(home: Path, bus:
         while sub.recv_multipart()[0] != token:
             pass
         long = os.urandom(3 * PART)
-        bus.publish("raw:long", long)
-        bus.publish("raw:long", b"short")
+        with sdk.connect(home, name="big") as bus:
+            bus.publish("raw:long", long)
+            bus.publish("raw:long", b"short")
         got, parts = [], []
         while len(got) < 2:
             event = receive(sub, parts)
             if event is not None:
                 got.append(event)
         assert [(t, seq, body[4]) for t, _v, seq, body in got] == [(b"raw:long", 1, long), (b"raw:long", 2, b"short")]
+        assert stats(ctx, Endpoints.for_home(home).control)["fragmented"] == 4  # 3 parts and the envelope's rest
     finally:
         ctx.destroy(linger=0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from schemas.topics import (
+    EVERY_TYPE,
     MAX_TYPE_LENGTH,
     InvalidType,
     check_pattern,
@@ -93,16 +94,17 @@ def test_compile_matcher_rejects_invalid_patterns() -> None:
 @pytest.mark.parametrize(
     ("patterns", "prefixes"),
     [
-        ((), [b""]),
-        (("**",), [b""]),
+        ((), EVERY_TYPE),
+        (("**",), EVERY_TYPE),
         (("agent:*", "channel:message"), [b"agent:", b"channel:message"]),
         (("agent:*", "agent:spawned", "agent:**"), [b"agent:"]),
-        (("*:spawned", "agent:x"), [b""]),
+        (("*:spawned", "agent:x"), EVERY_TYPE),
     ],
     ids=repr,
 )
 def test_zmq_prefixes_cover_patterns_minimally(patterns: tuple[str, ...], prefixes: list[bytes]) -> None:
     assert zmq_prefixes(patterns) == prefixes
+    assert not any(b"\x00".startswith(p) for p in prefixes), "a control topic (NUL first) would match"
     for topic in TOPICS:  # every match passes some prefix filter
         if compile_matcher(patterns)(topic.encode()):
             assert any(topic.encode().startswith(p) for p in prefixes)

@@ -8,7 +8,7 @@ import zmq
 
 from broker.bus import reservation
 from broker.bus.broker import Broker
-from broker.bus.config import IN_BYTES, MAX_TOPICS, SUB_BYTES, BrokerConfig
+from broker.bus.config import BOUNDED_BYTES, IN_BYTES, MAX_TOPICS, SUB_BYTES, BrokerConfig
 from broker.bus.durable import LOG_BUDGET, LOG_BUDGET_EVENTS, MAX_PUBLISHERS
 from broker.cli.options import add_tcp, server_endpoints, server_keys
 from broker.logs import add_log_format
@@ -58,9 +58,9 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
         default=SUB_BYTES,
         metavar="BYTES",
         help=f"bytes queued per subscriber at the broker: caps --sub-hwm at BYTES / the largest message"
-        f" the broker sends (17 KiB plus a topic: it cuts longer events into fragments), as ZeroMQ"
-        f" counts messages (default {SUB_BYTES}, 589 messages: 20 stalled subscribers cost under"
-        f" 256 MiB; 0: no cap)",
+        f" the broker then sends (BYTES / 600, within 17-65 KiB, plus a topic: it cuts what is longer"
+        f" into runs and fragments), as ZeroMQ counts messages (default {SUB_BYTES}: 9,797 messages;"
+        f" {BOUNDED_BYTES}: 587, and 20 stalled subscribers cost under 256 MiB; 0: no cap)",
     )
     p.add_argument(
         "--in-bytes",

@@ -22,10 +22,13 @@ from schemas.envelope import (
 from schemas.topics import MAX_TYPE_LENGTH
 
 MiB = 1024 * 1024
-SUB_BYTES = 10 * MiB
-"""Default byte budget of one subscriber's queue at the broker (``--sub-bytes``): 587 messages of
-up to 17,476 bytes (:func:`message_bytes`), so 20 stalled subscribers, each holding other events,
-cost under 256 MiB (operations.md, "Memory")."""
+SUB_BYTES = 640 * MiB
+"""Default byte budget of one subscriber's queue at the broker (``--sub-bytes``): 9,797 messages of
+up to 65 KiB (:func:`message_bytes`), about the 10,000 of ``--sub-hwm``, so a burst of small
+events fits as it always did, while a stalled subscriber of 1 MiB events holds 640 MiB, not 10 GiB."""
+BOUNDED_BYTES = 10 * MiB
+"""The byte budget that keeps 20 stalled subscribers, each holding other 1 MiB events, under
+256 MiB (operations.md, "Memory"): 587 messages of up to 17,476 bytes, a short queue for bursts."""
 MESSAGE_BYTES_MIN = 17 * 1024
 """Shortest bound on a delivered message: a 16 KiB event with its envelope still goes whole."""
 MESSAGE_BYTES_MAX = 65 * 1024

@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=whole_number(0, 2**62),
         default=None,
         help="the broker's byte budget per subscriber (`pryxbus broker --sub-bytes`; default"
-        f" {SUB_BYTES}, 0: none): more absorbs longer bursts, at that much memory per stalled subscriber",
+        f" {SUB_BYTES}, 0: none): less bounds a stalled subscriber's memory, and shortens the bursts"
+        " a subscriber that keeps up can take",
     )
     add_wait_options(p)
     from broker.backbone.cli import add_backbone_options

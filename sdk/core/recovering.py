@@ -8,6 +8,7 @@ import time
 from collections import deque
 
 from schemas.envelope import DURABLE, DURABLE_MARK, STAMP, MalformedEvent, decode_body, publisher_of
+from schemas.topics import EVERY_TYPE
 from sdk.core.decoding import IDLE_LOOK_TIMEOUT, TAIL_LOOK, Append, EventDecoder, Resolve, event_of_row
 from sdk.core.flows import LOG_WAIT, PAGE, PING, Ask, Sleep, broker_epoch, broker_position, replay_request
 from sdk.errors import BusError, BusTimeout, BusUnavailable, SlowSubscriberError
@@ -20,7 +21,7 @@ class RecoveringDecoder(EventDecoder):
     """Decoder of a ``policy="recover"`` subscription: fills version gaps from the event log, and
     delivers only what the log has (read-committed).
 
-    It subscribes to every event (``prefixes = [b""]``) because versions are contiguous only over
+    It subscribes to every type (EVERY_TYPE) and the durable mark: versions are contiguous only over
     the whole stream; filtering by pattern happens here. A gap's events are appended, in version
     order, ahead of the event that revealed it. A gap is filled a page at a time (``busy`` until
     it is filled), so one receive never waits for a whole gap, nor holds it in memory.
@@ -36,7 +37,7 @@ class RecoveringDecoder(EventDecoder):
     def __init__(self, patterns: tuple[str, ...], *, timeout: float, page: int = PAGE) -> None:
         super().__init__(patterns, "count")
         self.policy = "recover"
-        self.prefixes = [b""]
+        self.prefixes = [*EVERY_TYPE, DURABLE]
         self.timeout = timeout
         """Longest a gap fill waits for the log to reach the versions it needs."""
         self.page = page
