@@ -313,6 +313,7 @@ def _report(
         "repeats": repeats,
         "interrupted": partial,
         "transport": env.transport,
+        "broker_options": list(BROKER_OPTIONS),
         "machine": info,
         "systems": {s: {"skipped": r} for s, r in skipped.items()} | {s: {"skipped": None} for s in systems},
         "measurements": [m.to_dict() for m in ms],
@@ -324,7 +325,9 @@ def _report(
         machine_lines(info)
         + (f"INTERRUPTED after {partial}: partial results, some figures from fewer runs\n" if partial else "")
         + f"{'quick' if env.quick else 'full'} run, {repeats} runs per figure (median ±half-range);"
-        f" (N×) = pryxbus ÷ that system, same run; {doc['duration_s']:.0f}s\n\n"
+        f" (N×) = pryxbus ÷ that system, same run; {doc['duration_s']:.0f}s\n"
+        + f"pryxbus broker: {' '.join(BROKER_OPTIONS)} (queues that hold what a publisher sends ahead"
+        " of its subscriber, as the peers' do; operations.md \"Memory\" has the defaults' price)\n\n"
         + table(ms, systems)
         + "\n"
         + targets_table(targets)
