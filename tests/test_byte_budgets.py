@@ -18,7 +18,8 @@ import pytest
 import zmq
 
 import sdk
-from broker.bus.config import BOUNDED_BYTES, SUB_BYTES, BrokerConfig
+from broker.bus.config import BOUNDED_BYTES, IN_BYTES, SUB_BYTES, BrokerConfig
+from broker.bus.durable import LOG_BUDGET
 from schemas.endpoints import Endpoints
 from broker.bus.config import message_bytes
 from schemas.fragments import FRAGMENT
@@ -149,14 +150,26 @@ def test_memory_returns_when_a_stalled_subscriber_goes(start, home: Path, ctx: z
           f" {after / MiB:.0f} MiB after the subscriber went")
 
 
-def stalled_log(start, home: Path, ctx: zmq.Context, *, size: int, log_budget: int, in_bytes: int, events: int) -> None:
+def stalled_log(
+    start, home: Path, ctx: zmq.Context, *, size: int, log_budget: int | None, in_bytes: int | None, events: int
+) -> None:
     """Stop the event log (SIGSTOP) under a broker that awaits it, as ``pryxbus up`` runs them, and
     publish: the broker must stop taking events once its budget for the log is spent, so the
-    publisher blocks (PublishTimeout), instead of queueing everything for the log."""
-    broker = start("broker", "--await-log", "10", "--in-bytes", str(in_bytes), "--log-budget", str(log_budget))
+    publisher blocks (PublishTimeout), instead of queueing everything for the log. ``None``: the
+    broker's default."""
+    options = ["--await-log", "10"]
+    if in_bytes is not None:
+        options += ["--in-bytes", str(in_bytes)]
+    if log_budget is not None:
+        options += ["--log-budget", str(log_budget)]
+    broker = start("broker", *options)
+    in_bytes = IN_BYTES if in_bytes is None else in_bytes
+    log_budget = LOG_BUDGET if log_budget is None else log_budget
     event_log = start("event-log")
     control = Endpoints.for_home(home).control
-    with sdk.connect(home, name="budget", timeout=5.0, publish_timeout=2.0, hwm=100) as bus:
+    # a publish buffer that never fills first: the broker's queues must be what holds the publisher back
+    with sdk.connect(home, name="budget", timeout=5.0, publish_timeout=2.0, hwm=100,
+                     publish_buffer=2 * events * size) as bus:
         wait_stats(ctx, control, lambda s: s["taking_events"], what="the log subscribed")
         warm_up(bus, size)
         before = memory(broker.pid, "VmRSS")
@@ -190,6 +203,13 @@ def stalled_log(start, home: Path, ctx: zmq.Context, *, size: int, log_budget: i
 
 def test_a_stalled_event_log_blocks_publishers_within_budget(start, home: Path, ctx: zmq.Context) -> None:
     stalled_log(start, home, ctx, size=16 * 1024, log_budget=4 * MiB, in_bytes=2 * MiB, events=4000)
+
+
+def test_a_stalled_event_log_and_1_mb_events_with_640_mib_per_publisher(start, home: Path, ctx: zmq.Context) -> None:
+    """The log's default budget (64 MiB) and 640 MiB for a publisher's queue (639 messages): 1 MB
+    events for a stopped log block their publisher once both are full, where the publisher's queue
+    alone held 10,000 of them on the defaults."""
+    stalled_log(start, home, ctx, size=1_000_000, log_budget=None, in_bytes=640 * MiB, events=1_800)
 
 
 @pytest.mark.soak

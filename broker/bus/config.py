@@ -36,9 +36,9 @@ MESSAGE_BYTES_MAX = 65 * 1024
 MESSAGES_PER_BUDGET = 600
 """A subscriber's byte budget is cut into about this many messages (within the two bounds above)."""
 IN_BYTES = 0
-"""Default byte budget of one publisher's queue into the broker (``--in-bytes``): none, since a
-publisher's message may be a whole event of ``max_event_size``; a budget of 8 MiB leaves 7 of them
-and costs single small events ~15% of their rate (operations.md, "Memory")."""
+"""Default byte budget of one publisher's queue into the broker (``--in-bytes``): none. A publisher
+may send a whole event of ``max_event_size``, so a budget buys few messages (640 MiB: 639 of 1 MiB);
+operations.md, "Memory", says what a short queue costs."""
 TRIM_DELAY = 0.5
 """Seconds after a peer disconnects before the broker hands freed memory back to the system: libzmq
 frees a closed connection's queue when its pipe terminates, shortly after the monitor reports it."""
