@@ -43,7 +43,7 @@ from sdk.aio_sessions import AsyncSessionClient
 from sdk.aio_subscription import Pending, Subscription
 from sdk.filters import Where, event_filter
 from sdk.bus import DEFAULT_HWM, resolve_endpoints, stream_wanted
-from sdk.errors import BusClosed, InvalidEvent, MessageTooLarge, translate
+from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge, translate
 from sdk.core.flows import drive_async
 from sdk.core.publishing import (
     DEFAULT_PUBLISH_BUFFER,
@@ -494,10 +494,16 @@ class Bus(EventLogReading, PublisherCore):
     async def close(self) -> None:
         """Close every subscription, then the bus; idempotent.
 
-        Events still queued reach the broker first (for at most ``timeout``).
+        Waits first, at most ``timeout``, for the broker to confirm what this bus published (a
+        warning says how many it did not).
         """
         if self._closed:
             return
+        if self._publisher is not None:
+            try:
+                await self._drive_publisher(self._closing(self.timeout))
+            except BusError:  # the wait is best effort: closing goes on
+                pass
         self._closed = True
         for sub in list(self._subscriptions):
             await sub.close()

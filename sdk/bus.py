@@ -487,10 +487,16 @@ class Bus(PublisherCore):
         return self.control.call({"op": "stats"})
 
     def close(self) -> None:
-        """Close every subscription, then the bus; idempotent."""
+        """Close every subscription, then the bus; idempotent. Waits first, at most ``timeout``, for
+        the broker to confirm what this bus published (a warning says how many it did not)."""
         with self._lock:
             if self._closed:
                 return
+            if self._pub is not None:
+                try:
+                    drive(self._closing(self.timeout), self._server, self._io)
+                except BusError:  # the wait is best effort: closing goes on
+                    pass
             self._closed = True
             subs = list(self._subscriptions)
         for sub in subs:

@@ -68,7 +68,7 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
         default=IN_BYTES,
         metavar="BYTES",
         help=f"bytes queued per publisher into the broker: caps --in-hwm at BYTES / the largest message"
-        f" a publisher may send (--max-event-size plus headers; default {IN_BYTES}: no cap)",
+        f" a publisher may send (--max-event-size plus headers; default {IN_BYTES}: 639 of 1 MiB; 0: no cap)",
     )
     p.add_argument(
         "--max-event-size",

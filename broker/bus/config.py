@@ -35,10 +35,10 @@ MESSAGE_BYTES_MAX = 65 * 1024
 """Longest bound on a delivered message: a run of MAX_RUN events and MAX_RUN_BYTES still goes whole."""
 MESSAGES_PER_BUDGET = 600
 """A subscriber's byte budget is cut into about this many messages (within the two bounds above)."""
-IN_BYTES = 0
-"""Default byte budget of one publisher's queue into the broker (``--in-bytes``): none. A publisher
-may send a whole event of ``max_event_size``, so a budget buys few messages (640 MiB: 639 of 1 MiB);
-operations.md, "Memory", says what a short queue costs."""
+IN_BYTES = 640 * MiB
+"""Default byte budget of one publisher's queue into the broker (``--in-bytes``): 639 messages of up
+to ``max_event_size`` (1 MiB), which costs single small events nothing measurable; a smaller one
+does (63 messages: ~15% of their rate; operations.md, "Memory")."""
 TRIM_DELAY = 0.5
 """Seconds after a peer disconnects before the broker hands freed memory back to the system: libzmq
 frees a closed connection's queue when its pipe terminates, shortly after the monitor reports it."""

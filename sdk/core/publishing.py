@@ -13,6 +13,8 @@ the numbering on its hot path.
 
 from __future__ import annotations
 
+import logging
+
 import secrets
 import struct
 import time
@@ -65,6 +67,8 @@ pack_number = struct.Struct("!Q").pack
 """The number's 8 bytes, the last of an identified body (PROTOCOL.md §4.1)."""
 
 SEVEN = IDENTIFIED_MARK
+
+log = logging.getLogger("pryxbus.sdk")
 
 
 class _Step:
@@ -436,6 +440,19 @@ class PublisherCore:
             self.publish_timeout if timeout is None else timeout,
             f"events up to number {target - NUMBER_BASE} were not all confirmed",
         )
+
+    def _closing(self, timeout: float) -> Flow[None]:
+        """Before the bus closes: wait, at most ``timeout``, until the broker has confirmed every
+        event this bus published. A closed connection loses what the broker had not read of it
+        yet, and a bus that is closed no longer sends anything again, so what is still
+        unconfirmed then is reported, with its count, in a warning."""
+        if not self._kept:
+            return
+        try:
+            yield from self._flush(timeout)
+        except BusError as e:
+            log.warning("%s closes with %d published event(s) the broker has not confirmed (%s): they may be"
+                        " lost; call flush() before close() to know", self.name, len(self._kept) >> 1, e)
 
     def _version(self, number: int) -> Flow[int]:
         """The version of the event ``number`` (published with WANT_VERSION), once confirmed.
