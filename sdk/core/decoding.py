@@ -28,7 +28,7 @@ from schemas.envelope import (
     session_head,
     split_run,
 )
-from schemas.fragments import Fragments, is_fragment
+from schemas.fragments import FRAGMENT, Fragments, is_fragment
 from schemas.topics import MAX_PREFIX, compile_matcher, zmq_prefixes
 from sdk.core.flows import PING, Ask, Filter, Flow, Receive, broker_epoch, seqs_chunks, seqs_request, sync_token
 from sdk.errors import BusError, SlowSubscriberError
@@ -54,6 +54,7 @@ SLICE_FROM = 512
 """Runs whose bodies average this many bytes or more are decoded body by body from slices of the
 message (no copy of the run); smaller ones by one streaming unpacker (fewer calls per event)."""
 _unpack_stamp = STAMP.unpack
+_unpack_fragment = FRAGMENT.unpack
 _unpack_run = struct.unpack
 _unpackb = msgpack.unpackb
 _Unpacker = msgpack.Unpacker
@@ -113,6 +114,9 @@ class EventDecoder:
         self.recovered = 0
         self.fragments = Fragments()
         """An event delivered in fragments (schemas/fragments.py), while they arrive."""
+        self.parts = 0
+        """Fragments received: a queue that dropped some of an event's leaves no event to count,
+        so they too make a look for a lost tail due."""
         self.held: tuple[bytes, bytes, bytes] | None = None
         """A message that does not follow on, kept back until ``resolve`` settles the gap."""
         self.epoch: int | None = None
@@ -128,6 +132,7 @@ class EventDecoder:
         self._next_look = 0.0
         self._next_tail = 0.0
         self._seen = 0  # ``received`` at the last look for a lost tail
+        self._parts_seen = 0  # ``parts`` then
 
     # -- the hot paths -----------------------------------------------------------------------
 
@@ -146,7 +151,7 @@ class EventDecoder:
             return
         if not version:
             if is_fragment(topic, stamp):
-                whole = self.fragments.take(topic, stamp, body)
+                whole = self.fragment(topic, stamp, body)
                 if whole is not None:
                     self.feed(*whole, append)
             return
@@ -295,7 +300,7 @@ class EventDecoder:
         """``feed`` for decoders that override ``decode``: a run is taken apart and each of its
         events decoded on its own (slower, for the cold paths: the seam and recovery)."""
         if is_fragment(topic, stamp):
-            whole = self.fragments.take(topic, stamp, body)
+            whole = self.fragment(topic, stamp, body)
             if whole is not None:
                 self.feed_each(*whole, append)
             return
@@ -312,6 +317,21 @@ class EventDecoder:
                 return
             if event is not None:
                 append(event)
+
+    def fragment(self, topic: bytes, stamp: bytes, body: bytes) -> tuple[bytes, bytes, bytes] | None:
+        """Take one fragment (schemas/fragments.py): the whole event's message once its last one is
+        in, else None. A fragment is a message received, as a whole event would have been: the
+        first of its topic starts the topic's sequence (:meth:`begin`), and it makes a look for a
+        lost tail due, so that an event whose other fragments a full queue dropped shows as lost."""
+        self.parts += 1
+        _, version, topic_seq, _index, _count = _unpack_fragment(stamp)
+        self.begin(topic, version, topic_seq)
+        return self.fragments.take(topic, stamp, body)
+
+    def begin(self, topic: bytes, version: int, topic_seq: int) -> None:
+        """A fragment of event (``version``, ``topic_seq``) arrived: a topic with nothing received
+        yet follows on from there."""
+        self.last_topic_seq.setdefault(topic, topic_seq - 1)
 
     # -- the cold paths ----------------------------------------------------------------------
 
@@ -384,12 +404,13 @@ class EventDecoder:
         of its events the new broker stamped before we were back (``lost``, or SlowSubscriberError
         under ``drop``, as for any gap).
 
-        A subscription that received events since the last look asks instead, every TAIL_LOOK
-        seconds at most, for the tail it may have lost (:meth:`tail_look`): one question for both.
+        A subscription that received events (or fragments: an event whose other fragments were
+        dropped leaves nothing else) since the last look asks instead, every TAIL_LOOK seconds at
+        most, for the tail it may have lost (:meth:`tail_look`): one question for both.
         """
         if left <= 0:
             return None
-        if self.received != self._seen and now >= self._next_tail:
+        if (self.received != self._seen or self.parts != self._parts_seen) and now >= self._next_tail:
             self._next_tail = now + TAIL_LOOK
             self._next_look = now + IDLE_LOOK
             return self.tail_look(min(TAIL_LOOK_TIMEOUT, left), append)
@@ -413,7 +434,7 @@ class EventDecoder:
             SlowSubscriberError: events were lost and the policy is ``drop``.
         """
         deadline = time.monotonic() + timeout
-        seen = self.received  # what this look covers, once it concludes
+        seen, parts = self.received, self.parts  # what this look covers, once it concludes
         seqs: dict[str, int] = {}
         try:
             for chunk in seqs_chunks(self.patterns):  # a topic two groups match: either answer holds
@@ -450,7 +471,7 @@ class EventDecoder:
                         yield from self.resolve(append)
         finally:
             yield Filter(token, False)
-        self._seen = seen
+        self._seen, self._parts_seen = seen, parts
         self._tail_lost(seqs)
 
     def _tail_lost(self, seqs: dict[str, int]) -> None:

@@ -56,6 +56,12 @@ class RecoveringDecoder(EventDecoder):
 
     feed = EventDecoder.feed_each
 
+    def begin(self, topic: bytes, version: int, topic_seq: int) -> None:
+        """A fragment arrived: a subscription that received nothing yet starts there, as it would
+        at a whole event, so that an event a full queue cut short is filled from the log."""
+        if self.last_version is None:
+            self.last_version = version - 1
+
     def decode(self, topic: bytes, stamp: bytes, body: bytes) -> Event | None:
         """The next event in version order, or None (filtered out, malformed, a duplicate, held,
         waiting for the durable mark)."""
