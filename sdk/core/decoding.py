@@ -158,7 +158,11 @@ class EventDecoder:
         n = len(sizes)
         last_topic_seq = self.last_topic_seq
         last = last_topic_seq.get(topic)
-        if last is not None and topic_seq != last + 1:
+        if last is None:
+            if self._head_lost(topic, topic_seq):
+                self.held = (topic, stamp, body)
+                return
+        elif topic_seq != last + 1:
             self.held = (topic, stamp, body)
             return
         last_topic_seq[topic] = topic_seq + n - 1
@@ -263,7 +267,11 @@ class EventDecoder:
             return None
         last_topic_seq = self.last_topic_seq
         last = last_topic_seq.get(topic)
-        if last is not None and topic_seq != last + 1:
+        if last is None:
+            if self._head_lost(topic, topic_seq):
+                self.held = (topic, stamp, body)
+                return None
+        elif topic_seq != last + 1:
             self.held = (topic, stamp, body)
             return None
         last_topic_seq[topic] = topic_seq
@@ -330,8 +338,20 @@ class EventDecoder:
 
     def begin(self, topic: bytes, version: int, topic_seq: int) -> None:
         """A fragment of event (``version``, ``topic_seq``) arrived: a topic with nothing received
-        yet follows on from there."""
-        self.last_topic_seq.setdefault(topic, topic_seq - 1)
+        yet follows on from there (or from ``base``, if that is lower: what came before was lost)."""
+        last_topic_seq = self.last_topic_seq
+        if topic not in last_topic_seq:
+            start = topic_seq - 1
+            if self.base is not None and self.matches(topic):
+                start = min(start, self.base.get(topic, 0))
+            last_topic_seq[topic] = start
+
+    def _head_lost(self, topic: bytes, topic_seq: int) -> bool:
+        """The first event received of a matching ``topic`` does not follow on from where the topic
+        was when the subscription started (``base``): the ones between were lost (a gap to settle).
+        A topic no pattern matches is in no ``base``: nothing is known of it."""
+        base = self.base
+        return base is not None and topic_seq > base.get(topic, 0) + 1 and self.matches(topic)
 
     # -- the cold paths ----------------------------------------------------------------------
 
@@ -353,7 +373,9 @@ class EventDecoder:
         topic, stamp, body = self.held
         self.held = None
         topic_seq = _unpack_stamp(stamp[:16])[1]
-        last = self.last_topic_seq.get(topic, 0)
+        last = self.last_topic_seq.get(topic)
+        if last is None:  # the first of its topic, after events lost since the start (base)
+            last = self.base.get(topic, 0) if self.base is not None else 0
         try:
             epoch: int | None = broker_epoch((yield Ask("control", PING)))
         except BusError:
