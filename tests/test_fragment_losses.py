@@ -13,6 +13,7 @@ import pytest
 import sdk
 from broker.bus.config import BOUNDED_BYTES
 from helpers import wait_for
+from tests.fronts import Front
 
 # A queue of 8 messages at the broker, 1 at the subscriber: a 1 MB event (61 fragments of 17 KiB)
 # cannot fit, so some of its fragments are always dropped.
@@ -29,11 +30,11 @@ def drain(sub, seconds: float) -> list[sdk.Event]:
     return got
 
 
-def test_events_whose_fragments_were_dropped_are_counted_lost(start, home: Path) -> None:
+def test_events_whose_fragments_were_dropped_are_counted_lost(start, home: Path, front: Front) -> None:
     """Found by publishing 3 events of 1 MB to a subscriber with short queues: it received none
     and counted none lost (with whole messages, 3 received)."""
     start("broker", *SMALL_QUEUES)
-    with sdk.connect(home, name="big") as bus, bus.subscribe("big:*", policy="count", hwm=1) as sub:
+    with front.connect(home, name="big") as bus, bus.subscribe("big:*", policy="count", hwm=1) as sub:
         for _ in range(3):
             bus.publish("big:one", os.urandom(BIG))
         bus.flush(timeout=10)
@@ -42,22 +43,22 @@ def test_events_whose_fragments_were_dropped_are_counted_lost(start, home: Path)
         assert len(got) + sub.lost == 3
 
 
-def test_a_drop_subscription_ends_when_an_events_fragments_were_dropped(start, home: Path) -> None:
+def test_a_drop_subscription_ends_when_an_events_fragments_were_dropped(start, home: Path, front: Front) -> None:
     start("broker", *SMALL_QUEUES)
-    with sdk.connect(home, name="big") as bus, bus.subscribe("big:*", hwm=1) as sub:
+    with front.connect(home, name="big") as bus, bus.subscribe("big:*", hwm=1) as sub:
         bus.publish("big:one", os.urandom(BIG))
         bus.flush(timeout=10)
         with pytest.raises(sdk.SlowSubscriberError):
             sub.recv(timeout=3)
 
 
-def test_recover_fills_a_first_event_whose_fragments_were_dropped(start, home: Path) -> None:
+def test_recover_fills_a_first_event_whose_fragments_were_dropped(start, home: Path, front: Front) -> None:
     """Found the same way: the first event's fragments partly dropped, the next event whole, and
     recover delivered only the second (it started its sequence there): the first was skipped,
     neither delivered from the log nor counted."""
     start("broker", *SMALL_QUEUES)
     start("event-log")
-    with sdk.connect(home, name="big") as bus, bus.subscribe("big:*", policy="recover", hwm=1) as sub:
+    with front.connect(home, name="big") as bus, bus.subscribe("big:*", policy="recover", hwm=1) as sub:
         first = os.urandom(BIG)
         bus.publish("big:one", first)
         bus.flush(timeout=10)
