@@ -181,7 +181,7 @@ class Broker(Intake, Gate, LogLink, Control, Peers):
         if ep.log_feed:
             # A listener copies the socket's options when it binds, so connections to this second
             # endpoint (the event log's) get a deeper queue than every other subscriber's.
-            self.xpub.sndhwm = cfg.log_hwm
+            self.xpub.sndhwm = cfg.log_queue()
             bound["log_feed"] = bind(self.xpub, ep.log_feed)
             self.xpub.sndhwm = self.sub_queue
 

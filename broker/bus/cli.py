@@ -80,7 +80,7 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
         "--log-hwm",
         type=whole_number(0, 2**31 - 1),
         default=1_000_000,
-        help="messages queued for the event log's connection (default 1000000); --log-budget stays below it, so publishers wait before this queue could overflow",
+        help="messages queued for the event log's connection (default 1000000; within a bound on messages, plus room for the fragments of --log-budget); --log-budget stays below it, so publishers wait before this queue could overflow",
     )
     p.add_argument(
         "--await-log",

@@ -19,6 +19,7 @@ from schemas.envelope import (
     SESSION_PREFIX,
     STAMP,
 )
+from schemas.fragments import FRAGMENT
 from schemas.topics import MAX_TYPE_LENGTH
 
 MiB = 1024 * 1024
@@ -136,6 +137,18 @@ class BrokerConfig:
         body = max(self.max_event_size, MAX_RUN_BYTES if runs else 0)
         stamp = STAMP.size + RUN_LENGTH.size * max(self.max_run if runs else 0, MAX_BATCH_EVENTS)
         return MAX_TYPE_LENGTH + stamp + body
+
+    def log_queue(self) -> int:
+        """The event log's queue at the broker (0: none): ``log_hwm`` messages, and room for what
+        bounding messages adds to them. The broker keeps at most ``log_hwm`` events and
+        ``log_budget`` bytes (and the run that passed it) for a log that does not ack; each event
+        went as one message, but within a bound a long one goes as fragments, and a long batch as
+        several runs, at most one message more per ``message_bytes - FRAGMENT.size`` bytes."""
+        bound = self.message_bytes()
+        if not bound or self.log_hwm <= 0:
+            return self.log_hwm
+        extra = -(-(self.log_budget + self.largest_in()) // (bound - FRAGMENT.size))
+        return min(self.log_hwm + extra, 2**31 - 1)
 
     def sub_queue(self) -> int:
         """The high-water mark each subscriber's queue at the broker gets (libzmq counts messages)."""
