@@ -59,7 +59,7 @@ def add_broker_options(p: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         help=f"bytes queued per subscriber at the broker: caps --sub-hwm at BYTES / the largest message"
         f" the broker then sends (BYTES / 600, within 17-65 KiB, plus a topic: it cuts what is longer"
-        f" into runs and fragments), as ZeroMQ counts messages (default {SUB_BYTES}: 9,797 messages;"
+        f" into runs and fragments), as ZeroMQ counts messages (default {SUB_BYTES}: 10,027 messages, so --sub-hwm's 10,000;"
         f" {BOUNDED_BYTES}: 587, and 20 stalled subscribers cost under 256 MiB; 0: no cap)",
     )
     p.add_argument(

@@ -24,8 +24,8 @@ from schemas.topics import MAX_TYPE_LENGTH
 
 MiB = 1024 * 1024
 SUB_BYTES = 640 * MiB
-"""Default byte budget of one subscriber's queue at the broker (``--sub-bytes``): 9,797 messages of
-up to 65 KiB (:func:`message_bytes`), about the 10,000 of ``--sub-hwm``, so a burst of small
+"""Default byte budget of one subscriber's queue at the broker (``--sub-bytes``): 10,027 messages of
+up to 65 KiB and a topic (:func:`message_bytes`), about the 10,000 of ``--sub-hwm``, so a burst of small
 events fits as it always did, while a stalled subscriber of 1 MiB events holds 640 MiB, not 10 GiB."""
 BOUNDED_BYTES = 10 * MiB
 """The byte budget that keeps 20 stalled subscribers, each holding other 1 MiB events, under
