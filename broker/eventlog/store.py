@@ -36,6 +36,10 @@ EVENT_COLUMNS = ("version", "type", "topic_seq", "ts", "source", "session_id", "
 _INSERT = f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_RUN = f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}, n, sizes, ts_last) VALUES ({', '.join('?' * 12)})"
 
+PAGE_SIZE = 4096
+WAL_BYTES = 64 * 1024 * 1024
+"""The WAL grows to about this much between checkpoints."""
+
 Row = tuple[int, str, int, float, str, "str | None", bytes, "int | None", "int | None"]
 """An event as appended; ``pub_id`` (the publisher id as a signed 64-bit integer, SQLite's) and
 ``pub_num`` are None for an anonymous publish."""
@@ -107,10 +111,11 @@ class EventStore:
         check_database(self.path, "logged events")
         self.db = sqlite_utils.Database(self.path)
         self.conn = self.db.conn
-        # Bigger pages and fewer checkpoints make appends cheaper; page_size only applies to a new file.
-        self.conn.execute("PRAGMA page_size=16384")
+        # A commit writes each page it changed whole into the WAL: small pages keep a lone event's
+        # commit cheap (batches cost the same). page_size only applies to a new file.
+        self.conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         self.db.enable_wal()
-        self.conn.execute("PRAGMA wal_autocheckpoint=4096")
+        self.conn.execute(f"PRAGMA wal_autocheckpoint={WAL_BYTES // PAGE_SIZE}")  # few checkpoints
         # WAL + NORMAL: a committed batch survives a crash of any process (not a power cut).
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
         self._create()
