@@ -53,6 +53,29 @@ def test_flush_returns_once_all_are_confirmed_and_times_out_while_the_broker_is_
         assert (bus.publish_stats.confirmed, bus.publish_stats.unconfirmed) == (1001, 0)
 
 
+@pytest.mark.parametrize("spare", [True, False], ids=["spinning", "sleeping"])
+def test_a_spinning_wait_gets_the_same_versions_and_still_times_out(
+    home: Path, broker: Part, monkeypatch: pytest.MonkeyPatch, spare: bool
+) -> None:
+    """The sync bus busy-polls for a confirmation while a CPU is spare (``spin``): the machine's
+    answer is fixed here (the suite's own load decides it otherwise), and the waits must return
+    what a sleeping wait returns, and give up at their timeout while the broker is stopped."""
+    monkeypatch.setattr("sdk.bus.cpu_spare", lambda now: spare)
+    with sdk.connect(home, name="t", publish_timeout=5.0, spin=0.001) as bus, bus.subscribe("conf:*") as sub:
+        versions = [bus.publish("conf:s", {"i": i}, wait=True) for i in range(50)]
+        assert versions == list(range(versions[0], versions[0] + 50))
+        assert [sub.recv(timeout=5).version for _ in range(50)] == versions
+        broker.signal(signal.SIGSTOP)
+        try:
+            bus.publish("conf:s", {"i": 50})
+            with pytest.raises(sdk.PublishTimeout, match="not all confirmed within 0.3s"):
+                bus.flush(timeout=0.3)
+        finally:
+            broker.signal(signal.SIGCONT)
+        bus.flush(timeout=10)
+        assert bus.publish_stats.unconfirmed == 0
+
+
 def test_a_publisher_that_closes_at_once_loses_nothing_the_broker_had_not_read(home: Path, start) -> None:
     """A process publishes 3,000 events and exits without flush(), while the broker's queue for it
     holds 100: its events leave the process at once, and the broker loses what it has not read of

@@ -1,4 +1,5 @@
-"""The session service's look for a spare CPU before it spins (broker/sessions/spare_cpu.py): on a
+"""The look for a spare CPU before the session service or the SDK's wait for a confirmation spins
+(sdk/spare_cpu.py): on a
 stat file the test writes (the real /proc/stat cannot be made busy or idle on demand), and once on
 the real one. Times are passed in, ten seconds apart, as if that much had gone by."""
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.sessions.spare_cpu import SPARE, SpareCpu
+from sdk.spare_cpu import SPARE, WAIT_SPARE, SpareCpu
 
 TICKS = os.sysconf("SC_CLK_TCK")
 STEP = 10.0
@@ -56,6 +57,17 @@ def test_spare_follows_what_the_other_processes_used(machine: Machine) -> None:
     for i, (used, spare) in enumerate(cases, start=1):
         machine.others_use(used, cpus)
         assert meter.spare(t + i * STEP) is spare, (used, spare)
+
+
+def test_the_sdk_waits_ask_for_one_cpu_where_the_service_asks_for_one_and_a_half(machine: Machine) -> None:
+    service = SpareCpu(window=1.0, stat_path=str(machine.path))
+    client = SpareCpu(window=1.0, stat_path=str(machine.path), need=WAIT_SPARE)
+    cpus, t = service.cpus, time.perf_counter()
+    if cpus < SPARE:
+        pytest.skip(f"{cpus} CPU(s): neither ever spins, so there is no difference to see")
+    machine.others_use(cpus - (WAIT_SPARE + SPARE) / 2, cpus)  # 1.25 CPUs left: enough for the client only
+    assert client.spare(t + STEP) is True
+    assert service.spare(t + STEP) is False
 
 
 def test_the_answer_holds_until_the_window_ends(machine: Machine) -> None:

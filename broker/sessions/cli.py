@@ -13,7 +13,7 @@ from broker.logs import add_log_format
 from broker.logs import configure as configure_logging
 from broker.process import AlreadyRunning, announce, home_lock, path_lock, stop_on_signals
 from broker.sessions.events import DEFAULT_LINGER
-from broker.sessions.spare_cpu import DEFAULT_SPIN
+from sdk.spare_cpu import DEFAULT_SPIN
 from schemas.endpoints import HomeNotOwned, check_owned
 from sdk.cli.common import add_home, fail, whole_number
 

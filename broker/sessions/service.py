@@ -41,7 +41,7 @@ import zmq
 from broker.envelope import split_envelope
 from broker.security import Authenticator, ServerKeys, secure_server
 from broker.sessions.events import DEFAULT_LINGER, SessionEvents
-from broker.sessions.spare_cpu import DEFAULT_SPIN, SpareCpu
+from sdk.spare_cpu import DEFAULT_SPIN, SpareCpu
 from broker.sessions.store import SCHEMA_VERSION, SessionStore, Written
 from broker.sockets import bind
 from schemas.endpoints import Endpoints
@@ -105,7 +105,7 @@ class ServiceConfig:
     spin: float = DEFAULT_SPIN
     """Seconds to busy-poll for the next request after answering, when the last one came sooner
     than that after the answer before it and the machine has a CPU to spare (0: never); see
-    ``broker/sessions/spare_cpu.py``."""
+    ``sdk/spare_cpu.py``."""
     curve: ServerKeys | None = None
     """CURVE keys (``--curve``): the socket is a CURVE server behind a ZAP allow-list, and the
     session events go to the broker with the home's client keypair."""

@@ -91,9 +91,12 @@ subscription alone does not say that this one's connection is new."""
 
 
 class WaitForBroker(NamedTuple):
-    """A watch step: wait up to ``timeout`` seconds for a message on the XPUB; send back whether one came."""
+    """A watch step: wait up to ``timeout`` seconds for a message on the XPUB; send back whether one
+    came. ``confirming``: what is awaited is a confirmation, due within a round trip (the sync
+    front may busy-poll for it, ``sdk.Bus(spin=)``), not a broker that has gone."""
 
     timeout: float
+    confirming: bool = False
 
 
 class Resend(NamedTuple):
@@ -410,7 +413,7 @@ class PublisherCore:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PublishTimeout(f"{why} within {timeout:g}s")
-            if (yield WaitForBroker(remaining)):
+            if (yield WaitForBroker(remaining, True)):
                 yield from self._watch()
 
     def _room(self, size: int) -> Flow[None]:
