@@ -4,6 +4,7 @@ per change whichever home's service wrote it."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import pytest
 import zmq
 
 import sdk
-from broker.backbone.sessions import CRASH_ENV
+from broker.backbone.sessions import CRASH_ENV, bucket_name
+from broker.backbone.sessions import key_of as sessions_key
 from schemas.endpoints import Endpoints
 from tests.helpers import Part, start_part, stats, wait_for
 
@@ -139,6 +141,50 @@ def test_changes_written_but_not_announced_are_announced_once_by_the_next_servic
     finally:
         for part in (again, second, edge):
             part.stop()
+
+
+def test_a_service_stopped_cleanly_leaves_its_successor_nothing_to_publish_again(xprocess, cluster, stream, homes) -> None:
+    """The shared cursor moves every CURSOR_INTERVAL, not at each change, and once more as the
+    service stops: the next service, ready once it has caught up with the bucket, has published
+    nothing and found nothing already stored; a session deleted with other tools (a KV delete,
+    not this service's gone mark) reads as absent and can be created again."""
+    home = homes()
+    edge = _stack(xprocess, home, cluster, stream, "edge")
+    service = _stack(xprocess, home, cluster, stream, "session-service", "--store", "nats-kv")
+    ctx = zmq.Context()
+    try:
+        with sdk.connect(home, name="a", timeout=10.0) as bus, bus.subscribe("session:**") as events:
+            for i in range(5):
+                bus.sessions.create(f"s{i}", id=f"s{i}")
+            got = [events.recv(timeout=10) for _ in range(5)]
+            service.stop()
+            service = _stack(xprocess, home, cluster, stream, "session-service", "--store", "nats-kv")
+            counted = stats(ctx, Endpoints.for_home(home).sessions)
+            assert (counted["events_published"], counted["events_duplicate"]) == (0, 0)
+            assert [s.id for s in bus.sessions.list()] == [f"s{i}" for i in reversed(range(5))]
+
+            async def kv_delete() -> None:
+                import nats
+
+                nc = await nats.connect(cluster.urls)
+                try:
+                    kv = await nc.jetstream().key_value(bucket_name(stream))
+                    await kv.delete(sessions_key("s0"))
+                finally:
+                    await nc.close()
+
+            asyncio.run(kv_delete())
+            with pytest.raises(sdk.SessionNotFound):
+                bus.sessions.get("s0")
+            assert bus.sessions.create("again", id="s0").title == "again"
+            got.append(events.recv(timeout=10))
+        assert [(e.type, e.payload["id"]) for e in got] == [("session:created", f"s{i}") for i in range(5)] + [
+            ("session:created", "s0")
+        ]
+    finally:
+        service.stop()
+        edge.stop()
+        ctx.destroy(linger=0)
 
 
 def _crashed(part: Part) -> None:

@@ -6,12 +6,12 @@ backbone at once.
   ``ensure`` and ``delete`` read the session and write at its revision, and read again when another
   writer got there first. Nothing is lost between homes writing the same session.
 - ``list`` (by ``updated_at``, then ``id``, descending) reads an index kept from the bucket's own
-  stream, which every service follows; ``get`` reads the bucket.
+  stream, which every service follows; ``get`` reads the bucket (from its stream's leader).
 - ``session:*`` events come from that same stream, so they follow the write by construction: each
   change (a bucket revision) is published to the bus's stream with ``Nats-Msg-Id`` ``kv:REVISION``,
   so the services of every home together publish it once; a shared cursor (the last revision
-  published) lets a restarted service publish what it had not, across a ``kill -9`` between write
-  and event. A restore publishes nothing, as in SQLite.
+  published, moved every :data:`CURSOR_INTERVAL`) lets a restarted service publish what it had not,
+  across a ``kill -9`` between write and event. A restore publishes nothing, as in SQLite.
 
 A test hook, ``PRYXBUS_TEST_KV_CRASH`` (:data:`CRASH_ENV`), makes that ``kill -9`` deterministic.
 """
@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import bisect
+import json
 import logging
 import os
+import re
 import signal
 import time
 import uuid
@@ -32,7 +34,6 @@ from typing import Any, Callable
 
 import msgpack
 import zmq
-import zmq.asyncio
 
 from broker.backbone import stream as layout
 from broker.security import Authenticator, ServerKeys, secure_server
@@ -71,6 +72,12 @@ CRASH_ENV = "PRYXBUS_TEST_KV_CRASH"
 itself when it is about to announce a change of session ID (written, not announced);
 ``after-event:ID`` once it announced it and before it moves the shared cursor. Read once, at start;
 unset, nothing happens."""
+CURSOR_INTERVAL = 0.2
+"""Seconds between two moves of the shared cursor: a service killed in between publishes again the
+events of up to that long, which the stream stores once (their ``Nats-Msg-Id``, within its
+2-minute duplicate window), instead of a cursor write per change."""
+FINAL_MOVE_TIMEOUT = 2.0
+"""Seconds a stopping service gives the last move of the cursor."""
 REPLY_CACHE = 10_000
 CAS_TRIES = 100
 SCHEMA_VERSION = 3
@@ -104,6 +111,8 @@ class KvSessionService:
         self.cas_retries = 0
         self._cursor_at: int | None = None
         """The shared cursor's key revision as this service last read or wrote it (None: unknown)."""
+        self._announced = 0  # the last revision this service published the event of
+        self._cursor_moved = 0  # ... and moved the shared cursor to
         self.events_published = 0
         self.events_duplicate = 0  # announced already (by another home's service, or by us before a crash)
         self._crash = tuple(os.environ.get(CRASH_ENV, "").partition(":")[::2])
@@ -111,6 +120,7 @@ class KvSessionService:
         self._replies: OrderedDict[Any, bytes] = OrderedDict()
         self._last = datetime.now(timezone.utc)
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()  # the ROUTER may have something to read (_serve)
         self._applied = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.started = time.time()
@@ -141,10 +151,13 @@ class KvSessionService:
                 self.marks = await self.js.create_key_value(KeyValueConfig(
                     bucket=layout.checkpoint_bucket(self.stream), history=64, replicas=self.replicas,
                     storage=StorageType.FILE))
+            self._get_api = f"$JS.API.STREAM.MSG.GET.KV_{bucket_name(self.stream)}"
+            self._key_prefix = f"$KV.{bucket_name(self.stream)}."
             await self._follow()
-            ctx = self.ctx = zmq.asyncio.Context()
+            self._tasks.append(asyncio.create_task(self._keep_cursor()))
+            ctx = self.ctx = zmq.Context()
             if self.curve is not None:  # before it binds: fail closed (ZAP runs on the same context)
-                self._auth = Authenticator(zmq.Context.shadow(ctx.underlying), self.curve)
+                self._auth = Authenticator(ctx, self.curve)
             self.sock = ctx.socket(zmq.ROUTER)
             self.sock.linger = 0
             if self.curve is not None:
@@ -157,6 +170,12 @@ class KvSessionService:
             for task in self._tasks:
                 task.cancel()
             if self.nc is not None:
+                if self.nc.is_connected:  # a clean stop leaves nothing to publish again
+                    try:
+                        await asyncio.wait_for(self._move_cursor(), FINAL_MOVE_TIMEOUT)
+                    except asyncio.TimeoutError:
+                        log.warning("the shared cursor was not moved before the stop: a restarted"
+                                    " service publishes up to %d again (stored once)", self._announced)
                 await self.nc.close()
             if self._auth is not None:
                 self._auth.close()
@@ -242,7 +261,23 @@ class KvSessionService:
         else:
             self.events_published += 1
         self._crash_at("after-event", session["id"])
-        await self._advance_cursor(revision)
+        self._announced = max(self._announced, revision)
+
+    async def _keep_cursor(self) -> None:
+        """Move the shared cursor to what this service announced, every CURSOR_INTERVAL."""
+        while True:
+            await asyncio.sleep(CURSOR_INTERVAL)
+            await self._move_cursor()
+
+    async def _move_cursor(self) -> None:
+        announced = self._announced
+        if announced > self._cursor_moved:
+            try:
+                await self._advance_cursor(announced)
+            except Exception as e:  # the cluster is away: the next move (or restart) makes up for it
+                log.warning("the shared cursor was not moved to %d (%s)", announced, e)
+                return
+            self._cursor_moved = announced
 
     def _crash_at(self, point: str, session_id: str) -> None:
         if self._crash == (point, session_id):
@@ -275,9 +310,22 @@ class KvSessionService:
     # -- requests ----------------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        while True:
-            frames = await self.sock.recv_multipart()
-            asyncio.get_running_loop().create_task(self._answer(frames))
+        """Read requests off the ROUTER as its descriptor signals, each answered in a task of its
+        own. A plain socket on the loop's reader, not zmq.asyncio: its futures and callbacks
+        per message cost about as much as a request's own work here. ZeroMQ's descriptor signals
+        a change, not a message, and a send may take that change in: each send wakes this loop
+        to look again (``_wake``)."""
+        loop = asyncio.get_running_loop()
+        sock, wake = self.sock, self._wake
+        loop.add_reader(sock.FD, wake.set)
+        try:
+            while True:
+                wake.clear()
+                while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    loop.create_task(self._answer(sock.recv_multipart(zmq.NOBLOCK)))
+                await wake.wait()
+        finally:
+            loop.remove_reader(sock.FD)
 
     async def _answer(self, frames: list[bytes]) -> None:
         *head, body = frames
@@ -306,9 +354,10 @@ class KvSessionService:
             self.errors[INTERNAL] = self.errors.get(INTERNAL, 0) + 1
             reply = msgpack.packb(error_reply(INTERNAL, f"internal error ({type(e).__name__}); retry"), use_bin_type=True)
         try:
-            await self.sock.send_multipart([*head, reply])
+            self.sock.send_multipart([*head, reply], zmq.NOBLOCK)  # a ROUTER drops, never blocks
         except zmq.ZMQError:
             pass
+        self._wake.set()
 
     def _now(self) -> str:
         """Now, but after the last timestamp this service wrote (``list`` keeps the order of changes)."""
@@ -319,17 +368,28 @@ class KvSessionService:
         return format_ts(now)
 
     async def _entry(self, session_id: str) -> tuple[dict[str, str] | None, int | None]:
-        """(the session or None if deleted, its key's revision or None if it never existed)."""
-        from nats.js.errors import KeyDeletedError, KeyNotFoundError
+        """(the session or None if deleted, its key's revision or None if it never existed).
 
-        try:
-            entry = await self.kv.get(key_of(session_id))
-        except (KeyNotFoundError, KeyDeletedError):
-            return None, None
-        if entry.value is None:
-            return None, entry.revision
-        value = msgpack.unpackb(entry.value, raw=False)
-        return (None if value.get("gone") else value["session"]), entry.revision
+        Read from the bucket's stream leader (``STREAM.MSG.GET``, last by subject) and parsed
+        here: nats-py's ``kv.get`` spends longer building its entry (the headers through an email
+        parser, a datetime per message) than the read takes."""
+        subject = self._key_prefix + key_of(session_id)
+        response = await self.nc.request(self._get_api, json.dumps({"last_by_subj": subject}).encode(), timeout=5)
+        reply = json.loads(response.data)
+        error = reply.get("error")
+        if error is not None:
+            if error.get("code") == 404:  # no message on that subject: a key never written
+                return None, None
+            raise RuntimeError(f"JetStream refused to read session {session_id!r}: {error.get('description')}")
+        message = reply["message"]
+        headers = message.get("hdrs")
+        if headers and _REMOVED.search(base64.b64decode(headers)):
+            return None, None  # deleted with other tools: kv.create takes such a key back
+        data = message.get("data")
+        if not data:
+            return None, message["seq"]
+        value = msgpack.unpackb(base64.b64decode(data), raw=False)
+        return (None if value.get("gone") else value["session"]), message["seq"]
 
     async def _put(
         self, session: dict[str, str], change: str | None, revision: int | None, *, gone: bool = False, read: bool = True
@@ -467,6 +527,8 @@ class KvSessionService:
 
 
 _TICK = timedelta(microseconds=1)
+_REMOVED = re.compile(rb"KV-Operation:\s*(DEL|PURGE)")
+"""A header line of a key deleted or purged by other tools (this service marks a value gone)."""
 _WRITES = frozenset({"create", "ensure", "rename", "touch", "delete", "restore"})
 _OPS: dict[str, Callable[[KvSessionService, dict[str, Any]], Any]] = {
     "get": KvSessionService.op_get, "list": KvSessionService.op_list, "create": KvSessionService.op_create,
