@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from broker.bus.config import IN_BYTES, SUB_BYTES
 from broker.process import announce, stop_on_signals
 from sdk.cli.common import fail, whole_number
 
@@ -178,6 +179,17 @@ def register_edge(subparsers: argparse._SubParsersAction) -> None:
         help="events queued per subscriber before that subscriber starts losing them (default %(default)d)",
     )
     p.add_argument(
+        "--sub-bytes", type=whole_number(0, 2**62), default=SUB_BYTES, metavar="BYTES",
+        help="bytes queued per subscriber at the edge, as `pryxbus broker --sub-bytes`: caps --sub-hwm at"
+        " BYTES / the largest message the edge then sends (BYTES / 600, within 17-65 KiB: it cuts what"
+        f" is longer into runs and fragments; default {SUB_BYTES}; 0: no cap)",
+    )
+    p.add_argument(
+        "--in-bytes", type=whole_number(0, 2**62), default=IN_BYTES, metavar="BYTES",
+        help="bytes queued per publisher into the edge: caps its queue at BYTES / the largest event"
+        f" (default {IN_BYTES}; 0: no cap)",
+    )
+    p.add_argument(
         "--lifecycle-events", action="store_true",
         help="publish bus:started and bus:{publisher,subscriber}_{connected,disconnected} events (this"
         " edge's own) to the stream",
@@ -206,6 +218,7 @@ def run_edge(args: argparse.Namespace) -> int:
     config = EdgeConfig(
         servers=args.backbone, stream=args.stream, replicas=args.replicas, creds=args.creds,
         endpoints=endpoints, window=args.window, checkpoint_every=args.checkpoint_every, sub_hwm=args.sub_hwm,
+        sub_bytes=args.sub_bytes, in_bytes=args.in_bytes,
         retain_events=args.retain_events, retain_seconds=args.retain_seconds, retain_bytes=args.retain_bytes,
         version_base=args.version_base, home_version=home_version, curve=curve,
         lifecycle_events=args.lifecycle_events,

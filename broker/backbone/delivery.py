@@ -20,7 +20,8 @@ import zmq.backend
 
 from broker.backbone import stream as layout
 from broker.backbone.publishing import StreamPublisher
-from schemas.envelope import MAX_RUN, MAX_RUN_BYTES, STAMP, SYNC_PREFIX, run_stamp
+from broker.bus.split import Splitter
+from schemas.envelope import MAX_RUN, MAX_RUN_BYTES, RUN_LENGTH, STAMP, SYNC_PREFIX, run_stamp
 
 if TYPE_CHECKING:
     import zmq.asyncio
@@ -60,6 +61,8 @@ class Delivery:
         xsub: zmq.asyncio.Socket
         xpub: zmq.asyncio.Socket
         _xpub_send: Any
+        _xpub_sync: zmq.Socket
+        splitter: Splitter
         _xsub_sync: zmq.Socket
         _caught_up: asyncio.Event
         _checkpointing: bool
@@ -169,6 +172,18 @@ class Delivery:
         send = self._xpub_send
         if send is None:  # before the sockets are bound: no subscriber to send it to
             return
+        splitter = self.splitter
+        if splitter.limit and (len(run[0]) > splitter.longest_alone if len(run) == 1
+                               else STAMP.size + RUN_LENGTH.size * len(run) + self._run_size > splitter.limit):
+            splitter.send(self._xpub_sync, self._run_topic, b"", self._run_version, self._run_seq, run,
+                          [len(body) for body in run])
+        else:
+            self._send_whole(send, run)
+        if not self._syncs_look_due:
+            self._syncs_look_due = True
+            asyncio.get_running_loop().call_soon(self._look_for_syncs)
+
+    def _send_whole(self, send: Any, run: list[bytes]) -> None:
         send(self._run_topic, _SNDMORE)
         if len(run) == 1:
             send(STAMP.pack(self._run_version, self._run_seq), _SNDMORE)
@@ -176,9 +191,6 @@ class Delivery:
         else:
             send(run_stamp(self._run_version, self._run_seq, [len(body) for body in run]), _SNDMORE)
             send(b"".join(run), 0, False)
-        if not self._syncs_look_due:
-            self._syncs_look_due = True
-            asyncio.get_running_loop().call_soon(self._look_for_syncs)
 
     def _look_for_syncs(self) -> None:
         """After a turn's deliveries: the sends on the XPUB's sync shadow may have consumed the

@@ -37,11 +37,13 @@ from broker.backbone.delivery import Delivery
 from broker.backbone.peers import IN_EVENTS, OUT_EVENTS, EdgePeers
 from broker.backbone.publishing import ACK_TIMEOUT, StreamPublisher
 from broker.backbone.wire import Wire
-from broker.bus.config import CURVE_SLACK
+from broker.bus.config import CURVE_SLACK, IN_BYTES, SUB_BYTES, message_bytes, queue_limit
+from broker.bus.split import Splitter
 from broker.security import Authenticator, ServerKeys, secure_server
 from broker.sockets import bind
 from schemas.endpoints import Endpoints
-from schemas.envelope import DEFAULT_MAX_EVENT_SIZE
+from schemas.envelope import DEFAULT_MAX_EVENT_SIZE, MAX_RUN, MAX_RUN_BYTES, RUN_LENGTH, STAMP
+from schemas.topics import MAX_TYPE_LENGTH
 from schemas.topics import compile_matcher
 
 log = logging.getLogger("pryxbus.edge")
@@ -87,10 +89,31 @@ class EdgeConfig:
     base when this edge creates the stream, and no stream with a lower base is served."""
     sub_hwm: int = 10_000
     in_hwm: int = 10_000
+    sub_bytes: int = SUB_BYTES
+    """Bytes queued per subscriber at the edge, as the broker's ``--sub-bytes``: longer runs and
+    events go in messages of at most :meth:`message_bytes` (runs that fit, fragments), and
+    ``sub_hwm`` is capped at the budget over the largest message; 0: no cap, nothing split."""
+    in_bytes: int = IN_BYTES
+    """Bytes queued per publisher into the edge, as the broker's ``--in-bytes`` (0: no cap)."""
     curve: ServerKeys | None = None
     """CURVE keys (``--curve``): every bound socket is a CURVE server behind the home's allow-list."""
     lifecycle_events: bool = False
     """``--lifecycle-events``: publish ``bus:started`` and this edge's connection changes (peers.py)."""
+
+    def message_bytes(self) -> int:
+        """The most bytes of stamp and body in one message the edge delivers (0: no bound)."""
+        return message_bytes(self.sub_bytes)
+
+    def sub_queue(self) -> int:
+        """Each subscriber's high-water mark at the edge: ``sub_hwm``, capped by ``sub_bytes``."""
+        bound = self.message_bytes()
+        largest = MAX_TYPE_LENGTH + (bound or STAMP.size + RUN_LENGTH.size * MAX_RUN
+                                     + max(self.max_event_size, MAX_RUN_BYTES))
+        return queue_limit(self.sub_hwm, self.sub_bytes, largest)
+
+    def in_queue(self) -> int:
+        """Each publisher's high-water mark into the edge: ``in_hwm``, capped by ``in_bytes``."""
+        return queue_limit(self.in_hwm, self.in_bytes, self.max_event_size + MAX_TYPE_LENGTH + 64)
 
 
 class EdgeRefused(Exception):
@@ -135,6 +158,7 @@ class Edge(Checkpoints, Delivery):
         self.wire: Wire
         self._run = []
         self._xpub_send: Any = None
+        self.splitter: Splitter | None = None  # bound messages for byte budgets (_bind)
         self.peers: EdgePeers | None = None
         self._nats_errors = 0
         self._nats_error_logged = 0.0
@@ -349,11 +373,11 @@ class Edge(Checkpoints, Delivery):
         if cfg.curve is not None:  # before anything binds: fail closed (ZAP runs on the same context)
             self._auth = Authenticator(zmq.Context.shadow(ctx.underlying), cfg.curve)
         self.xsub = self._server_socket(zmq.XSUB)
-        self.xsub.rcvhwm = cfg.in_hwm
+        self.xsub.rcvhwm = cfg.in_queue()
         self.xsub.maxmsgsize = cfg.max_event_size + 319
         bound = {"publish": bind(self.xsub, ep.publish)}
         self.xpub = self._server_socket(zmq.XPUB)
-        self.xpub.sndhwm = cfg.sub_hwm
+        self.xpub.sndhwm = cfg.sub_queue()
         self.xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
         # Under CURVE the limit applies to the handshake too (the broker's CURVE_SLACK).
         self.xpub.maxmsgsize = 256 + (CURVE_SLACK if cfg.curve is not None else 0)
@@ -367,7 +391,12 @@ class Edge(Checkpoints, Delivery):
         # Sync shadows for the XPUB's sends and _take's reads, without a coroutine per message: an
         # operation on one while a receive is awaited on the socket is followed by a look at the
         # asyncio socket's EVENTS (see to_publishers).
-        self._xpub_send = partial(zmq.backend.Socket.send, zmq.Socket.shadow(self.xpub.underlying))
+        self._xpub_sync = zmq.Socket.shadow(self.xpub.underlying)
+        self._xpub_send = partial(zmq.backend.Socket.send, self._xpub_sync)
+        self.splitter = Splitter(cfg.message_bytes())
+        if cfg.sub_bytes or cfg.in_bytes:
+            log.info("queues capped by their byte budgets: %d messages per subscriber (of up to %d bytes"
+                     " of stamp and body), %d per publisher", cfg.sub_queue(), cfg.message_bytes(), cfg.in_queue())
         self._xsub_sync = zmq.Socket.shadow(self.xsub.underlying)
         self.xsub.send(b"\x01")  # subscribe to every publisher (their XPUB waits for it)
         # The subscription again on every accepted connection and handshake (under CURVE, only
@@ -478,7 +507,11 @@ class Edge(Checkpoints, Delivery):
                 "subscribers": self.peers.subscribers if self.peers else 0,
                 "lifecycle_events": self.peers.published if self.peers else 0,
                 "curve_refused": self._auth.refused if self._auth is not None else 0,
+                "fragmented": self.splitter.sent if self.splitter is not None else 0,
                 "config": {"sub_hwm": self.config.sub_hwm, "in_hwm": self.config.in_hwm,
+                           "sub_bytes": self.config.sub_bytes, "in_bytes": self.config.in_bytes,
+                           "sub_queue": self.config.sub_queue(), "in_queue": self.config.in_queue(),
+                           "message_bytes": self.config.message_bytes(),
                            "max_event_size": self.config.max_event_size},
                 "endpoints": self.endpoints.names(),
             }

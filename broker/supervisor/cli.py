@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="BYTES",
         type=whole_number(0, 2**62),
         default=None,
-        help="the broker's byte budget per subscriber (`pryxbus broker --sub-bytes`; default"
+        help="the broker's (or the edge's) byte budget per subscriber (`pryxbus broker --sub-bytes`; default"
         f" {SUB_BYTES}, 0: none): less bounds a stalled subscriber's memory, and shortens the bursts"
         " a subscriber that keeps up can take",
     )
@@ -194,8 +194,9 @@ def _run_up(
             for part in ("broker", "edge"):
                 if args.lifecycle_events and part in child_args:
                     child_args[part] += ("--lifecycle-events",)
-            if args.sub_bytes is not None and "broker" in child_args:
-                child_args["broker"] += ("--sub-bytes", str(args.sub_bytes))
+            for part in ("broker", "edge"):
+                if args.sub_bytes is not None and part in child_args:
+                    child_args[part] += ("--sub-bytes", str(args.sub_bytes))
             if args.curve:
                 child_args = {name: (*extra, "--curve") for name, extra in child_args.items()}
             supervisor = Supervisor(
