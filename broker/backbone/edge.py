@@ -165,6 +165,8 @@ class Edge(Checkpoints, Delivery):
         self._stopping = asyncio.Event()
         self._caught_up = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self.readers = replay.Readers()
+        """The consumers replay pages left open for the next page."""
         self.started = time.time()
         self.nc: Any = None
         self.js: Any = None
@@ -419,6 +421,10 @@ class Edge(Checkpoints, Delivery):
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        try:
+            await asyncio.wait_for(self.readers.close(), STOP_PATIENCE)
+        except Exception as e:
+            log.warning("closing the replays' consumers: %s", e or type(e).__name__)
         for task in self._tasks:
             try:
                 await task
@@ -532,6 +538,8 @@ class Edge(Checkpoints, Delivery):
             "in_flight": self.publisher.in_flight if self.publisher else 0,
             "checkpoint": self.checkpointed, "counted_from": self.base, "version_base": self.version_base,
             "connected_url": str(self.nc.connected_url.geturl()) if self.nc and self.nc.connected_url else None,
+            "connection": {k: self.nc.stats[k] for k in ("in_msgs", "in_bytes", "out_msgs", "out_bytes")}
+            if self.nc else {},
         }
 
     async def _log_op(self, request: dict[str, Any]) -> dict[str, Any]:
