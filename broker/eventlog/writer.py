@@ -113,6 +113,7 @@ class LogWriter:
         self._origin: dict[int, int] = {}  # a replacing record's id -> the id of the gap it came from
         self._pieces: dict[int, int] = {}  # a gap's id -> its records still missing something, if split
         self._ids: dict[int, tuple[int, int]] = {}  # version -> (publisher id, number), from LOG_IDS
+        self._signed: dict[int, int] = {}  # publisher id -> as SQLite stores it
         self._unwritten: tuple[list[Row], list[RunRow]] = ([], [])
         self._unwritten_last = self.last_version
         self._unwritten_refill: list[int] = []  # the versions sent again in it (gaps to update once written)
@@ -372,20 +373,23 @@ class LogWriter:
             return None
         pub: tuple[int, int] | tuple[None, None] = (None, None)
         ids = self._ids
-        if ids:
+        if ids:  # looked up by the run's versions: the ids of other runs may be many
             final = first + n - 1
-            inside = [v for v in ids if first <= v <= final]
-            if inside == [final]:
-                pub = ids.pop(final)
-            elif inside:
-                if len(inside) != n:
+            if first in ids:  # each event identified, by one publisher with consecutive numbers
+                last = ids.get(final)
+                if last is None:
                     return None
-                publisher, number = ids[final]
-                if any(ids[v] != (publisher, number - final + v) for v in inside):
+                publisher, number = last
+                versions = range(first, final + 1)
+                if any(ids.get(v) != (publisher, number - final + v) for v in versions):
                     return None
-                for v in inside:
+                for v in versions:
                     del ids[v]
-                pub = (publisher, number)
+                pub = last
+            elif any(v in ids for v in range(first + 1, final)):
+                return None  # some identified, some not
+            elif final in ids:  # a batch: its identity on its last event
+                pub = ids.pop(final)
         try:
             event_type = topic.decode("utf-8")
         except UnicodeDecodeError:
@@ -422,9 +426,14 @@ class LogWriter:
         if len(body) % LOG_ID.size:
             self.malformed += 1
             return
-        ids = self._ids
+        ids, signed = self._ids, self._signed
         for version, publisher, number in LOG_ID.iter_unpack(body):  # sent again too: a gap's
-            ids[version] = (signed_id(publisher), number)
+            stored = signed.get(publisher)
+            if stored is None:
+                if len(signed) >= 4096:  # publishers come and go
+                    signed.clear()
+                stored = signed[publisher] = signed_id(publisher)
+            ids[version] = (stored, number)
 
     def _write(self, batch: tuple[list[Row], list[RunRow]], last: int, refill: list[int] | None = None) -> bool:
         """Append a batch; if the disk refuses it, keep it for a retry in WRITE_RETRY seconds.
