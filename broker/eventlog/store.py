@@ -115,7 +115,9 @@ class EventStore:
         # commit cheap (batches cost the same). page_size only applies to a new file.
         self.conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         self.db.enable_wal()
-        self.conn.execute(f"PRAGMA wal_autocheckpoint={WAL_BYTES // PAGE_SIZE}")  # few checkpoints
+        # In pages of this file's size: a log made before keeps its 16 KiB pages.
+        page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        self.conn.execute(f"PRAGMA wal_autocheckpoint={max(1, WAL_BYTES // page_size)}")  # few checkpoints
         # WAL + NORMAL: a committed batch survives a crash of any process (not a power cut).
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
         self._create()
