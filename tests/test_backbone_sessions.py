@@ -246,3 +246,76 @@ def test_a_session_event_is_announced_once_across_a_real_kill_9_between_write_an
         for part in parts:
             part.stop()
         ctx.destroy(linger=0)
+
+
+def test_a_cursor_move_refused_by_the_cluster_is_made_again_and_not_taken_as_done(
+    xprocess, cluster, stream, homes
+) -> None:
+    """The shared cursor's bucket refuses writes for a while (its stream full: JetStream answers
+    each write with an error at once), long enough for one move to use up its compare-and-swap
+    tries; once it takes writes again, the cursor reaches what was announced, and a successor
+    after a clean stop publishes nothing again."""
+    from broker.backbone import stream as layout
+    from broker.backbone.sessions import CURSOR_KEY
+
+    home = homes()
+    ctx = zmq.Context()
+    marks = f"KV_{layout.checkpoint_bucket(stream)}"
+
+    async def cluster_call(what):
+        import nats
+
+        nc = await nats.connect(cluster.urls)
+        try:
+            return await what(nc.jetstream())
+        finally:
+            await nc.close()
+
+    async def cursor(js) -> int:
+        from nats.js.errors import KeyNotFoundError
+
+        kv = await js.key_value(layout.checkpoint_bucket(stream))
+        try:
+            return int((await kv.get(CURSOR_KEY)).value)
+        except KeyNotFoundError:  # not moved yet
+            return 0
+
+    def full(js, limit: bool):
+        async def go() -> None:
+            info = await js.stream_info(marks)
+            config = info.config
+            config.max_bytes = info.state.bytes if limit else -1
+            await js.update_stream(config)
+        return go()
+
+    edge = _stack(xprocess, home, cluster, stream, "edge")
+    service = _stack(xprocess, home, cluster, stream, "session-service", "--store", "nats-kv")
+    endpoint = Endpoints.for_home(home).sessions
+    try:
+        with sdk.connect(home, name="a", timeout=10.0) as bus, bus.subscribe("session:**") as events:
+            bus.sessions.create("one", id="s1")
+            first = events.recv(timeout=10)
+            wait_for(lambda: asyncio.run(cluster_call(cursor)), lambda c: c > 0, timeout=10, what="the cursor moved")
+            moved = asyncio.run(cluster_call(cursor))
+            asyncio.run(cluster_call(lambda js: full(js, True)))
+            try:
+                retries = stats(ctx, endpoint)["cas_retries"]
+                bus.sessions.create("two", id="s2")
+                second = events.recv(timeout=10)
+                # a move used up its tries against the full bucket (each try counted)
+                wait_for(lambda: stats(ctx, endpoint), lambda s: s["cas_retries"] >= retries + 100, timeout=20,
+                         what="a move of the cursor refused")
+                assert asyncio.run(cluster_call(cursor)) == moved
+            finally:
+                asyncio.run(cluster_call(lambda js: full(js, False)))
+            wait_for(lambda: asyncio.run(cluster_call(cursor)), lambda c: c > moved, timeout=10,
+                     what="the cursor moved once the bucket took writes again")
+            service.stop()
+            service = _stack(xprocess, home, cluster, stream, "session-service", "--store", "nats-kv")
+            counted = stats(ctx, endpoint)
+            assert (counted["events_published"], counted["events_duplicate"]) == (0, 0)
+        assert [(e.type, e.payload["id"]) for e in (first, second)] == [("session:created", "s1"), ("session:created", "s2")]
+    finally:
+        service.stop()
+        edge.stop()
+        ctx.destroy(linger=0)

@@ -306,6 +306,8 @@ class KvSessionService:
                 self._cursor_at = None
                 self.cas_retries += 1
                 continue
+        # Not moved: the caller must not take it as moved (the next move tries again).
+        raise RuntimeError(f"the shared cursor was not moved in {CAS_TRIES} tries")
 
     # -- requests ----------------------------------------------------------------------------
 
