@@ -175,21 +175,25 @@ class Bus(PublisherCore):
                     raise publish_timed_out(self.publish_timeout) from None
             return None
         assert isinstance(step, WaitForBroker)
+        timeout = step.timeout
         if step.confirming and self.spin > 0:
             # A confirmation comes within a round trip through the broker (and the event log):
             # busy-polling for it spares the wake-up of a sleeping thread, which on a virtual CPU
             # that halts when idle costs about as much as the round trip itself. Past YIELD_AFTER
             # each look yields the CPU: the thread that carries the confirmation in (libzmq's I/O
             # thread) may be waiting for this very CPU.
-            now = time.perf_counter()
+            start = now = time.perf_counter()
             if cpu_spare(now):
-                deadline, polite = now + min(self.spin, step.timeout), now + YIELD_AFTER
+                deadline, polite = now + min(self.spin, timeout), now + YIELD_AFTER
                 while (now := time.perf_counter()) < deadline:
                     if sock.getsockopt(_EVENTS) & _POLLIN:
                         return True
                     if now > polite:
                         os.sched_yield()
-        return bool(sock.poll(int(step.timeout * 1000) + 1, _POLLIN))
+                timeout -= now - start  # the spin was part of the wait
+                if timeout <= 0:
+                    return False
+        return bool(sock.poll(int(timeout * 1000) + 1, _POLLIN))
 
     def _topic(self, event_type: str) -> bytes:
         topic = self._topics.get(event_type)

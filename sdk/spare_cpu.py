@@ -85,6 +85,16 @@ _shared: SpareCpu | None = None
 _shared_lock = threading.Lock()
 
 
+def _forked() -> None:
+    """In a child process: a lock another thread of the parent held would never be released."""
+    global _shared, _shared_lock
+    _shared, _shared_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
 def cpu_spare(now: float) -> bool:
     """Whether a CPU is spare, by one meter for the whole process (one ``/proc/stat`` open however
     many buses ask, from whichever threads); ``now`` is ``perf_counter()``."""

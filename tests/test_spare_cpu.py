@@ -6,6 +6,7 @@ the real one. Times are passed in, ten seconds apart, as if that much had gone b
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -102,3 +103,33 @@ def test_the_real_proc_stat_is_read() -> None:
         assert own > 0  # this process has run
     finally:
         meter.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this system")
+def test_a_child_forked_while_the_meter_is_locked_can_still_ask() -> None:
+    """The SDK's meter is shared by a process's threads under a lock: a fork while another thread
+    holds it must not leave the child a lock nobody will release."""
+    import select
+
+    from sdk import spare_cpu
+
+    read_end, write_end = os.pipe()
+    with spare_cpu._shared_lock:  # as another thread of this process asking at the moment of the fork
+        pid = os.fork()
+        if pid == 0:  # the child: ask, say so, leave
+            try:
+                spare_cpu.cpu_spare(time.perf_counter())
+                os.write(write_end, b"y")
+            finally:
+                os._exit(0)
+    ready: list[int] = []
+    try:
+        ready, _, _ = select.select([read_end], [], [], 10)
+        assert ready, "the forked child did not get an answer from the meter within 10 s"
+        assert os.read(read_end, 1) == b"y"
+    finally:
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_end)
+        os.close(write_end)
