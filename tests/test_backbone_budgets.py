@@ -13,6 +13,7 @@ import sdk
 from broker.backbone.edge import EdgeConfig
 from schemas.endpoints import Endpoints
 from tests.helpers import start_part, stats, wait_stats
+from tests.test_byte_budgets import memory
 
 MiB = 1024 * 1024
 EDGE_SLACK = 48 * MiB
@@ -25,14 +26,6 @@ to 75, 77 and 89 MiB, whatever was sent."""
 
 def edge(xprocess, home: Path, cluster, stream: str, *extra: str):
     return start_part(xprocess, home, "edge", "--backbone", cluster.servers, "--stream", stream, "--replicas", "1", *extra)
-
-
-def memory(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name == key:
-            return int(value.split()[0]) * 1024
-    raise AssertionError(f"no {key} in /proc/{pid}/status")
 
 
 def test_an_edge_with_a_budget_bounds_its_messages_and_every_event_arrives_whole(
