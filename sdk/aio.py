@@ -43,6 +43,7 @@ from sdk.aio_sessions import AsyncSessionClient
 from sdk.aio_subscription import Pending, Subscription
 from sdk.filters import Where, event_filter
 from sdk.bus import DEFAULT_HWM, resolve_endpoints, stream_wanted
+from sdk.spare_cpu import CONFIRM_SPIN, spin_plan, start_meter
 from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge, translate
 from sdk.core.flows import drive_async
 from sdk.core.publishing import (
@@ -90,6 +91,7 @@ class Bus(EventLogReading, PublisherCore):
         max_event_size: int | None = None,
         curve: bool | KeyPaths | None = None,
         publish_buffer: int = DEFAULT_PUBLISH_BUFFER,
+        spin: float = CONFIRM_SPIN,
     ) -> None:
         self.endpoints = resolve_endpoints(home)
         self.curve = resolve_client_keys(curve, home)
@@ -103,6 +105,10 @@ class Bus(EventLogReading, PublisherCore):
         )
         self.timeout = timeout
         self.hwm = hwm
+        self.spin = float(spin)
+        """As :attr:`sdk.Bus.spin`; each look of the spin lets the event loop's other tasks run."""
+        if self.spin > 0:
+            start_meter()
         self._ctx = secure_client_context(configure_context(zmq.asyncio.Context(), self.endpoints), self.curve)
         self._publisher: zmq.asyncio.Socket | None = None
         self._pub: zmq.asyncio.Socket | None = None
@@ -213,7 +219,20 @@ class Bus(EventLogReading, PublisherCore):
                 await self._send_whole(sock, kept[i : i + 2])
             return None
         assert isinstance(step, WaitForBroker)
-        return bool(await sock.poll(int(step.timeout * 1000) + 1, _POLLIN))
+        timeout = step.timeout
+        plan = spin_plan(self.spin, timeout) if step.confirming else None
+        if plan is not None:  # as the sync bus, letting the loop's other tasks run at each look
+            start, deadline, polite = plan
+            while (now := time.perf_counter()) < deadline:
+                if sock.getsockopt(_EVENTS) & _POLLIN:
+                    return True
+                if now > polite:
+                    os.sched_yield()
+                await asyncio.sleep(0)
+            timeout -= now - start
+            if timeout <= 0:
+                return False
+        return bool(await sock.poll(int(timeout * 1000) + 1, _POLLIN))
 
     async def publish(
         self, event_type: str, payload: Any = None, *, session_id: str | None = None, wait: bool = False

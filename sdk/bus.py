@@ -42,7 +42,7 @@ from sdk.core.publishing import (
 from sdk.request import Requester, connected
 from sdk.security import KeyPaths, resolve_client_keys, secure_client_context
 from sdk.subscription import Policy, Subscription
-from sdk.spare_cpu import cpu_spare, start_meter
+from sdk.spare_cpu import CONFIRM_SPIN, spin_plan, start_meter
 
 _SNDMORE = int(zmq.SNDMORE)
 # The compiled send, without pyzmq's Python-level wrapper (~0.1 us per frame).
@@ -51,10 +51,6 @@ _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
 
 DEFAULT_HWM = 10_000
-CONFIRM_SPIN = 0.001
-"""Seconds a wait for the broker's confirmation busy-polls before it sleeps (``Bus(spin=)``)."""
-YIELD_AFTER = 0.00025
-"""Seconds into that spin after which each look yields the CPU first."""
 ZERO_COPY_FROM = 64 * 1024
 """Frames this long or longer are sent without a copy (pyzmq copies shorter ones anyway)."""
 
@@ -176,23 +172,17 @@ class Bus(PublisherCore):
             return None
         assert isinstance(step, WaitForBroker)
         timeout = step.timeout
-        if step.confirming and self.spin > 0:
-            # A confirmation comes within a round trip through the broker (and the event log):
-            # busy-polling for it spares the wake-up of a sleeping thread, which on a virtual CPU
-            # that halts when idle costs about as much as the round trip itself. Past YIELD_AFTER
-            # each look yields the CPU: the thread that carries the confirmation in (libzmq's I/O
-            # thread) may be waiting for this very CPU.
-            start = now = time.perf_counter()
-            if cpu_spare(now):
-                deadline, polite = now + min(self.spin, timeout), now + YIELD_AFTER
-                while (now := time.perf_counter()) < deadline:
-                    if sock.getsockopt(_EVENTS) & _POLLIN:
-                        return True
-                    if now > polite:
-                        os.sched_yield()
-                timeout -= now - start  # the spin was part of the wait
-                if timeout <= 0:
-                    return False
+        plan = spin_plan(self.spin, timeout) if step.confirming else None
+        if plan is not None:
+            start, deadline, polite = plan
+            while (now := time.perf_counter()) < deadline:
+                if sock.getsockopt(_EVENTS) & _POLLIN:
+                    return True
+                if now > polite:
+                    os.sched_yield()
+            timeout -= now - start  # the spin was part of the wait
+            if timeout <= 0:
+                return False
         return bool(sock.poll(int(timeout * 1000) + 1, _POLLIN))
 
     def _topic(self, event_type: str) -> bytes:

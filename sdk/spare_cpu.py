@@ -114,3 +114,25 @@ def _meter() -> SpareCpu:
     if _shared is None:
         _shared = SpareCpu(need=WAIT_SPARE)
     return _shared
+
+
+CONFIRM_SPIN = 0.001
+"""Seconds a wait for the broker's confirmation busy-polls before it sleeps (``Bus(spin=)``)."""
+YIELD_AFTER = 0.00025
+"""Seconds into that spin after which each look yields the CPU first: the thread that carries the
+confirmation in (libzmq's I/O thread) may be waiting for this very CPU."""
+
+
+def spin_plan(spin: float, timeout: float) -> tuple[float, float, float] | None:
+    """For a wait of ``timeout`` seconds for a confirmation: (its start, when to stop spinning,
+    when to start yielding), or None if it should not spin (``spin`` 0, or no CPU to spare).
+
+    A confirmation comes within a round trip through the broker (and the event log): busy-polling
+    for it spares the wake-up of a sleeping thread, which on a virtual CPU that halts when idle
+    costs about as much as the round trip itself."""
+    if spin <= 0:
+        return None
+    now = time.perf_counter()
+    if not cpu_spare(now):
+        return None
+    return now, now + min(spin, timeout), now + YIELD_AFTER

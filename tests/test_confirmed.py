@@ -55,13 +55,14 @@ def test_flush_returns_once_all_are_confirmed_and_times_out_while_the_broker_is_
 
 @pytest.mark.parametrize("spare", [True, False], ids=["spinning", "sleeping"])
 def test_a_spinning_wait_gets_the_same_versions_and_still_times_out(
-    home: Path, broker: Part, monkeypatch: pytest.MonkeyPatch, spare: bool
+    home: Path, broker: Part, front: Front, monkeypatch: pytest.MonkeyPatch, spare: bool
 ) -> None:
-    """The sync bus busy-polls for a confirmation while a CPU is spare (``spin``): the machine's
-    answer is fixed here (the suite's own load decides it otherwise), and the waits must return
-    what a sleeping wait returns, and give up at their timeout while the broker is stopped."""
-    monkeypatch.setattr("sdk.bus.cpu_spare", lambda now: spare)
-    with sdk.connect(home, name="t", publish_timeout=5.0, spin=0.001) as bus, bus.subscribe("conf:*") as sub:
+    """A bus busy-polls for a confirmation while a CPU is spare (``spin``; the asyncio bus letting
+    its loop run at each look): the machine's answer is fixed here (the suite's own load decides it
+    otherwise), and the waits must return what a sleeping wait returns, and give up at their
+    timeout while the broker is stopped."""
+    monkeypatch.setattr("sdk.spare_cpu.cpu_spare", lambda now: spare)
+    with front.connect(home, name="t", publish_timeout=5.0, spin=0.001) as bus, bus.subscribe("conf:*") as sub:
         versions = [bus.publish("conf:s", {"i": i}, wait=True) for i in range(50)]
         assert versions == list(range(versions[0], versions[0] + 50))
         assert [sub.recv(timeout=5).version for _ in range(50)] == versions
