@@ -358,7 +358,7 @@ class Edge(Checkpoints, Delivery):
         if base >= last:
             self._caught_up.set()
         self._consumer = await self.js.subscribe(
-            self.subject, cb=self._deliver_msg, ordered_consumer=True,
+            self.subject, cb=self._deliver_msg, ordered_consumer=True, idle_heartbeat=layout.HEARTBEAT,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=base + 1),
             pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30,
         )

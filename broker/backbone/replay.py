@@ -308,7 +308,7 @@ async def open_reader(js: Any, subject: str, first: int, cb: Callable[[Any], Any
     while True:
         try:
             return await js.subscribe(
-                subject, cb=cb, ordered_consumer=True,
+                subject, cb=cb, ordered_consumer=True, idle_heartbeat=layout.HEARTBEAT,
                 config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first),
                 pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30,
             )

@@ -202,7 +202,7 @@ class KvSessionService:
         if self._catch_up_to == 0:
             self._applied.set()
         self._watch = await self.js.subscribe(
-            f"$KV.{bucket_name(self.stream)}.>", cb=self._apply, ordered_consumer=True,
+            f"$KV.{bucket_name(self.stream)}.>", cb=self._apply, ordered_consumer=True, idle_heartbeat=layout.HEARTBEAT,
             deliver_policy=DeliverPolicy.ALL, pending_msgs_limit=1 << 20, pending_bytes_limit=1 << 30,
         )
         await self._applied.wait()

@@ -17,6 +17,10 @@ IDENTIFIED_MARK = 0x97
 _TAIL = struct.Struct("!xQxQ")
 """The identified body's last 18 bytes: 0xcf + publisher id, 0xcf + number."""
 MSG_ID = "Nats-Msg-Id"
+HEARTBEAT = 1.0
+"""Seconds between the idle heartbeats of the ordered consumers an edge and a session service
+read with: nats-py makes such a consumer anew after two missed, so one on a server that died (an
+ordered consumer is a single replica) is replaced within 2-3 s, not nats-py's 10-15 s."""
 
 
 def subject(stream: str) -> str:
