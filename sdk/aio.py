@@ -43,7 +43,7 @@ from sdk.aio_sessions import AsyncSessionClient
 from sdk.aio_subscription import Pending, Subscription
 from sdk.filters import Where, event_filter
 from sdk.bus import DEFAULT_HWM, resolve_endpoints, stream_wanted
-from sdk.spare_cpu import CONFIRM_SPIN, spin_plan, start_meter
+from sdk.spare_cpu import CONFIRM_SPIN, spin_looks, start_meter
 from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge, translate
 from sdk.core.flows import drive_async
 from sdk.core.publishing import (
@@ -219,17 +219,13 @@ class Bus(EventLogReading, PublisherCore):
                 await self._send_whole(sock, kept[i : i + 2])
             return None
         assert isinstance(step, WaitForBroker)
-        timeout = step.timeout
-        plan = spin_plan(self.spin, timeout) if step.confirming else None
-        if plan is not None:  # as the sync bus, letting the loop's other tasks run at each look
-            start, deadline, polite = plan
-            while (now := time.perf_counter()) < deadline:
+        start, timeout = time.perf_counter(), step.timeout
+        if step.confirming:
+            for _ in spin_looks(self.spin, timeout):  # as the sync bus, the loop's other tasks run between looks
                 if sock.getsockopt(_EVENTS) & _POLLIN:
                     return True
-                if now > polite:
-                    os.sched_yield()
                 await asyncio.sleep(0)
-            timeout -= now - start
+            timeout -= time.perf_counter() - start
             if timeout <= 0:
                 return False
         return bool(await sock.poll(int(timeout * 1000) + 1, _POLLIN))

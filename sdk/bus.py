@@ -42,7 +42,7 @@ from sdk.core.publishing import (
 from sdk.request import Requester, connected
 from sdk.security import KeyPaths, resolve_client_keys, secure_client_context
 from sdk.subscription import Policy, Subscription
-from sdk.spare_cpu import CONFIRM_SPIN, spin_plan, start_meter
+from sdk.spare_cpu import CONFIRM_SPIN, spin_looks, start_meter
 
 _SNDMORE = int(zmq.SNDMORE)
 # The compiled send, without pyzmq's Python-level wrapper (~0.1 us per frame).
@@ -171,16 +171,12 @@ class Bus(PublisherCore):
                     raise publish_timed_out(self.publish_timeout) from None
             return None
         assert isinstance(step, WaitForBroker)
-        timeout = step.timeout
-        plan = spin_plan(self.spin, timeout) if step.confirming else None
-        if plan is not None:
-            start, deadline, polite = plan
-            while (now := time.perf_counter()) < deadline:
+        start, timeout = time.perf_counter(), step.timeout
+        if step.confirming:
+            for _ in spin_looks(self.spin, timeout):
                 if sock.getsockopt(_EVENTS) & _POLLIN:
                     return True
-                if now > polite:
-                    os.sched_yield()
-            timeout -= now - start  # the spin was part of the wait
+            timeout -= time.perf_counter() - start  # a spin is part of the wait
             if timeout <= 0:
                 return False
         return bool(sock.poll(int(timeout * 1000) + 1, _POLLIN))

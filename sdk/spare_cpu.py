@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 DEFAULT_SPIN = 0.001
 """Seconds the service busy-polls for the next request (``--spin-us``; ServiceConfig.spin)."""
@@ -123,16 +124,21 @@ YIELD_AFTER = 0.00025
 confirmation in (libzmq's I/O thread) may be waiting for this very CPU."""
 
 
-def spin_plan(spin: float, timeout: float) -> tuple[float, float, float] | None:
-    """For a wait of ``timeout`` seconds for a confirmation: (its start, when to stop spinning,
-    when to start yielding), or None if it should not spin (``spin`` 0, or no CPU to spare).
+def spin_looks(spin: float, timeout: float) -> Iterator[None]:
+    """The looks of a wait of ``timeout`` seconds for a confirmation that busy-polls: one each
+    time round until ``spin`` (at most ``timeout``) has passed, the CPU yielded before each past
+    YIELD_AFTER; none if it should not spin (``spin`` 0, or no CPU to spare).
 
     A confirmation comes within a round trip through the broker (and the event log): busy-polling
     for it spares the wake-up of a sleeping thread, which on a virtual CPU that halts when idle
     costs about as much as the round trip itself."""
     if spin <= 0:
-        return None
-    now = time.perf_counter()
-    if not cpu_spare(now):
-        return None
-    return now, now + min(spin, timeout), now + YIELD_AFTER
+        return
+    start = time.perf_counter()
+    if not cpu_spare(start):
+        return
+    deadline, polite = start + min(spin, timeout), start + YIELD_AFTER
+    while (now := time.perf_counter()) < deadline:
+        if now > polite:
+            os.sched_yield()
+        yield
