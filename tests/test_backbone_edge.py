@@ -145,6 +145,40 @@ def test_a_replay_in_pages_reads_each_event_from_the_stream_once(xprocess, clust
     assert read < 2 * n * 1.1  # each event once per replay, and the consumers' control messages
 
 
+def test_a_replay_leaves_no_route_behind_on_the_edges_wire(cluster, stream, homes) -> None:
+    """A replay page's consumer is routed on the edge's wire (broker/backbone/wire.py) by its
+    nats-py Subscription; once the replay is done, or a tail read, the route must be gone: a route
+    left behind holds its reader (and every event it received) for the edge's life. The edge runs
+    in this process, so that the test can look at its wire."""
+    from broker.backbone.edge import Edge, EdgeConfig
+    from tests.fronts import LoopThread
+
+    home = homes()
+    edge = Edge(EdgeConfig(servers=cluster.urls, stream=stream, replicas=1, endpoints=Endpoints.ipc(home)))
+    loop = LoopThread()
+    ready = threading.Event()
+    running = asyncio.run_coroutine_threadsafe(edge.run(lambda _: ready.set()), loop.loop)
+    n = 300
+    try:
+        assert ready.wait(30), "the edge did not start"
+        with sdk.connect(home, name="t", timeout=10.0) as bus:
+            bus.publish_many([("route:a" if i % 2 else "route:b", {"i": i}) for i in range(n)])
+            bus.flush(30)
+            wait_for(lambda: loop.run(lambda: edge.version), lambda v: v == n, timeout=30, what="every event in")
+            routed = loop.run(lambda: len(edge.wire.routes))  # the edge's feed (and its publisher's acks)
+            replayed = list(bus.replay(since=0, until=n))
+            assert [e.version for e in replayed] == list(range(1, n + 1))
+            assert [e.version for e in bus.log_tail("route:b", limit=3)] == [n - 5, n - 3, n - 1]
+            wait_for(lambda: loop.run(lambda: len(edge.readers.open)), lambda k: k == 0, timeout=10,
+                     what="no consumer kept once the replay reached its end")
+            assert loop.run(lambda: len(edge.wire.routes)) == routed
+    finally:
+        loop.loop.call_soon_threadsafe(edge.stop)
+        running.result(10)
+        loop.run(_cancel_the_rest)
+        loop.close()
+
+
 def test_a_curve_home_lets_in_only_a_listed_key(xprocess, cluster, stream, homes) -> None:
     """``up --backbone --curve``: the edge's sockets and the nats-kv session service are CURVE
     servers behind the home's allow-list, as the broker's (the cases of tests/test_auth.py)."""

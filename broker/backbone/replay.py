@@ -117,6 +117,7 @@ class Reader:
         self.at = 0  # arrived[at] is the next to hand out
         self.ready = asyncio.Event()
         self.sub: Any = None
+        self.routed: Any = None  # what the edge's wire routes (for unroute): nats-py's Subscription under ``sub``
         self.closed = False
         self.kept: Readers | None = None
         """The cache it waits in between two pages (None while a page reads from it)."""
@@ -129,7 +130,7 @@ class Reader:
             first, seqs = await counting_start(edge, start)
         reader = cls(edge, start, first, seqs)
         reader.sub = await open_reader(edge.js, edge.subject, first, reader._collect)
-        edge.wire.ordered(reader.sub, reader._take)
+        reader.routed = edge.wire.ordered(reader.sub, reader._take)
         return reader
 
     def _take(self, version: int, data: bytes) -> None:
@@ -179,7 +180,7 @@ class Reader:
         if self.closed:
             return
         self.closed = True
-        self.edge.wire.unroute(self.sub)
+        self.edge.wire.unroute(self.routed)
         try:
             await self.sub.unsubscribe()
         except Exception as e:  # the connection is gone: so is the consumer
