@@ -169,8 +169,11 @@ class Reader:
             if seqs is not None:
                 seq = seqs.get(topic, 0) + 1
                 seqs[topic] = seq
-            else:
+            elif version > edge.seq_base:
                 seq = edge.seq_of[version - edge.seq_base - 1]
+            else:  # the edge forgot the oldest sequences while this reader was behind them
+                raise RuntimeError(f"the edge no longer remembers the topic sequences at version {version}"
+                                   " (it keeps the newest 4-8 million): ask for this page again")
             if version >= self.position:
                 self.position = version + 1
                 return version, seq, topic, data[1 + n :]
