@@ -107,11 +107,10 @@ class Reader:
     connection's wire and are only appended to a list (a ``next_msg`` per event would cost a
     future and a wake-up each)."""
 
-    def __init__(self, edge: Edge, position: int, first: int, seqs: dict[bytes, int] | None) -> None:
+    def __init__(self, edge: Edge, position: int, seqs: dict[bytes, int] | None) -> None:
         self.edge = edge
         self.position = position
         """The version it hands out next (or the first the stream holds after it)."""
-        self.first = first  # where its consumer starts: before ``position`` when counting from a checkpoint
         self.seqs = seqs
         self.arrived: list[tuple[int, bytes]] = []
         self.at = 0  # arrived[at] is the next to hand out
@@ -128,8 +127,8 @@ class Reader:
         first, seqs = start, None
         if start <= edge.seq_base:  # older than the edge remembers: count again from a checkpoint
             first, seqs = await counting_start(edge, start)
-        reader = cls(edge, start, first, seqs)
-        reader.sub = await open_reader(edge.js, edge.subject, first, reader._collect)
+        reader = cls(edge, start, seqs)
+        reader.sub = await open_reader(edge.js, edge.subject, first, reader._collect)  # before ``start`` when counting
         reader.routed = edge.wire.ordered(reader.sub, reader._take)
         return reader
 
