@@ -43,7 +43,7 @@ from sdk.aio_sessions import AsyncSessionClient
 from sdk.aio_subscription import Pending, Subscription
 from sdk.filters import Where, event_filter
 from sdk.bus import DEFAULT_HWM, resolve_endpoints, stream_wanted
-from sdk.spare_cpu import CONFIRM_SPIN, spin_looks, start_meter
+from sdk.spare_cpu import CONFIRM_SPIN, spin_looks
 from sdk.errors import BusClosed, BusError, InvalidEvent, MessageTooLarge, translate
 from sdk.core.flows import drive_async
 from sdk.core.publishing import (
@@ -102,13 +102,10 @@ class Bus(EventLogReading, PublisherCore):
             validate=validate,
             max_event_size=max_event_size,
             publish_buffer=publish_buffer,
+            spin=spin,
         )
         self.timeout = timeout
         self.hwm = hwm
-        self.spin = float(spin)
-        """As :attr:`sdk.Bus.spin`; each look of the spin lets the event loop's other tasks run."""
-        if self.spin > 0:
-            start_meter()
         self._ctx = secure_client_context(configure_context(zmq.asyncio.Context(), self.endpoints), self.curve)
         self._publisher: zmq.asyncio.Socket | None = None
         self._pub: zmq.asyncio.Socket | None = None

@@ -42,7 +42,7 @@ from sdk.core.publishing import (
 from sdk.request import Requester, connected
 from sdk.security import KeyPaths, resolve_client_keys, secure_client_context
 from sdk.subscription import Policy, Subscription
-from sdk.spare_cpu import CONFIRM_SPIN, spin_looks, start_meter
+from sdk.spare_cpu import CONFIRM_SPIN, spin_looks
 
 _SNDMORE = int(zmq.SNDMORE)
 # The compiled send, without pyzmq's Python-level wrapper (~0.1 us per frame).
@@ -96,15 +96,10 @@ class Bus(PublisherCore):
             validate=validate,
             max_event_size=max_event_size,
             publish_buffer=publish_buffer,
+            spin=spin,
         )
         self.timeout = timeout
         self.hwm = hwm
-        self.spin = float(spin)
-        """Seconds a wait for a confirmation (``publish(wait=True)``, ``flush``, a full
-        ``publish_buffer``) busy-polls before it sleeps, while the machine has a CPU to spare
-        (``sdk/spare_cpu.py``); 0 never."""
-        if self.spin > 0:
-            start_meter()
         self._ctx = secure_client_context(configure_context(zmq.Context(), self.endpoints), self.curve)
         self._lock = threading.Lock()
         self._pub: zmq.Socket | None = None

@@ -42,6 +42,7 @@ from schemas.envelope import (
 from sdk.errors import BusError, InvalidEvent, MessageTooLarge, PublishTimeout
 from sdk.core.flows import Ask, Flow
 from sdk.wire import SIZE_QUESTION, check_event, encode_body, publish_timed_out, size_limit, topic_of, unencodable
+from sdk.spare_cpu import CONFIRM_SPIN, start_meter
 
 WATCH_INTERVAL = 0.005
 """Seconds between two looks (one getsockopt) at what the broker sent the publisher."""
@@ -135,6 +136,7 @@ class PublisherCore:
         broker_outages: times a publish found the broker gone and waited for it to come back.
         publisher_id: this bus's identity on the wire (random, non-zero, PROTOCOL.md §4.1).
         publish_buffer: bytes of unconfirmed event bodies kept before ``publish`` waits.
+        spin: see :meth:`_init_publisher`.
     """
 
     def _init_publisher(
@@ -145,8 +147,15 @@ class PublisherCore:
         validate: bool,
         max_event_size: int | None,
         publish_buffer: int = DEFAULT_PUBLISH_BUFFER,
+        spin: float = CONFIRM_SPIN,
     ) -> None:
         self.name = name
+        self.spin = float(spin)
+        """Seconds a wait for a confirmation (``publish(wait=True)``, ``flush``, a full
+        ``publish_buffer``) busy-polls before it sleeps, while the machine has a CPU to spare
+        (``sdk/spare_cpu.py``; the asyncio bus lets its loop's other tasks run between looks); 0 never."""
+        if self.spin > 0:
+            start_meter()
         self.publish_timeout = publish_timeout
         self.validate = validate
         self.max_event_size = int(max_event_size or DEFAULT_MAX_EVENT_SIZE)
